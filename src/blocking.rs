@@ -1,0 +1,82 @@
+//! The blocking flavor: the same types as the crate root, whose methods block the
+//! calling thread.
+//!
+//! Use it from threads, not from async code: calling it inside an async runtime
+//! blocks the runtime's worker, and on a current-thread runtime starves the very task
+//! that would release the lock. From async code, use the types at the crate root (or
+//! `tokio::task::spawn_blocking`). This flavor needs no runtime and pulls none in.
+//!
+//! ```
+//! use std::time::Duration;
+//! use aiolock::{Outcome, blocking::Cache};
+//!
+//! let cache = Cache::from_url("memory://")?;
+//! let value = match cache.get("report")? {
+//!     Some(v) => v,
+//!     None => cache.redlock("report", Duration::from_secs(5)).run(|outcome| {
+//!         if outcome == Outcome::Acquired {
+//!             let v = b"expensive".to_vec();
+//!             cache.set("report", &v, None).map(|_| v)
+//!         } else {
+//!             cache.get("report").map(Option::unwrap_or_default)
+//!         }
+//!     })??,
+//! };
+//! assert_eq!(value, b"expensive");
+//! # Ok::<(), aiolock::Error>(())
+//! ```
+
+use maybe_async::must_be_sync as maybe_async;
+
+/// `maybe_await!(f())`: `f()` here, `f().await` in the async flavor. For calls inside
+/// macros, which maybe-async does not rewrite.
+macro_rules! maybe_await {
+    ($e:expr) => {
+        $e
+    };
+}
+
+#[path = "shared/mod.rs"]
+mod shared;
+
+pub use shared::*;
+
+use crate::core::wait::Outcome;
+use crate::error::Result;
+
+impl<B: Backend> RedLock<B> {
+    /// Runs `f` under the lock: acquires, calls `f` with the [`Outcome`], then
+    /// releases (if acquired) and returns what `f` returned. A failed release is not
+    /// reported (the lease bounds the damage); use [`acquire`](RedLock::acquire) and
+    /// [`release`](LockGuard::release) to see it.
+    ///
+    /// # Panics
+    ///
+    /// If `f` panics, the lock is released while unwinding and the panic goes on.
+    pub fn run<T>(self, f: impl FnOnce(Outcome) -> T) -> Result<T> {
+        let guard = self.acquire()?;
+        let value = f(guard.outcome());
+        let _ = guard.release();
+        Ok(value)
+    }
+}
+
+/// The blocking flavor's runtime seam.
+mod rt {
+    use std::time::Instant;
+
+    use event_listener::{EventListener, Listener};
+
+    use super::{Backend, Cache};
+    use crate::core::token::Token;
+
+    /// Parks the thread until `listener` is notified (true) or `until` passes (false).
+    pub(crate) fn wait_listener(listener: EventListener, until: Instant) -> bool {
+        listener.wait_deadline(until).is_some()
+    }
+
+    /// A dropped guard releases at once.
+    pub(crate) fn release_on_drop<B: Backend>(cache: Cache<B>, key: Vec<u8>, token: Token) {
+        let _ = cache.backend().release(&key, token.as_bytes());
+    }
+}

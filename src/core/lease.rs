@@ -1,0 +1,103 @@
+//! Lease and deadline arithmetic.
+
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+/// The longest lease or TTL accepted: about 31 years, far below every backend's limit
+/// (Redis `PX` takes an `i64` of milliseconds, `Instant` arithmetic must not overflow).
+pub const MAX_DURATION: Duration = Duration::from_secs(1_000_000_000);
+
+/// Converts seconds given as a float (as aiocache, C, Go and Ruby callers give them)
+/// into a [`Duration`], rejecting NaN, infinite and negative values.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// assert_eq!(aiolock::seconds(1.5)?, Duration::from_millis(1500));
+/// assert!(aiolock::seconds(f64::NAN).is_err());
+/// assert!(aiolock::seconds(-1.0).is_err());
+/// # Ok::<(), aiolock::Error>(())
+/// ```
+pub fn seconds(secs: f64) -> Result<Duration> {
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(Error::invalid_argument(format!(
+            "{secs} is not a valid number of seconds (it must be finite and not negative)"
+        )));
+    }
+    let d = Duration::from_secs_f64(secs.min(MAX_DURATION.as_secs_f64() + 1.0));
+    check_bounded("duration", d)?;
+    Ok(d)
+}
+
+/// Checks a lease: more than zero and at most [`MAX_DURATION`].
+pub fn check_lease(lease: Duration) -> Result<Duration> {
+    if lease.is_zero() {
+        return Err(Error::invalid_argument(
+            "the lease must be longer than zero",
+        ));
+    }
+    check_bounded("lease", lease)
+}
+
+/// Checks an optional TTL: `Some(0)` is rejected (ambiguous across backends: memcached
+/// reads 0 as "never expires"); `None` means no expiry.
+pub fn check_ttl(ttl: Option<Duration>) -> Result<Option<Duration>> {
+    match ttl {
+        None => Ok(None),
+        Some(d) if d.is_zero() => Err(Error::invalid_argument(
+            "a TTL must be longer than zero (use None for no expiry)",
+        )),
+        Some(d) => check_bounded("TTL", d).map(Some),
+    }
+}
+
+fn check_bounded(what: &str, d: Duration) -> Result<Duration> {
+    if d > MAX_DURATION {
+        return Err(Error::invalid_argument(format!(
+            "the {what} of {d:?} is longer than the maximum of {MAX_DURATION:?}"
+        )));
+    }
+    Ok(d)
+}
+
+/// `now + d`, for durations already checked against [`MAX_DURATION`].
+pub fn deadline(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[test]
+    fn seconds_rejects_nan_infinite_negative() {
+        for bad in [
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -0.001,
+            -1.0,
+            1e300,
+        ] {
+            assert_eq!(
+                seconds(bad).unwrap_err().kind(),
+                ErrorKind::InvalidArgument,
+                "{bad}"
+            );
+        }
+        assert_eq!(seconds(0.25).unwrap(), Duration::from_millis(250));
+        assert_eq!(seconds(0.0).unwrap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn zero_and_huge_leases_are_rejected() {
+        assert!(check_lease(Duration::ZERO).is_err());
+        assert!(check_lease(MAX_DURATION + Duration::from_secs(1)).is_err());
+        assert!(check_lease(Duration::from_nanos(1)).is_ok());
+        assert!(check_ttl(Some(Duration::ZERO)).is_err());
+        assert_eq!(check_ttl(None).unwrap(), None);
+    }
+}

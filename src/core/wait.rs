@@ -1,0 +1,191 @@
+//! The RedLock acquisition state machine, free of IO and clocks.
+//!
+//! A caller tries to add the lock key. If another holder has it, the caller waits
+//! until the first of: the holder releases (→ [`Outcome::Released`]), the holder's
+//! lease ends (→ try to add again: one waiter wins, the others go back to waiting),
+//! or the caller's own bound passes (→ [`Outcome::TimedOut`]).
+//!
+//! The flavors drive it: [`Acquisition::start`] says what to do first, and each result
+//! fed back ([`Acquisition::added`], [`Acquisition::woke`]) says what to do next.
+//!
+//! ```text
+//!   start ─► Add ──won──► Finish(Acquired)
+//!             │ lost, bound not reached
+//!             ▼
+//!           Wait(bound) ──Released──► Finish(Released)
+//!             │  └───────Deadline──► Finish(TimedOut)
+//!             └─Vacant (lease ended)─► Add
+//! ```
+
+use std::time::{Duration, Instant};
+
+use crate::core::lease::deadline;
+
+/// How an acquisition ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// This caller holds the lock: compute, store, then release.
+    Acquired,
+    /// Another holder released the lock while this caller waited: the value it
+    /// computed should now be in the cache. This caller does not hold the lock.
+    Released,
+    /// The caller's wait bound passed first (by default: one lease after arrival).
+    /// This caller does not hold the lock; go on without it, as aiocache does.
+    TimedOut,
+}
+
+impl Outcome {
+    /// Whether the caller holds the lock.
+    pub fn is_acquired(self) -> bool {
+        self == Outcome::Acquired
+    }
+}
+
+/// Why a backend's wait for a held lock key returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Wake {
+    /// The holder released the lock (or the key was deleted) while we waited.
+    Released,
+    /// The key is not held any more without a release having been seen: the lease
+    /// ended, or the key was gone when the wait began. Try to add it again.
+    Vacant,
+    /// The deadline passed and the key is still held.
+    Deadline,
+}
+
+/// What the driver must do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Add the lock key (if absent) with our token and the lease as TTL.
+    Add,
+    /// Wait for the key to be released, at most until this instant.
+    Wait(Instant),
+    /// Done.
+    Finish(Outcome),
+}
+
+/// One caller's acquisition of one lock.
+#[derive(Debug, Clone)]
+pub struct Acquisition {
+    wait: Duration,
+    bound: Option<Instant>,
+}
+
+impl Acquisition {
+    /// An acquisition that waits at most `wait` after its first add is lost.
+    ///
+    /// The bound is fixed when the first add returns, so an uncontended acquisition
+    /// never reads the clock for it.
+    pub fn new(wait: Duration) -> Self {
+        Acquisition { wait, bound: None }
+    }
+
+    fn bound(&mut self, now: Instant) -> Instant {
+        *self.bound.get_or_insert_with(|| deadline(now, self.wait))
+    }
+
+    /// The first action: always an add.
+    pub fn start(&mut self) -> Action {
+        Action::Add
+    }
+
+    /// The add returned: `won` says whether our token is now stored. The clock is
+    /// read only when the add was lost.
+    pub fn added(&mut self, won: bool, now: impl FnOnce() -> Instant) -> Action {
+        if won {
+            return Action::Finish(Outcome::Acquired);
+        }
+        let now = now();
+        let bound = self.bound(now);
+        if now >= bound {
+            Action::Finish(Outcome::TimedOut)
+        } else {
+            Action::Wait(bound)
+        }
+    }
+
+    /// The wait returned with `wake`.
+    pub fn woke(&mut self, wake: Wake, now: Instant) -> Action {
+        match wake {
+            Wake::Released => Action::Finish(Outcome::Released),
+            Wake::Deadline => Action::Finish(Outcome::TimedOut),
+            Wake::Vacant if now >= self.bound(now) => Action::Finish(Outcome::TimedOut),
+            Wake::Vacant => Action::Add,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn at(ms: u64) -> Instant {
+        // One fixed origin per test process; only differences matter.
+        static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *ORIGIN.get_or_init(Instant::now) + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn uncontended_add_acquires() {
+        let mut a = Acquisition::new(Duration::from_secs(1));
+        assert_eq!(a.start(), Action::Add);
+        assert_eq!(a.added(true, || at(0)), Action::Finish(Outcome::Acquired));
+    }
+
+    #[test]
+    fn lost_add_waits_until_own_bound() {
+        let mut a = Acquisition::new(Duration::from_millis(1000));
+        a.start();
+        assert_eq!(a.added(false, || at(1)), Action::Wait(at(1001)));
+        assert_eq!(
+            a.woke(Wake::Released, at(50)),
+            Action::Finish(Outcome::Released)
+        );
+    }
+
+    #[test]
+    fn vacant_key_is_re_elected_and_losers_wait_again() {
+        let mut winner = Acquisition::new(Duration::from_millis(1000));
+        let mut loser = Acquisition::new(Duration::from_millis(1000));
+        for a in [&mut winner, &mut loser] {
+            a.start();
+            assert_eq!(a.added(false, || at(0)), Action::Wait(at(1000)));
+            assert_eq!(a.woke(Wake::Vacant, at(300)), Action::Add);
+        }
+        assert_eq!(
+            winner.added(true, || at(301)),
+            Action::Finish(Outcome::Acquired)
+        );
+        assert_eq!(loser.added(false, || at(301)), Action::Wait(at(1000)));
+        assert_eq!(
+            loser.woke(Wake::Released, at(400)),
+            Action::Finish(Outcome::Released)
+        );
+    }
+
+    #[test]
+    fn bound_reached_times_out() {
+        let wait = Duration::from_millis(100);
+        let mut a = Acquisition::new(wait);
+        a.start();
+        a.added(false, || at(0));
+        assert_eq!(
+            a.woke(Wake::Deadline, at(100)),
+            Action::Finish(Outcome::TimedOut)
+        );
+        let mut b = Acquisition::new(Duration::from_nanos(0));
+        b.start();
+        assert_eq!(
+            b.added(false, || at(100)),
+            Action::Finish(Outcome::TimedOut)
+        );
+        let mut c = Acquisition::new(wait);
+        c.start();
+        c.added(false, || at(0));
+        assert_eq!(
+            c.woke(Wake::Vacant, at(150)),
+            Action::Finish(Outcome::TimedOut)
+        );
+    }
+}

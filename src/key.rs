@@ -1,0 +1,95 @@
+//! Key rules: namespacing and the checks every backend shares.
+
+use crate::error::{Error, Result};
+
+/// The suffix aiocache appends to a key to name its lock.
+pub const LOCK_SUFFIX: &[u8] = b"-lock";
+
+/// `namespace + key`, after checking that `key` is not empty.
+///
+/// Backends add their own limits (memcached: [`check_memcached`]).
+pub(crate) fn namespaced(namespace: &[u8], key: &[u8]) -> Result<Vec<u8>> {
+    with_suffix(namespace, key, b"")
+}
+
+/// `namespace + key + "-lock"`: the key a `RedLock` on `key` holds.
+pub(crate) fn lock_key(namespace: &[u8], key: &[u8]) -> Result<Vec<u8>> {
+    with_suffix(namespace, key, LOCK_SUFFIX)
+}
+
+fn with_suffix(namespace: &[u8], key: &[u8], suffix: &[u8]) -> Result<Vec<u8>> {
+    if key.is_empty() {
+        return Err(Error::invalid_key("the key is empty"));
+    }
+    let mut full = Vec::with_capacity(namespace.len() + key.len() + suffix.len());
+    full.extend_from_slice(namespace);
+    full.extend_from_slice(key);
+    full.extend_from_slice(suffix);
+    Ok(full)
+}
+
+/// The longest key memcached accepts.
+pub const MEMCACHED_MAX_KEY: usize = 250;
+
+/// Checks a full (namespaced) key against memcached's text-protocol rules:
+/// 1–250 bytes, no byte <= 0x20 (space, control characters) and no 0x7F.
+#[allow(dead_code)] // used by the memcached backend
+pub(crate) fn check_memcached(key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::invalid_key("the key is empty"));
+    }
+    if key.len() > MEMCACHED_MAX_KEY {
+        return Err(Error::invalid_key(format!(
+            "memcached keys are at most {MEMCACHED_MAX_KEY} bytes, this one has {}",
+            key.len()
+        )));
+    }
+    if let Some(pos) = key.iter().position(|&b| b <= 0x20 || b == 0x7f) {
+        return Err(Error::invalid_key(format!(
+            "memcached keys cannot contain spaces or control bytes (byte 0x{:02x} at {pos})",
+            key[pos]
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[test]
+    fn lock_key_is_namespace_key_suffix() {
+        assert_eq!(lock_key(b"app:", b"user").unwrap(), b"app:user-lock");
+        assert_eq!(namespaced(b"", b"k").unwrap(), b"k");
+    }
+
+    #[test]
+    fn empty_key_is_rejected() {
+        assert_eq!(
+            lock_key(b"ns", b"").unwrap_err().kind(),
+            ErrorKind::InvalidKey
+        );
+    }
+
+    #[test]
+    fn memcached_rules() {
+        assert!(check_memcached(&[b'a'; 250]).is_ok());
+        for bad in [
+            &b""[..],
+            &[b'a'; 251][..],
+            b"a b",
+            b"a\rb",
+            b"a\nb",
+            b"a\0b",
+            b"a\tb",
+            b"a\x7fb",
+        ] {
+            assert_eq!(
+                check_memcached(bad).unwrap_err().kind(),
+                ErrorKind::InvalidKey,
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! aiolock: the two locks of Python's `aiocache.lock`, for Rust and C, and better.
+//!
+//! - [`RedLock`]: a lease lock against cache stampedes. The first caller takes the lock
+//!   and computes; the others wait for its release (then read the cache), never
+//!   longer than the holder's lease or their own bound.
+//! - [`OptimisticLock`]: read a key, then write it only if nobody changed it meanwhile,
+//!   else a [`Conflict`](ErrorKind::Conflict) error.
+//!
+//! Both run over a small [`Cache`] API (get/set/add/delete/exists/ttl with TTLs and
+//! namespaces) on the in-process memory backend (`memory://`, the default, no
+//! server), Redis or memcached. Every type exists in two flavors built from one
+//! source: async (tokio) at the crate root and blocking in [`blocking`], usable
+//! together in one program.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> aiolock::Result<()> {
+//! use std::time::Duration;
+//! use aiolock::{Cache, Outcome};
+//!
+//! let cache = Cache::from_url("memory://?namespace=app:").await?;
+//! if cache.get("report").await?.is_none() {
+//!     let guard = cache.redlock("report", Duration::from_secs(5)).acquire().await?;
+//!     match guard.outcome() {
+//!         Outcome::Acquired => cache.set("report", b"computed", None).await?,
+//!         Outcome::Released => { /* the holder stored it: read the cache */ }
+//!         Outcome::TimedOut => { /* compute without the lock, as aiocache does */ }
+//!     }
+//!     guard.release().await?;
+//! }
+//! assert_eq!(cache.get("report").await?.as_deref(), Some(&b"computed"[..]));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Which lock should you use?
+//!
+//! - Many callers miss the same cache entry and computing it is expensive:
+//!   [`RedLock`]. One computes, the others wait for it and read its result.
+//! - Read-modify-write of one key by callers that rarely collide: [`OptimisticLock`].
+//!   Nobody waits; the loser of a collision gets `Conflict` and retries.
+//! - Neither is a mutex: a RedLock waiter that times out goes on *without* the lock,
+//!   and a holder that outlives its lease loses it (its release then reports `false`).
+//!
+//! # Differences from aiocache
+//!
+//! - Waiters in other processes and on other hosts wait and wake on the release
+//!   (aiocache's waiters in another process do not wait at all).
+//! - A waiter waits at most until the holder's lease actually ends, not a full lease
+//!   from its own arrival; when a lease ends without a release, one waiter is
+//!   re-elected and the others keep waiting.
+//! - Release is owner-checked and atomic on every backend, memcached included.
+//! - `acquire` tells the caller what happened: [`Outcome::Acquired`],
+//!   [`Outcome::Released`] or [`Outcome::TimedOut`].
+//! - Lock state belongs to each cache: two caches never share waiters.
+//! - Blocking Rust, async Rust and a C ABI (C, Go, Ruby).
+//!
+//! # Features
+//!
+//! | feature | default | what |
+//! |---|---|---|
+//! | `async` | yes | the async flavor at the crate root (tokio) |
+//! | `blocking` | yes | [`blocking`]: no async runtime needed or linked |
+
+#![deny(unused_must_use)]
+#![warn(missing_docs)]
+
+pub mod config;
+mod core;
+mod error;
+mod key;
+mod memory;
+
+#[cfg(feature = "blocking")]
+pub mod blocking;
+#[cfg(feature = "async")]
+mod nonblocking;
+
+pub use crate::core::lease::{MAX_DURATION, seconds};
+pub use crate::core::token::Token;
+pub use crate::core::wait::{Outcome, Wake};
+pub use crate::error::{Error, ErrorKind, Result};
+pub use crate::memory::{CasToken, MemoryBackend, Ttl, Versioned};
+#[cfg(feature = "async")]
+pub use crate::nonblocking::*;

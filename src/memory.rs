@@ -1,0 +1,532 @@
+//! The in-process memory backend, compiled once and used by both flavors.
+//!
+//! One `parking_lot` mutex guards a hash map; expiry deadlines are checked on access
+//! (no background thread), and expired entries are swept in amortized O(1). Lock
+//! waiters listen on a per-key [`event_listener::Event`], which a blocking thread can
+//! park on and an async task can await, so a blocking waiter wakes on an async
+//! holder's release and the reverse.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+#[cfg(test)]
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use event_listener::{Event, EventListener};
+use parking_lot::Mutex;
+
+use crate::core::lease::deadline;
+use crate::core::wait::Wake;
+
+/// Time to live of a key, as reported by `Cache::ttl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ttl {
+    /// The key does not exist (or has expired).
+    Missing,
+    /// The key exists and never expires.
+    Persistent,
+    /// The key exists and expires after this long.
+    Expires(Duration),
+}
+
+/// What an optimistic lock read on entry: the value and a token that changes
+/// whenever the value is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    /// The value at the time of the read, `None` when the key was absent.
+    pub value: Option<Vec<u8>>,
+    /// The backend's token for that state of the key.
+    pub token: CasToken,
+}
+
+/// A compare-and-set token: what a backend compares to tell whether a key changed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CasToken {
+    /// The key was absent; it must still be absent.
+    Absent,
+    /// A version number (memory: a counter; memcached: the CAS unique).
+    Version(u64),
+    /// The value itself, or a digest of it (Redis).
+    Value(Vec<u8>),
+}
+
+/// The in-process backend of `memory://`: the embedded default, no server needed.
+///
+/// Clones share one store. The same `MemoryBackend` can serve a blocking and an async
+/// [`Cache`](crate::Cache) at once, and their locks see each other.
+///
+/// ```
+/// # #[cfg(all(feature = "blocking", feature = "async"))] {
+/// use aiolock::MemoryBackend;
+///
+/// let store = MemoryBackend::new();
+/// let sync_cache = aiolock::blocking::Cache::new(store.clone());
+/// let async_cache = aiolock::Cache::new(store);
+/// sync_cache.set("k", b"v", None)?;
+/// # let _ = async_cache;
+/// # }
+/// # Ok::<(), aiolock::Error>(())
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryBackend {
+    store: Arc<Store>,
+}
+
+impl std::fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBackend")
+            .field("keys", &self.store.map.lock().entries.len())
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct Store {
+    map: Mutex<Map>,
+    clock: Clock,
+}
+
+#[derive(Default)]
+struct Map {
+    entries: HashMap<Vec<u8>, Entry>,
+    last_version: u64,
+    sweep_above: usize,
+}
+
+struct Entry {
+    value: Box<[u8]>,
+    expires: Option<Instant>,
+    version: u64,
+    /// Created by the first waiter; notified when the key is released or deleted.
+    waiters: Option<Arc<Event>>,
+}
+
+impl Entry {
+    fn live(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|at| now < at)
+    }
+}
+
+/// Where the store reads the time: the system clock, or a hand-driven one in tests.
+#[derive(Default)]
+enum Clock {
+    #[default]
+    System,
+    #[cfg(test)]
+    Manual(Instant, AtomicU64),
+}
+
+impl Clock {
+    #[inline]
+    fn now(&self) -> Instant {
+        match self {
+            Clock::System => Instant::now(),
+            #[cfg(test)]
+            Clock::Manual(origin, nanos) => {
+                *origin + Duration::from_nanos(nanos.load(Ordering::SeqCst))
+            }
+        }
+    }
+}
+
+const MIN_SWEEP: usize = 1024;
+
+impl Map {
+    fn live(&self, key: &[u8], now: Instant) -> Option<&Entry> {
+        self.entries.get(key).filter(|e| e.live(now))
+    }
+
+    fn next_version(&mut self) -> u64 {
+        self.last_version += 1;
+        self.last_version
+    }
+
+    /// Stores `value`, keeping the waiters of a previous entry.
+    fn put(&mut self, key: &[u8], value: &[u8], ttl: Option<Duration>, now: Instant) {
+        let version = self.next_version();
+        let expires = ttl.map(|d| deadline(now, d));
+        if let Some(e) = self.entries.get_mut(key) {
+            e.value = value.into();
+            e.expires = expires;
+            e.version = version;
+            return;
+        }
+        self.sweep(now);
+        self.entries.insert(
+            key.to_vec(),
+            Entry {
+                value: value.into(),
+                expires,
+                version,
+                waiters: None,
+            },
+        );
+    }
+
+    /// Removes `key`; returns whether it was live and the waiters to notify.
+    fn remove(&mut self, key: &[u8], now: Instant) -> (bool, Option<Arc<Event>>) {
+        match self.entries.remove(key) {
+            Some(e) => (e.live(now), e.waiters),
+            None => (false, None),
+        }
+    }
+
+    /// Drops expired entries once the map has doubled since the last sweep.
+    fn sweep(&mut self, now: Instant) {
+        if self.entries.len() < self.sweep_above {
+            return;
+        }
+        self.entries
+            .retain(|_, e| e.live(now) || e.waiters.is_some());
+        self.sweep_above = (self.entries.len() * 2).max(MIN_SWEEP);
+    }
+}
+
+fn wake(waiters: Option<Arc<Event>>) {
+    if let Some(event) = waiters {
+        event.notify(usize::MAX);
+    }
+}
+
+/// What a lock waiter waits on, returned by [`MemoryBackend::listen`].
+pub(crate) enum Listen {
+    /// The key is not held.
+    Vacant,
+    /// Wait on `listener` until `until`; a notification means the key was released.
+    Held {
+        listener: EventListener,
+        until: Instant,
+        /// Whether `until` is the caller's deadline (rather than the lease end).
+        until_is_deadline: bool,
+    },
+}
+
+impl MemoryBackend {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    #[cfg(test)]
+    fn with_manual_clock() -> Self {
+        MemoryBackend {
+            store: Arc::new(Store {
+                map: Mutex::default(),
+                clock: Clock::Manual(Instant::now(), AtomicU64::new(0)),
+            }),
+        }
+    }
+
+    #[cfg(test)]
+    fn advance(&self, d: Duration) {
+        if let Clock::Manual(_, nanos) = &self.store.clock {
+            nanos.fetch_add(d.as_nanos() as u64, Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let now = self.store.clock.now();
+        self.store
+            .map
+            .lock()
+            .live(key, now)
+            .map(|e| e.value.to_vec())
+    }
+
+    pub(crate) fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) {
+        let now = self.store.clock.now();
+        self.store.map.lock().put(key, value, ttl, now);
+    }
+
+    pub(crate) fn add(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> bool {
+        let now = self.store.clock.now();
+        let mut map = self.store.map.lock();
+        if map.live(key, now).is_some() {
+            return false;
+        }
+        map.put(key, value, ttl, now);
+        true
+    }
+
+    pub(crate) fn delete(&self, key: &[u8]) -> bool {
+        let now = self.store.clock.now();
+        let (was_live, waiters) = self.store.map.lock().remove(key, now);
+        wake(waiters);
+        was_live
+    }
+
+    pub(crate) fn exists(&self, key: &[u8]) -> bool {
+        let now = self.store.clock.now();
+        self.store.map.lock().live(key, now).is_some()
+    }
+
+    pub(crate) fn ttl(&self, key: &[u8]) -> Ttl {
+        let now = self.store.clock.now();
+        match self.store.map.lock().live(key, now) {
+            None => Ttl::Missing,
+            Some(Entry { expires: None, .. }) => Ttl::Persistent,
+            Some(Entry {
+                expires: Some(at), ..
+            }) => Ttl::Expires(at.duration_since(now)),
+        }
+    }
+
+    /// Deletes `key` if it holds `token` and has not expired; wakes its waiters.
+    pub(crate) fn release(&self, key: &[u8], token: &[u8]) -> bool {
+        let now = self.store.clock.now();
+        let mut map = self.store.map.lock();
+        let owned = map.live(key, now).is_some_and(|e| *e.value == *token);
+        if !owned {
+            return false;
+        }
+        let (_, waiters) = map.remove(key, now);
+        drop(map);
+        wake(waiters);
+        true
+    }
+
+    /// Registers a waiter on `key` and says how long to wait: registration and the
+    /// check happen under one lock, so no release between them is missed.
+    pub(crate) fn listen(&self, key: &[u8], deadline: Instant) -> Listen {
+        let now = self.store.clock.now();
+        let mut map = self.store.map.lock();
+        let Some(entry) = map.entries.get_mut(key).filter(|e| e.live(now)) else {
+            return Listen::Vacant;
+        };
+        let listener = entry
+            .waiters
+            .get_or_insert_with(|| Arc::new(Event::new()))
+            .listen();
+        let (until, until_is_deadline) = match entry.expires {
+            Some(end) if end < deadline => (end, false),
+            _ => (deadline, true),
+        };
+        Listen::Held {
+            listener,
+            until,
+            until_is_deadline,
+        }
+    }
+
+    pub(crate) fn begin(&self, key: &[u8]) -> Versioned {
+        let now = self.store.clock.now();
+        match self.store.map.lock().live(key, now) {
+            Some(e) => Versioned {
+                value: Some(e.value.to_vec()),
+                token: CasToken::Version(e.version),
+            },
+            None => Versioned {
+                value: None,
+                token: CasToken::Absent,
+            },
+        }
+    }
+
+    /// Writes `value` if `key` is still in the state `token` describes.
+    pub(crate) fn cas(
+        &self,
+        key: &[u8],
+        token: &CasToken,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> bool {
+        let now = self.store.clock.now();
+        let mut map = self.store.map.lock();
+        let current = map.live(key, now).map(|e| e.version);
+        let unchanged = match token {
+            CasToken::Absent => current.is_none(),
+            CasToken::Version(v) => current == Some(*v),
+            CasToken::Value(_) => false,
+        };
+        if unchanged {
+            map.put(key, value, ttl, now);
+        }
+        unchanged
+    }
+}
+
+/// Turns the end of a listener wait into a [`Wake`].
+pub(crate) fn wake_reason(notified: bool, until_is_deadline: bool) -> Wake {
+    match (notified, until_is_deadline) {
+        (true, _) => Wake::Released,
+        (false, true) => Wake::Deadline,
+        (false, false) => Wake::Vacant,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use event_listener::Listener;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn ttl_is_honoured_to_the_millisecond() {
+        let m = MemoryBackend::with_manual_clock();
+        m.set(b"k", b"v", Some(Duration::from_millis(10)));
+        m.advance(Duration::from_micros(9_999));
+        assert_eq!(m.get(b"k").as_deref(), Some(&b"v"[..]));
+        assert_eq!(m.ttl(b"k"), Ttl::Expires(Duration::from_micros(1)));
+        m.advance(Duration::from_micros(1));
+        assert_eq!(m.get(b"k"), None);
+        assert_eq!(m.ttl(b"k"), Ttl::Missing);
+        assert!(m.add(b"k", b"w", None), "an expired key can be added");
+    }
+
+    #[test]
+    fn release_checks_the_owner_and_the_lease() {
+        let m = MemoryBackend::with_manual_clock();
+        assert!(m.add(b"l", b"a", Some(Duration::from_millis(5))));
+        assert!(!m.release(b"l", b"b"), "not the owner");
+        m.advance(Duration::from_millis(5));
+        assert!(!m.release(b"l", b"a"), "the lease ended");
+        assert!(m.add(b"l", b"b", Some(Duration::from_millis(5))));
+        assert!(!m.release(b"l", b"a"), "a stale holder removes nothing");
+        assert!(m.exists(b"l"));
+        assert!(m.release(b"l", b"b"));
+        assert!(!m.exists(b"l"));
+    }
+
+    #[test]
+    fn listen_caps_the_wait_at_the_lease_end() {
+        let m = MemoryBackend::with_manual_clock();
+        let now = m.store.clock.now();
+        assert!(matches!(
+            m.listen(b"l", now + Duration::from_secs(1)),
+            Listen::Vacant
+        ));
+        m.add(b"l", b"a", Some(Duration::from_millis(100)));
+        let Listen::Held {
+            until,
+            until_is_deadline,
+            ..
+        } = m.listen(b"l", now + Duration::from_secs(1))
+        else {
+            panic!("held")
+        };
+        assert_eq!(until, now + Duration::from_millis(100));
+        assert!(!until_is_deadline);
+        let Listen::Held {
+            listener,
+            until_is_deadline,
+            ..
+        } = m.listen(b"l", now + Duration::from_millis(50))
+        else {
+            panic!("held")
+        };
+        assert!(until_is_deadline);
+        assert!(m.release(b"l", b"a"));
+        assert!(
+            listener.wait_timeout(Duration::from_secs(5)).is_some(),
+            "release notifies"
+        );
+    }
+
+    #[test]
+    fn sweep_drops_expired_entries() {
+        let m = MemoryBackend::with_manual_clock();
+        for i in 0..2000u32 {
+            m.set(&i.to_be_bytes(), b"v", Some(Duration::from_millis(1)));
+        }
+        m.advance(Duration::from_millis(1));
+        for i in 0..2000u32 {
+            m.set(&(i + 10_000).to_be_bytes(), b"v", None);
+        }
+        assert!(m.store.map.lock().entries.len() < 3000);
+    }
+
+    /// The model: key → (value, expiry in ms, version).
+    #[derive(Debug, Clone)]
+    enum Op {
+        Get(u8),
+        Set(u8, u8, Option<u8>),
+        Add(u8, u8, Option<u8>),
+        Delete(u8),
+        Ttl(u8),
+        Begin(u8),
+        Cas(u8, u8, Option<u8>),
+        Advance(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let key = 0u8..4;
+        let ttl = proptest::option::of(1u8..20);
+        prop_oneof![
+            key.clone().prop_map(Op::Get),
+            (key.clone(), any::<u8>(), ttl.clone()).prop_map(|(k, v, t)| Op::Set(k, v, t)),
+            (key.clone(), any::<u8>(), ttl.clone()).prop_map(|(k, v, t)| Op::Add(k, v, t)),
+            key.clone().prop_map(Op::Delete),
+            key.clone().prop_map(Op::Ttl),
+            key.clone().prop_map(Op::Begin),
+            (key, any::<u8>(), ttl).prop_map(|(k, v, t)| Op::Cas(k, v, t)),
+            (0u8..25).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn behaves_like_the_model(ops in proptest::collection::vec(op(), 1..80)) {
+            let m = MemoryBackend::with_manual_clock();
+            let ms = Duration::from_millis;
+            // key -> (value, expires_at_ms, write count)
+            let mut model: BTreeMap<u8, (u8, Option<u64>, u64)> = BTreeMap::new();
+            let mut writes = 0u64;
+            let mut now = 0u64;
+            // Tokens from Begin, per key: the model's write count at the time.
+            let mut begun: BTreeMap<u8, (CasToken, Option<u64>)> = BTreeMap::new();
+            for op in ops {
+                model.retain(|_, (_, exp, _)| exp.is_none_or(|e| now < e));
+                match op {
+                    Op::Get(k) => {
+                        let want = model.get(&k).map(|(v, _, _)| vec![*v]);
+                        prop_assert_eq!(m.get(&[k]), want);
+                    }
+                    Op::Set(k, v, t) => {
+                        m.set(&[k], &[v], t.map(|t| ms(t.into())));
+                        writes += 1;
+                        model.insert(k, (v, t.map(|t| now + u64::from(t)), writes));
+                    }
+                    Op::Add(k, v, t) => {
+                        let want = !model.contains_key(&k);
+                        prop_assert_eq!(m.add(&[k], &[v], t.map(|t| ms(t.into()))), want);
+                        if want {
+                            writes += 1;
+                            model.insert(k, (v, t.map(|t| now + u64::from(t)), writes));
+                        }
+                    }
+                    Op::Delete(k) => {
+                        prop_assert_eq!(m.delete(&[k]), model.remove(&k).is_some());
+                    }
+                    Op::Ttl(k) => {
+                        let want = match model.get(&k) {
+                            None => Ttl::Missing,
+                            Some((_, None, _)) => Ttl::Persistent,
+                            Some((_, Some(e), _)) => Ttl::Expires(ms(e - now)),
+                        };
+                        prop_assert_eq!(m.ttl(&[k]), want);
+                    }
+                    Op::Begin(k) => {
+                        let v = m.begin(&[k]);
+                        prop_assert_eq!(&v.value, &model.get(&k).map(|(v, _, _)| vec![*v]));
+                        begun.insert(k, (v.token, model.get(&k).map(|(_, _, w)| *w)));
+                    }
+                    Op::Cas(k, v, t) => {
+                        let Some((token, seen)) = begun.get(&k).cloned() else { continue };
+                        let want = model.get(&k).map(|(_, _, w)| *w) == seen;
+                        prop_assert_eq!(m.cas(&[k], &token, &[v], t.map(|t| ms(t.into()))), want);
+                        if want {
+                            writes += 1;
+                            model.insert(k, (v, t.map(|t| now + u64::from(t)), writes));
+                        }
+                    }
+                    Op::Advance(d) => {
+                        m.advance(ms(d.into()));
+                        now += u64::from(d);
+                    }
+                }
+            }
+        }
+    }
+}

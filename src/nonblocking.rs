@@ -1,0 +1,82 @@
+//! The async flavor, on tokio, re-exported at the crate root.
+
+use maybe_async::must_be_async as maybe_async;
+
+/// `maybe_await!(f())`: `f().await` here, `f()` in the blocking flavor. For calls
+/// inside macros, which maybe-async does not rewrite.
+macro_rules! maybe_await {
+    ($e:expr) => {
+        $e.await
+    };
+}
+
+#[path = "shared/mod.rs"]
+mod shared;
+
+pub use shared::*;
+
+use crate::core::wait::Outcome;
+use crate::error::Result;
+
+impl<B: Backend> RedLock<B> {
+    /// Runs the future `f` makes under the lock: acquires, awaits `f(outcome)`, then
+    /// releases (if acquired) and returns its output. A failed release is not reported
+    /// (the lease bounds the damage); use [`acquire`](RedLock::acquire) and
+    /// [`release`](LockGuard::release) to see it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> aiolock::Result<()> {
+    /// use std::time::Duration;
+    /// use aiolock::{Cache, Outcome};
+    ///
+    /// let cache = Cache::memory();
+    /// let computed = cache
+    ///     .redlock("report", Duration::from_secs(5))
+    ///     .run(|outcome| async move { outcome == Outcome::Acquired })
+    ///     .await?;
+    /// assert!(computed);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the returned future releases the lock on a spawned task.
+    pub async fn run<F, Fut, T>(self, f: F) -> Result<T>
+    where
+        F: FnOnce(Outcome) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let guard = self.acquire().await?;
+        let value = f(guard.outcome()).await;
+        let _ = guard.release().await;
+        Ok(value)
+    }
+}
+
+/// The async flavor's runtime seam.
+mod rt {
+    use std::time::Instant;
+
+    use event_listener::EventListener;
+
+    use super::{Backend, Cache};
+    use crate::core::token::Token;
+
+    /// Waits until `listener` is notified (true) or `until` passes (false).
+    pub(crate) async fn wait_listener(listener: EventListener, until: Instant) -> bool {
+        tokio::time::timeout_at(until.into(), listener)
+            .await
+            .is_ok()
+    }
+
+    /// A dropped guard releases on a spawned task, when there is a runtime to spawn on.
+    pub(crate) fn release_on_drop<B: Backend>(cache: Cache<B>, key: Vec<u8>, token: Token) {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = cache.backend().release(&key, token.as_bytes()).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The backend trait: what a store must do for the cache and both locks.
+
+use std::time::{Duration, Instant};
+
+use super::maybe_async;
+use crate::core::wait::Wake;
+use crate::error::Result;
+use crate::memory::{CasToken, Ttl, Versioned};
+
+/// A store the cache and the locks run on.
+///
+/// aiolock ships [`MemoryBackend`](crate::MemoryBackend) and, behind features, Redis and
+/// memcached; implement this trait to bring another. Keys arrive fully namespaced and
+/// non-empty; a backend rejects keys it cannot store with
+/// [`ErrorKind::InvalidKey`](crate::ErrorKind::InvalidKey) before sending anything.
+/// TTLs and leases arrive checked (non-zero, at most
+/// [`MAX_DURATION`](crate::core::lease::MAX_DURATION)).
+///
+/// In the async flavor every method returns a `Send` future, so generic code can
+/// `tokio::spawn` it.
+#[maybe_async(AFIT)]
+pub trait Backend: Send + Sync + 'static {
+    /// The value of `key`, if present.
+    fn get(&self, key: &[u8]) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
+
+    /// Stores `value` under `key`, expiring after `ttl` (never, for `None`).
+    fn set(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Stores `value` only if `key` is absent; returns whether it did.
+    /// This is how a [`RedLock`] is taken: the value is the holder's token.
+    fn add(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Removes `key`; returns whether it was present.
+    fn delete(&self, key: &[u8]) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Whether `key` is present.
+    fn exists(&self, key: &[u8]) -> impl Future<Output = Result<bool>> + Send;
+
+    /// The remaining time to live of `key`.
+    fn ttl(&self, key: &[u8]) -> impl Future<Output = Result<Ttl>> + Send;
+
+    /// Deletes `key` only if it still holds `token`, atomically, and wakes the waiters
+    /// of `key` (in every process). Returns whether it deleted the key.
+    fn release(&self, key: &[u8], token: &[u8]) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Waits for the holder of `key` to release it, at most until `deadline` and never
+    /// past the holder's lease end.
+    ///
+    /// Registers for the release notification *before* checking the key, so that no
+    /// release between the caller's lost add and this wait is missed. Returns
+    /// [`Wake::Vacant`] when the key is not held (any more) without a release having
+    /// been seen, so the caller tries to add it again.
+    fn wait(&self, key: &[u8], deadline: Instant) -> impl Future<Output = Result<Wake>> + Send;
+
+    /// Reads `key` and a token for its current state (start of an [`OptimisticLock`]).
+    fn begin(&self, key: &[u8]) -> impl Future<Output = Result<Versioned>> + Send;
+
+    /// Writes `value` only if `key` is still in the state `token` describes; returns
+    /// whether it wrote.
+    fn cas(
+        &self,
+        key: &[u8],
+        token: &CasToken,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<bool>> + Send;
+}

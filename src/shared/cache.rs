@@ -1,0 +1,351 @@
+//! [`Cache`]: a namespaced handle over a backend, and the URL-chosen [`AnyBackend`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::backend::Backend;
+use super::maybe_async;
+use super::optimistic::OptimisticLock;
+use super::redlock::RedLock;
+use crate::config::{self, Endpoint, Options};
+use crate::core::lease::check_ttl;
+use crate::core::wait::Wake;
+use crate::error::{Error, ErrorKind, Result};
+use crate::key;
+use crate::memory::{CasToken, MemoryBackend, Ttl, Versioned};
+
+/// A cache: a backend and an optional namespace prefixed to every key.
+///
+/// Cloning is cheap and clones share the backend (and its connections).
+///
+/// ```
+/// # #[cfg(feature = "blocking")] {
+/// use std::time::Duration;
+/// use aiolock::blocking::Cache;
+///
+/// let cache = Cache::from_url("memory://?namespace=app:")?;
+/// cache.set("user:1", b"Ada", Some(Duration::from_secs(60)))?;
+/// assert_eq!(cache.get("user:1")?.as_deref(), Some(&b"Ada"[..]));
+/// assert!(!cache.add("user:1", b"Bob", None)?, "add only stores an absent key");
+/// # }
+/// # Ok::<(), aiolock::Error>(())
+/// ```
+pub struct Cache<B = AnyBackend> {
+    inner: Arc<Inner<B>>,
+}
+
+struct Inner<B> {
+    backend: B,
+    namespace: Vec<u8>,
+}
+
+impl<B> Clone for Cache<B> {
+    fn clone(&self) -> Self {
+        Cache {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<B: std::fmt::Debug> std::fmt::Debug for Cache<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("namespace", &String::from_utf8_lossy(&self.inner.namespace))
+            .field("backend", &self.inner.backend)
+            .finish()
+    }
+}
+
+impl Cache<AnyBackend> {
+    /// Opens the cache a URL names (see [`config`](crate::config) for the schemes and
+    /// options): `memory://`, `redis://…`, `memcached://…`.
+    ///
+    /// ```
+    /// # #[cfg(feature = "blocking")] {
+    /// let cache = aiolock::blocking::Cache::from_url("memory://?namespace=app:")?;
+    /// assert_eq!(cache.namespace(), b"app:");
+    /// # }
+    /// # Ok::<(), aiolock::Error>(())
+    /// ```
+    #[maybe_async]
+    pub async fn from_url(url: &str) -> Result<Self> {
+        CacheBuilder::new().build(url).await
+    }
+
+    /// A new, empty in-process cache (`memory://`).
+    pub fn memory() -> Self {
+        Cache::new(AnyBackend::Memory(MemoryBackend::new()))
+    }
+
+    /// A builder, for options beyond the URL.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::new()
+    }
+}
+
+impl<B: Backend> Cache<B> {
+    /// A cache over `backend`, without a namespace.
+    pub fn new(backend: B) -> Self {
+        Self::with_namespace(backend, Vec::new())
+    }
+
+    /// A cache over `backend` whose keys are all prefixed with `namespace`.
+    pub fn with_namespace(backend: B, namespace: impl Into<Vec<u8>>) -> Self {
+        Cache {
+            inner: Arc::new(Inner {
+                backend,
+                namespace: namespace.into(),
+            }),
+        }
+    }
+
+    /// The prefix of every key.
+    pub fn namespace(&self) -> &[u8] {
+        &self.inner.namespace
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.inner.backend
+    }
+
+    pub(crate) fn key(&self, key: &[u8]) -> Result<Vec<u8>> {
+        key::namespaced(&self.inner.namespace, key)
+    }
+
+    /// The value of `key`, if present.
+    #[maybe_async]
+    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        let key = self.key(key.as_ref())?;
+        self.backend().get(&key).await
+    }
+
+    /// Stores `value` under `key`; it expires after `ttl` (never, for `None`).
+    #[maybe_async]
+    pub async fn set(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        let key = self.key(key.as_ref())?;
+        let ttl = check_ttl(ttl)?;
+        self.backend().set(&key, value.as_ref(), ttl).await
+    }
+
+    /// Stores `value` only if `key` is absent; returns whether it did.
+    #[maybe_async]
+    pub async fn add(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        let key = self.key(key.as_ref())?;
+        let ttl = check_ttl(ttl)?;
+        self.backend().add(&key, value.as_ref(), ttl).await
+    }
+
+    /// Removes `key`; returns whether it was present.
+    #[maybe_async]
+    pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        let key = self.key(key.as_ref())?;
+        self.backend().delete(&key).await
+    }
+
+    /// Whether `key` is present.
+    #[maybe_async]
+    pub async fn exists(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        let key = self.key(key.as_ref())?;
+        self.backend().exists(&key).await
+    }
+
+    /// The remaining time to live of `key`.
+    #[maybe_async]
+    pub async fn ttl(&self, key: impl AsRef<[u8]>) -> Result<Ttl> {
+        let key = self.key(key.as_ref())?;
+        self.backend().ttl(&key).await
+    }
+
+    /// A [`RedLock`] on `key` with this lease (same as [`RedLock::new`]).
+    pub fn redlock(&self, key: impl AsRef<[u8]>, lease: Duration) -> RedLock<B> {
+        RedLock::new(self, key, lease)
+    }
+
+    /// Begins an [`OptimisticLock`] on `key` (same as [`OptimisticLock::begin`]).
+    #[maybe_async]
+    pub async fn optimistic_lock(&self, key: impl AsRef<[u8]>) -> Result<OptimisticLock<B>> {
+        OptimisticLock::begin(self, key).await
+    }
+}
+
+/// Builds a [`Cache`] from a URL and options set in code (which win over the URL's).
+///
+/// ```
+/// # #[cfg(feature = "blocking")] {
+/// use std::time::Duration;
+///
+/// let cache = aiolock::blocking::Cache::builder()
+///     .namespace("app:")
+///     .response_timeout(Duration::from_millis(500))
+///     .build("memory://")?;
+/// assert_eq!(cache.namespace(), b"app:");
+/// # }
+/// # Ok::<(), aiolock::Error>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct CacheBuilder {
+    namespace: Option<Vec<u8>>,
+    connect_timeout: Option<Duration>,
+    response_timeout: Option<Duration>,
+    pool_size: Option<usize>,
+}
+
+impl CacheBuilder {
+    /// A builder with nothing set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The prefix of every key.
+    pub fn namespace(mut self, namespace: impl Into<Vec<u8>>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// How long to wait for a connection (network backends).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// How long to wait for the answer to one command (network backends).
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = Some(timeout);
+        self
+    }
+
+    /// Connections kept by the blocking flavor's pool (network backends).
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = Some(size);
+        self
+    }
+
+    fn options(&self, mut options: Options) -> Result<Options> {
+        let positive = |what: &str, d: Option<Duration>| match d {
+            Some(d) if d.is_zero() => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("the {what} must be longer than zero"),
+            )),
+            _ => Ok(d),
+        };
+        if let Some(ns) = &self.namespace {
+            options.namespace.clone_from(ns);
+        }
+        if let Some(d) = positive("connect timeout", self.connect_timeout)? {
+            options.connect_timeout = d;
+        }
+        if let Some(d) = positive("response timeout", self.response_timeout)? {
+            options.response_timeout = d;
+        }
+        match self.pool_size {
+            Some(0) => return Err(Error::invalid_argument("the pool size must be at least 1")),
+            Some(n) => options.pool_size = n,
+            None => {}
+        }
+        Ok(options)
+    }
+
+    /// Opens the cache `url` names, with these options.
+    #[maybe_async]
+    pub async fn build(&self, url: &str) -> Result<Cache> {
+        let (endpoint, options) = config::parse(url)?;
+        let options = self.options(options)?;
+        let backend = AnyBackend::connect(endpoint, &options).await?;
+        Ok(Cache::with_namespace(backend, options.namespace))
+    }
+}
+
+/// The backends a URL can name, chosen at run time.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum AnyBackend {
+    /// `memory://`
+    Memory(MemoryBackend),
+}
+
+impl AnyBackend {
+    #[maybe_async]
+    async fn connect(endpoint: Endpoint, _options: &Options) -> Result<Self> {
+        match endpoint {
+            Endpoint::Memory => Ok(AnyBackend::Memory(MemoryBackend::new())),
+            Endpoint::Redis(_) => Err(not_built("redis")),
+            Endpoint::Memcached(_) => Err(not_built("memcached")),
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn not_built(feature: &str) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        format!("this build of aiolock has no {feature} backend (enable the `{feature}` feature)"),
+    )
+}
+
+macro_rules! dispatch {
+    ($self:ident, $b:ident => $call:expr) => {
+        match $self {
+            AnyBackend::Memory($b) => maybe_await!($call),
+        }
+    };
+}
+
+#[maybe_async(AFIT)]
+impl Backend for AnyBackend {
+    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        dispatch!(self, b => Backend::get(b, key))
+    }
+
+    async fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        dispatch!(self, b => Backend::set(b, key, value, ttl))
+    }
+
+    async fn add(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<bool> {
+        dispatch!(self, b => Backend::add(b, key, value, ttl))
+    }
+
+    async fn delete(&self, key: &[u8]) -> Result<bool> {
+        dispatch!(self, b => Backend::delete(b, key))
+    }
+
+    async fn exists(&self, key: &[u8]) -> Result<bool> {
+        dispatch!(self, b => Backend::exists(b, key))
+    }
+
+    async fn ttl(&self, key: &[u8]) -> Result<Ttl> {
+        dispatch!(self, b => Backend::ttl(b, key))
+    }
+
+    async fn release(&self, key: &[u8], token: &[u8]) -> Result<bool> {
+        dispatch!(self, b => Backend::release(b, key, token))
+    }
+
+    async fn wait(&self, key: &[u8], deadline: Instant) -> Result<Wake> {
+        dispatch!(self, b => Backend::wait(b, key, deadline))
+    }
+
+    async fn begin(&self, key: &[u8]) -> Result<Versioned> {
+        dispatch!(self, b => Backend::begin(b, key))
+    }
+
+    async fn cas(
+        &self,
+        key: &[u8],
+        token: &CasToken,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        dispatch!(self, b => Backend::cas(b, key, token, value, ttl))
+    }
+}

@@ -1,0 +1,70 @@
+//! [`Backend`] for the memory store: the store is synchronous, only the wait differs
+//! per flavor (the `rt` seam).
+
+use std::time::{Duration, Instant};
+
+use super::backend::Backend;
+use super::{maybe_async, rt};
+use crate::core::wait::Wake;
+use crate::error::Result;
+use crate::memory::{CasToken, Listen, MemoryBackend, Ttl, Versioned, wake_reason};
+
+#[maybe_async(AFIT)]
+impl Backend for MemoryBackend {
+    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(MemoryBackend::get(self, key))
+    }
+
+    async fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        MemoryBackend::set(self, key, value, ttl);
+        Ok(())
+    }
+
+    async fn add(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<bool> {
+        Ok(MemoryBackend::add(self, key, value, ttl))
+    }
+
+    async fn delete(&self, key: &[u8]) -> Result<bool> {
+        Ok(MemoryBackend::delete(self, key))
+    }
+
+    async fn exists(&self, key: &[u8]) -> Result<bool> {
+        Ok(MemoryBackend::exists(self, key))
+    }
+
+    async fn ttl(&self, key: &[u8]) -> Result<Ttl> {
+        Ok(MemoryBackend::ttl(self, key))
+    }
+
+    async fn release(&self, key: &[u8], token: &[u8]) -> Result<bool> {
+        Ok(MemoryBackend::release(self, key, token))
+    }
+
+    async fn wait(&self, key: &[u8], deadline: Instant) -> Result<Wake> {
+        Ok(match self.listen(key, deadline) {
+            Listen::Vacant => Wake::Vacant,
+            Listen::Held {
+                listener,
+                until,
+                until_is_deadline,
+            } => {
+                let notified = rt::wait_listener(listener, until).await;
+                wake_reason(notified, until_is_deadline)
+            }
+        })
+    }
+
+    async fn begin(&self, key: &[u8]) -> Result<Versioned> {
+        Ok(MemoryBackend::begin(self, key))
+    }
+
+    async fn cas(
+        &self,
+        key: &[u8],
+        token: &CasToken,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        Ok(MemoryBackend::cas(self, key, token, value, ttl))
+    }
+}

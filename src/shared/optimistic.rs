@@ -1,0 +1,88 @@
+//! [`OptimisticLock`]: compare-and-set on one key.
+
+use std::time::Duration;
+
+use super::backend::Backend;
+use super::cache::{AnyBackend, Cache};
+use super::maybe_async;
+use crate::core::lease::check_ttl;
+use crate::error::{Error, ErrorKind, Result};
+use crate::memory::Versioned;
+
+/// Reads a key and a token for its state; [`cas`](OptimisticLock::cas) writes only if
+/// nobody changed the key meanwhile (aiocache's `OptimisticLock`).
+///
+/// The token is the backend's: a version counter (memory), the CAS unique
+/// (memcached), or the value itself (Redis: a write of the same bytes in between is
+/// not seen, the ABA case). A key absent when the lock began must still be absent.
+///
+/// ```
+/// # #[cfg(feature = "blocking")] {
+/// use aiolock::blocking::{Cache, OptimisticLock};
+///
+/// let cache = Cache::memory();
+/// cache.set("counter", b"1", None)?;
+/// let lock = OptimisticLock::begin(&cache, "counter")?;
+/// assert_eq!(lock.value(), Some(&b"1"[..]));
+/// cache.set("counter", b"5", None)?; // another writer
+/// assert!(lock.cas(b"2", None).unwrap_err().is_conflict());
+/// # }
+/// # Ok::<(), aiolock::Error>(())
+/// ```
+pub struct OptimisticLock<B = AnyBackend> {
+    cache: Cache<B>,
+    key: Vec<u8>,
+    read: Versioned,
+}
+
+impl<B> std::fmt::Debug for OptimisticLock<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OptimisticLock")
+            .field("key", &String::from_utf8_lossy(&self.key))
+            .field("read", &self.read)
+            .finish()
+    }
+}
+
+impl<B: Backend> OptimisticLock<B> {
+    /// Reads `key` and the token of its current state.
+    #[maybe_async]
+    pub async fn begin(cache: &Cache<B>, key: impl AsRef<[u8]>) -> Result<Self> {
+        let key = cache.key(key.as_ref())?;
+        let read = cache.backend().begin(&key).await?;
+        Ok(OptimisticLock {
+            cache: cache.clone(),
+            key,
+            read,
+        })
+    }
+
+    /// The value read when the lock began (`None`: the key was absent).
+    pub fn value(&self) -> Option<&[u8]> {
+        self.read.value.as_deref()
+    }
+
+    /// Writes `value` (expiring after `ttl`, never for `None`) if the key has not
+    /// changed since [`begin`](OptimisticLock::begin); otherwise writes nothing and
+    /// fails with [`ErrorKind::Conflict`] (see [`Error::is_conflict`]).
+    #[maybe_async]
+    pub async fn cas(self, value: impl AsRef<[u8]>, ttl: Option<Duration>) -> Result<()> {
+        let ttl = check_ttl(ttl)?;
+        let written = self
+            .cache
+            .backend()
+            .cas(&self.key, &self.read.token, value.as_ref(), ttl)
+            .await?;
+        if written {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{:?} changed since the optimistic lock began",
+                    String::from_utf8_lossy(&self.key)
+                ),
+            ))
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! [`RedLock`]: the lease lock against cache stampedes.
+
+use std::time::{Duration, Instant};
+
+use super::backend::Backend;
+use super::cache::{AnyBackend, Cache};
+use super::{maybe_async, rt};
+use crate::core::lease::check_lease;
+use crate::core::token::Token;
+use crate::core::wait::{Acquisition, Action, Outcome};
+use crate::error::{Error, Result};
+use crate::key;
+
+/// A lease lock on one key, for cache-stampede protection (aiocache's `RedLock`).
+///
+/// The first caller to [`acquire`](RedLock::acquire) it holds it for at most the lease
+/// and computes; every other caller waits until the holder releases it (then reads the
+/// cache), at most until the holder's lease ends (then one of them is elected the new
+/// holder) and at most its own bound (by default, one lease). It is stored as the key
+/// `namespace + key + "-lock"` holding a random token; only that token releases it.
+///
+/// ```
+/// # #[cfg(feature = "blocking")] {
+/// use std::time::Duration;
+/// use aiolock::{Outcome, blocking::{Cache, RedLock}};
+///
+/// let cache = Cache::memory();
+/// let guard = RedLock::new(&cache, "report", Duration::from_secs(5)).acquire()?;
+/// assert_eq!(guard.outcome(), Outcome::Acquired);
+/// cache.set("report", b"...", None)?;
+/// assert!(guard.release()?, "the lock was still ours");
+/// # }
+/// # Ok::<(), aiolock::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct RedLock<B = AnyBackend> {
+    cache: Cache<B>,
+    key: Vec<u8>,
+    empty_key: bool,
+    lease: Duration,
+    wait: Option<Duration>,
+}
+
+impl<B> std::fmt::Debug for RedLock<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedLock")
+            .field("key", &String::from_utf8_lossy(&self.key))
+            .field("lease", &self.lease)
+            .field("wait", &self.wait)
+            .finish()
+    }
+}
+
+impl<B: Backend> RedLock<B> {
+    /// A lock on `key` of `cache`, held for at most `lease` once acquired.
+    ///
+    /// Nothing is checked or sent until [`acquire`](RedLock::acquire).
+    pub fn new(cache: &Cache<B>, key: impl AsRef<[u8]>, lease: Duration) -> Self {
+        let key = key.as_ref();
+        let full = key::lock_key(cache.namespace(), key).unwrap_or_default();
+        RedLock {
+            cache: cache.clone(),
+            key: full,
+            empty_key: key.is_empty(),
+            lease,
+            wait: None,
+        }
+    }
+
+    /// How long a caller that finds the lock held waits at most (default: the lease,
+    /// as in aiocache). `Duration::ZERO` tries once and never waits.
+    pub fn wait_at_most(mut self, bound: Duration) -> Self {
+        self.wait = Some(bound);
+        self
+    }
+
+    /// The key the lock is stored under: `namespace + key + "-lock"`.
+    pub fn lock_key(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// Takes the lock, or waits for its holder (see [`Outcome`]).
+    ///
+    /// Errors: [`InvalidArgument`](crate::ErrorKind::InvalidArgument) for a zero or
+    /// too long lease, [`InvalidKey`](crate::ErrorKind::InvalidKey) for an empty key,
+    /// and the backend's errors. Not getting the lock is not an error.
+    ///
+    /// # Cancel safety
+    ///
+    /// (async flavor) Dropping the future before it completes never leaves the lock
+    /// held by nobody: if the add may have been applied, the dropped acquisition
+    /// releases it (owner-checked) on a spawned task.
+    #[maybe_async]
+    pub async fn acquire(self) -> Result<LockGuard<B>> {
+        if self.empty_key {
+            return Err(Error::invalid_key("the key is empty"));
+        }
+        let lease = check_lease(self.lease)?;
+        let token = Token::random();
+        let mut machine = Acquisition::new(self.wait.unwrap_or(lease));
+        // The guard is armed (holds the token) while an add is in flight, so a
+        // cancelled or failed acquisition releases what it may have taken.
+        let mut guard = LockGuard {
+            cache: self.cache,
+            key: self.key,
+            token: None,
+            outcome: Outcome::TimedOut,
+        };
+        let mut action = machine.start();
+        loop {
+            action = match action {
+                Action::Add => {
+                    guard.token = Some(token);
+                    let won = guard
+                        .cache
+                        .backend()
+                        .add(&guard.key, token.as_bytes(), Some(lease))
+                        .await?;
+                    if !won {
+                        guard.token = None;
+                    }
+                    machine.added(won, Instant::now)
+                }
+                Action::Wait(deadline) => {
+                    let wake = guard.cache.backend().wait(&guard.key, deadline).await?;
+                    machine.woke(wake, Instant::now())
+                }
+                Action::Finish(outcome) => {
+                    guard.outcome = outcome;
+                    return Ok(guard);
+                }
+            }
+        }
+    }
+}
+
+/// The result of [`RedLock::acquire`]: says how the acquisition ended and, when it
+/// holds the lock, releases it.
+///
+/// Dropping a guard that holds the lock releases it (blocking: at once; async: on a
+/// spawned task, best effort). Prefer an explicit [`release`](LockGuard::release),
+/// which reports errors and whether the lease was still ours.
+#[must_use = "if unused the lock is released at once"]
+pub struct LockGuard<B: Backend = AnyBackend> {
+    cache: Cache<B>,
+    key: Vec<u8>,
+    token: Option<Token>,
+    outcome: Outcome,
+}
+
+impl<B: Backend> std::fmt::Debug for LockGuard<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("key", &String::from_utf8_lossy(&self.key))
+            .field("outcome", &self.outcome)
+            .finish()
+    }
+}
+
+impl<B: Backend> LockGuard<B> {
+    /// How the acquisition ended.
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+
+    /// Whether this guard holds the lock.
+    pub fn is_acquired(&self) -> bool {
+        self.outcome.is_acquired()
+    }
+
+    /// The token stored under the lock key, while held.
+    pub fn token(&self) -> Option<&Token> {
+        self.token.as_ref()
+    }
+
+    /// Releases the lock if this guard holds it: deletes the key only if it still holds
+    /// our token (atomically) and wakes the waiters. Returns whether it removed the
+    /// lock: `false` when the lease had already ended (another caller may hold it now,
+    /// and its lock is left alone) or when this guard never held it.
+    #[maybe_async]
+    pub async fn release(mut self) -> Result<bool> {
+        match self.token.take() {
+            Some(token) => {
+                self.cache
+                    .backend()
+                    .release(&self.key, token.as_bytes())
+                    .await
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+impl<B: Backend> Drop for LockGuard<B> {
+    fn drop(&mut self) {
+        if let Some(token) = self.token.take() {
+            rt::release_on_drop(self.cache.clone(), std::mem::take(&mut self.key), token);
+        }
+    }
+}

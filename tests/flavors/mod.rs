@@ -1,0 +1,110 @@
+//! Both flavors in one program, and the auto-trait facts users rely on.
+
+use std::time::{Duration, Instant};
+
+use aiolock::{MemoryBackend, Outcome};
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>(_: &T) {}
+    send_sync::<aiolock::Cache>();
+    send_sync::<aiolock::RedLock>();
+    send_sync::<aiolock::LockGuard>();
+    send_sync::<aiolock::OptimisticLock>();
+    send_sync::<aiolock::blocking::Cache>();
+    send_sync::<aiolock::blocking::LockGuard>();
+    send_sync::<aiolock::blocking::OptimisticLock>();
+    send_sync::<aiolock::Error>();
+
+    // The async API's futures are Send, so they can be spawned.
+    let cache = aiolock::Cache::memory();
+    send(&cache.get("k"));
+    send(&cache.set("k", b"v", None));
+    send(&cache.redlock("k", Duration::from_secs(1)).acquire());
+    send(&cache.optimistic_lock("k"));
+    send(&cache.redlock("k", Duration::from_secs(1)).run(|_| async {}));
+}
+
+/// An async holder and a blocking waiter on one memory store: the waiter wakes on the
+/// release; then the reverse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_holder_blocking_waiter_and_back() {
+    let store = MemoryBackend::new();
+    let async_cache = aiolock::Cache::new(store.clone());
+    let sync_cache = aiolock::blocking::Cache::new(store);
+
+    let holder = async_cache
+        .redlock("k", Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap();
+    assert!(holder.is_acquired());
+    let waiter = {
+        let sync_cache = sync_cache.clone();
+        tokio::task::spawn_blocking(move || {
+            let g = sync_cache
+                .redlock("k", Duration::from_secs(30))
+                .acquire()
+                .unwrap();
+            (g.outcome(), Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let released_at = Instant::now();
+    assert!(holder.release().await.unwrap());
+    let (outcome, woke_at) = waiter.await.unwrap();
+    assert_eq!(outcome, Outcome::Released);
+    assert!(woke_at >= released_at);
+
+    // The reverse: a blocking holder, an async waiter.
+    let holder = sync_cache
+        .redlock("k", Duration::from_secs(30))
+        .acquire()
+        .unwrap();
+    let waiter = tokio::spawn({
+        let async_cache = async_cache.clone();
+        async move {
+            async_cache
+                .redlock("k", Duration::from_secs(30))
+                .acquire()
+                .await
+                .unwrap()
+                .outcome()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::task::spawn_blocking(move || assert!(holder.release().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(waiter.await.unwrap(), Outcome::Released);
+}
+
+/// Two memory caches never share lock state (aiocache shares one global table).
+#[test]
+fn separate_caches_do_not_share_locks() {
+    let a = aiolock::blocking::Cache::memory();
+    let b = aiolock::blocking::Cache::memory();
+    let ga = a.redlock("k", Duration::from_secs(30)).acquire().unwrap();
+    let gb = b.redlock("k", Duration::from_secs(30)).acquire().unwrap();
+    assert!(ga.is_acquired() && gb.is_acquired());
+}
+
+/// A dropped blocking guard releases synchronously: the key is gone at once.
+#[test]
+fn blocking_drop_releases_at_once() {
+    let c = aiolock::blocking::Cache::memory();
+    drop(c.redlock("k", Duration::from_secs(30)).acquire().unwrap());
+    assert!(!c.exists("k-lock").unwrap());
+}
+
+/// Malformed URLs are clear errors in both flavors.
+#[tokio::test]
+async fn malformed_urls() {
+    for url in ["", "memory", "nosuch://h", "memory://h", "memory://?x=1"] {
+        let e = aiolock::blocking::Cache::from_url(url).unwrap_err();
+        assert_eq!(e.kind(), aiolock::ErrorKind::InvalidArgument, "{url}: {e}");
+        let e = aiolock::Cache::from_url(url).await.unwrap_err();
+        assert_eq!(e.kind(), aiolock::ErrorKind::InvalidArgument, "{url}: {e}");
+    }
+}

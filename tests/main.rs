@@ -1,0 +1,157 @@
+//! One integration-test binary. The test bodies in `suite/` are written once and
+//! compiled into both flavors (the crate's own twin-module pattern); `backend_suite!`
+//! runs every body, in both flavors, on one backend.
+
+mod support;
+
+/// The blocking flavor of the suite.
+mod blocking {
+    pub use aiolock::blocking::*;
+    use maybe_async::must_be_sync as maybe_async;
+
+    pub mod rt {
+        use std::time::Duration;
+
+        /// Runs `f(0) … f(n-1)` on `n` threads; their results in order.
+        pub fn concurrently<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+            std::thread::scope(|s| {
+                let f = &f;
+                let handles: Vec<_> = (0..n).map(|i| s.spawn(move || f(i))).collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            })
+        }
+
+        pub fn sleep(d: Duration) {
+            std::thread::sleep(d)
+        }
+    }
+
+    pub mod suite {
+        include!("suite/mod.rs");
+    }
+}
+
+/// The async flavor of the suite.
+mod nonblocking {
+    pub use aiolock::*;
+    use maybe_async::must_be_async as maybe_async;
+
+    pub mod rt {
+        use std::time::Duration;
+
+        /// Runs the futures `f(0) … f(n-1)` as `n` tasks; their outputs in order.
+        pub async fn concurrently<T, F>(n: usize, f: impl Fn(usize) -> F) -> Vec<T>
+        where
+            T: Send + 'static,
+            F: Future<Output = T> + Send + 'static,
+        {
+            let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(f(i))).collect();
+            let mut out = Vec::with_capacity(n);
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        }
+
+        pub async fn sleep(d: Duration) {
+            tokio::time::sleep(d).await
+        }
+    }
+
+    pub mod suite {
+        include!("suite/mod.rs");
+    }
+}
+
+/// Every suite body on one backend, in both flavors.
+///
+/// `$env` is an expression of type `(Guard, String, Duration, Duration)` evaluated per
+/// test: a guard that keeps the backend's server alive, the cache URL, the backend's
+/// shortest reliable lease and its expiry slack.
+macro_rules! backend_suite {
+    ($backend:ident, $env:expr) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+
+            backend_suite!(@tests $env;
+                stampede_four_callers,
+                waiters_wake_on_release,
+                lease_end_re_elects_one_waiter,
+                bound_reached_times_out,
+                stale_guard_removes_nothing,
+                dropped_guard_releases,
+                scoped_run_releases,
+                cache_operations,
+                namespaces_isolate_locks,
+                optimistic_cas,
+                optimistic_absent_key,
+                optimistic_ttl,
+                bad_input,
+            );
+
+            #[test]
+            fn blocking_stampede_64_threads() {
+                let (_server, url, short_lease, expiry_slack) = $env;
+                let cache = crate::blocking::Cache::from_url(&url).unwrap();
+                let env = crate::blocking::suite::Env { cache, short_lease, expiry_slack };
+                crate::blocking::suite::stampede_many_callers(env, 64);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn async_stampede_256_tasks() {
+                let (_server, url, short_lease, expiry_slack) = $env;
+                let cache = crate::nonblocking::Cache::from_url(&url).await.unwrap();
+                let env = crate::nonblocking::suite::Env { cache, short_lease, expiry_slack };
+                crate::nonblocking::suite::stampede_many_callers(env, 256).await;
+            }
+        }
+    };
+    (@tests $env:expr; $($name:ident),* $(,)?) => {
+        mod blocking {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    let (_server, url, short_lease, expiry_slack) = $env;
+                    let cache = crate::blocking::Cache::from_url(&url).unwrap();
+                    crate::blocking::suite::$name(crate::blocking::suite::Env {
+                        cache,
+                        short_lease,
+                        expiry_slack,
+                    });
+                }
+            )*
+        }
+        mod nonblocking {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (_server, url, short_lease, expiry_slack) = $env;
+                    let cache = crate::nonblocking::Cache::from_url(&url).await.unwrap();
+                    crate::nonblocking::suite::$name(crate::nonblocking::suite::Env {
+                        cache,
+                        short_lease,
+                        expiry_slack,
+                    })
+                    .await;
+                }
+            )*
+        }
+    };
+}
+
+backend_suite!(
+    memory,
+    (
+        (),
+        "memory://?namespace=test:".to_string(),
+        std::time::Duration::from_millis(150),
+        std::time::Duration::ZERO
+    )
+);
+
+mod flavors;

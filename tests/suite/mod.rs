@@ -1,0 +1,394 @@
+// The backend-generic test bodies, written once and compiled into both flavors
+// (see `tests/main.rs`). Each takes an [`Env`]: a fresh cache on the backend under
+// test, and how late that backend may expire a key.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::maybe_async;
+use super::rt::{concurrently, sleep};
+use super::{Cache, OptimisticLock, RedLock};
+use aiolock::{ErrorKind, Outcome, Ttl};
+
+/// What a test body gets.
+#[derive(Clone)]
+pub struct Env {
+    /// A cache on a fresh backend (empty store or server).
+    pub cache: Cache,
+    /// The shortest lease the backend honours well (memcached counts whole seconds).
+    pub short_lease: Duration,
+    /// How long after a TTL ends the backend may still hold the key.
+    pub expiry_slack: Duration,
+}
+
+impl Env {
+    fn after_expiry(&self, ttl: Duration) -> Duration {
+        ttl + self.expiry_slack + Duration::from_millis(20)
+    }
+}
+
+/// "get; if missing, compute under a RedLock (checking the cache again) and set",
+/// as in aiocache's own test. Returns how many computations ran.
+#[maybe_async]
+async fn get_or_compute(cache: &Cache, key: &str, computed: &AtomicUsize) -> Vec<u8> {
+    if let Some(v) = cache.get(key).await.unwrap() {
+        return v;
+    }
+    let guard = RedLock::new(cache, key, Duration::from_secs(10))
+        .acquire()
+        .await
+        .unwrap();
+    if let Some(v) = cache.get(key).await.unwrap() {
+        guard.release().await.unwrap();
+        return v;
+    }
+    assert_eq!(guard.outcome(), Outcome::Acquired, "no waiter timed out");
+    computed.fetch_add(1, Ordering::SeqCst);
+    sleep(Duration::from_millis(100)).await;
+    let value = b"expensive value".to_vec();
+    cache.set(key, &value, None).await.unwrap();
+    let v0 = guard.release().await.unwrap();
+    assert!(v0, "the lease was still ours");
+    value
+}
+
+#[maybe_async]
+async fn stampede(env: Env, callers: usize) {
+    let computed = Arc::new(AtomicUsize::new(0));
+    let values = concurrently(callers, |_| {
+        let cache = env.cache.clone();
+        let computed = Arc::clone(&computed);
+        async move { get_or_compute(&cache, "stampede", &computed).await }
+    })
+    .await;
+    assert_eq!(values.len(), callers);
+    assert!(values.iter().all(|v| v == b"expensive value"));
+    assert_eq!(computed.load(Ordering::SeqCst), 1, "computed exactly once");
+}
+
+/// aiocache's acceptance oracle: four concurrent callers, one computation.
+#[maybe_async]
+pub async fn stampede_four_callers(env: Env) {
+    stampede(env, 4).await;
+}
+
+/// Many callers (64 threads or 256 tasks), one computation.
+#[maybe_async]
+pub async fn stampede_many_callers(env: Env, callers: usize) {
+    stampede(env, callers).await;
+}
+
+/// Waiters return `Released` as soon as the holder releases, long before the lease.
+#[maybe_async]
+pub async fn waiters_wake_on_release(env: Env) {
+    let lease = Duration::from_secs(30);
+    let holder = RedLock::new(&env.cache, "k", lease).acquire().await.unwrap();
+    assert_eq!(holder.outcome(), Outcome::Acquired);
+    let holder = Arc::new(std::sync::Mutex::new(Some(holder)));
+    let start = Instant::now();
+    let results = concurrently(9, |i| {
+        let cache = env.cache.clone();
+        let holder = Arc::clone(&holder);
+        async move {
+            if i == 0 {
+                sleep(Duration::from_millis(200)).await;
+                let guard = holder.lock().unwrap().take().unwrap();
+                let v1 = guard.release().await.unwrap();
+                assert!(v1);
+                return None;
+            }
+            let g = RedLock::new(&cache, "k", lease).acquire().await.unwrap();
+            Some((g.outcome(), Instant::now()))
+        }
+    })
+    .await;
+    for (outcome, at) in results.into_iter().flatten() {
+        assert_eq!(outcome, Outcome::Released);
+        let waited = at.duration_since(start);
+        assert!(
+            waited >= Duration::from_millis(200) && waited < lease / 2,
+            "woken by the release, not by the lease end: {waited:?}"
+        );
+    }
+}
+
+/// A holder that never releases: after its lease exactly one waiter is re-elected,
+/// the others keep waiting (within their bound) and are woken by its release.
+#[maybe_async]
+pub async fn lease_end_re_elects_one_waiter(env: Env) {
+    let lease = env.short_lease;
+    let holder = RedLock::new(&env.cache, "k", lease).acquire().await.unwrap();
+    assert!(holder.is_acquired());
+    std::mem::forget(holder); // crashed: never releases
+    let outcomes = concurrently(6, |_| {
+        let cache = env.cache.clone();
+        async move {
+            let guard = RedLock::new(&cache, "k", Duration::from_secs(30))
+                .wait_at_most(Duration::from_secs(30))
+                .acquire()
+                .await
+                .unwrap();
+            let outcome = guard.outcome();
+            if outcome == Outcome::Acquired {
+                sleep(Duration::from_millis(100)).await;
+                let v2 = guard.release().await.unwrap();
+                assert!(v2);
+            }
+            outcome
+        }
+    })
+    .await;
+    let acquired = outcomes.iter().filter(|o| **o == Outcome::Acquired).count();
+    let released = outcomes.iter().filter(|o| **o == Outcome::Released).count();
+    assert_eq!((acquired, released), (1, 5), "{outcomes:?}");
+}
+
+/// A waiter whose own bound passes first gets `TimedOut` and does not hold the lock.
+#[maybe_async]
+pub async fn bound_reached_times_out(env: Env) {
+    let holder = RedLock::new(&env.cache, "k", Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap();
+    let guard = RedLock::new(&env.cache, "k", Duration::from_secs(30))
+        .wait_at_most(Duration::from_millis(150))
+        .acquire()
+        .await
+        .unwrap();
+    assert_eq!(guard.outcome(), Outcome::TimedOut);
+    assert!(!guard.is_acquired());
+    let v3 = guard.release().await.unwrap();
+    assert!(!v3, "a waiter releases nothing");
+    let v4 = env.cache.exists("k-lock").await.unwrap();
+    assert!(v4, "holder keeps it");
+    let once = RedLock::new(&env.cache, "k", Duration::from_secs(30))
+        .wait_at_most(Duration::ZERO)
+        .acquire()
+        .await
+        .unwrap();
+    assert_eq!(once.outcome(), Outcome::TimedOut, "a zero bound tries once");
+    let v5 = holder.release().await.unwrap();
+    assert!(v5);
+}
+
+/// A stale guard (its lease ended, another caller holds the key) removes nothing.
+#[maybe_async]
+pub async fn stale_guard_removes_nothing(env: Env) {
+    let lease = env.short_lease;
+    let stale = RedLock::new(&env.cache, "k", lease).acquire().await.unwrap();
+    assert!(stale.is_acquired());
+    sleep(env.after_expiry(lease)).await;
+    let current = RedLock::new(&env.cache, "k", Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap();
+    assert!(current.is_acquired(), "the ended lease is free again");
+    let v6 = stale.release().await.unwrap();
+    assert!(!v6, "the stale guard says so");
+    let v7 = env.cache.get("k-lock").await.unwrap();
+    assert_eq!(
+        v7.as_deref(),
+        Some(current.token().unwrap().as_bytes()),
+        "the current holder's lock survives"
+    );
+    let v8 = current.release().await.unwrap();
+    assert!(v8);
+    let v9 = env.cache.exists("k-lock").await.unwrap();
+    assert!(!v9);
+}
+
+/// Dropping a holding guard releases the lock (the async flavor on a spawned task).
+#[maybe_async]
+pub async fn dropped_guard_releases(env: Env) {
+    let guard = RedLock::new(&env.cache, "k", Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap();
+    assert!(guard.is_acquired());
+    drop(guard);
+    let next = RedLock::new(&env.cache, "k", Duration::from_secs(30))
+        .wait_at_most(Duration::from_secs(5))
+        .acquire()
+        .await
+        .unwrap();
+    assert_ne!(next.outcome(), Outcome::TimedOut, "the drop released the lock");
+}
+
+/// The scoped form runs its body once with the outcome and releases afterwards.
+#[maybe_async]
+pub async fn scoped_run_releases(env: Env) {
+    let cache = env.cache.clone();
+    let outcome = RedLock::new(&env.cache, "k", Duration::from_secs(30))
+        .run(|outcome| async move {
+            let v10 = cache.exists("k-lock").await.unwrap();
+            assert!(v10, "held inside");
+            outcome
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Acquired);
+    let v11 = env.cache.exists("k-lock").await.unwrap();
+    assert!(!v11, "released after");
+}
+
+/// get/set/add/delete/exists/ttl and namespaces.
+#[maybe_async]
+pub async fn cache_operations(env: Env) {
+    let c = &env.cache;
+    let v12 = c.get("a").await.unwrap();
+    assert_eq!(v12, None);
+    c.set("a", b"1", None).await.unwrap();
+    let v13 = c.get("a").await.unwrap();
+    assert_eq!(v13.as_deref(), Some(&b"1"[..]));
+    let v14 = c.ttl("a").await.unwrap();
+    assert_eq!(v14, Ttl::Persistent);
+    let v15 = c.add("a", b"2", None).await.unwrap();
+    assert!(!v15);
+    let v16 = c.add("b", b"\0\xff binary\r\n", None).await.unwrap();
+    assert!(v16);
+    let v17 = c.get("b").await.unwrap();
+    assert_eq!(
+        v17.as_deref(),
+        Some(&b"\0\xff binary\r\n"[..])
+    );
+    let v18 = c.exists("b").await.unwrap();
+    assert!(v18);
+    let v19 = c.delete("b").await.unwrap();
+    assert!(v19);
+    let v20 = c.delete("b").await.unwrap();
+    assert!(!v20);
+    let v21 = c.exists("b").await.unwrap();
+    assert!(!v21);
+    let v22 = c.ttl("b").await.unwrap();
+    assert_eq!(v22, Ttl::Missing);
+
+    c.set("t", b"x", Some(Duration::from_secs(100))).await.unwrap();
+    match c.ttl("t").await.unwrap() {
+        Ttl::Expires(d) => assert!(d > Duration::from_secs(90) && d <= Duration::from_secs(101)),
+        other => panic!("{other:?}"),
+    }
+    let short = env.short_lease;
+    c.set("s", b"x", Some(short)).await.unwrap();
+    sleep(env.after_expiry(short)).await;
+    let v23 = c.get("s").await.unwrap();
+    assert_eq!(v23, None, "expired");
+    let v24 = c.add("s", b"y", None).await.unwrap();
+    assert!(v24, "an expired key can be added");
+
+    let other = Cache::with_namespace(c.backend().clone(), "other:");
+    let v25 = other.get("a").await.unwrap();
+    assert_eq!(v25, None, "namespaces do not mix");
+    other.set("a", b"9", None).await.unwrap();
+    let v26 = c.get("a").await.unwrap();
+    assert_eq!(v26.as_deref(), Some(&b"1"[..]));
+}
+
+/// Locks of different namespaces on one backend never collide.
+#[maybe_async]
+pub async fn namespaces_isolate_locks(env: Env) {
+    let other = Cache::with_namespace(env.cache.backend().clone(), "other:");
+    let a = env.cache.redlock("k", Duration::from_secs(30)).acquire().await.unwrap();
+    let b = other.redlock("k", Duration::from_secs(30)).acquire().await.unwrap();
+    assert!(a.is_acquired() && b.is_acquired());
+    let v27 = a.release().await.unwrap();
+    let v28 = b.release().await.unwrap();
+    assert!(v27 && v28);
+}
+
+/// OptimisticLock: no conflict when alone, conflict when another writer got in.
+#[maybe_async]
+pub async fn optimistic_cas(env: Env) {
+    let c = &env.cache;
+    c.set("o", b"1", None).await.unwrap();
+    let lock = OptimisticLock::begin(c, "o").await.unwrap();
+    assert_eq!(lock.value(), Some(&b"1"[..]));
+    lock.cas(b"2", None).await.unwrap();
+    let v29 = c.get("o").await.unwrap();
+    assert_eq!(v29.as_deref(), Some(&b"2"[..]));
+
+    let lock = c.optimistic_lock("o").await.unwrap();
+    c.set("o", b"3", None).await.unwrap();
+    let err = lock.cas(b"4", None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert!(err.is_conflict());
+    let v30 = c.get("o").await.unwrap();
+    assert_eq!(v30.as_deref(), Some(&b"3"[..]), "nothing written");
+
+    let lock = c.optimistic_lock("o").await.unwrap();
+    c.delete("o").await.unwrap();
+    let v31 = lock.cas(b"5", None).await.unwrap_err();
+    assert!(v31.is_conflict(), "deleted meanwhile");
+}
+
+/// A key absent at `begin` must still be absent at `cas`.
+#[maybe_async]
+pub async fn optimistic_absent_key(env: Env) {
+    let c = &env.cache;
+    let lock = c.optimistic_lock("new").await.unwrap();
+    assert_eq!(lock.value(), None);
+    lock.cas(b"first", None).await.unwrap();
+    let v32 = c.get("new").await.unwrap();
+    assert_eq!(v32.as_deref(), Some(&b"first"[..]));
+
+    let lock = c.optimistic_lock("new2").await.unwrap();
+    c.set("new2", b"someone", None).await.unwrap();
+    let v33 = lock.cas(b"me", None).await.unwrap_err();
+    assert!(v33.is_conflict());
+    let v34 = c.get("new2").await.unwrap();
+    assert_eq!(v34.as_deref(), Some(&b"someone"[..]));
+}
+
+/// `cas` honours its TTL.
+#[maybe_async]
+pub async fn optimistic_ttl(env: Env) {
+    let c = &env.cache;
+    let lock = c.optimistic_lock("ttl").await.unwrap();
+    lock.cas(b"v", Some(env.short_lease)).await.unwrap();
+    let v35 = c.exists("ttl").await.unwrap();
+    assert!(v35);
+    sleep(env.after_expiry(env.short_lease)).await;
+    let v36 = c.exists("ttl").await.unwrap();
+    assert!(!v36);
+}
+
+/// Bad input: clear errors, nothing stored, no panic.
+#[maybe_async]
+pub async fn bad_input(env: Env) {
+    let c = &env.cache;
+    let err = RedLock::new(c, "k", Duration::ZERO).acquire().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    let err = RedLock::new(c, "k", aiolock::MAX_DURATION * 2)
+        .acquire()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    let err = RedLock::new(c, "", Duration::from_secs(1)).acquire().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidKey);
+    let v37 = c.exists("k-lock").await.unwrap();
+    assert!(!v37, "nothing was taken");
+    let v38 = c.get("").await.unwrap_err();
+    assert_eq!(v38.kind(), ErrorKind::InvalidKey);
+    let v39 = c.set("", b"v", None).await.unwrap_err();
+    assert_eq!(v39.kind(), ErrorKind::InvalidKey);
+    let v40 = c.set("k", b"v", Some(Duration::ZERO)).await.unwrap_err();
+    assert_eq!(
+        v40.kind(),
+        ErrorKind::InvalidArgument
+    );
+    let v41 = c.exists("k").await.unwrap();
+    assert!(!v41);
+    let v42 = c.optimistic_lock("").await.unwrap_err();
+    assert_eq!(
+        v42.kind(),
+        ErrorKind::InvalidKey
+    );
+    for secs in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let lease = aiolock::seconds(secs);
+        let acquired = match lease {
+            Ok(lease) => RedLock::new(c, "k", lease).acquire().await.map(|g| g.outcome()),
+            Err(e) => Err(e),
+        };
+        assert_eq!(acquired.unwrap_err().kind(), ErrorKind::InvalidArgument, "{secs}");
+    }
+}

@@ -1,0 +1,1 @@
+//! Test fixtures: real servers started per test, stopped on drop.
