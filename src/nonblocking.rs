@@ -13,6 +13,9 @@ macro_rules! maybe_await {
 #[path = "shared/mod.rs"]
 mod shared;
 
+#[cfg(feature = "redis")]
+mod redis_conn;
+
 pub use shared::*;
 
 use crate::core::wait::Outcome;

@@ -3,5 +3,7 @@
 //! comes in as arguments, so every rule is unit-tested with made-up instants.
 
 pub mod lease;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod token;
 pub mod wait;

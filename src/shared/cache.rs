@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use super::backend::Backend;
 use super::maybe_async;
 use super::optimistic::OptimisticLock;
+#[cfg(feature = "redis")]
+use super::redis_backend::RedisBackend;
 use super::redlock::RedLock;
 use crate::config::{self, Endpoint, Options};
 use crate::core::lease::check_ttl;
@@ -272,6 +274,9 @@ impl CacheBuilder {
 pub enum AnyBackend {
     /// `memory://`
     Memory(MemoryBackend),
+    /// `redis://`, `redis+unix://`, `rediss://` (feature `redis`)
+    #[cfg(feature = "redis")]
+    Redis(RedisBackend),
 }
 
 impl AnyBackend {
@@ -279,6 +284,11 @@ impl AnyBackend {
     async fn connect(endpoint: Endpoint, _options: &Options) -> Result<Self> {
         match endpoint {
             Endpoint::Memory => Ok(AnyBackend::Memory(MemoryBackend::new())),
+            #[cfg(feature = "redis")]
+            Endpoint::Redis(url) => Ok(AnyBackend::Redis(
+                RedisBackend::connect_with(&url, _options).await?,
+            )),
+            #[cfg(not(feature = "redis"))]
             Endpoint::Redis(_) => Err(not_built("redis")),
             Endpoint::Memcached(_) => Err(not_built("memcached")),
         }
@@ -297,6 +307,8 @@ macro_rules! dispatch {
     ($self:ident, $b:ident => $call:expr) => {
         match $self {
             AnyBackend::Memory($b) => maybe_await!($call),
+            #[cfg(feature = "redis")]
+            AnyBackend::Redis($b) => maybe_await!($call),
         }
     };
 }
