@@ -154,4 +154,11 @@ backend_suite!(
     )
 );
 
+#[cfg(feature = "redis")]
+backend_suite!(redis, crate::support::redis::env());
+
 mod flavors;
+/// Redis-only tests (the suite module above is `redis`).
+#[cfg(feature = "redis")]
+#[path = "redis/mod.rs"]
+mod redis_backend;
