@@ -274,6 +274,12 @@ pub enum AnyBackend {
     Memory(MemoryBackend),
 }
 
+impl From<MemoryBackend> for AnyBackend {
+    fn from(store: MemoryBackend) -> Self {
+        AnyBackend::Memory(store)
+    }
+}
+
 impl AnyBackend {
     #[maybe_async]
     async fn connect(endpoint: Endpoint, _options: &Options) -> Result<Self> {
