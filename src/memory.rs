@@ -190,8 +190,9 @@ impl Map {
         if self.entries.len() < self.sweep_above {
             return;
         }
-        self.entries
-            .retain(|_, e| e.live(now) || e.waiters.is_some());
+        self.entries.retain(|_, e| {
+            e.live(now) || e.waiters.as_ref().is_some_and(|w| w.total_listeners() > 0)
+        });
         self.sweep_above = (self.entries.len() * 2).max(MIN_SWEEP);
     }
 }
