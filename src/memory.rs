@@ -88,15 +88,19 @@ struct Store {
     clock: Clock,
 }
 
+/// Keys and values this short are stored inline (lock keys and tokens are), saving an
+/// allocation each.
+type Bytes = crate::key::KeyBuf;
+
 #[derive(Default)]
 struct Map {
-    entries: HashMap<Vec<u8>, Entry>,
+    entries: HashMap<Bytes, Entry>,
     last_version: u64,
     sweep_above: usize,
 }
 
 struct Entry {
-    value: Box<[u8]>,
+    value: Bytes,
     expires: Option<Instant>,
     version: u64,
     /// Created by the first waiter; notified when the key is released or deleted.
@@ -157,7 +161,7 @@ impl Map {
                     return false;
                 }
                 self.last_version += 1;
-                e.value = value.into();
+                e.value = Bytes::from_slice(value);
                 e.expires = expires;
                 e.version = self.last_version;
             }
@@ -166,12 +170,15 @@ impl Map {
                     return false;
                 }
                 self.last_version += 1;
-                v.insert(Entry {
-                    value: value.into(),
-                    expires,
-                    version: self.last_version,
-                    waiters: None,
-                });
+                v.insert_with_key(
+                    Bytes::from_slice(key),
+                    Entry {
+                        value: Bytes::from_slice(value),
+                        expires,
+                        version: self.last_version,
+                        waiters: None,
+                    },
+                );
             }
         }
         true

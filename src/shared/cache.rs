@@ -11,7 +11,7 @@ use crate::config::{self, Endpoint, Options};
 use crate::core::lease::check_ttl;
 use crate::core::wait::Wake;
 use crate::error::{Error, ErrorKind, Result};
-use crate::key;
+use crate::key::{self, KeyBuf};
 use crate::memory::{CasToken, MemoryBackend, Ttl, Versioned};
 
 /// A cache: a backend and an optional namespace prefixed to every key.
@@ -109,7 +109,7 @@ impl<B: Backend> Cache<B> {
         &self.inner.backend
     }
 
-    pub(crate) fn key(&self, key: &[u8]) -> Result<Vec<u8>> {
+    pub(crate) fn key(&self, key: &[u8]) -> Result<KeyBuf> {
         key::namespaced(&self.inner.namespace, key)
     }
 
