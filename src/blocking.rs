@@ -36,6 +36,8 @@ macro_rules! maybe_await {
     };
 }
 
+// The twin-module pattern (DESIGN.md §2) loads shared/ once per flavor, on purpose.
+#[allow(clippy::duplicate_mod)]
 #[path = "shared/mod.rs"]
 mod shared;
 
