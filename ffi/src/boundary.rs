@@ -9,21 +9,25 @@
 use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char};
 use std::panic::{self, AssertUnwindSafe};
+use std::time::Duration;
 
 use aiolock::{Error, ErrorKind, Result};
 
 use crate::aiolock_status;
 
 thread_local! {
-    /// The message of the last failed call on this thread (empty after a success).
-    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+    /// The message of the last failed call on this thread (`None` after a success).
+    static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
 }
 
 /// Runs `f`, turning its error into a status code and a per-thread message, and a
 /// panic into [`aiolock_status::AIOLOCK_PANIC`] (the host process goes on).
 pub(crate) fn guard(f: impl FnOnce() -> Result<()>) -> aiolock_status {
     let (status, message) = match panic::catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(())) => (aiolock_status::AIOLOCK_OK, String::new()),
+        Ok(Ok(())) => {
+            clear_last_error();
+            return aiolock_status::AIOLOCK_OK;
+        }
         Ok(Err(err)) => (status_of(err.kind()), err.to_string()),
         Err(payload) => {
             let what = payload
@@ -62,24 +66,35 @@ fn drop_payload(payload: Box<dyn std::any::Any + Send>) {
 
 fn set_last_error(message: String) {
     // An interior NUL would cut the message; replace it rather than lose everything.
-    let message = CString::new(message.replace('\0', "\u{FFFD}")).unwrap_or_default();
+    let message = CString::new(message.replace('\0', "\u{FFFD}")).ok();
     // `try_with` fails only while the thread is being torn down: nothing to report to.
     let _ = LAST_ERROR.try_with(|cell| *cell.borrow_mut() = message);
+}
+
+/// After a success: no allocation, the hot path of every call.
+fn clear_last_error() {
+    let _ = LAST_ERROR.try_with(|cell| {
+        if cell.borrow().is_some() {
+            *cell.borrow_mut() = None;
+        }
+    });
 }
 
 /// A pointer to this thread's last error message, valid until the next aiolock call
 /// on this thread.
 pub(crate) fn last_error_ptr() -> *const c_char {
-    static EMPTY: &CStr = c"";
+    const EMPTY: &CStr = c"";
     LAST_ERROR
-        .try_with(|cell| cell.borrow().as_ptr())
+        .try_with(|cell| cell.borrow().as_deref().unwrap_or(EMPTY).as_ptr())
         .unwrap_or(EMPTY.as_ptr())
 }
 
 /// A copy of this thread's last error message, without its NUL.
 pub(crate) fn last_error_bytes() -> Vec<u8> {
     LAST_ERROR
-        .try_with(|cell| cell.borrow().as_bytes().to_vec())
+        .try_with(|cell| cell.borrow().as_deref().map(|m| m.to_bytes().to_vec()))
+        .ok()
+        .flatten()
         .unwrap_or_default()
 }
 
@@ -159,7 +174,48 @@ pub(crate) unsafe fn handle<'a, T>(ptr: *const T, what: &str) -> Result<&'a T> {
     unsafe { ptr.as_ref() }.ok_or_else(|| invalid(format!("{what} is NULL")))
 }
 
-/// A lease, a TTL or a wait, given in seconds as a `double`.
-pub(crate) fn secs(value: f64, what: &str) -> Result<std::time::Duration> {
+/// A lease, a TTL or a wait, given in seconds as a `double`: validated as
+/// [`aiolock::seconds`] does (finite, not negative, at most [`aiolock::MAX_DURATION`]).
+pub(crate) fn secs(value: f64, what: &str) -> Result<Duration> {
+    // The hot path of every acquire: whole seconds and nanoseconds by two float ops,
+    // not `Duration::from_secs_f64`'s exact conversion, which costs more than the rest
+    // of the boundary (a difference below a nanosecond). NaN fails the comparison.
+    if (0.0..=MAX_SECS).contains(&value) {
+        let whole = value.trunc();
+        let nanos = ((value - whole) * 1e9) as u32; // saturating cast, in 0..1e9
+        return Ok(Duration::new(whole as u64, nanos.min(999_999_999)));
+    }
     aiolock::seconds(value).map_err(|e| invalid(format!("{what}: {}", e.message())))
+}
+
+const MAX_SECS: f64 = aiolock::MAX_DURATION.as_secs() as f64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secs_agrees_with_aiolock_seconds() {
+        for v in [
+            0.0, -0.0, 1e-12, 1e-9, 0.05, 0.1, 1.0, 1.5, 5.0, 86_400.25, MAX_SECS,
+        ] {
+            let fast = secs(v, "t").unwrap();
+            let exact = aiolock::seconds(v).unwrap();
+            let diff = fast.abs_diff(exact);
+            assert!(
+                diff <= Duration::from_nanos(1),
+                "{v}: {fast:?} vs {exact:?}"
+            );
+        }
+        for v in [
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -1.0,
+            -1e-300,
+            MAX_SECS * 2.0,
+        ] {
+            assert!(secs(v, "t").is_err(), "{v}");
+        }
+    }
 }
