@@ -21,7 +21,7 @@ if ! diff -u include/aiolock.h "$tmp/aiolock.h"; then
 fi
 
 echo "== ffi: no async runtime in the C library"
-if cargo tree -q -p aiolock-ffi -e normal -i tokio >/dev/null 2>&1; then
+if cargo tree -q -p aiolock-ffi -e normal -i tokio 2>/dev/null | grep -q tokio; then
   echo "tokio is in aiolock-ffi's dependency tree" >&2
   exit 1
 fi
@@ -58,6 +58,15 @@ vg=(valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=def
 run c-shared-valgrind "${vg[@]}" "$tmp/test-shared"
 run c-static-valgrind "${vg[@]}" "$tmp/test-static"
 run c-example "$tmp/example"
+# The pkg-config file, over a prefix laid out as ffi/install.sh lays it out.
+mkdir -p "$tmp/prefix/lib/pkgconfig" "$tmp/prefix/include"
+ln -s "$lib/libaiolock.so" "$lib/libaiolock.a" "$tmp/prefix/lib/"
+ln -s "$root/include/aiolock.h" "$tmp/prefix/include/"
+sed -e "s|@PREFIX@|$tmp/prefix|" -e "s|@VERSION@|0|" ffi/aiolock.pc.in >"$tmp/prefix/lib/pkgconfig/aiolock.pc"
+# shellcheck disable=SC2046 # pkg-config prints several words
+gcc "${cflags[@]}" ffi/c/example.c $(PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig" pkg-config --cflags --libs aiolock) \
+  -Wl,-rpath,"$tmp/prefix/lib" -o "$tmp/example-pkg-config"
+run c-example-pkg-config "$tmp/example-pkg-config"
 
 echo "== ffi: Go tests"
 (
