@@ -3,7 +3,7 @@
 #   PREFIX/lib/libaiolock.{so,a}, PREFIX/include/aiolock.h, PREFIX/lib/pkgconfig/aiolock.pc
 # Usage: ffi/install.sh PREFIX [cargo build options, e.g. --features redis]
 # Then: cc app.c $(pkg-config --cflags --libs aiolock)            (shared)
-#       cc app.c $(pkg-config --static --cflags --libs aiolock)   (with -Wl,-Bstatic or the .a alone)
+#       cc app.c -IPREFIX/include PREFIX/lib/libaiolock.a -lpthread -ldl -lm   (static)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 prefix=${1:?usage: ffi/install.sh PREFIX [cargo build options]}
