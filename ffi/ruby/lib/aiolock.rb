@@ -121,12 +121,20 @@ module Aiolock
 
     def initialize(ptr) # :nodoc:
       @ptr = ptr
+      @mutex = Mutex.new
+      @idle = ConditionVariable.new
+      @in_flight = 0
     end
 
-    # Frees the cache now (else the garbage collector does). Locks stay valid.
+    # Frees the cache, after the calls in flight on other threads return (else the
+    # garbage collector frees it). Locks taken from it stay valid.
     def close
-      ptr = @ptr
-      @ptr = nil
+      ptr = @mutex.synchronize do
+        @idle.wait(@mutex) while @in_flight.positive?
+        taken = @ptr
+        @ptr = nil
+        taken
+      end
       ptr&.free
       nil
     end
@@ -139,7 +147,7 @@ module Aiolock
       len = FFI::MemoryPointer.new(:size_t)
       found = FFI::MemoryPointer.new(:bool)
       Aiolock.with_bytes(key) do |k, kn|
-        Aiolock.check(Native.aiolock_get(handle, k, kn, data, len, found))
+        with_handle { |h| Aiolock.check(Native.aiolock_get(h, k, kn, data, len, found)) }
       end
       return nil unless found.read(:bool)
 
@@ -156,7 +164,7 @@ module Aiolock
     def set(key, value, ttl: nil)
       Aiolock.with_bytes(key) do |k, kn|
         Aiolock.with_bytes(value) do |v, vn|
-          Aiolock.check(Native.aiolock_set(handle, k, kn, v, vn, Aiolock.ttl_secs(ttl)))
+          with_handle { |h| Aiolock.check(Native.aiolock_set(h, k, kn, v, vn, Aiolock.ttl_secs(ttl))) }
         end
       end
       value
@@ -167,7 +175,7 @@ module Aiolock
       added = FFI::MemoryPointer.new(:bool)
       Aiolock.with_bytes(key) do |k, kn|
         Aiolock.with_bytes(value) do |v, vn|
-          Aiolock.check(Native.aiolock_add(handle, k, kn, v, vn, Aiolock.ttl_secs(ttl), added))
+          with_handle { |h| Aiolock.check(Native.aiolock_add(h, k, kn, v, vn, Aiolock.ttl_secs(ttl), added)) }
         end
       end
       added.read(:bool)
@@ -176,7 +184,9 @@ module Aiolock
     # Removes key; returns whether it was present.
     def delete(key)
       deleted = FFI::MemoryPointer.new(:bool)
-      Aiolock.with_bytes(key) { |k, kn| Aiolock.check(Native.aiolock_delete(handle, k, kn, deleted)) }
+      Aiolock.with_bytes(key) do |k, kn|
+        with_handle { |h| Aiolock.check(Native.aiolock_delete(h, k, kn, deleted)) }
+      end
       deleted.read(:bool)
     end
 
@@ -201,7 +211,9 @@ module Aiolock
       outcome = FFI::MemoryPointer.new(:int)
       wait_secs = wait.nil? ? WAIT_DEFAULT : Float(wait)
       Aiolock.with_bytes(key) do |k, kn|
-        Aiolock.check(Native.aiolock_acquire(handle, k, kn, Float(lease), wait_secs, lock_out, outcome))
+        with_handle do |h|
+          Aiolock.check(Native.aiolock_acquire(h, k, kn, Float(lease), wait_secs, lock_out, outcome))
+        end
       end
       Lock.new(lock_out.read_pointer, OUTCOMES.fetch(outcome.read(:int)))
     end
@@ -210,7 +222,7 @@ module Aiolock
     def optimistic(key)
       lock_out = FFI::MemoryPointer.new(:pointer)
       Aiolock.with_bytes(key) do |k, kn|
-        Aiolock.check(Native.aiolock_optimistic_begin(handle, k, kn, lock_out))
+        with_handle { |h| Aiolock.check(Native.aiolock_optimistic_begin(h, k, kn, lock_out)) }
       end
       lock = OptimisticLock.new(lock_out.read_pointer)
       return lock unless block_given?
@@ -224,8 +236,22 @@ module Aiolock
 
     private
 
-    def handle
-      @ptr or raise Closed.new("the cache is closed")
+    # Yields the live handle; #close waits until no call holds it.
+    def with_handle
+      ptr = @mutex.synchronize do
+        raise Closed.new("the cache is closed") unless @ptr
+
+        @in_flight += 1
+        @ptr
+      end
+      begin
+        yield ptr
+      ensure
+        @mutex.synchronize do
+          @in_flight -= 1
+          @idle.broadcast if @in_flight.zero?
+        end
+      end
     end
   end
 
@@ -239,6 +265,7 @@ module Aiolock
     def initialize(ptr, outcome) # :nodoc:
       @ptr = FFI::AutoPointer.new(ptr, RELEASE)
       @outcome = outcome
+      @mutex = Mutex.new
     end
 
     def acquired? = @outcome == :acquired
@@ -246,8 +273,7 @@ module Aiolock
     # Releases the lock if held (owner-checked) and frees the handle; returns
     # whether it removed the lock. A second release raises Closed.
     def release
-      ptr = @ptr or raise Closed.new("the lock was already released")
-      @ptr = nil
+      ptr = @mutex.synchronize { @ptr.tap { @ptr = nil } } or raise Closed.new("the lock was already released")
       ptr.autorelease = false # consumed by aiolock_release, whatever it returns
       removed = FFI::MemoryPointer.new(:bool)
       Aiolock.check(Native.aiolock_release(ptr, removed))
@@ -260,6 +286,7 @@ module Aiolock
     attr_reader :value
 
     def initialize(ptr) # :nodoc:
+      @mutex = Mutex.new
       @ptr = FFI::AutoPointer.new(ptr, Native.method(:aiolock_optimistic_free))
       data = FFI::MemoryPointer.new(:pointer)
       len = FFI::MemoryPointer.new(:size_t)
@@ -278,8 +305,7 @@ module Aiolock
     # Writes value (expiring after ttl seconds, nil: never) if the key is unchanged;
     # else raises Conflict. The lock is used up either way.
     def cas(value, ttl: nil)
-      ptr = @ptr or raise Closed.new("the optimistic lock was already used")
-      @ptr = nil
+      ptr = take or raise Closed.new("the optimistic lock was already used")
       ptr.autorelease = false # consumed by aiolock_cas, whatever it returns
       Aiolock.with_bytes(value) do |v, vn|
         Aiolock.check(Native.aiolock_cas(ptr, v, vn, Aiolock.ttl_secs(ttl)))
@@ -289,10 +315,12 @@ module Aiolock
 
     # Frees the lock without writing.
     def close
-      ptr = @ptr
-      @ptr = nil
-      ptr&.free
+      take&.free
       nil
     end
+
+    private
+
+    def take = @mutex.synchronize { @ptr.tap { @ptr = nil } }
   end
 end

@@ -101,6 +101,18 @@ class TestAiolock < Minitest::Test
     cache = Aiolock::Cache.open("memory://")
     cache.close
     assert_raises(Aiolock::Closed) { cache.get("k") }
+    cache.close
+  end
+
+  # close waits for the calls in flight on other threads instead of freeing under them.
+  def test_close_waits_for_calls_in_flight
+    cache = Aiolock::Cache.open("memory://")
+    held = cache.acquire("k", lease: 5.0)
+    waiter = Thread.new { cache.redlock("k", lease: 5.0, wait: 0.2) { |o| o } }
+    sleep 0.05
+    cache.close
+    assert_equal :timed_out, waiter.value
+    assert held.release
   end
 
   def test_panic_is_an_error_and_the_process_lives
