@@ -3,6 +3,10 @@
 # tests (ASan + UBSan and valgrind, static and shared library), the Go tests and the
 # Ruby tests. Needs gcc, valgrind, go, ruby and ruby-ffi (scripts/test installs them).
 # Usage: ffi/test.sh
+# The suites run against the cache $AIOLOCK_TEST_URL names (default memory://; each
+# test opens its own namespace). For a network backend, build it in and start its
+# server first, e.g.:
+#   AIOLOCK_FFI_FEATURES=redis AIOLOCK_TEST_URL=redis://127.0.0.1:6379 ffi/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -11,7 +15,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 echo "== ffi: build libaiolock (debug, with the test-panic hook)"
-cargo build -q -p aiolock-ffi --features test-panic
+cargo build -q -p aiolock-ffi --features "test-panic ${AIOLOCK_FFI_FEATURES:-}"
+echo "   against ${AIOLOCK_TEST_URL:-memory://}"
 
 echo "== ffi: the committed include/aiolock.h is fresh"
 ffi/gen-header.sh "$tmp/aiolock.h"

@@ -1,5 +1,6 @@
 /*
- * The C test suite of libaiolock (memory backend). Built by ffi/test.sh with
+ * The C test suite of libaiolock, against the cache $AIOLOCK_TEST_URL names
+ * (memory:// by default; each test opens its own namespace). Built by ffi/test.sh with
  * -std=c11 -Wall -Wextra -Werror, run under ASan + UBSan and valgrind, linked
  * against the static and the shared library. Needs a library built with the cargo
  * feature test-panic (for aiolock_test_panic).
@@ -15,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static int passed, failed;
 
@@ -36,10 +38,27 @@ static void sleep_ms(long ms) {
     nanosleep(&ts, NULL);
 }
 
-static aiolock_cache *open_memory(void) {
+/* The cache under test: $AIOLOCK_TEST_URL, memory:// by default. */
+static const char *test_url(void) {
+    const char *url = getenv("AIOLOCK_TEST_URL");
+    return url && *url ? url : "memory://";
+}
+
+/* memcached keeps TTLs in whole seconds: short leases and TTLs take longer there. */
+static double short_secs(void) { return strncmp(test_url(), "memcached", 9) == 0 ? 1.0 : 0.05; }
+static long past_short_ms(void) { return strncmp(test_url(), "memcached", 9) == 0 ? 2100 : 100; }
+
+/* Opens the cache under test in a namespace of its own, so that leftovers on a shared
+ * server never meet a test. */
+static aiolock_cache *open_cache(void) {
+    static atomic_int opened;
+    char url[1024];
+    const char *base = test_url();
+    snprintf(url, sizeof url, "%s%cnamespace=c%ld-%d:", base, strchr(base, '?') ? '&' : '?',
+             (long)getpid(), atomic_fetch_add(&opened, 1));
     aiolock_cache *cache = NULL;
-    if (aiolock_cache_open("memory://?namespace=t:", &cache) != AIOLOCK_OK) {
-        fprintf(stderr, "cannot open memory://: %s\n", aiolock_last_error_message());
+    if (aiolock_cache_open(url, &cache) != AIOLOCK_OK) {
+        fprintf(stderr, "cannot open %s: %s\n", url, aiolock_last_error_message());
         exit(2);
     }
     return cache;
@@ -72,7 +91,7 @@ static void test_open(void) {
 }
 
 static void test_get_set_add_delete(void) {
-    aiolock_cache *cache = open_memory();
+    aiolock_cache *cache = open_cache();
     uint8_t *value = NULL;
     size_t len = 0;
     bool found = true, added = false, deleted = false;
@@ -101,15 +120,15 @@ static void test_get_set_add_delete(void) {
     CHECK(!deleted);
 
     /* TTLs: a short one expires. */
-    CHECK(aiolock_set(cache, KEY("short"), KEY("v"), 0.05) == AIOLOCK_OK);
-    sleep_ms(100);
+    CHECK(aiolock_set(cache, KEY("short"), KEY("v"), short_secs()) == AIOLOCK_OK);
+    sleep_ms(past_short_ms());
     CHECK(aiolock_get(cache, KEY("short"), &value, &len, &found) == AIOLOCK_OK);
     CHECK(!found);
     aiolock_cache_free(cache);
 }
 
 static void test_outcomes(void) {
-    aiolock_cache *cache = open_memory();
+    aiolock_cache *cache = open_cache();
     aiolock_lock *held = NULL, *other = NULL;
     aiolock_outcome outcome = 0;
     bool removed = false;
@@ -151,7 +170,7 @@ static void *wait_for_o(void *arg) {
 }
 
 static void test_released_outcome(void) {
-    aiolock_cache *cache = open_memory();
+    aiolock_cache *cache = open_cache();
     aiolock_lock *held = NULL;
     aiolock_outcome outcome = 0;
     CHECK(aiolock_acquire(cache, KEY("r"), 5.0, AIOLOCK_WAIT_DEFAULT, &held, &outcome) == AIOLOCK_OK);
@@ -168,13 +187,13 @@ static void test_released_outcome(void) {
 }
 
 static void test_stale_release_is_owner_checked(void) {
-    aiolock_cache *cache = open_memory();
+    aiolock_cache *cache = open_cache();
     aiolock_lock *stale = NULL, *current = NULL, *probe = NULL;
     aiolock_outcome outcome = 0;
     bool removed = true;
-    CHECK(aiolock_acquire(cache, KEY("s"), 0.05, 0.0, &stale, &outcome) == AIOLOCK_OK);
+    CHECK(aiolock_acquire(cache, KEY("s"), short_secs(), 0.0, &stale, &outcome) == AIOLOCK_OK);
     CHECK(outcome == AIOLOCK_ACQUIRED);
-    sleep_ms(100); /* the lease ends */
+    sleep_ms(past_short_ms()); /* the lease ends */
     CHECK(aiolock_acquire(cache, KEY("s"), 5.0, 0.0, &current, &outcome) == AIOLOCK_OK);
     CHECK(outcome == AIOLOCK_ACQUIRED);
     /* The stale holder's release must not remove the current holder's lock. */
@@ -189,7 +208,7 @@ static void test_stale_release_is_owner_checked(void) {
 }
 
 static void test_optimistic(void) {
-    aiolock_cache *cache = open_memory();
+    aiolock_cache *cache = open_cache();
     aiolock_optimistic *lock = NULL;
     const uint8_t *value = NULL;
     size_t len = 0;
@@ -229,7 +248,7 @@ static void test_optimistic(void) {
 }
 
 static void test_null_for_every_pointer(void) {
-    aiolock_cache *cache = open_memory();
+    aiolock_cache *cache = open_cache();
     aiolock_lock *lock = (aiolock_lock *)0x1;
     aiolock_optimistic *opt = (aiolock_optimistic *)0x1;
     aiolock_outcome outcome = 0;
@@ -291,7 +310,7 @@ static void test_null_for_every_pointer(void) {
 }
 
 static void test_bad_durations(void) {
-    aiolock_cache *cache = open_memory();
+    aiolock_cache *cache = open_cache();
     aiolock_lock *lock = NULL;
     aiolock_outcome outcome = 0;
     const double bad_leases[] = {0.0, -0.0, -1.0, NAN, INFINITY, -INFINITY, 1e300, 1e-12};
@@ -354,7 +373,7 @@ static void test_panic_returns_a_status(void) {
     CHECK(aiolock_test_panic() == AIOLOCK_PANIC);
     CHECK(strstr(aiolock_last_error_message(), "panicked") != NULL);
     /* The process and the library go on. */
-    aiolock_cache *cache = open_memory();
+    aiolock_cache *cache = open_cache();
     bool added = false;
     CHECK(aiolock_add(cache, KEY("after-panic"), KEY("v"), 0.0, &added) == AIOLOCK_OK && added);
     aiolock_cache_free(cache);
@@ -400,7 +419,7 @@ static void *stampede_worker(void *arg) {
 }
 
 static void test_stampede(void) {
-    aiolock_cache *cache = open_memory();
+    aiolock_cache *cache = open_cache();
     pthread_t threads[STAMPEDE_THREADS];
     struct stampede args[STAMPEDE_THREADS];
     atomic_store(&computed, 0);

@@ -3,6 +3,7 @@ package aiolock
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -11,9 +12,34 @@ import (
 	"time"
 )
 
+// testURL is the cache under test: $AIOLOCK_TEST_URL, memory:// by default.
+func testURL() string {
+	if url := os.Getenv("AIOLOCK_TEST_URL"); url != "" {
+		return url
+	}
+	return "memory://"
+}
+
+// shortLease is a lease or TTL that ends soon (memcached counts whole seconds), and
+// pastShort a wait that outlasts it.
+func shortLease() (time.Duration, time.Duration) {
+	if strings.HasPrefix(testURL(), "memcached") {
+		return time.Second, 2100 * time.Millisecond
+	}
+	return 50 * time.Millisecond, 100 * time.Millisecond
+}
+
+var opened int32
+
+// open opens the cache under test in a namespace of its own.
 func open(t testing.TB) *Cache {
 	t.Helper()
-	c, err := Open("memory://?namespace=go:")
+	sep := "?"
+	if strings.Contains(testURL(), "?") {
+		sep = "&"
+	}
+	url := fmt.Sprintf("%s%snamespace=go%d-%d:", testURL(), sep, os.Getpid(), atomic.AddInt32(&opened, 1))
+	c, err := Open(url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,8 +118,9 @@ func TestOutcomes(t *testing.T) {
 
 func TestStaleReleaseIsOwnerChecked(t *testing.T) {
 	c := open(t)
-	stale, _ := c.Acquire("s", 50*time.Millisecond)
-	time.Sleep(100 * time.Millisecond)
+	lease, past := shortLease()
+	stale, _ := c.Acquire("s", lease)
+	time.Sleep(past)
 	current, err := c.Acquire("s", 5*time.Second, WaitAtMost(0))
 	if err != nil || current.Outcome() != Acquired {
 		t.Fatalf("%v %v", current, err)
