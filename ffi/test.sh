@@ -72,13 +72,19 @@ sed -e "s|@PREFIX@|$tmp/prefix|" -e "s|@VERSION@|0|" ffi/aiolock.pc.in >"$tmp/pr
 gcc "${cflags[@]}" ffi/c/example.c $(PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig" pkg-config --cflags --libs aiolock) \
   -Wl,-rpath,"$tmp/prefix/lib" -o "$tmp/example-pkg-config"
 run c-example-pkg-config "$tmp/example-pkg-config"
+# The header also compiles as C++ (cpp_compat), where a C++ compiler is installed.
+if command -v g++ >/dev/null; then
+  echo '#include "aiolock.h"' >"$tmp/header.cc"
+  g++ -std=c++11 -Wall -Wextra -Werror -Iinclude -fsyntax-only "$tmp/header.cc"
+  echo "-- the header compiles as C++11"
+fi
 
 echo "== ffi: Go tests"
 (
   cd ffi/go
   export CGO_LDFLAGS="-L$lib -Wl,-rpath,$lib"
   go vet -tags aiolock_test_panic ./...
-  go test -tags aiolock_test_panic -count=1 ./...
+  go test -race -tags aiolock_test_panic -count=1 ./...
 )
 
 echo "== ffi: Ruby tests"
