@@ -18,7 +18,7 @@
 #define AIOLOCK_WAIT_DEFAULT -1.0
 
 /**
- * `ttl_secs` for `aiolock_set`, `aiolock_add` and `aiolock_cas`: the value never
+ * `ttl_secs` for `aiolock_cache_set`, `aiolock_cache_add` and `aiolock_cas`: the value never
  * expires.
  */
 #define AIOLOCK_NO_EXPIRY 0.0
@@ -284,20 +284,20 @@ void aiolock_optimistic_free(struct aiolock_optimistic *lock);
  * `cache` must be NULL or a live cache; `key` must be NULL or valid for reads of
  * `key_len` bytes; the outputs must be NULL or valid for writes.
  */
-enum aiolock_status aiolock_get(const struct aiolock_cache *cache,
-                                const uint8_t *key,
-                                size_t key_len,
-                                uint8_t **value_out,
-                                size_t *len_out,
-                                bool *found_out);
+enum aiolock_status aiolock_cache_get(const struct aiolock_cache *cache,
+                                      const uint8_t *key,
+                                      size_t key_len,
+                                      uint8_t **value_out,
+                                      size_t *len_out,
+                                      bool *found_out);
 
 /**
- * Frees a buffer from `aiolock_get`. `len` must be the length `aiolock_get` gave.
+ * Frees a buffer from `aiolock_cache_get`. `len` must be the length `aiolock_cache_get` gave.
  * NULL does nothing.
  *
  * # Safety
  *
- * `data` must be NULL or a buffer from `aiolock_get` with this length, not yet freed.
+ * `data` must be NULL or a buffer from `aiolock_cache_get` with this length, not yet freed.
  */
 void aiolock_buffer_free(uint8_t *data, size_t len);
 
@@ -312,30 +312,30 @@ void aiolock_buffer_free(uint8_t *data, size_t len);
  * `cache` must be NULL or a live cache; `key` and `value` must be NULL or valid for
  * reads of their lengths.
  */
-enum aiolock_status aiolock_set(const struct aiolock_cache *cache,
-                                const uint8_t *key,
-                                size_t key_len,
-                                const uint8_t *value,
-                                size_t value_len,
-                                double ttl_secs);
+enum aiolock_status aiolock_cache_set(const struct aiolock_cache *cache,
+                                      const uint8_t *key,
+                                      size_t key_len,
+                                      const uint8_t *value,
+                                      size_t value_len,
+                                      double ttl_secs);
 
 /**
  * Stores `value` under `key` only if the key is absent (expiring after `ttl_secs`,
  * `AIOLOCK_NO_EXPIRY`: never). On success, `*added_out` says whether it stored it.
  *
- * Errors: as `aiolock_set`.
+ * Errors: as `aiolock_cache_set`.
  *
  * # Safety
  *
- * As `aiolock_set`; `added_out` must be NULL or valid for a write.
+ * As `aiolock_cache_set`; `added_out` must be NULL or valid for a write.
  */
-enum aiolock_status aiolock_add(const struct aiolock_cache *cache,
-                                const uint8_t *key,
-                                size_t key_len,
-                                const uint8_t *value,
-                                size_t value_len,
-                                double ttl_secs,
-                                bool *added_out);
+enum aiolock_status aiolock_cache_add(const struct aiolock_cache *cache,
+                                      const uint8_t *key,
+                                      size_t key_len,
+                                      const uint8_t *value,
+                                      size_t value_len,
+                                      double ttl_secs,
+                                      bool *added_out);
 
 /**
  * Removes `key`. On success, `*deleted_out` says whether it was present.
@@ -347,10 +347,10 @@ enum aiolock_status aiolock_add(const struct aiolock_cache *cache,
  * `cache` must be NULL or a live cache; `key` must be NULL or valid for reads of
  * `key_len` bytes; `deleted_out` must be NULL or valid for a write.
  */
-enum aiolock_status aiolock_delete(const struct aiolock_cache *cache,
-                                   const uint8_t *key,
-                                   size_t key_len,
-                                   bool *deleted_out);
+enum aiolock_status aiolock_cache_delete(const struct aiolock_cache *cache,
+                                         const uint8_t *key,
+                                         size_t key_len,
+                                         bool *deleted_out);
 
 /**
  * The library's version, e.g. `"0.1.0"`: a static string, never freed.

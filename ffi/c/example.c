@@ -17,7 +17,7 @@ int main(void) {
                                             AIOLOCK_WAIT_DEFAULT, &lock, &outcome);
     if (status == AIOLOCK_OK) {
         if (outcome == AIOLOCK_ACQUIRED) /* we hold the lock: compute and store */
-            status = aiolock_set(cache, (const uint8_t *)"report", 6,
+            status = aiolock_cache_set(cache, (const uint8_t *)"report", 6,
                                  (const uint8_t *)"42", 2, AIOLOCK_NO_EXPIRY);
         aiolock_release(lock, NULL); /* consumes the handle, whatever the outcome */
     }
@@ -26,7 +26,7 @@ int main(void) {
     uint8_t *value;
     size_t len;
     bool found;
-    if (aiolock_get(cache, (const uint8_t *)"report", 6, &value, &len, &found) == AIOLOCK_OK && found) {
+    if (aiolock_cache_get(cache, (const uint8_t *)"report", 6, &value, &len, &found) == AIOLOCK_OK && found) {
         printf("report = %.*s\n", (int)len, (const char *)value);
         aiolock_buffer_free(value, len);
     }

@@ -96,33 +96,33 @@ static void test_get_set_add_delete(void) {
     size_t len = 0;
     bool found = true, added = false, deleted = false;
 
-    CHECK(aiolock_get(cache, KEY("k"), &value, &len, &found) == AIOLOCK_OK);
+    CHECK(aiolock_cache_get(cache, KEY("k"), &value, &len, &found) == AIOLOCK_OK);
     CHECK(!found && value == NULL && len == 0);
 
     const uint8_t bin[] = {'a', 0, 'b', 0xff};
-    CHECK(aiolock_set(cache, KEY("k"), bin, sizeof bin, AIOLOCK_NO_EXPIRY) == AIOLOCK_OK);
-    CHECK(aiolock_get(cache, KEY("k"), &value, &len, &found) == AIOLOCK_OK);
+    CHECK(aiolock_cache_set(cache, KEY("k"), bin, sizeof bin, AIOLOCK_NO_EXPIRY) == AIOLOCK_OK);
+    CHECK(aiolock_cache_get(cache, KEY("k"), &value, &len, &found) == AIOLOCK_OK);
     CHECK(found && len == sizeof bin && memcmp(value, bin, len) == 0);
     aiolock_buffer_free(value, len);
     aiolock_buffer_free(NULL, 0);
 
-    CHECK(aiolock_add(cache, KEY("k"), bin, 1, 10.0, &added) == AIOLOCK_OK);
+    CHECK(aiolock_cache_add(cache, KEY("k"), bin, 1, 10.0, &added) == AIOLOCK_OK);
     CHECK(!added);
-    CHECK(aiolock_add(cache, KEY("fresh"), NULL, 0, 10.0, &added) == AIOLOCK_OK);
+    CHECK(aiolock_cache_add(cache, KEY("fresh"), NULL, 0, 10.0, &added) == AIOLOCK_OK);
     CHECK(added);
     /* An empty value is found, with no buffer. */
-    CHECK(aiolock_get(cache, KEY("fresh"), &value, &len, &found) == AIOLOCK_OK);
+    CHECK(aiolock_cache_get(cache, KEY("fresh"), &value, &len, &found) == AIOLOCK_OK);
     CHECK(found && value == NULL && len == 0);
 
-    CHECK(aiolock_delete(cache, KEY("k"), &deleted) == AIOLOCK_OK);
+    CHECK(aiolock_cache_delete(cache, KEY("k"), &deleted) == AIOLOCK_OK);
     CHECK(deleted);
-    CHECK(aiolock_delete(cache, KEY("k"), &deleted) == AIOLOCK_OK);
+    CHECK(aiolock_cache_delete(cache, KEY("k"), &deleted) == AIOLOCK_OK);
     CHECK(!deleted);
 
     /* TTLs: a short one expires. */
-    CHECK(aiolock_set(cache, KEY("short"), KEY("v"), short_secs()) == AIOLOCK_OK);
+    CHECK(aiolock_cache_set(cache, KEY("short"), KEY("v"), short_secs()) == AIOLOCK_OK);
     sleep_ms(past_short_ms());
-    CHECK(aiolock_get(cache, KEY("short"), &value, &len, &found) == AIOLOCK_OK);
+    CHECK(aiolock_cache_get(cache, KEY("short"), &value, &len, &found) == AIOLOCK_OK);
     CHECK(!found);
     aiolock_cache_free(cache);
 }
@@ -214,11 +214,11 @@ static void test_optimistic(void) {
     size_t len = 0;
     bool found = false;
 
-    CHECK(aiolock_set(cache, KEY("c"), KEY("1"), AIOLOCK_NO_EXPIRY) == AIOLOCK_OK);
+    CHECK(aiolock_cache_set(cache, KEY("c"), KEY("1"), AIOLOCK_NO_EXPIRY) == AIOLOCK_OK);
     CHECK(aiolock_optimistic_begin(cache, KEY("c"), &lock) == AIOLOCK_OK);
     CHECK(aiolock_optimistic_value(lock, &value, &len, &found) == AIOLOCK_OK);
     CHECK(found && len == 1 && value[0] == '1');
-    CHECK(aiolock_set(cache, KEY("c"), KEY("5"), AIOLOCK_NO_EXPIRY) == AIOLOCK_OK); /* another writer */
+    CHECK(aiolock_cache_set(cache, KEY("c"), KEY("5"), AIOLOCK_NO_EXPIRY) == AIOLOCK_OK); /* another writer */
     CHECK(aiolock_cas(lock, KEY("2"), AIOLOCK_NO_EXPIRY) == AIOLOCK_CONFLICT);     /* consumed */
     CHECK(strstr(aiolock_last_error_message(), "changed") != NULL);
 
@@ -226,7 +226,7 @@ static void test_optimistic(void) {
     CHECK(aiolock_cas(lock, KEY("6"), 10.0) == AIOLOCK_OK);
     uint8_t *got = NULL;
     size_t got_len = 0;
-    CHECK(aiolock_get(cache, KEY("c"), &got, &got_len, &found) == AIOLOCK_OK);
+    CHECK(aiolock_cache_get(cache, KEY("c"), &got, &got_len, &found) == AIOLOCK_OK);
     CHECK(found && got_len == 1 && got[0] == '6');
     aiolock_buffer_free(got, got_len);
 
@@ -234,7 +234,7 @@ static void test_optimistic(void) {
     CHECK(aiolock_optimistic_begin(cache, KEY("absent"), &lock) == AIOLOCK_OK);
     CHECK(aiolock_optimistic_value(lock, &value, &len, &found) == AIOLOCK_OK);
     CHECK(!found && value == NULL && len == 0);
-    CHECK(aiolock_add(cache, KEY("absent"), KEY("x"), AIOLOCK_NO_EXPIRY, &found) == AIOLOCK_OK);
+    CHECK(aiolock_cache_add(cache, KEY("absent"), KEY("x"), AIOLOCK_NO_EXPIRY, &found) == AIOLOCK_OK);
     CHECK(aiolock_cas(lock, KEY("y"), AIOLOCK_NO_EXPIRY) == AIOLOCK_CONFLICT);
 
     /* Freed without a write. */
@@ -282,30 +282,30 @@ static void test_null_for_every_pointer(void) {
     CHECK(cbuf == (const uint8_t *)0x1 && len == 7 && flag);
     CHECK(aiolock_cas(real, NULL, 3, 0.0) == BAD); /* consumed anyway */
     /* get / set / add / delete */
-    CHECK(aiolock_get(NULL, KEY("k"), &buf, &len, &flag) == BAD);
-    CHECK(aiolock_get(cache, NULL, 1, &buf, &len, &flag) == BAD);
-    CHECK(aiolock_get(cache, KEY("k"), NULL, &len, &flag) == BAD);
-    CHECK(aiolock_get(cache, KEY("k"), &buf, NULL, &flag) == BAD);
-    CHECK(aiolock_get(cache, KEY("k"), &buf, &len, NULL) == BAD);
+    CHECK(aiolock_cache_get(NULL, KEY("k"), &buf, &len, &flag) == BAD);
+    CHECK(aiolock_cache_get(cache, NULL, 1, &buf, &len, &flag) == BAD);
+    CHECK(aiolock_cache_get(cache, KEY("k"), NULL, &len, &flag) == BAD);
+    CHECK(aiolock_cache_get(cache, KEY("k"), &buf, NULL, &flag) == BAD);
+    CHECK(aiolock_cache_get(cache, KEY("k"), &buf, &len, NULL) == BAD);
     CHECK(buf == (uint8_t *)0x1 && len == 7 && flag);
-    CHECK(aiolock_set(NULL, KEY("k"), KEY("v"), 0.0) == BAD);
-    CHECK(aiolock_set(cache, NULL, 1, KEY("v"), 0.0) == BAD);
-    CHECK(aiolock_set(cache, KEY("k"), NULL, 1, 0.0) == BAD);
-    CHECK(aiolock_add(NULL, KEY("k"), KEY("v"), 0.0, &flag) == BAD);
-    CHECK(aiolock_add(cache, NULL, 1, KEY("v"), 0.0, &flag) == BAD);
-    CHECK(aiolock_add(cache, KEY("k"), NULL, 1, 0.0, &flag) == BAD);
-    CHECK(aiolock_add(cache, KEY("k"), KEY("v"), 0.0, NULL) == BAD);
-    CHECK(aiolock_delete(NULL, KEY("k"), &flag) == BAD);
-    CHECK(aiolock_delete(cache, NULL, 1, &flag) == BAD);
-    CHECK(aiolock_delete(cache, KEY("k"), NULL) == BAD);
+    CHECK(aiolock_cache_set(NULL, KEY("k"), KEY("v"), 0.0) == BAD);
+    CHECK(aiolock_cache_set(cache, NULL, 1, KEY("v"), 0.0) == BAD);
+    CHECK(aiolock_cache_set(cache, KEY("k"), NULL, 1, 0.0) == BAD);
+    CHECK(aiolock_cache_add(NULL, KEY("k"), KEY("v"), 0.0, &flag) == BAD);
+    CHECK(aiolock_cache_add(cache, NULL, 1, KEY("v"), 0.0, &flag) == BAD);
+    CHECK(aiolock_cache_add(cache, KEY("k"), NULL, 1, 0.0, &flag) == BAD);
+    CHECK(aiolock_cache_add(cache, KEY("k"), KEY("v"), 0.0, NULL) == BAD);
+    CHECK(aiolock_cache_delete(NULL, KEY("k"), &flag) == BAD);
+    CHECK(aiolock_cache_delete(cache, NULL, 1, &flag) == BAD);
+    CHECK(aiolock_cache_delete(cache, KEY("k"), NULL) == BAD);
     /* last error copy: NULL buffer only with length 0 */
     CHECK(aiolock_last_error_copy(NULL, 5, NULL) == BAD);
     /* Nothing was stored by any of the refused calls. */
     bool found = true;
-    CHECK(aiolock_get(cache, KEY("k"), &buf, &len, &found) == AIOLOCK_OK && !found);
+    CHECK(aiolock_cache_get(cache, KEY("k"), &buf, &len, &found) == AIOLOCK_OK && !found);
     /* An empty key (NULL with length 0 is the empty string) is an invalid key. */
     CHECK(aiolock_acquire(cache, NULL, 0, 1.0, -1.0, &lock, &outcome) == AIOLOCK_INVALID_KEY);
-    CHECK(aiolock_set(cache, (const uint8_t *)"", 0, KEY("v"), 0.0) == AIOLOCK_INVALID_KEY);
+    CHECK(aiolock_cache_set(cache, (const uint8_t *)"", 0, KEY("v"), 0.0) == AIOLOCK_INVALID_KEY);
     aiolock_cache_free(cache);
 }
 
@@ -327,7 +327,7 @@ static void test_bad_durations(void) {
     CHECK(aiolock_release(lock, NULL) == AIOLOCK_OK);
     const double bad_ttls[] = {-1.0, NAN, INFINITY, 1e-12};
     for (size_t i = 0; i < sizeof bad_ttls / sizeof *bad_ttls; i++) {
-        CHECK(aiolock_set(cache, KEY("d"), KEY("v"), bad_ttls[i]) == AIOLOCK_INVALID_ARGUMENT);
+        CHECK(aiolock_cache_set(cache, KEY("d"), KEY("v"), bad_ttls[i]) == AIOLOCK_INVALID_ARGUMENT);
     }
     aiolock_cache_free(cache);
 }
@@ -375,7 +375,7 @@ static void test_panic_returns_a_status(void) {
     /* The process and the library go on. */
     aiolock_cache *cache = open_cache();
     bool added = false;
-    CHECK(aiolock_add(cache, KEY("after-panic"), KEY("v"), 0.0, &added) == AIOLOCK_OK && added);
+    CHECK(aiolock_cache_add(cache, KEY("after-panic"), KEY("v"), 0.0, &added) == AIOLOCK_OK && added);
     aiolock_cache_free(cache);
 }
 
@@ -394,7 +394,7 @@ static void *stampede_worker(void *arg) {
         uint8_t *value = NULL;
         size_t len = 0;
         bool found = false;
-        if (aiolock_get(s->cache, KEY("report"), &value, &len, &found) != AIOLOCK_OK) return NULL;
+        if (aiolock_cache_get(s->cache, KEY("report"), &value, &len, &found) != AIOLOCK_OK) return NULL;
         if (found) {
             s->ok = len == 8 && memcmp(value, "computed", 8) == 0;
             aiolock_buffer_free(value, len);
@@ -406,10 +406,10 @@ static void *stampede_worker(void *arg) {
             return NULL;
         if (outcome == AIOLOCK_ACQUIRED) {
             /* Another thread may have computed between our get and our acquire. */
-            if (aiolock_get(s->cache, KEY("report"), &value, &len, &found) == AIOLOCK_OK && !found) {
+            if (aiolock_cache_get(s->cache, KEY("report"), &value, &len, &found) == AIOLOCK_OK && !found) {
                 atomic_fetch_add(&computed, 1);
                 sleep_ms(50); /* the expensive part */
-                aiolock_set(s->cache, KEY("report"), KEY("computed"), AIOLOCK_NO_EXPIRY);
+                aiolock_cache_set(s->cache, KEY("report"), KEY("computed"), AIOLOCK_NO_EXPIRY);
             }
             aiolock_buffer_free(value, len);
         }

@@ -163,7 +163,7 @@ func (c *Cache) Get(key string) ([]byte, bool, error) {
 	var n C.size_t
 	var found C.bool
 	err := c.with(func(p *C.aiolock_cache) C.enum_aiolock_status {
-		return C.aiolock_get(p, k, kn, &data, &n, &found)
+		return C.aiolock_cache_get(p, k, kn, &data, &n, &found)
 	})
 	if err != nil || !bool(found) {
 		return nil, false, err
@@ -181,7 +181,7 @@ func (c *Cache) Set(key string, value []byte, ttl time.Duration) error {
 	k, kn := bytesOf(key)
 	v, vn := sliceOf(value)
 	return c.with(func(p *C.aiolock_cache) C.enum_aiolock_status {
-		return C.aiolock_set(p, k, kn, v, vn, seconds(ttl))
+		return C.aiolock_cache_set(p, k, kn, v, vn, seconds(ttl))
 	})
 }
 
@@ -191,7 +191,7 @@ func (c *Cache) Add(key string, value []byte, ttl time.Duration) (bool, error) {
 	v, vn := sliceOf(value)
 	var added C.bool
 	err := c.with(func(p *C.aiolock_cache) C.enum_aiolock_status {
-		return C.aiolock_add(p, k, kn, v, vn, seconds(ttl), &added)
+		return C.aiolock_cache_add(p, k, kn, v, vn, seconds(ttl), &added)
 	})
 	return bool(added), err
 }
@@ -201,7 +201,7 @@ func (c *Cache) Delete(key string) (bool, error) {
 	k, kn := bytesOf(key)
 	var deleted C.bool
 	err := c.with(func(p *C.aiolock_cache) C.enum_aiolock_status {
-		return C.aiolock_delete(p, k, kn, &deleted)
+		return C.aiolock_cache_delete(p, k, kn, &deleted)
 	})
 	return bool(deleted), err
 }

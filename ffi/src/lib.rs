@@ -109,7 +109,7 @@ impl From<Outcome> for aiolock_outcome {
 /// negative number means the same.
 pub const AIOLOCK_WAIT_DEFAULT: f64 = -1.0;
 
-/// `ttl_secs` for `aiolock_set`, `aiolock_add` and `aiolock_cas`: the value never
+/// `ttl_secs` for `aiolock_cache_set`, `aiolock_cache_add` and `aiolock_cas`: the value never
 /// expires.
 pub const AIOLOCK_NO_EXPIRY: f64 = 0.0;
 
@@ -430,7 +430,7 @@ pub unsafe extern "C" fn aiolock_optimistic_free(lock: *mut aiolock_optimistic) 
 /// `cache` must be NULL or a live cache; `key` must be NULL or valid for reads of
 /// `key_len` bytes; the outputs must be NULL or valid for writes.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn aiolock_get(
+pub unsafe extern "C" fn aiolock_cache_get(
     cache: *const aiolock_cache,
     key: *const u8,
     key_len: usize,
@@ -465,18 +465,18 @@ pub unsafe extern "C" fn aiolock_get(
     })
 }
 
-/// Frees a buffer from `aiolock_get`. `len` must be the length `aiolock_get` gave.
+/// Frees a buffer from `aiolock_cache_get`. `len` must be the length `aiolock_cache_get` gave.
 /// NULL does nothing.
 ///
 /// # Safety
 ///
-/// `data` must be NULL or a buffer from `aiolock_get` with this length, not yet freed.
+/// `data` must be NULL or a buffer from `aiolock_cache_get` with this length, not yet freed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn aiolock_buffer_free(data: *mut u8, len: usize) {
     guard_quiet((), || {
         if !data.is_null() {
             let slice = std::ptr::slice_from_raw_parts_mut(data, len);
-            // SAFETY: the caller's contract: a boxed slice of `len` bytes from aiolock_get.
+            // SAFETY: the caller's contract: a boxed slice of `len` bytes from aiolock_cache_get.
             drop(unsafe { Box::from_raw(slice) });
         }
     })
@@ -492,7 +492,7 @@ pub unsafe extern "C" fn aiolock_buffer_free(data: *mut u8, len: usize) {
 /// `cache` must be NULL or a live cache; `key` and `value` must be NULL or valid for
 /// reads of their lengths.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn aiolock_set(
+pub unsafe extern "C" fn aiolock_cache_set(
     cache: *const aiolock_cache,
     key: *const u8,
     key_len: usize,
@@ -514,13 +514,13 @@ pub unsafe extern "C" fn aiolock_set(
 /// Stores `value` under `key` only if the key is absent (expiring after `ttl_secs`,
 /// `AIOLOCK_NO_EXPIRY`: never). On success, `*added_out` says whether it stored it.
 ///
-/// Errors: as `aiolock_set`.
+/// Errors: as `aiolock_cache_set`.
 ///
 /// # Safety
 ///
-/// As `aiolock_set`; `added_out` must be NULL or valid for a write.
+/// As `aiolock_cache_set`; `added_out` must be NULL or valid for a write.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn aiolock_add(
+pub unsafe extern "C" fn aiolock_cache_add(
     cache: *const aiolock_cache,
     key: *const u8,
     key_len: usize,
@@ -553,7 +553,7 @@ pub unsafe extern "C" fn aiolock_add(
 /// `cache` must be NULL or a live cache; `key` must be NULL or valid for reads of
 /// `key_len` bytes; `deleted_out` must be NULL or valid for a write.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn aiolock_delete(
+pub unsafe extern "C" fn aiolock_cache_delete(
     cache: *const aiolock_cache,
     key: *const u8,
     key_len: usize,

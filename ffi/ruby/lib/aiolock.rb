@@ -38,11 +38,11 @@ module Aiolock
     attach_function :aiolock_optimistic_value, %i[optimistic pointer pointer pointer], :int
     attach_function :aiolock_cas, %i[optimistic pointer size_t double], :int, blocking: true
     attach_function :aiolock_optimistic_free, %i[optimistic], :void
-    attach_function :aiolock_get, %i[cache pointer size_t pointer pointer pointer], :int, blocking: true
+    attach_function :aiolock_cache_get, %i[cache pointer size_t pointer pointer pointer], :int, blocking: true
     attach_function :aiolock_buffer_free, %i[pointer size_t], :void
-    attach_function :aiolock_set, %i[cache pointer size_t pointer size_t double], :int, blocking: true
-    attach_function :aiolock_add, %i[cache pointer size_t pointer size_t double pointer], :int, blocking: true
-    attach_function :aiolock_delete, %i[cache pointer size_t pointer], :int, blocking: true
+    attach_function :aiolock_cache_set, %i[cache pointer size_t pointer size_t double], :int, blocking: true
+    attach_function :aiolock_cache_add, %i[cache pointer size_t pointer size_t double pointer], :int, blocking: true
+    attach_function :aiolock_cache_delete, %i[cache pointer size_t pointer], :int, blocking: true
   end
 
   # Status codes (stable numbers, see include/aiolock.h).
@@ -147,7 +147,7 @@ module Aiolock
       len = FFI::MemoryPointer.new(:size_t)
       found = FFI::MemoryPointer.new(:bool)
       Aiolock.with_bytes(key) do |k, kn|
-        with_handle { |h| Aiolock.check(Native.aiolock_get(h, k, kn, data, len, found)) }
+        with_handle { |h| Aiolock.check(Native.aiolock_cache_get(h, k, kn, data, len, found)) }
       end
       return nil unless found.read(:bool)
 
@@ -164,7 +164,7 @@ module Aiolock
     def set(key, value, ttl: nil)
       Aiolock.with_bytes(key) do |k, kn|
         Aiolock.with_bytes(value) do |v, vn|
-          with_handle { |h| Aiolock.check(Native.aiolock_set(h, k, kn, v, vn, Aiolock.ttl_secs(ttl))) }
+          with_handle { |h| Aiolock.check(Native.aiolock_cache_set(h, k, kn, v, vn, Aiolock.ttl_secs(ttl))) }
         end
       end
       value
@@ -175,7 +175,7 @@ module Aiolock
       added = FFI::MemoryPointer.new(:bool)
       Aiolock.with_bytes(key) do |k, kn|
         Aiolock.with_bytes(value) do |v, vn|
-          with_handle { |h| Aiolock.check(Native.aiolock_add(h, k, kn, v, vn, Aiolock.ttl_secs(ttl), added)) }
+          with_handle { |h| Aiolock.check(Native.aiolock_cache_add(h, k, kn, v, vn, Aiolock.ttl_secs(ttl), added)) }
         end
       end
       added.read(:bool)
@@ -185,7 +185,7 @@ module Aiolock
     def delete(key)
       deleted = FFI::MemoryPointer.new(:bool)
       Aiolock.with_bytes(key) do |k, kn|
-        with_handle { |h| Aiolock.check(Native.aiolock_delete(h, k, kn, deleted)) }
+        with_handle { |h| Aiolock.check(Native.aiolock_cache_delete(h, k, kn, deleted)) }
       end
       deleted.read(:bool)
     end
