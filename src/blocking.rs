@@ -36,6 +36,8 @@ macro_rules! maybe_await {
     };
 }
 
+// The same source is compiled into the other flavor too: that is the point.
+#[allow(clippy::duplicate_mod)]
 #[path = "shared/mod.rs"]
 mod shared;
 

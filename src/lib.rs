@@ -83,3 +83,8 @@ pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::memory::{CasToken, MemoryBackend, Ttl, Versioned};
 #[cfg(feature = "async")]
 pub use crate::nonblocking::*;
+
+/// The README's examples, compiled as doc tests.
+#[cfg(all(doctest, feature = "async", feature = "blocking"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -6,13 +6,14 @@
 //! park on and an async task can await, so a blocking waiter wakes on an async
 //! holder's release and the reverse.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 #[cfg(test)]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use event_listener::{Event, EventListener};
+use hashbrown::HashMap;
+use hashbrown::hash_map::EntryRef;
 use parking_lot::Mutex;
 
 use crate::core::lease::deadline;
@@ -87,15 +88,19 @@ struct Store {
     clock: Clock,
 }
 
+/// Keys and values this short are stored inline (lock keys and tokens are), saving an
+/// allocation each.
+type Bytes = crate::key::KeyBuf;
+
 #[derive(Default)]
 struct Map {
-    entries: HashMap<Vec<u8>, Entry>,
+    entries: HashMap<Bytes, Entry>,
     last_version: u64,
     sweep_above: usize,
 }
 
 struct Entry {
-    value: Box<[u8]>,
+    value: Bytes,
     expires: Option<Instant>,
     version: u64,
     /// Created by the first waiter; notified when the key is released or deleted.
@@ -137,31 +142,46 @@ impl Map {
         self.entries.get(key).filter(|e| e.live(now))
     }
 
-    fn next_version(&mut self) -> u64 {
-        self.last_version += 1;
-        self.last_version
-    }
-
-    /// Stores `value`, keeping the waiters of a previous entry.
-    fn put(&mut self, key: &[u8], value: &[u8], ttl: Option<Duration>, now: Instant) {
-        let version = self.next_version();
-        let expires = ttl.map(|d| deadline(now, d));
-        if let Some(e) = self.entries.get_mut(key) {
-            e.value = value.into();
-            e.expires = expires;
-            e.version = version;
-            return;
-        }
+    /// Stores `value` if `allowed` says so given the live entry (`None`: absent or
+    /// expired), keeping the waiters of a previous entry. One hash lookup.
+    fn write(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+        now: Instant,
+        allowed: impl FnOnce(Option<&Entry>) -> bool,
+    ) -> bool {
         self.sweep(now);
-        self.entries.insert(
-            key.to_vec(),
-            Entry {
-                value: value.into(),
-                expires,
-                version,
-                waiters: None,
-            },
-        );
+        let expires = ttl.map(|d| deadline(now, d));
+        match self.entries.entry_ref(key) {
+            EntryRef::Occupied(mut o) => {
+                let e = o.get_mut();
+                if !allowed(Some(&*e).filter(|e| e.live(now))) {
+                    return false;
+                }
+                self.last_version += 1;
+                e.value = Bytes::from_slice(value);
+                e.expires = expires;
+                e.version = self.last_version;
+            }
+            EntryRef::Vacant(v) => {
+                if !allowed(None) {
+                    return false;
+                }
+                self.last_version += 1;
+                v.insert_with_key(
+                    Bytes::from_slice(key),
+                    Entry {
+                        value: Bytes::from_slice(value),
+                        expires,
+                        version: self.last_version,
+                        waiters: None,
+                    },
+                );
+            }
+        }
+        true
     }
 
     /// Removes `key`; returns whether it was live and the waiters to notify.
@@ -177,8 +197,9 @@ impl Map {
         if self.entries.len() < self.sweep_above {
             return;
         }
-        self.entries
-            .retain(|_, e| e.live(now) || e.waiters.is_some());
+        self.entries.retain(|_, e| {
+            e.live(now) || e.waiters.as_ref().is_some_and(|w| w.total_listeners() > 0)
+        });
         self.sweep_above = (self.entries.len() * 2).max(MIN_SWEEP);
     }
 }
@@ -236,17 +257,13 @@ impl MemoryBackend {
 
     pub(crate) fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) {
         let now = self.store.clock.now();
-        self.store.map.lock().put(key, value, ttl, now);
+        self.store.map.lock().write(key, value, ttl, now, |_| true);
     }
 
     pub(crate) fn add(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> bool {
         let now = self.store.clock.now();
         let mut map = self.store.map.lock();
-        if map.live(key, now).is_some() {
-            return false;
-        }
-        map.put(key, value, ttl, now);
-        true
+        map.write(key, value, ttl, now, |live| live.is_none())
     }
 
     pub(crate) fn delete(&self, key: &[u8]) -> bool {
@@ -333,16 +350,11 @@ impl MemoryBackend {
     ) -> bool {
         let now = self.store.clock.now();
         let mut map = self.store.map.lock();
-        let current = map.live(key, now).map(|e| e.version);
-        let unchanged = match token {
-            CasToken::Absent => current.is_none(),
-            CasToken::Version(v) => current == Some(*v),
-            CasToken::Value(_) => false,
-        };
-        if unchanged {
-            map.put(key, value, ttl, now);
-        }
-        unchanged
+        map.write(key, value, ttl, now, |live| match (token, live) {
+            (CasToken::Absent, None) => true,
+            (CasToken::Version(v), Some(e)) => e.version == *v,
+            _ => false,
+        })
     }
 }
 

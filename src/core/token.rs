@@ -18,9 +18,9 @@ impl Token {
     pub fn from_u128(n: u128) -> Self {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            let nibble = (n >> (124 - 4 * i)) & 0xf;
-            *byte = HEX[nibble as usize];
+        for (pair, byte) in out.chunks_exact_mut(2).zip(n.to_be_bytes()) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0xf)];
         }
         Token(out)
     }

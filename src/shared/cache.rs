@@ -13,7 +13,7 @@ use crate::config::{self, Endpoint, Options};
 use crate::core::lease::check_ttl;
 use crate::core::wait::Wake;
 use crate::error::{Error, ErrorKind, Result};
-use crate::key;
+use crate::key::{self, KeyBuf};
 use crate::memory::{CasToken, MemoryBackend, Ttl, Versioned};
 
 /// A cache: a backend and an optional namespace prefixed to every key.
@@ -111,11 +111,19 @@ impl<B: Backend> Cache<B> {
         &self.inner.backend
     }
 
-    pub(crate) fn key(&self, key: &[u8]) -> Result<Vec<u8>> {
+    pub(crate) fn key(&self, key: &[u8]) -> Result<KeyBuf> {
         key::namespaced(&self.inner.namespace, key)
     }
 
     /// The value of `key`, if present.
+    ///
+    /// ```
+    /// # #[cfg(feature = "blocking")] {
+    /// # let cache = aiolock::blocking::Cache::memory();
+    /// assert_eq!(cache.get("missing")?, None);
+    /// # }
+    /// # Ok::<(), aiolock::Error>(())
+    /// ```
     #[maybe_async]
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
         let key = self.key(key.as_ref())?;
@@ -123,6 +131,16 @@ impl<B: Backend> Cache<B> {
     }
 
     /// Stores `value` under `key`; it expires after `ttl` (never, for `None`).
+    ///
+    /// ```
+    /// # #[cfg(feature = "blocking")] {
+    /// # let cache = aiolock::blocking::Cache::memory();
+    /// use std::time::Duration;
+    /// cache.set("session", b"data", Some(Duration::from_secs(30)))?;
+    /// assert!(cache.exists("session")?);
+    /// # }
+    /// # Ok::<(), aiolock::Error>(())
+    /// ```
     #[maybe_async]
     pub async fn set(
         &self,
@@ -136,6 +154,16 @@ impl<B: Backend> Cache<B> {
     }
 
     /// Stores `value` only if `key` is absent; returns whether it did.
+    ///
+    /// ```
+    /// # #[cfg(feature = "blocking")] {
+    /// # let cache = aiolock::blocking::Cache::memory();
+    /// assert!(cache.add("k", b"first", None)?);
+    /// assert!(!cache.add("k", b"second", None)?);
+    /// assert_eq!(cache.get("k")?.as_deref(), Some(&b"first"[..]));
+    /// # }
+    /// # Ok::<(), aiolock::Error>(())
+    /// ```
     #[maybe_async]
     pub async fn add(
         &self,
@@ -149,6 +177,16 @@ impl<B: Backend> Cache<B> {
     }
 
     /// Removes `key`; returns whether it was present.
+    ///
+    /// ```
+    /// # #[cfg(feature = "blocking")] {
+    /// # let cache = aiolock::blocking::Cache::memory();
+    /// cache.set("k", b"v", None)?;
+    /// assert!(cache.delete("k")?);
+    /// assert!(!cache.delete("k")?);
+    /// # }
+    /// # Ok::<(), aiolock::Error>(())
+    /// ```
     #[maybe_async]
     pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool> {
         let key = self.key(key.as_ref())?;
@@ -156,6 +194,14 @@ impl<B: Backend> Cache<B> {
     }
 
     /// Whether `key` is present.
+    ///
+    /// ```
+    /// # #[cfg(feature = "blocking")] {
+    /// # let cache = aiolock::blocking::Cache::memory();
+    /// assert!(!cache.exists("k")?);
+    /// # }
+    /// # Ok::<(), aiolock::Error>(())
+    /// ```
     #[maybe_async]
     pub async fn exists(&self, key: impl AsRef<[u8]>) -> Result<bool> {
         let key = self.key(key.as_ref())?;
@@ -163,6 +209,17 @@ impl<B: Backend> Cache<B> {
     }
 
     /// The remaining time to live of `key`.
+    ///
+    /// ```
+    /// # #[cfg(feature = "blocking")] {
+    /// # let cache = aiolock::blocking::Cache::memory();
+    /// use aiolock::Ttl;
+    /// cache.set("k", b"v", None)?;
+    /// assert_eq!(cache.ttl("k")?, Ttl::Persistent);
+    /// assert_eq!(cache.ttl("nope")?, Ttl::Missing);
+    /// # }
+    /// # Ok::<(), aiolock::Error>(())
+    /// ```
     #[maybe_async]
     pub async fn ttl(&self, key: impl AsRef<[u8]>) -> Result<Ttl> {
         let key = self.key(key.as_ref())?;
@@ -277,6 +334,12 @@ pub enum AnyBackend {
     /// `redis://`, `redis+unix://`, `rediss://` (feature `redis`)
     #[cfg(feature = "redis")]
     Redis(RedisBackend),
+}
+
+impl From<MemoryBackend> for AnyBackend {
+    fn from(store: MemoryBackend) -> Self {
+        AnyBackend::Memory(store)
+    }
 }
 
 impl AnyBackend {

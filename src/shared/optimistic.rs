@@ -7,6 +7,7 @@ use super::cache::{AnyBackend, Cache};
 use super::maybe_async;
 use crate::core::lease::check_ttl;
 use crate::error::{Error, ErrorKind, Result};
+use crate::key::KeyBuf;
 use crate::memory::Versioned;
 
 /// Reads a key and a token for its state; [`cas`](OptimisticLock::cas) writes only if
@@ -31,7 +32,7 @@ use crate::memory::Versioned;
 /// ```
 pub struct OptimisticLock<B = AnyBackend> {
     cache: Cache<B>,
-    key: Vec<u8>,
+    key: KeyBuf,
     read: Versioned,
 }
 

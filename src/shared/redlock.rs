@@ -10,6 +10,7 @@ use crate::core::token::Token;
 use crate::core::wait::{Acquisition, Action, Outcome};
 use crate::error::{Error, Result};
 use crate::key;
+use crate::key::KeyBuf;
 
 /// A lease lock on one key, for cache-stampede protection (aiocache's `RedLock`).
 ///
@@ -35,7 +36,7 @@ use crate::key;
 #[derive(Clone)]
 pub struct RedLock<B = AnyBackend> {
     cache: Cache<B>,
-    key: Vec<u8>,
+    key: KeyBuf,
     empty_key: bool,
     lease: Duration,
     wait: Option<Duration>,
@@ -143,7 +144,7 @@ impl<B: Backend> RedLock<B> {
 #[must_use = "if unused the lock is released at once"]
 pub struct LockGuard<B: Backend = AnyBackend> {
     cache: Cache<B>,
-    key: Vec<u8>,
+    key: KeyBuf,
     token: Option<Token>,
     outcome: Outcome,
 }
@@ -194,7 +195,11 @@ impl<B: Backend> LockGuard<B> {
 impl<B: Backend> Drop for LockGuard<B> {
     fn drop(&mut self) {
         if let Some(token) = self.token.take() {
-            rt::release_on_drop(self.cache.clone(), std::mem::take(&mut self.key), token);
+            rt::release_on_drop(
+                self.cache.clone(),
+                std::mem::take(&mut self.key).into_vec(),
+                token,
+            );
         }
     }
 }

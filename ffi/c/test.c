@@ -1,0 +1,455 @@
+/*
+ * The C test suite of libaiolock, against the cache $AIOLOCK_TEST_URL names
+ * (memory:// by default; each test opens its own namespace). Built by ffi/test.sh with
+ * -std=c11 -Wall -Wextra -Werror, run under ASan + UBSan and valgrind, linked
+ * against the static and the shared library. Needs a library built with the cargo
+ * feature test-panic (for aiolock_test_panic).
+ */
+#define _POSIX_C_SOURCE 200809L
+#define AIOLOCK_TEST_PANIC 1
+#include "aiolock.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static int passed, failed;
+
+#define CHECK(cond)                                                                 \
+    do {                                                                            \
+        if (cond) {                                                                 \
+            passed++;                                                               \
+        } else {                                                                    \
+            failed++;                                                               \
+            fprintf(stderr, "%s:%d: CHECK failed: %s (last error: %s)\n", __FILE__, \
+                    __LINE__, #cond, aiolock_last_error_message());                 \
+        }                                                                           \
+    } while (0)
+
+#define KEY(s) (const uint8_t *)(s), strlen(s)
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* The cache under test: $AIOLOCK_TEST_URL, memory:// by default. */
+static const char *test_url(void) {
+    const char *url = getenv("AIOLOCK_TEST_URL");
+    return url && *url ? url : "memory://";
+}
+
+/* memcached keeps TTLs in whole seconds: short leases and TTLs take longer there. */
+static double short_secs(void) { return strncmp(test_url(), "memcached", 9) == 0 ? 1.0 : 0.05; }
+static long past_short_ms(void) { return strncmp(test_url(), "memcached", 9) == 0 ? 2100 : 100; }
+
+/* Opens the cache under test in a namespace of its own, so that leftovers on a shared
+ * server never meet a test. */
+static aiolock_cache *open_cache(void) {
+    static atomic_int opened;
+    char url[1024];
+    const char *base = test_url();
+    snprintf(url, sizeof url, "%s%cnamespace=c%ld-%d:", base, strchr(base, '?') ? '&' : '?',
+             (long)getpid(), atomic_fetch_add(&opened, 1));
+    aiolock_cache *cache = NULL;
+    if (aiolock_cache_open(url, &cache) != AIOLOCK_OK) {
+        fprintf(stderr, "cannot open %s: %s\n", url, aiolock_last_error_message());
+        exit(2);
+    }
+    return cache;
+}
+
+static void test_version_and_status_texts(void) {
+    CHECK(strlen(aiolock_version()) > 0);
+    CHECK(strcmp(aiolock_status_str(AIOLOCK_OK), "ok") == 0);
+    CHECK(strcmp(aiolock_status_str(AIOLOCK_CONFLICT), "optimistic lock conflict") == 0);
+    CHECK(strcmp(aiolock_status_str(AIOLOCK_PANIC), "panic in aiolock") == 0);
+    CHECK(strcmp(aiolock_status_str(-1), "unknown status") == 0);
+    CHECK(strcmp(aiolock_status_str(12345), "unknown status") == 0);
+}
+
+static void test_open(void) {
+    aiolock_cache *cache = (aiolock_cache *)0x1; /* sentinel: must stay untouched */
+    CHECK(aiolock_cache_open(NULL, &cache) == AIOLOCK_INVALID_ARGUMENT);
+    CHECK(cache == (aiolock_cache *)0x1);
+    CHECK(strstr(aiolock_last_error_message(), "url") != NULL);
+    CHECK(aiolock_cache_open("memory://", NULL) == AIOLOCK_INVALID_ARGUMENT);
+    CHECK(aiolock_cache_open("memory://?namespace=\xff\xfe", &cache) == AIOLOCK_INVALID_ARGUMENT);
+    CHECK(strstr(aiolock_last_error_message(), "UTF-8") != NULL);
+    CHECK(aiolock_cache_open("nosuch://x", &cache) == AIOLOCK_INVALID_ARGUMENT);
+    CHECK(aiolock_cache_open("memory://?bogus=1", &cache) == AIOLOCK_INVALID_ARGUMENT);
+    CHECK(cache == (aiolock_cache *)0x1);
+    CHECK(aiolock_cache_open("memory://", &cache) == AIOLOCK_OK);
+    CHECK(strcmp(aiolock_last_error_message(), "") == 0);
+    aiolock_cache_free(cache);
+    aiolock_cache_free(NULL);
+}
+
+static void test_get_set_add_delete(void) {
+    aiolock_cache *cache = open_cache();
+    uint8_t *value = NULL;
+    size_t len = 0;
+    bool found = true, added = false, deleted = false;
+
+    CHECK(aiolock_cache_get(cache, KEY("k"), &value, &len, &found) == AIOLOCK_OK);
+    CHECK(!found && value == NULL && len == 0);
+
+    const uint8_t bin[] = {'a', 0, 'b', 0xff};
+    CHECK(aiolock_cache_set(cache, KEY("k"), bin, sizeof bin, AIOLOCK_NO_EXPIRY) == AIOLOCK_OK);
+    CHECK(aiolock_cache_get(cache, KEY("k"), &value, &len, &found) == AIOLOCK_OK);
+    CHECK(found && len == sizeof bin && memcmp(value, bin, len) == 0);
+    aiolock_buffer_free(value, len);
+    aiolock_buffer_free(NULL, 0);
+
+    CHECK(aiolock_cache_add(cache, KEY("k"), bin, 1, 10.0, &added) == AIOLOCK_OK);
+    CHECK(!added);
+    CHECK(aiolock_cache_add(cache, KEY("fresh"), NULL, 0, 10.0, &added) == AIOLOCK_OK);
+    CHECK(added);
+    /* An empty value is found, with no buffer. */
+    CHECK(aiolock_cache_get(cache, KEY("fresh"), &value, &len, &found) == AIOLOCK_OK);
+    CHECK(found && value == NULL && len == 0);
+
+    CHECK(aiolock_cache_delete(cache, KEY("k"), &deleted) == AIOLOCK_OK);
+    CHECK(deleted);
+    CHECK(aiolock_cache_delete(cache, KEY("k"), &deleted) == AIOLOCK_OK);
+    CHECK(!deleted);
+
+    /* TTLs: a short one expires. */
+    CHECK(aiolock_cache_set(cache, KEY("short"), KEY("v"), short_secs()) == AIOLOCK_OK);
+    sleep_ms(past_short_ms());
+    CHECK(aiolock_cache_get(cache, KEY("short"), &value, &len, &found) == AIOLOCK_OK);
+    CHECK(!found);
+    aiolock_cache_free(cache);
+}
+
+static void test_outcomes(void) {
+    aiolock_cache *cache = open_cache();
+    aiolock_lock *held = NULL, *other = NULL;
+    aiolock_outcome outcome = 0;
+    bool removed = false;
+
+    CHECK(aiolock_acquire(cache, KEY("o"), 5.0, AIOLOCK_WAIT_DEFAULT, &held, &outcome) == AIOLOCK_OK);
+    CHECK(outcome == AIOLOCK_ACQUIRED);
+
+    /* wait 0: try once, do not wait. */
+    CHECK(aiolock_acquire(cache, KEY("o"), 5.0, 0.0, &other, &outcome) == AIOLOCK_OK);
+    CHECK(outcome == AIOLOCK_TIMED_OUT);
+    /* A handle that does not hold the lock releases nothing, and is consumed. */
+    CHECK(aiolock_release(other, &removed) == AIOLOCK_OK);
+    CHECK(!removed);
+
+    /* A short wait bound times out while the holder keeps its lease. */
+    CHECK(aiolock_acquire(cache, KEY("o"), 5.0, 0.05, &other, &outcome) == AIOLOCK_OK);
+    CHECK(outcome == AIOLOCK_TIMED_OUT);
+    CHECK(aiolock_release(other, NULL) == AIOLOCK_OK); /* removed_out is optional */
+
+    CHECK(aiolock_release(held, &removed) == AIOLOCK_OK);
+    CHECK(removed);
+    held = NULL; /* consumed: the only way to "release twice" is with NULL */
+    CHECK(aiolock_release(held, &removed) == AIOLOCK_INVALID_ARGUMENT);
+    aiolock_cache_free(cache);
+}
+
+struct waiter {
+    aiolock_cache *cache;
+    aiolock_status status;
+    aiolock_outcome outcome;
+};
+
+static void *wait_for_o(void *arg) {
+    struct waiter *w = arg;
+    aiolock_lock *lock = NULL;
+    w->status = aiolock_acquire(w->cache, KEY("r"), 5.0, AIOLOCK_WAIT_DEFAULT, &lock, &w->outcome);
+    if (w->status == AIOLOCK_OK) aiolock_release(lock, NULL);
+    return NULL;
+}
+
+static void test_released_outcome(void) {
+    aiolock_cache *cache = open_cache();
+    aiolock_lock *held = NULL;
+    aiolock_outcome outcome = 0;
+    CHECK(aiolock_acquire(cache, KEY("r"), 5.0, AIOLOCK_WAIT_DEFAULT, &held, &outcome) == AIOLOCK_OK);
+    struct waiter w = {cache, -1, 0};
+    pthread_t t;
+    pthread_create(&t, NULL, wait_for_o, &w);
+    sleep_ms(50);
+    bool removed = false;
+    CHECK(aiolock_release(held, &removed) == AIOLOCK_OK && removed);
+    pthread_join(t, NULL);
+    CHECK(w.status == AIOLOCK_OK);
+    CHECK(w.outcome == AIOLOCK_RELEASED);
+    aiolock_cache_free(cache);
+}
+
+static void test_stale_release_is_owner_checked(void) {
+    aiolock_cache *cache = open_cache();
+    aiolock_lock *stale = NULL, *current = NULL, *probe = NULL;
+    aiolock_outcome outcome = 0;
+    bool removed = true;
+    CHECK(aiolock_acquire(cache, KEY("s"), short_secs(), 0.0, &stale, &outcome) == AIOLOCK_OK);
+    CHECK(outcome == AIOLOCK_ACQUIRED);
+    sleep_ms(past_short_ms()); /* the lease ends */
+    CHECK(aiolock_acquire(cache, KEY("s"), 5.0, 0.0, &current, &outcome) == AIOLOCK_OK);
+    CHECK(outcome == AIOLOCK_ACQUIRED);
+    /* The stale holder's release must not remove the current holder's lock. */
+    CHECK(aiolock_release(stale, &removed) == AIOLOCK_OK);
+    CHECK(!removed);
+    CHECK(aiolock_acquire(cache, KEY("s"), 5.0, 0.0, &probe, &outcome) == AIOLOCK_OK);
+    CHECK(outcome == AIOLOCK_TIMED_OUT);
+    CHECK(aiolock_release(probe, NULL) == AIOLOCK_OK);
+    CHECK(aiolock_release(current, &removed) == AIOLOCK_OK);
+    CHECK(removed);
+    aiolock_cache_free(cache);
+}
+
+static void test_optimistic(void) {
+    aiolock_cache *cache = open_cache();
+    aiolock_optimistic *lock = NULL;
+    const uint8_t *value = NULL;
+    size_t len = 0;
+    bool found = false;
+
+    CHECK(aiolock_cache_set(cache, KEY("c"), KEY("1"), AIOLOCK_NO_EXPIRY) == AIOLOCK_OK);
+    CHECK(aiolock_optimistic_begin(cache, KEY("c"), &lock) == AIOLOCK_OK);
+    CHECK(aiolock_optimistic_value(lock, &value, &len, &found) == AIOLOCK_OK);
+    CHECK(found && len == 1 && value[0] == '1');
+    CHECK(aiolock_cache_set(cache, KEY("c"), KEY("5"), AIOLOCK_NO_EXPIRY) == AIOLOCK_OK); /* another writer */
+    CHECK(aiolock_cas(lock, KEY("2"), AIOLOCK_NO_EXPIRY) == AIOLOCK_CONFLICT);     /* consumed */
+    CHECK(strstr(aiolock_last_error_message(), "changed") != NULL);
+
+    CHECK(aiolock_optimistic_begin(cache, KEY("c"), &lock) == AIOLOCK_OK);
+    CHECK(aiolock_cas(lock, KEY("6"), 10.0) == AIOLOCK_OK);
+    uint8_t *got = NULL;
+    size_t got_len = 0;
+    CHECK(aiolock_cache_get(cache, KEY("c"), &got, &got_len, &found) == AIOLOCK_OK);
+    CHECK(found && got_len == 1 && got[0] == '6');
+    aiolock_buffer_free(got, got_len);
+
+    /* Absent at begin: must still be absent. */
+    CHECK(aiolock_optimistic_begin(cache, KEY("absent"), &lock) == AIOLOCK_OK);
+    CHECK(aiolock_optimistic_value(lock, &value, &len, &found) == AIOLOCK_OK);
+    CHECK(!found && value == NULL && len == 0);
+    CHECK(aiolock_cache_add(cache, KEY("absent"), KEY("x"), AIOLOCK_NO_EXPIRY, &found) == AIOLOCK_OK);
+    CHECK(aiolock_cas(lock, KEY("y"), AIOLOCK_NO_EXPIRY) == AIOLOCK_CONFLICT);
+
+    /* Freed without a write. */
+    CHECK(aiolock_optimistic_begin(cache, KEY("c"), &lock) == AIOLOCK_OK);
+    aiolock_optimistic_free(lock);
+    aiolock_optimistic_free(NULL);
+    /* A bad TTL is refused, and the handle is still consumed. */
+    CHECK(aiolock_optimistic_begin(cache, KEY("c"), &lock) == AIOLOCK_OK);
+    CHECK(aiolock_cas(lock, KEY("z"), NAN) == AIOLOCK_INVALID_ARGUMENT);
+    aiolock_cache_free(cache);
+}
+
+static void test_null_for_every_pointer(void) {
+    aiolock_cache *cache = open_cache();
+    aiolock_lock *lock = (aiolock_lock *)0x1;
+    aiolock_optimistic *opt = (aiolock_optimistic *)0x1;
+    aiolock_outcome outcome = 0;
+    uint8_t *buf = (uint8_t *)0x1;
+    const uint8_t *cbuf = (const uint8_t *)0x1;
+    size_t len = 7;
+    bool flag = true;
+    const aiolock_status BAD = AIOLOCK_INVALID_ARGUMENT;
+
+    /* acquire */
+    CHECK(aiolock_acquire(NULL, KEY("k"), 1.0, -1.0, &lock, &outcome) == BAD);
+    CHECK(aiolock_acquire(cache, NULL, 1, 1.0, -1.0, &lock, &outcome) == BAD);
+    CHECK(aiolock_acquire(cache, KEY("k"), 1.0, -1.0, NULL, &outcome) == BAD);
+    CHECK(aiolock_acquire(cache, KEY("k"), 1.0, -1.0, &lock, NULL) == BAD);
+    CHECK(lock == (aiolock_lock *)0x1 && outcome == 0);
+    /* release */
+    CHECK(aiolock_release(NULL, &flag) == BAD);
+    CHECK(aiolock_release(NULL, NULL) == BAD);
+    /* optimistic */
+    CHECK(aiolock_optimistic_begin(NULL, KEY("k"), &opt) == BAD);
+    CHECK(aiolock_optimistic_begin(cache, NULL, 2, &opt) == BAD);
+    CHECK(aiolock_optimistic_begin(cache, KEY("k"), NULL) == BAD);
+    CHECK(opt == (aiolock_optimistic *)0x1);
+    CHECK(aiolock_optimistic_value(NULL, &cbuf, &len, &flag) == BAD);
+    CHECK(aiolock_cas(NULL, KEY("v"), 0.0) == BAD);
+    aiolock_optimistic *real = NULL;
+    CHECK(aiolock_optimistic_begin(cache, KEY("k"), &real) == AIOLOCK_OK);
+    CHECK(aiolock_optimistic_value(real, NULL, &len, &flag) == BAD);
+    CHECK(aiolock_optimistic_value(real, &cbuf, NULL, &flag) == BAD);
+    CHECK(aiolock_optimistic_value(real, &cbuf, &len, NULL) == BAD);
+    CHECK(cbuf == (const uint8_t *)0x1 && len == 7 && flag);
+    CHECK(aiolock_cas(real, NULL, 3, 0.0) == BAD); /* consumed anyway */
+    /* get / set / add / delete */
+    CHECK(aiolock_cache_get(NULL, KEY("k"), &buf, &len, &flag) == BAD);
+    CHECK(aiolock_cache_get(cache, NULL, 1, &buf, &len, &flag) == BAD);
+    CHECK(aiolock_cache_get(cache, KEY("k"), NULL, &len, &flag) == BAD);
+    CHECK(aiolock_cache_get(cache, KEY("k"), &buf, NULL, &flag) == BAD);
+    CHECK(aiolock_cache_get(cache, KEY("k"), &buf, &len, NULL) == BAD);
+    CHECK(buf == (uint8_t *)0x1 && len == 7 && flag);
+    CHECK(aiolock_cache_set(NULL, KEY("k"), KEY("v"), 0.0) == BAD);
+    CHECK(aiolock_cache_set(cache, NULL, 1, KEY("v"), 0.0) == BAD);
+    CHECK(aiolock_cache_set(cache, KEY("k"), NULL, 1, 0.0) == BAD);
+    CHECK(aiolock_cache_add(NULL, KEY("k"), KEY("v"), 0.0, &flag) == BAD);
+    CHECK(aiolock_cache_add(cache, NULL, 1, KEY("v"), 0.0, &flag) == BAD);
+    CHECK(aiolock_cache_add(cache, KEY("k"), NULL, 1, 0.0, &flag) == BAD);
+    CHECK(aiolock_cache_add(cache, KEY("k"), KEY("v"), 0.0, NULL) == BAD);
+    CHECK(aiolock_cache_delete(NULL, KEY("k"), &flag) == BAD);
+    CHECK(aiolock_cache_delete(cache, NULL, 1, &flag) == BAD);
+    CHECK(aiolock_cache_delete(cache, KEY("k"), NULL) == BAD);
+    /* last error copy: NULL buffer only with length 0 */
+    CHECK(aiolock_last_error_copy(NULL, 5, NULL) == BAD);
+    /* Nothing was stored by any of the refused calls. */
+    bool found = true;
+    CHECK(aiolock_cache_get(cache, KEY("k"), &buf, &len, &found) == AIOLOCK_OK && !found);
+    /* An empty key (NULL with length 0 is the empty string) is an invalid key. */
+    CHECK(aiolock_acquire(cache, NULL, 0, 1.0, -1.0, &lock, &outcome) == AIOLOCK_INVALID_KEY);
+    CHECK(aiolock_cache_set(cache, (const uint8_t *)"", 0, KEY("v"), 0.0) == AIOLOCK_INVALID_KEY);
+    aiolock_cache_free(cache);
+}
+
+static void test_bad_durations(void) {
+    aiolock_cache *cache = open_cache();
+    aiolock_lock *lock = NULL;
+    aiolock_outcome outcome = 0;
+    const double bad_leases[] = {0.0, -0.0, -1.0, NAN, INFINITY, -INFINITY, 1e300, 1e-12};
+    for (size_t i = 0; i < sizeof bad_leases / sizeof *bad_leases; i++) {
+        CHECK(aiolock_acquire(cache, KEY("d"), bad_leases[i], -1.0, &lock, &outcome) ==
+              AIOLOCK_INVALID_ARGUMENT);
+        CHECK(strlen(aiolock_last_error_message()) > 0);
+    }
+    CHECK(lock == NULL);
+    CHECK(aiolock_acquire(cache, KEY("d"), 1.0, NAN, &lock, &outcome) == AIOLOCK_INVALID_ARGUMENT);
+    CHECK(aiolock_acquire(cache, KEY("d"), 1.0, INFINITY, &lock, &outcome) == AIOLOCK_INVALID_ARGUMENT);
+    /* -inf is negative: the default wait. */
+    CHECK(aiolock_acquire(cache, KEY("d"), 1.0, -INFINITY, &lock, &outcome) == AIOLOCK_OK);
+    CHECK(aiolock_release(lock, NULL) == AIOLOCK_OK);
+    const double bad_ttls[] = {-1.0, NAN, INFINITY, 1e-12};
+    for (size_t i = 0; i < sizeof bad_ttls / sizeof *bad_ttls; i++) {
+        CHECK(aiolock_cache_set(cache, KEY("d"), KEY("v"), bad_ttls[i]) == AIOLOCK_INVALID_ARGUMENT);
+    }
+    aiolock_cache_free(cache);
+}
+
+static void *fail_in_thread(void *arg) {
+    (void)arg;
+    aiolock_cache *cache = NULL;
+    aiolock_cache_open("nosuch://other-thread", &cache);
+    return NULL;
+}
+
+static void test_last_error(void) {
+    aiolock_cache *cache = NULL;
+    CHECK(aiolock_cache_open("nosuch://here", &cache) == AIOLOCK_INVALID_ARGUMENT);
+    const char *message = aiolock_last_error_message();
+    CHECK(strstr(message, "nosuch://here") != NULL);
+
+    /* Per thread: another thread's failure does not change ours. */
+    pthread_t t;
+    pthread_create(&t, NULL, fail_in_thread, NULL);
+    pthread_join(t, NULL);
+    CHECK(strstr(aiolock_last_error_message(), "nosuch://here") != NULL);
+
+    /* Copy: the size, a truncated copy, a whole copy. */
+    size_t needed = 0;
+    CHECK(aiolock_last_error_copy(NULL, 0, &needed) == AIOLOCK_OK);
+    CHECK(needed == strlen(aiolock_last_error_message()) + 1);
+    char small[8];
+    CHECK(aiolock_last_error_copy(small, sizeof small, &needed) == AIOLOCK_OK);
+    CHECK(strlen(small) == 7 && strncmp(small, aiolock_last_error_message(), 7) == 0);
+    char *whole = malloc(needed);
+    CHECK(aiolock_last_error_copy(whole, needed, NULL) == AIOLOCK_OK);
+    CHECK(strcmp(whole, aiolock_last_error_message()) == 0);
+    free(whole);
+
+    /* A success clears it. */
+    CHECK(aiolock_cache_open("memory://", &cache) == AIOLOCK_OK);
+    CHECK(strcmp(aiolock_last_error_message(), "") == 0);
+    aiolock_cache_free(cache);
+}
+
+static void test_panic_returns_a_status(void) {
+    CHECK(aiolock_test_panic() == AIOLOCK_PANIC);
+    CHECK(strstr(aiolock_last_error_message(), "panicked") != NULL);
+    /* The process and the library go on. */
+    aiolock_cache *cache = open_cache();
+    bool added = false;
+    CHECK(aiolock_cache_add(cache, KEY("after-panic"), KEY("v"), 0.0, &added) == AIOLOCK_OK && added);
+    aiolock_cache_free(cache);
+}
+
+/* The stampede oracle: many threads want one value; it is computed once. */
+#define STAMPEDE_THREADS 16
+static atomic_int computed;
+
+struct stampede {
+    aiolock_cache *cache;
+    int ok;
+};
+
+static void *stampede_worker(void *arg) {
+    struct stampede *s = arg;
+    for (int attempt = 0; attempt < 100; attempt++) {
+        uint8_t *value = NULL;
+        size_t len = 0;
+        bool found = false;
+        if (aiolock_cache_get(s->cache, KEY("report"), &value, &len, &found) != AIOLOCK_OK) return NULL;
+        if (found) {
+            s->ok = len == 8 && memcmp(value, "computed", 8) == 0;
+            aiolock_buffer_free(value, len);
+            return NULL;
+        }
+        aiolock_lock *lock = NULL;
+        aiolock_outcome outcome = 0;
+        if (aiolock_acquire(s->cache, KEY("report"), 5.0, AIOLOCK_WAIT_DEFAULT, &lock, &outcome) != AIOLOCK_OK)
+            return NULL;
+        if (outcome == AIOLOCK_ACQUIRED) {
+            /* Another thread may have computed between our get and our acquire. */
+            if (aiolock_cache_get(s->cache, KEY("report"), &value, &len, &found) == AIOLOCK_OK && !found) {
+                atomic_fetch_add(&computed, 1);
+                sleep_ms(50); /* the expensive part */
+                aiolock_cache_set(s->cache, KEY("report"), KEY("computed"), AIOLOCK_NO_EXPIRY);
+            }
+            aiolock_buffer_free(value, len);
+        }
+        aiolock_release(lock, NULL);
+    }
+    return NULL;
+}
+
+static void test_stampede(void) {
+    aiolock_cache *cache = open_cache();
+    pthread_t threads[STAMPEDE_THREADS];
+    struct stampede args[STAMPEDE_THREADS];
+    atomic_store(&computed, 0);
+    for (int i = 0; i < STAMPEDE_THREADS; i++) {
+        args[i] = (struct stampede){cache, 0};
+        pthread_create(&threads[i], NULL, stampede_worker, &args[i]);
+    }
+    int ok = 0;
+    for (int i = 0; i < STAMPEDE_THREADS; i++) {
+        pthread_join(threads[i], NULL);
+        ok += args[i].ok;
+    }
+    CHECK(atomic_load(&computed) == 1);
+    CHECK(ok == STAMPEDE_THREADS);
+    aiolock_cache_free(cache);
+}
+
+int main(void) {
+    test_version_and_status_texts();
+    test_open();
+    test_get_set_add_delete();
+    test_outcomes();
+    test_released_outcome();
+    test_stale_release_is_owner_checked();
+    test_optimistic();
+    test_null_for_every_pointer();
+    test_bad_durations();
+    test_last_error();
+    test_panic_returns_a_status();
+    test_stampede();
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed == 0 ? 0 : 1;
+}

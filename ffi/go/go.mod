@@ -1,0 +1,3 @@
+module aiolock
+
+go 1.19

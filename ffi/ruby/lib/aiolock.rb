@@ -1,0 +1,326 @@
+# frozen_string_literal: true
+
+require "ffi"
+
+# Ruby bindings of libaiolock: a cache-stampede RedLock and an OptimisticLock
+# (Python aiocache's locks) over a memory, Redis or memcached cache chosen by URL.
+#
+#   cache = Aiolock::Cache.open("memory://?namespace=app:")
+#   value = cache.get("report") || cache.redlock("report", lease: 5.0) do |outcome|
+#     if outcome == :acquired
+#       cache.set("report", compute)
+#     else
+#       cache.get("report") # :released: the holder stored it; :timed_out: compute
+#     end
+#   end
+#
+# The library is loaded from ENV["AIOLOCK_LIB"] (a path) or as "aiolock" from the
+# system's library path. Calls that may wait are attached with `blocking: true`, so
+# they release the GVL: other Ruby threads run while one waits.
+module Aiolock
+  # The raw C functions (include/aiolock.h).
+  module Native
+    extend FFI::Library
+    ffi_lib ENV.fetch("AIOLOCK_LIB", "aiolock")
+
+    typedef :pointer, :cache
+    typedef :pointer, :lock
+    typedef :pointer, :optimistic
+
+    attach_function :aiolock_version, [], :string
+    attach_function :aiolock_status_str, [:int], :string
+    attach_function :aiolock_last_error_message, [], :string
+    attach_function :aiolock_cache_open, %i[string pointer], :int, blocking: true
+    attach_function :aiolock_cache_free, %i[cache], :void, blocking: true
+    attach_function :aiolock_acquire, %i[cache pointer size_t double double pointer pointer], :int, blocking: true
+    attach_function :aiolock_release, %i[lock pointer], :int, blocking: true
+    attach_function :aiolock_optimistic_begin, %i[cache pointer size_t pointer], :int, blocking: true
+    attach_function :aiolock_optimistic_value, %i[optimistic pointer pointer pointer], :int
+    attach_function :aiolock_cas, %i[optimistic pointer size_t double], :int, blocking: true
+    attach_function :aiolock_optimistic_free, %i[optimistic], :void
+    attach_function :aiolock_cache_get, %i[cache pointer size_t pointer pointer pointer], :int, blocking: true
+    attach_function :aiolock_buffer_free, %i[pointer size_t], :void
+    attach_function :aiolock_cache_set, %i[cache pointer size_t pointer size_t double], :int, blocking: true
+    attach_function :aiolock_cache_add, %i[cache pointer size_t pointer size_t double pointer], :int, blocking: true
+    attach_function :aiolock_cache_delete, %i[cache pointer size_t pointer], :int, blocking: true
+  end
+
+  # Status codes (stable numbers, see include/aiolock.h).
+  OK = 0
+  WAIT_DEFAULT = -1.0
+  OUTCOMES = { 1 => :acquired, 2 => :released, 3 => :timed_out }.freeze
+
+  # A failed call: #status is the C status code, #message the library's message.
+  class Error < StandardError
+    attr_reader :status
+
+    def initialize(message, status = nil)
+      super(message)
+      @status = status
+    end
+  end
+  class InvalidArgument < Error; end
+  class InvalidKey < Error; end
+  # OptimisticLock#cas: the key changed since the lock began; nothing was written.
+  class Conflict < Error; end
+  class Timeout < Error; end
+  class ConnectionError < Error; end
+  class ProtocolError < Error; end
+  class BackendError < Error; end
+  class Unsupported < Error; end
+  # A bug in aiolock was caught at the C boundary; the process goes on.
+  class Panic < Error; end
+  # A call on a closed cache, a released lock or a used optimistic lock.
+  class Closed < Error; end
+
+  ERRORS = {
+    1 => InvalidArgument, 2 => InvalidKey, 3 => Conflict, 4 => Timeout, 5 => ConnectionError,
+    6 => ProtocolError, 7 => BackendError, 8 => Unsupported, 10 => Panic
+  }.freeze
+
+  # Raises the error of a non-zero status. Ruby threads are OS threads, so the
+  # thread-local last error read here is the one of the call just made.
+  def self.check(status)
+    return if status == OK
+
+    message = Native.aiolock_last_error_message
+    raise ERRORS.fetch(status, Error).new(message, status)
+  end
+
+  def self.version = Native.aiolock_version
+
+  # A string's bytes in C memory, for the duration of a block.
+  def self.with_bytes(string)
+    string = string.to_s.b
+    return yield(nil, 0) if string.empty?
+
+    FFI::MemoryPointer.new(:uint8, string.bytesize) do |buf|
+      buf.put_bytes(0, string)
+      return yield(buf, string.bytesize)
+    end
+  end
+
+  def self.ttl_secs(ttl) = ttl.nil? ? 0.0 : Float(ttl)
+
+  # A cache opened from a URL. Safe to share between threads.
+  class Cache
+    # Opens the cache a URL names ("memory://", "redis://…", "memcached://…").
+    # With a block, yields the cache and closes it afterwards.
+    def self.open(url)
+      out = FFI::MemoryPointer.new(:pointer)
+      Aiolock.check(Native.aiolock_cache_open(url, out))
+      cache = new(FFI::AutoPointer.new(out.read_pointer, Native.method(:aiolock_cache_free)))
+      return cache unless block_given?
+
+      begin
+        yield cache
+      ensure
+        cache.close
+      end
+    end
+
+    def initialize(ptr) # :nodoc:
+      @ptr = ptr
+      @mutex = Mutex.new
+      @idle = ConditionVariable.new
+      @in_flight = 0
+    end
+
+    # Frees the cache, after the calls in flight on other threads return (else the
+    # garbage collector frees it). Locks taken from it stay valid.
+    def close
+      ptr = @mutex.synchronize do
+        @idle.wait(@mutex) while @in_flight.positive?
+        taken = @ptr
+        @ptr = nil
+        taken
+      end
+      ptr&.free
+      nil
+    end
+
+    def closed? = @ptr.nil?
+
+    # The value of key (a binary String), or nil.
+    def get(key)
+      data = FFI::MemoryPointer.new(:pointer)
+      len = FFI::MemoryPointer.new(:size_t)
+      found = FFI::MemoryPointer.new(:bool)
+      Aiolock.with_bytes(key) do |k, kn|
+        with_handle { |h| Aiolock.check(Native.aiolock_cache_get(h, k, kn, data, len, found)) }
+      end
+      return nil unless found.read(:bool)
+
+      ptr = data.read_pointer
+      return "".b if ptr.null?
+
+      n = len.read(:size_t)
+      value = ptr.read_bytes(n)
+      Native.aiolock_buffer_free(ptr, n)
+      value
+    end
+
+    # Stores value under key; it expires after ttl seconds (nil: never).
+    def set(key, value, ttl: nil)
+      Aiolock.with_bytes(key) do |k, kn|
+        Aiolock.with_bytes(value) do |v, vn|
+          with_handle { |h| Aiolock.check(Native.aiolock_cache_set(h, k, kn, v, vn, Aiolock.ttl_secs(ttl))) }
+        end
+      end
+      value
+    end
+
+    # Stores value only if key is absent; returns whether it did.
+    def add(key, value, ttl: nil)
+      added = FFI::MemoryPointer.new(:bool)
+      Aiolock.with_bytes(key) do |k, kn|
+        Aiolock.with_bytes(value) do |v, vn|
+          with_handle { |h| Aiolock.check(Native.aiolock_cache_add(h, k, kn, v, vn, Aiolock.ttl_secs(ttl), added)) }
+        end
+      end
+      added.read(:bool)
+    end
+
+    # Removes key; returns whether it was present.
+    def delete(key)
+      deleted = FFI::MemoryPointer.new(:bool)
+      Aiolock.with_bytes(key) do |k, kn|
+        with_handle { |h| Aiolock.check(Native.aiolock_cache_delete(h, k, kn, deleted)) }
+      end
+      deleted.read(:bool)
+    end
+
+    # Takes the RedLock on key (held at most lease seconds) or waits for its holder
+    # (at most wait seconds, default one lease). With a block, yields the outcome
+    # (:acquired, :released or :timed_out), releases, and returns the block's value;
+    # without one, returns the Lock.
+    def redlock(key, lease:, wait: nil)
+      lock = acquire(key, lease: lease, wait: wait)
+      return lock unless block_given?
+
+      begin
+        yield lock.outcome
+      ensure
+        lock.release
+      end
+    end
+
+    # Same as #redlock without a block.
+    def acquire(key, lease:, wait: nil)
+      lock_out = FFI::MemoryPointer.new(:pointer)
+      outcome = FFI::MemoryPointer.new(:int)
+      wait_secs = wait.nil? ? WAIT_DEFAULT : Float(wait)
+      Aiolock.with_bytes(key) do |k, kn|
+        with_handle do |h|
+          Aiolock.check(Native.aiolock_acquire(h, k, kn, Float(lease), wait_secs, lock_out, outcome))
+        end
+      end
+      Lock.new(lock_out.read_pointer, OUTCOMES.fetch(outcome.read(:int)))
+    end
+
+    # Begins an OptimisticLock on key. With a block, yields it and frees it after.
+    def optimistic(key)
+      lock_out = FFI::MemoryPointer.new(:pointer)
+      Aiolock.with_bytes(key) do |k, kn|
+        with_handle { |h| Aiolock.check(Native.aiolock_optimistic_begin(h, k, kn, lock_out)) }
+      end
+      lock = OptimisticLock.new(lock_out.read_pointer)
+      return lock unless block_given?
+
+      begin
+        yield lock
+      ensure
+        lock.close
+      end
+    end
+
+    private
+
+    # Yields the live handle; #close waits until no call holds it.
+    def with_handle
+      ptr = @mutex.synchronize do
+        raise Closed.new("the cache is closed") unless @ptr
+
+        @in_flight += 1
+        @ptr
+      end
+      begin
+        yield ptr
+      ensure
+        @mutex.synchronize do
+          @in_flight -= 1
+          @idle.broadcast if @in_flight.zero?
+        end
+      end
+    end
+  end
+
+  # The result of Cache#acquire: holds the lock when #outcome is :acquired.
+  # Release it once; a forgotten Lock is released by the garbage collector.
+  class Lock
+    RELEASE = ->(ptr) { Native.aiolock_release(ptr, nil) }
+
+    attr_reader :outcome
+
+    def initialize(ptr, outcome) # :nodoc:
+      @ptr = FFI::AutoPointer.new(ptr, RELEASE)
+      @outcome = outcome
+      @mutex = Mutex.new
+    end
+
+    def acquired? = @outcome == :acquired
+
+    # Releases the lock if held (owner-checked) and frees the handle; returns
+    # whether it removed the lock. A second release raises Closed.
+    def release
+      ptr = @mutex.synchronize { @ptr.tap { @ptr = nil } } or raise Closed.new("the lock was already released")
+      ptr.autorelease = false # consumed by aiolock_release, whatever it returns
+      removed = FFI::MemoryPointer.new(:bool)
+      Aiolock.check(Native.aiolock_release(ptr, removed))
+      removed.read(:bool)
+    end
+  end
+
+  # A read of one key and its version; #cas writes only if the key is unchanged.
+  class OptimisticLock
+    attr_reader :value
+
+    def initialize(ptr) # :nodoc:
+      @mutex = Mutex.new
+      @ptr = FFI::AutoPointer.new(ptr, Native.method(:aiolock_optimistic_free))
+      data = FFI::MemoryPointer.new(:pointer)
+      len = FFI::MemoryPointer.new(:size_t)
+      found = FFI::MemoryPointer.new(:bool)
+      Aiolock.check(Native.aiolock_optimistic_value(@ptr, data, len, found))
+      @found = found.read(:bool)
+      @value = if !@found then nil
+               elsif data.read_pointer.null? then "".b
+               else data.read_pointer.read_bytes(len.read(:size_t))
+               end
+    end
+
+    # Whether the key was present when the lock began.
+    def found? = @found
+
+    # Writes value (expiring after ttl seconds, nil: never) if the key is unchanged;
+    # else raises Conflict. The lock is used up either way.
+    def cas(value, ttl: nil)
+      ptr = take or raise Closed.new("the optimistic lock was already used")
+      ptr.autorelease = false # consumed by aiolock_cas, whatever it returns
+      Aiolock.with_bytes(value) do |v, vn|
+        Aiolock.check(Native.aiolock_cas(ptr, v, vn, Aiolock.ttl_secs(ttl)))
+      end
+      value
+    end
+
+    # Frees the lock without writing.
+    def close
+      take&.free
+      nil
+    end
+
+    private
+
+    def take = @mutex.synchronize { @ptr.tap { @ptr = nil } }
+  end
+end

@@ -1,0 +1,173 @@
+# frozen_string_literal: true
+
+# Run: AIOLOCK_LIB=target/debug/libaiolock.so ruby -Iffi/ruby/lib ffi/ruby/test/test_aiolock.rb
+# (ffi/test.sh does; the library must be built with the cargo feature test-panic).
+require "minitest/autorun"
+require "aiolock"
+
+module Aiolock
+  module Native
+    attach_function :aiolock_test_panic, [], :int
+  end
+end
+
+class TestAiolock < Minitest::Test
+  # The cache under test: $AIOLOCK_TEST_URL, memory:// by default.
+  URL = ENV.fetch("AIOLOCK_TEST_URL", "").then { |u| u.empty? ? "memory://" : u }
+  # memcached keeps TTLs in whole seconds: a short lease or TTL, and a wait past it.
+  SHORT, PAST_SHORT = URL.start_with?("memcached") ? [1.0, 2.1] : [0.05, 0.1]
+  @@opened = 0
+
+  # Each test opens the cache in a namespace of its own.
+  def setup
+    @@opened += 1
+    sep = URL.include?("?") ? "&" : "?"
+    @cache = Aiolock::Cache.open("#{URL}#{sep}namespace=rb#{Process.pid}-#{@@opened}:")
+  end
+
+  def teardown
+    @cache.close
+  end
+
+  def test_version
+    refute_empty Aiolock.version
+  end
+
+  def test_get_set_add_delete
+    assert_nil @cache.get("k")
+    @cache.set("k", "a\0b\xff".b)
+    assert_equal "a\0b\xff".b, @cache.get("k")
+    refute @cache.add("k", "x", ttl: 1.0)
+    assert @cache.add("empty", "")
+    assert_equal "", @cache.get("empty")
+    assert @cache.delete("k")
+    refute @cache.delete("k")
+    @cache.set("short", "v", ttl: SHORT)
+    sleep PAST_SHORT
+    assert_nil @cache.get("short")
+  end
+
+  def test_block_form_releases
+    result = @cache.redlock("r", lease: 1.0) do |outcome|
+      assert_equal :acquired, outcome
+      :computed
+    end
+    assert_equal :computed, result
+    # Released: the next caller gets it at once.
+    assert_equal :acquired, @cache.redlock("r", lease: 1.0, wait: 0) { |o| o }
+  end
+
+  def test_outcomes
+    held = @cache.acquire("o", lease: 5.0)
+    assert held.acquired?
+    assert_equal :timed_out, @cache.redlock("o", lease: 5.0, wait: 0) { |o| o }
+    waiter = Thread.new { @cache.redlock("o", lease: 5.0) { |o| o } }
+    sleep 0.05
+    assert held.release
+    assert_equal :released, waiter.value
+    assert_raises(Aiolock::Closed) { held.release }
+  end
+
+  def test_stale_release_is_owner_checked
+    stale = @cache.acquire("s", lease: SHORT)
+    sleep PAST_SHORT
+    current = @cache.acquire("s", lease: 5.0, wait: 0)
+    assert current.acquired?
+    refute stale.release
+    assert current.release
+  end
+
+  def test_optimistic_conflict
+    @cache.set("n", "1")
+    lock = @cache.optimistic("n")
+    assert_equal "1", lock.value
+    @cache.set("n", "5")
+    error = assert_raises(Aiolock::Conflict) { lock.cas("2") }
+    assert_equal 3, error.status
+    assert_match(/changed/, error.message)
+    assert_raises(Aiolock::Closed) { lock.cas("2") }
+    @cache.optimistic("n") { |l| l.cas("6", ttl: 60) }
+    assert_equal "6", @cache.get("n")
+    absent = @cache.optimistic("absent")
+    refute absent.found?
+    assert_nil absent.value
+    absent.close
+  end
+
+  def test_bad_input
+    assert_raises(Aiolock::InvalidArgument) { Aiolock::Cache.open("memory://?namespace=\xff".b) }
+    error = assert_raises(Aiolock::InvalidArgument) { Aiolock::Cache.open("nosuch://x") }
+    assert_match(/nosuch/, error.message)
+    [0, -1, Float::NAN, Float::INFINITY].each do |lease|
+      assert_raises(Aiolock::InvalidArgument) { @cache.acquire("k", lease: lease) }
+    end
+    assert_raises(Aiolock::InvalidArgument) { @cache.acquire("k", lease: 1, wait: Float::NAN) }
+    assert_raises(Aiolock::InvalidKey) { @cache.acquire("", lease: 1) }
+    assert_raises(Aiolock::InvalidArgument) { @cache.set("k", "v", ttl: -1) }
+  end
+
+  def test_closed_cache
+    cache = Aiolock::Cache.open("memory://")
+    cache.close
+    assert_raises(Aiolock::Closed) { cache.get("k") }
+    cache.close
+  end
+
+  # close waits for the calls in flight on other threads instead of freeing under them.
+  def test_close_waits_for_calls_in_flight
+    cache = Aiolock::Cache.open("memory://")
+    held = cache.acquire("k", lease: 5.0)
+    waiter = Thread.new { cache.redlock("k", lease: 5.0, wait: 0.2) { |o| o } }
+    sleep 0.05
+    cache.close
+    assert_equal :timed_out, waiter.value
+    assert held.release
+  end
+
+  def test_panic_is_an_error_and_the_process_lives
+    assert_equal 10, Aiolock::Native.aiolock_test_panic
+    assert_match(/panicked/, Aiolock::Native.aiolock_last_error_message)
+    assert @cache.add("after-panic", "v")
+  end
+
+  # The stampede oracle: many threads want one value; it is computed once.
+  def test_stampede
+    computed = 0
+    mutex = Mutex.new
+    threads = Array.new(16) do
+      Thread.new do
+        value = nil
+        100.times do
+          value = @cache.get("report") and break
+          @cache.redlock("report", lease: 5.0) do |outcome|
+            if outcome == :acquired && @cache.get("report").nil?
+              mutex.synchronize { computed += 1 }
+              sleep 0.05
+              @cache.set("report", "computed")
+            end
+          end
+        end
+        value
+      end
+    end
+    assert_equal ["computed"] * 16, threads.map(&:value)
+    assert_equal 1, computed
+  end
+
+  # blocking: true releases the GVL: another thread keeps running during a wait.
+  def test_other_threads_run_while_one_waits
+    held = @cache.acquire("w", lease: 5.0)
+    ticks = 0
+    ticker = Thread.new do
+      loop do
+        ticks += 1
+        sleep 0.01
+      end
+    end
+    outcome = @cache.redlock("w", lease: 5.0, wait: 0.3) { |o| o }
+    ticker.kill.join
+    held.release
+    assert_equal :timed_out, outcome
+    assert_operator ticks, :>=, 15, "the VM stalled during the wait"
+  end
+end

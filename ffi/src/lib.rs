@@ -1,0 +1,728 @@
+//! The C ABI of aiolock: `libaiolock.so` / `libaiolock.a` and `include/aiolock.h`.
+//!
+//! It wraps the blocking flavor ([`aiolock::blocking`]): every call blocks the calling
+//! thread, and no async runtime is linked in. The header is generated from this file
+//! by cbindgen (`ffi/gen-header.sh`); the doc comments below are the C documentation.
+//!
+//! # Conventions (the same for every function)
+//!
+//! - Every function that can fail returns an [`aiolock_status`]: `AIOLOCK_OK` (0) or
+//!   an error code. The numbers are stable. [`aiolock_status_str`] gives the text of a
+//!   code; [`aiolock_last_error_message`] (borrowed) or [`aiolock_last_error_copy`]
+//!   (copied) the detailed message of the last failed call *on the calling thread*.
+//! - Inputs come first, outputs (`*_out`) last. Outputs are written only when the call
+//!   returns `AIOLOCK_OK`: a failed call leaves them untouched (no partial success).
+//! - A NULL pointer where a pointer is required returns `AIOLOCK_INVALID_ARGUMENT`;
+//!   so does a URL that is not UTF-8. Optional pointers say so on their function.
+//! - Keys and values are bytes: a pointer and a length. A NULL pointer is allowed with
+//!   a length of 0 (an empty string of bytes); an empty key is `AIOLOCK_INVALID_KEY`.
+//! - Durations are `double` seconds. Leases must be finite and longer than zero;
+//!   TTLs are finite and not negative, `AIOLOCK_NO_EXPIRY` (0) meaning none.
+//! - Ownership: each function says what the caller owns and how to give it back.
+//!   Every handle has exactly one function that consumes it (`aiolock_cache_free`,
+//!   `aiolock_release`, `aiolock_cas` or `aiolock_optimistic_free`,
+//!   `aiolock_buffer_free`); the `*_free` functions accept NULL and do nothing.
+//! - Thread safety: an `aiolock_cache` may be used from many threads at once. A lock
+//!   or optimistic-lock handle must not be used from two threads at the same time.
+//!   Handles are independent: freeing a cache does not invalidate its locks.
+//! - A panic inside aiolock (a bug) is caught and returns `AIOLOCK_PANIC`; the
+//!   process goes on.
+
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+#[cfg(panic = "abort")]
+compile_error!(
+    "aiolock-ffi catches panics at the C boundary and must be built with panic = \"unwind\""
+);
+
+mod boundary;
+
+use std::ffi::{c_char, c_int};
+use std::time::Duration;
+
+use aiolock::Outcome;
+use aiolock::blocking::{Cache, LockGuard, OptimisticLock};
+
+use crate::boundary::{bytes, guard, guard_quiet, handle, invalid, out, secs, utf8};
+
+/// The result of a call: `AIOLOCK_OK` or what went wrong. The numbers are stable and
+/// new codes may be added: treat an unknown non-zero code as a generic error.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum aiolock_status {
+    /// Success: the outputs are written.
+    AIOLOCK_OK = 0,
+    /// An argument is out of range: a NULL pointer, a URL that is not UTF-8 or not
+    /// valid, a zero, negative, NaN or infinite lease, an unknown URL option.
+    AIOLOCK_INVALID_ARGUMENT = 1,
+    /// The backend cannot store this key (empty; for memcached longer than 250 bytes
+    /// or containing a space or a control byte). Nothing was sent.
+    AIOLOCK_INVALID_KEY = 2,
+    /// `aiolock_cas`: the key changed since the optimistic lock began. Nothing was
+    /// written.
+    AIOLOCK_CONFLICT = 3,
+    /// The backend did not answer in time.
+    AIOLOCK_TIMEOUT = 4,
+    /// The backend cannot be reached, or the connection broke.
+    AIOLOCK_CONNECTION = 5,
+    /// The backend answered something this client does not understand.
+    AIOLOCK_PROTOCOL = 6,
+    /// The backend refused the command (an error reply, wrong credentials).
+    AIOLOCK_BACKEND = 7,
+    /// The URL names a backend this build of the library does not include.
+    AIOLOCK_UNSUPPORTED = 8,
+    /// An error of a kind this version of the C ABI has no code for yet.
+    AIOLOCK_ERROR = 9,
+    /// aiolock panicked (a bug in aiolock). The call did nothing the caller can rely
+    /// on, but the process is intact.
+    AIOLOCK_PANIC = 10,
+}
+
+/// How `aiolock_acquire` ended.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum aiolock_outcome {
+    /// This caller holds the lock: compute, store the value, then `aiolock_release`.
+    AIOLOCK_ACQUIRED = 1,
+    /// Another holder released the lock while this caller waited: its value should
+    /// now be in the cache. This caller does not hold the lock.
+    AIOLOCK_RELEASED = 2,
+    /// The wait bound passed first. This caller does not hold the lock; it may go on
+    /// without it (as aiocache does).
+    AIOLOCK_TIMED_OUT = 3,
+}
+
+impl From<Outcome> for aiolock_outcome {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Acquired => aiolock_outcome::AIOLOCK_ACQUIRED,
+            Outcome::Released => aiolock_outcome::AIOLOCK_RELEASED,
+            Outcome::TimedOut => aiolock_outcome::AIOLOCK_TIMED_OUT,
+        }
+    }
+}
+
+/// `wait_secs` for `aiolock_acquire`: wait at most one lease (as aiocache does). Any
+/// negative number means the same.
+pub const AIOLOCK_WAIT_DEFAULT: f64 = -1.0;
+
+/// `ttl_secs` for `aiolock_cache_set`, `aiolock_cache_add` and `aiolock_cas`: the value never
+/// expires.
+pub const AIOLOCK_NO_EXPIRY: f64 = 0.0;
+
+/// A cache: a backend chosen by URL and an optional namespace. Thread-safe.
+///
+/// Created by `aiolock_cache_open`, freed by `aiolock_cache_free`.
+#[allow(non_camel_case_types)]
+pub struct aiolock_cache {
+    cache: Cache,
+}
+
+/// The result of `aiolock_acquire`: holds the lock when the outcome was
+/// `AIOLOCK_ACQUIRED`. Consumed by `aiolock_release`.
+#[allow(non_camel_case_types)]
+pub struct aiolock_lock {
+    guard: LockGuard,
+}
+
+/// An optimistic lock on one key: the value and version read by
+/// `aiolock_optimistic_begin`. Consumed by `aiolock_cas` or `aiolock_optimistic_free`.
+#[allow(non_camel_case_types)]
+pub struct aiolock_optimistic {
+    lock: OptimisticLock,
+}
+
+/// A TTL in seconds: `AIOLOCK_NO_EXPIRY` (0) for none, else finite and positive.
+fn ttl(ttl_secs: f64) -> aiolock::Result<Option<Duration>> {
+    if ttl_secs == AIOLOCK_NO_EXPIRY {
+        return Ok(None);
+    }
+    let d = secs(ttl_secs, "ttl_secs")?;
+    if d.is_zero() {
+        return Err(invalid(format!("ttl_secs: {ttl_secs} rounds to zero")));
+    }
+    Ok(Some(d))
+}
+
+/// Opens the cache `url` names: `memory://` (in this process), `redis://…` or
+/// `memcached://…` when the library was built with those backends. Query options:
+/// `namespace`, `connect_timeout`, `response_timeout` (seconds), `pool_size`.
+///
+/// On success, `*cache_out` is a new cache: the caller owns it and must call
+/// `aiolock_cache_free` on it. Each `memory://` cache is a separate store.
+///
+/// Errors: `AIOLOCK_INVALID_ARGUMENT` (NULL, not UTF-8, not a valid cache URL),
+/// `AIOLOCK_UNSUPPORTED` (backend not built in), connection errors.
+///
+/// # Safety
+///
+/// `url` must be NULL or a NUL-terminated string; `cache_out` must be NULL or valid
+/// for a write of a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_cache_open(
+    url: *const c_char,
+    cache_out: *mut *mut aiolock_cache,
+) -> aiolock_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let url = unsafe { utf8(url, "url") }?;
+        let cache_out = out(cache_out, "cache_out")?;
+        let cache = Cache::from_url(url)?;
+        let cache = Box::into_raw(Box::new(aiolock_cache { cache }));
+        // SAFETY: checked non-NULL; valid for writes by the caller's contract.
+        unsafe { cache_out.write(cache) };
+        Ok(())
+    })
+}
+
+/// Frees a cache from `aiolock_cache_open`. NULL does nothing. Locks taken from it
+/// stay valid (they share the backend, which lives until the last one is gone).
+///
+/// # Safety
+///
+/// `cache` must be NULL or a cache from `aiolock_cache_open` not yet freed, and no
+/// other thread may be using it.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_cache_free(cache: *mut aiolock_cache) {
+    guard_quiet((), || {
+        if !cache.is_null() {
+            // SAFETY: the caller's contract: a live handle from Box::into_raw.
+            drop(unsafe { Box::from_raw(cache) });
+        }
+    })
+}
+
+/// Takes the RedLock on `key`, or waits for its holder (aiocache's `RedLock`): the
+/// lock key is `namespace + key + "-lock"`, held for at most `lease_secs`.
+///
+/// - `lease_secs`: finite and longer than zero, else `AIOLOCK_INVALID_ARGUMENT`.
+/// - `wait_secs`: how long to wait at most when another caller holds the lock.
+///   Negative (`AIOLOCK_WAIT_DEFAULT`): one lease. 0: do not wait. NaN or infinite:
+///   `AIOLOCK_INVALID_ARGUMENT`.
+///
+/// On success, `*outcome_out` says how it ended, and `*lock_out` is a new lock handle
+/// whatever the outcome (it holds the lock only for `AIOLOCK_ACQUIRED`): the caller
+/// owns it and must pass it to `aiolock_release`. Not getting the lock is not an
+/// error.
+///
+/// Errors: `AIOLOCK_INVALID_ARGUMENT`, `AIOLOCK_INVALID_KEY` (empty key), the
+/// backend's errors.
+///
+/// # Safety
+///
+/// `cache` must be NULL or a live cache; `key` must be NULL or valid for reads of
+/// `key_len` bytes; `lock_out` and `outcome_out` must be NULL or valid for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_acquire(
+    cache: *const aiolock_cache,
+    key: *const u8,
+    key_len: usize,
+    lease_secs: f64,
+    wait_secs: f64,
+    lock_out: *mut *mut aiolock_lock,
+    outcome_out: *mut aiolock_outcome,
+) -> aiolock_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let cache = unsafe { handle(cache, "cache") }?;
+        // SAFETY: the caller's contract.
+        let key = unsafe { bytes(key, key_len, "key") }?;
+        let lock_out = out(lock_out, "lock_out")?;
+        let outcome_out = out(outcome_out, "outcome_out")?;
+        let lease = secs(lease_secs, "lease_secs")?;
+        let wait = if wait_secs.is_nan() {
+            return Err(invalid("wait_secs is NaN"));
+        } else if wait_secs < 0.0 {
+            None
+        } else {
+            Some(secs(wait_secs, "wait_secs")?)
+        };
+        let mut redlock = cache.cache.redlock(key, lease);
+        if let Some(wait) = wait {
+            redlock = redlock.wait_at_most(wait);
+        }
+        let guard = redlock.acquire()?;
+        let outcome = guard.outcome().into();
+        let lock = Box::into_raw(Box::new(aiolock_lock { guard }));
+        // SAFETY: checked non-NULL; valid for writes by the caller's contract.
+        unsafe {
+            lock_out.write(lock);
+            outcome_out.write(outcome);
+        }
+        Ok(())
+    })
+}
+
+/// Releases and frees a lock handle from `aiolock_acquire`.
+///
+/// If the handle holds the lock, deletes the lock key only if it still holds this
+/// handle's token (atomically) and wakes the waiters. `*removed_out` says whether it
+/// removed the lock: false when the lease had already ended (another caller may hold
+/// the lock now, and it is left alone) or when the handle never held it.
+/// `removed_out` is optional: NULL when the answer is not wanted.
+///
+/// **Consumes `lock` whatever the status** (unless it is NULL): the caller must not
+/// use it again. On a backend error the lock is left to expire with its lease.
+///
+/// Errors: `AIOLOCK_INVALID_ARGUMENT` (`lock` is NULL), the backend's errors.
+///
+/// # Safety
+///
+/// `lock` must be NULL or a handle from `aiolock_acquire` not yet released;
+/// `removed_out` must be NULL or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_release(
+    lock: *mut aiolock_lock,
+    removed_out: *mut bool,
+) -> aiolock_status {
+    guard(|| {
+        if lock.is_null() {
+            return Err(invalid("lock is NULL"));
+        }
+        // SAFETY: the caller's contract: a live handle from Box::into_raw. Taken first,
+        // so the handle is consumed on every path, a panic included.
+        let lock = unsafe { Box::from_raw(lock) };
+        let removed = lock.guard.release()?;
+        if !removed_out.is_null() {
+            // SAFETY: non-NULL; valid for a write by the caller's contract.
+            unsafe { removed_out.write(removed) };
+        }
+        Ok(())
+    })
+}
+
+/// Begins an optimistic lock on `key` (aiocache's `OptimisticLock`): reads the value
+/// and its version.
+///
+/// On success, `*lock_out` is a new handle: the caller owns it and must pass it to
+/// `aiolock_cas` or `aiolock_optimistic_free`.
+///
+/// Errors: `AIOLOCK_INVALID_ARGUMENT`, `AIOLOCK_INVALID_KEY`, the backend's errors.
+///
+/// # Safety
+///
+/// `cache` must be NULL or a live cache; `key` must be NULL or valid for reads of
+/// `key_len` bytes; `lock_out` must be NULL or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_optimistic_begin(
+    cache: *const aiolock_cache,
+    key: *const u8,
+    key_len: usize,
+    lock_out: *mut *mut aiolock_optimistic,
+) -> aiolock_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let cache = unsafe { handle(cache, "cache") }?;
+        // SAFETY: the caller's contract.
+        let key = unsafe { bytes(key, key_len, "key") }?;
+        let lock_out = out(lock_out, "lock_out")?;
+        let lock = cache.cache.optimistic_lock(key)?;
+        let lock = Box::into_raw(Box::new(aiolock_optimistic { lock }));
+        // SAFETY: checked non-NULL; valid for a write by the caller's contract.
+        unsafe { lock_out.write(lock) };
+        Ok(())
+    })
+}
+
+/// The value an optimistic lock read when it began.
+///
+/// On success, `*found_out` says whether the key was present; if so `*value_out` and
+/// `*len_out` give its bytes (`*value_out` may be NULL when the value is empty), else
+/// they are NULL and 0. The bytes are borrowed from `lock`: valid until `lock` is
+/// consumed; the caller must not free them.
+///
+/// # Safety
+///
+/// `lock` must be NULL or a live optimistic lock; the outputs must be NULL or valid
+/// for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_optimistic_value(
+    lock: *const aiolock_optimistic,
+    value_out: *mut *const u8,
+    len_out: *mut usize,
+    found_out: *mut bool,
+) -> aiolock_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let lock = unsafe { handle(lock, "lock") }?;
+        let value_out = out(value_out, "value_out")?;
+        let len_out = out(len_out, "len_out")?;
+        let found_out = out(found_out, "found_out")?;
+        let (ptr, len) = match lock.lock.value() {
+            Some(v) if !v.is_empty() => (v.as_ptr(), v.len()),
+            _ => (std::ptr::null(), 0),
+        };
+        // SAFETY: checked non-NULL; valid for writes by the caller's contract.
+        unsafe {
+            value_out.write(ptr);
+            len_out.write(len);
+            found_out.write(lock.lock.value().is_some());
+        }
+        Ok(())
+    })
+}
+
+/// Writes `value` under the optimistic lock's key (expiring after `ttl_secs`;
+/// `AIOLOCK_NO_EXPIRY` for never) only if the key has not changed since
+/// `aiolock_optimistic_begin`; otherwise writes nothing and returns
+/// `AIOLOCK_CONFLICT`. A key that was absent must still be absent.
+///
+/// **Consumes `lock` whatever the status** (unless it is NULL): after a conflict,
+/// begin again.
+///
+/// Errors: `AIOLOCK_CONFLICT`, `AIOLOCK_INVALID_ARGUMENT` (NULL, bad TTL), the
+/// backend's errors.
+///
+/// # Safety
+///
+/// `lock` must be NULL or a live optimistic lock; `value` must be NULL or valid for
+/// reads of `value_len` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_cas(
+    lock: *mut aiolock_optimistic,
+    value: *const u8,
+    value_len: usize,
+    ttl_secs: f64,
+) -> aiolock_status {
+    guard(|| {
+        if lock.is_null() {
+            return Err(invalid("lock is NULL"));
+        }
+        // SAFETY: the caller's contract: a live handle from Box::into_raw. Taken first,
+        // so the handle is consumed on every path.
+        let lock = unsafe { Box::from_raw(lock) };
+        // SAFETY: the caller's contract.
+        let value = unsafe { bytes(value, value_len, "value") }?;
+        let ttl = ttl(ttl_secs)?;
+        lock.lock.cas(value, ttl)
+    })
+}
+
+/// Frees an optimistic lock without writing. NULL does nothing.
+///
+/// # Safety
+///
+/// `lock` must be NULL or a live optimistic lock, not used by another thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_optimistic_free(lock: *mut aiolock_optimistic) {
+    guard_quiet((), || {
+        if !lock.is_null() {
+            // SAFETY: the caller's contract: a live handle from Box::into_raw.
+            drop(unsafe { Box::from_raw(lock) });
+        }
+    })
+}
+
+/// Reads `key`.
+///
+/// On success, `*found_out` says whether the key was present. If so, `*value_out` and
+/// `*len_out` are a new buffer holding the value: the caller owns it and must call
+/// `aiolock_buffer_free(*value_out, *len_out)` (an empty value gives NULL and 0,
+/// which need no freeing). If absent, they are NULL and 0.
+///
+/// Errors: `AIOLOCK_INVALID_ARGUMENT`, `AIOLOCK_INVALID_KEY`, the backend's errors.
+///
+/// # Safety
+///
+/// `cache` must be NULL or a live cache; `key` must be NULL or valid for reads of
+/// `key_len` bytes; the outputs must be NULL or valid for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_cache_get(
+    cache: *const aiolock_cache,
+    key: *const u8,
+    key_len: usize,
+    value_out: *mut *mut u8,
+    len_out: *mut usize,
+    found_out: *mut bool,
+) -> aiolock_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let cache = unsafe { handle(cache, "cache") }?;
+        // SAFETY: the caller's contract.
+        let key = unsafe { bytes(key, key_len, "key") }?;
+        let value_out = out(value_out, "value_out")?;
+        let len_out = out(len_out, "len_out")?;
+        let found_out = out(found_out, "found_out")?;
+        let value = cache.cache.get(key)?;
+        let found = value.is_some();
+        let (ptr, len) = match value {
+            Some(v) if !v.is_empty() => {
+                let len = v.len();
+                (Box::into_raw(v.into_boxed_slice()).cast::<u8>(), len)
+            }
+            _ => (std::ptr::null_mut(), 0),
+        };
+        // SAFETY: checked non-NULL; valid for writes by the caller's contract.
+        unsafe {
+            value_out.write(ptr);
+            len_out.write(len);
+            found_out.write(found);
+        }
+        Ok(())
+    })
+}
+
+/// Frees a buffer from `aiolock_cache_get`. `len` must be the length `aiolock_cache_get` gave.
+/// NULL does nothing.
+///
+/// # Safety
+///
+/// `data` must be NULL or a buffer from `aiolock_cache_get` with this length, not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_buffer_free(data: *mut u8, len: usize) {
+    guard_quiet((), || {
+        if !data.is_null() {
+            let slice = std::ptr::slice_from_raw_parts_mut(data, len);
+            // SAFETY: the caller's contract: a boxed slice of `len` bytes from aiolock_cache_get.
+            drop(unsafe { Box::from_raw(slice) });
+        }
+    })
+}
+
+/// Stores `value` under `key`, expiring after `ttl_secs` (`AIOLOCK_NO_EXPIRY`: never).
+///
+/// Errors: `AIOLOCK_INVALID_ARGUMENT` (NULL, negative, NaN or infinite TTL),
+/// `AIOLOCK_INVALID_KEY`, the backend's errors.
+///
+/// # Safety
+///
+/// `cache` must be NULL or a live cache; `key` and `value` must be NULL or valid for
+/// reads of their lengths.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_cache_set(
+    cache: *const aiolock_cache,
+    key: *const u8,
+    key_len: usize,
+    value: *const u8,
+    value_len: usize,
+    ttl_secs: f64,
+) -> aiolock_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let cache = unsafe { handle(cache, "cache") }?;
+        // SAFETY: the caller's contract.
+        let key = unsafe { bytes(key, key_len, "key") }?;
+        // SAFETY: the caller's contract.
+        let value = unsafe { bytes(value, value_len, "value") }?;
+        cache.cache.set(key, value, ttl(ttl_secs)?)
+    })
+}
+
+/// Stores `value` under `key` only if the key is absent (expiring after `ttl_secs`,
+/// `AIOLOCK_NO_EXPIRY`: never). On success, `*added_out` says whether it stored it.
+///
+/// Errors: as `aiolock_cache_set`.
+///
+/// # Safety
+///
+/// As `aiolock_cache_set`; `added_out` must be NULL or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_cache_add(
+    cache: *const aiolock_cache,
+    key: *const u8,
+    key_len: usize,
+    value: *const u8,
+    value_len: usize,
+    ttl_secs: f64,
+    added_out: *mut bool,
+) -> aiolock_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let cache = unsafe { handle(cache, "cache") }?;
+        // SAFETY: the caller's contract.
+        let key = unsafe { bytes(key, key_len, "key") }?;
+        // SAFETY: the caller's contract.
+        let value = unsafe { bytes(value, value_len, "value") }?;
+        let added_out = out(added_out, "added_out")?;
+        let added = cache.cache.add(key, value, ttl(ttl_secs)?)?;
+        // SAFETY: checked non-NULL; valid for a write by the caller's contract.
+        unsafe { added_out.write(added) };
+        Ok(())
+    })
+}
+
+/// Removes `key`. On success, `*deleted_out` says whether it was present.
+///
+/// Errors: `AIOLOCK_INVALID_ARGUMENT`, `AIOLOCK_INVALID_KEY`, the backend's errors.
+///
+/// # Safety
+///
+/// `cache` must be NULL or a live cache; `key` must be NULL or valid for reads of
+/// `key_len` bytes; `deleted_out` must be NULL or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_cache_delete(
+    cache: *const aiolock_cache,
+    key: *const u8,
+    key_len: usize,
+    deleted_out: *mut bool,
+) -> aiolock_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let cache = unsafe { handle(cache, "cache") }?;
+        // SAFETY: the caller's contract.
+        let key = unsafe { bytes(key, key_len, "key") }?;
+        let deleted_out = out(deleted_out, "deleted_out")?;
+        let deleted = cache.cache.delete(key)?;
+        // SAFETY: checked non-NULL; valid for a write by the caller's contract.
+        unsafe { deleted_out.write(deleted) };
+        Ok(())
+    })
+}
+
+/// The library's version, e.g. `"0.1.0"`: a static string, never freed.
+#[unsafe(no_mangle)]
+pub extern "C" fn aiolock_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// The text of a status code, e.g. `"optimistic lock conflict"` for
+/// `AIOLOCK_CONFLICT`; `"unknown status"` for a number that is no code. A static
+/// string, never freed.
+#[unsafe(no_mangle)]
+pub extern "C" fn aiolock_status_str(status: c_int) -> *const c_char {
+    let text: &'static std::ffi::CStr = match status {
+        0 => c"ok",
+        1 => c"invalid argument",
+        2 => c"invalid key",
+        3 => c"optimistic lock conflict",
+        4 => c"timed out",
+        5 => c"connection error",
+        6 => c"protocol error",
+        7 => c"backend error",
+        8 => c"unsupported",
+        9 => c"error",
+        10 => c"panic in aiolock",
+        _ => c"unknown status",
+    };
+    text.as_ptr()
+}
+
+/// The detailed message of the last failed call on the calling thread (`""` when the
+/// last call succeeded). Borrowed: valid until the next aiolock call on this thread;
+/// the caller must not free it. Callers whose code can move between threads (Go)
+/// must read it on the thread that made the failed call, or use
+/// `aiolock_last_error_copy` there.
+#[unsafe(no_mangle)]
+pub extern "C" fn aiolock_last_error_message() -> *const c_char {
+    guard_quiet(c"".as_ptr(), boundary::last_error_ptr)
+}
+
+/// Copies the message of the last failed call on the calling thread into `buf` (at
+/// most `len` bytes, always NUL-terminated when `len` > 0, truncated if needed), and
+/// sets `*needed_out` (optional, may be NULL) to the size the whole message needs,
+/// NUL included. `buf` may be NULL when `len` is 0 (to ask for the size). Does not
+/// change the last error.
+///
+/// Errors: `AIOLOCK_INVALID_ARGUMENT` when `buf` is NULL and `len` is not 0.
+///
+/// # Safety
+///
+/// `buf` must be NULL or valid for writes of `len` bytes; `needed_out` must be NULL or
+/// valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_last_error_copy(
+    buf: *mut c_char,
+    len: usize,
+    needed_out: *mut usize,
+) -> aiolock_status {
+    guard_quiet(aiolock_status::AIOLOCK_PANIC, || {
+        if buf.is_null() && len != 0 {
+            return aiolock_status::AIOLOCK_INVALID_ARGUMENT;
+        }
+        let message = boundary::last_error_bytes();
+        if len > 0 {
+            let n = message.len().min(len - 1);
+            // SAFETY: `buf` is valid for `len` > n bytes by the caller's contract; the
+            // message is a separate allocation.
+            unsafe {
+                std::ptr::copy_nonoverlapping(message.as_ptr(), buf.cast::<u8>(), n);
+                buf.add(n).write(0);
+            }
+        }
+        if !needed_out.is_null() {
+            // SAFETY: non-NULL; valid for a write by the caller's contract.
+            unsafe { needed_out.write(message.len() + 1) };
+        }
+        aiolock_status::AIOLOCK_OK
+    })
+}
+
+/// Panics inside the boundary, to show that a panic returns `AIOLOCK_PANIC` and the
+/// process goes on. Only in libraries built for tests (cargo feature `test-panic`).
+#[cfg(feature = "test-panic")]
+#[unsafe(no_mangle)]
+pub extern "C" fn aiolock_test_panic() -> aiolock_status {
+    guard(|| panic!("aiolock_test_panic was called"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    fn last_error() -> String {
+        // SAFETY: a valid NUL-terminated string until the next call on this thread.
+        unsafe { CStr::from_ptr(aiolock_last_error_message()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn status_texts_match_the_error_kinds() {
+        use aiolock::ErrorKind::*;
+        for kind in [
+            InvalidArgument,
+            InvalidKey,
+            Conflict,
+            Timeout,
+            Connection,
+            Protocol,
+            Backend,
+            Unsupported,
+        ] {
+            let status = boundary::status_of(kind) as c_int;
+            // SAFETY: static strings.
+            let text = unsafe { CStr::from_ptr(aiolock_status_str(status)) };
+            assert_eq!(text.to_str().unwrap(), kind.as_str());
+        }
+    }
+
+    #[test]
+    fn open_use_and_free() {
+        let mut cache = std::ptr::null_mut();
+        // SAFETY: valid pointers throughout.
+        unsafe {
+            assert_eq!(
+                aiolock_cache_open(c"memory://".as_ptr(), &mut cache),
+                aiolock_status::AIOLOCK_OK
+            );
+            let mut lock = std::ptr::null_mut();
+            let mut outcome = aiolock_outcome::AIOLOCK_TIMED_OUT;
+            let status =
+                aiolock_acquire(cache, b"k".as_ptr(), 1, 1.0, -1.0, &mut lock, &mut outcome);
+            assert_eq!(status, aiolock_status::AIOLOCK_OK);
+            assert_eq!(outcome, aiolock_outcome::AIOLOCK_ACQUIRED);
+            let mut removed = false;
+            assert_eq!(
+                aiolock_release(lock, &mut removed),
+                aiolock_status::AIOLOCK_OK
+            );
+            assert!(removed);
+            let status = aiolock_acquire(
+                cache,
+                b"k".as_ptr(),
+                1,
+                f64::NAN,
+                -1.0,
+                &mut lock,
+                &mut outcome,
+            );
+            assert_eq!(status, aiolock_status::AIOLOCK_INVALID_ARGUMENT);
+            assert!(last_error().contains("lease_secs"), "{}", last_error());
+            aiolock_cache_free(cache);
+        }
+    }
+}

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The C ABI suite: builds libaiolock, checks the committed header is fresh, runs the C
+# tests (ASan + UBSan and valgrind, static and shared library), the Go tests and the
+# Ruby tests. Needs gcc, valgrind, go, ruby and ruby-ffi (scripts/test installs them).
+# Usage: ffi/test.sh
+# The suites run against the cache $AIOLOCK_TEST_URL names (default memory://; each
+# test opens its own namespace). For a network backend, build it in and start its
+# server first, e.g.:
+#   AIOLOCK_FFI_FEATURES=redis AIOLOCK_TEST_URL=redis://127.0.0.1:6379 ffi/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+lib=${CARGO_TARGET_DIR:-$root/target}/debug
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+echo "== ffi: build libaiolock (debug, with the test-panic hook)"
+cargo build -q -p aiolock-ffi --features "test-panic ${AIOLOCK_FFI_FEATURES:-}"
+echo "   against ${AIOLOCK_TEST_URL:-memory://}"
+
+echo "== ffi: the committed include/aiolock.h is fresh"
+ffi/gen-header.sh "$tmp/aiolock.h"
+if ! diff -u include/aiolock.h "$tmp/aiolock.h"; then
+  echo "include/aiolock.h is stale: run ffi/gen-header.sh and commit it" >&2
+  exit 1
+fi
+
+echo "== ffi: no async runtime in the C library"
+if cargo tree -q -p aiolock-ffi -e normal -i tokio 2>/dev/null | grep -q tokio; then
+  echo "tokio is in aiolock-ffi's dependency tree" >&2
+  exit 1
+fi
+
+cflags=(-std=c11 -Wall -Wextra -Werror -g -Iinclude)
+sanitize=(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all)
+shared=(-L"$lib" -laiolock -Wl,-rpath,"$lib" -lpthread -lm)
+static=("$lib/libaiolock.a" -lpthread -ldl -lm)
+# The panic test prints Rust's panic message; a backtrace would only add noise.
+export RUST_BACKTRACE=0
+
+run() { # name, command...
+  local name=$1
+  shift
+  echo "-- $name"
+  if ! "$@" >"$tmp/$name.log" 2>&1; then
+    cat "$tmp/$name.log" >&2
+    echo "$name failed" >&2
+    exit 1
+  fi
+  tail -n 1 "$tmp/$name.log"
+}
+
+echo "== ffi: C tests"
+gcc "${cflags[@]}" "${sanitize[@]}" ffi/c/test.c "${shared[@]}" -o "$tmp/test-shared-asan"
+gcc "${cflags[@]}" "${sanitize[@]}" ffi/c/test.c "${static[@]}" -o "$tmp/test-static-asan"
+gcc "${cflags[@]}" ffi/c/test.c "${shared[@]}" -o "$tmp/test-shared"
+gcc "${cflags[@]}" ffi/c/test.c "${static[@]}" -o "$tmp/test-static"
+gcc "${cflags[@]}" ffi/c/example.c "${static[@]}" -o "$tmp/example"
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1
+run c-shared-asan "$tmp/test-shared-asan"
+run c-static-asan "$tmp/test-static-asan"
+vg=(valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect,possible)
+run c-shared-valgrind "${vg[@]}" "$tmp/test-shared"
+run c-static-valgrind "${vg[@]}" "$tmp/test-static"
+run c-example "$tmp/example"
+# The pkg-config file, over a prefix laid out as ffi/install.sh lays it out.
+mkdir -p "$tmp/prefix/lib/pkgconfig" "$tmp/prefix/include"
+ln -s "$lib/libaiolock.so" "$lib/libaiolock.a" "$tmp/prefix/lib/"
+ln -s "$root/include/aiolock.h" "$tmp/prefix/include/"
+sed -e "s|@PREFIX@|$tmp/prefix|" -e "s|@VERSION@|0|" ffi/aiolock.pc.in >"$tmp/prefix/lib/pkgconfig/aiolock.pc"
+# shellcheck disable=SC2046 # pkg-config prints several words
+gcc "${cflags[@]}" ffi/c/example.c $(PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig" pkg-config --cflags --libs aiolock) \
+  -Wl,-rpath,"$tmp/prefix/lib" -o "$tmp/example-pkg-config"
+run c-example-pkg-config "$tmp/example-pkg-config"
+# The header also compiles as C++ (cpp_compat), where a C++ compiler is installed.
+if command -v g++ >/dev/null; then
+  echo '#include "aiolock.h"' >"$tmp/header.cc"
+  g++ -std=c++11 -Wall -Wextra -Werror -Iinclude -fsyntax-only "$tmp/header.cc"
+  echo "-- the header compiles as C++11"
+fi
+
+echo "== ffi: Go tests"
+(
+  cd ffi/go
+  export CGO_LDFLAGS="-L$lib -Wl,-rpath,$lib"
+  go vet -tags aiolock_test_panic ./...
+  go test -race -tags aiolock_test_panic -count=1 ./...
+)
+
+echo "== ffi: Ruby tests"
+AIOLOCK_LIB="$lib/libaiolock.so" ruby -Iffi/ruby/lib ffi/ruby/test/test_aiolock.rb 2>"$tmp/ruby.err" ||
+  { cat "$tmp/ruby.err" >&2; exit 1; }
