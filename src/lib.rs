@@ -61,6 +61,8 @@
 //! |---|---|---|
 //! | `async` | yes | the async flavor at the crate root (tokio) |
 //! | `blocking` | yes | [`blocking`]: no async runtime needed or linked |
+//! | `redis` | no | the Redis backend (`redis://`, `redis+unix://`), in every flavor built; no tokio in a blocking-only build |
+//! | `redis-tls` | no | `rediss://` (TLS with rustls); compiles the `redis` crate's tokio TLS driver too |
 
 #![deny(unused_must_use)]
 #![warn(missing_docs)]
