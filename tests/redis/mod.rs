@@ -561,3 +561,132 @@ fn flushed_scripts_are_reloaded() {
     server.admin(&["SCRIPT", "FLUSH"]);
     assert!(!cache.delete("k-lock").unwrap());
 }
+
+/// Set in the child process of [`tls_rediss`]: the `rediss://` URL to use.
+#[cfg(feature = "redis-tls")]
+const TLS_CHILD_URL: &str = "AIOLOCK_TEST_TLS_URL";
+
+/// `rediss://` against a TLS-only port, with a certificate from a CA made for the test.
+/// The CA is trusted through `SSL_CERT_FILE`, which is process-wide: the client side
+/// runs in a child process. Without the CA the connection fails with a clear error.
+#[cfg(feature = "redis-tls")]
+#[test]
+fn tls_rediss() {
+    if let Ok(url) = std::env::var(TLS_CHILD_URL) {
+        let cache = aiolock::blocking::Cache::from_url(&url).unwrap();
+        cache.set("k", b"v", None).unwrap();
+        let g = cache
+            .redlock("k", Duration::from_secs(5))
+            .acquire()
+            .unwrap();
+        assert!(g.release().unwrap());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let cache = aiolock::Cache::from_url(&url).await.unwrap();
+            assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+        });
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = |f: &str| dir.path().join(f).display().to_string();
+    std::fs::write(
+        path("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=aiolock test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = RedisServer::with(Config {
+        tcp: false,
+        args: vec![
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            path("server.crt"),
+            "--tls-key-file".into(),
+            path("server.key"),
+            "--tls-ca-cert-file".into(),
+            path("ca.crt"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ],
+    });
+    let url = format!("rediss://localhost:{tls_port}/0?connect_timeout=2");
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "redis_backend::tls_rediss",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(TLS_CHILD_URL, &url)
+        .env("SSL_CERT_FILE", path("ca.crt"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "the TLS client process failed");
+    // The value it stored went over TLS to this server.
+    assert!(server.admin(&["GET", "k"]).contains("v"));
+    // Here the CA is not trusted: a clear error, no panic.
+    if std::env::var_os("SSL_CERT_FILE").is_none() {
+        let e = aiolock::blocking::Cache::from_url(&url).unwrap_err();
+        assert!(e.is_connection(), "{e}");
+    }
+}
