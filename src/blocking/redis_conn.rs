@@ -72,11 +72,12 @@ impl Conn {
                 self.put(con);
                 Ok(v)
             }
-            Err(e) if e.is_io_error() || e.is_connection_dropped() => {
+            // A late reply would be read as the next command's: close it.
+            Err(e) if e.is_timeout() => Err(e),
+            Err(e) if r::is_dropped(&e) => {
                 self.idle.lock().clear();
                 Err(e)
             }
-            Err(e) if e.is_timeout() => Err(e),
             Err(e) => {
                 // An error reply leaves the connection in a clean state.
                 self.put(con);
@@ -86,7 +87,18 @@ impl Conn {
     }
 
     /// Subscribes a pooled connection to `channel`; returns once the server confirmed.
+    /// Once more on a fresh connection if the pooled one had dropped.
     pub(crate) fn subscribe(&self, channel: &[u8]) -> RedisResult<Subscription<'_>> {
+        match self.try_subscribe(channel) {
+            Err(e) if r::is_dropped(&e) => {
+                self.idle.lock().clear();
+                self.try_subscribe(channel)
+            }
+            other => other,
+        }
+    }
+
+    fn try_subscribe(&self, channel: &[u8]) -> RedisResult<Subscription<'_>> {
         let mut con = self.take()?;
         con.send_packed_command(&redis::cmd("SUBSCRIBE").arg(channel).get_packed_command())?;
         loop {

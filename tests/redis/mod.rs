@@ -690,3 +690,37 @@ fn tls_rediss() {
         assert!(e.is_connection(), "{e}");
     }
 }
+
+/// A blocking waiter whose pooled connections were all killed while idle still waits
+/// and wakes on the release (the pool is refilled with fresh connections).
+#[test]
+fn blocking_waiter_after_idle_connections_were_killed() {
+    let server = RedisServer::start();
+    let url = server.unix_url("namespace=t:&pool_size=4");
+    let holder_cache = aiolock::blocking::Cache::from_url(&url).unwrap();
+    let waiter_cache = aiolock::blocking::Cache::from_url(&url).unwrap();
+    // Fill the waiter's pool with several idle connections.
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| waiter_cache.get("x").unwrap());
+        }
+    });
+    let holder = holder_cache
+        .redlock("k", Duration::from_secs(30))
+        .acquire()
+        .unwrap();
+    server.admin(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
+    let outcome = std::thread::scope(|s| {
+        let w = s.spawn(|| {
+            waiter_cache
+                .redlock("k", Duration::from_secs(30))
+                .acquire()
+                .unwrap()
+                .outcome()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(holder.release().unwrap());
+        w.join().unwrap()
+    });
+    assert_eq!(outcome, Outcome::Released);
+}
