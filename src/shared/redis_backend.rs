@@ -30,6 +30,13 @@ use crate::memory::{CasToken, Ttl, Versioned};
 ///   listens for all of its waiters on one shared RESP3 subscriber connection. The
 ///   blocking flavor keeps a small pool of connections (`pool_size`); a waiting thread
 ///   borrows one of them as its subscriber.
+/// - An [`OptimisticLock`](super::OptimisticLock)'s token is the value it read (Redis
+///   keeps no version numbers); `cas` compares it and writes in one Lua script, or is
+///   `SET … NX` when the key was absent. A write of the *same bytes* in between is not
+///   seen (the ABA case): harmless when the value is all that matters, as for a cache
+///   entry; put a version or timestamp inside the value when it is not.
+/// - Keys and values are binary-safe; keys carry the cache's namespace, and a lock's
+///   channel is `aiolock:release:` + its namespaced key.
 /// - A command that is safe to repeat (reads, `SET`, the owner-checked scripts) is
 ///   sent once more when the connection dropped under it. A repeated add is sent as
 ///   `SET … NX GET` and counts as won when the key holds exactly our value. A repeated
