@@ -36,8 +36,13 @@ macro_rules! maybe_await {
     };
 }
 
+#[allow(clippy::duplicate_mod)] // the twin-module pattern: `shared/` is compiled twice on purpose
 #[path = "shared/mod.rs"]
 mod shared;
+
+/// This flavor's memcached socket (the backend logic is in `shared/memcached.rs`).
+#[cfg(feature = "memcached")]
+mod memcached_io;
 
 pub use shared::*;
 
@@ -78,5 +83,11 @@ mod rt {
     /// A dropped guard releases at once.
     pub(crate) fn release_on_drop<B: Backend>(cache: Cache<B>, key: Vec<u8>, token: Token) {
         let _ = cache.backend().release(&key, token.as_bytes());
+    }
+
+    /// Sleeps the thread (memcached waiters poll).
+    #[cfg(feature = "memcached")]
+    pub(crate) fn sleep(d: std::time::Duration) {
+        std::thread::sleep(d);
     }
 }

@@ -272,14 +272,23 @@ impl CacheBuilder {
 pub enum AnyBackend {
     /// `memory://`
     Memory(MemoryBackend),
+    /// `memcached://host[:port]`, `memcached+unix:///path` (feature `memcached`)
+    #[cfg(feature = "memcached")]
+    Memcached(super::memcached::MemcachedBackend),
 }
 
 impl AnyBackend {
     #[maybe_async]
-    async fn connect(endpoint: Endpoint, _options: &Options) -> Result<Self> {
+    #[cfg_attr(not(feature = "memcached"), allow(unused_variables))]
+    async fn connect(endpoint: Endpoint, options: &Options) -> Result<Self> {
         match endpoint {
             Endpoint::Memory => Ok(AnyBackend::Memory(MemoryBackend::new())),
             Endpoint::Redis(_) => Err(not_built("redis")),
+            #[cfg(feature = "memcached")]
+            Endpoint::Memcached(url) => Ok(AnyBackend::Memcached(
+                super::memcached::MemcachedBackend::from_endpoint(&url, options).await?,
+            )),
+            #[cfg(not(feature = "memcached"))]
             Endpoint::Memcached(_) => Err(not_built("memcached")),
         }
     }
@@ -297,6 +306,8 @@ macro_rules! dispatch {
     ($self:ident, $b:ident => $call:expr) => {
         match $self {
             AnyBackend::Memory($b) => maybe_await!($call),
+            #[cfg(feature = "memcached")]
+            AnyBackend::Memcached($b) => maybe_await!($call),
         }
     };
 }
