@@ -17,7 +17,7 @@ use crate::core::poll::DEFAULT_MAX_DELAY;
 use crate::error::{Error, ErrorKind, Result};
 
 /// The default memcached port.
-pub const DEFAULT_PORT: u16 = 11211;
+pub(crate) const DEFAULT_PORT: u16 = 11211;
 
 /// Where the server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]

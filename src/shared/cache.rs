@@ -272,7 +272,18 @@ impl CacheBuilder {
 pub enum AnyBackend {
     /// `memory://`
     Memory(MemoryBackend),
-    /// `memcached://host[:port]`, `memcached+unix:///path` (feature `memcached`)
+    /// `memcached://host[:port]`, `memcached+unix:///path` (feature `memcached`): see
+    /// [`MemcachedBackend`](super::MemcachedBackend).
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "blocking")] {
+    /// use aiolock::blocking::{AnyBackend, Cache};
+    ///
+    /// let cache = Cache::from_url("memcached://127.0.0.1:11211?namespace=app:")?;
+    /// assert!(matches!(cache.backend(), AnyBackend::Memcached(_)));
+    /// # }
+    /// # Ok::<(), aiolock::Error>(())
+    /// ```
     #[cfg(feature = "memcached")]
     Memcached(super::memcached::MemcachedBackend),
 }
