@@ -90,22 +90,28 @@ impl Watch {
         }
     }
 
-    /// Feeds the result of a poll made at `now`; `Some(wake)` ends the wait.
-    pub fn observe(&mut self, seen: Seen<'_>, now: Instant) -> Option<Wake> {
+    /// Feeds the result of a poll sent at `sent` whose reply came at `received`;
+    /// `Some(wake)` ends the wait.
+    ///
+    /// The server read the key somewhere in between, so a TTL bounds the expiry from
+    /// `sent` (never later than the truth) and a disappearance is dated `received`
+    /// (never earlier): a lease end is never taken for a release, however slow the
+    /// round trip.
+    pub fn observe(&mut self, seen: Seen<'_>, sent: Instant, received: Instant) -> Option<Wake> {
         match (seen, &self.holder) {
             (Seen::Missing, None) => Some(Wake::Vacant),
             (Seen::Held { token, ttl }, None) => {
                 self.holder = Some(token.to_vec());
-                self.note_ttl(ttl, now);
+                self.note_ttl(ttl, sent, received);
                 None
             }
             (Seen::Held { token, ttl }, Some(holder)) if token == holder.as_slice() => {
-                self.note_ttl(ttl, now);
+                self.note_ttl(ttl, sent, received);
                 None
             }
             // Gone, or another holder's token: the holder we waited for is gone.
             (Seen::Missing | Seen::Held { .. }, Some(_)) => {
-                let released = self.earliest_expiry.is_none_or(|at| now < at);
+                let released = self.earliest_expiry.is_none_or(|at| received < at);
                 Some(if released {
                     Wake::Released
                 } else {
@@ -115,7 +121,7 @@ impl Watch {
         }
     }
 
-    fn note_ttl(&mut self, ttl: i64, now: Instant) {
+    fn note_ttl(&mut self, ttl: i64, sent: Instant, received: Instant) {
         if ttl < 0 {
             self.earliest_expiry = None;
             self.latest_expiry = None;
@@ -124,10 +130,10 @@ impl Watch {
         let ttl = Duration::from_secs(ttl.unsigned_abs());
         let earliest = ttl
             .checked_sub(Duration::from_secs(1) + TICK_MARGIN)
-            .map_or(now, |d| crate::core::lease::deadline(now, d));
+            .map_or(sent, |d| crate::core::lease::deadline(sent, d));
         // Each poll bounds the expiry from below again; keep the tightest bound.
         self.earliest_expiry = Some(self.earliest_expiry.map_or(earliest, |e| e.max(earliest)));
-        self.latest_expiry = Some(crate::core::lease::deadline(now, ttl));
+        self.latest_expiry = Some(crate::core::lease::deadline(received, ttl));
     }
 
     /// How long to sleep before the next poll, at `now`, for a wait that ends at
@@ -187,22 +193,22 @@ mod tests {
         assert_eq!(w.next_sleep(at(104), at(103), 0.9), None);
     }
 
+    /// A poll that found `token` with `ttl`, sent and answered at `ms`.
+    fn held(w: &mut Watch, token: &[u8], ttl: i64, ms: u64) -> Option<Wake> {
+        w.observe(Seen::Held { token, ttl }, at(ms), at(ms))
+    }
+
+    fn gone(w: &mut Watch, ms: u64) -> Option<Wake> {
+        w.observe(Seen::Missing, at(ms), at(ms))
+    }
+
     #[test]
     fn wakes_when_the_lease_is_due() {
         let mut w = Watch::new(DEFAULT_MAX_DELAY);
         for _ in 0..20 {
             w.next_sleep(at(0), at(10_000), 0.5);
         }
-        assert_eq!(
-            w.observe(
-                Seen::Held {
-                    token: b"a",
-                    ttl: 2
-                },
-                at(0)
-            ),
-            None
-        );
+        assert_eq!(held(&mut w, b"a", 2, 0), None);
         assert_eq!(w.next_sleep(at(1995), at(10_000), 0.99), Some(6 * MS));
         assert!(w.next_sleep(at(2500), at(10_000), 0.99).unwrap() > 10 * MS);
     }
@@ -210,50 +216,36 @@ mod tests {
     #[test]
     fn missing_at_first_poll_is_vacant() {
         let mut w = Watch::new(DEFAULT_MAX_DELAY);
-        assert_eq!(w.observe(Seen::Missing, at(0)), Some(Wake::Vacant));
+        assert_eq!(gone(&mut w, 0), Some(Wake::Vacant));
     }
 
     #[test]
     fn gone_before_the_earliest_expiry_is_a_release() {
         let mut w = Watch::new(DEFAULT_MAX_DELAY);
-        assert_eq!(
-            w.observe(
-                Seen::Held {
-                    token: b"a",
-                    ttl: 31
-                },
-                at(0)
-            ),
-            None
-        );
-        assert_eq!(
-            w.observe(
-                Seen::Held {
-                    token: b"a",
-                    ttl: 31
-                },
-                at(200)
-            ),
-            None
-        );
-        assert_eq!(w.observe(Seen::Missing, at(300)), Some(Wake::Released));
+        assert_eq!(held(&mut w, b"a", 31, 0), None);
+        assert_eq!(held(&mut w, b"a", 31, 200), None);
+        assert_eq!(gone(&mut w, 300), Some(Wake::Released));
     }
 
     #[test]
     fn gone_after_the_earliest_expiry_is_vacant() {
         let mut w = Watch::new(DEFAULT_MAX_DELAY);
-        assert_eq!(
-            w.observe(
-                Seen::Held {
-                    token: b"a",
-                    ttl: 2
-                },
-                at(0)
-            ),
-            None
-        );
+        assert_eq!(held(&mut w, b"a", 2, 0), None);
         // Earliest expiry: 2 s - 1 s - margin = 750 ms.
-        assert_eq!(w.observe(Seen::Missing, at(760)), Some(Wake::Vacant));
+        assert_eq!(gone(&mut w, 760), Some(Wake::Vacant));
+        let mut w = Watch::new(DEFAULT_MAX_DELAY);
+        held(&mut w, b"a", 2, 0);
+        assert_eq!(gone(&mut w, 740), Some(Wake::Released));
+        // A TTL of one second or less may end at any moment.
+        let mut w = Watch::new(DEFAULT_MAX_DELAY);
+        held(&mut w, b"a", 1, 0);
+        assert_eq!(gone(&mut w, 0), Some(Wake::Vacant));
+    }
+
+    #[test]
+    fn slow_round_trips_never_turn_a_lease_end_into_a_release() {
+        // The TTL counts from when the poll was sent, the disappearance from when
+        // its answer came.
         let mut w = Watch::new(DEFAULT_MAX_DELAY);
         w.observe(
             Seen::Held {
@@ -261,92 +253,52 @@ mod tests {
                 ttl: 2,
             },
             at(0),
+            at(500),
         );
-        assert_eq!(w.observe(Seen::Missing, at(740)), Some(Wake::Released));
-        // A TTL of one second or less may end at any moment.
+        assert_eq!(
+            w.observe(Seen::Missing, at(700), at(800)),
+            Some(Wake::Vacant),
+            "the expiry may have come at 750 ms"
+        );
         let mut w = Watch::new(DEFAULT_MAX_DELAY);
         w.observe(
             Seen::Held {
                 token: b"a",
-                ttl: 1,
+                ttl: 2,
             },
             at(0),
+            at(500),
         );
-        assert_eq!(w.observe(Seen::Missing, at(0)), Some(Wake::Vacant));
+        assert_eq!(
+            w.observe(Seen::Missing, at(600), at(700)),
+            Some(Wake::Released)
+        );
     }
 
     #[test]
     fn later_polls_tighten_the_bound() {
         let mut w = Watch::new(DEFAULT_MAX_DELAY);
-        w.observe(
-            Seen::Held {
-                token: b"a",
-                ttl: 2,
-            },
-            at(0),
-        );
+        held(&mut w, b"a", 2, 0);
         // Polled again 700 ms later, still 2 s: the expiry is no earlier than 1450 ms.
-        w.observe(
-            Seen::Held {
-                token: b"a",
-                ttl: 2,
-            },
-            at(700),
-        );
-        assert_eq!(w.observe(Seen::Missing, at(1400)), Some(Wake::Released));
+        held(&mut w, b"a", 2, 700);
+        assert_eq!(gone(&mut w, 1400), Some(Wake::Released));
     }
 
     #[test]
     fn another_token_means_the_holder_is_gone() {
         let mut w = Watch::new(DEFAULT_MAX_DELAY);
-        w.observe(
-            Seen::Held {
-                token: b"a",
-                ttl: 30,
-            },
-            at(0),
-        );
-        assert_eq!(
-            w.observe(
-                Seen::Held {
-                    token: b"b",
-                    ttl: 30
-                },
-                at(5)
-            ),
-            Some(Wake::Released)
-        );
+        held(&mut w, b"a", 30, 0);
+        assert_eq!(held(&mut w, b"b", 30, 5), Some(Wake::Released));
         let mut w = Watch::new(DEFAULT_MAX_DELAY);
-        w.observe(
-            Seen::Held {
-                token: b"a",
-                ttl: 1,
-            },
-            at(0),
-        );
-        assert_eq!(
-            w.observe(
-                Seen::Held {
-                    token: b"b",
-                    ttl: 30
-                },
-                at(900)
-            ),
-            Some(Wake::Vacant)
-        );
+        held(&mut w, b"a", 1, 0);
+        assert_eq!(held(&mut w, b"b", 30, 900), Some(Wake::Vacant));
     }
 
     #[test]
     fn a_key_without_expiry_can_only_be_released() {
         let mut w = Watch::new(DEFAULT_MAX_DELAY);
-        w.observe(
-            Seen::Held {
-                token: b"a",
-                ttl: -1,
-            },
-            at(0),
-        );
+        held(&mut w, b"a", -1, 0);
         assert_eq!(w.next_sleep(at(0), at(100_000), 0.0), Some(FIRST_DELAY / 2));
-        assert_eq!(w.observe(Seen::Missing, at(99_000)), Some(Wake::Released));
+        assert_eq!(gone(&mut w, 99_000), Some(Wake::Released));
     }
 }

@@ -394,6 +394,7 @@ impl Backend for MemcachedBackend {
         let request = meta::get(key, &[Flag::Value, Flag::Ttl])?;
         let mut watch = Watch::new(self.pool.settings.max_poll_delay);
         loop {
+            let sent = Instant::now();
             let reply = self.pool.call(&request).await?;
             let now = Instant::now();
             let seen = match &reply {
@@ -403,7 +404,7 @@ impl Backend for MemcachedBackend {
                 }
                 other => return Err(unexpected("mg v t", other)),
             };
-            if let Some(wake) = watch.observe(seen, now) {
+            if let Some(wake) = watch.observe(seen, sent, now) {
                 return Ok(wake);
             }
             match watch.next_sleep(now, deadline, rand::random::<f64>()) {
