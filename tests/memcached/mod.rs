@@ -321,6 +321,70 @@ fn recording_server() -> (String, Arc<Mutex<Vec<u8>>>) {
     (url, seen)
 }
 
+/// A fake server that answers `mn` with `MN` and every other command line with
+/// `reply`, then closes nothing.
+fn lying_server(reply: &'static [u8]) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "memcached://{}?response_timeout=0.5",
+        listener.local_addr().unwrap()
+    );
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                for line in BufReader::new(stream).split(b'\n') {
+                    let Ok(line) = line else { return };
+                    let answer = if line == b"mn\r" {
+                        &b"MN\r\n"[..]
+                    } else {
+                        reply
+                    };
+                    if writer.write_all(answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// Replies this client does not understand are `Protocol` errors (never a panic, never
+/// a wrong answer), and the connection they came on is not used again.
+#[test]
+fn malformed_replies_are_protocol_errors() {
+    for reply in [
+        &b"XX\r\n"[..],
+        b"VA 3 c1\r\nabcd\r\n",
+        b"VA -1\r\n",
+        b"HD c1 c1\r\n",
+        b"VA 99999999999999999999\r\n",
+        b"HD\n",
+    ] {
+        let cache = aiolock::blocking::Cache::from_url(&lying_server(reply)).unwrap();
+        for _ in 0..3 {
+            let err = cache.get("k").unwrap_err();
+            assert_eq!(
+                err.kind(),
+                ErrorKind::Protocol,
+                "{:?}: {err}",
+                String::from_utf8_lossy(reply)
+            );
+        }
+    }
+    // Well-formed, but not an answer to the command.
+    let cache = aiolock::blocking::Cache::from_url(&lying_server(b"NS\r\n")).unwrap();
+    assert_eq!(cache.get("k").unwrap_err().kind(), ErrorKind::Protocol);
+    // NS to the add (lost), then NS to the waiter's poll: a Protocol error.
+    let err = cache
+        .redlock("k", Duration::from_secs(1))
+        .acquire()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+}
+
 fn bad_keys() -> Vec<Vec<u8>> {
     vec![
         b"a b".to_vec(),
