@@ -387,7 +387,7 @@ impl Backend for MemcachedBackend {
         ))
     }
 
-    /// Polls `mg v t` with backoff (see [`crate::core::poll`]): the holder's token
+    /// Polls `mg v t` with capped, jittered backoff: the holder's token
     /// gone (or replaced) before its lease could have ended is a release, after it a
     /// vacancy.
     async fn wait(&self, key: &[u8], deadline: Instant) -> Result<Wake> {
