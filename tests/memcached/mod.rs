@@ -681,3 +681,21 @@ fn raw_stats(server: &MemcachedServer) -> std::collections::HashMap<String, Stri
         })
         .collect()
 }
+
+/// The memcached backend and its futures can cross threads and be spawned.
+#[test]
+fn backend_and_futures_are_send_and_sync() {
+    fn send_sync<T: Send + Sync + Clone + std::fmt::Debug>() {}
+    fn send<T: Send>(_: &T) {}
+    send_sync::<aiolock::MemcachedBackend>();
+    send_sync::<aiolock::blocking::MemcachedBackend>();
+    send(&aiolock::MemcachedBackend::connect("memcached://127.0.0.1"));
+    let _ = |backend: aiolock::MemcachedBackend| {
+        send(&backend.ping());
+        send(
+            &aiolock::Cache::new(backend)
+                .redlock("k", Duration::from_secs(1))
+                .acquire(),
+        );
+    };
+}
