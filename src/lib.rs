@@ -70,7 +70,7 @@ pub mod config;
 mod core;
 mod error;
 mod key;
-#[cfg(feature = "memcached")]
+#[cfg(all(feature = "memcached", any(feature = "blocking", feature = "async")))]
 mod memcached;
 mod memory;
 

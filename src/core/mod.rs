@@ -4,9 +4,9 @@
 //! arguments, so every rule is unit-tested with made-up instants.
 
 pub mod lease;
-#[cfg(feature = "memcached")]
+#[cfg(all(feature = "memcached", any(feature = "blocking", feature = "async")))]
 pub mod meta;
-#[cfg(feature = "memcached")]
+#[cfg(all(feature = "memcached", any(feature = "blocking", feature = "async")))]
 pub mod poll;
 pub mod token;
 pub mod wait;
