@@ -34,6 +34,8 @@ pub struct MemcachedServer {
     listen: Listen,
     log: PathBuf,
     args: Vec<String>,
+    /// The log was already shown in a panic message.
+    log_shown: std::sync::atomic::AtomicBool,
 }
 
 impl MemcachedServer {
@@ -52,6 +54,7 @@ impl MemcachedServer {
             dir,
             listen: Listen::Unix(socket),
             args: args.iter().map(|s| s.to_string()).collect(),
+            log_shown: Default::default(),
         };
         server.spawn().unwrap_or_else(|why| server.fail(&why));
         server
@@ -72,6 +75,7 @@ impl MemcachedServer {
                 dir,
                 listen: Listen::Tcp(port),
                 args: Vec::new(),
+                log_shown: Default::default(),
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -151,6 +155,8 @@ impl MemcachedServer {
     }
 
     fn fail(&self, why: &str) -> ! {
+        self.log_shown
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         panic!(
             "{why}\n--- memcached log ({}) ---\n{}",
             self.log.display(),
@@ -202,7 +208,7 @@ impl MemcachedServer {
 impl Drop for MemcachedServer {
     fn drop(&mut self) {
         self.stop();
-        if std::thread::panicking() {
+        if std::thread::panicking() && !self.log_shown.load(std::sync::atomic::Ordering::Relaxed) {
             eprintln!(
                 "--- memcached log ({}) ---\n{}",
                 self.log.display(),
