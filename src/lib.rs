@@ -61,6 +61,7 @@
 //! |---|---|---|
 //! | `async` | yes | the async flavor at the crate root (tokio) |
 //! | `blocking` | yes | [`blocking`]: no async runtime needed or linked |
+//! | `memcached` | no | the memcached backend (`memcached://`, `memcached+unix://`), `MemcachedBackend` in both flavors |
 
 #![deny(unused_must_use)]
 #![warn(missing_docs)]
@@ -69,6 +70,8 @@ pub mod config;
 mod core;
 mod error;
 mod key;
+#[cfg(all(feature = "memcached", any(feature = "blocking", feature = "async")))]
+mod memcached;
 mod memory;
 
 #[cfg(feature = "blocking")]

@@ -154,4 +154,12 @@ backend_suite!(
     )
 );
 
+#[cfg(feature = "memcached")]
+backend_suite!(memcached, crate::support::memcached::env());
+
+/// memcached-specific tests (module name differs from the suite's `memcached`).
+#[cfg(feature = "memcached")]
+#[path = "memcached/mod.rs"]
+mod memcached_specific;
+
 mod flavors;

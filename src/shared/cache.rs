@@ -329,6 +329,20 @@ impl CacheBuilder {
 pub enum AnyBackend {
     /// `memory://`
     Memory(MemoryBackend),
+    /// `memcached://host[:port]`, `memcached+unix:///path` (feature `memcached`): see
+    /// [`MemcachedBackend`](super::MemcachedBackend).
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "blocking")] {
+    /// use aiolock::blocking::{AnyBackend, Cache};
+    ///
+    /// let cache = Cache::from_url("memcached://127.0.0.1:11211?namespace=app:")?;
+    /// assert!(matches!(cache.backend(), AnyBackend::Memcached(_)));
+    /// # }
+    /// # Ok::<(), aiolock::Error>(())
+    /// ```
+    #[cfg(feature = "memcached")]
+    Memcached(super::memcached::MemcachedBackend),
 }
 
 impl From<MemoryBackend> for AnyBackend {
@@ -339,10 +353,16 @@ impl From<MemoryBackend> for AnyBackend {
 
 impl AnyBackend {
     #[maybe_async]
-    async fn connect(endpoint: Endpoint, _options: &Options) -> Result<Self> {
+    #[cfg_attr(not(feature = "memcached"), allow(unused_variables))]
+    async fn connect(endpoint: Endpoint, options: &Options) -> Result<Self> {
         match endpoint {
             Endpoint::Memory => Ok(AnyBackend::Memory(MemoryBackend::new())),
             Endpoint::Redis(_) => Err(not_built("redis")),
+            #[cfg(feature = "memcached")]
+            Endpoint::Memcached(url) => Ok(AnyBackend::Memcached(
+                super::memcached::MemcachedBackend::from_endpoint(&url, options).await?,
+            )),
+            #[cfg(not(feature = "memcached"))]
             Endpoint::Memcached(_) => Err(not_built("memcached")),
         }
     }
@@ -360,6 +380,8 @@ macro_rules! dispatch {
     ($self:ident, $b:ident => $call:expr) => {
         match $self {
             AnyBackend::Memory($b) => maybe_await!($call),
+            #[cfg(feature = "memcached")]
+            AnyBackend::Memcached($b) => maybe_await!($call),
         }
     };
 }

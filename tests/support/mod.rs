@@ -1,1 +1,4 @@
 //! Test fixtures: real servers started per test, stopped on drop.
+
+#[cfg(feature = "memcached")]
+pub mod memcached;
