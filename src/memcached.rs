@@ -52,7 +52,7 @@ pub(crate) struct Settings {
 /// Parses a `memcached://` or `memcached+unix://` URL (with the options
 /// [`config::parse`](crate::config::parse) already took out of it).
 ///
-/// memcached's own query option: `max_poll_interval` (seconds, default 0.02): the
+/// memcached's own query option: `max_poll_interval` (seconds, default 0.004): the
 /// longest a waiter sleeps between two polls of a held lock.
 pub(crate) fn settings(url: &Url, options: &Options) -> Result<Settings> {
     let bad = |what: &str| Error::invalid_argument(format!("{url}: {what}"));

@@ -24,7 +24,7 @@ use crate::core::wait::Wake;
 pub const FIRST_DELAY: Duration = Duration::from_micros(200);
 
 /// The longest delay between two polls (before jitter), unless set otherwise.
-pub const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(20);
+pub const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(4);
 
 /// Slack for the server's one-second clock tick firing late: an expiry is assumed
 /// possible this much before `r + t - 1 s`.
@@ -37,7 +37,7 @@ pub const TICK_MARGIN: Duration = Duration::from_millis(250);
 ///
 /// ```text
 /// attempt   0     1     2     3      4      5      6      7 …
-/// base      0.2   0.4   0.8   1.6    3.2    6.4   12.8   20 ms (max 20 ms)
+/// base      0.2   0.4   0.8   1.6    3.2    4      4      4 ms (max 4 ms)
 /// ```
 pub fn delay(attempt: u32, jitter: f64, max: Duration) -> Duration {
     let max = max.max(FIRST_DELAY);

@@ -32,7 +32,7 @@ const RELEASE_TRIES: usize = 8;
 ///   its CAS unique (`mg v c`) and deletes only that version (`md C<cas>`), so it never
 ///   removes another holder's lock, even across a server restart.
 /// - Waiters poll the lock key (memcached has no notifications) with a capped,
-///   jittered exponential backoff starting at 0.1–0.2 ms, up to 20 ms by default
+///   jittered exponential backoff starting at 0.1–0.2 ms, up to 4 ms by default
 ///   (URL option `max_poll_interval`, in seconds), and never sleep past their deadline.
 /// - TTLs count whole seconds: a TTL or lease `d` is sent as `ceil(d) + 1` seconds,
 ///   so a key never expires early, and lives at most two seconds longer.
