@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn wakes_when_the_lease_is_due() {
-        let mut w = Watch::new(DEFAULT_MAX_DELAY);
+        let mut w = Watch::new(20 * MS);
         for _ in 0..20 {
             w.next_sleep(at(0), at(10_000), 0.5);
         }
