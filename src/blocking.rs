@@ -41,6 +41,9 @@ macro_rules! maybe_await {
 #[path = "shared/mod.rs"]
 mod shared;
 
+/// This flavor's memcached socket (the backend logic is in `shared/memcached.rs`).
+#[cfg(feature = "memcached")]
+mod memcached_io;
 #[cfg(feature = "redis")]
 mod redis_conn;
 
@@ -83,5 +86,11 @@ mod rt {
     /// A dropped guard releases at once.
     pub(crate) fn release_on_drop<B: Backend>(cache: Cache<B>, key: Vec<u8>, token: Token) {
         let _ = cache.backend().release(&key, token.as_bytes());
+    }
+
+    /// Sleeps the thread (memcached waiters poll).
+    #[cfg(feature = "memcached")]
+    pub(crate) fn sleep(d: std::time::Duration) {
+        std::thread::sleep(d);
     }
 }

@@ -63,6 +63,7 @@
 //! | `blocking` | yes | [`blocking`]: no async runtime needed or linked |
 //! | `redis` | no | the Redis backend (`redis://`, `redis+unix://`), in every flavor built; no tokio in a blocking-only build |
 //! | `redis-tls` | no | `rediss://` (TLS with rustls); compiles the `redis` crate's tokio TLS driver too |
+//! | `memcached` | no | the memcached backend (`memcached://`, `memcached+unix://`), `MemcachedBackend` in both flavors |
 
 #![deny(unused_must_use)]
 #![warn(missing_docs)]
@@ -71,6 +72,8 @@ pub mod config;
 mod core;
 mod error;
 mod key;
+#[cfg(all(feature = "memcached", any(feature = "blocking", feature = "async")))]
+mod memcached;
 mod memory;
 
 #[cfg(feature = "blocking")]

@@ -15,6 +15,9 @@ macro_rules! maybe_await {
 #[path = "shared/mod.rs"]
 mod shared;
 
+/// This flavor's memcached socket (the backend logic is in `shared/memcached.rs`).
+#[cfg(feature = "memcached")]
+mod memcached_io;
 #[cfg(feature = "redis")]
 mod redis_conn;
 
@@ -83,5 +86,11 @@ mod rt {
                 let _ = cache.backend().release(&key, token.as_bytes()).await;
             });
         }
+    }
+
+    /// Sleeps the task (memcached waiters poll).
+    #[cfg(feature = "memcached")]
+    pub(crate) async fn sleep(d: std::time::Duration) {
+        tokio::time::sleep(d).await;
     }
 }

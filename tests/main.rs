@@ -156,6 +156,13 @@ backend_suite!(
 
 #[cfg(feature = "redis")]
 backend_suite!(redis, crate::support::redis::env());
+#[cfg(feature = "memcached")]
+backend_suite!(memcached, crate::support::memcached::env());
+
+/// memcached-specific tests (module name differs from the suite's `memcached`).
+#[cfg(feature = "memcached")]
+#[path = "memcached/mod.rs"]
+mod memcached_specific;
 
 mod flavors;
 /// Redis-only tests (the suite module above is `redis`).

@@ -334,6 +334,20 @@ pub enum AnyBackend {
     /// `redis://`, `redis+unix://`, `rediss://` (feature `redis`)
     #[cfg(feature = "redis")]
     Redis(RedisBackend),
+    /// `memcached://host[:port]`, `memcached+unix:///path` (feature `memcached`): see
+    /// [`MemcachedBackend`](super::MemcachedBackend).
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "blocking")] {
+    /// use aiolock::blocking::{AnyBackend, Cache};
+    ///
+    /// let cache = Cache::from_url("memcached://127.0.0.1:11211?namespace=app:")?;
+    /// assert!(matches!(cache.backend(), AnyBackend::Memcached(_)));
+    /// # }
+    /// # Ok::<(), aiolock::Error>(())
+    /// ```
+    #[cfg(feature = "memcached")]
+    Memcached(super::memcached::MemcachedBackend),
 }
 
 impl From<MemoryBackend> for AnyBackend {
@@ -344,15 +358,24 @@ impl From<MemoryBackend> for AnyBackend {
 
 impl AnyBackend {
     #[maybe_async]
-    async fn connect(endpoint: Endpoint, _options: &Options) -> Result<Self> {
+    #[cfg_attr(
+        not(any(feature = "memcached", feature = "redis")),
+        allow(unused_variables)
+    )]
+    async fn connect(endpoint: Endpoint, options: &Options) -> Result<Self> {
         match endpoint {
             Endpoint::Memory => Ok(AnyBackend::Memory(MemoryBackend::new())),
             #[cfg(feature = "redis")]
             Endpoint::Redis(url) => Ok(AnyBackend::Redis(
-                RedisBackend::connect_with(&url, _options).await?,
+                RedisBackend::connect_with(&url, options).await?,
             )),
             #[cfg(not(feature = "redis"))]
             Endpoint::Redis(_) => Err(not_built("redis")),
+            #[cfg(feature = "memcached")]
+            Endpoint::Memcached(url) => Ok(AnyBackend::Memcached(
+                super::memcached::MemcachedBackend::from_endpoint(&url, options).await?,
+            )),
+            #[cfg(not(feature = "memcached"))]
             Endpoint::Memcached(_) => Err(not_built("memcached")),
         }
     }
@@ -372,6 +395,8 @@ macro_rules! dispatch {
             AnyBackend::Memory($b) => maybe_await!($call),
             #[cfg(feature = "redis")]
             AnyBackend::Redis($b) => maybe_await!($call),
+            #[cfg(feature = "memcached")]
+            AnyBackend::Memcached($b) => maybe_await!($call),
         }
     };
 }

@@ -1,0 +1,202 @@
+//! The blocking flavor's memcached connection: `std::net` and unix sockets, with
+//! socket timeouts. The exchange logic is in `shared/memcached.rs`.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use crate::core::meta::{Reply, ReplyBuffer};
+use crate::error::{Error, ErrorKind, Result};
+use crate::memcached::{Addr, Failure, io_error, is_closed};
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn set_read_timeout(&self, d: Duration) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(Some(d)),
+            Stream::Unix(s) => s.set_read_timeout(Some(d)),
+        }
+    }
+
+    fn set_write_timeout(&self, d: Duration) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(Some(d)),
+            Stream::Unix(s) => s.set_write_timeout(Some(d)),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.write_all(buf),
+            Stream::Unix(s) => s.write_all(buf),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+/// One connection to the server. Dropping it closes it.
+pub(crate) struct Conn {
+    stream: Stream,
+    addr: Addr,
+    replies: ReplyBuffer,
+    /// The socket's read timeout now.
+    read_timeout: Duration,
+    response_timeout: Duration,
+}
+
+/// A read timeout may exceed the time left by this much before it is set again
+/// (saves a system call per request).
+const TIMEOUT_SLACK: Duration = Duration::from_millis(10);
+
+/// Opens a connection within `connect_timeout`.
+pub(crate) fn connect(
+    addr: &Addr,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+) -> Result<Conn> {
+    let stream = match addr {
+        Addr::Tcp { host, port } => {
+            let candidates = (host.as_str(), *port)
+                .to_socket_addrs()
+                .map_err(|e| io_error(addr, "cannot resolve the host", e))?;
+            let mut last = None;
+            let mut found = None;
+            for candidate in candidates {
+                match TcpStream::connect_timeout(&candidate, connect_timeout) {
+                    Ok(s) => {
+                        found = Some(s);
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            let stream = match (found, last) {
+                (Some(s), _) => s,
+                (None, Some(e)) => return Err(io_error(addr, "cannot connect", e)),
+                (None, None) => {
+                    return Err(Error::new(
+                        ErrorKind::Connection,
+                        format!("memcached at {addr}: the host has no address"),
+                    ));
+                }
+            };
+            stream
+                .set_nodelay(true)
+                .map_err(|e| io_error(addr, "cannot set TCP_NODELAY", e))?;
+            Stream::Tcp(stream)
+        }
+        Addr::Unix(path) => Stream::Unix(
+            UnixStream::connect(path).map_err(|e| io_error(addr, "cannot connect", e))?,
+        ),
+    };
+    stream
+        .set_read_timeout(response_timeout)
+        .and_then(|()| stream.set_write_timeout(response_timeout))
+        .map_err(|e| io_error(addr, "cannot set the socket timeouts", e))?;
+    Ok(Conn {
+        stream,
+        addr: addr.clone(),
+        replies: ReplyBuffer::new(),
+        read_timeout: response_timeout,
+        response_timeout,
+    })
+}
+
+impl Conn {
+    /// Sends `request` and reads one reply, by `deadline`. After an error the
+    /// connection is out of step: drop it.
+    pub(crate) fn call(&mut self, request: &[u8], deadline: Instant) -> Result<Reply, Failure> {
+        if self.read_timeout < self.response_timeout {
+            self.set_read_timeout(self.response_timeout)?;
+        }
+        if let Err(e) = self.stream.write_all(request) {
+            return Err(Failure {
+                stale: is_closed(&e),
+                error: io_error(&self.addr, "cannot send the request", e),
+            });
+        }
+        let mut received = false;
+        loop {
+            if let Some(reply) = self.replies.next_reply().map_err(Failure::fatal)? {
+                if !self.replies.is_empty() {
+                    return Err(Failure::fatal(Error::new(
+                        ErrorKind::Protocol,
+                        format!("memcached at {}: more bytes than one reply", self.addr),
+                    )));
+                }
+                return Ok(reply);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Failure::fatal(self.timeout()));
+            }
+            if left + TIMEOUT_SLACK < self.read_timeout {
+                self.set_read_timeout(left)?;
+            }
+            match self.stream.read(self.replies.spare()) {
+                Ok(0) => {
+                    self.replies.filled(0);
+                    return Err(Failure {
+                        stale: !received,
+                        error: Error::new(
+                            ErrorKind::Connection,
+                            format!(
+                                "memcached at {}: the server closed the connection",
+                                self.addr
+                            ),
+                        ),
+                    });
+                }
+                Ok(n) => {
+                    self.replies.filled(n);
+                    received = true;
+                }
+                Err(e) => {
+                    self.replies.filled(0);
+                    match e.kind() {
+                        std::io::ErrorKind::Interrupted => {}
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                            return Err(Failure::fatal(self.timeout()));
+                        }
+                        _ => {
+                            return Err(Failure {
+                                stale: !received && is_closed(&e),
+                                error: io_error(&self.addr, "cannot read the reply", e),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_read_timeout(&mut self, d: Duration) -> Result<(), Failure> {
+        let d = d.max(Duration::from_millis(1));
+        self.stream
+            .set_read_timeout(d)
+            .map_err(|e| Failure::fatal(io_error(&self.addr, "cannot set the read timeout", e)))?;
+        self.read_timeout = d;
+        Ok(())
+    }
+
+    fn timeout(&self) -> Error {
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "memcached at {} did not answer within {:?}",
+                self.addr, self.response_timeout
+            ),
+        )
+    }
+}

@@ -1,0 +1,242 @@
+//! What both flavors of the memcached backend share and compile once: the server
+//! address and settings from a URL, and the shape of a failed exchange.
+//!
+//! The protocol itself is in [`core::meta`](crate::core::meta), the polling schedule
+//! in [`core::poll`](crate::core::poll), the backend logic (written once for both
+//! flavors) in `shared/memcached.rs`, and the sockets in each flavor's
+//! `memcached_io.rs`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::config::{Endpoint, Options};
+use crate::core::lease::seconds;
+use crate::core::poll::DEFAULT_MAX_DELAY;
+use crate::error::{Error, ErrorKind, Result};
+
+/// The default memcached port.
+pub(crate) const DEFAULT_PORT: u16 = 11211;
+
+/// Where the server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Addr {
+    /// `memcached://host[:port]`
+    Tcp { host: String, port: u16 },
+    /// `memcached+unix:///path`
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Addr::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Addr::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Addr::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Everything a memcached backend needs to know, from its URL and options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Settings {
+    pub addr: Addr,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub pool_size: usize,
+    /// The longest sleep between two polls of a waiter.
+    pub max_poll_delay: Duration,
+}
+
+/// Parses a `memcached://` or `memcached+unix://` URL (with the options
+/// [`config::parse`](crate::config::parse) already took out of it).
+///
+/// memcached's own query option: `max_poll_interval` (seconds, default 0.004): the
+/// longest a waiter sleeps between two polls of a held lock.
+pub(crate) fn settings(url: &Url, options: &Options) -> Result<Settings> {
+    let bad = |what: &str| Error::invalid_argument(format!("{url}: {what}"));
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("memcached takes no user name or password"));
+    }
+    if url.fragment().is_some() {
+        return Err(bad("a memcached URL has no fragment"));
+    }
+    let mut max_poll_delay = DEFAULT_MAX_DELAY;
+    for (name, value) in url.query_pairs() {
+        match &*name {
+            "max_poll_interval" => {
+                let secs: f64 = value.parse().map_err(|_| {
+                    bad(&format!(
+                        "max_poll_interval={value:?} is not a number of seconds"
+                    ))
+                })?;
+                max_poll_delay = seconds(secs)?;
+                if max_poll_delay.is_zero() || max_poll_delay > Duration::from_secs(60) {
+                    return Err(bad("max_poll_interval must be above 0 and at most 60 s"));
+                }
+            }
+            other => return Err(bad(&format!("unknown option {other:?} for memcached"))),
+        }
+    }
+    let addr = match url.scheme() {
+        "memcached" => {
+            let host = match url.host() {
+                Some(url::Host::Domain(d)) if !d.is_empty() => d.to_string(),
+                Some(url::Host::Ipv4(ip)) => ip.to_string(),
+                Some(url::Host::Ipv6(ip)) => ip.to_string(),
+                _ => return Err(bad("memcached:// needs a host")),
+            };
+            if !matches!(url.path(), "" | "/") {
+                return Err(bad(
+                    "memcached:// takes no path (for a unix socket use memcached+unix:///path)",
+                ));
+            }
+            Addr::Tcp {
+                host,
+                port: url.port().unwrap_or(DEFAULT_PORT),
+            }
+        }
+        "memcached+unix" => {
+            if url.host_str().is_some_and(|h| !h.is_empty()) || url.port().is_some() {
+                return Err(bad(
+                    "memcached+unix:// takes a path only: memcached+unix:///path",
+                ));
+            }
+            let path = url
+                .to_file_path()
+                .map_err(|()| bad("memcached+unix:// needs an absolute socket path"))?;
+            if path.as_os_str().len() <= 1 {
+                return Err(bad("memcached+unix:// needs a socket path"));
+            }
+            Addr::Unix(path)
+        }
+        other => return Err(bad(&format!("{other:?} is not a memcached scheme"))),
+    };
+    Ok(Settings {
+        addr,
+        connect_timeout: options.connect_timeout,
+        response_timeout: options.response_timeout,
+        pool_size: options.pool_size.max(1),
+        max_poll_delay,
+    })
+}
+
+/// Parses a full cache URL that must name memcached.
+pub(crate) fn settings_from_url(url: &str) -> Result<Settings> {
+    match crate::config::parse(url)? {
+        (Endpoint::Memcached(parsed), options) => settings(&parsed, &options),
+        (other, _) => Err(Error::invalid_argument(format!(
+            "{url:?} names {other:?}, not memcached"
+        ))),
+    }
+}
+
+/// A failed exchange on one connection.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub error: Error,
+    /// The server had closed the connection before it read the request (the request
+    /// was not executed): a pooled connection of a server that restarted or dropped
+    /// idle clients. The request may be sent again on a new connection.
+    pub stale: bool,
+}
+
+impl Failure {
+    /// A failure after which the request must not be repeated.
+    pub fn fatal(error: Error) -> Self {
+        Failure {
+            error,
+            stale: false,
+        }
+    }
+}
+
+/// Maps an IO error on `addr` to an aiolock error.
+pub(crate) fn io_error(addr: &Addr, doing: &str, e: std::io::Error) -> Error {
+    use std::io::ErrorKind as Io;
+    let kind = match e.kind() {
+        Io::TimedOut | Io::WouldBlock => ErrorKind::Timeout,
+        _ => ErrorKind::Connection,
+    };
+    Error::new(kind, format!("memcached at {addr}: {doing}")).with_source(e)
+}
+
+/// Whether an IO error says the peer had closed the connection.
+pub(crate) fn is_closed(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as Io;
+    matches!(
+        e.kind(),
+        Io::BrokenPipe | Io::ConnectionReset | Io::ConnectionAborted | Io::UnexpectedEof
+    )
+}
+
+/// The error for a reply the command does not expect.
+pub(crate) fn unexpected(command: &str, reply: &crate::core::meta::Reply) -> Error {
+    Error::new(
+        ErrorKind::Protocol,
+        format!("memcached answered {} to {command}", reply.code()),
+    )
+}
+
+/// The error for a server that runs with CAS disabled.
+pub(crate) fn cas_disabled(key: &[u8]) -> Error {
+    Error::new(
+        ErrorKind::Backend,
+        format!(
+            "memcached returned CAS 0 for {:?}: the server runs with CAS disabled (-C), \
+             so an owner-checked release or a compare-and-set is impossible; restart it \
+             without -C",
+            String::from_utf8_lossy(key)
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str) -> Result<Settings> {
+        settings_from_url(url)
+    }
+
+    #[test]
+    fn tcp_and_unix_urls() {
+        let s = parse("memcached://cache.example:11311?namespace=x&pool_size=3").unwrap();
+        assert_eq!(
+            s.addr,
+            Addr::Tcp {
+                host: "cache.example".into(),
+                port: 11311
+            }
+        );
+        assert_eq!(s.pool_size, 3);
+        assert_eq!(s.max_poll_delay, DEFAULT_MAX_DELAY);
+        let s = parse("memcached://127.0.0.1").unwrap();
+        assert_eq!(s.addr.to_string(), "127.0.0.1:11211");
+        let s = parse("memcached://[::1]:5/").unwrap();
+        assert_eq!(s.addr.to_string(), "[::1]:5");
+        let s = parse("memcached+unix:///tmp/mc.sock?max_poll_interval=0.005").unwrap();
+        assert_eq!(s.addr, Addr::Unix("/tmp/mc.sock".into()));
+        assert_eq!(s.max_poll_delay, Duration::from_millis(5));
+    }
+
+    #[test]
+    fn bad_urls() {
+        for url in [
+            "memcached://",
+            "memcached://u:p@h",
+            "memcached://h/path",
+            "memcached://h?bogus=1",
+            "memcached://h?max_poll_interval=0",
+            "memcached://h?max_poll_interval=x",
+            "memcached://h#frag",
+            "memcached+unix://host/tmp/s",
+            "memcached+unix:///",
+            "memory://",
+        ] {
+            let err = parse(url).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{url}: {err}");
+        }
+    }
+}

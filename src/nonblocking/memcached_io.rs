@@ -1,0 +1,149 @@
+//! The async flavor's memcached connection, on tokio. The exchange logic is in
+//! `shared/memcached.rs`.
+//!
+//! A request is one future that owns its connection: if the future is dropped before
+//! the reply is read (cancelled, or timed out), the connection is dropped with it, so
+//! a later request never reads an earlier request's reply.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::core::meta::{Reply, ReplyBuffer};
+use crate::error::{Error, ErrorKind, Result};
+use crate::memcached::{Addr, Failure, io_error, is_closed};
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.write_all(buf).await,
+            Stream::Unix(s) => s.write_all(buf).await,
+        }
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf).await,
+            Stream::Unix(s) => s.read(buf).await,
+        }
+    }
+}
+
+/// One connection to the server. Dropping it closes it.
+pub(crate) struct Conn {
+    stream: Stream,
+    addr: Addr,
+    replies: ReplyBuffer,
+    response_timeout: Duration,
+}
+
+/// Opens a connection within `connect_timeout`.
+pub(crate) async fn connect(
+    addr: &Addr,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+) -> Result<Conn> {
+    let open = async {
+        match addr {
+            Addr::Tcp { host, port } => {
+                let s = TcpStream::connect((host.as_str(), *port)).await?;
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }
+            Addr::Unix(path) => UnixStream::connect(path).await.map(Stream::Unix),
+        }
+    };
+    let stream = match tokio::time::timeout(connect_timeout, open).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(io_error(addr, "cannot connect", e)),
+        Err(_) => {
+            return Err(Error::new(
+                ErrorKind::Timeout,
+                format!("memcached at {addr}: no connection within {connect_timeout:?}"),
+            ));
+        }
+    };
+    Ok(Conn {
+        stream,
+        addr: addr.clone(),
+        replies: ReplyBuffer::new(),
+        response_timeout,
+    })
+}
+
+impl Conn {
+    /// Sends `request` and reads one reply, by `deadline`. After an error the
+    /// connection is out of step: drop it.
+    pub(crate) async fn call(
+        &mut self,
+        request: &[u8],
+        deadline: Instant,
+    ) -> Result<Reply, Failure> {
+        match tokio::time::timeout_at(deadline.into(), self.exchange(request)).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::fatal(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "memcached at {} did not answer within {:?}",
+                    self.addr, self.response_timeout
+                ),
+            ))),
+        }
+    }
+
+    async fn exchange(&mut self, request: &[u8]) -> Result<Reply, Failure> {
+        if let Err(e) = self.stream.write_all(request).await {
+            return Err(Failure {
+                stale: is_closed(&e),
+                error: io_error(&self.addr, "cannot send the request", e),
+            });
+        }
+        let mut received = false;
+        loop {
+            if let Some(reply) = self.replies.next_reply().map_err(Failure::fatal)? {
+                if !self.replies.is_empty() {
+                    return Err(Failure::fatal(Error::new(
+                        ErrorKind::Protocol,
+                        format!("memcached at {}: more bytes than one reply", self.addr),
+                    )));
+                }
+                return Ok(reply);
+            }
+            let read = self.stream.read(self.replies.spare()).await;
+            match read {
+                Ok(0) => {
+                    self.replies.filled(0);
+                    return Err(Failure {
+                        stale: !received,
+                        error: Error::new(
+                            ErrorKind::Connection,
+                            format!(
+                                "memcached at {}: the server closed the connection",
+                                self.addr
+                            ),
+                        ),
+                    });
+                }
+                Ok(n) => {
+                    self.replies.filled(n);
+                    received = true;
+                }
+                Err(e) => {
+                    self.replies.filled(0);
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(Failure {
+                            stale: !received && is_closed(&e),
+                            error: io_error(&self.addr, "cannot read the reply", e),
+                        });
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! A real `memcached` per test, stopped on drop.
+//!
+//! The binary is `$MEMCACHED_BIN`, else `memcached` on the PATH (Debian package
+//! `memcached`; `scripts/test` installs it). A missing binary or a server that does not
+//! come up fails the test with the reason and the server's log: nothing is skipped.
+//! By default the server listens on a unix socket in a fresh temporary directory (no
+//! free-port race); [`MemcachedServer::tcp`] listens on a loopback port.
+//!
+//! This file is also included by the memcached benchmark and example.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where the server listens.
+#[derive(Debug, Clone)]
+pub enum Listen {
+    /// A unix socket (the default).
+    Unix(PathBuf),
+    /// 127.0.0.1 and a port.
+    Tcp(u16),
+}
+
+/// A running memcached; killed (and its temporary directory removed) on drop.
+pub struct MemcachedServer {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    listen: Listen,
+    log: PathBuf,
+    args: Vec<String>,
+    /// The log was already shown in a panic message.
+    log_shown: std::sync::atomic::AtomicBool,
+}
+
+impl MemcachedServer {
+    /// A server on a unix socket in a fresh temporary directory.
+    pub fn start() -> Self {
+        Self::with_args(&[])
+    }
+
+    /// A server on a unix socket, with extra command-line arguments (e.g. `-C`).
+    pub fn with_args(args: &[&str]) -> Self {
+        let dir = temp_dir();
+        let socket = dir.path().join("memcached.sock");
+        let mut server = MemcachedServer {
+            child: None,
+            log: dir.path().join("memcached.log"),
+            dir,
+            listen: Listen::Unix(socket),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            log_shown: Default::default(),
+        };
+        server.spawn().unwrap_or_else(|why| server.fail(&why));
+        server
+    }
+
+    /// A server on 127.0.0.1 and a free port (retried on another port if taken).
+    pub fn tcp() -> Self {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free loopback port");
+            let dir = temp_dir();
+            let mut server = MemcachedServer {
+                child: None,
+                log: dir.path().join("memcached.log"),
+                dir,
+                listen: Listen::Tcp(port),
+                args: Vec::new(),
+                log_shown: Default::default(),
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(why) => last = format!("{why}\n--- log ---\n{}", server.log()),
+            }
+        }
+        panic!("memcached did not start on a loopback port: {last}");
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let bin = std::env::var_os("MEMCACHED_BIN").unwrap_or_else(|| "memcached".into());
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| format!("cannot open the log {}: {e}", self.log.display()))?;
+        let mut cmd = Command::new(&bin);
+        match &self.listen {
+            Listen::Unix(path) => {
+                cmd.arg("-s").arg(path).args(["-a", "0700"]);
+            }
+            Listen::Tcp(port) => {
+                cmd.args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0"]);
+            }
+        }
+        cmd.args(["-m", "64", "-t", "2", "-v"]);
+        if is_root() {
+            cmd.args(["-u", "root"]);
+        }
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log);
+        let child = cmd.spawn().map_err(|e| {
+            format!(
+                "cannot run {bin:?} ({e}); install the Debian package `memcached` \
+                 (scripts/test does) or set MEMCACHED_BIN"
+            )
+        })?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(format!("memcached exited at start ({status})"));
+            }
+            if self.answers_ping() {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                return Err("memcached did not answer within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn answers_ping(&self) -> bool {
+        fn ping(mut s: impl Read + Write) -> bool {
+            let mut reply = [0u8; 4];
+            s.write_all(b"mn\r\n").is_ok()
+                && s.read_exact(&mut reply).is_ok()
+                && &reply == b"MN\r\n"
+        }
+        let timeout = Some(Duration::from_secs(1));
+        match &self.listen {
+            Listen::Unix(path) => UnixStream::connect(path)
+                .is_ok_and(|s| s.set_read_timeout(timeout).is_ok() && ping(s)),
+            Listen::Tcp(port) => TcpStream::connect(("127.0.0.1", *port))
+                .is_ok_and(|s| s.set_read_timeout(timeout).is_ok() && ping(s)),
+        }
+    }
+
+    fn fail(&self, why: &str) -> ! {
+        self.log_shown
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        panic!(
+            "{why}\n--- memcached log ({}) ---\n{}",
+            self.log.display(),
+            self.log()
+        )
+    }
+
+    /// The cache URL of this server, without options.
+    pub fn url(&self) -> String {
+        match &self.listen {
+            Listen::Unix(path) => format!("memcached+unix://{}", path.display()),
+            Listen::Tcp(port) => format!("memcached://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Where the server listens.
+    pub fn listen(&self) -> &Listen {
+        &self.listen
+    }
+
+    /// The temporary directory the server's socket and log live in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kills the server (its data is lost).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Listen::Unix(path) = &self.listen {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Kills the server and starts a new, empty one at the same address.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn().unwrap_or_else(|why| self.fail(&why));
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no log: {e})"))
+    }
+}
+
+impl Drop for MemcachedServer {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() && !self.log_shown.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!(
+                "--- memcached log ({}) ---\n{}",
+                self.log.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("aiolock-memcached-")
+        .tempdir()
+        .expect("a temporary directory")
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The generic suite's environment: a fresh server, its URL with a namespace, the
+/// shortest lease memcached honours well (it counts whole seconds) and how late a key
+/// may expire (TTLs are sent as `ceil + 1` seconds on a one-second tick).
+pub fn env() -> (MemcachedServer, String, Duration, Duration) {
+    let server = MemcachedServer::start();
+    let url = format!("{}?namespace=test:", server.url());
+    (server, url, Duration::from_secs(1), Duration::from_secs(2))
+}
