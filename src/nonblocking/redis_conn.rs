@@ -242,7 +242,9 @@ impl Drop for Subscription {
                 _ => false,
             }
         };
-        if !last || self.channel.subscribed.load(Ordering::SeqCst) == NEVER {
+        // Even when the subscription was never confirmed: a cancelled waiter may have
+        // sent its SUBSCRIBE already.
+        if !last {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {

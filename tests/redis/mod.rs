@@ -724,3 +724,30 @@ fn blocking_waiter_after_idle_connections_were_killed() {
     });
     assert_eq!(outcome, Outcome::Released);
 }
+
+/// Async waiters cancelled mid-wait (their futures dropped) leave nothing behind: a
+/// later waiter still wakes on the release, and the channel ends unsubscribed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_async_waiters_leave_no_subscription() {
+    let server = RedisServer::start();
+    let cache = aiolock::Cache::from_url(&server.unix_url(""))
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(30);
+    let holder = cache.redlock("k", lease).acquire().await.unwrap();
+    for i in 0..20u64 {
+        let acquire = cache.redlock("k", lease).acquire();
+        let cancelled = tokio::time::timeout(Duration::from_micros(50 * i), acquire).await;
+        assert!(cancelled.is_err(), "the holder still holds it");
+    }
+    let waiter = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.redlock("k", lease).acquire().await.unwrap().outcome() }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(holder.release().await.unwrap());
+    assert_eq!(waiter.await.unwrap(), Outcome::Released);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let channels = server.admin(&["PUBSUB", "NUMSUB", "aiolock:release:k-lock"]);
+    assert!(channels.ends_with(":0\r\n"), "{channels}");
+}
