@@ -751,3 +751,49 @@ async fn cancelled_async_waiters_leave_no_subscription() {
     let channels = server.admin(&["PUBSUB", "NUMSUB", "aiolock:release:k-lock"]);
     assert!(channels.ends_with(":0\r\n"), "{channels}");
 }
+
+/// A URL that asks for RESP3 (`?protocol=resp3`) works in both flavors, waits included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_urls() {
+    let server = RedisServer::start();
+    let url = server.unix_url("protocol=resp3&namespace=r3:");
+    let async_cache = aiolock::Cache::from_url(&url).await.unwrap();
+    let sync_cache = aiolock::blocking::Cache::from_url(&url).unwrap();
+    let lease = Duration::from_secs(30);
+    let holder = async_cache.redlock("k", lease).acquire().await.unwrap();
+    assert!(holder.is_acquired());
+    let sync_waiter = {
+        let sync_cache = sync_cache.clone();
+        tokio::task::spawn_blocking(move || {
+            sync_cache.redlock("k", lease).acquire().unwrap().outcome()
+        })
+    };
+    let async_waiter = tokio::spawn({
+        let async_cache = async_cache.clone();
+        async move {
+            async_cache
+                .redlock("k", lease)
+                .acquire()
+                .await
+                .unwrap()
+                .outcome()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(holder.release().await.unwrap());
+    assert_eq!(sync_waiter.await.unwrap(), Outcome::Released);
+    assert_eq!(async_waiter.await.unwrap(), Outcome::Released);
+    sync_cache
+        .set("v", b"1", Some(Duration::from_secs(9)))
+        .unwrap();
+    assert!(matches!(
+        async_cache.ttl("v").await.unwrap(),
+        aiolock::Ttl::Expires(_)
+    ));
+    let lock = sync_cache.optimistic_lock("v").unwrap();
+    lock.cas(b"2", None).unwrap();
+    assert_eq!(
+        async_cache.get("v").await.unwrap().as_deref(),
+        Some(&b"2"[..])
+    );
+}
