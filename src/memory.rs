@@ -212,7 +212,7 @@ fn wake(waiters: Option<Arc<Event>>) {
 
 /// What a lock waiter waits on, returned by [`MemoryBackend::listen`].
 pub(crate) enum Listen {
-    /// The key is not held.
+    /// The key is not held (any more).
     Vacant,
     /// Wait on `listener` until `until`; a notification means the key was released.
     Held {

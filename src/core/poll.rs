@@ -99,7 +99,8 @@ impl Watch {
     /// round trip.
     pub fn observe(&mut self, seen: Seen<'_>, sent: Instant, received: Instant) -> Option<Wake> {
         match (seen, &self.holder) {
-            (Seen::Missing, None) => Some(Wake::Vacant),
+            // Held when our add lost, gone at the first look: released in between.
+            (Seen::Missing, None) => Some(Wake::Released),
             (Seen::Held { token, ttl }, None) => {
                 self.holder = Some(token.to_vec());
                 self.note_ttl(ttl, sent, received);
@@ -214,9 +215,9 @@ mod tests {
     }
 
     #[test]
-    fn missing_at_first_poll_is_vacant() {
+    fn missing_at_first_poll_is_released() {
         let mut w = Watch::new(DEFAULT_MAX_DELAY);
-        assert_eq!(gone(&mut w, 0), Some(Wake::Vacant));
+        assert_eq!(gone(&mut w, 0), Some(Wake::Released));
     }
 
     #[test]

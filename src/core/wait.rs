@@ -44,10 +44,13 @@ impl Outcome {
 /// Why a backend's wait for a held lock key returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Wake {
-    /// The holder released the lock (or the key was deleted) while we waited.
+    /// The holder released the lock (or the key was deleted) while we waited; or the
+    /// key was already gone when the wait began: it was held when our add lost, so it
+    /// was released in between (a lease that ended in that same instant is taken for
+    /// a release too, the rarer and harmless mistake).
     Released,
-    /// The key is not held any more without a release having been seen: the lease
-    /// ended, or the key was gone when the wait began. Try to add it again.
+    /// The holder's lease ended while we watched, without a release: try to add the
+    /// key again (one waiter wins it).
     Vacant,
     /// The deadline passed and the key is still held.
     Deadline,

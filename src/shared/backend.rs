@@ -57,9 +57,10 @@ pub trait Backend: Send + Sync + 'static {
     /// past the holder's lease end.
     ///
     /// Registers for the release notification *before* checking the key, so that no
-    /// release between the caller's lost add and this wait is missed. Returns
-    /// [`Wake::Vacant`] when the key is not held (any more) without a release having
-    /// been seen, so the caller tries to add it again.
+    /// release between the caller's lost add and this wait is missed. A key already
+    /// gone at that check was released in between: [`Wake::Released`]. Returns
+    /// [`Wake::Vacant`] when the holder's lease ended while it watched (no release
+    /// seen), so the caller tries to add the key again.
     fn wait(&self, key: &[u8], deadline: Instant) -> impl Future<Output = Result<Wake>> + Send;
 
     /// Reads `key` and a token for its current state (start of an [`OptimisticLock`]).

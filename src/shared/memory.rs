@@ -42,7 +42,8 @@ impl Backend for MemoryBackend {
 
     async fn wait(&self, key: &[u8], deadline: Instant) -> Result<Wake> {
         Ok(match self.listen(key, deadline) {
-            Listen::Vacant => Wake::Vacant,
+            // Held when the add lost, gone now: released in between.
+            Listen::Vacant => Wake::Released,
             Listen::Held {
                 listener,
                 until,
