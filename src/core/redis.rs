@@ -186,8 +186,9 @@ pub(crate) fn ttl(pttl: i64) -> Result<Ttl> {
 /// What a waiter does once it is subscribed and has read the key's `PTTL`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Plan {
-    /// The key is gone: try to add it.
-    Vacant,
+    /// The key is already gone. It was held when the caller's add lost, so it was
+    /// released in between: [`Wake::Released`].
+    Gone,
     /// Listen for a release until `until`; `until_is_deadline` tells whether that is
     /// the caller's deadline (else the holder's lease end).
     Listen {
@@ -201,7 +202,7 @@ pub(crate) enum Plan {
 /// rounds down; an expiring lease publishes nothing).
 pub(crate) fn plan(ttl: Ttl, deadline_at: Instant, now: Instant) -> Plan {
     match ttl {
-        Ttl::Missing => Plan::Vacant,
+        Ttl::Missing => Plan::Gone,
         Ttl::Persistent => Plan::Listen {
             until: deadline_at,
             until_is_deadline: true,
@@ -398,7 +399,7 @@ mod tests {
     fn plan_caps_at_lease_end_or_deadline() {
         let now = Instant::now();
         let d = now + Duration::from_secs(1);
-        assert_eq!(plan(Ttl::Missing, d, now), Plan::Vacant);
+        assert_eq!(plan(Ttl::Missing, d, now), Plan::Gone);
         assert_eq!(
             plan(Ttl::Persistent, d, now),
             Plan::Listen {

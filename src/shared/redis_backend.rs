@@ -224,7 +224,8 @@ impl Backend for RedisBackend {
             .map_err(|e| r::error(e, "SUBSCRIBE"))?;
         let ttl = self.pttl(key).await?;
         match r::plan(ttl, deadline, Instant::now()) {
-            r::Plan::Vacant => Ok(Wake::Vacant),
+            // Held when our add lost, gone now: released in between.
+            r::Plan::Gone => Ok(Wake::Released),
             r::Plan::Listen {
                 until,
                 until_is_deadline,
