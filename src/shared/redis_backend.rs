@@ -125,7 +125,12 @@ impl RedisBackend {
             Err(e) if retry && r::is_dropped(&e) => conn.query(cmd).await,
             other => other,
         }
-        .map_err(|e| r::error(e, what))
+        .map_err(|e| self.fail(e, what))
+    }
+
+    /// An aiolock error for a failed `what`, naming the server (without password).
+    fn fail(&self, e: redis::RedisError, what: &str) -> Error {
+        r::error(e, &format!("{what} on {}", self.inner.name))
     }
 
     /// Runs a script by `EVALSHA`, falling back to `EVAL` on `NOSCRIPT`.
@@ -139,7 +144,7 @@ impl RedisBackend {
         if matches!(&result, Err(e) if r::is_noscript(e)) {
             result = conn.query(&lua.eval(key, args)).await;
         }
-        let reply = result.map_err(|e| r::error(e, what))?;
+        let reply = result.map_err(|e| self.fail(e, what))?;
         r::int(what, &reply)
     }
 
@@ -181,10 +186,10 @@ impl Backend for RedisBackend {
                 let reply = conn
                     .query(&retry)
                     .await
-                    .map_err(|e| r::error(e, "SET NX GET"))?;
+                    .map_err(|e| self.fail(e, "SET NX GET"))?;
                 r::stored_or_ours(&reply, value)
             }
-            Err(e) => Err(r::error(e, "SET NX")),
+            Err(e) => Err(self.fail(e, "SET NX")),
         }
     }
 
@@ -221,7 +226,7 @@ impl Backend for RedisBackend {
             .conn
             .subscribe(&channel)
             .await
-            .map_err(|e| r::error(e, "SUBSCRIBE"))?;
+            .map_err(|e| self.fail(e, "SUBSCRIBE"))?;
         let ttl = self.pttl(key).await?;
         match r::plan(ttl, deadline, Instant::now()) {
             // Held when our add lost, gone now: released in between.
