@@ -324,8 +324,8 @@ fn main() {
     let fast = format!("{url}?max_poll_interval=0.002");
     for flavor in ["blocking", "async"] {
         for (hold, url, poll) in [
-            (Duration::from_millis(5), &url, "20 ms (default)"),
-            (Duration::from_millis(200), &url, "20 ms (default)"),
+            (Duration::from_millis(5), &url, "4 ms (default)"),
+            (Duration::from_millis(200), &url, "4 ms (default)"),
             (Duration::from_millis(200), &fast, "2 ms"),
         ] {
             let l = hand_off(url, trials, hold, flavor);
