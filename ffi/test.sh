@@ -4,9 +4,8 @@
 # Ruby tests. Needs gcc, valgrind, go, ruby and ruby-ffi (scripts/test installs them).
 # Usage: ffi/test.sh
 # The suites run against the cache $AIOLOCK_TEST_URL names (default memory://; each
-# test opens its own namespace). For a network backend, build it in and start its
-# server first, e.g.:
-#   AIOLOCK_FFI_FEATURES=redis AIOLOCK_TEST_URL=redis://127.0.0.1:6379 ffi/test.sh
+# test opens its own namespace). For a network backend, start its server first, e.g.:
+#   AIOLOCK_TEST_URL=redis://127.0.0.1:6379 ffi/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -78,6 +77,44 @@ if command -v g++ >/dev/null; then
   g++ -std=c++11 -Wall -Wextra -Werror -Iinclude -fsyntax-only "$tmp/header.cc"
   echo "-- the header compiles as C++11"
 fi
+
+echo "== ffi: cross-language hand-off over Redis (Go holds; C and Ruby wait in other processes)"
+redis_dir="$tmp/redis"
+mkdir -p "$redis_dir"
+redis-server --port 0 --unixsocket "$redis_dir/redis.sock" --unixsocketperm 700 --save '' \
+  --appendonly no --dir "$redis_dir" --logfile "$redis_dir/redis.log" &
+redis_pid=$!
+trap 'kill "$redis_pid" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+for _ in $(seq 200); do [ -S "$redis_dir/redis.sock" ] && break; sleep 0.05; done
+[ -S "$redis_dir/redis.sock" ] || { cat "$redis_dir/redis.log" >&2; echo "redis-server did not start" >&2; exit 1; }
+url="redis+unix://$redis_dir/redis.sock?namespace=cross:"
+gcc "${cflags[@]}" ffi/c/wait.c "${shared[@]}" -o "$tmp/wait"
+(cd ffi/go && CGO_LDFLAGS="-L$lib -Wl,-rpath,$lib" go build -o "$tmp/aiolock-hold" ./cmd/aiolock-hold)
+"$tmp/aiolock-hold" "$url" report 1500 >"$tmp/hold.out" &
+hold_pid=$!
+for _ in $(seq 200); do grep -q held "$tmp/hold.out" && break; sleep 0.05; done
+grep -q held "$tmp/hold.out" || { echo "the Go holder never took the lock" >&2; exit 1; }
+"$tmp/wait" "$url" report >"$tmp/c.out" &
+c_pid=$!
+AIOLOCK_LIB="$lib/libaiolock.so" ruby -Iffi/ruby/lib -e '
+  require "aiolock"
+  cache = Aiolock::Cache.open(ARGV[0])
+  lock = cache.acquire("report", lease: 30.0)
+  puts "#{lock.outcome} #{cache.get("report")}"
+  lock.release
+' "$url" >"$tmp/ruby.out" &
+ruby_pid=$!
+wait "$hold_pid" || { echo "the Go holder failed" >&2; exit 1; }
+wait "$c_pid" || { echo "the C waiter failed" >&2; exit 1; }
+wait "$ruby_pid" || { echo "the Ruby waiter failed" >&2; exit 1; }
+for waiter in c ruby; do
+  got=$(cat "$tmp/$waiter.out")
+  echo "-- $waiter waiter: $got"
+  if [ "$got" != "released computed by go" ]; then
+    echo "the $waiter waiter should have been woken by the Go holder's release" >&2
+    exit 1
+  fi
+done
 
 echo "== ffi: Go tests"
 (

@@ -115,7 +115,7 @@ type Cache struct {
 }
 
 // Open opens the cache a URL names: "memory://" (in this process), "redis://…" or
-// "memcached://…" when the library was built with those backends. Query options:
+// "memcached://…" (the library is built with both by default). Query options:
 // namespace, connect_timeout, response_timeout (seconds), pool_size.
 func Open(url string) (*Cache, error) {
 	curl := C.CString(url)
