@@ -32,7 +32,7 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Stores `value` only if `key` is absent; returns whether it did.
-    /// This is how a [`RedLock`] is taken: the value is the holder's token.
+    /// This is how a [`RedLock`](super::RedLock) is taken: the value is the holder's token.
     fn add(
         &self,
         key: &[u8],
@@ -63,7 +63,7 @@ pub trait Backend: Send + Sync + 'static {
     /// seen), so the caller tries to add the key again.
     fn wait(&self, key: &[u8], deadline: Instant) -> impl Future<Output = Result<Wake>> + Send;
 
-    /// Reads `key` and a token for its current state (start of an [`OptimisticLock`]).
+    /// Reads `key` and a token for its current state (start of an [`OptimisticLock`](super::OptimisticLock)).
     fn begin(&self, key: &[u8]) -> impl Future<Output = Result<Versioned>> + Send;
 
     /// Writes `value` only if `key` is still in the state `token` describes; returns
