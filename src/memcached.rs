@@ -150,6 +150,18 @@ impl Failure {
             stale: false,
         }
     }
+
+    /// The server closed the connection; stale (safe to send again) when nothing of
+    /// the reply had been `received`.
+    pub fn closed(addr: &Addr, received: bool) -> Self {
+        Failure {
+            stale: !received,
+            error: Error::new(
+                ErrorKind::Connection,
+                format!("memcached at {addr}: the server closed the connection"),
+            ),
+        }
+    }
 }
 
 /// Maps an IO error on `addr` to an aiolock error.

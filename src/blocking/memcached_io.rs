@@ -147,16 +147,7 @@ impl Conn {
             match self.stream.read(self.replies.spare()) {
                 Ok(0) => {
                     self.replies.filled(0);
-                    return Err(Failure {
-                        stale: !received,
-                        error: Error::new(
-                            ErrorKind::Connection,
-                            format!(
-                                "memcached at {}: the server closed the connection",
-                                self.addr
-                            ),
-                        ),
-                    });
+                    return Err(Failure::closed(&self.addr, received));
                 }
                 Ok(n) => {
                     self.replies.filled(n);
