@@ -33,6 +33,10 @@
 //! # }
 //! ```
 //!
+//! The async flavor runs on tokio and needs a runtime with the time driver enabled
+//! (`enable_all()`, as `#[tokio::main]` and `#[tokio::test]` do). The blocking flavor
+//! needs no runtime, and must not be called from async code (see [`blocking`]).
+//!
 //! # Which lock should you use?
 //!
 //! - Many callers miss the same cache entry and computing it is expensive:
