@@ -151,6 +151,15 @@ impl Failure {
         }
     }
 
+    /// The request could not be written; stale when the server had closed the
+    /// connection (nothing was executed).
+    pub fn send(addr: &Addr, e: std::io::Error) -> Self {
+        Failure {
+            stale: is_closed(&e),
+            error: io_error(addr, "cannot send the request", e),
+        }
+    }
+
     /// The server closed the connection; stale (safe to send again) when nothing of
     /// the reply had been `received`.
     pub fn closed(addr: &Addr, received: bool) -> Self {
@@ -202,6 +211,24 @@ pub(crate) fn cas_disabled(key: &[u8]) -> Error {
             String::from_utf8_lossy(key)
         ),
     )
+}
+
+/// The reply in `replies`, once complete; a reply followed by more bytes means the
+/// connection is out of step (a Protocol error: drop it).
+pub(crate) fn one_reply(
+    replies: &mut crate::core::meta::ReplyBuffer,
+    addr: &Addr,
+) -> Result<Option<crate::core::meta::Reply>, Failure> {
+    let Some(reply) = replies.next_reply().map_err(Failure::fatal)? else {
+        return Ok(None);
+    };
+    if !replies.is_empty() {
+        return Err(Failure::fatal(Error::new(
+            ErrorKind::Protocol,
+            format!("memcached at {addr}: more bytes than one reply"),
+        )));
+    }
+    Ok(Some(reply))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::meta::{Reply, ReplyBuffer};
 use crate::error::{Error, ErrorKind, Result};
-use crate::memcached::{Addr, Failure, io_error, is_closed};
+use crate::memcached::{Addr, Failure, io_error, is_closed, one_reply};
 
 enum Stream {
     Tcp(TcpStream),
@@ -121,20 +121,11 @@ impl Conn {
             self.set_read_timeout(self.response_timeout)?;
         }
         if let Err(e) = self.stream.write_all(request) {
-            return Err(Failure {
-                stale: is_closed(&e),
-                error: io_error(&self.addr, "cannot send the request", e),
-            });
+            return Err(Failure::send(&self.addr, e));
         }
         let mut received = false;
         loop {
-            if let Some(reply) = self.replies.next_reply().map_err(Failure::fatal)? {
-                if !self.replies.is_empty() {
-                    return Err(Failure::fatal(Error::new(
-                        ErrorKind::Protocol,
-                        format!("memcached at {}: more bytes than one reply", self.addr),
-                    )));
-                }
+            if let Some(reply) = one_reply(&mut self.replies, &self.addr)? {
                 return Ok(reply);
             }
             let left = deadline.saturating_duration_since(Instant::now());

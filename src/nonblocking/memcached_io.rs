@@ -12,7 +12,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 use crate::core::meta::{Reply, ReplyBuffer};
 use crate::error::{Error, ErrorKind, Result};
-use crate::memcached::{Addr, Failure, io_error, is_closed};
+use crate::memcached::{Addr, Failure, io_error, is_closed, one_reply};
 
 enum Stream {
     Tcp(TcpStream),
@@ -99,20 +99,11 @@ impl Conn {
 
     async fn exchange(&mut self, request: &[u8]) -> Result<Reply, Failure> {
         if let Err(e) = self.stream.write_all(request).await {
-            return Err(Failure {
-                stale: is_closed(&e),
-                error: io_error(&self.addr, "cannot send the request", e),
-            });
+            return Err(Failure::send(&self.addr, e));
         }
         let mut received = false;
         loop {
-            if let Some(reply) = self.replies.next_reply().map_err(Failure::fatal)? {
-                if !self.replies.is_empty() {
-                    return Err(Failure::fatal(Error::new(
-                        ErrorKind::Protocol,
-                        format!("memcached at {}: more bytes than one reply", self.addr),
-                    )));
-                }
+            if let Some(reply) = one_reply(&mut self.replies, &self.addr)? {
                 return Ok(reply);
             }
             let read = self.stream.read(self.replies.spare()).await;
