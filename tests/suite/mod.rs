@@ -48,8 +48,8 @@ async fn get_or_compute(cache: &Cache, key: &str, computed: &AtomicUsize) -> Vec
     sleep(Duration::from_millis(100)).await;
     let value = b"expensive value".to_vec();
     cache.set(key, &value, None).await.unwrap();
-    let v0 = guard.release().await.unwrap();
-    assert!(v0, "the lease was still ours");
+    let removed = guard.release().await.unwrap();
+    assert!(removed, "the lease was still ours");
     value
 }
 
@@ -83,7 +83,10 @@ pub async fn stampede_many_callers(env: Env, callers: usize) {
 #[maybe_async]
 pub async fn waiters_wake_on_release(env: Env) {
     let lease = Duration::from_secs(30);
-    let holder = RedLock::new(&env.cache, "k", lease).acquire().await.unwrap();
+    let holder = RedLock::new(&env.cache, "k", lease)
+        .acquire()
+        .await
+        .unwrap();
     assert_eq!(holder.outcome(), Outcome::Acquired);
     let holder = Arc::new(std::sync::Mutex::new(Some(holder)));
     let start = Instant::now();
@@ -94,8 +97,8 @@ pub async fn waiters_wake_on_release(env: Env) {
             if i == 0 {
                 sleep(Duration::from_millis(200)).await;
                 let guard = holder.lock().unwrap().take().unwrap();
-                let v1 = guard.release().await.unwrap();
-                assert!(v1);
+                let removed = guard.release().await.unwrap();
+                assert!(removed);
                 return None;
             }
             let g = RedLock::new(&cache, "k", lease).acquire().await.unwrap();
@@ -118,7 +121,10 @@ pub async fn waiters_wake_on_release(env: Env) {
 #[maybe_async]
 pub async fn lease_end_re_elects_one_waiter(env: Env) {
     let lease = env.short_lease;
-    let holder = RedLock::new(&env.cache, "k", lease).acquire().await.unwrap();
+    let holder = RedLock::new(&env.cache, "k", lease)
+        .acquire()
+        .await
+        .unwrap();
     assert!(holder.is_acquired());
     std::mem::forget(holder); // crashed: never releases
     let outcomes = concurrently(6, |_| {
@@ -132,8 +138,8 @@ pub async fn lease_end_re_elects_one_waiter(env: Env) {
             let outcome = guard.outcome();
             if outcome == Outcome::Acquired {
                 sleep(Duration::from_millis(100)).await;
-                let v2 = guard.release().await.unwrap();
-                assert!(v2);
+                let removed = guard.release().await.unwrap();
+                assert!(removed);
             }
             outcome
         }
@@ -158,25 +164,28 @@ pub async fn bound_reached_times_out(env: Env) {
         .unwrap();
     assert_eq!(guard.outcome(), Outcome::TimedOut);
     assert!(!guard.is_acquired());
-    let v3 = guard.release().await.unwrap();
-    assert!(!v3, "a waiter releases nothing");
-    let v4 = env.cache.exists("k-lock").await.unwrap();
-    assert!(v4, "holder keeps it");
+    let removed = guard.release().await.unwrap();
+    assert!(!removed, "a waiter releases nothing");
+    let exists = env.cache.exists("k-lock").await.unwrap();
+    assert!(exists, "holder keeps it");
     let once = RedLock::new(&env.cache, "k", Duration::from_secs(30))
         .wait_at_most(Duration::ZERO)
         .acquire()
         .await
         .unwrap();
     assert_eq!(once.outcome(), Outcome::TimedOut, "a zero bound tries once");
-    let v5 = holder.release().await.unwrap();
-    assert!(v5);
+    let removed = holder.release().await.unwrap();
+    assert!(removed);
 }
 
 /// A stale guard (its lease ended, another caller holds the key) removes nothing.
 #[maybe_async]
 pub async fn stale_guard_removes_nothing(env: Env) {
     let lease = env.short_lease;
-    let stale = RedLock::new(&env.cache, "k", lease).acquire().await.unwrap();
+    let stale = RedLock::new(&env.cache, "k", lease)
+        .acquire()
+        .await
+        .unwrap();
     assert!(stale.is_acquired());
     sleep(env.after_expiry(lease)).await;
     let current = RedLock::new(&env.cache, "k", Duration::from_secs(30))
@@ -184,18 +193,18 @@ pub async fn stale_guard_removes_nothing(env: Env) {
         .await
         .unwrap();
     assert!(current.is_acquired(), "the ended lease is free again");
-    let v6 = stale.release().await.unwrap();
-    assert!(!v6, "the stale guard says so");
-    let v7 = env.cache.get("k-lock").await.unwrap();
+    let removed = stale.release().await.unwrap();
+    assert!(!removed, "the stale guard says so");
+    let value = env.cache.get("k-lock").await.unwrap();
     assert_eq!(
-        v7.as_deref(),
+        value.as_deref(),
         Some(current.token().unwrap().as_bytes()),
         "the current holder's lock survives"
     );
-    let v8 = current.release().await.unwrap();
-    assert!(v8);
-    let v9 = env.cache.exists("k-lock").await.unwrap();
-    assert!(!v9);
+    let removed = current.release().await.unwrap();
+    assert!(removed);
+    let exists = env.cache.exists("k-lock").await.unwrap();
+    assert!(!exists);
 }
 
 /// Dropping a holding guard releases the lock (the async flavor on a spawned task).
@@ -212,7 +221,11 @@ pub async fn dropped_guard_releases(env: Env) {
         .acquire()
         .await
         .unwrap();
-    assert_ne!(next.outcome(), Outcome::TimedOut, "the drop released the lock");
+    assert_ne!(
+        next.outcome(),
+        Outcome::TimedOut,
+        "the drop released the lock"
+    );
 }
 
 /// The scoped form runs its body once with the outcome and releases afterwards.
@@ -221,49 +234,48 @@ pub async fn scoped_run_releases(env: Env) {
     let cache = env.cache.clone();
     let outcome = RedLock::new(&env.cache, "k", Duration::from_secs(30))
         .run(|outcome| async move {
-            let v10 = cache.exists("k-lock").await.unwrap();
-            assert!(v10, "held inside");
+            let exists = cache.exists("k-lock").await.unwrap();
+            assert!(exists, "held inside");
             outcome
         })
         .await
         .unwrap();
     assert_eq!(outcome, Outcome::Acquired);
-    let v11 = env.cache.exists("k-lock").await.unwrap();
-    assert!(!v11, "released after");
+    let exists = env.cache.exists("k-lock").await.unwrap();
+    assert!(!exists, "released after");
 }
 
 /// get/set/add/delete/exists/ttl and namespaces.
 #[maybe_async]
 pub async fn cache_operations(env: Env) {
     let c = &env.cache;
-    let v12 = c.get("a").await.unwrap();
-    assert_eq!(v12, None);
+    let value = c.get("a").await.unwrap();
+    assert_eq!(value, None);
     c.set("a", b"1", None).await.unwrap();
-    let v13 = c.get("a").await.unwrap();
-    assert_eq!(v13.as_deref(), Some(&b"1"[..]));
-    let v14 = c.ttl("a").await.unwrap();
-    assert_eq!(v14, Ttl::Persistent);
-    let v15 = c.add("a", b"2", None).await.unwrap();
-    assert!(!v15);
-    let v16 = c.add("b", b"\0\xff binary\r\n", None).await.unwrap();
-    assert!(v16);
-    let v17 = c.get("b").await.unwrap();
-    assert_eq!(
-        v17.as_deref(),
-        Some(&b"\0\xff binary\r\n"[..])
-    );
-    let v18 = c.exists("b").await.unwrap();
-    assert!(v18);
-    let v19 = c.delete("b").await.unwrap();
-    assert!(v19);
-    let v20 = c.delete("b").await.unwrap();
-    assert!(!v20);
-    let v21 = c.exists("b").await.unwrap();
-    assert!(!v21);
-    let v22 = c.ttl("b").await.unwrap();
-    assert_eq!(v22, Ttl::Missing);
+    let value = c.get("a").await.unwrap();
+    assert_eq!(value.as_deref(), Some(&b"1"[..]));
+    let ttl = c.ttl("a").await.unwrap();
+    assert_eq!(ttl, Ttl::Persistent);
+    let added = c.add("a", b"2", None).await.unwrap();
+    assert!(!added);
+    let added = c.add("b", b"\0\xff binary\r\n", None).await.unwrap();
+    assert!(added);
+    let value = c.get("b").await.unwrap();
+    assert_eq!(value.as_deref(), Some(&b"\0\xff binary\r\n"[..]));
+    let exists = c.exists("b").await.unwrap();
+    assert!(exists);
+    let deleted = c.delete("b").await.unwrap();
+    assert!(deleted);
+    let deleted = c.delete("b").await.unwrap();
+    assert!(!deleted);
+    let exists = c.exists("b").await.unwrap();
+    assert!(!exists);
+    let ttl = c.ttl("b").await.unwrap();
+    assert_eq!(ttl, Ttl::Missing);
 
-    c.set("t", b"x", Some(Duration::from_secs(100))).await.unwrap();
+    c.set("t", b"x", Some(Duration::from_secs(100)))
+        .await
+        .unwrap();
     match c.ttl("t").await.unwrap() {
         Ttl::Expires(d) => assert!(d > Duration::from_secs(90) && d <= Duration::from_secs(101)),
         other => panic!("{other:?}"),
@@ -271,29 +283,38 @@ pub async fn cache_operations(env: Env) {
     let short = env.short_lease;
     c.set("s", b"x", Some(short)).await.unwrap();
     sleep(env.after_expiry(short)).await;
-    let v23 = c.get("s").await.unwrap();
-    assert_eq!(v23, None, "expired");
-    let v24 = c.add("s", b"y", None).await.unwrap();
-    assert!(v24, "an expired key can be added");
+    let value = c.get("s").await.unwrap();
+    assert_eq!(value, None, "expired");
+    let added = c.add("s", b"y", None).await.unwrap();
+    assert!(added, "an expired key can be added");
 
     let other = Cache::with_namespace(c.backend().clone(), "other:");
-    let v25 = other.get("a").await.unwrap();
-    assert_eq!(v25, None, "namespaces do not mix");
+    let value = other.get("a").await.unwrap();
+    assert_eq!(value, None, "namespaces do not mix");
     other.set("a", b"9", None).await.unwrap();
-    let v26 = c.get("a").await.unwrap();
-    assert_eq!(v26.as_deref(), Some(&b"1"[..]));
+    let value = c.get("a").await.unwrap();
+    assert_eq!(value.as_deref(), Some(&b"1"[..]));
 }
 
 /// Locks of different namespaces on one backend never collide.
 #[maybe_async]
 pub async fn namespaces_isolate_locks(env: Env) {
     let other = Cache::with_namespace(env.cache.backend().clone(), "other:");
-    let a = env.cache.redlock("k", Duration::from_secs(30)).acquire().await.unwrap();
-    let b = other.redlock("k", Duration::from_secs(30)).acquire().await.unwrap();
+    let a = env
+        .cache
+        .redlock("k", Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap();
+    let b = other
+        .redlock("k", Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap();
     assert!(a.is_acquired() && b.is_acquired());
-    let v27 = a.release().await.unwrap();
-    let v28 = b.release().await.unwrap();
-    assert!(v27 && v28);
+    let removed_a = a.release().await.unwrap();
+    let removed_b = b.release().await.unwrap();
+    assert!(removed_a && removed_b);
 }
 
 /// OptimisticLock: no conflict when alone, conflict when another writer got in.
@@ -304,21 +325,21 @@ pub async fn optimistic_cas(env: Env) {
     let lock = OptimisticLock::begin(c, "o").await.unwrap();
     assert_eq!(lock.value(), Some(&b"1"[..]));
     lock.cas(b"2", None).await.unwrap();
-    let v29 = c.get("o").await.unwrap();
-    assert_eq!(v29.as_deref(), Some(&b"2"[..]));
+    let value = c.get("o").await.unwrap();
+    assert_eq!(value.as_deref(), Some(&b"2"[..]));
 
     let lock = c.optimistic_lock("o").await.unwrap();
     c.set("o", b"3", None).await.unwrap();
     let err = lock.cas(b"4", None).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict);
     assert!(err.is_conflict());
-    let v30 = c.get("o").await.unwrap();
-    assert_eq!(v30.as_deref(), Some(&b"3"[..]), "nothing written");
+    let value = c.get("o").await.unwrap();
+    assert_eq!(value.as_deref(), Some(&b"3"[..]), "nothing written");
 
     let lock = c.optimistic_lock("o").await.unwrap();
     c.delete("o").await.unwrap();
-    let v31 = lock.cas(b"5", None).await.unwrap_err();
-    assert!(v31.is_conflict(), "deleted meanwhile");
+    let err = lock.cas(b"5", None).await.unwrap_err();
+    assert!(err.is_conflict(), "deleted meanwhile");
 }
 
 /// A key absent at `begin` must still be absent at `cas`.
@@ -328,15 +349,15 @@ pub async fn optimistic_absent_key(env: Env) {
     let lock = c.optimistic_lock("new").await.unwrap();
     assert_eq!(lock.value(), None);
     lock.cas(b"first", None).await.unwrap();
-    let v32 = c.get("new").await.unwrap();
-    assert_eq!(v32.as_deref(), Some(&b"first"[..]));
+    let value = c.get("new").await.unwrap();
+    assert_eq!(value.as_deref(), Some(&b"first"[..]));
 
     let lock = c.optimistic_lock("new2").await.unwrap();
     c.set("new2", b"someone", None).await.unwrap();
-    let v33 = lock.cas(b"me", None).await.unwrap_err();
-    assert!(v33.is_conflict());
-    let v34 = c.get("new2").await.unwrap();
-    assert_eq!(v34.as_deref(), Some(&b"someone"[..]));
+    let err = lock.cas(b"me", None).await.unwrap_err();
+    assert!(err.is_conflict());
+    let value = c.get("new2").await.unwrap();
+    assert_eq!(value.as_deref(), Some(&b"someone"[..]));
 }
 
 /// `cas` honours its TTL.
@@ -345,50 +366,57 @@ pub async fn optimistic_ttl(env: Env) {
     let c = &env.cache;
     let lock = c.optimistic_lock("ttl").await.unwrap();
     lock.cas(b"v", Some(env.short_lease)).await.unwrap();
-    let v35 = c.exists("ttl").await.unwrap();
-    assert!(v35);
+    let exists = c.exists("ttl").await.unwrap();
+    assert!(exists);
     sleep(env.after_expiry(env.short_lease)).await;
-    let v36 = c.exists("ttl").await.unwrap();
-    assert!(!v36);
+    let exists = c.exists("ttl").await.unwrap();
+    assert!(!exists);
 }
 
 /// Bad input: clear errors, nothing stored, no panic.
 #[maybe_async]
 pub async fn bad_input(env: Env) {
     let c = &env.cache;
-    let err = RedLock::new(c, "k", Duration::ZERO).acquire().await.unwrap_err();
+    let err = RedLock::new(c, "k", Duration::ZERO)
+        .acquire()
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     let err = RedLock::new(c, "k", aiolock::MAX_DURATION * 2)
         .acquire()
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
-    let err = RedLock::new(c, "", Duration::from_secs(1)).acquire().await.unwrap_err();
+    let err = RedLock::new(c, "", Duration::from_secs(1))
+        .acquire()
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidKey);
-    let v37 = c.exists("k-lock").await.unwrap();
-    assert!(!v37, "nothing was taken");
-    let v38 = c.get("").await.unwrap_err();
-    assert_eq!(v38.kind(), ErrorKind::InvalidKey);
-    let v39 = c.set("", b"v", None).await.unwrap_err();
-    assert_eq!(v39.kind(), ErrorKind::InvalidKey);
-    let v40 = c.set("k", b"v", Some(Duration::ZERO)).await.unwrap_err();
-    assert_eq!(
-        v40.kind(),
-        ErrorKind::InvalidArgument
-    );
-    let v41 = c.exists("k").await.unwrap();
-    assert!(!v41);
-    let v42 = c.optimistic_lock("").await.unwrap_err();
-    assert_eq!(
-        v42.kind(),
-        ErrorKind::InvalidKey
-    );
+    let exists = c.exists("k-lock").await.unwrap();
+    assert!(!exists, "nothing was taken");
+    let value = c.get("").await.unwrap_err();
+    assert_eq!(value.kind(), ErrorKind::InvalidKey);
+    let err = c.set("", b"v", None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidKey);
+    let err = c.set("k", b"v", Some(Duration::ZERO)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    let exists = c.exists("k").await.unwrap();
+    assert!(!exists);
+    let err = c.optimistic_lock("").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidKey);
     for secs in [0.0, -1.0, f64::NAN, f64::INFINITY] {
         let lease = aiolock::seconds(secs);
         let acquired = match lease {
-            Ok(lease) => RedLock::new(c, "k", lease).acquire().await.map(|g| g.outcome()),
+            Ok(lease) => RedLock::new(c, "k", lease)
+                .acquire()
+                .await
+                .map(|g| g.outcome()),
             Err(e) => Err(e),
         };
-        assert_eq!(acquired.unwrap_err().kind(), ErrorKind::InvalidArgument, "{secs}");
+        assert_eq!(
+            acquired.unwrap_err().kind(),
+            ErrorKind::InvalidArgument,
+            "{secs}"
+        );
     }
 }
