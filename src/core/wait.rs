@@ -22,6 +22,23 @@ use std::time::{Duration, Instant};
 use crate::core::lease::deadline;
 
 /// How an acquisition ended.
+///
+/// ```
+/// # #[cfg(feature = "blocking")] {
+/// use std::time::Duration;
+/// use aiolock::{Outcome, blocking::Cache};
+///
+/// let cache = Cache::memory();
+/// let guard = cache.redlock("report", Duration::from_secs(5)).acquire()?;
+/// match guard.outcome() {
+///     Outcome::Acquired => { /* compute, store, release */ }
+///     Outcome::Released => { /* another caller stored it: read the cache */ }
+///     Outcome::TimedOut => { /* go on without the lock */ }
+/// }
+/// assert!(guard.is_acquired());
+/// # }
+/// # Ok::<(), aiolock::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// This caller holds the lock: compute, store, then release.

@@ -70,6 +70,23 @@ impl<B: Backend> RedLock<B> {
 
     /// How long a caller that finds the lock held waits at most (default: the lease,
     /// as in aiocache). `Duration::ZERO` tries once and never waits.
+    ///
+    /// ```
+    /// # #[cfg(feature = "blocking")] {
+    /// use std::time::Duration;
+    /// use aiolock::{Outcome, blocking::Cache};
+    ///
+    /// let cache = Cache::memory();
+    /// let holder = cache.redlock("k", Duration::from_secs(30)).acquire()?;
+    /// let other = cache
+    ///     .redlock("k", Duration::from_secs(30))
+    ///     .wait_at_most(Duration::from_millis(10))
+    ///     .acquire()?;
+    /// assert_eq!(other.outcome(), Outcome::TimedOut);
+    /// # drop(holder);
+    /// # }
+    /// # Ok::<(), aiolock::Error>(())
+    /// ```
     pub fn wait_at_most(mut self, bound: Duration) -> Self {
         self.wait = Some(bound);
         self
