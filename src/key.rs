@@ -39,7 +39,7 @@ pub const MEMCACHED_MAX_KEY: usize = 250;
 
 /// Checks a full (namespaced) key against memcached's text-protocol rules:
 /// 1–250 bytes, no byte <= 0x20 (space, control characters) and no 0x7F.
-#[allow(dead_code)] // used by the memcached backend
+#[cfg_attr(not(feature = "memcached"), allow(dead_code))] // the memcached backend's
 pub(crate) fn check_memcached(key: &[u8]) -> Result<()> {
     if key.is_empty() {
         return Err(Error::invalid_key("the key is empty"));

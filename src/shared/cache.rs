@@ -381,7 +381,7 @@ impl AnyBackend {
     }
 }
 
-#[allow(dead_code)]
+#[cfg(not(all(feature = "redis", feature = "memcached")))]
 fn not_built(feature: &str) -> Error {
     Error::new(
         ErrorKind::Unsupported,
