@@ -40,7 +40,8 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// How long to wait for the answer to one command.
     pub response_timeout: Duration,
-    /// Connections kept by the blocking flavor's pool.
+    /// The connection pool's size: memcached's in both flavors, Redis's blocking flavor
+    /// (its async flavor multiplexes one connection).
     pub pool_size: usize,
 }
 

@@ -284,7 +284,8 @@ impl CacheBuilder {
         self
     }
 
-    /// Connections kept by the blocking flavor's pool (network backends).
+    /// The connection pool's size: memcached's in both flavors, Redis's blocking flavor
+    /// (its async flavor multiplexes one connection).
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = Some(size);
         self
