@@ -122,8 +122,14 @@ async fn cross_process_waiter_wakes_on_release() {
 async fn cross_flavor_hand_off() {
     let server = RedisServer::start();
     let url = server.unix_url("namespace=flavors:");
-    let async_cache = aiolock::Cache::from_url(&url).await.unwrap();
-    let sync_cache = aiolock::blocking::Cache::from_url(&url).unwrap();
+    assert_cross_flavor_hand_off(&url).await;
+}
+
+/// On `url`: an async holder wakes a blocking waiter with its release, then a blocking
+/// holder an async waiter.
+async fn assert_cross_flavor_hand_off(url: &str) {
+    let async_cache = aiolock::Cache::from_url(url).await.unwrap();
+    let sync_cache = aiolock::blocking::Cache::from_url(url).unwrap();
     let lease = Duration::from_secs(30);
 
     let holder = async_cache.redlock("k", lease).acquire().await.unwrap();
@@ -757,32 +763,9 @@ async fn cancelled_async_waiters_leave_no_subscription() {
 async fn resp3_urls() {
     let server = RedisServer::start();
     let url = server.unix_url("protocol=resp3&namespace=r3:");
+    assert_cross_flavor_hand_off(&url).await;
     let async_cache = aiolock::Cache::from_url(&url).await.unwrap();
     let sync_cache = aiolock::blocking::Cache::from_url(&url).unwrap();
-    let lease = Duration::from_secs(30);
-    let holder = async_cache.redlock("k", lease).acquire().await.unwrap();
-    assert!(holder.is_acquired());
-    let sync_waiter = {
-        let sync_cache = sync_cache.clone();
-        tokio::task::spawn_blocking(move || {
-            sync_cache.redlock("k", lease).acquire().unwrap().outcome()
-        })
-    };
-    let async_waiter = tokio::spawn({
-        let async_cache = async_cache.clone();
-        async move {
-            async_cache
-                .redlock("k", lease)
-                .acquire()
-                .await
-                .unwrap()
-                .outcome()
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(holder.release().await.unwrap());
-    assert_eq!(sync_waiter.await.unwrap(), Outcome::Released);
-    assert_eq!(async_waiter.await.unwrap(), Outcome::Released);
     sync_cache
         .set("v", b"1", Some(Duration::from_secs(9)))
         .unwrap();
