@@ -72,26 +72,26 @@
 #![deny(unused_must_use)]
 #![warn(missing_docs)]
 
+mod backend;
 pub mod config;
 mod core;
 mod error;
 mod key;
-#[cfg(all(feature = "memcached", any(feature = "blocking", feature = "async")))]
-mod memcached;
-mod memory;
+mod value;
 
 #[cfg(feature = "blocking")]
 pub mod blocking;
 #[cfg(feature = "async")]
 mod nonblocking;
 
+pub use crate::backend::memory::store::MemoryBackend;
 pub use crate::core::lease::{MAX_DURATION, seconds};
 pub use crate::core::token::Token;
 pub use crate::core::wait::{Outcome, Wake};
 pub use crate::error::{Error, ErrorKind, Result};
-pub use crate::memory::{CasToken, MemoryBackend, Ttl, Versioned};
 #[cfg(feature = "async")]
 pub use crate::nonblocking::*;
+pub use crate::value::{CasToken, Ttl, Versioned};
 
 /// The README's examples, compiled as doc tests.
 #[cfg(all(doctest, feature = "async", feature = "blocking"))]

@@ -15,10 +15,13 @@ macro_rules! maybe_await {
 #[path = "shared/mod.rs"]
 mod shared;
 
-/// This flavor's memcached socket (the backend logic is in `shared/memcached.rs`).
+/// This flavor's memcached socket (the backend logic is in `backend/memcached/generic.rs`).
 #[cfg(feature = "memcached")]
+#[path = "backend/memcached/nonblocking.rs"]
 mod memcached_io;
+/// This flavor's Redis connections (the backend logic is in `backend/redis/generic.rs`).
 #[cfg(feature = "redis")]
+#[path = "backend/redis/nonblocking.rs"]
 mod redis_conn;
 
 pub use shared::*;

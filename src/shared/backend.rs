@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use super::maybe_async;
 use crate::core::wait::Wake;
 use crate::error::Result;
-use crate::memory::{CasToken, Ttl, Versioned};
+use crate::value::{CasToken, Ttl, Versioned};
 
 /// A store the cache and the locks run on.
 ///

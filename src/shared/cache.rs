@@ -9,12 +9,13 @@ use super::optimistic::OptimisticLock;
 #[cfg(feature = "redis")]
 use super::redis_backend::RedisBackend;
 use super::redlock::RedLock;
+use crate::backend::memory::store::MemoryBackend;
 use crate::config::{self, Endpoint, Options};
 use crate::core::lease::check_ttl;
 use crate::core::wait::Wake;
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::{self, KeyBuf};
-use crate::memory::{CasToken, MemoryBackend, Ttl, Versioned};
+use crate::value::{CasToken, Ttl, Versioned};
 
 /// A cache: a backend and an optional namespace prefixed to every key.
 ///

@@ -1,5 +1,6 @@
 //! The flavor-generic code, compiled twice: into `aiolock::blocking` with
-//! `must_be_sync` and into the crate root with `must_be_async`.
+//! `must_be_sync` and into the crate root with `must_be_async`. Each backend's
+//! flavor-generic part lives in its own folder under `backend/` and is compiled here.
 
 #[cfg(feature = "memcached")]
 use super::memcached_io;
@@ -10,10 +11,13 @@ use super::{maybe_async, rt};
 mod backend;
 mod cache;
 #[cfg(feature = "memcached")]
+#[path = "../backend/memcached/generic.rs"]
 mod memcached;
+#[path = "../backend/memory/generic.rs"]
 mod memory;
 mod optimistic;
 #[cfg(feature = "redis")]
+#[path = "../backend/redis/generic.rs"]
 mod redis_backend;
 mod redlock;
 

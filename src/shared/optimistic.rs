@@ -8,7 +8,7 @@ use super::maybe_async;
 use crate::core::lease::check_ttl;
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::KeyBuf;
-use crate::memory::Versioned;
+use crate::value::Versioned;
 
 /// Reads a key and a token for its state; [`cas`](OptimisticLock::cas) writes only if
 /// nobody changed the key meanwhile (aiocache's `OptimisticLock`).

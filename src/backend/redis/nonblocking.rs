@@ -13,8 +13,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, PushInfo, PushKind, RedisResult, Value};
 use tokio::sync::{OnceCell, mpsc};
 
+use crate::backend::redis::protocol::{Heard, Timeouts};
 use crate::config::Options;
-use crate::core::redis::{Heard, Timeouts};
 
 /// The backend's connections.
 pub(crate) struct Conn {
@@ -39,7 +39,7 @@ impl Conn {
     /// connects with the first wait.
     pub(crate) async fn connect(client: redis::Client, options: &Options) -> RedisResult<Self> {
         let timeouts = Timeouts::from(options);
-        let resp3 = crate::core::redis::resp3(&client)?;
+        let resp3 = crate::backend::redis::protocol::resp3(&client)?;
         let commands = ConnectionManager::new_with_config(client, config(timeouts)).await?;
         // A command, so that wrong credentials show now (AUTH is sent only with them).
         redis::cmd("PING")
@@ -152,7 +152,7 @@ impl Subscriber {
                 let mut manager = self.manager.clone();
                 if let Err(e) = manager.subscribe(name).await {
                     // Once more on a fresh connection if this one had dropped.
-                    if !crate::core::redis::is_dropped(&e) {
+                    if !crate::backend::redis::protocol::is_dropped(&e) {
                         return Err(e);
                     }
                     manager.subscribe(name).await?;

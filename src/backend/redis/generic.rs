@@ -1,6 +1,6 @@
 //! [`RedisBackend`]: the [`Backend`] on a Redis server. The commands, scripts and reply
-//! rules are in `crate::core::redis` (compiled once); the flavor's `redis_conn` module sends
-//! them and listens on channels.
+//! rules are in `protocol.rs` (compiled once); the flavor transports beside it
+//! (`blocking.rs`, `nonblocking.rs`) send them and listen on channels.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,11 +11,11 @@ use url::Url;
 use super::backend::Backend;
 use super::maybe_async;
 use super::redis_conn::Conn;
+use crate::backend::redis::protocol::{self as r, Lua};
 use crate::config::{self, Endpoint, Options};
-use crate::core::redis::{self as r, Lua};
 use crate::core::wait::Wake;
 use crate::error::{Error, ErrorKind, Result};
-use crate::memory::{CasToken, Ttl, Versioned};
+use crate::value::{CasToken, Ttl, Versioned};
 
 /// The Redis backend (`redis://`, `redis+unix://`, `rediss://` with the `redis-tls`
 /// feature).

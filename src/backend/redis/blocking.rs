@@ -6,8 +6,8 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use redis::{Cmd, RedisResult, Value};
 
+use crate::backend::redis::protocol::{self as r, Heard, Timeouts};
 use crate::config::Options;
-use crate::core::redis::{self as r, Heard, Timeouts};
 
 /// A pool of sync connections to one server.
 pub(crate) struct Conn {

@@ -1,5 +1,5 @@
 //! The async flavor's memcached connection, on tokio. The exchange logic is in
-//! `shared/memcached.rs`.
+//! `generic.rs`.
 //!
 //! A request is one future that owns its connection: if the future is dropped before
 //! the reply is read (cancelled, or timed out), the connection is dropped with it, so
@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::core::meta::{Reply, ReplyBuffer};
+use crate::backend::memcached::meta::{Reply, ReplyBuffer};
+use crate::backend::memcached::settings::{Addr, Failure, io_error, is_closed, one_reply};
 use crate::error::{Error, ErrorKind, Result};
-use crate::memcached::{Addr, Failure, io_error, is_closed, one_reply};
 
 enum Stream {
     Tcp(TcpStream),

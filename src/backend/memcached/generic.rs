@@ -1,6 +1,6 @@
 //! [`MemcachedBackend`]: the meta-protocol backend, written once for both flavors.
-//! Only the socket differs per flavor (`memcached_io`); the codec is in
-//! `core::meta`, the polling rules in `core::poll`.
+//! Only the socket differs per flavor (`blocking.rs` / `nonblocking.rs` here); the codec is in
+//! `meta.rs`, the polling rules in `core::poll`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,14 +12,16 @@ use url::Url;
 use super::backend::Backend;
 use super::memcached_io::{self as io, Conn};
 use super::{maybe_async, rt};
+use crate::backend::memcached::meta::{self, ErrorLine, Flag, Reply};
+use crate::backend::memcached::settings::{
+    Settings, cas_disabled, settings, settings_from_url, unexpected,
+};
 use crate::config::Options;
 use crate::core::lease::deadline;
-use crate::core::meta::{self, ErrorLine, Flag, Reply};
 use crate::core::poll::{Seen, Watch};
 use crate::core::wait::Wake;
 use crate::error::{Error, ErrorKind, Result};
-use crate::memcached::{Settings, cas_disabled, settings, settings_from_url, unexpected};
-use crate::memory::{CasToken, Ttl, Versioned};
+use crate::value::{CasToken, Ttl, Versioned};
 
 /// How many times a release reads the lock again when its CAS went stale between
 /// the read and the delete (someone touched or rewrote the key meanwhile).

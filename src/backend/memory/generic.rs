@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 
 use super::backend::Backend;
 use super::{maybe_async, rt};
+use crate::backend::memory::store::{Listen, MemoryBackend, wake_reason};
 use crate::core::wait::Wake;
 use crate::error::Result;
-use crate::memory::{CasToken, Listen, MemoryBackend, Ttl, Versioned, wake_reason};
+use crate::value::{CasToken, Ttl, Versioned};
 
 #[maybe_async(AFIT)]
 impl Backend for MemoryBackend {

@@ -2,8 +2,8 @@
 //! (built once, sent by either flavor), reply interpretation, URL handling and the
 //! mapping of `redis` crate errors onto [`ErrorKind`].
 //!
-//! The flavor halves (`blocking/redis_conn.rs`, `nonblocking/redis_conn.rs`) only
-//! send commands and listen on channels; `shared/redis_backend.rs` drives both.
+//! The flavor halves (`blocking.rs`, `nonblocking.rs` beside this file) only
+//! send commands and listen on channels; `generic.rs` drives both.
 
 // Parts serve only one flavor; a build may have either, both or (with only the
 // `redis` feature) neither.
@@ -17,7 +17,7 @@ use url::Url;
 use crate::core::lease::deadline;
 use crate::core::wait::Wake;
 use crate::error::{Error, ErrorKind, Result};
-use crate::memory::Ttl;
+use crate::value::Ttl;
 
 /// A Lua script, sent by `EVALSHA` and, when the server does not know it yet
 /// (`NOSCRIPT`), by `EVAL` (which also caches it on the server).

@@ -1,14 +1,14 @@
 //! The blocking flavor's memcached connection: `std::net` and unix sockets, with
-//! socket timeouts. The exchange logic is in `shared/memcached.rs`.
+//! socket timeouts. The exchange logic is in `generic.rs`.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use crate::core::meta::{Reply, ReplyBuffer};
+use crate::backend::memcached::meta::{Reply, ReplyBuffer};
+use crate::backend::memcached::settings::{Addr, Failure, io_error, is_closed, one_reply};
 use crate::error::{Error, ErrorKind, Result};
-use crate::memcached::{Addr, Failure, io_error, is_closed, one_reply};
 
 enum Stream {
     Tcp(TcpStream),

@@ -1,10 +1,10 @@
 //! What both flavors of the memcached backend share and compile once: the server
 //! address and settings from a URL, and the shape of a failed exchange.
 //!
-//! The protocol itself is in [`core::meta`](crate::core::meta), the polling schedule
+//! The protocol itself is in [`meta`](super::meta), the polling schedule
 //! in [`core::poll`](crate::core::poll), the backend logic (written once for both
-//! flavors) in `shared/memcached.rs`, and the sockets in each flavor's
-//! `memcached_io.rs`.
+//! flavors) in `generic.rs`, and the sockets in the flavor transports
+//! `blocking.rs` / `nonblocking.rs`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -193,7 +193,7 @@ pub(crate) fn is_closed(e: &std::io::Error) -> bool {
 }
 
 /// The error for a reply the command does not expect.
-pub(crate) fn unexpected(command: &str, reply: &crate::core::meta::Reply) -> Error {
+pub(crate) fn unexpected(command: &str, reply: &crate::backend::memcached::meta::Reply) -> Error {
     Error::new(
         ErrorKind::Protocol,
         format!("memcached answered {} to {command}", reply.code()),
@@ -216,9 +216,9 @@ pub(crate) fn cas_disabled(key: &[u8]) -> Error {
 /// The reply in `replies`, once complete; a reply followed by more bytes means the
 /// connection is out of step (a Protocol error: drop it).
 pub(crate) fn one_reply(
-    replies: &mut crate::core::meta::ReplyBuffer,
+    replies: &mut crate::backend::memcached::meta::ReplyBuffer,
     addr: &Addr,
-) -> Result<Option<crate::core::meta::Reply>, Failure> {
+) -> Result<Option<crate::backend::memcached::meta::Reply>, Failure> {
     let Some(reply) = replies.next_reply().map_err(Failure::fatal)? else {
         return Ok(None);
     };
