@@ -81,6 +81,11 @@ mod rt {
     use super::{Backend, Cache};
     use crate::core::token::Token;
 
+    /// This flavor's clock.
+    pub(crate) fn now() -> Instant {
+        Instant::now()
+    }
+
     /// Parks the thread until `listener` is notified (true) or `until` passes (false).
     pub(crate) fn wait_listener(listener: EventListener, until: Instant) -> bool {
         listener.wait_deadline(until).is_some()

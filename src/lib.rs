@@ -87,7 +87,7 @@ mod nonblocking;
 pub use crate::backend::memory::store::MemoryBackend;
 pub use crate::core::lease::{MAX_DURATION, seconds};
 pub use crate::core::token::Token;
-pub use crate::core::wait::{Outcome, Wake};
+pub use crate::core::wait::{Claim, Outcome, Wake};
 pub use crate::error::{Error, ErrorKind, Result};
 #[cfg(feature = "async")]
 pub use crate::nonblocking::*;

@@ -75,6 +75,12 @@ mod rt {
     use super::{Backend, Cache};
     use crate::core::token::Token;
 
+    /// This flavor's clock: tokio's, so that a paused runtime (`tokio::time::pause`)
+    /// pauses every deadline of this flavor too.
+    pub(crate) fn now() -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
     /// Waits until `listener` is notified (true) or `until` passes (false).
     pub(crate) async fn wait_listener(listener: EventListener, until: Instant) -> bool {
         tokio::time::timeout_at(until.into(), listener)

@@ -58,6 +58,20 @@ impl Outcome {
     }
 }
 
+/// How a backend's attempt to take a lock key ended ([`Backend::claim`](crate::Backend::claim)).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Claim {
+    /// Our token is stored under the key: we hold the lock.
+    Won,
+    /// Another holder has the key. `holder` is its token when the backend learned it in
+    /// the same round trip (memory, Redis), so that the wait counts only *that*
+    /// holder's release; `None` when it did not (memcached learns it while polling).
+    Held {
+        /// The holder's token, when known.
+        holder: Option<Vec<u8>>,
+    },
+}
+
 /// Why a backend's wait for a held lock key returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Wake {

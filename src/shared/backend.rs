@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use super::maybe_async;
-use crate::core::wait::Wake;
+use crate::core::wait::{Claim, Wake};
 use crate::error::Result;
 use crate::value::{CasToken, Ttl, Versioned};
 
@@ -32,7 +32,6 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Stores `value` only if `key` is absent; returns whether it did.
-    /// This is how a [`RedLock`](super::RedLock) is taken: the value is the holder's token.
     fn add(
         &self,
         key: &[u8],
@@ -49,19 +48,36 @@ pub trait Backend: Send + Sync + 'static {
     /// The remaining time to live of `key`.
     fn ttl(&self, key: &[u8]) -> impl Future<Output = Result<Ttl>> + Send;
 
+    /// Takes the lock `key`: stores `token` with the TTL `lease` only if `key` is absent.
+    /// This is how a [`RedLock`](super::RedLock) is taken. When another holder has the
+    /// key, says so, with the holder's token if this round trip could learn it.
+    fn claim(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+    ) -> impl Future<Output = Result<Claim>> + Send;
+
     /// Deletes `key` only if it still holds `token`, atomically, and wakes the waiters
     /// of `key` (in every process). Returns whether it deleted the key.
     fn release(&self, key: &[u8], token: &[u8]) -> impl Future<Output = Result<bool>> + Send;
 
-    /// Waits for the holder of `key` to release it, at most until `deadline` and never
-    /// past the holder's lease end.
+    /// Waits for `holder` (the token [`claim`](Backend::claim) reported, if any) to
+    /// release `key`, at most until `deadline` and never past the holder's lease end.
     ///
     /// Registers for the release notification *before* checking the key, so that no
-    /// release between the caller's lost add and this wait is missed. A key already
-    /// gone at that check was released in between: [`Wake::Released`]. Returns
-    /// [`Wake::Vacant`] when the holder's lease ended while it watched (no release
-    /// seen), so the caller tries to add the key again.
-    fn wait(&self, key: &[u8], deadline: Instant) -> impl Future<Output = Result<Wake>> + Send;
+    /// release between the caller's lost claim and this wait is missed. A key already
+    /// gone (or held by another token than `holder`) at that check was released in
+    /// between: [`Wake::Released`]. Only the release of `holder` counts: an earlier
+    /// holder's release heard late must not wake this waiter. Returns [`Wake::Vacant`]
+    /// when the holder's lease ended while it watched (no release seen), so the
+    /// caller claims the key again.
+    fn wait(
+        &self,
+        key: &[u8],
+        holder: Option<&[u8]>,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Wake>> + Send;
 
     /// Reads `key` and a token for its current state (start of an [`OptimisticLock`](super::OptimisticLock)).
     fn begin(&self, key: &[u8]) -> impl Future<Output = Result<Versioned>> + Send;

@@ -12,7 +12,7 @@ use super::redlock::RedLock;
 use crate::backend::memory::store::MemoryBackend;
 use crate::config::{self, Endpoint, Options};
 use crate::core::lease::check_ttl;
-use crate::core::wait::Wake;
+use crate::core::wait::{Claim, Wake};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::{self, KeyBuf};
 use crate::value::{CasToken, Ttl, Versioned};
@@ -429,12 +429,16 @@ impl Backend for AnyBackend {
         dispatch!(self, b => Backend::ttl(b, key))
     }
 
+    async fn claim(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<Claim> {
+        dispatch!(self, b => Backend::claim(b, key, token, lease))
+    }
+
     async fn release(&self, key: &[u8], token: &[u8]) -> Result<bool> {
         dispatch!(self, b => Backend::release(b, key, token))
     }
 
-    async fn wait(&self, key: &[u8], deadline: Instant) -> Result<Wake> {
-        dispatch!(self, b => Backend::wait(b, key, deadline))
+    async fn wait(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {
+        dispatch!(self, b => Backend::wait(b, key, holder, deadline))
     }
 
     async fn begin(&self, key: &[u8]) -> Result<Versioned> {

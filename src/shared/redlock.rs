@@ -1,13 +1,13 @@
 //! [`RedLock`]: the lease lock against cache stampedes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::backend::Backend;
 use super::cache::{AnyBackend, Cache};
 use super::{maybe_async, rt};
 use crate::core::lease::check_lease;
 use crate::core::token::Token;
-use crate::core::wait::{Acquisition, Action, Outcome};
+use crate::core::wait::{Acquisition, Action, Claim, Outcome};
 use crate::error::{Error, Result};
 use crate::key;
 use crate::key::KeyBuf;
@@ -124,24 +124,35 @@ impl<B: Backend> RedLock<B> {
             token: None,
             outcome: Outcome::TimedOut,
         };
+        // The token of the holder our last claim lost to, when the backend told it.
+        let mut holder = None;
         let mut action = machine.start();
         loop {
             action = match action {
                 Action::Add => {
                     guard.token = Some(token);
-                    let won = guard
+                    let claim = guard
                         .cache
                         .backend()
-                        .add(&guard.key, token.as_bytes(), Some(lease))
+                        .claim(&guard.key, token.as_bytes(), lease)
                         .await?;
-                    if !won {
-                        guard.token = None;
-                    }
-                    machine.added(won, Instant::now)
+                    let won = match claim {
+                        Claim::Won => true,
+                        Claim::Held { holder: h } => {
+                            guard.token = None;
+                            holder = h;
+                            false
+                        }
+                    };
+                    machine.added(won, rt::now)
                 }
                 Action::Wait(deadline) => {
-                    let wake = guard.cache.backend().wait(&guard.key, deadline).await?;
-                    machine.woke(wake, Instant::now())
+                    let wake = guard
+                        .cache
+                        .backend()
+                        .wait(&guard.key, holder.as_deref(), deadline)
+                        .await?;
+                    machine.woke(wake, rt::now())
                 }
                 Action::Finish(outcome) => {
                     guard.outcome = outcome;
@@ -195,17 +206,24 @@ impl<B: Backend> LockGuard<B> {
     /// our token (atomically) and wakes the waiters. Returns whether it removed the
     /// lock: `false` when the lease had already ended (another caller may hold it now,
     /// and its lock is left alone) or when this guard never held it.
+    ///
+    /// # Cancel safety
+    ///
+    /// (async flavor) The guard keeps its token until the backend has answered: a
+    /// release future dropped before that releases on drop, like a dropped guard.
     #[maybe_async]
     pub async fn release(mut self) -> Result<bool> {
-        match self.token.take() {
-            Some(token) => {
-                self.cache
-                    .backend()
-                    .release(&self.key, token.as_bytes())
-                    .await
-            }
-            None => Ok(false),
-        }
+        let Some(token) = self.token else {
+            return Ok(false);
+        };
+        let released = self
+            .cache
+            .backend()
+            .release(&self.key, token.as_bytes())
+            .await;
+        // Answered: nothing is left for the drop to release.
+        self.token = None;
+        released
     }
 }
 

@@ -19,7 +19,7 @@ use crate::backend::memcached::settings::{
 use crate::config::Options;
 use crate::core::lease::deadline;
 use crate::core::poll::{Seen, Watch};
-use crate::core::wait::Wake;
+use crate::core::wait::{Claim, Wake};
 use crate::error::{Error, ErrorKind, Result};
 use crate::value::{CasToken, Ttl, Versioned};
 
@@ -392,7 +392,15 @@ impl Backend for MemcachedBackend {
     /// Polls `mg v t` with capped, jittered backoff: the holder's token
     /// gone (or replaced) before its lease could have ended is a release, after it a
     /// vacancy.
-    async fn wait(&self, key: &[u8], deadline: Instant) -> Result<Wake> {
+    async fn claim(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<Claim> {
+        Ok(if Backend::add(self, key, token, Some(lease)).await? {
+            Claim::Won
+        } else {
+            Claim::Held { holder: None }
+        })
+    }
+
+    async fn wait(&self, key: &[u8], _holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {
         let request = meta::get(key, &[Flag::Value, Flag::Ttl])?;
         let mut watch = Watch::new(self.pool.settings.max_poll_delay);
         loop {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::backend::Backend;
 use super::{maybe_async, rt};
 use crate::backend::memory::store::{Listen, MemoryBackend, wake_reason};
-use crate::core::wait::Wake;
+use crate::core::wait::{Claim, Wake};
 use crate::error::Result;
 use crate::value::{CasToken, Ttl, Versioned};
 
@@ -37,12 +37,16 @@ impl Backend for MemoryBackend {
         Ok(MemoryBackend::ttl(self, key))
     }
 
+    async fn claim(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<Claim> {
+        Ok(MemoryBackend::claim(self, key, token, lease))
+    }
+
     async fn release(&self, key: &[u8], token: &[u8]) -> Result<bool> {
         Ok(MemoryBackend::release(self, key, token))
     }
 
-    async fn wait(&self, key: &[u8], deadline: Instant) -> Result<Wake> {
-        Ok(match self.listen(key, deadline) {
+    async fn wait(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {
+        Ok(match self.listen(key, holder, deadline) {
             // Held when the add lost, gone now: released in between.
             Listen::Vacant => Wake::Released,
             Listen::Held {

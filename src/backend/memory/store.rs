@@ -17,7 +17,7 @@ use hashbrown::hash_map::EntryRef;
 use parking_lot::Mutex;
 
 use crate::core::lease::deadline;
-use crate::core::wait::Wake;
+use crate::core::wait::{Claim, Wake};
 use crate::value::{CasToken, Ttl, Versioned};
 
 /// The in-process backend of `memory://`: the embedded default, no server needed.
@@ -234,6 +234,19 @@ impl MemoryBackend {
         map.write(key, value, ttl, now, |live| live.is_none())
     }
 
+    /// Adds `key` holding `token` for `lease`, or reports the live holder's token.
+    pub(crate) fn claim(&self, key: &[u8], token: &[u8], lease: Duration) -> Claim {
+        let now = self.store.clock.now();
+        let mut map = self.store.map.lock();
+        if let Some(e) = map.live(key, now) {
+            return Claim::Held {
+                holder: Some(e.value.to_vec()),
+            };
+        }
+        map.write(key, token, Some(lease), now, |_| true);
+        Claim::Won
+    }
+
     pub(crate) fn delete(&self, key: &[u8]) -> bool {
         let now = self.store.clock.now();
         let (was_live, waiters) = self.store.map.lock().remove(key, now);
@@ -271,12 +284,17 @@ impl MemoryBackend {
         true
     }
 
-    /// Registers a waiter on `key` and says how long to wait: registration and the
-    /// check happen under one lock, so no release between them is missed.
-    pub(crate) fn listen(&self, key: &[u8], deadline: Instant) -> Listen {
+    /// Registers a waiter on `key` held by `holder` and says how long to wait:
+    /// registration and the check happen under one lock, so no release between them
+    /// is missed. A key gone, or held by another token, was released: `Vacant`.
+    pub(crate) fn listen(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Listen {
         let now = self.store.clock.now();
         let mut map = self.store.map.lock();
-        let Some(entry) = map.entries.get_mut(key).filter(|e| e.live(now)) else {
+        let Some(entry) = map
+            .entries
+            .get_mut(key)
+            .filter(|e| e.live(now) && holder.is_none_or(|h| *e.value == *h))
+        else {
             return Listen::Vacant;
         };
         let listener = entry
@@ -374,7 +392,7 @@ mod tests {
         let m = MemoryBackend::with_manual_clock();
         let now = m.store.clock.now();
         assert!(matches!(
-            m.listen(b"l", now + Duration::from_secs(1)),
+            m.listen(b"l", None, now + Duration::from_secs(1)),
             Listen::Vacant
         ));
         m.add(b"l", b"a", Some(Duration::from_millis(100)));
@@ -382,7 +400,7 @@ mod tests {
             until,
             until_is_deadline,
             ..
-        } = m.listen(b"l", now + Duration::from_secs(1))
+        } = m.listen(b"l", None, now + Duration::from_secs(1))
         else {
             panic!("held")
         };
@@ -392,7 +410,7 @@ mod tests {
             listener,
             until_is_deadline,
             ..
-        } = m.listen(b"l", now + Duration::from_millis(50))
+        } = m.listen(b"l", None, now + Duration::from_millis(50))
         else {
             panic!("held")
         };

@@ -13,7 +13,7 @@ use super::maybe_async;
 use super::redis_conn::Conn;
 use crate::backend::redis::protocol::{self as r, Lua};
 use crate::config::{self, Endpoint, Options};
-use crate::core::wait::Wake;
+use crate::core::wait::{Claim, Wake};
 use crate::error::{Error, ErrorKind, Result};
 use crate::value::{CasToken, Ttl, Versioned};
 
@@ -218,7 +218,15 @@ impl Backend for RedisBackend {
         Ok(n == 1)
     }
 
-    async fn wait(&self, key: &[u8], deadline: Instant) -> Result<Wake> {
+    async fn claim(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<Claim> {
+        Ok(if Backend::add(self, key, token, Some(lease)).await? {
+            Claim::Won
+        } else {
+            Claim::Held { holder: None }
+        })
+    }
+
+    async fn wait(&self, key: &[u8], _holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {
         let channel = r::channel(key);
         // Subscribed first: a release from now on is heard.
         let mut subscription = self
