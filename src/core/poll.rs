@@ -4,17 +4,29 @@
 //!
 //! A waiter reads the lock key (`mg v t`) again and again, sleeping a capped,
 //! jittered, exponentially growing delay in between ([`delay`]), never past its own
-//! deadline, and waking right after the key's expiry is due. The key's server
-//! counts whole seconds, so the expiry is only known to within a second: a key whose
-//! TTL read `t` at instant `r` expires no earlier than `r + t - 1 s` and no later
-//! than `r + t`.
+//! deadline, and waking right after the key's expiry is due.
 //!
-//! When the token it first saw disappears (or is replaced by another token, which
-//! means that holder is gone too) the [`Watch`] decides:
+//! The server counts whole seconds, on a clock (`current_time`) that a one-second timer
+//! sets to the whole seconds of its monotonic clock. The timer drifts (about 1 ms late
+//! per tick, measured here), so its phase slowly moves through the second, and when
+//! it crosses a whole second the clock steps by 2 in one tick (seen on memcached
+//! 1.6.18: a tick 0.9999 s into a second, the next 0.0002 s into the second after
+//! next). A key whose TTL read `t` at instant `r` is stored with the expiry
+//! `clock + t` and expires at the first tick where the clock reaches it: no earlier
+//! than `r + t - 1 s - (tick length)`, so with ticks up to [`TICK_MARGIN`] late, no
+//! earlier than `r + t - 2 s - TICK_MARGIN`; and about `r + t` at the latest.
+//! (memcached's `exptime` in `meta` turns a lease into a TTL from the same bound.)
+//!
+//! When the holder's token disappears (or is replaced by another token, which means
+//! that holder is gone too) the [`Watch`] decides:
 //! - before the earliest possible expiry: the holder released it → [`Wake::Released`];
 //! - at or after it: the lease may have ended → [`Wake::Vacant`], try to add (a
-//!   release in the last second of a lease is taken for an expiry: the waiter then
-//!   tries to add, which is safe, only slower).
+//!   release in the last 2.25 s of the key's TTL, which with memcached's TTL rule is
+//!   the last moments of the lease and the slack after it, is taken for an expiry:
+//!   the waiter then tries to add, which is safe, only slower).
+//!
+//! The holder is the token the waiter's claim lost to, when the claim learned it
+//! ([`Watch::new`]), else the token of the first poll.
 
 use std::time::{Duration, Instant};
 
@@ -26,8 +38,9 @@ pub const FIRST_DELAY: Duration = Duration::from_micros(200);
 /// The longest delay between two polls (before jitter), unless set otherwise.
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(4);
 
-/// Slack for the server's one-second clock tick firing late: an expiry is assumed
-/// possible this much before `r + t - 1 s`.
+/// How late the server's one-second clock tick may fire (beyond the second): an expiry
+/// is assumed possible this much before `r + t - 2 s`, and a lease is sent as a TTL
+/// this much longer.
 pub const TICK_MARGIN: Duration = Duration::from_millis(250);
 
 /// The delay before poll number `attempt` (0-based): `FIRST_DELAY * 2^attempt`, at
@@ -79,12 +92,14 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// A waiter that has polled nothing yet, sleeping at most `max_delay` between polls.
-    pub fn new(max_delay: Duration) -> Self {
+    /// A waiter that has polled nothing yet, sleeping at most `max_delay` between polls,
+    /// waiting for the release of `holder` (the token its claim lost to), or when that is
+    /// unknown, of the token its first poll finds.
+    pub fn new(max_delay: Duration, holder: Option<&[u8]>) -> Self {
         Watch {
             max_delay,
             attempt: 0,
-            holder: None,
+            holder: holder.map(<[u8]>::to_vec),
             earliest_expiry: None,
             latest_expiry: None,
         }
@@ -99,7 +114,8 @@ impl Watch {
     /// round trip.
     pub fn observe(&mut self, seen: Seen<'_>, sent: Instant, received: Instant) -> Option<Wake> {
         match (seen, &self.holder) {
-            // Held when our add lost, gone at the first look: released in between.
+            // Held when our add lost, gone at the first look: released in between (so
+            // is a known holder's token gone or replaced at the first look, below).
             (Seen::Missing, None) => Some(Wake::Released),
             (Seen::Held { token, ttl }, None) => {
                 self.holder = Some(token.to_vec());
@@ -130,7 +146,7 @@ impl Watch {
         }
         let ttl = Duration::from_secs(ttl.unsigned_abs());
         let earliest = ttl
-            .checked_sub(Duration::from_secs(1) + TICK_MARGIN)
+            .checked_sub(Duration::from_secs(2) + TICK_MARGIN)
             .map_or(sent, |d| crate::core::lease::deadline(sent, d));
         // Each poll bounds the expiry from below again; keep the tightest bound.
         self.earliest_expiry = Some(self.earliest_expiry.map_or(earliest, |e| e.max(earliest)));
@@ -185,7 +201,7 @@ mod tests {
 
     #[test]
     fn never_sleeps_past_the_deadline() {
-        let mut w = Watch::new(DEFAULT_MAX_DELAY);
+        let mut w = Watch::new(DEFAULT_MAX_DELAY, None);
         for _ in 0..20 {
             w.next_sleep(at(0), at(10_000), 0.5);
         }
@@ -205,7 +221,7 @@ mod tests {
 
     #[test]
     fn wakes_when_the_lease_is_due() {
-        let mut w = Watch::new(20 * MS);
+        let mut w = Watch::new(20 * MS, None);
         for _ in 0..20 {
             w.next_sleep(at(0), at(10_000), 0.5);
         }
@@ -216,13 +232,13 @@ mod tests {
 
     #[test]
     fn missing_at_first_poll_is_released() {
-        let mut w = Watch::new(DEFAULT_MAX_DELAY);
+        let mut w = Watch::new(DEFAULT_MAX_DELAY, None);
         assert_eq!(gone(&mut w, 0), Some(Wake::Released));
     }
 
     #[test]
     fn gone_before_the_earliest_expiry_is_a_release() {
-        let mut w = Watch::new(DEFAULT_MAX_DELAY);
+        let mut w = Watch::new(DEFAULT_MAX_DELAY, None);
         assert_eq!(held(&mut w, b"a", 31, 0), None);
         assert_eq!(held(&mut w, b"a", 31, 200), None);
         assert_eq!(gone(&mut w, 300), Some(Wake::Released));
@@ -230,16 +246,17 @@ mod tests {
 
     #[test]
     fn gone_after_the_earliest_expiry_is_vacant() {
-        let mut w = Watch::new(DEFAULT_MAX_DELAY);
-        assert_eq!(held(&mut w, b"a", 2, 0), None);
-        // Earliest expiry: 2 s - 1 s - margin = 750 ms.
+        let mut w = Watch::new(DEFAULT_MAX_DELAY, None);
+        assert_eq!(held(&mut w, b"a", 3, 0), None);
+        // Earliest expiry: 3 s - 2 s (the clock may step by 2 in one tick) - margin
+        // = 750 ms.
         assert_eq!(gone(&mut w, 760), Some(Wake::Vacant));
-        let mut w = Watch::new(DEFAULT_MAX_DELAY);
-        held(&mut w, b"a", 2, 0);
+        let mut w = Watch::new(DEFAULT_MAX_DELAY, None);
+        held(&mut w, b"a", 3, 0);
         assert_eq!(gone(&mut w, 740), Some(Wake::Released));
-        // A TTL of one second or less may end at any moment.
-        let mut w = Watch::new(DEFAULT_MAX_DELAY);
-        held(&mut w, b"a", 1, 0);
+        // A TTL of two seconds or less may end at any moment.
+        let mut w = Watch::new(DEFAULT_MAX_DELAY, None);
+        held(&mut w, b"a", 2, 0);
         assert_eq!(gone(&mut w, 0), Some(Wake::Vacant));
     }
 
@@ -247,11 +264,11 @@ mod tests {
     fn slow_round_trips_never_turn_a_lease_end_into_a_release() {
         // The TTL counts from when the poll was sent, the disappearance from when
         // its answer came.
-        let mut w = Watch::new(DEFAULT_MAX_DELAY);
+        let mut w = Watch::new(DEFAULT_MAX_DELAY, None);
         w.observe(
             Seen::Held {
                 token: b"a",
-                ttl: 2,
+                ttl: 3,
             },
             at(0),
             at(500),
@@ -261,11 +278,11 @@ mod tests {
             Some(Wake::Vacant),
             "the expiry may have come at 750 ms"
         );
-        let mut w = Watch::new(DEFAULT_MAX_DELAY);
+        let mut w = Watch::new(DEFAULT_MAX_DELAY, None);
         w.observe(
             Seen::Held {
                 token: b"a",
-                ttl: 2,
+                ttl: 3,
             },
             at(0),
             at(500),
@@ -278,26 +295,38 @@ mod tests {
 
     #[test]
     fn later_polls_tighten_the_bound() {
-        let mut w = Watch::new(DEFAULT_MAX_DELAY);
-        held(&mut w, b"a", 2, 0);
-        // Polled again 700 ms later, still 2 s: the expiry is no earlier than 1450 ms.
-        held(&mut w, b"a", 2, 700);
+        let mut w = Watch::new(DEFAULT_MAX_DELAY, None);
+        held(&mut w, b"a", 3, 0);
+        // Polled again 700 ms later, still 3 s: the expiry is no earlier than 1450 ms.
+        held(&mut w, b"a", 3, 700);
         assert_eq!(gone(&mut w, 1400), Some(Wake::Released));
     }
 
     #[test]
     fn another_token_means_the_holder_is_gone() {
-        let mut w = Watch::new(DEFAULT_MAX_DELAY);
+        let mut w = Watch::new(DEFAULT_MAX_DELAY, None);
         held(&mut w, b"a", 30, 0);
         assert_eq!(held(&mut w, b"b", 30, 5), Some(Wake::Released));
-        let mut w = Watch::new(DEFAULT_MAX_DELAY);
-        held(&mut w, b"a", 1, 0);
+        let mut w = Watch::new(DEFAULT_MAX_DELAY, None);
+        held(&mut w, b"a", 2, 0);
         assert_eq!(held(&mut w, b"b", 30, 900), Some(Wake::Vacant));
     }
 
     #[test]
+    fn a_known_holder_replaced_at_the_first_look_was_released() {
+        // The claim lost to "a"; the first poll finds "b": "a" released in between.
+        let mut w = Watch::new(DEFAULT_MAX_DELAY, Some(b"a"));
+        assert_eq!(held(&mut w, b"b", 30, 0), Some(Wake::Released));
+        let mut w = Watch::new(DEFAULT_MAX_DELAY, Some(b"a"));
+        assert_eq!(gone(&mut w, 0), Some(Wake::Released));
+        let mut w = Watch::new(DEFAULT_MAX_DELAY, Some(b"a"));
+        assert_eq!(held(&mut w, b"a", 30, 0), None);
+        assert_eq!(held(&mut w, b"b", 30, 5), Some(Wake::Released));
+    }
+
+    #[test]
     fn a_key_without_expiry_can_only_be_released() {
-        let mut w = Watch::new(DEFAULT_MAX_DELAY);
+        let mut w = Watch::new(DEFAULT_MAX_DELAY, None);
         held(&mut w, b"a", -1, 0);
         assert_eq!(w.next_sleep(at(0), at(100_000), 0.0), Some(FIRST_DELAY / 2));
         assert_eq!(gone(&mut w, 99_000), Some(Wake::Released));

@@ -182,6 +182,28 @@ impl MemcachedServer {
         self.dir.path()
     }
 
+    /// Stops the server as a whole (`SIGSTOP`): connections stay open, nothing is
+    /// answered, its clock stops ticking, until [`resume`](MemcachedServer::resume).
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a [`pause`](MemcachedServer::pause)d server run again (`SIGCONT`).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let child = self.child.as_ref().expect("the server runs");
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+        // SAFETY: sends a signal to our own child process.
+        assert_eq!(
+            unsafe { libc::kill(pid, signal) },
+            0,
+            "kill({pid}, {signal})"
+        );
+    }
+
     /// Kills the server (its data is lost).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -239,9 +261,16 @@ fn is_root() -> bool {
 
 /// The generic suite's environment: a fresh server, its URL with a namespace, the
 /// shortest lease memcached honours well (it counts whole seconds) and how late a key
-/// may expire (TTLs are sent as `ceil + 1` seconds on a one-second tick).
+/// may expire: a TTL `d` is sent as `ceil(d + 0.25 s) + 2` seconds so that it is a
+/// floor on a clock that can step by two seconds in one tick, and the key lives at
+/// most one tick (1.25 s) longer than that: for the 0.75 s lease, 3 s + 1.25 s.
 pub fn env() -> (MemcachedServer, String, Duration, Duration) {
     let server = MemcachedServer::start();
     let url = format!("{}?namespace=test:", server.url());
-    (server, url, Duration::from_secs(1), Duration::from_secs(2))
+    (
+        server,
+        url,
+        Duration::from_millis(750),
+        Duration::from_millis(3500),
+    )
 }

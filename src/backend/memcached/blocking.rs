@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use crate::backend::memcached::meta::{Reply, ReplyBuffer};
-use crate::backend::memcached::settings::{Addr, Failure, io_error, is_closed, one_reply};
+use crate::backend::memcached::settings::{Addr, Failure, io_error, one_reply};
 use crate::error::{Error, ErrorKind, Result};
 
 enum Stream {
@@ -59,12 +59,8 @@ pub(crate) struct Conn {
 /// (saves a system call per request).
 const TIMEOUT_SLACK: Duration = Duration::from_millis(10);
 
-/// Opens a connection within `connect_timeout`.
-pub(crate) fn connect(
-    addr: &Addr,
-    connect_timeout: Duration,
-    response_timeout: Duration,
-) -> Result<Conn> {
+/// Opens a connection by `deadline` (every address the host resolves to shares it).
+pub(crate) fn connect(addr: &Addr, deadline: Instant, response_timeout: Duration) -> Result<Conn> {
     let stream = match addr {
         Addr::Tcp { host, port } => {
             let candidates = (host.as_str(), *port)
@@ -73,7 +69,12 @@ pub(crate) fn connect(
             let mut last = None;
             let mut found = None;
             for candidate in candidates {
-                match TcpStream::connect_timeout(&candidate, connect_timeout) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    last = Some(std::io::Error::from(std::io::ErrorKind::TimedOut));
+                    break;
+                }
+                match TcpStream::connect_timeout(&candidate, left) {
                     Ok(s) => {
                         found = Some(s);
                         break;
@@ -138,7 +139,7 @@ impl Conn {
             match self.stream.read(self.replies.spare()) {
                 Ok(0) => {
                     self.replies.filled(0);
-                    return Err(Failure::closed(&self.addr, received));
+                    return Err(Failure::closed(&self.addr, received, None));
                 }
                 Ok(n) => {
                     self.replies.filled(n);
@@ -151,17 +152,16 @@ impl Conn {
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
                             return Err(Failure::fatal(self.timeout()));
                         }
-                        _ => {
-                            return Err(Failure {
-                                stale: !received && is_closed(&e),
-                                error: io_error(&self.addr, "cannot read the reply", e),
-                            });
-                        }
+                        _ => return Err(Failure::closed(&self.addr, received, Some(e))),
                     }
                 }
             }
         }
     }
+
+    /// Gives up a connection inherited from the parent process by `fork`: closing the
+    /// child's copy of the socket leaves the parent's connection open.
+    pub(crate) fn abandon(self) {}
 
     fn set_read_timeout(&mut self, d: Duration) -> Result<(), Failure> {
         let d = d.max(Duration::from_millis(1));

@@ -14,13 +14,14 @@ use super::memcached_io::{self as io, Conn};
 use super::{maybe_async, rt};
 use crate::backend::memcached::meta::{self, ErrorLine, Flag, Reply};
 use crate::backend::memcached::settings::{
-    Settings, cas_disabled, settings, settings_from_url, unexpected,
+    Fate, Settings, cas_disabled, settings, settings_from_url, unexpected,
 };
 use crate::config::Options;
 use crate::core::lease::deadline;
 use crate::core::poll::{Seen, Watch};
 use crate::core::wait::{Claim, Wake};
 use crate::error::{Error, ErrorKind, Result};
+use crate::key::{LOCK_SUFFIX, MEMCACHED_MAX_KEY};
 use crate::value::{CasToken, Ttl, Versioned};
 
 /// How many times a release reads the lock again when its CAS went stale between
@@ -106,7 +107,11 @@ impl MemcachedBackend {
         let backend = MemcachedBackend {
             pool: Arc::new(Pool {
                 settings,
-                state: Mutex::new(PoolState::default()),
+                state: Mutex::new(PoolState {
+                    idle: Vec::new(),
+                    open: 0,
+                    generation: process_generation(),
+                }),
                 freed: Event::new(),
             }),
         };
@@ -163,11 +168,19 @@ struct Pool {
     freed: Event,
 }
 
-#[derive(Default)]
 struct PoolState {
     idle: Vec<Conn>,
     /// Connections open or being opened, idle or in use.
     open: usize,
+    /// The process the connections belong to ([`process_generation`]).
+    generation: u64,
+}
+
+/// Which process this is: changes in every child forked from it. A pool's connections
+/// belong to the process that opened them; a forked child that used them would read
+/// its parent's replies.
+fn process_generation() -> u64 {
+    crate::core::fork::generation()
 }
 
 /// The right to one of the pool's `pool_size` connections. Dropped without
@@ -175,41 +188,87 @@ struct PoolState {
 /// frees the place and the connection is closed.
 struct Permit<'a> {
     pool: &'a Pool,
+    generation: u64,
     returned: bool,
 }
 
 impl Permit<'_> {
     fn give_back(mut self, conn: Conn) {
-        self.pool.state.lock().idle.push(conn);
         self.returned = true;
-        self.pool.freed.notify(1.additional());
+        let mut state = self.pool.state.lock();
+        if state.generation == self.generation {
+            state.idle.push(conn);
+            drop(state);
+            self.pool.freed.notify(1.additional());
+        } else {
+            drop(state);
+            conn.abandon();
+        }
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if !self.returned {
-            self.pool.state.lock().open -= 1;
+            let mut state = self.pool.state.lock();
+            if state.generation == self.generation {
+                state.open -= 1;
+            }
+            drop(state);
             self.pool.freed.notify(1.additional());
         }
     }
 }
 
+/// Whether a request may run twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Running it twice does what running it once does (reads, a plain `ms`): sent
+    /// again once when a pooled connection turns out closed.
+    Idempotent,
+    /// It must not run twice (an add, a compare-and-set, a delete): sent again only
+    /// when it surely never reached the server.
+    Once,
+}
+
+/// How a request that must not run twice went.
+enum Sent {
+    /// Its reply.
+    Reply(Reply),
+    /// It was written, then the server closed the connection before one byte of the
+    /// reply: it may or may not have run. The caller reads the key back.
+    Lost(Error),
+}
+
 impl Pool {
     /// A connection and the permit that owns its place: an idle one (`true`), or a
-    /// new one when fewer than `pool_size` are open; else waits for one until
-    /// `deadline`.
+    /// new one when fewer than `pool_size` are open, connected by `connect_by`; else
+    /// waits for one until `deadline`.
     #[maybe_async]
-    async fn checkout(&self, deadline: Instant) -> Result<(Permit<'_>, Conn, bool)> {
+    async fn checkout(
+        &self,
+        deadline: Instant,
+        connect_by: Instant,
+    ) -> Result<(Permit<'_>, Conn, bool)> {
         loop {
+            let generation = process_generation();
+            let permit = || Permit {
+                pool: self,
+                generation,
+                returned: false,
+            };
             let listener = {
                 let mut state = self.state.lock();
+                if state.generation != generation {
+                    // Inherited by fork: the parent's, not ours.
+                    for conn in std::mem::take(&mut state.idle) {
+                        conn.abandon();
+                    }
+                    state.open = 0;
+                    state.generation = generation;
+                }
                 if let Some(conn) = state.idle.pop() {
-                    let permit = Permit {
-                        pool: self,
-                        returned: false,
-                    };
-                    return Ok((permit, conn, true));
+                    return Ok((permit(), conn, true));
                 }
                 if state.open < self.settings.pool_size {
                     state.open += 1;
@@ -220,12 +279,9 @@ impl Pool {
             };
             match listener {
                 None => {
-                    let permit = Permit {
-                        pool: self,
-                        returned: false,
-                    };
+                    let permit = permit();
                     let s = &self.settings;
-                    let conn = io::connect(&s.addr, s.connect_timeout, s.response_timeout).await?;
+                    let conn = io::connect(&s.addr, connect_by, s.response_timeout).await?;
                     return Ok((permit, conn, false));
                 }
                 Some(listener) => {
@@ -251,6 +307,9 @@ impl Pool {
     fn close_idle(&self) {
         let closed = {
             let mut state = self.state.lock();
+            if state.generation != process_generation() {
+                return; // the next checkout forgets them
+            }
             let idle = std::mem::take(&mut state.idle);
             state.open -= idle.len();
             idle
@@ -259,16 +318,56 @@ impl Pool {
         self.freed.notify(usize::MAX.additional());
     }
 
-    /// Sends one request and reads its reply. An error reply, a failure or a
-    /// cancellation discards the connection. A pooled connection the server had
-    /// closed before reading the request is replaced and the request sent once more.
+    /// Sends a request that is safe to repeat and reads its reply, within the response
+    /// timeout.
     #[maybe_async]
     async fn call(&self, request: &[u8]) -> Result<Reply> {
-        let deadline = deadline(Instant::now(), self.settings.response_timeout);
+        self.call_by(request, None).await
+    }
+
+    /// [`call`](Pool::call), and returns by `cap` at the latest (a waiter's deadline:
+    /// then the error is a timeout).
+    #[maybe_async]
+    async fn call_by(&self, request: &[u8], cap: Option<Instant>) -> Result<Reply> {
+        match self.send(request, Repeat::Idempotent, cap).await? {
+            Sent::Reply(reply) => Ok(reply),
+            Sent::Lost(error) => Err(error),
+        }
+    }
+
+    /// Sends a request that must not run twice and reads its reply, within the
+    /// response timeout; says so when the reply was lost.
+    #[maybe_async]
+    async fn call_once(&self, request: &[u8]) -> Result<Sent> {
+        self.send(request, Repeat::Once, None).await
+    }
+
+    /// Sends one request and reads its reply, by `cap` at the latest. An error reply,
+    /// a failure or a cancellation discards the connection. A request whose
+    /// connection the server closed (a pooled connection of a server that restarted,
+    /// or a connection lost on the way) is sent once more on a new one when it never
+    /// reached the server, or when it may run twice ([`Repeat`]); else its caller is
+    /// told the reply was lost ([`Sent::Lost`]).
+    ///
+    /// Time: waiting for a free connection and the exchange share one response
+    /// timeout; opening a connection has its own `connect_timeout`.
+    #[maybe_async]
+    async fn send(&self, request: &[u8], repeat: Repeat, cap: Option<Instant>) -> Result<Sent> {
+        let s = &self.settings;
+        let capped = |at: Instant| cap.map_or(at, |cap| at.min(cap));
         let mut retried = false;
         loop {
-            let (permit, mut conn, reused) = self.checkout(deadline).await?;
-            match conn.call(request, deadline).await {
+            let start = rt::now();
+            let answer_by = deadline(start, s.response_timeout);
+            let connect_by = capped(deadline(start, s.connect_timeout));
+            let (permit, mut conn, reused) = self.checkout(capped(answer_by), connect_by).await?;
+            let answer_by = if reused {
+                capped(answer_by)
+            } else {
+                // The time spent connecting counted against connect_timeout.
+                capped(answer_by + (rt::now() - start))
+            };
+            match conn.call(request, answer_by).await {
                 Ok(Reply::Error(line, message)) => {
                     drop(conn);
                     drop(permit);
@@ -281,22 +380,94 @@ impl Pool {
                         ErrorKind::Backend,
                         format!(
                             "memcached at {} refused the command: {} {message}{hint}",
-                            self.settings.addr,
+                            s.addr,
                             Reply::Error(line, String::new()).code()
                         ),
                     ));
                 }
                 Ok(reply) => {
                     permit.give_back(conn);
-                    return Ok(reply);
+                    return Ok(Sent::Reply(reply));
                 }
-                Err(failure) if failure.stale && reused && !retried => {
-                    retried = true;
+                Err(failure) => {
                     drop(conn);
                     drop(permit);
-                    self.close_idle();
+                    let closed = matches!(failure.fate, Fate::Unsent | Fate::Unanswered);
+                    if closed && reused {
+                        self.close_idle();
+                    }
+                    let again = match failure.fate {
+                        Fate::Unsent => true,
+                        Fate::Unanswered => repeat == Repeat::Idempotent,
+                        Fate::Unknown => false,
+                    };
+                    if again && !retried {
+                        retried = true;
+                        continue;
+                    }
+                    if failure.fate == Fate::Unanswered && repeat == Repeat::Once {
+                        return Ok(Sent::Lost(failure.error));
+                    }
+                    return Err(failure.error);
                 }
-                Err(failure) => return Err(failure.error),
+            }
+        }
+    }
+}
+
+/// How an add (`ms ME`) went.
+enum Added {
+    /// Our value is stored.
+    Stored,
+    /// The key was there (`NS`).
+    Exists,
+    /// The reply was lost, and reading the key back found another value.
+    Other(Vec<u8>),
+}
+
+/// The error for a request whose reply was lost when reading back cannot tell
+/// whether it ran.
+fn outcome_unknown(lost: Error, what: &str, key: &[u8], found: &str) -> Error {
+    Error::new(
+        ErrorKind::Connection,
+        format!(
+            "the outcome of {what} {:?} is unknown: the connection closed before its \
+             reply, and {found} ({})",
+            String::from_utf8_lossy(key),
+            lost.message()
+        ),
+    )
+}
+
+impl MemcachedBackend {
+    /// `ms <key> ME`: stores `value` only if `key` is absent. A lost reply is read
+    /// back: our value there → stored, another value → [`Added::Other`], the key gone
+    /// → the add did not run (or its key is already gone again): sent once more.
+    #[maybe_async]
+    async fn add_once(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<Added> {
+        let request = meta::set(key, value, &[Flag::ModeAdd, exptime(ttl)])?;
+        let read = meta::get(key, &[Flag::Value])?;
+        let mut resent = false;
+        loop {
+            let lost = match self.pool.call_once(&request).await? {
+                Sent::Reply(Reply::Hd(_)) => return Ok(Added::Stored),
+                Sent::Reply(Reply::Ns(_)) => return Ok(Added::Exists),
+                Sent::Reply(other) => return Err(unexpected("ms ME", &other)),
+                Sent::Lost(lost) => lost,
+            };
+            match self.pool.call(&read).await? {
+                Reply::Va(found, _) if found == value => return Ok(Added::Stored),
+                Reply::Va(found, _) => return Ok(Added::Other(found)),
+                Reply::En if !resent => resent = true,
+                Reply::En => {
+                    return Err(outcome_unknown(
+                        lost,
+                        "the add of",
+                        key,
+                        "the key is absent after a second try",
+                    ));
+                }
+                other => return Err(unexpected("mg v", &other)),
             }
         }
     }
@@ -313,6 +484,8 @@ impl Backend for MemcachedBackend {
         }
     }
 
+    /// A plain `ms`: sent again after a lost reply (storing the same value twice is
+    /// storing it once).
     async fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<()> {
         let request = meta::set(key, value, &[exptime(ttl)])?;
         match self.pool.call(&request).await? {
@@ -321,21 +494,29 @@ impl Backend for MemcachedBackend {
         }
     }
 
+    /// `ms ME`. After a lost reply it reads the key back: our value → `true`, another
+    /// value → `false` (the key is taken), gone → the add is sent once more.
     async fn add(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<bool> {
-        let request = meta::set(key, value, &[Flag::ModeAdd, exptime(ttl)])?;
-        match self.pool.call(&request).await? {
-            Reply::Hd(_) => Ok(true),
-            Reply::Ns(_) => Ok(false),
-            other => Err(unexpected("ms ME", &other)),
-        }
+        Ok(match self.add_once(key, value, ttl).await? {
+            Added::Stored => true,
+            Added::Exists | Added::Other(_) => false,
+        })
     }
 
+    /// `md`. Never sent twice (it could delete a newer value): after a lost reply, a
+    /// [`Connection`](ErrorKind::Connection) error says the outcome is unknown.
     async fn delete(&self, key: &[u8]) -> Result<bool> {
         let request = meta::delete(key, &[])?;
-        match self.pool.call(&request).await? {
-            Reply::Hd(_) => Ok(true),
-            Reply::Nf(_) => Ok(false),
-            other => Err(unexpected("md", &other)),
+        match self.pool.call_once(&request).await? {
+            Sent::Reply(Reply::Hd(_)) => Ok(true),
+            Sent::Reply(Reply::Nf(_)) => Ok(false),
+            Sent::Reply(other) => Err(unexpected("md", &other)),
+            Sent::Lost(lost) => Err(outcome_unknown(
+                lost,
+                "the delete of",
+                key,
+                "a delete is never sent twice (it could delete a newer value)",
+            )),
         }
     }
 
@@ -363,21 +544,44 @@ impl Backend for MemcachedBackend {
     /// Reads the token and the CAS unique (`mg v c`), compares the token, then
     /// deletes that version only (`md C<cas>`); a CAS that went stale in between is
     /// read again. Never uses a CAS remembered from the acquisition.
+    ///
+    /// When the reply to the delete is lost, the lock is read again: still our token →
+    /// the delete did not run, and is sent again; gone or another token → it may have
+    /// run (or the lease ended, or another client deleted the key): a
+    /// [`Connection`](ErrorKind::Connection) error says the outcome is unknown. Either
+    /// way our token no longer holds the lock; `Ok(true)` is only said when the
+    /// server said it.
     async fn release(&self, key: &[u8], token: &[u8]) -> Result<bool> {
         let read = meta::get(key, &[Flag::Value, Flag::Cas])?;
+        // The error of a delete whose reply was lost, until a read shows it did not run.
+        let mut lost = None;
         for _ in 0..RELEASE_TRIES {
             let cas = match self.pool.call(&read).await? {
-                Reply::En => return Ok(false),
-                Reply::Va(value, _) if value != token => return Ok(false),
-                Reply::Va(_, flags) => Self::cas_of(key, &flags)?,
+                Reply::Va(value, flags) if value == token => {
+                    lost = None;
+                    Self::cas_of(key, &flags)?
+                }
+                Reply::En | Reply::Va(..) => {
+                    return match lost {
+                        None => Ok(false),
+                        Some(lost) => Err(outcome_unknown(
+                            lost,
+                            "the release of",
+                            key,
+                            "the lock no longer holds our token (released by this call, \
+                             or its lease ended, or another client deleted it)",
+                        )),
+                    };
+                }
                 other => return Err(unexpected("mg v c", &other)),
             };
             let delete = meta::delete(key, &[Flag::CompareCas(cas)])?;
-            match self.pool.call(&delete).await? {
-                Reply::Hd(_) => return Ok(true),
-                Reply::Nf(_) => return Ok(false),
-                Reply::Ex(_) => continue,
-                other => return Err(unexpected("md C", &other)),
+            match self.pool.call_once(&delete).await? {
+                Sent::Reply(Reply::Hd(_)) => return Ok(true),
+                Sent::Reply(Reply::Nf(_)) => return Ok(false),
+                Sent::Reply(Reply::Ex(_)) => continue,
+                Sent::Reply(other) => return Err(unexpected("md C", &other)),
+                Sent::Lost(error) => lost = Some(error),
             }
         }
         Err(Error::new(
@@ -389,24 +593,39 @@ impl Backend for MemcachedBackend {
         ))
     }
 
-    /// Polls `mg v t` with capped, jittered backoff: the holder's token
-    /// gone (or replaced) before its lease could have ended is a release, after it a
-    /// vacancy.
+    /// `ms <key> <len> ME T<ttl>`: `HD` → won, `NS` → held (the holder's token is
+    /// learned by the wait's first poll). A lost reply is read back: our token → won,
+    /// another token → held by it, gone → the add did not run: sent once more.
     async fn claim(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<Claim> {
-        Ok(if Backend::add(self, key, token, Some(lease)).await? {
-            Claim::Won
-        } else {
-            Claim::Held { holder: None }
+        check_lock_key(key)?;
+        Ok(match self.add_once(key, token, Some(lease)).await? {
+            Added::Stored => Claim::Won,
+            Added::Exists => Claim::Held { holder: None },
+            Added::Other(holder) => Claim::Held {
+                holder: Some(holder),
+            },
         })
     }
 
-    async fn wait(&self, key: &[u8], _holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {
+    /// Polls `mg v t` with capped, jittered backoff ([`Watch`]): the holder's token
+    /// (`holder`, else the first one seen) gone or replaced before its lease could have
+    /// ended is a release, after it a vacancy. Every poll runs within the response
+    /// timeout and by `deadline`: a poll the server has not answered by then ends the
+    /// wait ([`Wake::Deadline`]).
+    async fn wait(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {
         let request = meta::get(key, &[Flag::Value, Flag::Ttl])?;
-        let mut watch = Watch::new(self.pool.settings.max_poll_delay);
+        let mut watch = Watch::new(self.pool.settings.max_poll_delay, holder);
         loop {
-            let sent = Instant::now();
-            let reply = self.pool.call(&request).await?;
-            let now = Instant::now();
+            let sent = rt::now();
+            if sent >= deadline {
+                return Ok(Wake::Deadline);
+            }
+            let reply = match self.pool.call_by(&request, Some(deadline)).await {
+                Ok(reply) => reply,
+                Err(e) if e.is_timeout() && rt::now() >= deadline => return Ok(Wake::Deadline),
+                Err(e) => return Err(e),
+            };
+            let now = rt::now();
             let seen = match &reply {
                 Reply::En => Seen::Missing,
                 Reply::Va(token, meta::ReplyFlags { ttl: Some(ttl), .. }) => {
@@ -439,6 +658,10 @@ impl Backend for MemcachedBackend {
         }
     }
 
+    /// `ms C<cas>` (or `ms ME` for a key that was absent). After a lost reply it reads
+    /// the key back: our value there → written; anything else → a
+    /// [`Connection`](ErrorKind::Connection) error that says the outcome is unknown
+    /// (never `false`: that would say nothing was written).
     async fn cas(
         &self,
         key: &[u8],
@@ -447,19 +670,59 @@ impl Backend for MemcachedBackend {
         ttl: Option<Duration>,
     ) -> Result<bool> {
         crate::key::check_memcached(key)?;
-        let request = match token {
-            CasToken::Absent => meta::set(key, value, &[Flag::ModeAdd, exptime(ttl)])?,
-            CasToken::Version(0) => return Err(cas_disabled(key)),
-            CasToken::Version(cas) => {
-                meta::set(key, value, &[Flag::CompareCas(*cas), exptime(ttl)])?
+        let cas = match token {
+            CasToken::Absent => {
+                return match self.add_once(key, value, ttl).await? {
+                    Added::Stored => Ok(true),
+                    Added::Exists => Ok(false),
+                    Added::Other(_) => Err(Error::new(
+                        ErrorKind::Connection,
+                        format!(
+                            "the outcome of the compare-and-set of {:?} is unknown: the \
+                             connection closed before its reply, and the key now holds \
+                             another value",
+                            String::from_utf8_lossy(key)
+                        ),
+                    )),
+                };
             }
+            CasToken::Version(0) => return Err(cas_disabled(key)),
+            CasToken::Version(cas) => *cas,
             // A token of another backend cannot describe this store's state.
             CasToken::Value(_) => return Ok(false),
         };
-        match self.pool.call(&request).await? {
-            Reply::Hd(_) => Ok(true),
-            Reply::Ns(_) | Reply::Ex(_) | Reply::Nf(_) => Ok(false),
-            other => Err(unexpected("ms C", &other)),
+        let request = meta::set(key, value, &[Flag::CompareCas(cas), exptime(ttl)])?;
+        let lost = match self.pool.call_once(&request).await? {
+            Sent::Reply(Reply::Hd(_)) => return Ok(true),
+            Sent::Reply(Reply::Ex(_) | Reply::Nf(_)) => return Ok(false),
+            Sent::Reply(other) => return Err(unexpected("ms C", &other)),
+            Sent::Lost(lost) => lost,
+        };
+        let read = meta::get(key, &[Flag::Value])?;
+        match self.pool.call(&read).await? {
+            Reply::Va(found, _) if found == value => Ok(true),
+            Reply::Va(..) | Reply::En => Err(outcome_unknown(
+                lost,
+                "the compare-and-set of",
+                key,
+                "the key does not hold the value it wrote",
+            )),
+            other => Err(unexpected("mg v", &other)),
         }
     }
+}
+
+/// A lock key memcached can store, with a message that names the parts of a lock key.
+fn check_lock_key(key: &[u8]) -> Result<()> {
+    if key.len() > MEMCACHED_MAX_KEY {
+        return Err(Error::invalid_key(format!(
+            "memcached stores a lock under namespace + key + {suffix:?} and takes keys of at \
+             most {MEMCACHED_MAX_KEY} bytes; this lock key has {} bytes (namespace + key \
+             may have at most {} bytes)",
+            key.len(),
+            MEMCACHED_MAX_KEY - LOCK_SUFFIX.len(),
+            suffix = String::from_utf8_lossy(LOCK_SUFFIX),
+        )));
+    }
+    crate::key::check_memcached(key)
 }

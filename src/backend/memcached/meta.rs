@@ -10,7 +10,7 @@
 //!
 //! ```text
 //!   mg <key> v c t        VA <len> c<cas> t<ttl>\r\n<data>\r\n  |  EN
-//!   ms <key> <len> ME T3  HD c<cas>  |  NS
+//!   ms <key> <len> ME T4  HD c<cas>  |  NS
 //!   md <key> C<cas>       HD  |  EX  |  NF
 //!   mn                    MN
 //! ```
@@ -123,16 +123,27 @@ fn command(name: &[u8], key: &[u8], value: Option<&[u8]>, flags: &[Flag]) -> Res
     Ok(out)
 }
 
-/// The `T` field for a TTL: `None` → 0 (never expires); otherwise whole seconds,
-/// rounded up plus one (memcached counts on a one-second tick: `T<n>` lives between
-/// n−1 and n seconds), so the key never expires before `ttl`.
+/// The `T` field for a TTL: `None` → 0 (never expires); otherwise
+/// `ceil(ttl + TICK_MARGIN) + 2` whole seconds, so that the key never expires before
+/// `ttl` has passed since the server stored it.
+///
+/// Why 2 and the margin: memcached stores the expiry `clock + T` on a clock of whole
+/// seconds that a one-second timer updates, and drops the key at the first tick where
+/// the clock reaches it. The key may be stored just before a tick, and the clock
+/// steps by 2 in one tick whenever the timer's phase (it drifts by about 1 ms a tick)
+/// crosses a whole second: a key lives more than `T - 1 s - (length of the tick it
+/// was stored in)`, that is more than `T - 2 s - TICK_MARGIN` while the timer fires
+/// at most [`TICK_MARGIN`](crate::core::poll::TICK_MARGIN) late. It lives at most
+/// about `T + 1 s`: `ttl` + 3.25 to 4.25 s. (Measured on memcached 1.6.18: `T3` keys
+/// stored in the two seconds before such a step lived 1.0 to 2.0 s.)
 ///
 /// Past 30 days memcached reads the field as an absolute unix time: then it is
 /// `now_unix + seconds`, clamped to the largest time memcached parses (2038-01-19).
 pub fn exptime(ttl: Option<Duration>, now_unix: u64) -> u64 {
     let Some(ttl) = ttl else { return 0 };
-    let whole = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
-    let secs = whole.saturating_add(1);
+    let floor = ttl.saturating_add(crate::core::poll::TICK_MARGIN);
+    let whole = floor.as_secs() + u64::from(floor.subsec_nanos() > 0);
+    let secs = whole.saturating_add(2);
     if secs <= RELATIVE_EXPTIME_MAX {
         secs
     } else {
@@ -448,21 +459,34 @@ mod tests {
     }
 
     #[test]
-    fn exptime_rounds_up_plus_one_tick() {
+    fn exptime_is_a_floor_on_a_clock_that_steps_by_two() {
         let ms = Duration::from_millis;
         assert_eq!(exptime(None, 0), 0);
-        assert_eq!(exptime(Some(ms(1)), 0), 2);
-        assert_eq!(exptime(Some(ms(1000)), 0), 2);
-        assert_eq!(exptime(Some(ms(1001)), 0), 3);
-        assert_eq!(exptime(Some(Duration::from_secs(30)), 0), 31);
+        assert_eq!(exptime(Some(ms(1)), 0), 3);
+        assert_eq!(exptime(Some(ms(750)), 0), 3);
+        assert_eq!(exptime(Some(ms(751)), 0), 4);
+        assert_eq!(exptime(Some(ms(1000)), 0), 4);
+        assert_eq!(exptime(Some(ms(1750)), 0), 4);
+        assert_eq!(exptime(Some(Duration::from_secs(30)), 0), 33);
+        // The floor: a key lives more than T - 2 s - TICK_MARGIN.
+        for millis in (1..10_000).step_by(37) {
+            let t = exptime(Some(ms(millis)), 0);
+            let shortest =
+                Duration::from_secs(t) - Duration::from_secs(2) - crate::core::poll::TICK_MARGIN;
+            assert!(shortest >= ms(millis), "{millis} ms → T{t}");
+            assert!(
+                shortest < ms(millis) + Duration::from_secs(1),
+                "{millis} ms → T{t}"
+            );
+        }
         let month = Duration::from_secs(RELATIVE_EXPTIME_MAX);
         assert_eq!(
-            exptime(Some(month - Duration::from_secs(1)), 7),
+            exptime(Some(month - Duration::from_secs(3)), 7),
             RELATIVE_EXPTIME_MAX
         );
         assert_eq!(
             exptime(Some(month), 1_800_000_000),
-            1_800_000_000 + RELATIVE_EXPTIME_MAX + 1
+            1_800_000_000 + RELATIVE_EXPTIME_MAX + 3
         );
         assert_eq!(
             exptime(Some(crate::MAX_DURATION), 1_800_000_000),

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::backend::memcached::meta::{Reply, ReplyBuffer};
-use crate::backend::memcached::settings::{Addr, Failure, io_error, is_closed, one_reply};
+use crate::backend::memcached::settings::{Addr, Failure, io_error, one_reply};
 use crate::error::{Error, ErrorKind, Result};
 
 enum Stream {
@@ -43,10 +43,10 @@ pub(crate) struct Conn {
     response_timeout: Duration,
 }
 
-/// Opens a connection within `connect_timeout`.
+/// Opens a connection by `deadline` (every address the host resolves to shares it).
 pub(crate) async fn connect(
     addr: &Addr,
-    connect_timeout: Duration,
+    deadline: Instant,
     response_timeout: Duration,
 ) -> Result<Conn> {
     let open = async {
@@ -59,13 +59,13 @@ pub(crate) async fn connect(
             Addr::Unix(path) => UnixStream::connect(path).await.map(Stream::Unix),
         }
     };
-    let stream = match tokio::time::timeout(connect_timeout, open).await {
+    let stream = match tokio::time::timeout_at(deadline.into(), open).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(io_error(addr, "cannot connect", e)),
         Err(_) => {
             return Err(Error::new(
                 ErrorKind::Timeout,
-                format!("memcached at {addr}: no connection within {connect_timeout:?}"),
+                format!("memcached at {addr}: no connection within the connect timeout"),
             ));
         }
     };
@@ -97,6 +97,14 @@ impl Conn {
         }
     }
 
+    /// Gives up a connection inherited from the parent process by `fork`, without
+    /// touching it: dropping it would deregister the socket from the reactor's epoll
+    /// set, which the child shares with its parent, and so silence the parent's
+    /// connection. The child's copy of the descriptor stays open (a few per fork).
+    pub(crate) fn abandon(self) {
+        std::mem::forget(self);
+    }
+
     async fn exchange(&mut self, request: &[u8]) -> Result<Reply, Failure> {
         if let Err(e) = self.stream.write_all(request).await {
             return Err(Failure::send(&self.addr, e));
@@ -110,7 +118,7 @@ impl Conn {
             match read {
                 Ok(0) => {
                     self.replies.filled(0);
-                    return Err(Failure::closed(&self.addr, received));
+                    return Err(Failure::closed(&self.addr, received, None));
                 }
                 Ok(n) => {
                     self.replies.filled(n);
@@ -119,10 +127,7 @@ impl Conn {
                 Err(e) => {
                     self.replies.filled(0);
                     if e.kind() != std::io::ErrorKind::Interrupted {
-                        return Err(Failure {
-                            stale: !received && is_closed(&e),
-                            error: io_error(&self.addr, "cannot read the reply", e),
-                        });
+                        return Err(Failure::closed(&self.addr, received, Some(e)));
                     }
                 }
             }

@@ -136,10 +136,25 @@ pub(crate) fn settings_from_url(url: &str) -> Result<Settings> {
 #[derive(Debug)]
 pub(crate) struct Failure {
     pub error: Error,
-    /// The server had closed the connection before it read the request (the request
-    /// was not executed): a pooled connection of a server that restarted or dropped
-    /// idle clients. The request may be sent again on a new connection.
-    pub stale: bool,
+    /// What the failure tells about the request.
+    pub fate: Fate,
+}
+
+/// What a failed exchange tells about its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fate {
+    /// Unknown, and nothing to learn soon (a timeout, a malformed reply): never sent
+    /// again.
+    Unknown,
+    /// The request could not be written: the server had closed the connection, so
+    /// it never read it. Safe to send again on a new connection, whatever it does.
+    Unsent,
+    /// The request was written, then the server closed the connection before one
+    /// byte of the reply came: it may or may not have executed it (a server that
+    /// restarted before reading it, or one that ran it and lost the connection).
+    /// Only a request that is safe to repeat is sent again; another must be read
+    /// back.
+    Unanswered,
 }
 
 impl Failure {
@@ -147,29 +162,39 @@ impl Failure {
     pub fn fatal(error: Error) -> Self {
         Failure {
             error,
-            stale: false,
+            fate: Fate::Unknown,
         }
     }
 
-    /// The request could not be written; stale when the server had closed the
-    /// connection (nothing was executed).
+    /// The request could not be written: unsent when the server had closed the
+    /// connection.
     pub fn send(addr: &Addr, e: std::io::Error) -> Self {
         Failure {
-            stale: is_closed(&e),
+            fate: if is_closed(&e) {
+                Fate::Unsent
+            } else {
+                Fate::Unknown
+            },
             error: io_error(addr, "cannot send the request", e),
         }
     }
 
-    /// The server closed the connection; stale (safe to send again) when nothing of
-    /// the reply had been `received`.
-    pub fn closed(addr: &Addr, received: bool) -> Self {
-        Failure {
-            stale: !received,
-            error: Error::new(
+    /// The server closed the connection (`e`: with an error); unanswered when nothing
+    /// of the reply had been `received`.
+    pub fn closed(addr: &Addr, received: bool, e: Option<std::io::Error>) -> Self {
+        let fate = match &e {
+            Some(e) if !is_closed(e) => Fate::Unknown,
+            _ if received => Fate::Unknown,
+            _ => Fate::Unanswered,
+        };
+        let error = match e {
+            Some(e) => io_error(addr, "cannot read the reply", e),
+            None => Error::new(
                 ErrorKind::Connection,
                 format!("memcached at {addr}: the server closed the connection"),
             ),
-        }
+        };
+        Failure { error, fate }
     }
 }
 
