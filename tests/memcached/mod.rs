@@ -1048,3 +1048,241 @@ fn lock_keys_leave_room_for_the_suffix() {
         assert!(message.contains(part), "{part:?} missing: {message}");
     }
 }
+
+/// The monotonic clock in seconds: memcached's clock counts its whole seconds.
+fn monotonic() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes the current time into `ts`.
+    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) }, 0);
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// Sleeps until the monotonic clock reads `at`.
+fn sleep_until(at: f64) {
+    let left = at - monotonic();
+    if left > 0.0 {
+        std::thread::sleep(Duration::from_secs_f64(left));
+    }
+}
+
+/// A bare connection that reads memcached's clock: the TTL of a key that never
+/// expires in the test counts down one per tick of the server's clock.
+struct ClockProbe {
+    reader: BufReader<std::os::unix::net::UnixStream>,
+    writer: std::os::unix::net::UnixStream,
+}
+
+impl ClockProbe {
+    fn new(server: &MemcachedServer) -> ClockProbe {
+        let writer = std::os::unix::net::UnixStream::connect(socket(server)).unwrap();
+        let mut probe = ClockProbe {
+            reader: BufReader::new(writer.try_clone().unwrap()),
+            writer,
+        };
+        assert_eq!(probe.ask("ms clock 1 T100000\r\nx\r\n"), "HD");
+        probe
+    }
+
+    fn ask(&mut self, request: &str) -> String {
+        self.writer.write_all(request.as_bytes()).unwrap();
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+
+    /// The clock key's TTL now: one less for every tick of the server's clock.
+    fn ttl(&mut self) -> i64 {
+        let line = self.ask("mg clock t\r\n");
+        line.split(' ')
+            .find_map(|w| w.strip_prefix('t'))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("{line:?}"))
+    }
+
+    /// Waits for the server's next tick; returns when it was seen (monotonic seconds,
+    /// about a millisecond late) and the TTL after it.
+    fn next_tick(&mut self) -> (f64, i64) {
+        let before = self.ttl();
+        loop {
+            std::thread::sleep(Duration::from_micros(500));
+            let ttl = self.ttl();
+            if ttl != before {
+                return (monotonic(), ttl);
+            }
+        }
+    }
+}
+
+/// memcached's clock counts whole seconds, set by a one-second timer that drifts
+/// through the second: when the timer's phase crosses a whole second (here, forced:
+/// the server is stopped so that one tick comes 0.1–0.2 s late, across a second) the
+/// clock steps by 2 in one tick, and every key stored in the second before lives
+/// about a second less than its TTL. Measured: 40 locks of 1–2 s leases all live at
+/// least their lease (sent as `ceil(lease)+1`, most lived less).
+#[test]
+fn locks_live_at_least_their_lease_when_the_clock_steps_by_two() {
+    let server = MemcachedServer::start();
+    let cache = aiolock::blocking::Cache::from_url(&server.url()).unwrap();
+    let mut probe = ClockProbe::new(&server);
+    let leases = [1000, 1250, 1500, 1750, 2000].map(Duration::from_millis);
+    for attempt in 0..3 {
+        // Put the timer's phase 0.85 s into the second: stop the server past its next
+        // tick and let it run again at that phase (the late tick fires at once).
+        let (tick, _) = probe.next_tick();
+        server.pause();
+        let resume = (tick + 1.05).floor() + 1.85;
+        sleep_until(resume);
+        server.resume();
+        let (tick, before) = probe.next_tick();
+        let phase = tick.fract();
+        if !(0.8..0.93).contains(&phase) {
+            continue; // the machine was too slow to place it; try again
+        }
+        // Locks stored during this second, up to just before the next tick ...
+        let mut locks = Vec::new();
+        let last = tick + 0.9;
+        let mut i = 0;
+        while monotonic() < last {
+            let lease = leases[i % leases.len()];
+            let key = format!("a{attempt}-{i}");
+            let guard = cache.redlock(&key, lease).acquire().unwrap();
+            assert!(guard.is_acquired());
+            locks.push((format!("{key}-lock"), lease, Instant::now()));
+            std::mem::forget(guard); // a holder that never releases
+            i += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // ... then that tick comes 1.02 - phase (0.09–0.22 s) late, in the second after
+        // next: the clock steps from K to K + 2.
+        server.pause();
+        sleep_until(tick.floor() + 2.02);
+        server.resume();
+        let (_, after) = probe.next_tick();
+        if before - after != 2 {
+            continue; // not the step this test is about (a stop that came too late)
+        }
+        assert!(locks.len() >= 30, "only {} locks in the second", locks.len());
+        let mut gone = vec![None; locks.len()];
+        while gone.iter().any(Option::is_none) {
+            for (at, (key, _, _)) in gone.iter_mut().zip(&locks) {
+                if at.is_none() && !cache.exists(key).unwrap() {
+                    *at = Some(Instant::now());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for ((key, lease, stored), gone) in locks.iter().zip(gone) {
+            let lived = gone.unwrap() - *stored;
+            assert!(
+                lived >= *lease,
+                "{key}: lease {lease:?}, lived {lived:?} (phase {phase:.3})"
+            );
+        }
+        return;
+    }
+    panic!("could not make the server's clock step by 2 in 3 attempts");
+}
+
+/// `n` checked writes and reads of this process's own keys; the number of wrong
+/// answers or errors.
+fn checked_round_trips(cache: &aiolock::blocking::Cache, tag: &str, n: usize) -> usize {
+    (0..n)
+        .filter(|i| {
+            let key = format!("{tag}{i}");
+            let value = format!("{tag} value {i}");
+            cache.set(&key, &value, None).is_err()
+                || cache.get(&key).ok().flatten().as_deref() != Some(value.as_bytes())
+        })
+        .count()
+}
+
+/// Runs `child` in a forked child process (its result: the exit status) while the
+/// parent runs `parent`; returns both.
+fn forked(child: impl FnOnce() -> i32, parent: impl FnOnce() -> usize) -> (i32, usize) {
+    // SAFETY: the test process runs this test alone (nextest: one process per test);
+    // the child uses only this test's objects and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(99);
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mine = parent();
+    let mut status = 0;
+    // SAFETY: waits for the child just forked.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "the child died: {status}");
+    (libc::WEXITSTATUS(status), mine)
+}
+
+/// A child forked from a process with pooled connections opens its own: parent and
+/// child then talk at the same time, and each reads only its own replies (sharing the
+/// parent's socket, one reads the other's).
+#[test]
+fn a_forked_child_does_not_use_its_parents_connections() {
+    let server = MemcachedServer::start();
+    let cache =
+        aiolock::blocking::Cache::from_url(&format!("{}?pool_size=1", server.url())).unwrap();
+    cache.set("warm", b"v", None).unwrap();
+    let opened = |stats: &std::collections::HashMap<String, String>| -> usize {
+        stats["total_connections"].parse().unwrap()
+    };
+    let before = opened(&raw_stats(&server));
+    let (child, parent) = forked(
+        || match checked_round_trips(&cache, "child", 2000) {
+            0 => 0,
+            wrong => i32::try_from(wrong.min(98)).unwrap(),
+        },
+        || checked_round_trips(&cache, "parent", 2000),
+    );
+    assert_eq!(child, 0, "wrong answers in the child");
+    assert_eq!(parent, 0, "wrong answers in the parent");
+    // The child opened one connection; the stats connections count one each.
+    assert_eq!(opened(&raw_stats(&server)), before + 2);
+}
+
+/// The async flavor: the child runs its own runtime (tokio's do not survive fork)
+/// with the cache its parent opened, and gets a connection of its own.
+#[test]
+fn a_forked_child_does_not_use_its_parents_connections_async() {
+    let server = MemcachedServer::start();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let parent_rt = runtime();
+    let url = format!("{}?pool_size=1", server.url());
+    let cache = parent_rt.block_on(async {
+        let cache = aiolock::Cache::from_url(&url).await.unwrap();
+        cache.set("warm", b"v", None).await.unwrap();
+        cache
+    });
+    let rounds = |cache: aiolock::Cache, tag: &'static str| async move {
+        let mut wrong = 0;
+        for i in 0..2000 {
+            let key = format!("{tag}{i}");
+            let value = format!("{tag} value {i}");
+            if cache.set(&key, &value, None).await.is_err()
+                || cache.get(&key).await.ok().flatten().as_deref() != Some(value.as_bytes())
+            {
+                wrong += 1;
+            }
+        }
+        wrong
+    };
+    let (child, parent) = forked(
+        || {
+            let wrong = runtime().block_on(rounds(cache.clone(), "child"));
+            i32::try_from(wrong.min(98)).unwrap()
+        },
+        || parent_rt.block_on(rounds(cache.clone(), "parent")),
+    );
+    assert_eq!(child, 0, "wrong answers in the child");
+    assert_eq!(parent, 0, "wrong answers in the parent");
+}
