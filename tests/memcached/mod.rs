@@ -1056,7 +1056,10 @@ fn monotonic() -> f64 {
         tv_nsec: 0,
     };
     // SAFETY: writes the current time into `ts`.
-    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) }, 0);
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
+        0
+    );
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
@@ -1164,7 +1167,11 @@ fn locks_live_at_least_their_lease_when_the_clock_steps_by_two() {
         if before - after != 2 {
             continue; // not the step this test is about (a stop that came too late)
         }
-        assert!(locks.len() >= 30, "only {} locks in the second", locks.len());
+        assert!(
+            locks.len() >= 30,
+            "only {} locks in the second",
+            locks.len()
+        );
         let mut gone = vec![None; locks.len()];
         while gone.iter().any(Option::is_none) {
             for (at, (key, _, _)) in gone.iter_mut().zip(&locks) {

@@ -37,16 +37,54 @@ const RELEASE_TRIES: usize = 8;
 /// - Waiters poll the lock key (memcached has no notifications) with a capped,
 ///   jittered exponential backoff starting at 0.1–0.2 ms, up to 4 ms by default
 ///   (URL option `max_poll_interval`, in seconds), and never sleep past their deadline.
-/// - TTLs count whole seconds: a TTL or lease `d` is sent as `ceil(d) + 1` seconds,
-///   so a key never expires early, and lives at most two seconds longer.
 /// - [`OptimisticLock`](super::OptimisticLock) compares the real CAS unique.
 /// - A server run with CAS disabled (`-C`) is refused with
 ///   [`ErrorKind::Backend`] at the first release or optimistic lock.
 ///
+/// # Keys
+///
+/// memcached keys are 1–250 bytes without spaces or control bytes; others fail with
+/// [`ErrorKind::InvalidKey`] before anything is sent. The stored key is the cache's
+/// namespace + the key, and for a lock namespace + key + `"-lock"`: `get` and `set`
+/// take a namespace + key of 250 bytes, a lock at most 245.
+///
+/// # TTLs and leases
+///
+/// memcached counts whole seconds, on a clock a one-second timer updates; the timer
+/// drifts through the second (about 1 ms a tick), and when its phase crosses a whole
+/// second the clock steps by two seconds in one tick, shortening the life of every
+/// key stored in the second before by about a second. A lease or TTL `d` is therefore
+/// sent as `T = ceil(d + 0.25 s) + 2` seconds. The guarantee: **a lock key lives at
+/// least its lease** after the server stored it (more than `T - 2 s - 0.25 s`), as
+/// long as the server's clock timer fires at most 250 ms late; it lives at most
+/// `T + 1.25 s` (less than `d + 4.5 s`: the time a holder that never releases blocks
+/// the key). A server stopped as a whole (SIGSTOP, swapping) for longer can serve
+/// a claim with a stale clock and shorten that lock by the stall.
+///
+/// # Faults
+///
+/// - Each request returns within `response_timeout` (waiting for a free connection
+///   included); opening a connection has its own `connect_timeout` (every address of
+///   the host within one); a waiter's polls end by its own deadline.
+/// - A request on a connection the server closed before its reply is sent again only
+///   when that is safe: reads and plain `set`s, or a request that surely never
+///   reached the server. A lost reply to anything else is read back: an add or a
+///   claim that finds its own value has won (another value: held by that holder; no
+///   value: the add is sent once more); a compare-and-set that finds its value has
+///   written; otherwise, and for a release whose lock is gone and a `delete` (never
+///   sent twice: it could delete a newer value), a [`Connection`](ErrorKind::Connection)
+///   error says that the outcome is unknown. A release never reports `Ok(true)`
+///   unless the server said it deleted the lock.
+/// - A [`Timeout`](ErrorKind::Timeout) leaves the outcome unknown too: the server may
+///   run the request later.
+///
 /// Connections: a pool of at most `pool_size` (URL option, default 8); callers beyond
 /// that wait for a free one within the response timeout. A request that fails, times
 /// out or is cancelled (async: its future dropped) discards its connection, so no
-/// later request reads its reply.
+/// later request reads its reply. A process forked from one that used the pool
+/// (preforking servers) does not touch the connections it inherited: the pool opens
+/// its own (in the async flavor, the child needs a runtime of its own too: tokio's do
+/// not survive `fork`).
 ///
 /// Clones share the pool. Usually reached through [`Cache::from_url`](super::Cache::from_url):
 ///
@@ -78,9 +116,10 @@ impl std::fmt::Debug for MemcachedBackend {
 impl MemcachedBackend {
     /// Connects to the server a `memcached://` or `memcached+unix://` URL names, with
     /// the URL's options (`connect_timeout`, `response_timeout`, `pool_size`,
-    /// `max_poll_interval`). One connection is opened at once, so an unreachable
-    /// server is reported here. A `namespace` option is ignored: namespaces belong to
-    /// the [`Cache`](super::Cache).
+    /// `max_poll_interval`). One connection is opened (within `connect_timeout`) and
+    /// pinged (within `response_timeout`) at once, so an unreachable server is
+    /// reported here. A `namespace` option is ignored: namespaces belong to the
+    /// [`Cache`](super::Cache).
     ///
     /// ```no_run
     /// # #[cfg(feature = "blocking")] {
@@ -607,7 +646,7 @@ impl Backend for MemcachedBackend {
         })
     }
 
-    /// Polls `mg v t` with capped, jittered backoff ([`Watch`]): the holder's token
+    /// Polls `mg v t` with capped, jittered backoff (`core::poll::Watch`): the holder's token
     /// (`holder`, else the first one seen) gone or replaced before its lease could have
     /// ended is a release, after it a vacancy. Every poll runs within the response
     /// timeout and by `deadline`: a poll the server has not answered by then ends the

@@ -134,7 +134,7 @@ fn command(name: &[u8], key: &[u8], value: Option<&[u8]>, flags: &[Flag]) -> Res
 /// crosses a whole second: a key lives more than `T - 1 s - (length of the tick it
 /// was stored in)`, that is more than `T - 2 s - TICK_MARGIN` while the timer fires
 /// at most [`TICK_MARGIN`](crate::core::poll::TICK_MARGIN) late. It lives at most
-/// about `T + 1 s`: `ttl` + 3.25 to 4.25 s. (Measured on memcached 1.6.18: `T3` keys
+/// `T + 1.25 s`: less than `ttl + 4.5 s`. (Measured on memcached 1.6.18: `T3` keys
 /// stored in the two seconds before such a step lived 1.0 to 2.0 s.)
 ///
 /// Past 30 days memcached reads the field as an absolute unix time: then it is
