@@ -184,8 +184,27 @@ impl MemcachedServer {
 
     /// Stops the server as a whole (`SIGSTOP`): connections stay open, nothing is
     /// answered, its clock stops ticking, until [`resume`](MemcachedServer::resume).
+    /// Returns once the process is stopped (a signal is delivered asynchronously).
     pub fn pause(&self) {
         self.signal(libc::SIGSTOP);
+        let pid = self.child.as_ref().expect("the server runs").id();
+        let start = Instant::now();
+        // /proc/<pid>/stat: "pid (comm) state ...": `T` once stopped.
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                stat.rsplit(')')
+                    .next()
+                    .map(|rest| rest.trim_start().starts_with('T'))
+            })
+            != Some(true)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "memcached (pid {pid}) did not stop"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     /// Lets a [`pause`](MemcachedServer::pause)d server run again (`SIGCONT`).
