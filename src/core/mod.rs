@@ -4,6 +4,7 @@
 //! reads a clock or touches a socket: time comes in as arguments, so every rule is
 //! unit-tested with made-up instants.
 
+pub mod fork;
 pub mod lease;
 #[cfg(all(feature = "memcached", any(feature = "blocking", feature = "async")))]
 pub mod poll;

@@ -2,5 +2,6 @@
 
 #[cfg(feature = "memcached")]
 pub mod memcached;
+pub mod proxy;
 #[cfg(feature = "redis")]
 pub mod redis;
