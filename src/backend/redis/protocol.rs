@@ -347,9 +347,8 @@ pub(crate) fn recheck_delay(attempt: u32) -> Duration {
 
 /// Tells a forked child from its parent: connections opened under another generation
 /// belong to the parent (a child reusing them would read the parent's replies).
-// A one-line swap for `crate::core::fork::generation()` once it lands.
 pub(crate) fn fork_generation() -> u64 {
-    u64::from(std::process::id())
+    crate::core::fork::generation()
 }
 
 /// What a subscription heard while it listened.
