@@ -569,12 +569,22 @@ async fn bad_urls_and_unreachable_servers() {
         "redis://h?connect_timeout=abc",
         "bogus://h",
         "redis+unix://",
+        "redis://h?respone_timeout=0.2",
+        "redis+unix:///tmp/r.sock?pass=x&bogus=1",
     ] {
         let e = aiolock::blocking::Cache::from_url(url).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{url}: {e}");
         let e = aiolock::Cache::from_url(url).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{url}: {e}");
     }
+    // An unknown option is named (a typo must not fall back to a default silently).
+    let e = aiolock::blocking::Cache::from_url("redis://h?respone_timeout=0.2").unwrap_err();
+    assert!(e.to_string().contains("respone_timeout"), "{e}");
+    // The `redis` crate's own options still pass.
+    let e =
+        aiolock::blocking::Cache::from_url("redis+unix:///nonexistent.sock?db=1&protocol=resp3")
+            .unwrap_err();
+    assert!(e.is_connection(), "{e}");
 
     // A closed port.
     let closed = {
