@@ -180,12 +180,8 @@ async fn async_recheck_cost(server: &fixture::RedisServer, url: &str, per_row: D
             let cache = cache.clone();
             tokio::spawn(async move {
                 let key = format!("rc{}", i % RECHECK_KEYS);
-                cache
-                    .redlock(key, lease)
-                    .wait_at_most(bound)
-                    .acquire()
-                    .await
-                    .unwrap();
+                let waited = cache.redlock(key, lease).wait_at_most(bound).acquire();
+                drop(waited.await.unwrap());
             })
         })
         .collect();
@@ -214,11 +210,13 @@ fn blocking_recheck_cost(server: &fixture::RedisServer, url: &str, per_row: Dura
             let cache = &cache;
             s.spawn(move || {
                 let key = format!("rb{}", i % RECHECK_KEYS);
-                cache
-                    .redlock(key, lease)
-                    .wait_at_most(bound)
-                    .acquire()
-                    .unwrap();
+                drop(
+                    cache
+                        .redlock(key, lease)
+                        .wait_at_most(bound)
+                        .acquire()
+                        .unwrap(),
+                );
             });
         }
         std::thread::sleep(Duration::from_millis(500));
