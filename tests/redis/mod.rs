@@ -1290,3 +1290,46 @@ fn forked_child_opens_its_own_async_connection() {
         Some(&b"child"[..])
     );
 }
+
+/// `INFO commandstats` as `(command, calls)` pairs.
+fn command_calls(server: &RedisServer) -> Vec<(String, usize)> {
+    server
+        .admin(&["INFO", "commandstats"])
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+            Some((name.to_owned(), rest.split(',').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+both_flavors!(
+    /// An uncontended lock cycle is exactly one `SET` and one `EVALSHA`: the waiters'
+    /// subscription, re-check and safety net cost nothing when nobody waits.
+    uncontended_cycle_is_one_set_and_one_evalsha(server, url) {
+        let cache = Cache::from_url(&url).await.unwrap();
+        // Load the release script first (the first EVALSHA answers NOSCRIPT).
+        let g = cache.redlock("warm", Duration::from_secs(5)).acquire().await.unwrap();
+        drop(g.release().await.unwrap());
+        server.admin(&["CONFIG", "RESETSTAT"]);
+        for _ in 0..50 {
+            let g = cache.redlock("k", Duration::from_secs(5)).acquire().await.unwrap();
+            assert!(g.is_acquired());
+            let released = g.release().await.unwrap();
+            assert!(released);
+        }
+        let mut calls = command_calls(server);
+        calls.retain(|(c, _)| !c.starts_with("config") && c != "info");
+        calls.sort();
+        // The script's own GET, DEL and PUBLISH are counted too (run inside EVALSHA).
+        let expected: Vec<(String, usize)> = ["del", "evalsha", "get", "publish", "set"]
+            .iter()
+            .map(|c| (c.to_string(), 50))
+            .collect();
+        assert_eq!(
+            calls,
+            expected,
+            "{calls:?}"
+        );
+    }
+);
