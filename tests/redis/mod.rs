@@ -1310,7 +1310,8 @@ both_flavors!(
         let cache = Cache::from_url(&url).await.unwrap();
         // Load the release script first (the first EVALSHA answers NOSCRIPT).
         let g = cache.redlock("warm", Duration::from_secs(5)).acquire().await.unwrap();
-        drop(g.release().await.unwrap());
+        let released = g.release().await.unwrap();
+        assert!(released);
         server.admin(&["CONFIG", "RESETSTAT"]);
         for _ in 0..50 {
             let g = cache.redlock("k", Duration::from_secs(5)).acquire().await.unwrap();
