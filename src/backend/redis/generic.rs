@@ -363,7 +363,7 @@ impl Backend for RedisBackend {
                         break r::Heard::Silence;
                     }
                 };
-                Ok(r::wake(heard, until_is_deadline))
+                Ok(r::wake(heard, until, until_is_deadline, rt::now()))
             }
         }
     }

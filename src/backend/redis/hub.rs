@@ -57,7 +57,10 @@ struct Slot {
     /// The hub's epoch when the waiter joined.
     epoch: u64,
     holder: Option<Box<[u8]>>,
+    /// A counted message came.
     heard: AtomicBool,
+    /// A re-check found the holder gone.
+    gone: AtomicBool,
 }
 
 impl Hub {
@@ -100,6 +103,7 @@ impl Hub {
                 epoch: self.epoch(),
                 holder: holder.map(Box::from),
                 heard: AtomicBool::new(false),
+                gone: AtomicBool::new(false),
             });
             state.waiters.push(Arc::clone(&slot));
             slot
@@ -120,6 +124,7 @@ impl Hub {
             channel.mark(
                 |slot| counts_message(payload, slot.holder.as_deref()),
                 u64::MAX,
+                |slot| &slot.heard,
             );
         }
     }
@@ -200,15 +205,21 @@ impl Channel {
         self.mark(
             |slot| counts_observation(value, slot.holder.as_deref()),
             sent,
+            |slot| &slot.gone,
         );
     }
 
-    /// Marks the waiters that joined before `before` and for which `counts`.
-    fn mark(&self, counts: impl Fn(&Slot) -> bool, before: u64) {
+    /// Sets `flag` of the waiters that joined before `before` and for which `counts`.
+    fn mark(
+        &self,
+        counts: impl Fn(&Slot) -> bool,
+        before: u64,
+        flag: impl Fn(&Slot) -> &AtomicBool,
+    ) {
         let mut woke = false;
         for slot in &self.state.lock().waiters {
             if slot.joined < before && counts(slot) {
-                slot.heard.store(true, Ordering::SeqCst);
+                flag(slot).store(true, Ordering::SeqCst);
                 woke = true;
             }
         }
@@ -243,11 +254,13 @@ impl Waiter {
         self.channel.event.listen()
     }
 
-    /// What ended the wait so far, if anything: a counted message or re-check, or a
-    /// lost connection.
+    /// What ended the wait so far, if anything: a counted message, a re-check that
+    /// found the holder gone, or a lost connection.
     pub(crate) fn heard(&self) -> Option<Heard> {
         if self.slot.heard.load(Ordering::SeqCst) {
             Some(Heard::Message)
+        } else if self.slot.gone.load(Ordering::SeqCst) {
+            Some(Heard::Gone)
         } else if self.hub.epoch() != self.slot.epoch {
             Some(Heard::Lost)
         } else {
@@ -321,13 +334,13 @@ mod tests {
         // The re-check read h1 (h0 released, h1 took it): h0 is gone for `early`;
         // `late` joined after the re-check was sent and ignores it either way.
         early.channel().observed(sent, Some(b"h1"));
-        assert_eq!(early.heard(), Some(Heard::Message));
+        assert_eq!(early.heard(), Some(Heard::Gone));
         assert_eq!(late.heard(), None);
         let sent = late.channel().recheck_sent();
         late.channel().observed(sent, Some(b"h1"));
         assert_eq!(late.heard(), None, "its holder still holds");
         late.channel().observed(sent, None);
-        assert_eq!(late.heard(), Some(Heard::Message));
+        assert_eq!(late.heard(), Some(Heard::Gone));
     }
 
     #[test]

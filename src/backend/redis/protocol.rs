@@ -354,22 +354,32 @@ pub(crate) fn fork_generation() -> u64 {
 /// What a subscription heard while it listened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Heard {
-    /// A release was announced on the channel.
+    /// The holder's release (or a delete of the key) was announced on the channel.
     Message,
+    /// A re-check found the holder gone without a message.
+    Gone,
     /// Nothing until the end of the wait.
     Silence,
     /// The subscriber connection broke: a release may have been missed.
     Lost,
 }
 
-/// How a planned wait ended, as a [`Wake`]. A lost subscription reads as
-/// [`Wake::Vacant`]: the caller tries the key again and, if it is still held,
-/// waits again on a fresh subscription.
-pub(crate) fn wake(heard: Heard, until_is_deadline: bool) -> Wake {
+/// How close to the holder's lease end a re-check that finds the holder gone is taken
+/// for an expiry rather than a release (the lease end is known from `PTTL` to within a
+/// round trip).
+pub(crate) const EXPIRY_MARGIN: Duration = Duration::from_millis(10);
+
+/// How a planned wait that listened until `until` ended, as a [`Wake`], at `now`. A
+/// lost subscription reads as [`Wake::Vacant`]: the caller tries the key again and,
+/// if it is still held, waits again on a fresh subscription. A holder found gone by a
+/// re-check released its lock, unless its lease may have just ended (then the caller
+/// claims the key again, which is safe: an expiry is never taken for a release).
+pub(crate) fn wake(heard: Heard, until: Instant, until_is_deadline: bool, now: Instant) -> Wake {
     match heard {
         Heard::Message => Wake::Released,
+        Heard::Gone if until_is_deadline || now + EXPIRY_MARGIN < until => Wake::Released,
         Heard::Silence if until_is_deadline => Wake::Deadline,
-        Heard::Silence | Heard::Lost => Wake::Vacant,
+        Heard::Gone | Heard::Silence | Heard::Lost => Wake::Vacant,
     }
 }
 
@@ -599,10 +609,17 @@ mod tests {
 
     #[test]
     fn wake_reasons() {
-        assert_eq!(wake(Heard::Message, false), Wake::Released);
-        assert_eq!(wake(Heard::Silence, true), Wake::Deadline);
-        assert_eq!(wake(Heard::Silence, false), Wake::Vacant);
-        assert_eq!(wake(Heard::Lost, true), Wake::Vacant);
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        assert_eq!(wake(Heard::Message, now, false, now), Wake::Released);
+        assert_eq!(wake(Heard::Silence, later, true, later), Wake::Deadline);
+        assert_eq!(wake(Heard::Silence, later, false, later), Wake::Vacant);
+        assert_eq!(wake(Heard::Lost, later, true, now), Wake::Vacant);
+        // A re-check found the holder gone: released, unless at its lease end.
+        assert_eq!(wake(Heard::Gone, later, false, now), Wake::Released);
+        assert_eq!(wake(Heard::Gone, later, true, later), Wake::Released);
+        let at_end = later - Duration::from_millis(5);
+        assert_eq!(wake(Heard::Gone, later, false, at_end), Wake::Vacant);
     }
 
     #[test]
