@@ -102,7 +102,20 @@ pub fn parse(url: &str) -> Result<(Endpoint, Options)> {
             }
             Endpoint::Memory
         }
-        "redis" | "rediss" | "redis+unix" | "unix" => Endpoint::Redis(parsed),
+        "redis" | "rediss" | "redis+unix" | "unix" => {
+            // The options the `redis` crate reads; it would ignore any other.
+            let known: &[&str] = match parsed.scheme() {
+                "redis" | "rediss" => &["protocol"],
+                _ => &["db", "user", "pass", "protocol"],
+            };
+            if let Some((name, _)) = rest.iter().find(|(n, _)| !known.contains(&n.as_str())) {
+                return Err(Error::invalid_argument(format!(
+                    "unknown option {name:?} for {}://",
+                    parsed.scheme()
+                )));
+            }
+            Endpoint::Redis(parsed)
+        }
         "memcached" | "memcached+unix" => Endpoint::Memcached(parsed),
         other => {
             return Err(Error::invalid_argument(format!(
@@ -164,6 +177,8 @@ mod tests {
             "nosuch://x",
             "memory://host",
             "memory://?bogus=1",
+            "redis://h?respone_timeout=0.2",
+            "redis+unix:///s.sock?bogus=1",
             "redis://h?connect_timeout=-1",
             "redis://h?connect_timeout=NaN",
             "redis://h?response_timeout=0",

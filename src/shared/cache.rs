@@ -286,7 +286,9 @@ impl CacheBuilder {
     }
 
     /// The connection pool's size: memcached's in both flavors, Redis's blocking flavor
-    /// (its async flavor multiplexes one connection).
+    /// (at most this many command connections, besides one shared subscriber; a caller
+    /// waits for a free one within the response timeout). The Redis async flavor
+    /// multiplexes one connection.
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = Some(size);
         self
