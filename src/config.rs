@@ -201,9 +201,8 @@ pub(crate) fn check(endpoint: &Endpoint, options: &Options) -> Result<()> {
     if let Endpoint::Memcached(_) = endpoint {
         // The suffix is part of every lock key: memcached's key rules apply to it (the
         // length of a whole key is checked when a lock is taken).
-        key::check_memcached(&options.lock_suffix).map_err(|e| {
-            Error::invalid_argument(format!("lock_suffix: {}", e.message()))
-        })?;
+        key::check_memcached(&options.lock_suffix)
+            .map_err(|e| Error::invalid_argument(format!("lock_suffix: {}", e.message())))?;
     }
     Ok(())
 }
@@ -254,7 +253,8 @@ fn positive(name: &str, value: &str) -> Result<Duration> {
     let secs: f64 = value.parse().map_err(|_| {
         Error::invalid_argument(format!("{name}={value:?} is not a number of seconds"))
     })?;
-    let d = seconds(secs).map_err(|e| Error::invalid_argument(format!("{name}: {}", e.message())))?;
+    let d =
+        seconds(secs).map_err(|e| Error::invalid_argument(format!("{name}: {}", e.message())))?;
     if d.is_zero() {
         return Err(Error::invalid_argument(format!(
             "{name} must be longer than zero"
@@ -338,7 +338,11 @@ mod tests {
             assert!(m.contains("did you mean \"response_timeout\""), "{m}");
             assert!(m.contains("namespace, lock_suffix, connect_timeout"), "{m}");
             // An option of another scheme is unknown here too.
-            let other = if scheme.starts_with("memcached") { "protocol=resp3" } else { "max_poll_interval=1" };
+            let other = if scheme.starts_with("memcached") {
+                "protocol=resp3"
+            } else {
+                "max_poll_interval=1"
+            };
             let err = parse(&format!("{scheme}?{other}")).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{scheme}: {err}");
         }
@@ -359,7 +363,10 @@ mod tests {
             Endpoint::Redis(u) | Endpoint::Memcached(u) => u.query().map(str::to_owned),
             Endpoint::Memory => None,
         };
-        assert_eq!(kept("redis://h/3?protocol=resp3&namespace=n").as_deref(), Some("protocol=resp3"));
+        assert_eq!(
+            kept("redis://h/3?protocol=resp3&namespace=n").as_deref(),
+            Some("protocol=resp3")
+        );
         assert_eq!(kept("rediss://h?protocol=2").as_deref(), Some("protocol=2"));
         assert_eq!(
             kept("redis+unix:///r.sock?db=2&user=u&pass=p&protocol=resp3&pool_size=2").as_deref(),

@@ -372,7 +372,10 @@ mod tests {
 
     #[test]
     fn control_characters_are_escaped() {
-        let err = Error::new(ErrorKind::Protocol, "reply \"-ERR a\r\nb\"\t\u{1b}[0m".to_string());
+        let err = Error::new(
+            ErrorKind::Protocol,
+            "reply \"-ERR a\r\nb\"\t\u{1b}[0m".to_string(),
+        );
         assert_eq!(err.message(), "reply \"-ERR a\\r\\nb\"\\t\\u{1b}[0m");
         let static_message = Error::new(ErrorKind::Timeout, "static");
         assert!(matches!(static_message.inner.message, Cow::Borrowed(_)));
@@ -384,7 +387,10 @@ mod tests {
         assert_eq!(err.message().chars().count(), Error::MAX_MESSAGE_CHARS);
         assert!(err.message().ends_with('…'));
         let exact = "y".repeat(Error::MAX_MESSAGE_CHARS);
-        assert_eq!(Error::new(ErrorKind::Backend, exact.clone()).message(), exact);
+        assert_eq!(
+            Error::new(ErrorKind::Backend, exact.clone()).message(),
+            exact
+        );
         // An escape is not split by the cut.
         let err = Error::new(ErrorKind::Backend, format!("{}\n", "z".repeat(239)));
         assert_eq!(err.message(), format!("{}…", "z".repeat(239)));
@@ -395,15 +401,30 @@ mod tests {
         for (text, want) in [
             ("redis://:secret@h:1/0", "redis://:***@h:1/0"),
             ("redis://user:secret@h", "redis://user:***@h"),
-            ("\"redis://u:se/cr@et@[::1\" is not valid", "\"redis://u:***@[::1\" is not valid"),
-            ("redis+unix:///s.sock?db=1&pass=secret&x=1", "redis+unix:///s.sock?db=1&pass=***&x=1"),
-            ("memcached://h?password=secret", "memcached://h?password=***"),
-            ("redis://user@h (no password)", "redis://user@h (no password)"),
+            (
+                "\"redis://u:se/cr@et@[::1\" is not valid",
+                "\"redis://u:***@[::1\" is not valid",
+            ),
+            (
+                "redis+unix:///s.sock?db=1&pass=secret&x=1",
+                "redis+unix:///s.sock?db=1&pass=***&x=1",
+            ),
+            (
+                "memcached://h?password=secret",
+                "memcached://h?password=***",
+            ),
+            (
+                "redis://user@h (no password)",
+                "redis://user@h (no password)",
+            ),
             ("wrong password (WRONGPASS)", "wrong password (WRONGPASS)"),
             ("a://x b://y:z@w", "a://x b://y:***@w"),
         ] {
             assert_eq!(redact(text), want, "{text}");
-            assert_eq!(Error::new(ErrorKind::Backend, text.to_string()).message(), want);
+            assert_eq!(
+                Error::new(ErrorKind::Backend, text.to_string()).message(),
+                want
+            );
         }
         let io = std::io::Error::other("from redis://u:secret@h\nline two");
         let err = Error::new(ErrorKind::Connection, "cannot connect").with_source(io);

@@ -234,7 +234,18 @@ mod tests {
     #[test]
     fn secs_agrees_with_aiolock_seconds() {
         for v in [
-            0.0, -0.0, 1e-9, 1.0000001e-9, 2e-9, 0.05, 0.1, 1.0, 1.5, 5.0, 86_400.25, MAX_SECS,
+            0.0,
+            -0.0,
+            1e-9,
+            1.0000001e-9,
+            2e-9,
+            0.05,
+            0.1,
+            1.0,
+            1.5,
+            5.0,
+            86_400.25,
+            MAX_SECS,
         ] {
             let fast = secs(v, "t").unwrap();
             let exact = aiolock::seconds(v).unwrap();
@@ -251,7 +262,10 @@ mod tests {
     /// each argument makes of them.
     #[test]
     fn every_float_argument_is_checked_the_same_way() {
-        use std::f64::{INFINITY, MIN_POSITIVE, NAN, NEG_INFINITY};
+        const INFINITY: f64 = f64::INFINITY;
+        const NEG_INFINITY: f64 = f64::NEG_INFINITY;
+        const NAN: f64 = f64::NAN;
+        const MIN_POSITIVE: f64 = f64::MIN_POSITIVE;
         const SUBNORMAL: f64 = 5e-324;
         // (value, lease, wait, ttl): Err = AIOLOCK_INVALID_ARGUMENT.
         type Want = Option<&'static str>;

@@ -454,7 +454,10 @@ mod tests {
         assert!(!redacted(&u).contains("secret"));
         assert!(client(&u).is_ok());
         let u = Url::parse("redis+unix:///tmp/r.sock?user=u&pass=secret&db=2").unwrap();
-        assert_eq!(redacted(&u), "redis+unix:///tmp/r.sock?user=u&pass=***&db=2");
+        assert_eq!(
+            redacted(&u),
+            "redis+unix:///tmp/r.sock?user=u&pass=***&db=2"
+        );
         let e = client(&Url::parse("redis://").unwrap()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
         let e = client(&Url::parse("redis:///nohost").unwrap()).unwrap_err();
