@@ -63,8 +63,9 @@ use crate::core::lease::seconds;
 use crate::error::{Error, Result};
 use crate::key::{self, DEFAULT_LOCK_SUFFIX};
 
-/// Where a cache's data lives, parsed from a URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a cache's data lives, parsed from a URL. Its `Debug` form shows the URL
+/// without its password.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Endpoint {
     /// `memory://`: in this process.
@@ -74,6 +75,20 @@ pub enum Endpoint {
     Redis(Url),
     /// `memcached://`, `memcached+unix://`, without aiolock's own query options.
     Memcached(Url),
+}
+
+impl std::fmt::Debug for Endpoint {
+    /// `Url`'s own `Debug` lists the password as a field: print the redacted URL.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (name, url) = match self {
+            Endpoint::Memory => return f.write_str("Memory"),
+            Endpoint::Redis(url) => ("Redis", url),
+            Endpoint::Memcached(url) => ("Memcached", url),
+        };
+        f.debug_tuple(name)
+            .field(&crate::error::redact(url.as_str()))
+            .finish()
+    }
 }
 
 /// Options common to every backend. Network backends honour the timeouts and the
@@ -408,6 +423,16 @@ mod tests {
             for text in [err.to_string(), format!("{err:?}")] {
                 assert!(!text.contains("secret"), "{bad}: {text}");
             }
+        }
+        for url in [
+            "redis://:secret@h",
+            "redis+unix:///r.sock?pass=secret",
+            "memcached://h",
+        ] {
+            let (endpoint, _) = parse(url).unwrap();
+            let debug = format!("{endpoint:?}");
+            assert!(!debug.contains("secret"), "{debug}");
+            assert!(debug.contains("://"), "{debug}");
         }
     }
 }

@@ -191,7 +191,8 @@ async fn redis_messages_never_show_the_password() {
     }
 }
 
-/// memcached takes no credentials: a URL with some is refused without showing them.
+/// memcached takes no credentials: a URL with some is refused without showing them;
+/// so is a Redis URL given to the memcached backend.
 #[cfg(feature = "memcached")]
 #[tokio::test]
 async fn memcached_messages_never_show_the_password() {
@@ -205,6 +206,15 @@ async fn memcached_messages_never_show_the_password() {
             assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{url}: {err}");
             assert_safe(&err, "secret");
         }
+    }
+    let url = "redis://user:secret@127.0.0.1:1/0";
+    let errors = [
+        aiolock::blocking::MemcachedBackend::connect(url).unwrap_err(),
+        aiolock::MemcachedBackend::connect(url).await.unwrap_err(),
+    ];
+    for err in errors {
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        assert_safe(&err, "secret");
     }
 }
 
