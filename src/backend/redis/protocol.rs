@@ -452,13 +452,10 @@ pub(crate) fn resp3(client: &redis::Client) -> redis::RedisResult<redis::Client>
     redis::Client::open(info.set_redis_settings(settings))
 }
 
-/// The URL without its password, for messages.
+/// The URL without its password (nor a unix socket URL's `pass=` option), for
+/// messages.
 pub(crate) fn redacted(url: &Url) -> String {
-    let mut u = url.clone();
-    if u.password().is_some() {
-        let _ = u.set_password(Some("***"));
-    }
-    u.to_string()
+    crate::error::redact(url.as_str()).into_owned()
 }
 
 /// Maps a `redis` crate error onto an aiolock error; `what` says what was being done.
@@ -669,6 +666,11 @@ mod tests {
         let u = Url::parse("redis://user:secret@127.0.0.1:6379/1").unwrap();
         assert!(!redacted(&u).contains("secret"));
         assert!(client(&u).is_ok());
+        let u = Url::parse("redis+unix:///tmp/r.sock?user=u&pass=secret&db=2").unwrap();
+        assert_eq!(
+            redacted(&u),
+            "redis+unix:///tmp/r.sock?user=u&pass=***&db=2"
+        );
         let e = client(&Url::parse("redis://").unwrap()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
         let e = client(&Url::parse("redis:///nohost").unwrap()).unwrap_err();
