@@ -13,7 +13,7 @@
 
 /**
  * `wait_secs` for `aiolock_acquire`: wait at most one lease (as aiocache does). Any
- * negative number means the same.
+ * negative finite number means the same (-infinity is `AIOLOCK_INVALID_ARGUMENT`).
  */
 #define AIOLOCK_WAIT_DEFAULT -1.0
 
@@ -34,12 +34,14 @@ typedef enum aiolock_status {
   AIOLOCK_OK = 0,
   /**
    * An argument is out of range: a NULL pointer, a URL that is not UTF-8 or not
-   * valid, a zero, negative, NaN or infinite lease, an unknown URL option.
+   * valid, a zero, negative, NaN, infinite or sub-nanosecond duration, an unknown
+   * URL option. Nothing was sent.
    */
   AIOLOCK_INVALID_ARGUMENT = 1,
   /**
-   * The backend cannot store this key (empty; for memcached longer than 250 bytes
-   * or containing a space or a control byte). Nothing was sent.
+   * The backend cannot store this key (empty; for memcached longer than 250 bytes,
+   * namespace and lock suffix included, or containing a space or a control byte).
+   * Nothing was sent.
    */
   AIOLOCK_INVALID_KEY = 2,
   /**
@@ -48,23 +50,29 @@ typedef enum aiolock_status {
    */
   AIOLOCK_CONFLICT = 3,
   /**
-   * The backend did not answer in time.
+   * The backend did not answer in time. The outcome of a write is unknown (it may
+   * have been applied): read back before retrying.
    */
   AIOLOCK_TIMEOUT = 4,
   /**
-   * The backend cannot be reached, or the connection broke.
+   * The backend cannot be reached, or the connection broke. If it broke after the
+   * request was sent (the message says the outcome is unknown), the outcome of a
+   * write is unknown, as for `AIOLOCK_TIMEOUT`.
    */
   AIOLOCK_CONNECTION = 5,
   /**
-   * The backend answered something this client does not understand.
+   * The backend answered something this client does not understand. What the
+   * server did with the request is unknown.
    */
   AIOLOCK_PROTOCOL = 6,
   /**
-   * The backend refused the command (an error reply, wrong credentials).
+   * The backend refused the command (an error reply, wrong credentials). Nothing
+   * was applied.
    */
   AIOLOCK_BACKEND = 7,
   /**
-   * The URL names a backend this build of the library does not include.
+   * The URL names a backend this build of the library does not include. Nothing
+   * was sent.
    */
   AIOLOCK_UNSUPPORTED = 8,
   /**
@@ -123,14 +131,23 @@ extern "C" {
 
 /**
  * Opens the cache `url` names: `memory://` (in this process), `redis://…` or
- * `memcached://…` when the library was built with those backends. Query options:
- * `namespace`, `connect_timeout`, `response_timeout` (seconds), `pool_size`.
+ * `memcached://…` when the library was built with those backends.
+ *
+ * Query options of every scheme: `namespace` (prefixed to every key, byte for byte:
+ * aiocache's Redis namespace `app` is `namespace=app:`, its memcached namespace `app`
+ * is `namespace=app`), `lock_suffix` (default `-lock`: the lock of `key` is stored
+ * under `namespace + key + lock_suffix`; not empty, and on memcached no spaces or
+ * control bytes), `connect_timeout`, `response_timeout` (seconds), `pool_size`.
+ * Redis also takes `protocol` (and on `redis+unix://` `db`, `user`, `pass`),
+ * memcached `max_poll_interval`. An unknown option is `AIOLOCK_INVALID_ARGUMENT`,
+ * and the message names it.
  *
  * On success, `*cache_out` is a new cache: the caller owns it and must call
  * `aiolock_cache_free` on it. Each `memory://` cache is a separate store.
  *
- * Errors: `AIOLOCK_INVALID_ARGUMENT` (NULL, not UTF-8, not a valid cache URL),
- * `AIOLOCK_UNSUPPORTED` (backend not built in), connection errors.
+ * Errors: `AIOLOCK_INVALID_ARGUMENT` (NULL, not UTF-8, not a valid cache URL, an
+ * unknown or invalid option), `AIOLOCK_UNSUPPORTED` (backend not built in),
+ * connection errors.
  *
  * # Safety
  *
@@ -152,20 +169,28 @@ void aiolock_cache_free(struct aiolock_cache *cache);
 
 /**
  * Takes the RedLock on `key`, or waits for its holder (aiocache's `RedLock`): the
- * lock key is `namespace + key + "-lock"`, held for at most `lease_secs`.
+ * lock key is `namespace + key + lock_suffix` (`lock_suffix` is `-lock` unless the
+ * cache URL sets it), held for at most `lease_secs`.
  *
- * - `lease_secs`: finite and longer than zero, else `AIOLOCK_INVALID_ARGUMENT`.
+ * - `lease_secs`: finite, at least one nanosecond, else `AIOLOCK_INVALID_ARGUMENT`.
  * - `wait_secs`: how long to wait at most when another caller holds the lock.
- *   Negative (`AIOLOCK_WAIT_DEFAULT`): one lease. 0: do not wait. NaN or infinite:
+ *   Negative and finite (`AIOLOCK_WAIT_DEFAULT`): one lease. 0: do not wait. NaN,
+ *   +infinity, -infinity or a positive number below one nanosecond:
  *   `AIOLOCK_INVALID_ARGUMENT`.
+ *
+ * On memcached the whole lock key must fit memcached's 250 bytes: with the default
+ * suffix, `namespace + key` may be at most 245 bytes here (250 minus the length of
+ * the suffix in general), although `aiolock_cache_get` and `aiolock_cache_set`
+ * accept 250. A longer key is `AIOLOCK_INVALID_KEY`, and nothing is sent.
  *
  * On success, `*outcome_out` says how it ended, and `*lock_out` is a new lock handle
  * whatever the outcome (it holds the lock only for `AIOLOCK_ACQUIRED`): the caller
  * owns it and must pass it to `aiolock_release`. Not getting the lock is not an
  * error.
  *
- * Errors: `AIOLOCK_INVALID_ARGUMENT`, `AIOLOCK_INVALID_KEY` (empty key), the
- * backend's errors.
+ * Errors: `AIOLOCK_INVALID_ARGUMENT`, `AIOLOCK_INVALID_KEY` (an empty key; on
+ * memcached a lock key too long or with bytes memcached refuses), the backend's
+ * errors.
  *
  * # Safety
  *
@@ -304,8 +329,8 @@ void aiolock_buffer_free(uint8_t *data, size_t len);
 /**
  * Stores `value` under `key`, expiring after `ttl_secs` (`AIOLOCK_NO_EXPIRY`: never).
  *
- * Errors: `AIOLOCK_INVALID_ARGUMENT` (NULL, negative, NaN or infinite TTL),
- * `AIOLOCK_INVALID_KEY`, the backend's errors.
+ * Errors: `AIOLOCK_INVALID_ARGUMENT` (NULL; a negative, NaN, infinite or
+ * sub-nanosecond TTL), `AIOLOCK_INVALID_KEY`, the backend's errors.
  *
  * # Safety
  *

@@ -6,8 +6,54 @@
 //! | `redis://[user:password@]host[:port][/db]`, `rediss://…`, `redis+unix:///path.sock` | Redis |
 //! | `memcached://host[:port]`, `memcached+unix:///path.sock` | memcached |
 //!
-//! Every scheme takes the query options `namespace`, `connect_timeout` and
-//! `response_timeout` (seconds, e.g. `0.5`) and `pool_size`.
+//! Every scheme takes these query options ([`Options`]):
+//!
+//! | option | default | what |
+//! |---|---|---|
+//! | `namespace` | none | prefixed to every key (see below for aiocache's namespaces) |
+//! | `lock_suffix` | `-lock` | appended to a key to name its RedLock: the lock key is `namespace + key + lock_suffix` |
+//! | `connect_timeout` | 2 | seconds to wait for a connection |
+//! | `response_timeout` | 2 | seconds to wait for the answer to one command |
+//! | `pool_size` | 8 | connections kept per cache |
+//!
+//! and each backend its own:
+//!
+//! | scheme | its own options |
+//! |---|---|
+//! | `memory://` | none |
+//! | `redis://`, `rediss://` | `protocol` (`resp2`, `resp3`; read by the `redis` crate), the database as the path (`/2`) |
+//! | `redis+unix://` | `protocol`, `db`, `user`, `pass` (read by the `redis` crate) |
+//! | `memcached://`, `memcached+unix://` | `max_poll_interval` (seconds, default 0.004): the longest sleep between two polls of a waiter |
+//!
+//! Any other option is an [`InvalidArgument`](crate::ErrorKind::InvalidArgument) error
+//! that names it and the options the scheme knows: a misspelt option
+//! (`respone_timeout=0.2`) never falls back silently to a default.
+//!
+//! ```
+//! let err = aiolock::config::parse("redis://h?respone_timeout=0.2").unwrap_err();
+//! assert!(err.message().contains("respone_timeout"));
+//! assert!(err.message().contains("response_timeout"));
+//! ```
+//!
+//! # Namespaces and aiocache
+//!
+//! `namespace` is prefixed as it is, byte for byte. aiocache builds its keys
+//! differently per backend: its Redis cache puts a `:` between the namespace and the
+//! key (`namespace="app"` stores `app:key`), its memcached and memory caches do not
+//! (`appkey`). To share keys with an aiocache Redis cache of namespace `app`, use
+//! `namespace=app:`; with an aiocache memcached cache of namespace `app`,
+//! `namespace=app`.
+//!
+//! # The lock suffix
+//!
+//! `lock_suffix` must not be empty (the lock key would be the key itself, and a lock
+//! would overwrite the cached value it guards). It is stored as part of every lock key,
+//! so each backend's key rules apply to `namespace + key + lock_suffix` as a whole: on
+//! memcached that is at most 250 bytes without spaces or control bytes (a suffix that
+//! breaks these rules is refused when the cache is opened; a key that makes the lock
+//! key too long, when the lock is acquired, with
+//! [`InvalidKey`](crate::ErrorKind::InvalidKey)). Callers that should never contend for
+//! the same lock (two fleets, or aiolock beside aiocache) can use different suffixes.
 
 use std::time::Duration;
 
@@ -15,9 +61,11 @@ use url::Url;
 
 use crate::core::lease::seconds;
 use crate::error::{Error, Result};
+use crate::key::{self, DEFAULT_LOCK_SUFFIX};
 
-/// Where a cache's data lives, parsed from a URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a cache's data lives, parsed from a URL. Its `Debug` form shows the URL
+/// without its password.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Endpoint {
     /// `memory://`: in this process.
@@ -29,13 +77,32 @@ pub enum Endpoint {
     Memcached(Url),
 }
 
+impl std::fmt::Debug for Endpoint {
+    /// `Url`'s own `Debug` lists the password as a field: print the redacted URL.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (name, url) = match self {
+            Endpoint::Memory => return f.write_str("Memory"),
+            Endpoint::Redis(url) => ("Redis", url),
+            Endpoint::Memcached(url) => ("Memcached", url),
+        };
+        f.debug_tuple(name)
+            .field(&crate::error::redact(url.as_str()))
+            .finish()
+    }
+}
+
 /// Options common to every backend. Network backends honour the timeouts and the
 /// pool size; the memory backend has nothing to connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Options {
-    /// Prefixed to every key of the cache (aiocache's `namespace`).
+    /// Prefixed, byte for byte, to every key of the cache. aiocache's Redis cache puts
+    /// a `:` after its namespace, its memcached cache does not: see
+    /// [Namespaces and aiocache](self#namespaces-and-aiocache).
     pub namespace: Vec<u8>,
+    /// Appended to a key to name its RedLock (default `-lock`, as in aiocache); never
+    /// empty.
+    pub lock_suffix: Vec<u8>,
     /// How long to wait for a connection to be established.
     pub connect_timeout: Duration,
     /// How long to wait for the answer to one command.
@@ -49,6 +116,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             namespace: Vec::new(),
+            lock_suffix: DEFAULT_LOCK_SUFFIX.to_vec(),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
             pool_size: 8,
@@ -56,16 +124,53 @@ impl Default for Options {
     }
 }
 
+/// aiolock's own options: every scheme takes them, and they are taken out of the URL
+/// before a backend sees it.
+const COMMON_OPTIONS: &[&str] = &[
+    "namespace",
+    "lock_suffix",
+    "connect_timeout",
+    "response_timeout",
+    "pool_size",
+];
+
+/// The one table of the options each scheme's backend reads itself (they stay in the
+/// URL the backend gets), or `None` for a scheme aiolock does not know.
+fn backend_options(scheme: &str) -> Option<&'static [&'static str]> {
+    Some(match scheme {
+        "memory" => &[],
+        // Read by the `redis` crate (`parse_protocol`; the database is the path).
+        "redis" | "rediss" => &["protocol"],
+        // The `redis` crate reads the database and the credentials of a unix socket
+        // from the query.
+        "redis+unix" | "unix" => &["protocol", "db", "user", "pass"],
+        "memcached" | "memcached+unix" => &["max_poll_interval"],
+        _ => return None,
+    })
+}
+
 /// Parses a cache URL into its endpoint and options.
+///
+/// Errors ([`InvalidArgument`](crate::ErrorKind::InvalidArgument)): not a URL, an
+/// unknown scheme, an unknown option (the message names it and the known ones), an
+/// option out of range. Messages never show the URL's password.
 pub fn parse(url: &str) -> Result<(Endpoint, Options)> {
     let mut parsed = Url::parse(url).map_err(|e| {
         Error::invalid_argument(format!("{url:?} is not a valid cache URL")).with_source(e)
     })?;
+    let scheme = parsed.scheme().to_owned();
+    let Some(own) = backend_options(&scheme) else {
+        return Err(Error::invalid_argument(format!(
+            "unsupported scheme {scheme:?} in {url:?} (expected memory, redis, rediss, \
+             redis+unix, memcached or memcached+unix)"
+        )));
+    };
     let mut options = Options::default();
     let mut rest: Vec<(String, String)> = Vec::new();
     for (name, value) in parsed.query_pairs() {
         match &*name {
             "namespace" => options.namespace = value.as_bytes().to_vec(),
+            "lock_suffix" => options.lock_suffix = value.as_bytes().to_vec(),
             "connect_timeout" => options.connect_timeout = positive(&name, &value)?,
             "response_timeout" => options.response_timeout = positive(&name, &value)?,
             "pool_size" => {
@@ -80,7 +185,8 @@ pub fn parse(url: &str) -> Result<(Endpoint, Options)> {
                             ))
                         })?
             }
-            _ => rest.push((name.into_owned(), value.into_owned())),
+            name if own.contains(&name) => rest.push((name.to_owned(), value.into_owned())),
+            name => return Err(unknown_option(name, &scheme, own)),
         }
     }
     if rest.is_empty() {
@@ -88,13 +194,8 @@ pub fn parse(url: &str) -> Result<(Endpoint, Options)> {
     } else {
         parsed.query_pairs_mut().clear().extend_pairs(&rest);
     }
-    let endpoint = match parsed.scheme() {
+    let endpoint = match &*scheme {
         "memory" => {
-            if let Some((name, _)) = rest.first() {
-                return Err(Error::invalid_argument(format!(
-                    "unknown option {name:?} for memory://"
-                )));
-            }
             if parsed.host_str().is_some_and(|h| !h.is_empty()) || parsed.path().len() > 1 {
                 return Err(Error::invalid_argument(format!(
                     "{url:?}: memory:// takes no host or path"
@@ -102,23 +203,73 @@ pub fn parse(url: &str) -> Result<(Endpoint, Options)> {
             }
             Endpoint::Memory
         }
-        "redis" | "rediss" | "redis+unix" | "unix" => Endpoint::Redis(parsed),
         "memcached" | "memcached+unix" => Endpoint::Memcached(parsed),
-        other => {
-            return Err(Error::invalid_argument(format!(
-                "unsupported scheme {other:?} in {url:?} (expected memory, redis, rediss, \
-                 redis+unix, memcached or memcached+unix)"
-            )));
-        }
+        _ => Endpoint::Redis(parsed),
     };
+    check(&endpoint, &options)?;
     Ok((endpoint, options))
+}
+
+/// Checks options against the backend they are for (after a builder changed them).
+pub(crate) fn check(endpoint: &Endpoint, options: &Options) -> Result<()> {
+    check_lock_suffix(&options.lock_suffix)?;
+    if let Endpoint::Memcached(_) = endpoint {
+        // The suffix is part of every lock key: memcached's key rules apply to it (the
+        // length of a whole key is checked when a lock is taken).
+        key::check_memcached(&options.lock_suffix)
+            .map_err(|e| Error::invalid_argument(format!("lock_suffix: {}", e.message())))?;
+    }
+    Ok(())
+}
+
+/// The rule every backend shares: a lock suffix is not empty.
+pub(crate) fn check_lock_suffix(suffix: &[u8]) -> Result<()> {
+    if suffix.is_empty() {
+        return Err(Error::invalid_argument(
+            "lock_suffix must not be empty (a lock would overwrite the key it guards)",
+        ));
+    }
+    Ok(())
+}
+
+fn unknown_option(name: &str, scheme: &str, own: &[&str]) -> Error {
+    let known: Vec<&str> = COMMON_OPTIONS.iter().chain(own).copied().collect();
+    let hint = known
+        .iter()
+        .filter(|k| edit_distance(k, name) <= 2)
+        .min_by_key(|k| edit_distance(k, name))
+        .map(|k| format!(" (did you mean {k:?}?)"))
+        .unwrap_or_default();
+    Error::invalid_argument(format!(
+        "unknown option {name:?} for {scheme}://{hint}; it takes {}",
+        known.join(", ")
+    ))
+}
+
+/// Levenshtein distance, for the hint on a misspelt option.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 fn positive(name: &str, value: &str) -> Result<Duration> {
     let secs: f64 = value.parse().map_err(|_| {
         Error::invalid_argument(format!("{name}={value:?} is not a number of seconds"))
     })?;
-    let d = seconds(secs)?;
+    let d =
+        seconds(secs).map_err(|e| Error::invalid_argument(format!("{name}: {}", e.message())))?;
     if d.is_zero() {
         return Err(Error::invalid_argument(format!(
             "{name} must be longer than zero"
@@ -164,15 +315,126 @@ mod tests {
             "nosuch://x",
             "memory://host",
             "memory://?bogus=1",
+            "redis://h?respone_timeout=0.2",
+            "redis+unix:///s.sock?bogus=1",
             "redis://h?connect_timeout=-1",
             "redis://h?connect_timeout=NaN",
+            "redis://h?connect_timeout=5e-324",
             "redis://h?response_timeout=0",
             "redis://h?pool_size=0",
             "redis://h?pool_size=x",
+            "redis://h?lock_suffix=",
+            "memcached://h?lock_suffix=a%20b",
+            "memcached://h?lock_suffix=a%0Ab",
             "http://[::1",
         ] {
             let err = parse(bad).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}: {err}");
+            assert!(!err.to_string().contains('\n'), "{err}");
+        }
+    }
+
+    /// Every scheme refuses an option it does not know, naming it and the options it
+    /// takes; the options its backend reads itself stay in the URL it gets.
+    #[test]
+    fn unknown_options_are_refused_on_every_scheme() {
+        for scheme in [
+            "memory://",
+            "redis://h",
+            "rediss://h",
+            "redis+unix:///r.sock",
+            "unix:///r.sock",
+            "memcached://h",
+            "memcached+unix:///m.sock",
+        ] {
+            let url = format!("{scheme}?respone_timeout=0.2");
+            let err = parse(&url).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{url}: {err}");
+            let m = err.message();
+            assert!(m.contains("\"respone_timeout\""), "{m}");
+            assert!(m.contains("did you mean \"response_timeout\""), "{m}");
+            assert!(m.contains("namespace, lock_suffix, connect_timeout"), "{m}");
+            // An option of another scheme is unknown here too.
+            let other = if scheme.starts_with("memcached") {
+                "protocol=resp3"
+            } else {
+                "max_poll_interval=1"
+            };
+            let err = parse(&format!("{scheme}?{other}")).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{scheme}: {err}");
+        }
+        let err = parse("redis+unix:///r.sock?nonsense=1").unwrap_err();
+        assert!(
+            err.message().ends_with(
+                "it takes namespace, lock_suffix, connect_timeout, response_timeout, \
+                 pool_size, protocol, db, user, pass"
+            ),
+            "{err}"
+        );
+        assert!(!err.message().contains("did you mean"), "{err}");
+    }
+
+    #[test]
+    fn backend_options_stay_in_the_backend_url() {
+        let kept = |url: &str| match parse(url).unwrap().0 {
+            Endpoint::Redis(u) | Endpoint::Memcached(u) => u.query().map(str::to_owned),
+            Endpoint::Memory => None,
+        };
+        assert_eq!(
+            kept("redis://h/3?protocol=resp3&namespace=n").as_deref(),
+            Some("protocol=resp3")
+        );
+        assert_eq!(kept("rediss://h?protocol=2").as_deref(), Some("protocol=2"));
+        assert_eq!(
+            kept("redis+unix:///r.sock?db=2&user=u&pass=p&protocol=resp3&pool_size=2").as_deref(),
+            Some("db=2&user=u&pass=p&protocol=resp3")
+        );
+        assert_eq!(
+            kept("memcached://h?max_poll_interval=0.002&lock_suffix=.l").as_deref(),
+            Some("max_poll_interval=0.002")
+        );
+        assert_eq!(kept("memcached+unix:///m.sock?namespace=x"), None);
+    }
+
+    #[test]
+    fn lock_suffix_option() {
+        assert_eq!(parse("memory://").unwrap().1.lock_suffix, b"-lock");
+        let (_, o) = parse("redis://h?lock_suffix=%3Alock%20x").unwrap();
+        assert_eq!(o.lock_suffix, b":lock x", "Redis keys may hold any byte");
+        let (_, o) = parse("memcached://h?lock_suffix=.lk").unwrap();
+        assert_eq!(o.lock_suffix, b".lk");
+        let err = parse("memory://?lock_suffix=").unwrap_err();
+        assert!(err.message().contains("lock_suffix"), "{err}");
+    }
+
+    /// A URL's password never reaches a message, whatever is wrong with the URL.
+    #[test]
+    fn passwords_stay_out_of_parse_errors() {
+        for bad in [
+            "redis://:secret@[::1",
+            "redis://user:secret@[::1",
+            "redis://:secret@h?bogus=1",
+            "redis://user:secret@h?connect_timeout=x",
+            "redis+unix:///r.sock?pass=secret&bogus=1",
+            "nosuch://user:secret@h",
+            "memory://user:secret@h",
+            "memcached://user:secret@h?bogus=1",
+            "memcached://:secret@h?lock_suffix=",
+        ] {
+            let err = parse(bad).unwrap_err();
+            for text in [err.to_string(), format!("{err:?}")] {
+                assert!(!text.contains("secret"), "{bad}: {text}");
+            }
+        }
+        for url in [
+            "redis://:secret@h",
+            "redis+unix:///r.sock?pass=secret",
+            "memcached://h",
+        ] {
+            let (endpoint, _) = parse(url).unwrap();
+            let debug = format!("{endpoint:?}");
+            assert!(!debug.contains("secret"), "{debug}");
+            assert!(debug.contains("://"), "{debug}");
         }
     }
 }

@@ -8,8 +8,9 @@ use crate::error::{Error, Result};
 /// allocation on every lock cycle.
 pub(crate) type KeyBuf = SmallVec<[u8; 40]>;
 
-/// The suffix aiocache appends to a key to name its lock.
-pub const LOCK_SUFFIX: &[u8] = b"-lock";
+/// The suffix aiocache appends to a key to name its lock, and aiolock's default
+/// (configurable per cache: the `lock_suffix` URL option).
+pub const DEFAULT_LOCK_SUFFIX: &[u8] = b"-lock";
 
 /// `namespace + key`, after checking that `key` is not empty.
 ///
@@ -18,9 +19,10 @@ pub(crate) fn namespaced(namespace: &[u8], key: &[u8]) -> Result<KeyBuf> {
     with_suffix(namespace, key, b"")
 }
 
-/// `namespace + key + "-lock"`: the key a `RedLock` on `key` holds.
-pub(crate) fn lock_key(namespace: &[u8], key: &[u8]) -> Result<KeyBuf> {
-    with_suffix(namespace, key, LOCK_SUFFIX)
+/// `namespace + key + suffix` (the suffix is `-lock` unless the cache says otherwise):
+/// the key a `RedLock` on `key` holds.
+pub(crate) fn lock_key(namespace: &[u8], key: &[u8], suffix: &[u8]) -> Result<KeyBuf> {
+    with_suffix(namespace, key, suffix)
 }
 
 fn with_suffix(namespace: &[u8], key: &[u8], suffix: &[u8]) -> Result<KeyBuf> {
@@ -39,14 +41,14 @@ pub const MEMCACHED_MAX_KEY: usize = 250;
 
 /// Checks a full (namespaced) key against memcached's text-protocol rules:
 /// 1–250 bytes, no byte <= 0x20 (space, control characters) and no 0x7F.
-#[cfg_attr(not(feature = "memcached"), allow(dead_code))] // the memcached backend's
 pub(crate) fn check_memcached(key: &[u8]) -> Result<()> {
     if key.is_empty() {
         return Err(Error::invalid_key("the key is empty"));
     }
     if key.len() > MEMCACHED_MAX_KEY {
         return Err(Error::invalid_key(format!(
-            "memcached keys are at most {MEMCACHED_MAX_KEY} bytes, this one has {}",
+            "memcached keys are at most {MEMCACHED_MAX_KEY} bytes, namespace (and for a \
+             lock, its suffix) included; this one has {}",
             key.len()
         )));
     }
@@ -66,14 +68,20 @@ mod tests {
 
     #[test]
     fn lock_key_is_namespace_key_suffix() {
-        assert_eq!(&*lock_key(b"app:", b"user").unwrap(), b"app:user-lock");
+        assert_eq!(
+            &*lock_key(b"app:", b"user", DEFAULT_LOCK_SUFFIX).unwrap(),
+            b"app:user-lock"
+        );
+        assert_eq!(&*lock_key(b"", b"user", b":lk").unwrap(), b"user:lk");
         assert_eq!(&*namespaced(b"", b"k").unwrap(), b"k");
     }
 
     #[test]
     fn empty_key_is_rejected() {
         assert_eq!(
-            lock_key(b"ns", b"").unwrap_err().kind(),
+            lock_key(b"ns", b"", DEFAULT_LOCK_SUFFIX)
+                .unwrap_err()
+                .kind(),
             ErrorKind::InvalidKey
         );
     }

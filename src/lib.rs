@@ -59,6 +59,36 @@
 //! - Lock state belongs to each cache: two caches never share waiters.
 //! - Blocking Rust, async Rust and a C ABI (C, Go, Ruby).
 //!
+//! # Running beside aiocache
+//!
+//! aiolock and Python's aiocache (0.12.3 measured) can share a server while a team
+//! migrates:
+//!
+//! - **Lock keys coincide once the namespace is mapped**: both lock `key` under
+//!   `namespace + key + "-lock"`, but aiocache's Redis cache puts a `:` between its
+//!   namespace and the key and its memcached cache does not. aiocache's Redis namespace
+//!   `app` is `namespace=app:` here, its memcached namespace `app` is `namespace=app`
+//!   (see [`config`]).
+//! - **Values do not**: aiocache serializes, by default as JSON (`set("k", "v")` stores
+//!   `"v"` with the quotes); aiolock stores raw bytes, and aiocache's JSON serializer
+//!   raises on reading aiolock's `v`.
+//! - **On memcached, do not share lock keys**: aiocache's release is an unconditional
+//!   `delete`, so any aiocache caller's release deletes an aiolock holder's lock, and a
+//!   second aiolock process then holds the lock at the same time as the first. Give
+//!   aiolock its own suffix ([`CacheBuilder::lock_suffix`], URL option `lock_suffix`)
+//!   so that neither touches the other's locks.
+//! - **On Redis, sharing lock keys is safe but slower to wake**: aiocache's release is
+//!   owner-checked but publishes nothing, so aiolock waiters notice it only by checking
+//!   the key again (at the latest when the holder's lease ends). aiocache's waiters
+//!   wait only for releases in their own process.
+//!
+//! # Errors
+//!
+//! One [`Error`] type for both flavors, classified by [`ErrorKind`], whose docs say
+//! what a caller may assume after each kind (nothing sent, nothing written, or an
+//! outcome that is unknown). Messages are one line, bounded, and never show a
+//! password.
+//!
 //! # Features
 //!
 //! | feature | default | what |

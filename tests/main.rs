@@ -88,6 +88,7 @@ macro_rules! backend_suite {
                 optimistic_absent_key,
                 optimistic_ttl,
                 bad_input,
+                lock_suffix_keeps_locks_apart,
             );
 
             #[test]
@@ -165,6 +166,7 @@ backend_suite!(memcached, crate::support::memcached::env());
 mod memcached_specific;
 
 mod flavors;
+mod inputs;
 /// Redis-only tests (the suite module above is `redis`).
 #[cfg(feature = "redis")]
 #[path = "redis/mod.rs"]

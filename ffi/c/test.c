@@ -309,27 +309,109 @@ static void test_null_for_every_pointer(void) {
     aiolock_cache_free(cache);
 }
 
+/* Every double argument gets the same checks: NaN, +/-infinity, subnormals and other
+ * positive numbers below a nanosecond, and out-of-range numbers are refused; then each
+ * argument's own rule for zero and negatives. */
 static void test_bad_durations(void) {
     aiolock_cache *cache = open_cache();
     aiolock_lock *lock = NULL;
     aiolock_outcome outcome = 0;
-    const double bad_leases[] = {0.0, -0.0, -1.0, NAN, INFINITY, -INFINITY, 1e300, 1e-12};
+    const double subnormal = 5e-324;
+    const double always_bad[] = {NAN, -NAN, INFINITY, -INFINITY, subnormal, 1e-300, 1e-12, 1e300};
+    const double bad_leases[] = {0.0, -0.0, -1.0, -subnormal};
+    const double bad_ttls[] = {-1.0, -subnormal, -1e300};
+    for (size_t i = 0; i < sizeof always_bad / sizeof *always_bad; i++) {
+        double d = always_bad[i];
+        CHECK(aiolock_acquire(cache, KEY("d"), d, -1.0, &lock, &outcome) == AIOLOCK_INVALID_ARGUMENT);
+        CHECK(strstr(aiolock_last_error_message(), "lease_secs") != NULL);
+        /* Compact: no hundreds of digits for 5e-324 or 1e300. */
+        CHECK(strlen(aiolock_last_error_message()) < 160);
+        CHECK(aiolock_acquire(cache, KEY("d"), 1.0, d, &lock, &outcome) == AIOLOCK_INVALID_ARGUMENT);
+        CHECK(strstr(aiolock_last_error_message(), "wait_secs") != NULL);
+        CHECK(aiolock_cache_set(cache, KEY("d"), KEY("v"), d) == AIOLOCK_INVALID_ARGUMENT);
+        CHECK(strstr(aiolock_last_error_message(), "ttl_secs") != NULL);
+        CHECK(aiolock_cache_add(cache, KEY("d"), KEY("v"), d, &(bool){false}) == AIOLOCK_INVALID_ARGUMENT);
+        aiolock_optimistic *opt = NULL;
+        CHECK(aiolock_optimistic_begin(cache, KEY("d"), &opt) == AIOLOCK_OK);
+        CHECK(aiolock_cas(opt, KEY("v"), d) == AIOLOCK_INVALID_ARGUMENT);
+    }
     for (size_t i = 0; i < sizeof bad_leases / sizeof *bad_leases; i++) {
         CHECK(aiolock_acquire(cache, KEY("d"), bad_leases[i], -1.0, &lock, &outcome) ==
               AIOLOCK_INVALID_ARGUMENT);
-        CHECK(strlen(aiolock_last_error_message()) > 0);
+        CHECK(strstr(aiolock_last_error_message(), "lease_secs") != NULL);
     }
-    CHECK(lock == NULL);
-    CHECK(aiolock_acquire(cache, KEY("d"), 1.0, NAN, &lock, &outcome) == AIOLOCK_INVALID_ARGUMENT);
-    CHECK(aiolock_acquire(cache, KEY("d"), 1.0, INFINITY, &lock, &outcome) == AIOLOCK_INVALID_ARGUMENT);
-    /* -inf is negative: the default wait. */
-    CHECK(aiolock_acquire(cache, KEY("d"), 1.0, -INFINITY, &lock, &outcome) == AIOLOCK_OK);
-    CHECK(aiolock_release(lock, NULL) == AIOLOCK_OK);
-    const double bad_ttls[] = {-1.0, NAN, INFINITY, 1e-12};
     for (size_t i = 0; i < sizeof bad_ttls / sizeof *bad_ttls; i++) {
         CHECK(aiolock_cache_set(cache, KEY("d"), KEY("v"), bad_ttls[i]) == AIOLOCK_INVALID_ARGUMENT);
     }
+    CHECK(lock == NULL);
+    bool found = true;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    CHECK(aiolock_cache_get(cache, KEY("d"), &buf, &len, &found) == AIOLOCK_OK && !found);
+    /* A negative finite wait is the default wait, -0.0 and 0 do not wait; the
+     * smallest lease and TTL accepted are one nanosecond. */
+    const double default_waits[] = {-1.0, -subnormal, -1e300};
+    for (size_t i = 0; i < sizeof default_waits / sizeof *default_waits; i++) {
+        CHECK(aiolock_acquire(cache, KEY("d"), 1.0, default_waits[i], &lock, &outcome) == AIOLOCK_OK);
+        CHECK(outcome == AIOLOCK_ACQUIRED);
+        CHECK(aiolock_release(lock, NULL) == AIOLOCK_OK);
+    }
+    CHECK(aiolock_acquire(cache, KEY("d"), 5.0, -0.0, &lock, &outcome) == AIOLOCK_OK);
+    aiolock_lock *other = NULL;
+    CHECK(aiolock_acquire(cache, KEY("d"), 5.0, -0.0, &other, &outcome) == AIOLOCK_OK);
+    CHECK(outcome == AIOLOCK_TIMED_OUT);
+    CHECK(aiolock_release(other, NULL) == AIOLOCK_OK);
+    CHECK(aiolock_release(lock, NULL) == AIOLOCK_OK);
+    if (strncmp(test_url(), "memcached", 9) != 0) { /* memcached counts whole seconds */
+        CHECK(aiolock_acquire(cache, KEY("ns"), 1e-9, 0.0, &lock, &outcome) == AIOLOCK_OK);
+        CHECK(aiolock_release(lock, NULL) == AIOLOCK_OK);
+    }
+    CHECK(aiolock_cache_set(cache, KEY("d"), KEY("v"), -0.0) == AIOLOCK_OK); /* no expiry */
+    CHECK(aiolock_cache_get(cache, KEY("d"), &buf, &len, &found) == AIOLOCK_OK && found);
+    aiolock_buffer_free(buf, len);
     aiolock_cache_free(cache);
+}
+
+/* The lock-key suffix is a URL option: a lock is stored under namespace + key +
+ * lock_suffix, and two caches with different suffixes do not contend. */
+static void test_lock_suffix(void) {
+    char url[1024];
+    const char *base = test_url();
+    char sep = strchr(base, '?') ? '&' : '?';
+    aiolock_cache *cache = NULL;
+    snprintf(url, sizeof url, "%s%clock_suffix=", base, sep);
+    CHECK(aiolock_cache_open(url, &cache) == AIOLOCK_INVALID_ARGUMENT);
+    CHECK(strstr(aiolock_last_error_message(), "lock_suffix") != NULL);
+    snprintf(url, sizeof url, "%s%clock_suffx=.l", base, sep);
+    CHECK(aiolock_cache_open(url, &cache) == AIOLOCK_INVALID_ARGUMENT);
+    CHECK(strstr(aiolock_last_error_message(), "lock_suffx") != NULL);
+
+    aiolock_cache *plain = NULL, *dotted = NULL;
+    snprintf(url, sizeof url, "%s%cnamespace=sfx%ld:&lock_suffix=.l", base, sep, (long)getpid());
+    CHECK(aiolock_cache_open(url, &dotted) == AIOLOCK_OK);
+    snprintf(url, sizeof url, "%s%cnamespace=sfx%ld:", base, sep, (long)getpid());
+    CHECK(aiolock_cache_open(url, &plain) == AIOLOCK_OK);
+    aiolock_lock *a = NULL, *b = NULL;
+    aiolock_outcome outcome = 0;
+    CHECK(aiolock_acquire(dotted, KEY("job"), 5.0, 0.0, &a, &outcome) == AIOLOCK_OK);
+    CHECK(outcome == AIOLOCK_ACQUIRED);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    bool found = false;
+    CHECK(aiolock_cache_get(dotted, KEY("job.l"), &buf, &len, &found) == AIOLOCK_OK);
+    CHECK(found && len > 0); /* the token */
+    aiolock_buffer_free(buf, len);
+    CHECK(aiolock_cache_get(dotted, KEY("job-lock"), &buf, &len, &found) == AIOLOCK_OK && !found);
+    if (strncmp(base, "memory", 6) != 0) {
+        /* Over a shared server: the default suffix is another lock. */
+        CHECK(aiolock_acquire(plain, KEY("job"), 5.0, 0.0, &b, &outcome) == AIOLOCK_OK);
+        CHECK(outcome == AIOLOCK_ACQUIRED);
+        CHECK(aiolock_release(b, NULL) == AIOLOCK_OK);
+    }
+    bool removed = false;
+    CHECK(aiolock_release(a, &removed) == AIOLOCK_OK && removed);
+    aiolock_cache_free(dotted);
+    aiolock_cache_free(plain);
 }
 
 static void *fail_in_thread(void *arg) {
@@ -447,6 +529,7 @@ int main(void) {
     test_optimistic();
     test_null_for_every_pointer();
     test_bad_durations();
+    test_lock_suffix();
     test_last_error();
     test_panic_returns_a_status();
     test_stampede();

@@ -116,7 +116,8 @@ type Cache struct {
 
 // Open opens the cache a URL names: "memory://" (in this process), "redis://…" or
 // "memcached://…" (the library is built with both by default). Query options:
-// namespace, connect_timeout, response_timeout (seconds), pool_size.
+// namespace, lock_suffix (default "-lock"), connect_timeout, response_timeout
+// (seconds), pool_size, and the backend's own; an unknown option is an error.
 func Open(url string) (*Cache, error) {
 	curl := C.CString(url)
 	defer C.free(unsafe.Pointer(curl))

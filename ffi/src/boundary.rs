@@ -35,7 +35,9 @@ pub(crate) fn guard(f: impl FnOnce() -> Result<()>) -> aiolock_status {
                 .copied()
                 .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
                 .unwrap_or("(no message)");
+            // One line and bounded, like every aiolock message.
             let message = format!("aiolock panicked (this is a bug in aiolock): {what}");
+            let message = Error::new(ErrorKind::Backend, message).message().to_owned();
             drop_payload(payload);
             (aiolock_status::AIOLOCK_PANIC, message)
         }
@@ -174,21 +176,56 @@ pub(crate) unsafe fn handle<'a, T>(ptr: *const T, what: &str) -> Result<&'a T> {
     unsafe { ptr.as_ref() }.ok_or_else(|| invalid(format!("{what} is NULL")))
 }
 
-/// A lease, a TTL or a wait, given in seconds as a `double`: validated as
-/// [`aiolock::seconds`] does (finite, not negative, at most [`aiolock::MAX_DURATION`]).
+/// A duration given in seconds as a `double`, validated as [`aiolock::seconds`] does:
+/// finite, not negative, not a positive number below one nanosecond (subnormals
+/// included), at most [`aiolock::MAX_DURATION`]. `0.0` and `-0.0` are zero.
+///
+/// Every `double` argument of the C ABI goes through this, then its own rule for
+/// zero and negatives ([`lease`], [`wait`], [`ttl`]).
 pub(crate) fn secs(value: f64, what: &str) -> Result<Duration> {
     // The hot path of every acquire: whole seconds and nanoseconds by two float ops,
     // not `Duration::from_secs_f64`'s exact conversion, which costs more than the rest
     // of the boundary (a difference below a nanosecond). NaN fails the comparison.
-    if (0.0..=MAX_SECS).contains(&value) {
+    if (1e-9..=MAX_SECS).contains(&value) {
         let whole = value.trunc();
         let nanos = ((value - whole) * 1e9) as u32; // saturating cast, in 0..1e9
-        return Ok(Duration::new(whole as u64, nanos.min(999_999_999)));
+        let d = Duration::new(whole as u64, nanos.min(999_999_999));
+        if !d.is_zero() {
+            return Ok(d);
+        }
     }
     aiolock::seconds(value).map_err(|e| invalid(format!("{what}: {}", e.message())))
 }
 
 const MAX_SECS: f64 = aiolock::MAX_DURATION.as_secs() as f64;
+
+/// `lease_secs`: a duration longer than zero.
+pub(crate) fn lease(value: f64, what: &str) -> Result<Duration> {
+    let d = secs(value, what)?;
+    if d.is_zero() {
+        return Err(invalid(format!("{what} must be longer than zero")));
+    }
+    Ok(d)
+}
+
+/// `wait_secs`: `None` (one lease) for a negative finite number, as
+/// `AIOLOCK_WAIT_DEFAULT`; 0 (or -0.0) for no wait; NaN and ±infinity are refused
+/// (-infinity is not "any negative number": it is as invalid as +infinity).
+pub(crate) fn wait(value: f64, what: &str) -> Result<Option<Duration>> {
+    if value < 0.0 && value.is_finite() {
+        return Ok(None);
+    }
+    secs(value, what).map(Some)
+}
+
+/// `ttl_secs`: `None` (no expiry) for `AIOLOCK_NO_EXPIRY` (0, or -0.0), else a
+/// duration longer than zero.
+pub(crate) fn ttl(value: f64, what: &str) -> Result<Option<Duration>> {
+    if value == 0.0 {
+        return Ok(None);
+    }
+    secs(value, what).map(Some)
+}
 
 #[cfg(test)]
 mod tests {
@@ -197,7 +234,18 @@ mod tests {
     #[test]
     fn secs_agrees_with_aiolock_seconds() {
         for v in [
-            0.0, -0.0, 1e-12, 1e-9, 0.05, 0.1, 1.0, 1.5, 5.0, 86_400.25, MAX_SECS,
+            0.0,
+            -0.0,
+            1e-9,
+            1.0000001e-9,
+            2e-9,
+            0.05,
+            0.1,
+            1.0,
+            1.5,
+            5.0,
+            86_400.25,
+            MAX_SECS,
         ] {
             let fast = secs(v, "t").unwrap();
             let exact = aiolock::seconds(v).unwrap();
@@ -206,16 +254,58 @@ mod tests {
                 diff <= Duration::from_nanos(1),
                 "{v}: {fast:?} vs {exact:?}"
             );
+            assert_eq!(fast.is_zero(), v == 0.0, "{v}");
         }
-        for v in [
-            f64::NAN,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            -1.0,
-            -1e-300,
-            MAX_SECS * 2.0,
-        ] {
-            assert!(secs(v, "t").is_err(), "{v}");
+    }
+
+    /// The classes of `double` every duration argument of the C ABI can get, and what
+    /// each argument makes of them.
+    #[test]
+    fn every_float_argument_is_checked_the_same_way() {
+        const INFINITY: f64 = f64::INFINITY;
+        const NEG_INFINITY: f64 = f64::NEG_INFINITY;
+        const NAN: f64 = f64::NAN;
+        const MIN_POSITIVE: f64 = f64::MIN_POSITIVE;
+        const SUBNORMAL: f64 = 5e-324;
+        // (value, lease, wait, ttl): Err = AIOLOCK_INVALID_ARGUMENT.
+        type Want = Option<&'static str>;
+        let cases: [(f64, Want, Want, Want); 13] = [
+            (NAN, None, None, None),
+            (INFINITY, None, None, None),
+            (NEG_INFINITY, None, None, None),
+            (-1.0, None, Some("default"), None),
+            (-1e300, None, Some("default"), None),
+            (-SUBNORMAL, None, Some("default"), None),
+            (-0.0, None, Some("0ns"), Some("none")),
+            (0.0, None, Some("0ns"), Some("none")),
+            (SUBNORMAL, None, None, None),
+            (MIN_POSITIVE, None, None, None),
+            (1e-10, None, None, None),
+            (1e-9, Some("1ns"), Some("1ns"), Some("1ns")),
+            (1e300, None, None, None),
+        ];
+        for (value, want_lease, want_wait, want_ttl) in cases {
+            let got_lease = lease(value, "lease_secs").map(|d| format!("{d:?}"));
+            let got_wait = wait(value, "wait_secs")
+                .map(|w| w.map_or("default".to_owned(), |d| format!("{d:?}")));
+            let got_ttl =
+                ttl(value, "ttl_secs").map(|t| t.map_or("none".to_owned(), |d| format!("{d:?}")));
+            for (what, got, want) in [
+                ("lease_secs", got_lease, want_lease),
+                ("wait_secs", got_wait, want_wait),
+                ("ttl_secs", got_ttl, want_ttl),
+            ] {
+                match (got, want) {
+                    (Ok(got), Some(want)) => assert_eq!(got, want, "{what} = {value:e}"),
+                    (Err(e), None) => {
+                        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+                        let m = e.to_string();
+                        assert!(m.starts_with(&format!("invalid argument: {what}")), "{m}");
+                        assert!(m.len() < 160, "compact: {m}");
+                    }
+                    (got, want) => panic!("{what} = {value:e}: got {got:?}, want {want:?}"),
+                }
+            }
         }
     }
 }

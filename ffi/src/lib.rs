@@ -16,8 +16,15 @@
 //!   so does a URL that is not UTF-8. Optional pointers say so on their function.
 //! - Keys and values are bytes: a pointer and a length. A NULL pointer is allowed with
 //!   a length of 0 (an empty string of bytes); an empty key is `AIOLOCK_INVALID_KEY`.
-//! - Durations are `double` seconds. Leases must be finite and longer than zero;
-//!   TTLs are finite and not negative, `AIOLOCK_NO_EXPIRY` (0) meaning none.
+//! - Durations are `double` seconds, checked the same way for every argument: NaN,
+//!   +infinity and -infinity, and a positive number below one nanosecond (subnormals
+//!   included: it would round to zero) are `AIOLOCK_INVALID_ARGUMENT`; so is more
+//!   than about 31 years. Then: a lease must be longer than zero; a TTL of 0 (or -0.0,
+//!   `AIOLOCK_NO_EXPIRY`) means none and a negative TTL is refused; a wait of 0 means
+//!   "do not wait" and a negative finite wait (`AIOLOCK_WAIT_DEFAULT`) one lease.
+//! - Error messages (`aiolock_last_error_message`) are one line of at most 300
+//!   characters (control characters escaped, cut with `…`), and never contain a
+//!   password given in a URL.
 //! - Ownership: each function says what the caller owns and how to give it back.
 //!   Every handle has exactly one function that consumes it (`aiolock_cache_free`,
 //!   `aiolock_release`, `aiolock_cas` or `aiolock_optimistic_free`,
@@ -39,12 +46,11 @@ compile_error!(
 mod boundary;
 
 use std::ffi::{c_char, c_int};
-use std::time::Duration;
 
 use aiolock::Outcome;
 use aiolock::blocking::{Cache, LockGuard, OptimisticLock};
 
-use crate::boundary::{bytes, guard, guard_quiet, handle, invalid, out, secs, utf8};
+use crate::boundary::{bytes, guard, guard_quiet, handle, invalid, lease, out, ttl, utf8, wait};
 
 /// The result of a call: `AIOLOCK_OK` or what went wrong. The numbers are stable and
 /// new codes may be added: treat an unknown non-zero code as a generic error.
@@ -55,23 +61,31 @@ pub enum aiolock_status {
     /// Success: the outputs are written.
     AIOLOCK_OK = 0,
     /// An argument is out of range: a NULL pointer, a URL that is not UTF-8 or not
-    /// valid, a zero, negative, NaN or infinite lease, an unknown URL option.
+    /// valid, a zero, negative, NaN, infinite or sub-nanosecond duration, an unknown
+    /// URL option. Nothing was sent.
     AIOLOCK_INVALID_ARGUMENT = 1,
-    /// The backend cannot store this key (empty; for memcached longer than 250 bytes
-    /// or containing a space or a control byte). Nothing was sent.
+    /// The backend cannot store this key (empty; for memcached longer than 250 bytes,
+    /// namespace and lock suffix included, or containing a space or a control byte).
+    /// Nothing was sent.
     AIOLOCK_INVALID_KEY = 2,
     /// `aiolock_cas`: the key changed since the optimistic lock began. Nothing was
     /// written.
     AIOLOCK_CONFLICT = 3,
-    /// The backend did not answer in time.
+    /// The backend did not answer in time. The outcome of a write is unknown (it may
+    /// have been applied): read back before retrying.
     AIOLOCK_TIMEOUT = 4,
-    /// The backend cannot be reached, or the connection broke.
+    /// The backend cannot be reached, or the connection broke. If it broke after the
+    /// request was sent (the message says the outcome is unknown), the outcome of a
+    /// write is unknown, as for `AIOLOCK_TIMEOUT`.
     AIOLOCK_CONNECTION = 5,
-    /// The backend answered something this client does not understand.
+    /// The backend answered something this client does not understand. What the
+    /// server did with the request is unknown.
     AIOLOCK_PROTOCOL = 6,
-    /// The backend refused the command (an error reply, wrong credentials).
+    /// The backend refused the command (an error reply, wrong credentials). Nothing
+    /// was applied.
     AIOLOCK_BACKEND = 7,
-    /// The URL names a backend this build of the library does not include.
+    /// The URL names a backend this build of the library does not include. Nothing
+    /// was sent.
     AIOLOCK_UNSUPPORTED = 8,
     /// An error of a kind this version of the C ABI has no code for yet.
     AIOLOCK_ERROR = 9,
@@ -106,7 +120,7 @@ impl From<Outcome> for aiolock_outcome {
 }
 
 /// `wait_secs` for `aiolock_acquire`: wait at most one lease (as aiocache does). Any
-/// negative number means the same.
+/// negative finite number means the same (-infinity is `AIOLOCK_INVALID_ARGUMENT`).
 pub const AIOLOCK_WAIT_DEFAULT: f64 = -1.0;
 
 /// `ttl_secs` for `aiolock_cache_set`, `aiolock_cache_add` and `aiolock_cas`: the value never
@@ -135,27 +149,24 @@ pub struct aiolock_optimistic {
     lock: OptimisticLock,
 }
 
-/// A TTL in seconds: `AIOLOCK_NO_EXPIRY` (0) for none, else finite and positive.
-fn ttl(ttl_secs: f64) -> aiolock::Result<Option<Duration>> {
-    if ttl_secs == AIOLOCK_NO_EXPIRY {
-        return Ok(None);
-    }
-    let d = secs(ttl_secs, "ttl_secs")?;
-    if d.is_zero() {
-        return Err(invalid(format!("ttl_secs: {ttl_secs} rounds to zero")));
-    }
-    Ok(Some(d))
-}
-
 /// Opens the cache `url` names: `memory://` (in this process), `redis://…` or
-/// `memcached://…` when the library was built with those backends. Query options:
-/// `namespace`, `connect_timeout`, `response_timeout` (seconds), `pool_size`.
+/// `memcached://…` when the library was built with those backends.
+///
+/// Query options of every scheme: `namespace` (prefixed to every key, byte for byte:
+/// aiocache's Redis namespace `app` is `namespace=app:`, its memcached namespace `app`
+/// is `namespace=app`), `lock_suffix` (default `-lock`: the lock of `key` is stored
+/// under `namespace + key + lock_suffix`; not empty, and on memcached no spaces or
+/// control bytes), `connect_timeout`, `response_timeout` (seconds), `pool_size`.
+/// Redis also takes `protocol` (and on `redis+unix://` `db`, `user`, `pass`),
+/// memcached `max_poll_interval`. An unknown option is `AIOLOCK_INVALID_ARGUMENT`,
+/// and the message names it.
 ///
 /// On success, `*cache_out` is a new cache: the caller owns it and must call
 /// `aiolock_cache_free` on it. Each `memory://` cache is a separate store.
 ///
-/// Errors: `AIOLOCK_INVALID_ARGUMENT` (NULL, not UTF-8, not a valid cache URL),
-/// `AIOLOCK_UNSUPPORTED` (backend not built in), connection errors.
+/// Errors: `AIOLOCK_INVALID_ARGUMENT` (NULL, not UTF-8, not a valid cache URL, an
+/// unknown or invalid option), `AIOLOCK_UNSUPPORTED` (backend not built in),
+/// connection errors.
 ///
 /// # Safety
 ///
@@ -196,20 +207,28 @@ pub unsafe extern "C" fn aiolock_cache_free(cache: *mut aiolock_cache) {
 }
 
 /// Takes the RedLock on `key`, or waits for its holder (aiocache's `RedLock`): the
-/// lock key is `namespace + key + "-lock"`, held for at most `lease_secs`.
+/// lock key is `namespace + key + lock_suffix` (`lock_suffix` is `-lock` unless the
+/// cache URL sets it), held for at most `lease_secs`.
 ///
-/// - `lease_secs`: finite and longer than zero, else `AIOLOCK_INVALID_ARGUMENT`.
+/// - `lease_secs`: finite, at least one nanosecond, else `AIOLOCK_INVALID_ARGUMENT`.
 /// - `wait_secs`: how long to wait at most when another caller holds the lock.
-///   Negative (`AIOLOCK_WAIT_DEFAULT`): one lease. 0: do not wait. NaN or infinite:
+///   Negative and finite (`AIOLOCK_WAIT_DEFAULT`): one lease. 0: do not wait. NaN,
+///   +infinity, -infinity or a positive number below one nanosecond:
 ///   `AIOLOCK_INVALID_ARGUMENT`.
+///
+/// On memcached the whole lock key must fit memcached's 250 bytes: with the default
+/// suffix, `namespace + key` may be at most 245 bytes here (250 minus the length of
+/// the suffix in general), although `aiolock_cache_get` and `aiolock_cache_set`
+/// accept 250. A longer key is `AIOLOCK_INVALID_KEY`, and nothing is sent.
 ///
 /// On success, `*outcome_out` says how it ended, and `*lock_out` is a new lock handle
 /// whatever the outcome (it holds the lock only for `AIOLOCK_ACQUIRED`): the caller
 /// owns it and must pass it to `aiolock_release`. Not getting the lock is not an
 /// error.
 ///
-/// Errors: `AIOLOCK_INVALID_ARGUMENT`, `AIOLOCK_INVALID_KEY` (empty key), the
-/// backend's errors.
+/// Errors: `AIOLOCK_INVALID_ARGUMENT`, `AIOLOCK_INVALID_KEY` (an empty key; on
+/// memcached a lock key too long or with bytes memcached refuses), the backend's
+/// errors.
 ///
 /// # Safety
 ///
@@ -232,14 +251,8 @@ pub unsafe extern "C" fn aiolock_acquire(
         let key = unsafe { bytes(key, key_len, "key") }?;
         let lock_out = out(lock_out, "lock_out")?;
         let outcome_out = out(outcome_out, "outcome_out")?;
-        let lease = secs(lease_secs, "lease_secs")?;
-        let wait = if wait_secs.is_nan() {
-            return Err(invalid("wait_secs is NaN"));
-        } else if wait_secs < 0.0 {
-            None
-        } else {
-            Some(secs(wait_secs, "wait_secs")?)
-        };
+        let lease = lease(lease_secs, "lease_secs")?;
+        let wait = wait(wait_secs, "wait_secs")?;
         let mut redlock = cache.cache.redlock(key, lease);
         if let Some(wait) = wait {
             redlock = redlock.wait_at_most(wait);
@@ -396,7 +409,7 @@ pub unsafe extern "C" fn aiolock_cas(
         let lock = unsafe { Box::from_raw(lock) };
         // SAFETY: the caller's contract.
         let value = unsafe { bytes(value, value_len, "value") }?;
-        let ttl = ttl(ttl_secs)?;
+        let ttl = ttl(ttl_secs, "ttl_secs")?;
         lock.lock.cas(value, ttl)
     })
 }
@@ -484,8 +497,8 @@ pub unsafe extern "C" fn aiolock_buffer_free(data: *mut u8, len: usize) {
 
 /// Stores `value` under `key`, expiring after `ttl_secs` (`AIOLOCK_NO_EXPIRY`: never).
 ///
-/// Errors: `AIOLOCK_INVALID_ARGUMENT` (NULL, negative, NaN or infinite TTL),
-/// `AIOLOCK_INVALID_KEY`, the backend's errors.
+/// Errors: `AIOLOCK_INVALID_ARGUMENT` (NULL; a negative, NaN, infinite or
+/// sub-nanosecond TTL), `AIOLOCK_INVALID_KEY`, the backend's errors.
 ///
 /// # Safety
 ///
@@ -507,7 +520,7 @@ pub unsafe extern "C" fn aiolock_cache_set(
         let key = unsafe { bytes(key, key_len, "key") }?;
         // SAFETY: the caller's contract.
         let value = unsafe { bytes(value, value_len, "value") }?;
-        cache.cache.set(key, value, ttl(ttl_secs)?)
+        cache.cache.set(key, value, ttl(ttl_secs, "ttl_secs")?)
     })
 }
 
@@ -537,7 +550,7 @@ pub unsafe extern "C" fn aiolock_cache_add(
         // SAFETY: the caller's contract.
         let value = unsafe { bytes(value, value_len, "value") }?;
         let added_out = out(added_out, "added_out")?;
-        let added = cache.cache.add(key, value, ttl(ttl_secs)?)?;
+        let added = cache.cache.add(key, value, ttl(ttl_secs, "ttl_secs")?)?;
         // SAFETY: checked non-NULL; valid for a write by the caller's contract.
         unsafe { added_out.write(added) };
         Ok(())
@@ -722,6 +735,21 @@ mod tests {
             );
             assert_eq!(status, aiolock_status::AIOLOCK_INVALID_ARGUMENT);
             assert!(last_error().contains("lease_secs"), "{}", last_error());
+            // -infinity is not "a negative number": it is refused like +infinity.
+            let status = aiolock_acquire(
+                cache,
+                b"k".as_ptr(),
+                1,
+                1.0,
+                f64::NEG_INFINITY,
+                &mut lock,
+                &mut outcome,
+            );
+            assert_eq!(status, aiolock_status::AIOLOCK_INVALID_ARGUMENT);
+            assert!(last_error().contains("wait_secs"), "{}", last_error());
+            let status = aiolock_cache_set(cache, b"k".as_ptr(), 1, b"v".as_ptr(), 1, 5e-324);
+            assert_eq!(status, aiolock_status::AIOLOCK_INVALID_ARGUMENT);
+            assert!(last_error().contains("5e-324"), "{}", last_error());
             aiolock_cache_free(cache);
         }
     }

@@ -22,7 +22,7 @@ pub struct Token([u8; 32]);
 
 impl Token {
     /// A fresh random token from a thread-local CSPRNG, seeded from the operating
-    /// system and reseeded in a forked child (see [`fork`](crate::core::fork)).
+    /// system and reseeded in a forked child (the process generation of `core::fork`).
     pub fn random() -> Self {
         let generation = fork::generation();
         let n = RNG.with_borrow_mut(|slot| match slot {

@@ -40,6 +40,7 @@ pub struct Cache<B = AnyBackend> {
 struct Inner<B> {
     backend: B,
     namespace: Vec<u8>,
+    lock_suffix: Vec<u8>,
 }
 
 impl<B> Clone for Cache<B> {
@@ -54,6 +55,10 @@ impl<B: std::fmt::Debug> std::fmt::Debug for Cache<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cache")
             .field("namespace", &String::from_utf8_lossy(&self.inner.namespace))
+            .field(
+                "lock_suffix",
+                &String::from_utf8_lossy(&self.inner.lock_suffix),
+            )
             .field("backend", &self.inner.backend)
             .finish()
     }
@@ -98,13 +103,53 @@ impl<B: Backend> Cache<B> {
             inner: Arc::new(Inner {
                 backend,
                 namespace: namespace.into(),
+                lock_suffix: key::DEFAULT_LOCK_SUFFIX.to_vec(),
             }),
         }
+    }
+
+    /// A cache over the same backend (a clone: it shares the connections) and
+    /// namespace, whose [`RedLock`]s are stored under `namespace + key + suffix`
+    /// instead of `namespace + key + "-lock"`.
+    ///
+    /// Errors: [`InvalidArgument`](ErrorKind::InvalidArgument) for an empty suffix
+    /// (the lock would overwrite the key it guards). On memcached the lock key as a
+    /// whole must follow memcached's key rules: a key that breaks them is refused
+    /// when the lock is acquired ([`InvalidKey`](ErrorKind::InvalidKey)).
+    ///
+    /// ```
+    /// # #[cfg(feature = "blocking")] {
+    /// use std::time::Duration;
+    /// let cache = aiolock::blocking::Cache::memory().with_lock_suffix(":lock")?;
+    /// let lock = cache.redlock("report", Duration::from_secs(5));
+    /// assert_eq!(lock.lock_key(), b"report:lock");
+    /// # }
+    /// # Ok::<(), aiolock::Error>(())
+    /// ```
+    pub fn with_lock_suffix(&self, suffix: impl Into<Vec<u8>>) -> Result<Self>
+    where
+        B: Clone,
+    {
+        let lock_suffix = suffix.into();
+        config::check_lock_suffix(&lock_suffix)?;
+        Ok(Cache {
+            inner: Arc::new(Inner {
+                backend: self.inner.backend.clone(),
+                namespace: self.inner.namespace.clone(),
+                lock_suffix,
+            }),
+        })
     }
 
     /// The prefix of every key.
     pub fn namespace(&self) -> &[u8] {
         &self.inner.namespace
+    }
+
+    /// What a [`RedLock`]'s key appends to its key: `-lock` (aiocache's) unless the
+    /// cache was opened with another `lock_suffix`.
+    pub fn lock_suffix(&self) -> &[u8] {
+        &self.inner.lock_suffix
     }
 
     /// The backend.
@@ -247,15 +292,18 @@ impl<B: Backend> Cache<B> {
 ///
 /// let cache = aiolock::blocking::Cache::builder()
 ///     .namespace("app:")
+///     .lock_suffix(":lock")
 ///     .response_timeout(Duration::from_millis(500))
 ///     .build("memory://")?;
 /// assert_eq!(cache.namespace(), b"app:");
+/// assert_eq!(cache.redlock("k", Duration::from_secs(1)).lock_key(), b"app:k:lock");
 /// # }
 /// # Ok::<(), aiolock::Error>(())
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct CacheBuilder {
     namespace: Option<Vec<u8>>,
+    lock_suffix: Option<Vec<u8>>,
     connect_timeout: Option<Duration>,
     response_timeout: Option<Duration>,
     pool_size: Option<usize>,
@@ -273,6 +321,19 @@ impl CacheBuilder {
         self
     }
 
+    /// What a lock key appends to its key (default `-lock`, as in aiocache; the URL
+    /// option `lock_suffix`): the lock of `key` is stored under
+    /// `namespace + key + suffix`. Give caches that must never contend for the same
+    /// lock (two fleets; aiolock beside aiocache) different suffixes.
+    ///
+    /// Not empty; on memcached, no spaces or control bytes, and the whole lock key at
+    /// most 250 bytes. [`build`](CacheBuilder::build) checks it
+    /// ([`InvalidArgument`](ErrorKind::InvalidArgument)).
+    pub fn lock_suffix(mut self, suffix: impl Into<Vec<u8>>) -> Self {
+        self.lock_suffix = Some(suffix.into());
+        self
+    }
+
     /// How long to wait for a connection (network backends).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
@@ -286,7 +347,9 @@ impl CacheBuilder {
     }
 
     /// The connection pool's size: memcached's in both flavors, Redis's blocking flavor
-    /// (its async flavor multiplexes one connection).
+    /// (at most this many command connections, besides one shared subscriber; a caller
+    /// waits for a free one within the response timeout). The Redis async flavor
+    /// multiplexes one connection.
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = Some(size);
         self
@@ -302,6 +365,9 @@ impl CacheBuilder {
         };
         if let Some(ns) = &self.namespace {
             options.namespace.clone_from(ns);
+        }
+        if let Some(suffix) = &self.lock_suffix {
+            options.lock_suffix.clone_from(suffix);
         }
         if let Some(d) = positive("connect timeout", self.connect_timeout)? {
             options.connect_timeout = d;
@@ -322,8 +388,15 @@ impl CacheBuilder {
     pub async fn build(&self, url: &str) -> Result<Cache> {
         let (endpoint, options) = config::parse(url)?;
         let options = self.options(options)?;
+        config::check(&endpoint, &options)?;
         let backend = AnyBackend::connect(endpoint, &options).await?;
-        Ok(Cache::with_namespace(backend, options.namespace))
+        Ok(Cache {
+            inner: Arc::new(Inner {
+                backend,
+                namespace: options.namespace,
+                lock_suffix: options.lock_suffix,
+            }),
+        })
     }
 }
 

@@ -18,7 +18,15 @@ use crate::key::KeyBuf;
 /// and computes; every other caller waits until the holder releases it (then reads the
 /// cache), at most until the holder's lease ends (then one of them is elected the new
 /// holder) and at most its own bound (by default, one lease). It is stored as the key
-/// `namespace + key + "-lock"` holding a random token; only that token releases it.
+/// `namespace + key + lock_suffix` holding a random token; only that token releases it.
+/// The suffix is `-lock` (aiocache's) unless the cache was opened with another
+/// ([`CacheBuilder::lock_suffix`](super::CacheBuilder::lock_suffix), the URL option
+/// `lock_suffix`).
+///
+/// On memcached the lock key as a whole must fit memcached's 250 bytes: with the
+/// default suffix, `namespace + key` may be at most 245 bytes for a lock (250 −
+/// `lock_suffix.len()` in general), while `get`/`set` accept 250. A longer key fails
+/// [`acquire`](RedLock::acquire) with [`InvalidKey`](crate::ErrorKind::InvalidKey).
 ///
 /// ```
 /// # #[cfg(feature = "blocking")] {
@@ -58,7 +66,7 @@ impl<B: Backend> RedLock<B> {
     /// Nothing is checked or sent until [`acquire`](RedLock::acquire).
     pub fn new(cache: &Cache<B>, key: impl AsRef<[u8]>, lease: Duration) -> Self {
         let key = key.as_ref();
-        let full = key::lock_key(cache.namespace(), key).unwrap_or_default();
+        let full = key::lock_key(cache.namespace(), key, cache.lock_suffix()).unwrap_or_default();
         RedLock {
             cache: cache.clone(),
             key: full,
@@ -92,7 +100,8 @@ impl<B: Backend> RedLock<B> {
         self
     }
 
-    /// The key the lock is stored under: `namespace + key + "-lock"`.
+    /// The key the lock is stored under: `namespace + key + lock_suffix` (by default
+    /// `namespace + key + "-lock"`).
     pub fn lock_key(&self) -> &[u8] {
         &self.key
     }

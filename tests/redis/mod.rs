@@ -7,7 +7,57 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aiolock::{ErrorKind, Outcome};
 
+use crate::support::proxy::Proxy;
 use crate::support::redis::{Config, RedisServer};
+
+/// Polls `cond` (server state, never a guess at timing) every 2 ms until it holds;
+/// false after 10 s.
+fn poll_until(mut cond: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
+}
+
+/// How many connections are subscribed to `channel` (`PUBSUB NUMSUB`).
+fn numsub(server: &RedisServer, channel: &str) -> usize {
+    let reply = server.admin(&["PUBSUB", "NUMSUB", channel]);
+    reply
+        .trim_end()
+        .rsplit(':')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("PUBSUB NUMSUB: {reply:?}"))
+}
+
+/// Waits until exactly `n` connections are subscribed to `channel`.
+fn wait_numsub(server: &RedisServer, channel: &str, n: usize) {
+    assert!(
+        poll_until(|| numsub(server, channel) == n),
+        "{channel} never had {n} subscribers (now {})",
+        numsub(server, channel)
+    );
+}
+
+/// The lock channel of `key` in the namespace `ns`.
+fn lock_channel(ns: &str, key: &str) -> String {
+    format!("aiolock:release:{ns}{key}-lock")
+}
+
+/// How many re-checks of a lock key clients sent through `proxy` (the re-check
+/// script, or a bare `PTTL`).
+fn rechecks(proxy: &Proxy) -> usize {
+    proxy.sent(b"EVALSHA") + proxy.sent(b"PTTL")
+}
+
+/// A `redis+unix://` URL to `proxy`, with `query`.
+fn proxied(proxy: &Proxy, query: &str) -> String {
+    format!("redis+unix://{}?{query}", proxy.path().display())
+}
 
 /// Set in a child process started by [`cross_process_waiter_wakes_on_release`]: the
 /// child is the holder.
@@ -92,7 +142,10 @@ async fn cross_process_waiter_wakes_on_release() {
         let g = sync_cache.redlock("report", lease).acquire().unwrap();
         (g.outcome(), unix_nanos())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both waiters lost their claim and are subscribed (one subscriber connection per
+    // cache).
+    let channel = lock_channel("xproc:", "report");
+    tokio::task::block_in_place(|| wait_numsub(&server, &channel, 2));
     assert!(
         !async_waiter.is_finished(),
         "the waiter waits for the holder"
@@ -122,12 +175,14 @@ async fn cross_process_waiter_wakes_on_release() {
 async fn cross_flavor_hand_off() {
     let server = RedisServer::start();
     let url = server.unix_url("namespace=flavors:");
-    assert_cross_flavor_hand_off(&url).await;
+    assert_cross_flavor_hand_off(&server, &url, "flavors:").await;
 }
 
-/// On `url`: an async holder wakes a blocking waiter with its release, then a blocking
-/// holder an async waiter.
-async fn assert_cross_flavor_hand_off(url: &str) {
+/// On `url` (namespace `ns`): an async holder wakes a blocking waiter with its
+/// release, then a blocking holder an async waiter.
+async fn assert_cross_flavor_hand_off(server: &RedisServer, url: &str, ns: &str) {
+    let channel = lock_channel(ns, "k");
+    let subscribed = |n| tokio::task::block_in_place(|| wait_numsub(server, &channel, n));
     let async_cache = aiolock::Cache::from_url(url).await.unwrap();
     let sync_cache = aiolock::blocking::Cache::from_url(url).unwrap();
     let lease = Duration::from_secs(30);
@@ -140,9 +195,12 @@ async fn assert_cross_flavor_hand_off(url: &str) {
             sync_cache.redlock("k", lease).acquire().unwrap().outcome()
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The waiter lost its claim and subscribed.
+    subscribed(1);
     assert!(holder.release().await.unwrap());
     assert_eq!(waiter.await.unwrap(), Outcome::Released);
+    // Its subscriber left the channel.
+    subscribed(0);
 
     let holder = {
         let sync_cache = sync_cache.clone();
@@ -162,7 +220,7 @@ async fn assert_cross_flavor_hand_off(url: &str) {
                 .outcome()
         }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    subscribed(1);
     tokio::task::spawn_blocking(move || assert!(holder.release().unwrap()))
         .await
         .unwrap();
@@ -200,7 +258,13 @@ async fn async_waiters_share_one_subscriber_connection() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every claim ran (8 holders, 64 waiters) and every channel is subscribed.
+    tokio::task::block_in_place(|| {
+        assert!(poll_until(|| set_calls(&server) == 72));
+        for k in 0..8 {
+            wait_numsub(&server, &lock_channel("", &format!("k{k}")), 1);
+        }
+    });
     let clients = server.admin(&["CLIENT", "LIST", "TYPE", "pubsub"]);
     assert_eq!(
         clients.matches("id=").count(),
@@ -214,9 +278,18 @@ async fn async_waiters_share_one_subscriber_connection() {
         assert_eq!(w.await.unwrap(), Outcome::Released);
     }
     // The last waiter of each channel unsubscribed.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let channels = server.admin(&["PUBSUB", "NUMSUB", "aiolock:release:k0-lock"]);
-    assert!(channels.ends_with(":0\r\n"), "{channels}");
+    tokio::task::block_in_place(|| wait_numsub(&server, &lock_channel("", "k0"), 0));
+}
+
+/// How many `SET` commands the server ran (`INFO commandstats`).
+fn set_calls(server: &RedisServer) -> usize {
+    let stats = server.admin(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_set:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// One test body per flavor, each on a server of its own. The body sees `Cache`,
@@ -230,7 +303,8 @@ macro_rules! both_flavors {
                 use super::super::*;
                 #[allow(unused_imports)]
                 use super::super::sync_rt::{pause, with_background};
-                use aiolock::blocking::Cache;
+                #[allow(unused_imports)]
+                use aiolock::blocking::{Backend as _, Cache, RedisBackend};
                 use maybe_async::must_be_sync as maybe_async;
 
                 #[maybe_async]
@@ -249,7 +323,8 @@ macro_rules! both_flavors {
                 use super::super::*;
                 #[allow(unused_imports)]
                 use super::super::async_rt::{pause, with_background};
-                use aiolock::Cache;
+                #[allow(unused_imports)]
+                use aiolock::{Backend as _, Cache, RedisBackend};
                 use maybe_async::must_be_async as maybe_async;
 
                 #[maybe_async]
@@ -352,10 +427,12 @@ both_flavors!(
                 move || async move { cache.redlock("k", lease).acquire().await.unwrap().outcome() }
             },
             || async {
-                pause(Duration::from_millis(300)).await;
+                let channel = lock_channel("t:", "k");
+                wait_numsub(server, &channel, 1);
                 let killed = server.admin(&["CLIENT", "KILL", "TYPE", "pubsub"]);
                 assert!(killed.starts_with(":1"), "one subscriber killed: {killed}");
-                pause(Duration::from_millis(300)).await;
+                // Subscribed again (the waiter re-checked the key and waits anew).
+                wait_numsub(server, &channel, 1);
                 let released = holder.release().await.unwrap();
                 assert!(released);
             },
@@ -389,7 +466,7 @@ both_flavors!(
                 }
             },
             || async {
-                pause(Duration::from_millis(300)).await;
+                wait_numsub(server, &lock_channel("t:", "k"), 1);
                 server.kill();
             },
         )
@@ -492,12 +569,22 @@ async fn bad_urls_and_unreachable_servers() {
         "redis://h?connect_timeout=abc",
         "bogus://h",
         "redis+unix://",
+        "redis://h?respone_timeout=0.2",
+        "redis+unix:///tmp/r.sock?pass=x&bogus=1",
     ] {
         let e = aiolock::blocking::Cache::from_url(url).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{url}: {e}");
         let e = aiolock::Cache::from_url(url).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{url}: {e}");
     }
+    // An unknown option is named (a typo must not fall back to a default silently).
+    let e = aiolock::blocking::Cache::from_url("redis://h?respone_timeout=0.2").unwrap_err();
+    assert!(e.to_string().contains("respone_timeout"), "{e}");
+    // The `redis` crate's own options still pass.
+    let e =
+        aiolock::blocking::Cache::from_url("redis+unix:///nonexistent.sock?db=1&protocol=resp3")
+            .unwrap_err();
+    assert!(e.is_connection(), "{e}");
 
     // A closed port.
     let closed = {
@@ -724,7 +811,7 @@ fn blocking_waiter_after_idle_connections_were_killed() {
                 .unwrap()
                 .outcome()
         });
-        std::thread::sleep(Duration::from_millis(300));
+        wait_numsub(&server, &lock_channel("t:", "k"), 1);
         assert!(holder.release().unwrap());
         w.join().unwrap()
     });
@@ -746,16 +833,17 @@ async fn cancelled_async_waiters_leave_no_subscription() {
         let cancelled = tokio::time::timeout(Duration::from_micros(50 * i), acquire).await;
         assert!(cancelled.is_err(), "the holder still holds it");
     }
+    let channel = lock_channel("", "k");
+    // The cancelled waiters left the channel.
+    tokio::task::block_in_place(|| wait_numsub(&server, &channel, 0));
     let waiter = tokio::spawn({
         let cache = cache.clone();
         async move { cache.redlock("k", lease).acquire().await.unwrap().outcome() }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::task::block_in_place(|| wait_numsub(&server, &channel, 1));
     assert!(holder.release().await.unwrap());
     assert_eq!(waiter.await.unwrap(), Outcome::Released);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let channels = server.admin(&["PUBSUB", "NUMSUB", "aiolock:release:k-lock"]);
-    assert!(channels.ends_with(":0\r\n"), "{channels}");
+    tokio::task::block_in_place(|| wait_numsub(&server, &channel, 0));
 }
 
 /// A URL that asks for RESP3 (`?protocol=resp3`) works in both flavors, waits included.
@@ -763,7 +851,7 @@ async fn cancelled_async_waiters_leave_no_subscription() {
 async fn resp3_urls() {
     let server = RedisServer::start();
     let url = server.unix_url("protocol=resp3&namespace=r3:");
-    assert_cross_flavor_hand_off(&url).await;
+    assert_cross_flavor_hand_off(&server, &url, "r3:").await;
     let async_cache = aiolock::Cache::from_url(&url).await.unwrap();
     let sync_cache = aiolock::blocking::Cache::from_url(&url).unwrap();
     sync_cache
@@ -780,3 +868,469 @@ async fn resp3_urls() {
         Some(&b"2"[..])
     );
 }
+
+both_flavors!(
+    /// Issue 8 item 1: a waiter counts only the release of the holder it lost to. H0
+    /// releases (its message reaches the waiters' process late: pub/sub lags behind
+    /// replies), H1 takes the lock, W1 loses to H1 and joins the channel W0 (H0's
+    /// waiter) keeps subscribed: H0's late message must not wake W1 while H1 holds.
+    stale_release_does_not_wake_the_next_holders_waiter(server, url) {
+        let proxy = Proxy::unix(server.socket());
+        let holders = Cache::from_url(&url).await.unwrap();
+        let waiters = Cache::from_url(&proxied(&proxy, "namespace=t:")).await.unwrap();
+        // Pushes to the waiters' subscriber connection lag 20 ms behind replies.
+        proxy.delay_down(Duration::from_millis(20), Some(b"SUBSCRIBE"));
+        let lease = Duration::from_secs(30);
+        let bound = Duration::from_millis(100);
+        for round in 0..20 {
+            let h0 = holders.redlock("k", lease).acquire().await.unwrap();
+            assert!(h0.is_acquired());
+            let before = rechecks(&proxy);
+            let mut w1 = None;
+            let w1_slot = &mut w1;
+            let (holders, proxy, waiters1, waiters2) = (&holders, &proxy, &waiters, waiters.clone());
+            let w0 = with_background(
+                move || async move { waiters2.redlock("k", lease).acquire().await.unwrap().outcome() },
+                move || async move {
+                    // W0 lost its claim to H0, subscribed and re-checked the key.
+                    assert!(poll_until(|| rechecks(proxy) > before));
+                    let released = h0.release().await.unwrap();
+                    assert!(released);
+                    let h1 = holders.redlock("k", lease).acquire().await.unwrap();
+                    assert!(h1.is_acquired(), "round {round}: H1 takes the released lock");
+                    let g = waiters1.redlock("k", lease).wait_at_most(bound).acquire().await.unwrap();
+                    *w1_slot = Some(g.outcome());
+                    let released = h1.release().await.unwrap();
+                    assert!(released, "H1 held it all along");
+                },
+            )
+            .await;
+            assert_eq!(w0, Outcome::Released, "round {round}: W0 woke on H0's release");
+            assert_eq!(
+                w1,
+                Some(Outcome::TimedOut),
+                "round {round}: W1 waited for H1, who never released during its wait"
+            );
+        }
+    }
+);
+
+both_flavors!(
+    /// Issue 8 item 2: a CAS whose reply was lost after the server ran it reports
+    /// success (its value is there), never a conflict; an add and a claim whose reply
+    /// was lost are reported won; a release whose reply was lost is not reported as
+    /// "was not ours"; a delete whose reply was lost is not sent again.
+    lost_replies_are_read_back(server, url) {
+        let _ = &url;
+        let proxy = Proxy::unix(server.socket());
+        let cache = Cache::from_url(&proxied(&proxy, "namespace=t:")).await.unwrap();
+        // Warm the script cache, so that the lost reply is the script's own.
+        cache.set("o", b"0", None).await.unwrap();
+        let warm = cache.optimistic_lock("o").await.unwrap();
+        warm.cas(b"1", None).await.unwrap();
+        let g = cache.redlock("warm", Duration::from_secs(5)).acquire().await.unwrap();
+        let released = g.release().await.unwrap();
+        assert!(released);
+        cache.delete("nothing").await.unwrap();
+
+        // CAS of a read value.
+        let lock = cache.optimistic_lock("o").await.unwrap();
+        proxy.lose_reply_after(b"EVALSHA");
+        let cas = lock.cas(b"2", None).await;
+        assert!(cas.is_ok(), "the CAS wrote: {cas:?}");
+        assert_eq!(server.admin(&["GET", "t:o"]), "$1\r\n2\r\n");
+
+        // CAS of an absent key.
+        let lock = cache.optimistic_lock("fresh").await.unwrap();
+        proxy.lose_reply_after(b"SET");
+        let cas = lock.cas(b"new", None).await;
+        assert!(cas.is_ok(), "the CAS wrote: {cas:?}");
+
+        // add.
+        proxy.lose_reply_after(b"SET");
+        let added = cache.add("a", b"v", None).await;
+        assert!(matches!(added, Ok(true)), "the add wrote: {added:?}");
+
+        // A claim.
+        proxy.lose_reply_after(b"SET");
+        let g = cache.redlock("k", Duration::from_secs(30)).acquire().await.unwrap();
+        assert_eq!(g.outcome(), Outcome::Acquired, "the claim took the lock");
+
+        // A release.
+        proxy.lose_reply_after(b"EVALSHA");
+        let released = g.release().await;
+        assert!(!matches!(released, Ok(false)), "the release removed our lock: {released:?}");
+        if let Err(e) = &released {
+            assert!(e.is_connection() && e.to_string().contains("unknown"), "{e}");
+        }
+        assert_eq!(server.admin(&["EXISTS", "t:k-lock"]), ":0\r\n");
+
+        // A delete: never sent twice (it could remove a newer value).
+        cache.set("d", b"1", None).await.unwrap();
+        let deletes = proxy.sent(b"EVALSHA");
+        proxy.lose_reply_after(b"EVALSHA");
+        let deleted = cache.delete("d").await;
+        match &deleted {
+            Ok(d) => assert!(d, "{deleted:?}"),
+            Err(e) => assert!(e.is_connection() && e.to_string().contains("unknown"), "{e}"),
+        }
+        assert_eq!(proxy.sent(b"EVALSHA"), deletes + 1, "sent once");
+    }
+);
+
+both_flavors!(
+    /// Issue 8 item 5: a waiter returns by its bound when the server stalls after its
+    /// claim lost: the subscription's confirmation and the re-check run under the
+    /// waiter's deadline, not only the (here 0.5 s) response timeout.
+    waiter_returns_by_its_bound_against_a_stalled_server(server, url) {
+        let holders = Cache::from_url(&url).await.unwrap();
+        let holder = holders.redlock("k", Duration::from_secs(30)).acquire().await.unwrap();
+        let bound = Duration::from_millis(50);
+        // The SUBSCRIBE's confirmation, then the re-check's reply, come 2 s late.
+        for tag in [&b"SUBSCRIBE"[..], b"EVALSHA"] {
+            let proxy = Proxy::unix(server.socket());
+            let waiters = Cache::from_url(&proxied(&proxy, FAST)).await.unwrap();
+            proxy.delay_down(Duration::from_secs(2), Some(tag));
+            let start = Instant::now();
+            let g = waiters.redlock("k", Duration::from_secs(30)).wait_at_most(bound).acquire().await;
+            let took = start.elapsed();
+            let outcome = g.map(|g| g.outcome());
+            assert!(matches!(outcome, Ok(Outcome::TimedOut)), "{tag:?}: {outcome:?}");
+            assert!(
+                took < bound + Duration::from_millis(300),
+                "{}: returned after {took:?}",
+                String::from_utf8_lossy(tag)
+            );
+            proxy.clear();
+        }
+        let released = holder.release().await.unwrap();
+        assert!(released);
+    }
+);
+
+/// Stops (SIGSTOP) a server until dropped (SIGCONT).
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(server: &RedisServer) -> Self {
+        let pid = server.pid();
+        let ok = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status();
+        assert!(ok.unwrap().success());
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+both_flavors!(
+    /// Issue 8 item 5: against a stopped server, opening a cache takes one connect
+    /// timeout (not connect + response, nor the crate's set-up commands each under the
+    /// full timeout), and a claim one response timeout.
+    stalled_server_costs_one_timeout(server, url) {
+        let _ = &url;
+        let backend = RedisBackend::connect(&server.unix_url("response_timeout=0.3")).await.unwrap();
+        let stopped = Stopped::new(server);
+        let start = Instant::now();
+        let opened = Cache::from_url(&server.unix_url("connect_timeout=0.3&response_timeout=5")).await;
+        let took = start.elapsed();
+        let e = opened.unwrap_err();
+        assert!(e.is_timeout() || e.is_connection(), "{e}");
+        assert!(took < Duration::from_millis(900), "connecting took {took:?}");
+
+        let start = Instant::now();
+        let claimed = backend.claim(b"k-lock", b"token", Duration::from_secs(5)).await;
+        let took = start.elapsed();
+        assert!(claimed.unwrap_err().is_timeout());
+        assert!(took < Duration::from_millis(900), "the claim took {took:?}");
+        drop(stopped);
+    }
+);
+
+/// Issue 8 item 8: blocking waiters share one subscriber connection, and `pool_size`
+/// bounds every command connection: 16 waiters with `pool_size=2` use at most 3
+/// connections, and all wake on the release.
+#[test]
+fn blocking_waiters_share_the_pool_and_one_subscriber() {
+    let server = RedisServer::start();
+    let proxy = Proxy::unix(server.socket());
+    let holders = aiolock::blocking::Cache::from_url(&server.unix_url("")).unwrap();
+    let waiters = aiolock::blocking::Cache::from_url(&proxied(&proxy, "pool_size=2")).unwrap();
+    let lease = Duration::from_secs(30);
+    let holder = holders.redlock("k", lease).acquire().unwrap();
+    let outcomes = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16)
+            .map(|_| s.spawn(|| waiters.redlock("k", lease).acquire().unwrap().outcome()))
+            .collect();
+        // Every waiter lost its claim, subscribed and re-checked the key.
+        assert!(poll_until(|| rechecks(&proxy) >= 16));
+        let open = proxy.connections();
+        assert!(
+            open <= 3,
+            "{open} connections for 16 waiters with pool_size=2"
+        );
+        assert_eq!(numsub(&server, &lock_channel("", "k")), 1);
+        assert!(holder.release().unwrap());
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::Released),
+        "{outcomes:?}"
+    );
+    assert!(proxy.connections() <= 3);
+}
+
+/// Issue 8 item 8: a blocking caller that finds every pooled connection busy waits for
+/// one within the response timeout, then gets a timeout error.
+#[test]
+fn blocking_pool_bounds_connections() {
+    let server = RedisServer::start();
+    let proxy = Proxy::unix(server.socket());
+    let cache =
+        aiolock::blocking::Cache::from_url(&proxied(&proxy, "pool_size=1&response_timeout=0.3"))
+            .unwrap();
+    cache.set("k", b"v", None).unwrap();
+    // The one connection is busy with a command the server does not answer yet.
+    let stopped = Stopped::new(&server);
+    std::thread::scope(|s| {
+        let busy = s.spawn(|| cache.get("k"));
+        proxy.wait_sent(b"GET", 1);
+        let start = Instant::now();
+        let e = cache.exists("k").unwrap_err();
+        assert!(e.is_timeout(), "{e}");
+        assert_eq!(proxy.connections(), 1, "the caller waited, it opened none");
+        assert!(start.elapsed() < Duration::from_millis(900));
+        assert!(busy.join().unwrap().unwrap_err().is_timeout());
+    });
+    assert!(proxy.connections() <= 1, "never more than pool_size");
+    drop(stopped);
+}
+
+/// Issue 8 item 9: the async subscriber started on a runtime that has ended is
+/// restarted on the runtime of the next waiter, which wakes on the release.
+#[test]
+fn async_subscriber_outlives_the_runtime_that_started_it() {
+    let server = RedisServer::start();
+    let runtime = |threads| {
+        if threads == 0 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(threads);
+            b
+        }
+        .enable_all()
+        .build()
+        .unwrap()
+    };
+    let main = runtime(1);
+    let cache = main
+        .block_on(aiolock::Cache::from_url(&server.unix_url("")))
+        .unwrap();
+    let lease = Duration::from_secs(30);
+    let holder = main.block_on(cache.redlock("k", lease).acquire()).unwrap();
+    let channel = lock_channel("", "k");
+    {
+        let a = runtime(0);
+        let outcome = a
+            .block_on(
+                cache
+                    .redlock("k", lease)
+                    .wait_at_most(Duration::from_millis(200))
+                    .acquire(),
+            )
+            .unwrap()
+            .outcome();
+        assert_eq!(outcome, Outcome::TimedOut);
+    }
+    // Runtime A is gone, and its subscriber connection with it.
+    wait_numsub(&server, &channel, 0);
+    let b = runtime(1);
+    let outcome = b.block_on(async {
+        let waiter = tokio::spawn({
+            let cache = cache.clone();
+            async move {
+                cache
+                    .redlock("k", lease)
+                    .wait_at_most(Duration::from_secs(5))
+                    .acquire()
+                    .await
+                    .unwrap()
+                    .outcome()
+            }
+        });
+        // Subscribed on runtime B (old code: never, it uses A's dead subscriber).
+        let subscribed =
+            tokio::task::block_in_place(|| poll_until(|| numsub(&server, &channel) == 1));
+        assert!(holder.release().await.unwrap());
+        (subscribed, waiter.await.unwrap())
+    });
+    assert_eq!(outcome, (true, Outcome::Released));
+}
+
+both_flavors!(
+    /// Issue 8 item 11: a release that publishes nothing (here a raw `DEL` by another
+    /// client, as aiocache's release or an operator would) wakes the waiter long before
+    /// the holder's lease ends.
+    foreign_delete_wakes_the_waiter(server, url) {
+        let cache = Cache::from_url(&url).await.unwrap();
+        let holder = cache.redlock("k", Duration::from_secs(10)).acquire().await.unwrap();
+        let start = Instant::now();
+        let outcome = with_background(
+            {
+                let cache = cache.clone();
+                move || async move {
+                    cache.redlock("k", Duration::from_secs(10)).acquire().await.unwrap().outcome()
+                }
+            },
+            || async {
+                // The waiter re-checked the key (the server ran its script or PTTL).
+                assert!(poll_until(|| {
+                    let clients = server.admin(&["CLIENT", "LIST"]);
+                    ["cmd=evalsha", "cmd=eval ", "cmd=pttl"].iter().any(|c| clients.contains(c))
+                }));
+                assert_eq!(server.admin(&["DEL", "t:k-lock"]), ":1\r\n");
+            },
+        )
+        .await;
+        assert_eq!(outcome, Outcome::Released);
+        assert!(start.elapsed() < Duration::from_secs(2), "woke after {:?}", start.elapsed());
+        drop(holder);
+    }
+);
+
+/// Counts the server's client connections other than the one asking.
+fn clients(server: &RedisServer) -> usize {
+    server.admin(&["CLIENT", "LIST"]).matches("id=").count() - 1
+}
+
+/// Forks; the child runs `child` and exits with 0 if it returned true (no unwinding,
+/// no destructors: the parent's server fixture stays up). Returns the child's success.
+fn in_forked_child(child: impl FnOnce() -> bool) -> bool {
+    // SAFETY: the child runs `child` on its only thread and `_exit`s.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(false);
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just forked.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+}
+
+/// Issue 8 item 10: a forked child does not use the blocking pool's connections it
+/// inherited (it would read its parent's replies): its first command opens a
+/// connection of its own, and its answers are right.
+#[test]
+fn forked_child_opens_its_own_blocking_connections() {
+    let server = RedisServer::start();
+    let cache = aiolock::blocking::Cache::from_url(&server.unix_url("")).unwrap();
+    cache.set("k", b"parent", None).unwrap();
+    let before = clients(&server);
+    let ok = in_forked_child(|| {
+        cache.set("c", b"child", None).is_ok()
+            && cache.get("k").ok().flatten().as_deref() == Some(&b"parent"[..])
+            && clients(&server) == before + 1
+    });
+    assert!(
+        ok,
+        "the child opened its own connection and read its own replies"
+    );
+    assert_eq!(cache.get("c").unwrap().as_deref(), Some(&b"child"[..]));
+}
+
+/// Issue 8 item 10, async flavor: the child's runtime gets a connection of its own.
+#[test]
+fn forked_child_opens_its_own_async_connection() {
+    let server = RedisServer::start();
+    let rt = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let parent = rt();
+    let cache = parent
+        .block_on(aiolock::Cache::from_url(&server.unix_url("")))
+        .unwrap();
+    parent.block_on(cache.set("k", b"parent", None)).unwrap();
+    let before = clients(&server);
+    let ok = in_forked_child(|| {
+        let child = rt();
+        let ok = child.block_on(async {
+            let checked = async {
+                cache.set("c", b"child", None).await.is_ok()
+                    && cache.get("k").await.ok().flatten().as_deref() == Some(&b"parent"[..])
+            };
+            // The parent's connection is served by the parent's runtime: it would hang.
+            tokio::time::timeout(Duration::from_secs(5), checked)
+                .await
+                .unwrap_or(false)
+        });
+        ok && clients(&server) == before + 1
+    });
+    assert!(
+        ok,
+        "the child opened its own connection and read its own replies"
+    );
+    assert_eq!(
+        parent.block_on(cache.get("c")).unwrap().as_deref(),
+        Some(&b"child"[..])
+    );
+}
+
+/// `INFO commandstats` as `(command, calls)` pairs.
+fn command_calls(server: &RedisServer) -> Vec<(String, usize)> {
+    server
+        .admin(&["INFO", "commandstats"])
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+            Some((name.to_owned(), rest.split(',').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+both_flavors!(
+    /// An uncontended lock cycle is exactly one `SET` and one `EVALSHA`: the waiters'
+    /// subscription, re-check and safety net cost nothing when nobody waits.
+    uncontended_cycle_is_one_set_and_one_evalsha(server, url) {
+        let cache = Cache::from_url(&url).await.unwrap();
+        // Load the release script first (the first EVALSHA answers NOSCRIPT).
+        let g = cache.redlock("warm", Duration::from_secs(5)).acquire().await.unwrap();
+        let released = g.release().await.unwrap();
+        assert!(released);
+        server.admin(&["CONFIG", "RESETSTAT"]);
+        for _ in 0..50 {
+            let g = cache.redlock("k", Duration::from_secs(5)).acquire().await.unwrap();
+            assert!(g.is_acquired());
+            let released = g.release().await.unwrap();
+            assert!(released);
+        }
+        let mut calls = command_calls(server);
+        calls.retain(|(c, _)| !c.starts_with("config") && c != "info");
+        calls.sort();
+        // The script's own GET, DEL and PUBLISH are counted too (run inside EVALSHA).
+        let expected: Vec<(String, usize)> = ["del", "evalsha", "get", "publish", "set"]
+            .iter()
+            .map(|c| (c.to_string(), 50))
+            .collect();
+        assert_eq!(
+            calls,
+            expected,
+            "{calls:?}"
+        );
+    }
+);

@@ -422,3 +422,48 @@ pub async fn bad_input(env: Env) {
         );
     }
 }
+
+/// The lock-key suffix is per cache: over one backend, a cache with another suffix
+/// holds a lock on the same key at the same time (its lock key is `k:lk`, not
+/// `k-lock`), and caches with the same suffix contend as ever.
+#[maybe_async]
+pub async fn lock_suffix_keeps_locks_apart(env: Env) {
+    let other = env.cache.with_lock_suffix(":lk").unwrap();
+    assert_eq!(other.namespace(), env.cache.namespace());
+    let lease = Duration::from_secs(5);
+    let a = RedLock::new(&env.cache, "k", lease)
+        .acquire()
+        .await
+        .unwrap();
+    assert_eq!(a.outcome(), Outcome::Acquired);
+    let b = RedLock::new(&other, "k", lease)
+        .wait_at_most(Duration::ZERO)
+        .acquire()
+        .await
+        .unwrap();
+    assert_eq!(b.outcome(), Outcome::Acquired, "another lock key");
+    let c = RedLock::new(&other, "k", lease)
+        .wait_at_most(Duration::ZERO)
+        .acquire()
+        .await
+        .unwrap();
+    assert_eq!(c.outcome(), Outcome::TimedOut, "the same lock key");
+    let exists = env.cache.exists("k:lk").await.unwrap();
+    assert!(exists, "stored under namespace + key + suffix");
+    let token = env.cache.get("k:lk").await.unwrap();
+    assert_eq!(
+        token.as_deref().map(<[u8]>::len),
+        Some(32),
+        "the token, in hex"
+    );
+    let removed = b.release().await.unwrap();
+    assert!(removed);
+    let exists = env.cache.exists("k:lk").await.unwrap();
+    assert!(!exists);
+    let exists = env.cache.exists("k-lock").await.unwrap();
+    assert!(exists, "the default-suffix lock is still held");
+    let removed = a.release().await.unwrap();
+    assert!(removed);
+    let removed = c.release().await.unwrap();
+    assert!(!removed, "it never held the lock");
+}

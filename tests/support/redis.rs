@@ -148,6 +148,11 @@ impl RedisServer {
         self.port.expect("started with tcp: true")
     }
 
+    /// The server's process id (to stop it with SIGSTOP, for instance).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server runs").id()
+    }
+
     /// Kills the server (SIGKILL): every connection breaks, every key is lost.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -105,6 +105,9 @@ module Aiolock
   # A cache opened from a URL. Safe to share between threads.
   class Cache
     # Opens the cache a URL names ("memory://", "redis://…", "memcached://…").
+    # Query options: namespace, lock_suffix (default "-lock"), connect_timeout,
+    # response_timeout (seconds), pool_size, and the backend's own; an unknown
+    # option raises Aiolock::InvalidArgument.
     # With a block, yields the cache and closes it afterwards.
     def self.open(url)
       out = FFI::MemoryPointer.new(:pointer)

@@ -101,9 +101,26 @@ class TestAiolock < Minitest::Test
     [0, -1, Float::NAN, Float::INFINITY].each do |lease|
       assert_raises(Aiolock::InvalidArgument) { @cache.acquire("k", lease: lease) }
     end
-    assert_raises(Aiolock::InvalidArgument) { @cache.acquire("k", lease: 1, wait: Float::NAN) }
+    [Float::NAN, Float::INFINITY, -Float::INFINITY, 5e-324].each do |wait|
+      assert_raises(Aiolock::InvalidArgument) { @cache.acquire("k", lease: 1, wait: wait) }
+    end
+    error = assert_raises(Aiolock::InvalidArgument) { @cache.set("k", "v", ttl: 5e-324) }
+    assert_operator error.message.length, :<, 160
+    error = assert_raises(Aiolock::InvalidArgument) { Aiolock::Cache.open("memory://?respone_timeout=1") }
+    assert_match(/respone_timeout/, error.message)
     assert_raises(Aiolock::InvalidKey) { @cache.acquire("", lease: 1) }
     assert_raises(Aiolock::InvalidArgument) { @cache.set("k", "v", ttl: -1) }
+  end
+
+  def test_lock_suffix
+    cache = Aiolock::Cache.open("memory://?lock_suffix=.l")
+    lock = cache.acquire("job", lease: 5)
+    refute_nil cache.get("job.l")
+    assert_nil cache.get("job-lock")
+    lock.release
+    assert_raises(Aiolock::InvalidArgument) { Aiolock::Cache.open("memory://?lock_suffix=") }
+  ensure
+    cache&.close
   end
 
   def test_closed_cache

@@ -1,172 +1,571 @@
-//! The blocking flavor's Redis connections: a small pool of sync connections with
-//! read and write timeouts. A waiting thread borrows one of them as its subscriber.
+//! The blocking flavor's Redis connections, with no async runtime:
+//! - a pool of at most `pool_size` command connections (a caller waits for a free one
+//!   within the response timeout);
+//! - one subscriber connection (RESP3) for every waiter of the backend, served by a
+//!   thread the backend starts with its first wait: it sends SUBSCRIBE / UNSUBSCRIBE
+//!   as waiters come and go, posts messages to the waiters' [`Hub`], re-checks each
+//!   waited-on key (one loop for all keys), and exits when the backend is dropped.
+//!   When its connection drops, the waiters re-check the key and it connects again.
+//!
+//! A forked child never uses its parent's connections or thread: it opens its own.
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-use redis::{Cmd, RedisResult, Value};
+use event_listener::Listener as _;
+use parking_lot::{Condvar, Mutex};
+use redis::{Cmd, RedisError, RedisResult, Value};
 
-use crate::backend::redis::protocol::{self as r, Heard, Timeouts};
+use crate::backend::redis::hub::{Hub, Waiter};
+use crate::backend::redis::protocol::{self as r, Timeouts};
 use crate::config::Options;
 
-/// A pool of sync connections to one server.
+/// The longest a new channel waits for the subscriber thread to send its SUBSCRIBE
+/// while the thread listens on other channels (its read timeout).
+const TICK: Duration = Duration::from_millis(2);
+
+/// How long the subscriber thread waits before connecting again after a failure
+/// (unless a new waiter comes).
+const RETRY: Duration = Duration::from_millis(100);
+
+fn timed_out(what: &str) -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        what.to_owned(),
+    ))
+}
+
+/// The backend's connections.
 pub(crate) struct Conn {
+    pool: Arc<Pool>,
+    /// The same server over RESP3, for the subscriber.
+    resp3: redis::Client,
+    listener: Mutex<Option<Arc<Listener>>>,
+}
+
+/// At most `size` command connections, idle or in use.
+struct Pool {
     client: redis::Client,
     timeouts: Timeouts,
-    idle: Mutex<Vec<redis::Connection>>,
-    keep: usize,
+    size: usize,
+    state: Mutex<PoolState>,
+    freed: Condvar,
+}
+
+struct PoolState {
+    /// The fork generation the connections were opened in.
+    generation: u64,
+    idle: Vec<redis::Connection>,
+    /// Connections open, idle or in use (or being opened).
+    open: usize,
+}
+
+/// A connection taken from the pool; given back with [`Pool::put`] or dropped with
+/// [`Pool::discard`].
+struct Taken {
+    con: redis::Connection,
+    generation: u64,
+}
+
+impl Pool {
+    /// Opens a connection, the whole set-up (connect, HELLO/AUTH/SELECT, `PING` if
+    /// `ping`) within one connect timeout and before `until`.
+    fn open(&self, until: Instant, ping: bool) -> RedisResult<redis::Connection> {
+        open(&self.client, self.timeouts, until, ping)
+    }
+
+    /// A connection, waiting for one to be free until `until`.
+    fn take(&self, until: Instant) -> RedisResult<Taken> {
+        let generation = r::fork_generation();
+        let mut state = self.state.lock();
+        loop {
+            if state.generation != generation {
+                // A forked child: the parent's connections are not ours (closing our
+                // copies leaves the parent's open).
+                state.idle.clear();
+                state.open = 0;
+                state.generation = generation;
+            }
+            if let Some(con) = state.idle.pop() {
+                return Ok(Taken { con, generation });
+            }
+            if state.open < self.size {
+                state.open += 1;
+                drop(state);
+                return match self.open(until, false) {
+                    Ok(con) => Ok(Taken { con, generation }),
+                    Err(e) => {
+                        self.forget(generation);
+                        Err(e)
+                    }
+                };
+            }
+            if self.freed.wait_until(&mut state, until).timed_out() {
+                return Err(timed_out("no free Redis connection in time"));
+            }
+        }
+    }
+
+    fn put(&self, taken: Taken) {
+        use redis::ConnectionLike;
+        if !taken.con.is_open() {
+            return self.forget(taken.generation);
+        }
+        let mut state = self.state.lock();
+        if state.generation == taken.generation {
+            state.idle.push(taken.con);
+            self.freed.notify_one();
+        }
+    }
+
+    fn discard(&self, taken: Taken) {
+        self.forget(taken.generation);
+    }
+
+    /// A connection of `generation` is gone.
+    fn forget(&self, generation: u64) {
+        let mut state = self.state.lock();
+        if state.generation == generation {
+            state.open -= 1;
+            self.freed.notify_one();
+        }
+    }
+
+    /// The idle connections are likely dead too (e.g. the server restarted).
+    fn clear_idle(&self) {
+        let mut state = self.state.lock();
+        let closed = state.idle.len();
+        state.idle.clear();
+        state.open -= closed;
+        self.freed.notify_all();
+    }
+
+    /// Sends one command and reads its reply, under the response timeout or, if
+    /// sooner, `until`. A connection that failed is not kept; when it dropped, the
+    /// idle ones are closed as well.
+    fn query(&self, cmd: &Cmd, until: Option<Instant>) -> RedisResult<Value> {
+        let now = Instant::now();
+        let limit = match until {
+            Some(until) => until.min(now + self.timeouts.response),
+            None => now + self.timeouts.response,
+        };
+        let mut taken = self.take(limit)?;
+        let left = limit.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            self.put(taken);
+            return Err(timed_out("no time left for the command"));
+        }
+        let shortened = left < self.timeouts.response;
+        if shortened && let Err(e) = taken.con.set_read_timeout(Some(left)) {
+            self.discard(taken);
+            return Err(e);
+        }
+        let result = cmd.query::<Value>(&mut taken.con);
+        match result {
+            Ok(v) => {
+                if shortened
+                    && taken
+                        .con
+                        .set_read_timeout(Some(self.timeouts.response))
+                        .is_err()
+                {
+                    self.discard(taken);
+                } else {
+                    self.put(taken);
+                }
+                Ok(v)
+            }
+            // A late reply would be read as the next command's: close it.
+            Err(e) if e.is_timeout() => {
+                self.discard(taken);
+                Err(e)
+            }
+            Err(e) if r::is_dropped(&e) => {
+                self.discard(taken);
+                self.clear_idle();
+                Err(e)
+            }
+            Err(e) => {
+                // An error reply leaves the connection in a clean state.
+                self.put(taken);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Opens a connection of `client`, the whole set-up within one connect timeout and
+/// before `until`; sets the response timeout for reads and writes.
+fn open(
+    client: &redis::Client,
+    timeouts: Timeouts,
+    until: Instant,
+    ping: bool,
+) -> RedisResult<redis::Connection> {
+    let start = Instant::now();
+    let end = until.min(start + timeouts.connect);
+    let budget = end.saturating_duration_since(start);
+    if budget.is_zero() {
+        return Err(timed_out("no time left to connect to Redis"));
+    }
+    // The crate's set-up (HELLO/AUTH/SELECT) runs within the remaining budget.
+    let mut con = client.get_connection_with_timeout(budget)?;
+    if ping {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out("connecting to Redis timed out"));
+        }
+        con.set_read_timeout(Some(left))?;
+        con.set_write_timeout(Some(left))?;
+        // A command, so that wrong credentials show now (AUTH is sent only with them).
+        redis::cmd("PING").query::<()>(&mut con)?;
+    }
+    con.set_read_timeout(Some(timeouts.response))?;
+    con.set_write_timeout(Some(timeouts.response))?;
+    Ok(con)
 }
 
 impl Conn {
     /// Opens the first connection at once, so that an unreachable server or wrong
     /// credentials show now.
     pub(crate) fn connect(client: redis::Client, options: &Options) -> RedisResult<Self> {
-        let conn = Conn {
+        let resp3 = r::resp3(&client)?;
+        let pool = Pool {
             client,
             timeouts: Timeouts::from(options),
-            idle: Mutex::new(Vec::new()),
-            keep: options.pool_size,
+            size: options.pool_size.max(1),
+            state: Mutex::new(PoolState {
+                generation: r::fork_generation(),
+                idle: Vec::new(),
+                open: 1,
+            }),
+            freed: Condvar::new(),
         };
-        let mut first = conn.open()?;
-        // A command, so that wrong credentials show now (AUTH is sent only with them).
-        redis::cmd("PING").query::<()>(&mut first)?;
-        conn.put(first);
-        Ok(conn)
-    }
-
-    fn open(&self) -> RedisResult<redis::Connection> {
-        let con = self
-            .client
-            .get_connection_with_timeout(self.timeouts.connect)?;
-        con.set_read_timeout(Some(self.timeouts.response))?;
-        con.set_write_timeout(Some(self.timeouts.response))?;
-        Ok(con)
-    }
-
-    fn take(&self) -> RedisResult<redis::Connection> {
-        let idle = self.idle.lock().pop();
-        match idle {
-            Some(con) => Ok(con),
-            None => self.open(),
-        }
-    }
-
-    fn put(&self, con: redis::Connection) {
-        use redis::ConnectionLike;
-        if !con.is_open() {
-            return;
-        }
-        let mut idle = self.idle.lock();
-        if idle.len() < self.keep {
-            idle.push(con);
-        }
-    }
-
-    /// Sends one command and reads its reply. A connection that failed is not kept;
-    /// when it dropped, the idle ones (likely dropped too, e.g. by a server restart)
-    /// are closed as well.
-    pub(crate) fn query(&self, cmd: &Cmd) -> RedisResult<Value> {
-        let mut con = self.take()?;
-        match cmd.query::<Value>(&mut con) {
-            Ok(v) => {
-                self.put(con);
-                Ok(v)
-            }
-            // A late reply would be read as the next command's: close it.
-            Err(e) if e.is_timeout() => Err(e),
-            Err(e) if r::is_dropped(&e) => {
-                self.idle.lock().clear();
-                Err(e)
-            }
-            Err(e) => {
-                // An error reply leaves the connection in a clean state.
-                self.put(con);
-                Err(e)
-            }
-        }
-    }
-
-    /// Subscribes a pooled connection to `channel`; returns once the server confirmed.
-    /// Once more on a fresh connection if the pooled one had dropped.
-    pub(crate) fn subscribe(&self, channel: &[u8]) -> RedisResult<Subscription<'_>> {
-        match self.try_subscribe(channel) {
-            Err(e) if r::is_dropped(&e) => {
-                self.idle.lock().clear();
-                self.try_subscribe(channel)
-            }
-            other => other,
-        }
-    }
-
-    fn try_subscribe(&self, channel: &[u8]) -> RedisResult<Subscription<'_>> {
-        let mut con = self.take()?;
-        con.send_packed_command(&redis::cmd("SUBSCRIBE").arg(channel).get_packed_command())?;
-        loop {
-            let reply = con.recv_response()?;
-            if r::is_confirmation(&reply, b"subscribe") {
-                break;
-            }
-        }
-        Ok(Subscription {
-            pool: self,
-            con: Some(con),
+        let first = pool.open(Instant::now() + pool.timeouts.connect, true)?;
+        pool.state.lock().idle.push(first);
+        Ok(Conn {
+            pool: Arc::new(pool),
+            resp3,
+            listener: Mutex::new(None),
         })
     }
-}
 
-/// A connection subscribed to one channel. Dropping it unsubscribes and gives the
-/// connection back to the pool (or closes it, if its state is unknown).
-pub(crate) struct Subscription<'a> {
-    pool: &'a Conn,
-    con: Option<redis::Connection>,
-}
+    /// Sends one command and reads its reply (within the response timeout).
+    pub(crate) fn query(&self, cmd: &Cmd) -> RedisResult<Value> {
+        self.pool.query(cmd, None)
+    }
 
-impl Subscription<'_> {
-    /// Waits for a message on the channel until `until`.
-    pub(crate) fn listen(&mut self, until: Instant) -> Heard {
-        let Some(con) = self.con.as_mut() else {
-            return Heard::Lost;
-        };
+    /// Like [`query`](Conn::query), but gives up at `until` if that comes first.
+    pub(crate) fn query_until(&self, cmd: &Cmd, until: Instant) -> RedisResult<Value> {
+        self.pool.query(cmd, Some(until))
+    }
+
+    /// Registers a waiter for `holder`'s release of lock `key` on channel `name` and
+    /// has the subscriber thread subscribe the channel; returns once the server
+    /// confirmed (or the channel was already subscribed), `None` if `until` passed
+    /// first. Waits at most the response timeout for the confirmation.
+    pub(crate) fn subscribe(
+        &self,
+        name: &[u8],
+        key: &[u8],
+        holder: Option<&[u8]>,
+        until: Instant,
+    ) -> RedisResult<Option<Subscription>> {
+        let listener = self.listener();
+        let failures = listener.failures.load(Ordering::SeqCst);
+        let (waiter, _first) = listener.hub.join(name, key, holder);
+        listener.signal.wake();
+        let limit = until.min(Instant::now() + self.pool.timeouts.response);
         loop {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() || con.set_read_timeout(Some(left)).is_err() {
-                // Pending replies would be out of step after a read timeout: close it.
-                self.con = None;
-                return Heard::Silence;
+            let notified = waiter.listen();
+            if waiter.channel().is_subscribed(waiter.epoch()) || waiter.heard().is_some() {
+                return Ok(Some(Subscription { waiter }));
             }
-            match con.recv_response() {
-                Ok(reply) if r::is_message(&reply) => return Heard::Message,
-                Ok(_) => continue,
-                Err(e) if e.is_timeout() => {
-                    self.con = None;
-                    return Heard::Silence;
-                }
-                Err(_) => {
-                    self.con = None;
-                    return Heard::Lost;
-                }
+            if listener.failures.load(Ordering::SeqCst) != failures
+                && let Some(e) = listener.failure.lock().clone()
+            {
+                return Err(e);
             }
+            if notified.wait_deadline(limit).is_none() && Instant::now() >= limit {
+                return if limit >= until {
+                    Ok(None)
+                } else {
+                    Err(timed_out("Redis did not confirm the subscription in time"))
+                };
+            }
+        }
+    }
+
+    /// The subscriber thread of this process, started if there is none (or it exited,
+    /// or it is the parent's, after a fork).
+    fn listener(&self) -> Arc<Listener> {
+        let mut slot = self.listener.lock();
+        if let Some(listener) = slot.as_ref()
+            && listener.running.load(Ordering::SeqCst)
+            && listener.generation == r::fork_generation()
+        {
+            return Arc::clone(listener);
+        }
+        let listener = Arc::new(Listener {
+            hub: Arc::new(Hub::default()),
+            signal: Signal::default(),
+            generation: r::fork_generation(),
+            running: AtomicBool::new(true),
+            failures: AtomicU64::new(0),
+            failure: Mutex::new(None),
+        });
+        let thread = Thread {
+            listener: Arc::clone(&listener),
+            pool: Arc::downgrade(&self.pool),
+            client: self.resp3.clone(),
+            timeouts: self.pool.timeouts,
+        };
+        let spawned = std::thread::Builder::new()
+            .name("aiolock-redis-subscriber".into())
+            .spawn(move || thread.run());
+        if spawned.is_err() {
+            listener.running.store(false, Ordering::SeqCst);
+        }
+        *slot = Some(Arc::clone(&listener));
+        listener
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(listener) = self.listener.get_mut().take() {
+            listener.signal.stop();
         }
     }
 }
 
-impl Drop for Subscription<'_> {
-    fn drop(&mut self) {
-        let Some(mut con) = self.con.take() else {
-            return;
-        };
-        let unsubscribed = (|| -> RedisResult<()> {
-            con.set_read_timeout(Some(self.pool.timeouts.response))?;
-            con.send_packed_command(&redis::cmd("UNSUBSCRIBE").get_packed_command())?;
-            loop {
-                let reply = con.recv_response()?;
-                if r::is_confirmation(&reply, b"unsubscribe") {
-                    return Ok(());
+/// What the subscriber thread shares with the waiters.
+struct Listener {
+    hub: Arc<Hub>,
+    signal: Signal,
+    generation: u64,
+    /// False once the thread exited.
+    running: AtomicBool,
+    /// Bumped on every failure to connect; the last failure.
+    failures: AtomicU64,
+    failure: Mutex<Option<RedisError>>,
+}
+
+/// Wakes the subscriber thread: work to do (a new waiter), or stop.
+#[derive(Default)]
+struct Signal {
+    state: Mutex<(bool, bool)>,
+    cond: Condvar,
+}
+
+impl Signal {
+    fn wake(&self) {
+        self.state.lock().0 = true;
+        self.cond.notify_one();
+    }
+
+    fn stop(&self) {
+        self.state.lock().1 = true;
+        self.cond.notify_one();
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.state.lock().1
+    }
+
+    /// Waits for work or stop (or `until`); consumes the work flag.
+    fn wait(&self, until: Option<Instant>) {
+        let mut state = self.state.lock();
+        while !state.0 && !state.1 {
+            match until {
+                Some(until) => {
+                    if self.cond.wait_until(&mut state, until).timed_out() {
+                        break;
+                    }
+                }
+                None => self.cond.wait(&mut state),
+            }
+        }
+        state.0 = false;
+    }
+}
+
+/// A channel as the subscriber connection knows it.
+#[derive(Default)]
+struct Subscribed {
+    /// SUBSCRIBEs sent and not yet confirmed.
+    pending: u32,
+    /// Whether a waiter wants it (else an UNSUBSCRIBE was sent).
+    wanted: bool,
+    /// The re-check schedule of its key.
+    attempt: u32,
+    next_check: Option<Instant>,
+}
+
+/// The subscriber thread.
+struct Thread {
+    listener: Arc<Listener>,
+    /// The backend's pool: the thread exits when it is gone.
+    pool: Weak<Pool>,
+    client: redis::Client,
+    timeouts: Timeouts,
+}
+
+impl Thread {
+    fn run(self) {
+        let mut con: Option<redis::Connection> = None;
+        let mut channels: HashMap<Vec<u8>, Subscribed> = HashMap::new();
+        let hub = &self.listener.hub;
+        loop {
+            if self.listener.signal.is_stopped()
+                || self.pool.strong_count() == 0
+                || self.listener.generation != r::fork_generation()
+            {
+                break;
+            }
+            let waited = hub.channels();
+            if waited.is_empty() && channels.values().all(|c| !c.wanted && c.pending == 0) {
+                // Nobody waits: nothing to listen for until a waiter comes.
+                channels.clear();
+                self.listener.signal.wait(None);
+                continue;
+            }
+            let Some(c) = con.as_mut() else {
+                match open(
+                    &self.client,
+                    self.timeouts,
+                    Instant::now() + self.timeouts.connect,
+                    false,
+                ) {
+                    Ok(fresh) => con = Some(fresh),
+                    Err(e) => {
+                        *self.listener.failure.lock() = Some(e);
+                        self.listener.failures.fetch_add(1, Ordering::SeqCst);
+                        hub.notify_all();
+                        self.listener.signal.wait(Some(Instant::now() + RETRY));
+                    }
+                }
+                continue;
+            };
+            let epoch = hub.epoch();
+            let now = Instant::now();
+            // Subscribe what waiters want, unsubscribe what they left.
+            let mut subscribe = redis::cmd("SUBSCRIBE");
+            let mut unsubscribe = redis::cmd("UNSUBSCRIBE");
+            let (mut subs, mut unsubs) = (0, 0);
+            for channel in &waited {
+                let known = channels.entry(channel.name().to_vec()).or_default();
+                if !known.wanted {
+                    known.wanted = true;
+                    known.pending += 1;
+                    known.attempt = 0;
+                    known.next_check = Some(now + r::recheck_delay(0));
+                    subscribe.arg(channel.name());
+                    subs += 1;
+                } else if known.pending == 0 && !channel.is_subscribed(epoch) {
+                    // A new waiter of a channel the connection is subscribed to.
+                    channel.confirm(epoch);
                 }
             }
-        })();
-        if unsubscribed.is_ok() {
-            self.pool.put(con);
+            channels.retain(|name, known| {
+                if known.wanted && !hub.is_waited_on(name) {
+                    known.wanted = false;
+                    unsubscribe.arg(name.as_slice());
+                    unsubs += 1;
+                }
+                known.wanted || known.pending > 0
+            });
+            let mut sent = Ok(());
+            if subs > 0 {
+                sent = c.send_packed_command(&subscribe.get_packed_command());
+            }
+            if unsubs > 0 && sent.is_ok() {
+                sent = c.send_packed_command(&unsubscribe.get_packed_command());
+            }
+            if sent.is_err() {
+                con = None;
+                channels.clear();
+                hub.disconnected();
+                continue;
+            }
+            // Re-check the keys that are due (one GET per key, whatever the number of
+            // its waiters).
+            let mut next_due = now + TICK;
+            for channel in &waited {
+                let Some(known) = channels.get_mut(channel.name()) else {
+                    continue;
+                };
+                let Some(due) = known.next_check else {
+                    continue;
+                };
+                if due <= now {
+                    let Some(pool) = self.pool.upgrade() else {
+                        break;
+                    };
+                    let sent = channel.recheck_sent();
+                    let mut get = redis::cmd("GET");
+                    get.arg(channel.key());
+                    // A failed re-check changes nothing: the waiters' own bounds stand.
+                    if let Ok(Ok(value)) = pool.query(&get, None).map(r::bytes) {
+                        channel.observed(sent, value.as_deref());
+                    }
+                    known.attempt += 1;
+                    let next = Instant::now() + r::recheck_delay(known.attempt);
+                    known.next_check = Some(next);
+                    next_due = next_due.min(next);
+                } else {
+                    next_due = next_due.min(due);
+                }
+            }
+            drop(waited);
+            // Listen until the next re-check is due, at most a tick (a new channel
+            // waits at most that long for its SUBSCRIBE).
+            let left = next_due
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            let read = c
+                .set_read_timeout(Some(left))
+                .and_then(|()| c.recv_response());
+            match read {
+                Ok(reply) => {
+                    if let Some((name, payload)) = r::message(&reply) {
+                        hub.message(name, payload);
+                    } else if let Some(name) = r::subscribed(&reply)
+                        && let Some(known) = channels.get_mut(name)
+                    {
+                        known.pending = known.pending.saturating_sub(1);
+                        if known.pending == 0 && known.wanted {
+                            hub.confirmed(name, epoch);
+                        }
+                    }
+                }
+                // RESP3 pushes are never taken for a late reply: a read timeout leaves
+                // the connection usable.
+                Err(e) if e.is_timeout() => {}
+                Err(_) => {
+                    con = None;
+                    channels.clear();
+                    hub.disconnected();
+                }
+            }
         }
+        self.listener.running.store(false, Ordering::SeqCst);
+        // Waiters still registered see the subscriber gone.
+        hub.disconnected();
+    }
+}
+
+/// One waiter's registration on a channel. Dropping it unregisters; the subscriber
+/// thread unsubscribes a channel nobody waits on.
+pub(crate) struct Subscription {
+    waiter: Waiter,
+}
+
+impl Subscription {
+    /// The registration, to listen with.
+    pub(crate) fn waiter(&self) -> &Waiter {
+        &self.waiter
     }
 }

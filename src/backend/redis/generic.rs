@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::{Cmd, Value};
+use redis::{Cmd, RedisResult, Value};
 use url::Url;
 
 use super::backend::Backend;
-use super::maybe_async;
 use super::redis_conn::Conn;
+use super::{maybe_async, rt};
 use crate::backend::redis::protocol::{self as r, Lua};
 use crate::config::{self, Endpoint, Options};
 use crate::core::wait::{Claim, Wake};
@@ -20,16 +20,28 @@ use crate::value::{CasToken, Ttl, Versioned};
 /// The Redis backend (`redis://`, `redis+unix://`, `rediss://` with the `redis-tls`
 /// feature).
 ///
-/// - A lock is `SET key token NX PX lease` (one round trip); the release is one Lua
-///   script (`EVALSHA`) that compares the token, deletes the key and publishes on a
-///   channel named after the key, so waiters in every process wake at once.
-/// - A waiter subscribes to that channel *before* it reads the key's `PTTL`, so no
-///   release is missed, and waits at most until the holder's lease ends (an expiring
-///   lease publishes nothing).
-/// - The async flavor sends commands over one multiplexed, reconnecting connection and
-///   listens for all of its waiters on one shared RESP3 subscriber connection. The
-///   blocking flavor keeps a small pool of connections (`pool_size`); a waiting thread
-///   borrows one of them as its subscriber.
+/// - A lock is `SET key token NX PX lease GET` (one round trip): nil means we hold it,
+///   else the reply is the holder's token. The release is one Lua script (`EVALSHA`)
+///   that compares the token, deletes the key and publishes the released token on a
+///   channel named after the key, so waiters in every process wake at once. An
+///   uncontended lock cycle is exactly these two commands.
+/// - A waiter subscribes to that channel *before* it re-checks the key (value and
+///   `PTTL` in one script), so no release is missed; it counts only the release of
+///   the holder it lost to (a late message of an earlier holder does not wake it) and
+///   waits at most until that holder's lease ends (an expiring lease publishes
+///   nothing) and its own bound. While it waits, the key is re-checked every few
+///   milliseconds, backing off to every 100 ms (once per key and backend, whatever
+///   the number of waiters), so that a release that publishes nothing (aiocache's,
+///   an operator's `DEL`, an eviction, a lost message) is noticed within 100 ms.
+/// - Every waiter of a backend listens on one shared subscriber connection (RESP3).
+///   The async flavor sends commands over one multiplexed, reconnecting connection;
+///   its subscriber restarts on the current runtime when the runtime it ran on has
+///   ended. The blocking flavor keeps a pool of at most `pool_size` command
+///   connections (a caller waits for a free one within the response timeout) and one
+///   subscriber connection served by a thread the backend starts with its first wait
+///   and stops when it is dropped.
+/// - After `fork()`, a child never uses its parent's connections (it would read the
+///   parent's replies): a process that is not the one that opened them opens its own.
 /// - An [`OptimisticLock`](super::OptimisticLock)'s token is the value it read (Redis
 ///   keeps no version numbers); `cas` compares it and writes in one Lua script, or is
 ///   `SET … NX` when the key was absent. A write of the *same bytes* in between is not
@@ -37,10 +49,29 @@ use crate::value::{CasToken, Ttl, Versioned};
 ///   entry; put a version or timestamp inside the value when it is not.
 /// - Keys and values are binary-safe; keys carry the cache's namespace, and a lock's
 ///   channel is `aiolock:release:` + its namespaced key.
-/// - A command that is safe to repeat (reads, `SET`, the owner-checked scripts) is
-///   sent once more when the connection dropped under it. A repeated add is sent as
-///   `SET … NX GET` and counts as won when the key holds exactly our value. A repeated
-///   delete or release whose first attempt was applied reports `false`.
+///
+/// # When a connection drops under a command
+///
+/// A command whose connection dropped before its reply came is sent once more, on a
+/// fresh connection, only when sending it twice cannot change the answer or the data:
+/// reads (`GET`, `PTTL`, `EXISTS`, the waiter's re-check), a plain `SET`, and a lock
+/// claim (`SET … NX GET` with a unique token: finding our own token means the first
+/// attempt took the lock). Other writes are read back instead of guessed:
+///
+/// - `add` and a `cas` of an absent key are resent as `SET … NX GET`: our value under
+///   the key means it was written (`true`);
+/// - a release is resent (it is owner-checked): `true` if that deleted the key; if
+///   the key is no longer ours, the first attempt may have released it or the lease
+///   may have ended before — a [`Connection`](crate::ErrorKind::Connection) error
+///   that says the outcome is unknown, never `false`;
+/// - a `cas` of a read value is resent: `true` if it writes or if the key already
+///   holds exactly the new value; otherwise a `Connection` error (outcome unknown),
+///   never a [`Conflict`](crate::ErrorKind::Conflict);
+/// - `delete` is not resent (a second delete could remove a newer value): a
+///   `Connection` error (outcome unknown).
+///
+/// A [`Timeout`](crate::ErrorKind::Timeout) is never resent: the command may still be
+/// applied by a stalled server.
 ///
 /// Clones share the connections. Build one with [`RedisBackend::connect`] or through
 /// [`Cache::from_url`](super::Cache::from_url).
@@ -116,16 +147,25 @@ impl RedisBackend {
         })
     }
 
-    /// Sends `cmd`; once more on a fresh connection if `retry` and the connection
+    /// Sends `cmd`, safe to repeat: once more on a fresh connection if the connection
     /// dropped.
     #[maybe_async]
-    async fn query(&self, cmd: &Cmd, retry: bool, what: &str) -> Result<Value> {
-        let conn = &self.inner.conn;
-        match conn.query(cmd).await {
-            Err(e) if retry && r::is_dropped(&e) => conn.query(cmd).await,
+    async fn query(&self, cmd: &Cmd, what: &str) -> Result<Value> {
+        match self.send(cmd, None).await {
+            Err(e) if r::is_dropped(&e) => self.send(cmd, None).await,
             other => other,
         }
         .map_err(|e| self.fail(e, what))
+    }
+
+    /// Sends `cmd` once, under the response timeout or, if sooner, `until`.
+    #[maybe_async]
+    async fn send(&self, cmd: &Cmd, until: Option<Instant>) -> RedisResult<Value> {
+        let conn = &self.inner.conn;
+        match until {
+            Some(until) => conn.query_until(cmd, until).await,
+            None => conn.query(cmd).await,
+        }
     }
 
     /// An aiolock error for a failed `what`, naming the server (without password).
@@ -133,27 +173,89 @@ impl RedisBackend {
         r::error(e, &format!("{what} on {}", self.inner.name))
     }
 
-    /// Runs a script by `EVALSHA`, falling back to `EVAL` on `NOSCRIPT`.
+    /// Runs a script once by `EVALSHA`, falling back to `EVAL` on `NOSCRIPT` (the
+    /// script did not run).
     #[maybe_async]
-    async fn eval(&self, lua: &Lua, key: &[u8], args: &[&[u8]], what: &str) -> Result<i64> {
-        let conn = &self.inner.conn;
-        let mut result = conn.query(&lua.evalsha(key, args)).await;
-        if matches!(&result, Err(e) if r::is_dropped(e)) {
-            result = conn.query(&lua.evalsha(key, args)).await;
-        }
+    async fn script(
+        &self,
+        lua: &Lua,
+        key: &[u8],
+        args: &[&[u8]],
+        until: Option<Instant>,
+    ) -> RedisResult<Value> {
+        let mut result = self.send(&lua.evalsha(key, args), until).await;
         if matches!(&result, Err(e) if r::is_noscript(e)) {
-            result = conn.query(&lua.eval(key, args)).await;
+            result = self.send(&lua.eval(key, args), until).await;
         }
-        let reply = result.map_err(|e| self.fail(e, what))?;
-        r::int(what, &reply)
+        result
     }
 
+    /// Runs a script whose integer reply tells what it did; `Ok(None)` when the
+    /// connection dropped before the reply (it may or may not have run).
     #[maybe_async]
-    async fn pttl(&self, key: &[u8]) -> Result<Ttl> {
-        let mut c = redis::cmd("PTTL");
-        c.arg(key);
-        let reply = self.query(&c, true, "PTTL").await?;
-        r::ttl(r::int("PTTL", &reply)?)
+    async fn script_int(
+        &self,
+        lua: &Lua,
+        key: &[u8],
+        args: &[&[u8]],
+        what: &str,
+    ) -> Result<Option<i64>> {
+        match self.script(lua, key, args, None).await {
+            Ok(reply) => r::int(what, &reply).map(Some),
+            Err(e) if r::is_dropped(&e) => Ok(None),
+            Err(e) => Err(self.fail(e, what)),
+        }
+    }
+
+    /// A write whose reply was lost and whose effect cannot be read back for sure.
+    fn unknown(&self, what: &str) -> Error {
+        r::outcome_unknown(what, &self.inner.name)
+    }
+
+    /// `SET … NX` (with `GET` on the resend): whether `value` is stored now. A resend
+    /// whose key holds another value cannot tell whether the first attempt wrote.
+    #[maybe_async]
+    async fn set_nx(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+        what: &str,
+    ) -> Result<bool> {
+        match self
+            .send(&r::set_cmd(key, value, ttl, true, false), None)
+            .await
+        {
+            Ok(reply) => r::stored(&reply),
+            Err(e) if r::is_dropped(&e) => {
+                let resend = r::set_cmd(key, value, ttl, true, true);
+                let reply = self
+                    .send(&resend, None)
+                    .await
+                    .map_err(|e| self.fail(e, "SET NX GET"))?;
+                if r::nx_get(reply)?.is_ours(value) {
+                    Ok(true)
+                } else {
+                    Err(self.unknown(what))
+                }
+            }
+            Err(e) => Err(self.fail(e, what)),
+        }
+    }
+
+    /// The waiter's re-check of a lock key (value and `PTTL` in one round trip), under
+    /// the response timeout and `deadline`; `None` when the deadline passed first.
+    #[maybe_async]
+    async fn probe(&self, key: &[u8], deadline: Instant) -> Result<Option<r::Probe>> {
+        let mut result = self.script(&r::PROBE, key, &[], Some(deadline)).await;
+        if matches!(&result, Err(e) if r::is_dropped(e)) {
+            result = self.script(&r::PROBE, key, &[], Some(deadline)).await;
+        }
+        match result {
+            Ok(reply) => r::probe(reply).map(Some),
+            Err(e) if e.is_timeout() && rt::now() >= deadline => Ok(None),
+            Err(e) => Err(self.fail(e, "re-check")),
+        }
     }
 }
 
@@ -162,12 +264,12 @@ impl Backend for RedisBackend {
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let mut c = redis::cmd("GET");
         c.arg(key);
-        r::bytes(self.query(&c, true, "GET").await?)
+        r::bytes(self.query(&c, "GET").await?)
     }
 
     async fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<()> {
         let c = r::set_cmd(key, value, ttl, false, false);
-        match self.query(&c, true, "SET").await? {
+        match self.query(&c, "SET").await? {
             Value::Okay => Ok(()),
             Value::SimpleString(s) if s == "OK" => Ok(()),
             other => Err(Error::new(
@@ -178,73 +280,90 @@ impl Backend for RedisBackend {
     }
 
     async fn add(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<bool> {
-        let conn = &self.inner.conn;
-        match conn.query(&r::set_cmd(key, value, ttl, true, false)).await {
-            Ok(reply) => r::stored(&reply),
-            Err(e) if r::is_dropped(&e) => {
-                let retry = r::set_cmd(key, value, ttl, true, true);
-                let reply = conn
-                    .query(&retry)
-                    .await
-                    .map_err(|e| self.fail(e, "SET NX GET"))?;
-                r::stored_or_ours(&reply, value)
-            }
-            Err(e) => Err(self.fail(e, "SET NX")),
-        }
+        self.set_nx(key, value, ttl, "SET NX").await
     }
 
     async fn delete(&self, key: &[u8]) -> Result<bool> {
         let channel = r::channel(key);
-        let n = self.eval(&r::DELETE, key, &[&channel], "delete").await?;
-        Ok(n > 0)
+        match self
+            .script_int(&r::DELETE, key, &[&channel], "delete")
+            .await?
+        {
+            Some(n) => Ok(n > 0),
+            // Not resent: a second delete could remove a newer value.
+            None => Err(self.unknown("delete")),
+        }
     }
 
     async fn exists(&self, key: &[u8]) -> Result<bool> {
         let mut c = redis::cmd("EXISTS");
         c.arg(key);
-        let reply = self.query(&c, true, "EXISTS").await?;
+        let reply = self.query(&c, "EXISTS").await?;
         Ok(r::int("EXISTS", &reply)? > 0)
     }
 
     async fn ttl(&self, key: &[u8]) -> Result<Ttl> {
-        self.pttl(key).await
+        let mut c = redis::cmd("PTTL");
+        c.arg(key);
+        let reply = self.query(&c, "PTTL").await?;
+        r::ttl(r::int("PTTL", &reply)?)
     }
 
     async fn release(&self, key: &[u8], token: &[u8]) -> Result<bool> {
         let channel = r::channel(key);
-        let n = self
-            .eval(&r::RELEASE, key, &[token, &channel], "release")
-            .await?;
-        Ok(n == 1)
+        let args: [&[u8]; 2] = [token, &channel];
+        if let Some(n) = self.script_int(&r::RELEASE, key, &args, "release").await? {
+            return Ok(n == 1);
+        }
+        // Owner-checked, so safe to resend; but "not ours" now may mean that the lost
+        // first attempt released it.
+        match self.script_int(&r::RELEASE, key, &args, "release").await? {
+            Some(1) => Ok(true),
+            _ => Err(self.unknown("release")),
+        }
     }
 
     async fn claim(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<Claim> {
-        Ok(if Backend::add(self, key, token, Some(lease)).await? {
-            Claim::Won
-        } else {
-            Claim::Held { holder: None }
-        })
+        // Unique token: a resend that finds it won the first time.
+        let c = r::set_cmd(key, token, Some(lease), true, true);
+        r::claim(self.query(&c, "SET NX GET").await?, token)
     }
 
-    async fn wait(&self, key: &[u8], _holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {
+    async fn wait(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {
         let channel = r::channel(key);
-        // Subscribed first: a release from now on is heard.
-        let mut subscription = self
+        // Subscribed first: a release from now on is heard. Each step runs under the
+        // caller's deadline as well as the response timeout.
+        let subscription = self
             .inner
             .conn
-            .subscribe(&channel)
+            .subscribe(&channel, key, holder, deadline)
             .await
             .map_err(|e| self.fail(e, "SUBSCRIBE"))?;
-        let ttl = self.pttl(key).await?;
-        match r::plan(ttl, deadline, Instant::now()) {
-            // Held when our add lost, gone now: released in between.
+        let Some(subscription) = subscription else {
+            return Ok(Wake::Deadline);
+        };
+        let Some(probe) = self.probe(key, deadline).await? else {
+            return Ok(Wake::Deadline);
+        };
+        match r::plan(&probe, holder, deadline, rt::now()) {
+            // Held by `holder` when our claim lost, not now: released in between.
             r::Plan::Gone => Ok(Wake::Released),
             r::Plan::Listen {
                 until,
                 until_is_deadline,
             } => {
-                let heard = subscription.listen(until).await;
-                Ok(r::wake(heard, until_is_deadline))
+                let waiter = subscription.waiter();
+                let heard = loop {
+                    // Listening before the look: a notification after it is not missed.
+                    let listener = waiter.listen();
+                    if let Some(heard) = waiter.heard() {
+                        break heard;
+                    }
+                    if !rt::wait_listener(listener, until).await {
+                        break r::Heard::Silence;
+                    }
+                };
+                Ok(r::wake(heard, until, until_is_deadline, rt::now()))
             }
         }
     }
@@ -269,22 +388,26 @@ impl Backend for RedisBackend {
         ttl: Option<Duration>,
     ) -> Result<bool> {
         match token {
-            CasToken::Absent => {
-                let c = r::set_cmd(key, value, ttl, true, false);
-                let reply = self.query(&c, false, "SET NX").await?;
-                r::stored(&reply)
-            }
+            CasToken::Absent => self.set_nx(key, value, ttl, "compare-and-set").await,
             CasToken::Value(read) => {
                 let px = ttl.map(|d| r::millis(d).to_string()).unwrap_or_default();
-                let n = self
-                    .eval(
-                        &r::CAS,
-                        key,
-                        &[read, value, px.as_bytes()],
-                        "compare-and-set",
-                    )
-                    .await?;
-                Ok(n == 1)
+                let args: [&[u8]; 3] = [read, value, px.as_bytes()];
+                let what = "compare-and-set";
+                if let Some(n) = self.script_int(&r::CAS, key, &args, what).await? {
+                    return Ok(n == 1);
+                }
+                // The first attempt may have written: resend (it compares), and if it
+                // finds a change, see whether the change is ours.
+                match self.script_int(&r::CAS, key, &args, what).await? {
+                    Some(1) => return Ok(true),
+                    Some(_) => {}
+                    None => return Err(self.unknown(what)),
+                }
+                if Backend::get(self, key).await?.as_deref() == Some(value) {
+                    Ok(true)
+                } else {
+                    Err(self.unknown(what))
+                }
             }
             CasToken::Version(_) => Err(Error::invalid_argument(
                 "this CAS token comes from another backend (Redis compares values)",

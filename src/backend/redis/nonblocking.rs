@@ -1,28 +1,34 @@
 //! The async flavor's Redis connections: one multiplexed, reconnecting connection for
 //! commands, and one shared RESP3 subscriber connection for every waiter of the
-//! backend, whose push messages a dispatcher task fans out to per-channel events.
+//! backend, whose push messages a dispatcher task posts to the waiters' [`Hub`]; one
+//! re-check task per waited-on key.
+//!
+//! The subscriber and its tasks live on the runtime of the wait that started them.
+//! When that runtime has ended (the dispatcher is gone), the next wait starts a new
+//! subscriber on its own runtime. A forked child opens connections of its own.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use event_listener::{Event, EventListener};
-use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, PushInfo, PushKind, RedisResult, Value};
-use tokio::sync::{OnceCell, mpsc};
+use redis::{Cmd, PushInfo, PushKind, RedisError, RedisResult, Value};
+use tokio::sync::mpsc;
 
-use crate::backend::redis::protocol::{Heard, Timeouts};
+use crate::backend::redis::hub::{Channel, Hub, Waiter};
+use crate::backend::redis::protocol::{self as r, Timeouts};
 use crate::config::Options;
 
 /// The backend's connections.
 pub(crate) struct Conn {
-    commands: ConnectionManager,
+    client: redis::Client,
     /// The same server over RESP3, for the subscriber.
     resp3: redis::Client,
     timeouts: Timeouts,
-    subscriber: OnceCell<Subscriber>,
+    /// The command connection, and the fork generation that opened it.
+    commands: parking_lot::RwLock<(u64, ConnectionManager)>,
+    /// One reconnection at a time (after a fork).
+    reconnect: tokio::sync::Mutex<()>,
+    subscriber: tokio::sync::Mutex<Option<Arc<Subscriber>>>,
 }
 
 fn config(t: Timeouts) -> ConnectionManagerConfig {
@@ -34,39 +40,124 @@ fn config(t: Timeouts) -> ConnectionManagerConfig {
         .set_number_of_retries(0)
 }
 
+fn timed_out(what: &str) -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        what.to_owned(),
+    ))
+}
+
+/// Opens a connection manager and checks it with a `PING` (wrong credentials show
+/// now), the whole set-up within one connect timeout (the `redis` crate's own set-up
+/// sends its commands each under the full response timeout).
+async fn open(
+    client: &redis::Client,
+    timeouts: Timeouts,
+    config: ConnectionManagerConfig,
+) -> RedisResult<ConnectionManager> {
+    let setup = async {
+        let manager = ConnectionManager::new_with_config(client.clone(), config).await?;
+        redis::cmd("PING")
+            .query_async::<()>(&mut manager.clone())
+            .await?;
+        Ok(manager)
+    };
+    tokio::time::timeout(timeouts.connect, setup)
+        .await
+        .unwrap_or_else(|_| Err(timed_out("connecting to Redis timed out")))
+}
+
 impl Conn {
     /// Connects the command connection at once (errors show now); the subscriber
     /// connects with the first wait.
     pub(crate) async fn connect(client: redis::Client, options: &Options) -> RedisResult<Self> {
         let timeouts = Timeouts::from(options);
-        let resp3 = crate::backend::redis::protocol::resp3(&client)?;
-        let commands = ConnectionManager::new_with_config(client, config(timeouts)).await?;
-        // A command, so that wrong credentials show now (AUTH is sent only with them).
-        redis::cmd("PING")
-            .query_async::<()>(&mut commands.clone())
-            .await?;
+        let resp3 = r::resp3(&client)?;
+        let commands = open(&client, timeouts, config(timeouts)).await?;
         Ok(Conn {
-            commands,
+            client,
             resp3,
             timeouts,
-            subscriber: OnceCell::new(),
+            commands: parking_lot::RwLock::new((r::fork_generation(), commands)),
+            reconnect: tokio::sync::Mutex::new(()),
+            subscriber: tokio::sync::Mutex::new(None),
         })
     }
 
-    /// Sends one command and reads its reply.
+    /// The command connection of this process.
+    async fn commands(&self) -> RedisResult<ConnectionManager> {
+        let generation = r::fork_generation();
+        {
+            let commands = self.commands.read();
+            if commands.0 == generation {
+                return Ok(commands.1.clone());
+            }
+        }
+        // A forked child: the connection is its parent's.
+        let _one = self.reconnect.lock().await;
+        {
+            let commands = self.commands.read();
+            if commands.0 == generation {
+                return Ok(commands.1.clone());
+            }
+        }
+        let fresh = open(&self.client, self.timeouts, config(self.timeouts)).await?;
+        let parents = std::mem::replace(&mut *self.commands.write(), (generation, fresh.clone()));
+        // Its task belongs to the parent's runtime: dropping it here could wake that.
+        std::mem::forget(parents);
+        Ok(fresh)
+    }
+
+    /// Sends one command and reads its reply (within the response timeout).
     pub(crate) async fn query(&self, cmd: &Cmd) -> RedisResult<Value> {
-        let mut con = self.commands.clone();
+        let mut con = self.commands().await?;
         cmd.query_async(&mut con).await
     }
 
-    /// Subscribes to `channel` on the shared subscriber; returns once the server
-    /// confirmed (or the channel was already subscribed on the current connection).
-    pub(crate) async fn subscribe(&self, channel: &[u8]) -> RedisResult<Subscription> {
-        let subscriber = self
-            .subscriber
-            .get_or_try_init(|| Subscriber::start(&self.resp3, self.timeouts))
-            .await?;
-        subscriber.join(channel).await
+    /// Like [`query`](Conn::query), but gives up at `until` if that comes first.
+    pub(crate) async fn query_until(&self, cmd: &Cmd, until: Instant) -> RedisResult<Value> {
+        tokio::time::timeout_at(until.into(), self.query(cmd))
+            .await
+            .unwrap_or_else(|_| Err(timed_out("the wait's deadline passed")))
+    }
+
+    /// Registers a waiter for `holder`'s release of lock `key` on channel `name` and
+    /// subscribes the channel on the shared subscriber; returns once the server
+    /// confirmed (or the channel was already subscribed on the current connection),
+    /// `None` if `until` passed first.
+    pub(crate) async fn subscribe(
+        &self,
+        name: &[u8],
+        key: &[u8],
+        holder: Option<&[u8]>,
+        until: Instant,
+    ) -> RedisResult<Option<Subscription>> {
+        let subscribed = async {
+            let subscriber = self.subscriber().await?;
+            subscriber.join(self, name, key, holder).await
+        };
+        match tokio::time::timeout_at(until.into(), subscribed).await {
+            Ok(subscription) => subscription.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// The live subscriber, started on the current runtime if there is none, or if the
+    /// runtime it ran on has ended, or if it is the parent's (after a fork).
+    async fn subscriber(&self) -> RedisResult<Arc<Subscriber>> {
+        let mut slot = self.subscriber.lock().await;
+        if let Some(subscriber) = slot.as_ref() {
+            if subscriber.is_alive() {
+                return Ok(Arc::clone(subscriber));
+            }
+            if subscriber.generation != r::fork_generation() {
+                // The parent's: its tasks belong to the parent's runtime.
+                std::mem::forget(slot.take());
+            }
+        }
+        let subscriber = Subscriber::start(&self.resp3, self.timeouts).await?;
+        *slot = Some(Arc::clone(&subscriber));
+        Ok(subscriber)
     }
 }
 
@@ -74,119 +165,112 @@ impl Conn {
 struct Subscriber {
     manager: ConnectionManager,
     hub: Arc<Hub>,
-}
-
-/// Per-channel events, and the subscriber connection's epoch.
-struct Hub {
-    channels: Mutex<HashMap<Vec<u8>, Entry>>,
-    /// Bumped whenever the subscriber connection drops (its messages may be lost).
-    epoch: AtomicU64,
+    /// A sender of the dispatcher's channel: closed once the dispatcher task is gone
+    /// (its runtime ended).
+    pushes: mpsc::UnboundedSender<PushInfo>,
+    generation: u64,
     /// SUBSCRIBE and UNSUBSCRIBE go one at a time, so that an unsubscribe of a
     /// channel nobody waits on cannot overtake a new waiter's subscribe.
     order: tokio::sync::Mutex<()>,
 }
 
-struct Entry {
-    channel: Arc<Channel>,
-    waiters: usize,
-}
-
-struct Channel {
-    event: Event,
-    /// Messages received on the channel.
-    messages: AtomicU64,
-    /// The epoch in which the server confirmed the subscription (`u64::MAX`: never).
-    subscribed: AtomicU64,
-}
-
-const NEVER: u64 = u64::MAX;
-
 impl Subscriber {
-    async fn start(client: &redis::Client, timeouts: Timeouts) -> RedisResult<Subscriber> {
+    async fn start(client: &redis::Client, timeouts: Timeouts) -> RedisResult<Arc<Subscriber>> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let hub = Arc::new(Hub {
-            channels: Mutex::new(HashMap::new()),
-            epoch: AtomicU64::new(0),
-            order: tokio::sync::Mutex::new(()),
-        });
-        let manager = ConnectionManager::new_with_config(
-            client.clone(),
+        let hub = Arc::new(Hub::default());
+        let manager = open(
+            client,
+            timeouts,
             config(timeouts)
-                .set_push_sender(tx)
+                .set_push_sender(tx.clone())
                 .set_automatic_resubscription(),
         )
         .await?;
         tokio::spawn(dispatch(Arc::downgrade(&hub), rx));
-        Ok(Subscriber { manager, hub })
+        Ok(Arc::new(Subscriber {
+            manager,
+            hub,
+            pushes: tx,
+            generation: r::fork_generation(),
+            order: tokio::sync::Mutex::new(()),
+        }))
     }
 
-    async fn join(&self, name: &[u8]) -> RedisResult<Subscription> {
-        // Registered (and listening) before the subscription is confirmed.
-        let channel = {
-            let mut channels = self.hub.channels.lock();
-            let entry = channels.entry(name.to_vec()).or_insert_with(|| Entry {
-                channel: Arc::new(Channel {
-                    event: Event::new(),
-                    messages: AtomicU64::new(0),
-                    subscribed: AtomicU64::new(NEVER),
-                }),
-                waiters: 0,
-            });
-            entry.waiters += 1;
-            Arc::clone(&entry.channel)
-        };
-        let messages = channel.messages.load(Ordering::SeqCst);
-        let epoch = self.hub.epoch.load(Ordering::SeqCst);
+    fn is_alive(&self) -> bool {
+        !self.pushes.is_closed() && self.generation == r::fork_generation()
+    }
+
+    async fn join(
+        self: &Arc<Self>,
+        conn: &Conn,
+        name: &[u8],
+        key: &[u8],
+        holder: Option<&[u8]>,
+    ) -> RedisResult<Subscription> {
+        // Registered (and counting) before the subscription is confirmed.
+        let (waiter, first) = self.hub.join(name, key, holder);
+        let channel = Arc::clone(waiter.channel());
+        let epoch = waiter.epoch();
         let subscription = Subscription {
-            hub: Arc::clone(&self.hub),
-            manager: self.manager.clone(),
-            name: name.to_vec(),
-            listener: Some(channel.event.listen()),
-            messages,
-            epoch,
-            channel,
+            waiter: Some(waiter),
+            subscriber: Arc::clone(self),
         };
-        if subscription.channel.subscribed.load(Ordering::SeqCst) != epoch {
-            let _order = self.hub.order.lock().await;
-            if subscription.channel.subscribed.load(Ordering::SeqCst) != epoch {
+        if first {
+            tokio::spawn(recheck(Arc::downgrade(&channel), conn.commands().await?));
+        }
+        if !channel.is_subscribed(epoch) {
+            let _order = self.order.lock().await;
+            if !channel.is_subscribed(epoch) {
                 let mut manager = self.manager.clone();
                 if let Err(e) = manager.subscribe(name).await {
                     // Once more on a fresh connection if this one had dropped.
-                    if !crate::backend::redis::protocol::is_dropped(&e) {
+                    if !r::is_dropped(&e) {
                         return Err(e);
                     }
                     manager.subscribe(name).await?;
                 }
-                subscription
-                    .channel
-                    .subscribed
-                    .store(epoch, Ordering::SeqCst);
+                channel.confirm(epoch);
             }
         }
         Ok(subscription)
     }
 }
 
-/// Fans the subscriber's push messages out to the waiters of each channel.
+/// Posts the subscriber's push messages to the hub.
 async fn dispatch(hub: Weak<Hub>, mut rx: mpsc::UnboundedReceiver<PushInfo>) {
     while let Some(push) = rx.recv().await {
         let Some(hub) = hub.upgrade() else { return };
         match push.kind {
             PushKind::Message => {
-                if let Some(Value::BulkString(name)) = push.data.first()
-                    && let Some(entry) = hub.channels.lock().get(name.as_slice())
+                if let [Value::BulkString(name), Value::BulkString(payload)] = push.data.as_slice()
                 {
-                    entry.channel.messages.fetch_add(1, Ordering::SeqCst);
-                    entry.channel.event.notify(usize::MAX);
+                    hub.message(name, payload);
                 }
             }
-            PushKind::Disconnection => {
-                hub.epoch.fetch_add(1, Ordering::SeqCst);
-                for entry in hub.channels.lock().values() {
-                    entry.channel.event.notify(usize::MAX);
-                }
-            }
+            PushKind::Disconnection => hub.disconnected(),
             _ => {}
+        }
+    }
+}
+
+/// Re-checks a waited-on key while it has waiters, so that a release that publishes
+/// nothing is noticed: one task per key and subscriber, whatever the number of
+/// waiters; nothing when nobody waits.
+async fn recheck(channel: Weak<Channel>, mut commands: ConnectionManager) {
+    for attempt in 0.. {
+        tokio::time::sleep(r::recheck_delay(attempt)).await;
+        let Some(channel) = channel.upgrade() else {
+            return;
+        };
+        if !channel.is_waited_on() {
+            return;
+        }
+        let sent = channel.recheck_sent();
+        let mut get = redis::cmd("GET");
+        get.arg(channel.key());
+        // A failed re-check changes nothing: the waiters' own bounds stand.
+        if let Ok(Ok(value)) = get.query_async::<Value>(&mut commands).await.map(r::bytes) {
+            channel.observed(sent, value.as_deref());
         }
     }
 }
@@ -194,70 +278,38 @@ async fn dispatch(hub: Weak<Hub>, mut rx: mpsc::UnboundedReceiver<PushInfo>) {
 /// One waiter's registration on a channel. Dropping it unregisters; the last waiter
 /// of a channel unsubscribes (on a spawned task).
 pub(crate) struct Subscription {
-    hub: Arc<Hub>,
-    manager: ConnectionManager,
-    name: Vec<u8>,
-    channel: Arc<Channel>,
-    listener: Option<EventListener>,
-    messages: u64,
-    epoch: u64,
+    waiter: Option<Waiter>,
+    subscriber: Arc<Subscriber>,
 }
 
 impl Subscription {
-    /// Waits for a message on the channel until `until`.
-    pub(crate) async fn listen(&mut self, until: Instant) -> Heard {
-        loop {
-            // Listening before the check: a notification after it is not missed.
-            let listener = match self.listener.take() {
-                Some(l) => l,
-                None => self.channel.event.listen(),
-            };
-            if self.channel.messages.load(Ordering::SeqCst) != self.messages {
-                return Heard::Message;
-            }
-            if self.hub.epoch.load(Ordering::SeqCst) != self.epoch {
-                return Heard::Lost;
-            }
-            if !super::rt::wait_listener(listener, until).await {
-                return Heard::Silence;
-            }
-        }
+    /// The registration, to listen with.
+    pub(crate) fn waiter(&self) -> &Waiter {
+        self.waiter.as_ref().expect("present until dropped")
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let last = {
-            let mut channels = self.hub.channels.lock();
-            match channels.get_mut(&self.name) {
-                Some(entry) if Arc::ptr_eq(&entry.channel, &self.channel) => {
-                    entry.waiters -= 1;
-                    if entry.waiters == 0 {
-                        channels.remove(&self.name);
-                        true
-                    } else {
-                        false
-                    }
-                }
-                _ => false,
-            }
+        let Some(waiter) = self.waiter.take() else {
+            return;
         };
         // Even when the subscription was never confirmed: a cancelled waiter may have
         // sent its SUBSCRIBE already.
-        if !last {
+        if !waiter.leave() {
             return;
         }
+        let name = waiter.channel().name().to_vec();
+        drop(waiter);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let hub = Arc::clone(&self.hub);
-        let mut manager = self.manager.clone();
-        let name = std::mem::take(&mut self.name);
+        let subscriber = Arc::clone(&self.subscriber);
         runtime.spawn(async move {
-            let _order = hub.order.lock().await;
+            let _order = subscriber.order.lock().await;
             // A new waiter may have come meanwhile: it keeps the subscription.
-            if !hub.channels.lock().contains_key(&name) {
-                let _ = manager.unsubscribe(&name).await;
+            if !subscriber.hub.is_waited_on(&name) {
+                let _ = subscriber.manager.clone().unsubscribe(&name).await;
             }
         });
     }

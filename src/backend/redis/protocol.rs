@@ -15,7 +15,7 @@ use redis::{Cmd, ErrorKind as RedisKind, RedisError, Value, cmd};
 use url::Url;
 
 use crate::core::lease::deadline;
-use crate::core::wait::Wake;
+use crate::core::wait::{Claim, Wake};
 use crate::error::{Error, ErrorKind, Result};
 use crate::value::Ttl;
 
@@ -36,19 +36,21 @@ macro_rules! lua {
 }
 
 /// Owner-checked release: `KEYS[1]` the lock key, `ARGV[1]` the token, `ARGV[2]` the
-/// channel. Deletes the key only if it holds the token, then publishes on the channel
-/// so that waiters in every process wake. Returns 1 when it deleted, else 0.
+/// channel. Deletes the key only if it holds the token, then publishes *the token* on
+/// the channel, so that waiters in every process wake, each only for the holder it
+/// lost to. Returns 1 when it deleted, else 0.
 pub(crate) static RELEASE: Lua = lua!(
     r"if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], '')
+  redis.call('PUBLISH', ARGV[2], ARGV[1])
   return 1
 end
 return 0"
 );
 
-/// Delete that wakes lock waiters: `KEYS[1]` the key, `ARGV[1]` its channel.
-/// Returns the number of keys deleted (0 or 1).
+/// Delete that wakes lock waiters: `KEYS[1]` the key, `ARGV[1]` its channel. Publishes
+/// an empty message, which is never a token: a delete of a lock key releases whoever
+/// held it. Returns the number of keys deleted (0 or 1).
 pub(crate) static DELETE: Lua = lua!(
     r"local n = redis.call('DEL', KEYS[1])
 if n > 0 then
@@ -56,6 +58,11 @@ if n > 0 then
 end
 return n"
 );
+
+/// A waiter's re-check of a lock key, in one round trip: `{GET, PTTL}` of `KEYS[1]`
+/// (a missing key reads as nil and -2).
+pub(crate) static PROBE: Lua =
+    lua!(r"return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}");
 
 /// Compare-and-set against the value read: `KEYS[1]` the key, `ARGV[1]` the value
 /// read, `ARGV[2]` the new value, `ARGV[3]` a TTL in milliseconds or `''` for none.
@@ -134,15 +141,58 @@ pub(crate) fn stored(reply: &Value) -> Result<bool> {
     }
 }
 
-/// The reply of the retry of an add, sent as `SET … NX GET`: the add took effect if the
-/// key was absent (nil) or already holds exactly our value (the first attempt was
-/// applied before the connection dropped).
-pub(crate) fn stored_or_ours(reply: &Value, value: &[u8]) -> Result<bool> {
-    match reply {
-        Value::Nil | Value::Okay => Ok(true),
-        Value::BulkString(old) => Ok(old == value),
-        other => Err(unexpected("SET NX GET", other)),
+/// What a `SET … NX GET` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NxGet {
+    /// The key was absent: our value is stored now.
+    Stored,
+    /// The key held this value: nothing was written.
+    Held(Vec<u8>),
+}
+
+impl NxGet {
+    /// Whether `value` is under the key now: stored by this command, or found there.
+    /// For a unique value (a lock token) finding it means an earlier attempt of ours
+    /// was applied before its reply was lost.
+    pub(crate) fn is_ours(&self, value: &[u8]) -> bool {
+        match self {
+            NxGet::Stored => true,
+            NxGet::Held(old) => old == value,
+        }
     }
+}
+
+/// The reply of `SET … NX GET` (Redis >= 7.0).
+pub(crate) fn nx_get(reply: Value) -> Result<NxGet> {
+    match reply {
+        Value::Nil | Value::Okay => Ok(NxGet::Stored),
+        Value::BulkString(old) => Ok(NxGet::Held(old)),
+        other => Err(unexpected("SET NX GET", &other)),
+    }
+}
+
+/// A lock claim's answer: `SET key token NX PX lease GET` (one round trip) stored our
+/// token, or found another holder's, or found *ours* (a resent claim whose first
+/// attempt was applied before its reply was lost: won).
+pub(crate) fn claim(reply: Value, token: &[u8]) -> Result<Claim> {
+    Ok(match nx_get(reply)? {
+        NxGet::Held(holder) if holder != token => Claim::Held {
+            holder: Some(holder),
+        },
+        NxGet::Stored | NxGet::Held(_) => Claim::Won,
+    })
+}
+
+/// The error for a write whose reply was lost and whose effect cannot be read back
+/// for sure: it may or may not have been applied.
+pub(crate) fn outcome_unknown(what: &str, server: &str) -> Error {
+    Error::new(
+        ErrorKind::Connection,
+        format!(
+            "the connection to Redis dropped before the reply to {what} on {server}: \
+             it may or may not have been applied (outcome unknown)"
+        ),
+    )
 }
 
 /// An integer reply (`EXISTS`, `PTTL`, the scripts).
@@ -183,11 +233,37 @@ pub(crate) fn ttl(pttl: i64) -> Result<Ttl> {
     }
 }
 
-/// What a waiter does once it is subscribed and has read the key's `PTTL`.
+/// A waiter's re-check of the lock key ([`PROBE`]): its value and time to live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Probe {
+    pub(crate) value: Option<Vec<u8>>,
+    pub(crate) ttl: Ttl,
+}
+
+/// The reply of [`PROBE`].
+pub(crate) fn probe(reply: Value) -> Result<Probe> {
+    let Value::Array(items) = reply else {
+        return Err(unexpected("the re-check script", &reply));
+    };
+    let mut items = items.into_iter();
+    let (Some(value), Some(pttl), None) = (items.next(), items.next(), items.next()) else {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            "unexpected reply to the re-check script from Redis: not two items",
+        ));
+    };
+    Ok(Probe {
+        value: bytes(value)?,
+        ttl: ttl(int("PTTL", &pttl)?)?,
+    })
+}
+
+/// What a waiter does once it is subscribed and has re-checked the key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Plan {
-    /// The key is already gone. It was held when the caller's add lost, so it was
-    /// released in between: [`Wake::Released`].
+    /// The holder is already gone: the key is absent or holds another token. It was
+    /// held when the caller's claim lost, so it was released in between:
+    /// [`Wake::Released`].
     Gone,
     /// Listen for a release until `until`; `until_is_deadline` tells whether that is
     /// the caller's deadline (else the holder's lease end).
@@ -197,16 +273,31 @@ pub(crate) enum Plan {
     },
 }
 
-/// Plans a wait from the key's remaining time to live: never past the caller's
-/// `deadline`, never past the holder's lease end (plus one millisecond, as `PTTL`
-/// rounds down; an expiring lease publishes nothing).
-pub(crate) fn plan(ttl: Ttl, deadline_at: Instant, now: Instant) -> Plan {
-    match ttl {
+/// Plans a wait from the re-check: gone when the key no longer holds `holder` (any
+/// value when the holder is unknown); else never past the caller's `deadline`, never
+/// past the holder's lease end (plus one millisecond, as `PTTL` rounds down; an
+/// expiring lease publishes nothing).
+pub(crate) fn plan(
+    probe: &Probe,
+    holder: Option<&[u8]>,
+    deadline_at: Instant,
+    now: Instant,
+) -> Plan {
+    let held = match (&probe.value, holder) {
+        (None, _) => false,
+        (Some(value), Some(holder)) => value == holder,
+        (Some(_), None) => true,
+    };
+    if !held {
+        return Plan::Gone;
+    }
+    let listen_to_deadline = Plan::Listen {
+        until: deadline_at,
+        until_is_deadline: true,
+    };
+    match probe.ttl {
         Ttl::Missing => Plan::Gone,
-        Ttl::Persistent => Plan::Listen {
-            until: deadline_at,
-            until_is_deadline: true,
-        },
+        Ttl::Persistent => listen_to_deadline,
         Ttl::Expires(left) => {
             let end = deadline(now, left + Duration::from_millis(1));
             if end < deadline_at {
@@ -215,58 +306,112 @@ pub(crate) fn plan(ttl: Ttl, deadline_at: Instant, now: Instant) -> Plan {
                     until_is_deadline: false,
                 }
             } else {
-                Plan::Listen {
-                    until: deadline_at,
-                    until_is_deadline: true,
-                }
+                listen_to_deadline
             }
         }
     }
 }
 
+/// Whether a message published on a lock's channel ends the wait for `holder`: the
+/// release of that holder (its token), or a delete of the key (an empty message). A
+/// release of an earlier holder heard late does not count. Any message counts when
+/// the holder is unknown.
+pub(crate) fn counts_message(payload: &[u8], holder: Option<&[u8]>) -> bool {
+    holder.is_none_or(|h| payload.is_empty() || payload == h)
+}
+
+/// Whether a re-check of the lock key made while waiting for `holder` shows the holder
+/// gone (the key absent, or holding another token): released without a message
+/// (aiocache's release, an operator's `DEL`, an eviction, a lost message).
+pub(crate) fn counts_observation(value: Option<&[u8]>, holder: Option<&[u8]>) -> bool {
+    match (value, holder) {
+        (None, _) => true,
+        (Some(v), Some(h)) => v != h,
+        (Some(_), None) => false,
+    }
+}
+
+/// The longest pause between two re-checks of a waited-for key: a release that
+/// publishes nothing is noticed within this.
+pub(crate) const RECHECK_CAP: Duration = Duration::from_millis(100);
+
+/// The pause before re-check number `attempt` (0-based) of a waited-for key: 5 ms,
+/// doubling, at most [`RECHECK_CAP`] (5, 10, 20, 40, 80, 100, 100 … ms): a short
+/// contention costs few commands, a long one 10 a second per key.
+pub(crate) fn recheck_delay(attempt: u32) -> Duration {
+    const FIRST: Duration = Duration::from_millis(5);
+    FIRST
+        .checked_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
+        .map_or(RECHECK_CAP, |d| d.min(RECHECK_CAP))
+}
+
+/// Tells a forked child from its parent: connections opened under another generation
+/// belong to the parent (a child reusing them would read the parent's replies).
+pub(crate) fn fork_generation() -> u64 {
+    crate::core::fork::generation()
+}
+
 /// What a subscription heard while it listened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Heard {
-    /// A release was announced on the channel.
+    /// The holder's release (or a delete of the key) was announced on the channel.
     Message,
+    /// A re-check found the holder gone without a message.
+    Gone,
     /// Nothing until the end of the wait.
     Silence,
     /// The subscriber connection broke: a release may have been missed.
     Lost,
 }
 
-/// How a planned wait ended, as a [`Wake`]. A lost subscription reads as
-/// [`Wake::Vacant`]: the caller tries the key again and, if it is still held,
-/// waits again on a fresh subscription.
-pub(crate) fn wake(heard: Heard, until_is_deadline: bool) -> Wake {
+/// How close to the holder's lease end a re-check that finds the holder gone is taken
+/// for an expiry rather than a release (the lease end is known from `PTTL` to within a
+/// round trip).
+pub(crate) const EXPIRY_MARGIN: Duration = Duration::from_millis(10);
+
+/// How a planned wait that listened until `until` ended, as a [`Wake`], at `now`. A
+/// lost subscription reads as [`Wake::Vacant`]: the caller tries the key again and,
+/// if it is still held, waits again on a fresh subscription. A holder found gone by a
+/// re-check released its lock, unless its lease may have just ended (then the caller
+/// claims the key again, which is safe: an expiry is never taken for a release).
+pub(crate) fn wake(heard: Heard, until: Instant, until_is_deadline: bool, now: Instant) -> Wake {
     match heard {
         Heard::Message => Wake::Released,
+        Heard::Gone if until_is_deadline || now + EXPIRY_MARGIN < until => Wake::Released,
         Heard::Silence if until_is_deadline => Wake::Deadline,
-        Heard::Silence | Heard::Lost => Wake::Vacant,
+        Heard::Gone | Heard::Silence | Heard::Lost => Wake::Vacant,
     }
 }
 
-/// Whether a pub/sub reply (RESP2 array or RESP3 push) is a message.
-pub(crate) fn is_message(reply: &Value) -> bool {
-    match reply {
-        Value::Push { kind, .. } => *kind == redis::PushKind::Message,
-        Value::Array(items) => {
-            matches!(items.first(), Some(Value::BulkString(k)) if k == b"message")
-        }
-        _ => false,
-    }
-}
-
-/// Whether a pub/sub reply confirms a `SUBSCRIBE` (`kind` = `b"subscribe"`) or an
-/// `UNSUBSCRIBE` (`b"unsubscribe"`).
-pub(crate) fn is_confirmation(reply: &Value, kind: &[u8]) -> bool {
-    match reply {
-        Value::Push { kind: k, .. } => match kind {
-            b"subscribe" => *k == redis::PushKind::Subscribe,
-            _ => *k == redis::PushKind::Unsubscribe,
+/// A pub/sub message (RESP2 array or RESP3 push): its channel and payload.
+pub(crate) fn message(reply: &Value) -> Option<(&[u8], &[u8])> {
+    let items = match reply {
+        Value::Push { kind, data } if *kind == redis::PushKind::Message => data.as_slice(),
+        Value::Array(items) => match items.split_first() {
+            Some((Value::BulkString(k), rest)) if k == b"message" => rest,
+            _ => return None,
         },
-        Value::Array(items) => matches!(items.first(), Some(Value::BulkString(k)) if k == kind),
-        _ => false,
+        _ => return None,
+    };
+    match items {
+        [Value::BulkString(channel), Value::BulkString(payload)] => Some((channel, payload)),
+        _ => None,
+    }
+}
+
+/// The channel a pub/sub reply (RESP2 array or RESP3 push) confirms a `SUBSCRIBE` of.
+pub(crate) fn subscribed(reply: &Value) -> Option<&[u8]> {
+    let items = match reply {
+        Value::Push { kind, data } if *kind == redis::PushKind::Subscribe => data.as_slice(),
+        Value::Array(items) => match items.split_first() {
+            Some((Value::BulkString(k), rest)) if k == b"subscribe" => rest,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    match items.first() {
+        Some(Value::BulkString(channel)) => Some(channel),
+        _ => None,
     }
 }
 
@@ -296,9 +441,8 @@ pub(crate) fn client(url: &Url) -> Result<redis::Client> {
     })
 }
 
-/// A client like [`client`] that speaks RESP3 (push messages on a multiplexed
-/// connection), for the async flavor's shared subscriber.
-#[cfg(feature = "async")]
+/// A client like [`client`] that speaks RESP3 (push messages), for the shared
+/// subscriber connection of either flavor.
 pub(crate) fn resp3(client: &redis::Client) -> redis::RedisResult<redis::Client> {
     let info = client.get_connection_info().clone();
     let settings = info
@@ -308,13 +452,10 @@ pub(crate) fn resp3(client: &redis::Client) -> redis::RedisResult<redis::Client>
     redis::Client::open(info.set_redis_settings(settings))
 }
 
-/// The URL without its password, for messages.
+/// The URL without its password (nor a unix socket URL's `pass=` option), for
+/// messages.
 pub(crate) fn redacted(url: &Url) -> String {
-    let mut u = url.clone();
-    if u.password().is_some() {
-        let _ = u.set_password(Some("***"));
-    }
-    u.to_string()
+    crate::error::redact(url.as_str()).into_owned()
 }
 
 /// Maps a `redis` crate error onto an aiolock error; `what` says what was being done.
@@ -395,40 +536,87 @@ mod tests {
         assert_eq!(ttl(-3).unwrap_err().kind(), ErrorKind::Protocol);
     }
 
+    fn held(value: &[u8], ttl: Ttl) -> Probe {
+        Probe {
+            value: Some(value.to_vec()),
+            ttl,
+        }
+    }
+
     #[test]
     fn plan_caps_at_lease_end_or_deadline() {
         let now = Instant::now();
         let d = now + Duration::from_secs(1);
-        assert_eq!(plan(Ttl::Missing, d, now), Plan::Gone);
+        let h = Some(&b"h"[..]);
+        let gone = Probe {
+            value: None,
+            ttl: Ttl::Missing,
+        };
+        assert_eq!(plan(&gone, h, d, now), Plan::Gone);
         assert_eq!(
-            plan(Ttl::Persistent, d, now),
+            plan(&held(b"h", Ttl::Persistent), h, d, now),
             Plan::Listen {
                 until: d,
                 until_is_deadline: true
             }
         );
+        let soon = held(b"h", Ttl::Expires(Duration::from_millis(100)));
         assert_eq!(
-            plan(Ttl::Expires(Duration::from_millis(100)), d, now),
+            plan(&soon, h, d, now),
             Plan::Listen {
                 until: now + Duration::from_millis(101),
                 until_is_deadline: false
             }
         );
         assert_eq!(
-            plan(Ttl::Expires(Duration::from_secs(5)), d, now),
+            plan(&held(b"h", Ttl::Expires(Duration::from_secs(5))), h, d, now),
             Plan::Listen {
                 until: d,
                 until_is_deadline: true
             }
         );
+        // Another holder's token: ours is gone.
+        assert_eq!(plan(&soon, Some(b"other"), d, now), Plan::Gone);
+        // Holder unknown: any value is a holder.
+        assert!(matches!(plan(&soon, None, d, now), Plan::Listen { .. }));
+    }
+
+    #[test]
+    fn only_the_holders_release_counts() {
+        assert!(counts_message(b"h", Some(b"h")));
+        assert!(counts_message(b"", Some(b"h")), "a delete releases anyone");
+        assert!(
+            !counts_message(b"h0", Some(b"h")),
+            "an earlier holder's release"
+        );
+        assert!(counts_message(b"h0", None));
+        assert!(counts_observation(None, Some(b"h")));
+        assert!(counts_observation(Some(b"h1"), Some(b"h")));
+        assert!(!counts_observation(Some(b"h"), Some(b"h")));
+        assert!(counts_observation(None, None));
+        assert!(!counts_observation(Some(b"x"), None));
+    }
+
+    #[test]
+    fn recheck_backs_off_to_its_cap() {
+        let ms: Vec<u128> = (0..8).map(|a| recheck_delay(a).as_millis()).collect();
+        assert_eq!(ms, [5, 10, 20, 40, 80, 100, 100, 100]);
+        assert_eq!(recheck_delay(u32::MAX), RECHECK_CAP);
     }
 
     #[test]
     fn wake_reasons() {
-        assert_eq!(wake(Heard::Message, false), Wake::Released);
-        assert_eq!(wake(Heard::Silence, true), Wake::Deadline);
-        assert_eq!(wake(Heard::Silence, false), Wake::Vacant);
-        assert_eq!(wake(Heard::Lost, true), Wake::Vacant);
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        assert_eq!(wake(Heard::Message, now, false, now), Wake::Released);
+        assert_eq!(wake(Heard::Silence, later, true, later), Wake::Deadline);
+        assert_eq!(wake(Heard::Silence, later, false, later), Wake::Vacant);
+        assert_eq!(wake(Heard::Lost, later, true, now), Wake::Vacant);
+        // A re-check found the holder gone: released, unless at its lease end.
+        assert_eq!(wake(Heard::Gone, later, false, now), Wake::Released);
+        assert_eq!(wake(Heard::Gone, later, true, later), Wake::Released);
+        let at_end = later - Duration::from_millis(5);
+        assert_eq!(wake(Heard::Gone, later, false, at_end), Wake::Vacant);
     }
 
     #[test]
@@ -439,16 +627,38 @@ mod tests {
             stored(&Value::Int(1)).unwrap_err().kind(),
             ErrorKind::Protocol
         );
-        assert!(stored_or_ours(&Value::BulkString(b"t".to_vec()), b"t").unwrap());
-        assert!(!stored_or_ours(&Value::BulkString(b"u".to_vec()), b"t").unwrap());
-        assert!(stored_or_ours(&Value::Nil, b"t").unwrap());
+        let t = b"t".to_vec();
+        assert_eq!(claim(Value::Nil, &t).unwrap(), Claim::Won);
+        assert_eq!(claim(Value::BulkString(t.clone()), &t).unwrap(), Claim::Won);
+        assert_eq!(
+            claim(Value::BulkString(b"u".to_vec()), &t).unwrap(),
+            Claim::Held {
+                holder: Some(b"u".to_vec())
+            }
+        );
+        assert!(nx_get(Value::Int(0)).is_err());
+        let p = probe(Value::Array(vec![Value::Nil, Value::Int(-2)])).unwrap();
+        assert_eq!(
+            p,
+            Probe {
+                value: None,
+                ttl: Ttl::Missing
+            }
+        );
+        assert!(probe(Value::Array(vec![Value::Nil])).is_err());
         let msg = Value::Array(vec![
             Value::BulkString(b"message".to_vec()),
             Value::BulkString(b"c".to_vec()),
-            Value::BulkString(vec![]),
+            Value::BulkString(b"tok".to_vec()),
         ]);
-        assert!(is_message(&msg));
-        assert!(!is_confirmation(&msg, b"subscribe"));
+        assert_eq!(message(&msg), Some((&b"c"[..], &b"tok"[..])));
+        assert_eq!(subscribed(&msg), None);
+        let push = Value::Push {
+            kind: redis::PushKind::Subscribe,
+            data: vec![Value::BulkString(b"c".to_vec()), Value::Int(1)],
+        };
+        assert_eq!(subscribed(&push), Some(&b"c"[..]));
+        assert_eq!(message(&push), None);
     }
 
     #[test]
@@ -456,6 +666,11 @@ mod tests {
         let u = Url::parse("redis://user:secret@127.0.0.1:6379/1").unwrap();
         assert!(!redacted(&u).contains("secret"));
         assert!(client(&u).is_ok());
+        let u = Url::parse("redis+unix:///tmp/r.sock?user=u&pass=secret&db=2").unwrap();
+        assert_eq!(
+            redacted(&u),
+            "redis+unix:///tmp/r.sock?user=u&pass=***&db=2"
+        );
         let e = client(&Url::parse("redis://").unwrap()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
         let e = client(&Url::parse("redis:///nohost").unwrap()).unwrap_err();
