@@ -1040,7 +1040,8 @@ fn lock_keys_leave_room_for_the_suffix() {
     assert_eq!(err.kind(), ErrorKind::InvalidKey);
     let message = err.to_string();
     for part in [
-        "namespace + key + \"-lock\"",
+        "namespace + key + lock suffix",
+        "\"-lock\"",
         "250 bytes",
         "251 bytes",
         "245",

@@ -21,7 +21,7 @@ use crate::core::lease::deadline;
 use crate::core::poll::{Seen, Watch};
 use crate::core::wait::{Claim, Wake};
 use crate::error::{Error, ErrorKind, Result};
-use crate::key::{LOCK_SUFFIX, MEMCACHED_MAX_KEY};
+use crate::key::{DEFAULT_LOCK_SUFFIX, MEMCACHED_MAX_KEY};
 use crate::value::{CasToken, Ttl, Versioned};
 
 /// How many times a release reads the lock again when its CAS went stale between
@@ -45,8 +45,9 @@ const RELEASE_TRIES: usize = 8;
 ///
 /// memcached keys are 1–250 bytes without spaces or control bytes; others fail with
 /// [`ErrorKind::InvalidKey`] before anything is sent. The stored key is the cache's
-/// namespace + the key, and for a lock namespace + key + `"-lock"`: `get` and `set`
-/// take a namespace + key of 250 bytes, a lock at most 245.
+/// namespace + the key, and for a lock namespace + key + the lock suffix (`"-lock"`
+/// unless the cache sets `lock_suffix`): `get` and `set` take a namespace + key of 250
+/// bytes, a lock with the default suffix at most 245.
 ///
 /// # TTLs and leases
 ///
@@ -755,12 +756,13 @@ impl Backend for MemcachedBackend {
 fn check_lock_key(key: &[u8]) -> Result<()> {
     if key.len() > MEMCACHED_MAX_KEY {
         return Err(Error::invalid_key(format!(
-            "memcached stores a lock under namespace + key + {suffix:?} and takes keys of at \
-             most {MEMCACHED_MAX_KEY} bytes; this lock key has {} bytes (namespace + key \
-             may have at most {} bytes)",
+            "memcached stores a lock under namespace + key + lock suffix ({default:?} unless \
+             the cache sets lock_suffix) and takes keys of at most {MEMCACHED_MAX_KEY} bytes; \
+             this lock key has {} bytes (with the default suffix, namespace + key may have \
+             at most {} bytes)",
             key.len(),
-            MEMCACHED_MAX_KEY - LOCK_SUFFIX.len(),
-            suffix = String::from_utf8_lossy(LOCK_SUFFIX),
+            MEMCACHED_MAX_KEY - DEFAULT_LOCK_SUFFIX.len(),
+            default = String::from_utf8_lossy(DEFAULT_LOCK_SUFFIX),
         )));
     }
     crate::key::check_memcached(key)
