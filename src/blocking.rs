@@ -36,6 +36,15 @@ macro_rules! maybe_await {
     };
 }
 
+/// `in_span!(span, f())`: `f()` inside `span` (entered around the call here, attached to
+/// the future in the async flavor). Nothing without the `tracing` feature.
+macro_rules! in_span {
+    ($span:expr, $e:expr) => {{
+        let _entered = $crate::trace::enter(&$span);
+        $e
+    }};
+}
+
 // The same source is compiled into the other flavor too: that is the point.
 #[allow(clippy::duplicate_mod)]
 #[path = "shared/mod.rs"]
@@ -58,8 +67,9 @@ use crate::error::Result;
 impl<B: Backend> RedLock<B> {
     /// Runs `f` under the lock: acquires, calls `f` with the [`Outcome`], then
     /// releases (if acquired) and returns what `f` returned. A failed release is not
-    /// reported (the lease bounds the damage); use [`acquire`](RedLock::acquire) and
-    /// [`release`](LockGuard::release) to see it.
+    /// returned (the lease bounds the damage; with the `tracing` feature it is a `warn`
+    /// event); use [`acquire`](RedLock::acquire) and [`release`](LockGuard::release) to
+    /// see it.
     ///
     /// # Panics
     ///
@@ -67,7 +77,7 @@ impl<B: Backend> RedLock<B> {
     pub fn run<T>(self, f: impl FnOnce(Outcome) -> T) -> Result<T> {
         let guard = self.acquire()?;
         let value = f(guard.outcome());
-        let _ = guard.release();
+        guard.release_or_warn("run");
         Ok(value)
     }
 }
@@ -93,7 +103,9 @@ mod rt {
 
     /// A dropped guard releases at once.
     pub(crate) fn release_on_drop<B: Backend>(cache: Cache<B>, key: Vec<u8>, token: Token) {
-        let _ = cache.backend().release(&key, token.as_bytes());
+        if let Err(e) = cache.backend().release(&key, token.as_bytes()) {
+            crate::trace::discarded("dropped guard", &key, cache.backend().name(), &e);
+        }
     }
 
     /// Sleeps the thread (memcached waiters poll).

@@ -10,6 +10,14 @@ macro_rules! maybe_await {
     };
 }
 
+/// `in_span!(span, f())`: `f().await` inside `span` (the span is attached to the future;
+/// the blocking flavor enters it around the call). Nothing without the `tracing` feature.
+macro_rules! in_span {
+    ($span:expr, $e:expr) => {
+        $crate::trace::instrument($e, &$span).await
+    };
+}
+
 // The same source is compiled into the other flavor too: that is the point.
 #[allow(clippy::duplicate_mod)]
 #[path = "shared/mod.rs"]
@@ -31,9 +39,9 @@ use crate::error::Result;
 
 impl<B: Backend> RedLock<B> {
     /// Runs the future `f` makes under the lock: acquires, awaits `f(outcome)`, then
-    /// releases (if acquired) and returns its output. A failed release is not reported
-    /// (the lease bounds the damage); use [`acquire`](RedLock::acquire) and
-    /// [`release`](LockGuard::release) to see it.
+    /// releases (if acquired) and returns its output. A failed release is not returned
+    /// (the lease bounds the damage; with the `tracing` feature it is a `warn` event); use
+    /// [`acquire`](RedLock::acquire) and [`release`](LockGuard::release) to see it.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -61,7 +69,7 @@ impl<B: Backend> RedLock<B> {
     {
         let guard = self.acquire().await?;
         let value = f(guard.outcome()).await;
-        let _ = guard.release().await;
+        guard.release_or_warn("run").await;
         Ok(value)
     }
 }
@@ -90,10 +98,15 @@ mod rt {
 
     /// A dropped guard releases on a spawned task, when there is a runtime to spawn on.
     pub(crate) fn release_on_drop<B: Backend>(cache: Cache<B>, key: Vec<u8>, token: Token) {
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = cache.backend().release(&key, token.as_bytes()).await;
-            });
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    if let Err(e) = cache.backend().release(&key, token.as_bytes()).await {
+                        crate::trace::discarded("dropped guard", &key, cache.backend().name(), &e);
+                    }
+                });
+            }
+            Err(_) => crate::trace::skipped(&key, cache.backend().name(), "no tokio runtime"),
         }
     }
 

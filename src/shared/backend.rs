@@ -20,6 +20,12 @@ use crate::value::{CasToken, Ttl, Versioned};
 /// `tokio::spawn` it.
 #[maybe_async(AFIT)]
 pub trait Backend: Send + Sync + 'static {
+    /// A short name for diagnostics: the `backend` field of the `tracing` feature's
+    /// spans (`"memory"`, `"redis"`, `"memcached"`; `"custom"` unless overridden).
+    fn name(&self) -> &'static str {
+        "custom"
+    }
+
     /// The value of `key`, if present.
     fn get(&self, key: &[u8]) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
 

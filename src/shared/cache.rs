@@ -405,6 +405,16 @@ macro_rules! dispatch {
 
 #[maybe_async(AFIT)]
 impl Backend for AnyBackend {
+    fn name(&self) -> &'static str {
+        match self {
+            AnyBackend::Memory(b) => Backend::name(b),
+            #[cfg(feature = "redis")]
+            AnyBackend::Redis(b) => Backend::name(b),
+            #[cfg(feature = "memcached")]
+            AnyBackend::Memcached(b) => Backend::name(b),
+        }
+    }
+
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         dispatch!(self, b => Backend::get(b, key))
     }

@@ -11,6 +11,7 @@ use crate::core::wait::{Acquisition, Action, Claim, Outcome};
 use crate::error::{Error, Result};
 use crate::key;
 use crate::key::KeyBuf;
+use crate::trace::{self, Op};
 
 /// A lease lock on one key, for cache-stampede protection (aiocache's `RedLock`).
 ///
@@ -110,6 +111,14 @@ impl<B: Backend> RedLock<B> {
     /// releases it (owner-checked) on a spawned task.
     #[maybe_async]
     pub async fn acquire(self) -> Result<LockGuard<B>> {
+        let span = trace::span(Op::Acquire, &self.key, self.cache.backend().name());
+        let result = in_span!(span, self.acquire_untraced());
+        trace::end(&span, &result, |g| trace::outcome(g.outcome));
+        result
+    }
+
+    #[maybe_async]
+    async fn acquire_untraced(self) -> Result<LockGuard<B>> {
         if self.empty_key {
             return Err(Error::invalid_key("the key is empty"));
         }
@@ -147,12 +156,13 @@ impl<B: Backend> RedLock<B> {
                     machine.added(won, rt::now)
                 }
                 Action::Wait(deadline) => {
-                    let wake = guard
-                        .cache
-                        .backend()
-                        .wait(&guard.key, holder.as_deref(), deadline)
-                        .await?;
-                    machine.woke(wake, rt::now())
+                    let backend = guard.cache.backend();
+                    trace::waiting(&guard.key);
+                    let span = trace::span(Op::Wait, &guard.key, backend.name());
+                    let wake =
+                        in_span!(span, backend.wait(&guard.key, holder.as_deref(), deadline));
+                    trace::end(&span, &wake, |w| trace::wake(*w));
+                    machine.woke(wake?, rt::now())
                 }
                 Action::Finish(outcome) => {
                     guard.outcome = outcome;
@@ -213,14 +223,27 @@ impl<B: Backend> LockGuard<B> {
     /// release future dropped before that releases on drop, like a dropped guard.
     #[maybe_async]
     pub async fn release(mut self) -> Result<bool> {
+        self.release_held().await
+    }
+
+    /// Releases like [`release`](LockGuard::release); a failure is a `warn` event of the
+    /// `tracing` feature (`what`: where), not an error.
+    #[maybe_async]
+    pub(crate) async fn release_or_warn(mut self, what: &'static str) {
+        if let Err(e) = self.release_held().await {
+            trace::discarded(what, &self.key, self.cache.backend().name(), &e);
+        }
+    }
+
+    #[maybe_async]
+    async fn release_held(&mut self) -> Result<bool> {
         let Some(token) = self.token else {
             return Ok(false);
         };
-        let released = self
-            .cache
-            .backend()
-            .release(&self.key, token.as_bytes())
-            .await;
+        let backend = self.cache.backend();
+        let span = trace::span(Op::Release, &self.key, backend.name());
+        let released = in_span!(span, backend.release(&self.key, token.as_bytes()));
+        trace::end(&span, &released, |r| trace::released(*r));
         // Answered: nothing is left for the drop to release.
         self.token = None;
         released

@@ -12,6 +12,10 @@ use crate::value::{CasToken, Ttl, Versioned};
 
 #[maybe_async(AFIT)]
 impl Backend for MemoryBackend {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(MemoryBackend::get(self, key))
     }
