@@ -30,6 +30,7 @@ fn public_types_are_send_and_sync() {
 /// release; then the reverse.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_holder_blocking_waiter_and_back() {
+    crate::support::events::install();
     let store = MemoryBackend::new();
     let async_cache = aiolock::Cache::new(store.clone());
     let sync_cache = aiolock::blocking::Cache::new(store);
@@ -50,7 +51,7 @@ async fn async_holder_blocking_waiter_and_back() {
             (g.outcome(), Instant::now())
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    crate::support::events::waiters("k-lock", 1).await;
     let released_at = Instant::now();
     assert!(holder.release().await.unwrap());
     let (outcome, woke_at) = waiter.await.unwrap();
@@ -73,7 +74,7 @@ async fn async_holder_blocking_waiter_and_back() {
                 .outcome()
         }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    crate::support::events::waiters("k-lock", 2).await;
     tokio::task::spawn_blocking(move || assert!(holder.release().unwrap()))
         .await
         .unwrap();
@@ -107,4 +108,33 @@ async fn malformed_urls() {
         let e = aiolock::Cache::from_url(url).await.unwrap_err();
         assert_eq!(e.kind(), aiolock::ErrorKind::InvalidArgument, "{url}: {e}");
     }
+}
+
+/// `run` cannot return its release's error: with the `tracing` feature it is a `warn`
+/// event naming the key and the backend.
+#[cfg(feature = "redis")]
+#[test]
+fn run_warns_of_a_failed_release() {
+    crate::support::events::install();
+    let mut server = crate::support::redis::RedisServer::start();
+    let cache = aiolock::blocking::Cache::builder()
+        .connect_timeout(Duration::from_millis(300))
+        .response_timeout(Duration::from_millis(300))
+        .build(&server.unix_url(""))
+        .unwrap();
+    let outcome = cache
+        .redlock("k", Duration::from_secs(30))
+        .run(|outcome| {
+            server.kill();
+            outcome
+        })
+        .unwrap();
+    assert_eq!(outcome, Outcome::Acquired);
+    let warnings = crate::support::events::warnings();
+    assert!(
+        warnings.iter().any(|w| w.starts_with("run:")
+            && w.contains("key=k-lock")
+            && w.contains("backend=redis")),
+        "{warnings:?}"
+    );
 }
