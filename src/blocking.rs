@@ -88,8 +88,8 @@ mod rt {
 
     use event_listener::{EventListener, Listener};
 
+    use super::shared::background::Job;
     use super::{Backend, Cache};
-    use crate::core::token::Token;
 
     /// This flavor's clock.
     pub(crate) fn now() -> Instant {
@@ -101,15 +101,26 @@ mod rt {
         listener.wait_deadline(until).is_some()
     }
 
-    /// A dropped guard releases at once.
-    pub(crate) fn release_on_drop<B: Backend>(cache: Cache<B>, key: Vec<u8>, token: Token) {
-        if let Err(e) = cache.backend().release(&key, token.as_bytes()) {
-            crate::trace::discarded("dropped guard", &key, cache.backend().name(), &e);
-        }
+    /// Parks the thread until `listener` is notified.
+    pub(crate) fn park(listener: EventListener) {
+        listener.wait();
     }
 
-    /// Sleeps the thread (memcached waiters poll).
-    #[cfg(feature = "memcached")]
+    /// A dropped guard releases at once, on the dropping thread.
+    pub(crate) fn release_on_drop<B: Backend>(cache: Cache<B>, job: Job) {
+        cache.release_dropped(job);
+    }
+
+    /// Starts the cache's background worker on a thread of its own; false if none
+    /// could start.
+    pub(crate) fn spawn_worker<B: Backend>(cache: Cache<B>) -> bool {
+        std::thread::Builder::new()
+            .name("aiolock-release".into())
+            .spawn(move || cache.work())
+            .is_ok()
+    }
+
+    /// Sleeps the thread (memcached waiters poll, background retries pause).
     pub(crate) fn sleep(d: std::time::Duration) {
         std::thread::sleep(d);
     }

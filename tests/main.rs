@@ -199,6 +199,7 @@ backend_suite!(memcached, crate::support::memcached::env());
 #[path = "memcached/mod.rs"]
 mod memcached_specific;
 
+mod background;
 mod flavors;
 /// Redis-only tests (the suite module above is `redis`).
 #[cfg(feature = "redis")]

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::backend::Backend;
+use super::background::Background;
 use super::maybe_async;
 use super::optimistic::OptimisticLock;
 #[cfg(feature = "redis")]
@@ -40,6 +41,7 @@ pub struct Cache<B = AnyBackend> {
 struct Inner<B> {
     backend: B,
     namespace: Vec<u8>,
+    background: Background,
 }
 
 impl<B> Clone for Cache<B> {
@@ -98,6 +100,7 @@ impl<B: Backend> Cache<B> {
             inner: Arc::new(Inner {
                 backend,
                 namespace: namespace.into(),
+                background: Background::default(),
             }),
         }
     }
@@ -110,6 +113,10 @@ impl<B: Backend> Cache<B> {
     /// The backend.
     pub fn backend(&self) -> &B {
         &self.inner.backend
+    }
+
+    pub(crate) fn background(&self) -> &Background {
+        &self.inner.background
     }
 
     pub(crate) fn key(&self, key: &[u8]) -> Result<KeyBuf> {
@@ -445,6 +452,16 @@ impl Backend for AnyBackend {
 
     async fn release(&self, key: &[u8], token: &[u8]) -> Result<bool> {
         dispatch!(self, b => Backend::release(b, key, token))
+    }
+
+    fn try_release_now(&self, key: &[u8], token: &[u8]) -> Option<bool> {
+        match self {
+            AnyBackend::Memory(b) => Backend::try_release_now(b, key, token),
+            #[cfg(feature = "redis")]
+            AnyBackend::Redis(b) => Backend::try_release_now(b, key, token),
+            #[cfg(feature = "memcached")]
+            AnyBackend::Memcached(b) => Backend::try_release_now(b, key, token),
+        }
     }
 
     async fn wait(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {

@@ -3,5 +3,6 @@
 pub mod events;
 #[cfg(feature = "memcached")]
 pub mod memcached;
+pub mod probe;
 #[cfg(feature = "redis")]
 pub mod redis;

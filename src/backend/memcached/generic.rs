@@ -264,7 +264,7 @@ impl Pool {
     /// closed before reading the request is replaced and the request sent once more.
     #[maybe_async]
     async fn call(&self, request: &[u8]) -> Result<Reply> {
-        let deadline = deadline(Instant::now(), self.settings.response_timeout);
+        let deadline = deadline(rt::now(), self.settings.response_timeout);
         let mut retried = false;
         loop {
             let (permit, mut conn, reused) = self.checkout(deadline).await?;
@@ -408,9 +408,9 @@ impl Backend for MemcachedBackend {
         let request = meta::get(key, &[Flag::Value, Flag::Ttl])?;
         let mut watch = Watch::new(self.pool.settings.max_poll_delay);
         loop {
-            let sent = Instant::now();
+            let sent = rt::now();
             let reply = self.pool.call(&request).await?;
-            let now = Instant::now();
+            let now = rt::now();
             let seen = match &reply {
                 Reply::En => Seen::Missing,
                 Reply::Va(token, meta::ReplyFlags { ttl: Some(ttl), .. }) => {

@@ -9,8 +9,8 @@ use redis::{Cmd, Value};
 use url::Url;
 
 use super::backend::Backend;
-use super::maybe_async;
 use super::redis_conn::Conn;
+use super::{maybe_async, rt};
 use crate::backend::redis::protocol::{self as r, Lua};
 use crate::config::{self, Endpoint, Options};
 use crate::core::wait::{Claim, Wake};
@@ -240,7 +240,7 @@ impl Backend for RedisBackend {
             .await
             .map_err(|e| self.fail(e, "SUBSCRIBE"))?;
         let ttl = self.pttl(key).await?;
-        match r::plan(ttl, deadline, Instant::now()) {
+        match r::plan(ttl, deadline, rt::now()) {
             // Held when our add lost, gone now: released in between.
             r::Plan::Gone => Ok(Wake::Released),
             r::Plan::Listen {
