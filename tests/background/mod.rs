@@ -205,6 +205,9 @@ mod redis {
         );
     }
 
+    /// How long the server stays stopped after an acquisition failed.
+    const STALL: Duration = Duration::from_secs(1);
+
     fn stalled_acquire_blocking(server: &RedisServer) -> Duration {
         let options = |b: aiolock::blocking::CacheBuilder| {
             b.connect_timeout(Duration::from_millis(300))
@@ -267,6 +270,7 @@ mod redis {
             .acquire()
             .await
             .unwrap_err();
+        tokio::time::sleep(STALL).await;
         server.resume();
         assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
         let b = options(aiolock::Cache::builder())
