@@ -4,5 +4,6 @@ pub mod events;
 #[cfg(feature = "memcached")]
 pub mod memcached;
 pub mod probe;
+pub mod proxy;
 #[cfg(feature = "redis")]
 pub mod redis;
