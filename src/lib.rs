@@ -37,6 +37,13 @@
 //! (`enable_all()`, as `#[tokio::main]` and `#[tokio::test]` do). The blocking flavor
 //! needs no runtime, and must not be called from async code (see [`blocking`]).
 //!
+//! The async flavor reads tokio's clock throughout (leases, bounds, deadlines), so
+//! under `tokio::time::pause()` a waiter sleeps until the paused clock reaches the
+//! holder's lease end instead of spinning; the memory backend judges leases by that
+//! clock too. Network servers expire keys by their own clock. Drop-releases of network
+//! backends run on spawned tasks: call [`Cache::flush`] before the runtime ends (e.g.
+//! last in `#[tokio::main]`).
+//!
 //! # Which lock should you use?
 //!
 //! - Many callers miss the same cache entry and computing it is expensive:
