@@ -138,3 +138,42 @@ fn run_warns_of_a_failed_release() {
         "{warnings:?}"
     );
 }
+
+/// The `tracing` feature: one span per operation, with the key, the backend and the
+/// outcome, and the `"waiting"` event before a wait.
+#[tokio::test(flavor = "current_thread")]
+async fn lock_operations_are_traced() {
+    use crate::support::events;
+    events::install();
+    let cache = aiolock::Cache::with_namespace(MemoryBackend::new(), "traced:");
+    let holder = cache
+        .redlock("k", Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap();
+    let waiter = cache
+        .redlock("k", Duration::from_secs(30))
+        .wait_at_most(Duration::from_millis(1))
+        .acquire()
+        .await
+        .unwrap();
+    assert_eq!(waiter.outcome(), Outcome::TimedOut);
+    assert_eq!(events::waiting("traced:k-lock"), 1);
+    assert!(holder.release().await.unwrap());
+    cache.set("o", b"1", None).await.unwrap();
+    let lock = cache.optimistic_lock("o").await.unwrap();
+    lock.cas(b"2", None).await.unwrap();
+    let spans = events::spans();
+    for want in [
+        "acquire key=traced:k-lock backend=memory outcome=acquired",
+        "acquire key=traced:k-lock backend=memory outcome=timed_out",
+        "wait key=traced:k-lock backend=memory outcome=deadline",
+        "release key=traced:k-lock backend=memory outcome=released",
+        "cas key=traced:o backend=memory outcome=written",
+    ] {
+        assert!(
+            spans.iter().any(|s| s == want),
+            "{want:?} not in {spans:#?}"
+        );
+    }
+}

@@ -23,6 +23,8 @@ const PATIENCE: Duration = Duration::from_secs(30);
 struct State {
     waiting: HashMap<String, usize>,
     warnings: Vec<String>,
+    /// Every span so far, by id: its name and fields (`outcome` recorded later).
+    spans: HashMap<u64, String>,
 }
 
 struct Hook {
@@ -105,6 +107,14 @@ pub async fn waiters(lock_key: &str, n: usize) {
     let _ = watchdog.join();
 }
 
+/// Every span so far, as `name key=… backend=… outcome=…` (fields in recording order).
+pub fn spans() -> Vec<String> {
+    let state = hook().state.lock().unwrap();
+    let mut spans: Vec<_> = state.spans.iter().map(|(id, s)| (*id, s.clone())).collect();
+    spans.sort();
+    spans.into_iter().map(|(_, s)| s).collect()
+}
+
 /// The `warn` events so far, each as its message and fields.
 pub fn warnings() -> Vec<String> {
     hook().state.lock().unwrap().warnings.clone()
@@ -149,11 +159,23 @@ impl Subscriber for Global {
         true
     }
 
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(self.0.next_span.fetch_add(1, Ordering::Relaxed))
+    fn new_span(&self, span: &Attributes<'_>) -> Id {
+        let id = self.0.next_span.fetch_add(1, Ordering::Relaxed);
+        let mut fields = Fields::default();
+        span.record(&mut fields);
+        let text = format!("{}{}", span.metadata().name(), fields.all);
+        self.0.state.lock().unwrap().spans.insert(id, text);
+        Id::from_u64(id)
     }
 
-    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record(&self, id: &Id, values: &Record<'_>) {
+        let mut fields = Fields::default();
+        values.record(&mut fields);
+        let mut state = self.0.state.lock().unwrap();
+        if let Some(text) = state.spans.get_mut(&id.into_u64()) {
+            text.push_str(&fields.all);
+        }
+    }
 
     fn record_follows_from(&self, _: &Id, _: &Id) {}
 
