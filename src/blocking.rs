@@ -36,6 +36,15 @@ macro_rules! maybe_await {
     };
 }
 
+/// `in_span!(span, f())`: `f()` inside `span` (entered around the call here, attached to
+/// the future in the async flavor). Nothing without the `tracing` feature.
+macro_rules! in_span {
+    ($span:expr, $e:expr) => {{
+        let _entered = $crate::trace::enter(&$span);
+        $e
+    }};
+}
+
 // The same source is compiled into the other flavor too: that is the point.
 #[allow(clippy::duplicate_mod)]
 #[path = "shared/mod.rs"]
@@ -58,8 +67,9 @@ use crate::error::Result;
 impl<B: Backend> RedLock<B> {
     /// Runs `f` under the lock: acquires, calls `f` with the [`Outcome`], then
     /// releases (if acquired) and returns what `f` returned. A failed release is not
-    /// reported (the lease bounds the damage); use [`acquire`](RedLock::acquire) and
-    /// [`release`](LockGuard::release) to see it.
+    /// returned (the lease bounds the damage; with the `tracing` feature it is a `warn`
+    /// event); use [`acquire`](RedLock::acquire) and [`release`](LockGuard::release) to
+    /// see it.
     ///
     /// # Panics
     ///
@@ -67,7 +77,7 @@ impl<B: Backend> RedLock<B> {
     pub fn run<T>(self, f: impl FnOnce(Outcome) -> T) -> Result<T> {
         let guard = self.acquire()?;
         let value = f(guard.outcome());
-        let _ = guard.release();
+        guard.release_or_warn("run");
         Ok(value)
     }
 }
@@ -78,8 +88,8 @@ mod rt {
 
     use event_listener::{EventListener, Listener};
 
+    use super::shared::background::Job;
     use super::{Backend, Cache};
-    use crate::core::token::Token;
 
     /// This flavor's clock.
     pub(crate) fn now() -> Instant {
@@ -91,13 +101,26 @@ mod rt {
         listener.wait_deadline(until).is_some()
     }
 
-    /// A dropped guard releases at once.
-    pub(crate) fn release_on_drop<B: Backend>(cache: Cache<B>, key: Vec<u8>, token: Token) {
-        let _ = cache.backend().release(&key, token.as_bytes());
+    /// Parks the thread until `listener` is notified.
+    pub(crate) fn park(listener: EventListener) {
+        listener.wait();
     }
 
-    /// Sleeps the thread (memcached waiters poll).
-    #[cfg(feature = "memcached")]
+    /// A dropped guard releases at once, on the dropping thread.
+    pub(crate) fn release_on_drop<B: Backend>(cache: Cache<B>, job: Job) {
+        cache.release_dropped(job);
+    }
+
+    /// Starts the cache's background worker on a thread of its own; false if none
+    /// could start.
+    pub(crate) fn spawn_worker<B: Backend>(cache: Cache<B>) -> bool {
+        std::thread::Builder::new()
+            .name("aiolock-release".into())
+            .spawn(move || cache.work())
+            .is_ok()
+    }
+
+    /// Sleeps the thread (memcached waiters poll, background retries pause).
     pub(crate) fn sleep(d: std::time::Duration) {
         std::thread::sleep(d);
     }

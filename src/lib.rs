@@ -37,6 +37,13 @@
 //! (`enable_all()`, as `#[tokio::main]` and `#[tokio::test]` do). The blocking flavor
 //! needs no runtime, and must not be called from async code (see [`blocking`]).
 //!
+//! The async flavor reads tokio's clock throughout (leases, bounds, deadlines), so
+//! under `tokio::time::pause()` a waiter sleeps until the paused clock reaches the
+//! holder's lease end instead of spinning; the memory backend judges leases by that
+//! clock too. Network servers expire keys by their own clock. Drop-releases of network
+//! backends run on spawned tasks: call [`Cache::flush`] before the runtime ends (e.g.
+//! last in `#[tokio::main]`).
+//!
 //! # Which lock should you use?
 //!
 //! - Many callers miss the same cache entry and computing it is expensive:
@@ -98,6 +105,16 @@
 //! | `redis` | no | the Redis backend (`redis://`, `redis+unix://`), in every flavor built; no tokio in a blocking-only build |
 //! | `redis-tls` | no | `rediss://` (TLS with rustls); compiles the `redis` crate's tokio TLS driver too |
 //! | `memcached` | no | the memcached backend (`memcached://`, `memcached+unix://`), `MemcachedBackend` in both flavors |
+//! | `tracing` | no | spans and events for [`tracing`](https://docs.rs/tracing) subscribers, see below; without it none are compiled in |
+//!
+//! With `tracing`, every lock operation runs in a `debug` span named `acquire`, `wait`,
+//! `release` or `cas`, with the fields `key` (the full lock or cache key, lossy UTF-8),
+//! `backend` ([`Backend::name`]) and `outcome` (`acquired` / `released` / `timed_out`;
+//! `released` / `vacant` / `deadline`; `released` / `not_held`; `written` / `conflict`;
+//! or `error`). A waiter emits the `debug` event `waiting` (field `key`) right before it
+//! waits for the holder: its claim has lost, so any release from then on wakes it with
+//! [`Outcome::Released`]. Every release error nobody sees (inside `run`, in a dropped
+//! guard, in a cleanup) and every release that was skipped is a `warn` event.
 
 #![deny(unused_must_use)]
 #![warn(missing_docs)]
@@ -107,6 +124,7 @@ pub mod config;
 mod core;
 mod error;
 mod key;
+mod trace;
 mod value;
 
 #[cfg(feature = "blocking")]

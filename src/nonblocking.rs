@@ -10,6 +10,14 @@ macro_rules! maybe_await {
     };
 }
 
+/// `in_span!(span, f())`: `f().await` inside `span` (the span is attached to the future;
+/// the blocking flavor enters it around the call). Nothing without the `tracing` feature.
+macro_rules! in_span {
+    ($span:expr, $e:expr) => {
+        $crate::trace::instrument($e, &$span).await
+    };
+}
+
 // The same source is compiled into the other flavor too: that is the point.
 #[allow(clippy::duplicate_mod)]
 #[path = "shared/mod.rs"]
@@ -31,9 +39,9 @@ use crate::error::Result;
 
 impl<B: Backend> RedLock<B> {
     /// Runs the future `f` makes under the lock: acquires, awaits `f(outcome)`, then
-    /// releases (if acquired) and returns its output. A failed release is not reported
-    /// (the lease bounds the damage); use [`acquire`](RedLock::acquire) and
-    /// [`release`](LockGuard::release) to see it.
+    /// releases (if acquired) and returns its output. A failed release is not returned
+    /// (the lease bounds the damage; with the `tracing` feature it is a `warn` event); use
+    /// [`acquire`](RedLock::acquire) and [`release`](LockGuard::release) to see it.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -53,7 +61,7 @@ impl<B: Backend> RedLock<B> {
     ///
     /// # Cancel safety
     ///
-    /// Dropping the returned future releases the lock on a spawned task.
+    /// Dropping the returned future releases the lock like a dropped [`LockGuard`].
     pub async fn run<F, Fut, T>(self, f: F) -> Result<T>
     where
         F: FnOnce(Outcome) -> Fut,
@@ -61,7 +69,7 @@ impl<B: Backend> RedLock<B> {
     {
         let guard = self.acquire().await?;
         let value = f(guard.outcome()).await;
-        let _ = guard.release().await;
+        guard.release_or_warn("run").await;
         Ok(value)
     }
 }
@@ -72,8 +80,8 @@ mod rt {
 
     use event_listener::EventListener;
 
+    use super::shared::background::Job;
     use super::{Backend, Cache};
-    use crate::core::token::Token;
 
     /// This flavor's clock: tokio's, so that a paused runtime (`tokio::time::pause`)
     /// pauses every deadline of this flavor too.
@@ -88,17 +96,65 @@ mod rt {
             .is_ok()
     }
 
-    /// A dropped guard releases on a spawned task, when there is a runtime to spawn on.
-    pub(crate) fn release_on_drop<B: Backend>(cache: Cache<B>, key: Vec<u8>, token: Token) {
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = cache.backend().release(&key, token.as_bytes()).await;
-            });
+    /// Waits until `listener` is notified.
+    pub(crate) async fn park(listener: EventListener) {
+        listener.await;
+    }
+
+    /// A dropped guard releases on a spawned task, counted by the cache's background
+    /// (for `Cache::flush`). Without a runtime, or when the runtime shuts down before
+    /// the task ran, the release is skipped: counted and warned of.
+    pub(crate) fn release_on_drop<B: Backend>(cache: Cache<B>, job: Job) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            let backend = cache.backend().name();
+            cache
+                .background()
+                .skip(&job.key, backend, "dropped outside a tokio runtime");
+            return;
+        };
+        cache.background().start();
+        let mut ticket = Ticket {
+            cache,
+            job: Some(job),
+        };
+        handle.spawn(async move {
+            if let Some(job) = ticket.job.take() {
+                ticket.cache.release_dropped(job).await;
+            }
+            drop(ticket);
+        });
+    }
+
+    /// A spawned release: counted until it ends; one dropped before it ran (the runtime
+    /// shut down) is a skipped release.
+    struct Ticket<B: Backend> {
+        cache: Cache<B>,
+        job: Option<Job>,
+    }
+
+    impl<B: Backend> Drop for Ticket<B> {
+        fn drop(&mut self) {
+            let background = self.cache.background();
+            if let Some(job) = self.job.take() {
+                let backend = self.cache.backend().name();
+                background.skip(&job.key, backend, "its runtime shut down before it ran");
+            }
+            background.done();
         }
     }
 
-    /// Sleeps the task (memcached waiters poll).
-    #[cfg(feature = "memcached")]
+    /// Starts the cache's background worker on a task; false without a runtime.
+    pub(crate) fn spawn_worker<B: Backend>(cache: Cache<B>) -> bool {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(cache.work());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Sleeps the task (memcached waiters poll, background retries pause).
     pub(crate) async fn sleep(d: std::time::Duration) {
         tokio::time::sleep(d).await;
     }

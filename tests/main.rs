@@ -2,6 +2,12 @@
 //! compiled into both flavors (the crate's own twin-module pattern); `backend_suite!`
 //! runs every body, in both flavors, on one backend.
 
+#[cfg(not(feature = "tracing"))]
+compile_error!(
+    "the integration tests order events by the `tracing` feature's \"waiting\" event: \
+     run them with `--features tracing` (scripts/test uses --all-features)"
+);
+
 mod support;
 
 /// The blocking flavor of the suite.
@@ -23,6 +29,11 @@ mod blocking {
 
         pub fn sleep(d: Duration) {
             std::thread::sleep(d)
+        }
+
+        /// Returns once `lock_key` had `n` waiters (the `"waiting"` event).
+        pub fn waiters(lock_key: &str, n: usize) {
+            crate::support::events::wait_for_waiters(lock_key, n)
         }
     }
 
@@ -56,6 +67,11 @@ mod nonblocking {
         pub async fn sleep(d: Duration) {
             tokio::time::sleep(d).await
         }
+
+        /// Returns once `lock_key` had `n` waiters (the `"waiting"` event).
+        pub async fn waiters(lock_key: &str, n: usize) {
+            crate::support::events::waiters(lock_key, n).await
+        }
     }
 
     pub mod suite {
@@ -67,7 +83,8 @@ mod nonblocking {
 ///
 /// `$env` is an expression of type `(Guard, String, Duration, Duration)` evaluated per
 /// test: a guard that keeps the backend's server alive, the cache URL, the backend's
-/// shortest reliable lease and its expiry slack.
+/// shortest reliable lease and its expiry slack. Every test gets its own namespace
+/// (`flavor.test:`), so the event hook's keys never mix even when tests share a process.
 macro_rules! backend_suite {
     ($backend:ident, $env:expr) => {
         mod $backend {
@@ -93,16 +110,25 @@ macro_rules! backend_suite {
 
             #[test]
             fn blocking_stampede_64_threads() {
+                crate::support::events::install();
                 let (_server, url, short_lease, expiry_slack) = $env;
-                let cache = crate::blocking::Cache::from_url(&url).unwrap();
+                let cache = crate::blocking::Cache::builder()
+                    .namespace("blocking.stampede_64:")
+                    .build(&url)
+                    .unwrap();
                 let env = crate::blocking::suite::Env { cache, short_lease, expiry_slack };
                 crate::blocking::suite::stampede_many_callers(env, 64);
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn async_stampede_256_tasks() {
+                crate::support::events::install();
                 let (_server, url, short_lease, expiry_slack) = $env;
-                let cache = crate::nonblocking::Cache::from_url(&url).await.unwrap();
+                let cache = crate::nonblocking::Cache::builder()
+                    .namespace("async.stampede_256:")
+                    .build(&url)
+                    .await
+                    .unwrap();
                 let env = crate::nonblocking::suite::Env { cache, short_lease, expiry_slack };
                 crate::nonblocking::suite::stampede_many_callers(env, 256).await;
             }
@@ -115,8 +141,12 @@ macro_rules! backend_suite {
             $(
                 #[test]
                 fn $name() {
+                    crate::support::events::install();
                     let (_server, url, short_lease, expiry_slack) = $env;
-                    let cache = crate::blocking::Cache::from_url(&url).unwrap();
+                    let cache = crate::blocking::Cache::builder()
+                        .namespace(concat!("blocking.", stringify!($name), ":"))
+                        .build(&url)
+                        .unwrap();
                     crate::blocking::suite::$name(crate::blocking::suite::Env {
                         cache,
                         short_lease,
@@ -131,8 +161,13 @@ macro_rules! backend_suite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
+                    crate::support::events::install();
                     let (_server, url, short_lease, expiry_slack) = $env;
-                    let cache = crate::nonblocking::Cache::from_url(&url).await.unwrap();
+                    let cache = crate::nonblocking::Cache::builder()
+                        .namespace(concat!("async.", stringify!($name), ":"))
+                        .build(&url)
+                        .await
+                        .unwrap();
                     crate::nonblocking::suite::$name(crate::nonblocking::suite::Env {
                         cache,
                         short_lease,
@@ -165,6 +200,7 @@ backend_suite!(memcached, crate::support::memcached::env());
 #[path = "memcached/mod.rs"]
 mod memcached_specific;
 
+mod background;
 mod flavors;
 mod inputs;
 /// Redis-only tests (the suite module above is `redis`).

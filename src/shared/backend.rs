@@ -20,6 +20,12 @@ use crate::value::{CasToken, Ttl, Versioned};
 /// `tokio::spawn` it.
 #[maybe_async(AFIT)]
 pub trait Backend: Send + Sync + 'static {
+    /// A short name for diagnostics: the `backend` field of the `tracing` feature's
+    /// spans (`"memory"`, `"redis"`, `"memcached"`; `"custom"` unless overridden).
+    fn name(&self) -> &'static str {
+        "custom"
+    }
+
     /// The value of `key`, if present.
     fn get(&self, key: &[u8]) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
 
@@ -61,6 +67,15 @@ pub trait Backend: Send + Sync + 'static {
     /// Deletes `key` only if it still holds `token`, atomically, and wakes the waiters
     /// of `key` (in every process). Returns whether it deleted the key.
     fn release(&self, key: &[u8], token: &[u8]) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Releases like [`release`](Backend::release), if that needs no I/O (the memory
+    /// store); `None` (the default) otherwise. A dropped guard releases inline with it;
+    /// without it, the async flavor releases on a spawned task (see
+    /// [`Cache::flush`](super::Cache::flush)).
+    fn try_release_now(&self, key: &[u8], token: &[u8]) -> Option<bool> {
+        let _ = (key, token);
+        None
+    }
 
     /// Waits for `holder` (the token [`claim`](Backend::claim) reported, if any) to
     /// release `key`, at most until `deadline` and never past the holder's lease end.

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::backend::Backend;
+use super::background::Background;
 use super::maybe_async;
 use super::optimistic::OptimisticLock;
 #[cfg(feature = "redis")]
@@ -41,6 +42,7 @@ struct Inner<B> {
     backend: B,
     namespace: Vec<u8>,
     lock_suffix: Vec<u8>,
+    background: Background,
 }
 
 impl<B> Clone for Cache<B> {
@@ -104,6 +106,7 @@ impl<B: Backend> Cache<B> {
                 backend,
                 namespace: namespace.into(),
                 lock_suffix: key::DEFAULT_LOCK_SUFFIX.to_vec(),
+                background: Background::default(),
             }),
         }
     }
@@ -137,6 +140,7 @@ impl<B: Backend> Cache<B> {
                 backend: self.inner.backend.clone(),
                 namespace: self.inner.namespace.clone(),
                 lock_suffix,
+                background: Background::default(),
             }),
         })
     }
@@ -155,6 +159,10 @@ impl<B: Backend> Cache<B> {
     /// The backend.
     pub fn backend(&self) -> &B {
         &self.inner.backend
+    }
+
+    pub(crate) fn background(&self) -> &Background {
+        &self.inner.background
     }
 
     pub(crate) fn key(&self, key: &[u8]) -> Result<KeyBuf> {
@@ -395,6 +403,7 @@ impl CacheBuilder {
                 backend,
                 namespace: options.namespace,
                 lock_suffix: options.lock_suffix,
+                background: Background::default(),
             }),
         })
     }
@@ -478,6 +487,16 @@ macro_rules! dispatch {
 
 #[maybe_async(AFIT)]
 impl Backend for AnyBackend {
+    fn name(&self) -> &'static str {
+        match self {
+            AnyBackend::Memory(b) => Backend::name(b),
+            #[cfg(feature = "redis")]
+            AnyBackend::Redis(b) => Backend::name(b),
+            #[cfg(feature = "memcached")]
+            AnyBackend::Memcached(b) => Backend::name(b),
+        }
+    }
+
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         dispatch!(self, b => Backend::get(b, key))
     }
@@ -508,6 +527,16 @@ impl Backend for AnyBackend {
 
     async fn release(&self, key: &[u8], token: &[u8]) -> Result<bool> {
         dispatch!(self, b => Backend::release(b, key, token))
+    }
+
+    fn try_release_now(&self, key: &[u8], token: &[u8]) -> Option<bool> {
+        match self {
+            AnyBackend::Memory(b) => Backend::try_release_now(b, key, token),
+            #[cfg(feature = "redis")]
+            AnyBackend::Redis(b) => Backend::try_release_now(b, key, token),
+            #[cfg(feature = "memcached")]
+            AnyBackend::Memcached(b) => Backend::try_release_now(b, key, token),
+        }
     }
 
     async fn wait(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {

@@ -9,6 +9,7 @@ use super::redis_conn;
 use super::{maybe_async, rt};
 
 mod backend;
+pub(crate) mod background;
 mod cache;
 #[cfg(feature = "memcached")]
 #[path = "../backend/memcached/generic.rs"]

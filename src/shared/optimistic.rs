@@ -8,6 +8,7 @@ use super::maybe_async;
 use crate::core::lease::check_ttl;
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::KeyBuf;
+use crate::trace::{self, Op};
 use crate::value::Versioned;
 
 /// Reads a key and a token for its state; [`cas`](OptimisticLock::cas) writes only if
@@ -69,12 +70,14 @@ impl<B: Backend> OptimisticLock<B> {
     #[maybe_async]
     pub async fn cas(self, value: impl AsRef<[u8]>, ttl: Option<Duration>) -> Result<()> {
         let ttl = check_ttl(ttl)?;
-        let written = self
-            .cache
-            .backend()
-            .cas(&self.key, &self.read.token, value.as_ref(), ttl)
-            .await?;
-        if written {
+        let backend = self.cache.backend();
+        let span = trace::span(Op::Cas, &self.key, backend.name());
+        let written = in_span!(
+            span,
+            backend.cas(&self.key, &self.read.token, value.as_ref(), ttl)
+        );
+        trace::end(&span, &written, |w| if *w { "written" } else { "conflict" });
+        if written? {
             Ok(())
         } else {
             Err(Error::new(

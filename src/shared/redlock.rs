@@ -3,14 +3,16 @@
 use std::time::Duration;
 
 use super::backend::Backend;
+use super::background::Job;
 use super::cache::{AnyBackend, Cache};
 use super::{maybe_async, rt};
 use crate::core::lease::check_lease;
 use crate::core::token::Token;
 use crate::core::wait::{Acquisition, Action, Claim, Outcome};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::key;
 use crate::key::KeyBuf;
+use crate::trace::{self, Op};
 
 /// A lease lock on one key, for cache-stampede protection (aiocache's `RedLock`).
 ///
@@ -112,13 +114,31 @@ impl<B: Backend> RedLock<B> {
     /// too long lease, [`InvalidKey`](crate::ErrorKind::InvalidKey) for an empty key,
     /// and the backend's errors. Not getting the lock is not an error.
     ///
+    /// When the add fails without an answer (a [`Timeout`](crate::ErrorKind::Timeout),
+    /// a broken [`Connection`](crate::ErrorKind::Connection), a garbled reply), the
+    /// server may still apply it, later: the lock would then be held by nobody for a
+    /// whole lease. The cache releases it (owner-checked, with this acquisition's
+    /// token) in the background: one worker per cache (a thread in the blocking
+    /// flavor, a task in the async one) retries with a short backoff (10 ms doubling
+    /// to 200 ms) until the server answers, for at most one lease from the failure.
+    /// The error is returned at once, without waiting for that cleanup;
+    /// [`Cache::flush`] waits for it.
+    ///
     /// # Cancel safety
     ///
     /// (async flavor) Dropping the future before it completes never leaves the lock
     /// held by nobody: if the add may have been applied, the dropped acquisition
-    /// releases it (owner-checked) on a spawned task.
+    /// releases it (owner-checked) like a dropped guard.
     #[maybe_async]
     pub async fn acquire(self) -> Result<LockGuard<B>> {
+        let span = trace::span(Op::Acquire, &self.key, self.cache.backend().name());
+        let result = in_span!(span, self.acquire_untraced());
+        trace::end(&span, &result, |g| trace::outcome(g.outcome));
+        result
+    }
+
+    #[maybe_async]
+    async fn acquire_untraced(self) -> Result<LockGuard<B>> {
         if self.empty_key {
             return Err(Error::invalid_key("the key is empty"));
         }
@@ -131,6 +151,7 @@ impl<B: Backend> RedLock<B> {
             cache: self.cache,
             key: self.key,
             token: None,
+            lease,
             outcome: Outcome::TimedOut,
         };
         // The token of the holder our last claim lost to, when the backend told it.
@@ -144,7 +165,14 @@ impl<B: Backend> RedLock<B> {
                         .cache
                         .backend()
                         .claim(&guard.key, token.as_bytes(), lease)
-                        .await?;
+                        .await;
+                    let claim = match claim {
+                        Ok(claim) => claim,
+                        Err(e) => {
+                            guard.failed(&e);
+                            return Err(e);
+                        }
+                    };
                     let won = match claim {
                         Claim::Won => true,
                         Claim::Held { holder: h } => {
@@ -156,12 +184,13 @@ impl<B: Backend> RedLock<B> {
                     machine.added(won, rt::now)
                 }
                 Action::Wait(deadline) => {
-                    let wake = guard
-                        .cache
-                        .backend()
-                        .wait(&guard.key, holder.as_deref(), deadline)
-                        .await?;
-                    machine.woke(wake, rt::now())
+                    let backend = guard.cache.backend();
+                    trace::waiting(&guard.key);
+                    let span = trace::span(Op::Wait, &guard.key, backend.name());
+                    let wake =
+                        in_span!(span, backend.wait(&guard.key, holder.as_deref(), deadline));
+                    trace::end(&span, &wake, |w| trace::wake(*w));
+                    machine.woke(wake?, rt::now())
                 }
                 Action::Finish(outcome) => {
                     guard.outcome = outcome;
@@ -175,14 +204,23 @@ impl<B: Backend> RedLock<B> {
 /// The result of [`RedLock::acquire`]: says how the acquisition ended and, when it
 /// holds the lock, releases it.
 ///
-/// Dropping a guard that holds the lock releases it (blocking: at once; async: on a
-/// spawned task, best effort). Prefer an explicit [`release`](LockGuard::release),
-/// which reports errors and whether the lease was still ours.
+/// Dropping a guard that holds the lock releases it: at once on the dropping thread in
+/// the blocking flavor and, in the async flavor, inline on the memory backend and on a
+/// spawned task on network backends ([`Cache::flush`] waits for those tasks, e.g. last
+/// in `#[tokio::main]`). A release that gets no answer is retried in the background
+/// while the lease may last. An async guard of a network backend dropped outside a
+/// tokio runtime, or whose task the runtime drops unrun (it shut down), cannot
+/// release: the lock stays until its lease ends, and the cache counts it
+/// ([`Cache::skipped_releases`]; with the `tracing` feature, a `warn` event).
+///
+/// Prefer an explicit [`release`](LockGuard::release), which reports errors and
+/// whether the lease was still ours.
 #[must_use = "if unused the lock is released at once"]
 pub struct LockGuard<B: Backend = AnyBackend> {
     cache: Cache<B>,
     key: KeyBuf,
     token: Option<Token>,
+    lease: Duration,
     outcome: Outcome,
 }
 
@@ -222,28 +260,66 @@ impl<B: Backend> LockGuard<B> {
     /// release future dropped before that releases on drop, like a dropped guard.
     #[maybe_async]
     pub async fn release(mut self) -> Result<bool> {
+        self.release_held().await
+    }
+
+    /// Releases like [`release`](LockGuard::release); a failure is a `warn` event of the
+    /// `tracing` feature (`what`: where), not an error.
+    #[maybe_async]
+    pub(crate) async fn release_or_warn(mut self, what: &'static str) {
+        if let Err(e) = self.release_held().await {
+            trace::discarded(what, &self.key, self.cache.backend().name(), &e);
+        }
+    }
+
+    #[maybe_async]
+    async fn release_held(&mut self) -> Result<bool> {
         let Some(token) = self.token else {
             return Ok(false);
         };
-        let released = self
-            .cache
-            .backend()
-            .release(&self.key, token.as_bytes())
-            .await;
+        let backend = self.cache.backend();
+        let span = trace::span(Op::Release, &self.key, backend.name());
+        let released = in_span!(span, backend.release(&self.key, token.as_bytes()));
+        trace::end(&span, &released, |r| trace::released(*r));
         // Answered: nothing is left for the drop to release.
         self.token = None;
         released
     }
 }
 
+impl<B: Backend> LockGuard<B> {
+    /// The claim failed with `e`. When the server may have applied it anyway (no
+    /// answer, a broken connection, a garbled reply), our token may be stored: the
+    /// worker of the cache releases it once the server answers again, while the lease
+    /// may last. Otherwise nothing was stored.
+    fn failed(&mut self, e: &Error) {
+        let Some(token) = self.token.take() else {
+            return;
+        };
+        if matches!(
+            e.kind(),
+            ErrorKind::Timeout | ErrorKind::Connection | ErrorKind::Protocol
+        ) {
+            let key = std::mem::take(&mut self.key).into_vec();
+            let job = Job::new(key, token, self.lease, "failed acquisition");
+            self.cache.retry_later(job);
+        }
+    }
+}
+
 impl<B: Backend> Drop for LockGuard<B> {
     fn drop(&mut self) {
-        if let Some(token) = self.token.take() {
-            rt::release_on_drop(
-                self.cache.clone(),
-                std::mem::take(&mut self.key).into_vec(),
-                token,
-            );
+        let Some(token) = self.token.take() else {
+            return;
+        };
+        let backend = self.cache.backend();
+        if let Some(released) = backend.try_release_now(&self.key, token.as_bytes()) {
+            let span = trace::span(Op::Release, &self.key, backend.name());
+            trace::end(&span, &Ok(released), |r| trace::released(*r));
+            return;
         }
+        let key = std::mem::take(&mut self.key).into_vec();
+        let job = Job::new(key, token, self.lease, "dropped guard");
+        rt::release_on_drop(self.cache.clone(), job);
     }
 }

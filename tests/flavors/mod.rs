@@ -30,6 +30,7 @@ fn public_types_are_send_and_sync() {
 /// release; then the reverse.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_holder_blocking_waiter_and_back() {
+    crate::support::events::install();
     let store = MemoryBackend::new();
     let async_cache = aiolock::Cache::new(store.clone());
     let sync_cache = aiolock::blocking::Cache::new(store);
@@ -50,7 +51,7 @@ async fn async_holder_blocking_waiter_and_back() {
             (g.outcome(), Instant::now())
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    crate::support::events::waiters("k-lock", 1).await;
     let released_at = Instant::now();
     assert!(holder.release().await.unwrap());
     let (outcome, woke_at) = waiter.await.unwrap();
@@ -73,7 +74,7 @@ async fn async_holder_blocking_waiter_and_back() {
                 .outcome()
         }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    crate::support::events::waiters("k-lock", 2).await;
     tokio::task::spawn_blocking(move || assert!(holder.release().unwrap()))
         .await
         .unwrap();
@@ -106,5 +107,73 @@ async fn malformed_urls() {
         assert_eq!(e.kind(), aiolock::ErrorKind::InvalidArgument, "{url}: {e}");
         let e = aiolock::Cache::from_url(url).await.unwrap_err();
         assert_eq!(e.kind(), aiolock::ErrorKind::InvalidArgument, "{url}: {e}");
+    }
+}
+
+/// `run` cannot return its release's error: with the `tracing` feature it is a `warn`
+/// event naming the key and the backend.
+#[cfg(feature = "redis")]
+#[test]
+fn run_warns_of_a_failed_release() {
+    crate::support::events::install();
+    let mut server = crate::support::redis::RedisServer::start();
+    let cache = aiolock::blocking::Cache::builder()
+        .connect_timeout(Duration::from_millis(300))
+        .response_timeout(Duration::from_millis(300))
+        .build(&server.unix_url(""))
+        .unwrap();
+    let outcome = cache
+        .redlock("k", Duration::from_secs(30))
+        .run(|outcome| {
+            server.kill();
+            outcome
+        })
+        .unwrap();
+    assert_eq!(outcome, Outcome::Acquired);
+    let warnings = crate::support::events::warnings();
+    assert!(
+        warnings.iter().any(|w| w.starts_with("run:")
+            && w.contains("key=k-lock")
+            && w.contains("backend=redis")),
+        "{warnings:?}"
+    );
+}
+
+/// The `tracing` feature: one span per operation, with the key, the backend and the
+/// outcome, and the `"waiting"` event before a wait.
+#[tokio::test(flavor = "current_thread")]
+async fn lock_operations_are_traced() {
+    use crate::support::events;
+    events::install();
+    let cache = aiolock::Cache::with_namespace(MemoryBackend::new(), "traced:");
+    let holder = cache
+        .redlock("k", Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap();
+    let waiter = cache
+        .redlock("k", Duration::from_secs(30))
+        .wait_at_most(Duration::from_millis(1))
+        .acquire()
+        .await
+        .unwrap();
+    assert_eq!(waiter.outcome(), Outcome::TimedOut);
+    assert_eq!(events::waiting("traced:k-lock"), 1);
+    assert!(holder.release().await.unwrap());
+    cache.set("o", b"1", None).await.unwrap();
+    let lock = cache.optimistic_lock("o").await.unwrap();
+    lock.cas(b"2", None).await.unwrap();
+    let spans = events::spans();
+    for want in [
+        "acquire key=traced:k-lock backend=memory outcome=acquired",
+        "acquire key=traced:k-lock backend=memory outcome=timed_out",
+        "wait key=traced:k-lock backend=memory outcome=deadline",
+        "release key=traced:k-lock backend=memory outcome=released",
+        "cas key=traced:o backend=memory outcome=written",
+    ] {
+        assert!(
+            spans.iter().any(|s| s == want),
+            "{want:?} not in {spans:#?}"
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::maybe_async;
-use super::rt::{concurrently, sleep};
+use super::rt::{concurrently, sleep, waiters};
 use super::{Cache, OptimisticLock, RedLock};
 use aiolock::{ErrorKind, Outcome, Ttl};
 
@@ -26,12 +26,19 @@ impl Env {
     fn after_expiry(&self, ttl: Duration) -> Duration {
         ttl + self.expiry_slack + Duration::from_millis(20)
     }
+
+    /// The full lock key of `key` (namespace + key + `-lock`), as the event hook sees it.
+    fn lock_key(&self, key: &str) -> String {
+        let lock = RedLock::new(&self.cache, key, Duration::from_secs(1));
+        String::from_utf8_lossy(lock.lock_key()).into_owned()
+    }
 }
 
 /// "get; if missing, compute under a RedLock (checking the cache again) and set",
-/// as in aiocache's own test. Returns how many computations ran.
+/// as in aiocache's own test. The holder computes once the `others` callers wait.
 #[maybe_async]
-async fn get_or_compute(cache: &Cache, key: &str, computed: &AtomicUsize) -> Vec<u8> {
+async fn get_or_compute(env: &Env, key: &str, others: usize, computed: &AtomicUsize) -> Vec<u8> {
+    let cache = &env.cache;
     if let Some(v) = cache.get(key).await.unwrap() {
         return v;
     }
@@ -45,7 +52,9 @@ async fn get_or_compute(cache: &Cache, key: &str, computed: &AtomicUsize) -> Vec
     }
     assert_eq!(guard.outcome(), Outcome::Acquired, "no waiter timed out");
     computed.fetch_add(1, Ordering::SeqCst);
-    sleep(Duration::from_millis(100)).await;
+    // Every other caller found the cache empty (nothing is stored before this) and
+    // lost its claim: they all wait for this release.
+    waiters(&env.lock_key(key), others).await;
     let value = b"expensive value".to_vec();
     cache.set(key, &value, None).await.unwrap();
     let removed = guard.release().await.unwrap();
@@ -57,9 +66,9 @@ async fn get_or_compute(cache: &Cache, key: &str, computed: &AtomicUsize) -> Vec
 async fn stampede(env: Env, callers: usize) {
     let computed = Arc::new(AtomicUsize::new(0));
     let values = concurrently(callers, |_| {
-        let cache = env.cache.clone();
+        let env = env.clone();
         let computed = Arc::clone(&computed);
-        async move { get_or_compute(&cache, "stampede", &computed).await }
+        async move { get_or_compute(&env, "stampede", callers - 1, &computed).await }
     })
     .await;
     assert_eq!(values.len(), callers);
@@ -89,14 +98,18 @@ pub async fn waiters_wake_on_release(env: Env) {
         .unwrap();
     assert_eq!(holder.outcome(), Outcome::Acquired);
     let holder = Arc::new(std::sync::Mutex::new(Some(holder)));
-    let start = Instant::now();
+    let released_at = Arc::new(std::sync::Mutex::new(None));
+    let lock_key = env.lock_key("k");
     let results = concurrently(9, |i| {
         let cache = env.cache.clone();
         let holder = Arc::clone(&holder);
+        let released_at = Arc::clone(&released_at);
+        let lock_key = lock_key.clone();
         async move {
             if i == 0 {
-                sleep(Duration::from_millis(200)).await;
+                waiters(&lock_key, 8).await;
                 let guard = holder.lock().unwrap().take().unwrap();
+                *released_at.lock().unwrap() = Some(Instant::now());
                 let removed = guard.release().await.unwrap();
                 assert!(removed);
                 return None;
@@ -106,12 +119,14 @@ pub async fn waiters_wake_on_release(env: Env) {
         }
     })
     .await;
+    let released_at = released_at.lock().unwrap().expect("released");
     for (outcome, at) in results.into_iter().flatten() {
         assert_eq!(outcome, Outcome::Released);
-        let waited = at.duration_since(start);
+        assert!(at >= released_at, "woken by the release, not before it");
+        let after = at.duration_since(released_at);
         assert!(
-            waited >= Duration::from_millis(200) && waited < lease / 2,
-            "woken by the release, not by the lease end: {waited:?}"
+            after < lease / 2,
+            "woken by the release, not by the lease end: {after:?} after it"
         );
     }
 }
@@ -120,15 +135,19 @@ pub async fn waiters_wake_on_release(env: Env) {
 /// the others keep waiting (within their bound) and are woken by its release.
 #[maybe_async]
 pub async fn lease_end_re_elects_one_waiter(env: Env) {
-    let lease = env.short_lease;
+    // The six waiters must be waiting before this lease ends (a key already gone at a
+    // waiter's first check counts as released): long enough for a loaded machine.
+    let lease = env.short_lease.max(Duration::from_secs(1));
     let holder = RedLock::new(&env.cache, "k", lease)
         .acquire()
         .await
         .unwrap();
     assert!(holder.is_acquired());
     std::mem::forget(holder); // crashed: never releases
+    let lock_key = env.lock_key("k");
     let outcomes = concurrently(6, |_| {
         let cache = env.cache.clone();
+        let lock_key = lock_key.clone();
         async move {
             let guard = RedLock::new(&cache, "k", Duration::from_secs(30))
                 .wait_at_most(Duration::from_secs(30))
@@ -137,7 +156,8 @@ pub async fn lease_end_re_elects_one_waiter(env: Env) {
                 .unwrap();
             let outcome = guard.outcome();
             if outcome == Outcome::Acquired {
-                sleep(Duration::from_millis(100)).await;
+                // Six waits on the crashed holder, then five on this one.
+                waiters(&lock_key, 6 + 5).await;
                 let removed = guard.release().await.unwrap();
                 assert!(removed);
             }
@@ -207,7 +227,8 @@ pub async fn stale_guard_removes_nothing(env: Env) {
     assert!(!exists);
 }
 
-/// Dropping a holding guard releases the lock (the async flavor on a spawned task).
+/// Dropping a holding guard releases the lock (the async flavor on a spawned task for
+/// network backends, which `flush` waits for).
 #[maybe_async]
 pub async fn dropped_guard_releases(env: Env) {
     let guard = RedLock::new(&env.cache, "k", Duration::from_secs(30))
@@ -216,14 +237,16 @@ pub async fn dropped_guard_releases(env: Env) {
         .unwrap();
     assert!(guard.is_acquired());
     drop(guard);
+    env.cache.flush().await;
+    assert_eq!(env.cache.skipped_releases(), 0);
     let next = RedLock::new(&env.cache, "k", Duration::from_secs(30))
-        .wait_at_most(Duration::from_secs(5))
+        .wait_at_most(Duration::ZERO)
         .acquire()
         .await
         .unwrap();
-    assert_ne!(
+    assert_eq!(
         next.outcome(),
-        Outcome::TimedOut,
+        Outcome::Acquired,
         "the drop released the lock"
     );
 }

@@ -515,6 +515,10 @@ impl MemcachedBackend {
 
 #[maybe_async(AFIT)]
 impl Backend for MemcachedBackend {
+    fn name(&self) -> &'static str {
+        "memcached"
+    }
+
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let request = meta::get(key, &[Flag::Value])?;
         match self.pool.call(&request).await? {

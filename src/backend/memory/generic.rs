@@ -1,5 +1,5 @@
-//! [`Backend`] for the memory store: the store is synchronous, only the wait differs
-//! per flavor (the `rt` seam).
+//! [`Backend`] for the memory store: the store is synchronous, only the wait and the
+//! clock differ per flavor (the `rt` seam): every call passes the flavor's `now`.
 
 use std::time::{Duration, Instant};
 
@@ -12,41 +12,49 @@ use crate::value::{CasToken, Ttl, Versioned};
 
 #[maybe_async(AFIT)]
 impl Backend for MemoryBackend {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(MemoryBackend::get(self, key))
+        Ok(MemoryBackend::get(self, key, rt::now()))
     }
 
     async fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<()> {
-        MemoryBackend::set(self, key, value, ttl);
+        MemoryBackend::set(self, key, value, ttl, rt::now());
         Ok(())
     }
 
     async fn add(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<bool> {
-        Ok(MemoryBackend::add(self, key, value, ttl))
+        Ok(MemoryBackend::add(self, key, value, ttl, rt::now()))
     }
 
     async fn delete(&self, key: &[u8]) -> Result<bool> {
-        Ok(MemoryBackend::delete(self, key))
+        Ok(MemoryBackend::delete(self, key, rt::now()))
     }
 
     async fn exists(&self, key: &[u8]) -> Result<bool> {
-        Ok(MemoryBackend::exists(self, key))
+        Ok(MemoryBackend::exists(self, key, rt::now()))
     }
 
     async fn ttl(&self, key: &[u8]) -> Result<Ttl> {
-        Ok(MemoryBackend::ttl(self, key))
+        Ok(MemoryBackend::ttl(self, key, rt::now()))
     }
 
     async fn claim(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<Claim> {
-        Ok(MemoryBackend::claim(self, key, token, lease))
+        Ok(MemoryBackend::claim(self, key, token, lease, rt::now()))
     }
 
     async fn release(&self, key: &[u8], token: &[u8]) -> Result<bool> {
-        Ok(MemoryBackend::release(self, key, token))
+        Ok(MemoryBackend::release(self, key, token, rt::now()))
+    }
+
+    fn try_release_now(&self, key: &[u8], token: &[u8]) -> Option<bool> {
+        Some(MemoryBackend::release(self, key, token, rt::now()))
     }
 
     async fn wait(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {
-        Ok(match self.listen(key, holder, deadline) {
+        Ok(match self.listen(key, holder, deadline, rt::now()) {
             // Held when the add lost, gone now: released in between.
             Listen::Vacant => Wake::Released,
             Listen::Held {
@@ -61,7 +69,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn begin(&self, key: &[u8]) -> Result<Versioned> {
-        Ok(MemoryBackend::begin(self, key))
+        Ok(MemoryBackend::begin(self, key, rt::now()))
     }
 
     async fn cas(
@@ -71,6 +79,6 @@ impl Backend for MemoryBackend {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<bool> {
-        Ok(MemoryBackend::cas(self, key, token, value, ttl))
+        Ok(MemoryBackend::cas(self, key, token, value, ttl, rt::now()))
     }
 }

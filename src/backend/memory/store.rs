@@ -1,14 +1,15 @@
 //! The in-process memory backend, compiled once and used by both flavors.
 //!
 //! One `parking_lot` mutex guards a hash map; expiry deadlines are checked on access
-//! (no background thread), and expired entries are swept in amortized O(1). Lock
+//! (no background thread), and expired entries are swept in amortized O(1). The store
+//! reads no clock: every call is given `now` by its caller, the flavor's clock (std's
+//! in the blocking flavor, tokio's in the async one, so that `tokio::time::pause()`
+//! pauses the async flavor's leases too). Lock
 //! waiters listen on a per-key [`event_listener::Event`], which a blocking thread can
 //! park on and an async task can await, so a blocking waiter wakes on an async
 //! holder's release and the reverse.
 
 use std::sync::Arc;
-#[cfg(test)]
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use event_listener::{Event, EventListener};
@@ -24,6 +25,12 @@ use crate::value::{CasToken, Ttl, Versioned};
 ///
 /// Clones share one store. The same `MemoryBackend` can serve a blocking and an async
 /// [`Cache`](crate::Cache) at once, and their locks see each other.
+///
+/// Each flavor judges leases and TTLs by its own clock: the blocking flavor by std's,
+/// the async flavor by tokio's. They agree, except in a program that pauses tokio's
+/// clock (`tokio::time::pause()`, as tests do): then an entry written by the async
+/// side expires by the blocking side's clock when the real time has passed, and the
+/// reverse may hold an entry longer or shorter than its TTL for the other side.
 ///
 /// ```
 /// # #[cfg(all(feature = "blocking", feature = "async"))] {
@@ -53,7 +60,6 @@ impl std::fmt::Debug for MemoryBackend {
 #[derive(Default)]
 struct Store {
     map: Mutex<Map>,
-    clock: Clock,
 }
 
 /// Keys and values this short are stored inline (lock keys and tokens are), saving an
@@ -78,28 +84,6 @@ struct Entry {
 impl Entry {
     fn live(&self, now: Instant) -> bool {
         self.expires.is_none_or(|at| now < at)
-    }
-}
-
-/// Where the store reads the time: the system clock, or a hand-driven one in tests.
-#[derive(Default)]
-enum Clock {
-    #[default]
-    System,
-    #[cfg(test)]
-    Manual(Instant, AtomicU64),
-}
-
-impl Clock {
-    #[inline]
-    fn now(&self) -> Instant {
-        match self {
-            Clock::System => Instant::now(),
-            #[cfg(test)]
-            Clock::Manual(origin, nanos) => {
-                *origin + Duration::from_nanos(nanos.load(Ordering::SeqCst))
-            }
-        }
     }
 }
 
@@ -197,25 +181,7 @@ impl MemoryBackend {
         Self::default()
     }
 
-    #[cfg(test)]
-    fn with_manual_clock() -> Self {
-        MemoryBackend {
-            store: Arc::new(Store {
-                map: Mutex::default(),
-                clock: Clock::Manual(Instant::now(), AtomicU64::new(0)),
-            }),
-        }
-    }
-
-    #[cfg(test)]
-    fn advance(&self, d: Duration) {
-        if let Clock::Manual(_, nanos) = &self.store.clock {
-            nanos.fetch_add(d.as_nanos() as u64, Ordering::SeqCst);
-        }
-    }
-
-    pub(crate) fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let now = self.store.clock.now();
+    pub(crate) fn get(&self, key: &[u8], now: Instant) -> Option<Vec<u8>> {
         self.store
             .map
             .lock()
@@ -223,20 +189,23 @@ impl MemoryBackend {
             .map(|e| e.value.to_vec())
     }
 
-    pub(crate) fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) {
-        let now = self.store.clock.now();
+    pub(crate) fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>, now: Instant) {
         self.store.map.lock().write(key, value, ttl, now, |_| true);
     }
 
-    pub(crate) fn add(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> bool {
-        let now = self.store.clock.now();
+    pub(crate) fn add(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+        now: Instant,
+    ) -> bool {
         let mut map = self.store.map.lock();
         map.write(key, value, ttl, now, |live| live.is_none())
     }
 
     /// Adds `key` holding `token` for `lease`, or reports the live holder's token.
-    pub(crate) fn claim(&self, key: &[u8], token: &[u8], lease: Duration) -> Claim {
-        let now = self.store.clock.now();
+    pub(crate) fn claim(&self, key: &[u8], token: &[u8], lease: Duration, now: Instant) -> Claim {
         let mut map = self.store.map.lock();
         if let Some(e) = map.live(key, now) {
             return Claim::Held {
@@ -247,20 +216,17 @@ impl MemoryBackend {
         Claim::Won
     }
 
-    pub(crate) fn delete(&self, key: &[u8]) -> bool {
-        let now = self.store.clock.now();
+    pub(crate) fn delete(&self, key: &[u8], now: Instant) -> bool {
         let (was_live, waiters) = self.store.map.lock().remove(key, now);
         wake(waiters);
         was_live
     }
 
-    pub(crate) fn exists(&self, key: &[u8]) -> bool {
-        let now = self.store.clock.now();
+    pub(crate) fn exists(&self, key: &[u8], now: Instant) -> bool {
         self.store.map.lock().live(key, now).is_some()
     }
 
-    pub(crate) fn ttl(&self, key: &[u8]) -> Ttl {
-        let now = self.store.clock.now();
+    pub(crate) fn ttl(&self, key: &[u8], now: Instant) -> Ttl {
         match self.store.map.lock().live(key, now) {
             None => Ttl::Missing,
             Some(Entry { expires: None, .. }) => Ttl::Persistent,
@@ -271,8 +237,7 @@ impl MemoryBackend {
     }
 
     /// Deletes `key` if it holds `token` and has not expired; wakes its waiters.
-    pub(crate) fn release(&self, key: &[u8], token: &[u8]) -> bool {
-        let now = self.store.clock.now();
+    pub(crate) fn release(&self, key: &[u8], token: &[u8], now: Instant) -> bool {
         let mut map = self.store.map.lock();
         let owned = map.live(key, now).is_some_and(|e| *e.value == *token);
         if !owned {
@@ -287,8 +252,13 @@ impl MemoryBackend {
     /// Registers a waiter on `key` held by `holder` and says how long to wait:
     /// registration and the check happen under one lock, so no release between them
     /// is missed. A key gone, or held by another token, was released: `Vacant`.
-    pub(crate) fn listen(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Listen {
-        let now = self.store.clock.now();
+    pub(crate) fn listen(
+        &self,
+        key: &[u8],
+        holder: Option<&[u8]>,
+        deadline: Instant,
+        now: Instant,
+    ) -> Listen {
         let mut map = self.store.map.lock();
         let Some(entry) = map
             .entries
@@ -312,8 +282,7 @@ impl MemoryBackend {
         }
     }
 
-    pub(crate) fn begin(&self, key: &[u8]) -> Versioned {
-        let now = self.store.clock.now();
+    pub(crate) fn begin(&self, key: &[u8], now: Instant) -> Versioned {
         match self.store.map.lock().live(key, now) {
             Some(e) => Versioned {
                 value: Some(e.value.to_vec()),
@@ -333,8 +302,8 @@ impl MemoryBackend {
         token: &CasToken,
         value: &[u8],
         ttl: Option<Duration>,
+        now: Instant,
     ) -> bool {
-        let now = self.store.clock.now();
         let mut map = self.store.map.lock();
         map.write(key, value, ttl, now, |live| match (token, live) {
             (CasToken::Absent, None) => true,
@@ -358,7 +327,71 @@ mod tests {
     use super::*;
     use event_listener::Listener;
     use proptest::prelude::*;
+    use std::cell::Cell;
     use std::collections::BTreeMap;
+
+    /// A store on a hand-driven clock: every call is given `now()`.
+    struct Manual {
+        backend: MemoryBackend,
+        origin: Instant,
+        elapsed: Cell<Duration>,
+    }
+
+    impl std::ops::Deref for Manual {
+        type Target = MemoryBackend;
+        fn deref(&self) -> &MemoryBackend {
+            &self.backend
+        }
+    }
+
+    impl MemoryBackend {
+        fn with_manual_clock() -> Manual {
+            Manual {
+                backend: MemoryBackend::new(),
+                origin: Instant::now(),
+                elapsed: Cell::new(Duration::ZERO),
+            }
+        }
+    }
+
+    impl Manual {
+        fn now(&self) -> Instant {
+            self.origin + self.elapsed.get()
+        }
+        fn advance(&self, d: Duration) {
+            self.elapsed.set(self.elapsed.get() + d);
+        }
+        fn get(&self, k: &[u8]) -> Option<Vec<u8>> {
+            self.backend.get(k, self.now())
+        }
+        fn set(&self, k: &[u8], v: &[u8], ttl: Option<Duration>) {
+            self.backend.set(k, v, ttl, self.now())
+        }
+        fn add(&self, k: &[u8], v: &[u8], ttl: Option<Duration>) -> bool {
+            self.backend.add(k, v, ttl, self.now())
+        }
+        fn delete(&self, k: &[u8]) -> bool {
+            self.backend.delete(k, self.now())
+        }
+        fn exists(&self, k: &[u8]) -> bool {
+            self.backend.exists(k, self.now())
+        }
+        fn ttl(&self, k: &[u8]) -> Ttl {
+            self.backend.ttl(k, self.now())
+        }
+        fn release(&self, k: &[u8], token: &[u8]) -> bool {
+            self.backend.release(k, token, self.now())
+        }
+        fn listen(&self, k: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Listen {
+            self.backend.listen(k, holder, deadline, self.now())
+        }
+        fn begin(&self, k: &[u8]) -> Versioned {
+            self.backend.begin(k, self.now())
+        }
+        fn cas(&self, k: &[u8], t: &CasToken, v: &[u8], ttl: Option<Duration>) -> bool {
+            self.backend.cas(k, t, v, ttl, self.now())
+        }
+    }
 
     #[test]
     fn ttl_is_honoured_to_the_millisecond() {
@@ -390,7 +423,7 @@ mod tests {
     #[test]
     fn listen_caps_the_wait_at_the_lease_end() {
         let m = MemoryBackend::with_manual_clock();
-        let now = m.store.clock.now();
+        let now = m.now();
         assert!(matches!(
             m.listen(b"l", None, now + Duration::from_secs(1)),
             Listen::Vacant

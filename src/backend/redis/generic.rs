@@ -261,6 +261,10 @@ impl RedisBackend {
 
 #[maybe_async(AFIT)]
 impl Backend for RedisBackend {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let mut c = redis::cmd("GET");
         c.arg(key);
