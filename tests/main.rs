@@ -106,6 +106,7 @@ macro_rules! backend_suite {
                 optimistic_ttl,
                 bad_input,
                 lock_suffix_keeps_locks_apart,
+                waiting_counts_waiters,
             );
 
             #[test]

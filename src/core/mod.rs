@@ -10,3 +10,5 @@ pub mod lease;
 pub mod poll;
 pub mod token;
 pub mod wait;
+#[cfg(any(feature = "blocking", feature = "async"))]
+pub(crate) mod waiters;

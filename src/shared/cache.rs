@@ -14,6 +14,7 @@ use crate::backend::memory::store::MemoryBackend;
 use crate::config::{self, Endpoint, Options};
 use crate::core::lease::check_ttl;
 use crate::core::wait::{Claim, Wake};
+use crate::core::waiters::{Waiters, Waiting};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::{self, KeyBuf};
 use crate::value::{CasToken, Ttl, Versioned};
@@ -43,6 +44,7 @@ struct Inner<B> {
     namespace: Vec<u8>,
     lock_suffix: Vec<u8>,
     background: Background,
+    waiters: Waiters,
 }
 
 impl<B> Clone for Cache<B> {
@@ -107,6 +109,7 @@ impl<B: Backend> Cache<B> {
                 namespace: namespace.into(),
                 lock_suffix: key::DEFAULT_LOCK_SUFFIX.to_vec(),
                 background: Background::default(),
+                waiters: Waiters::default(),
             }),
         }
     }
@@ -141,6 +144,7 @@ impl<B: Backend> Cache<B> {
                 namespace: self.inner.namespace.clone(),
                 lock_suffix,
                 background: Background::default(),
+                waiters: Waiters::default(),
             }),
         })
     }
@@ -163,6 +167,55 @@ impl<B: Backend> Cache<B> {
 
     pub(crate) fn background(&self) -> &Background {
         &self.inner.background
+    }
+
+    /// How many callers of this cache (of all its clones) are waiting for the
+    /// [`RedLock`] on `key` right now: their claim lost to another holder, and they
+    /// wait for its release, its lease end or their own bound. `key` is the key given
+    /// to [`redlock`](Cache::redlock); the cache adds the namespace and the lock suffix.
+    ///
+    /// For stampede monitoring (how many requests are piled up behind one
+    /// computation), and for tests that must release only once N callers wait. It
+    /// counts this process's callers only (on a network backend, others may wait in
+    /// other processes), and only those of this cache: another `Cache` over the same
+    /// server, or one made by [`with_lock_suffix`](Cache::with_lock_suffix), counts
+    /// its own. A caller that is re-elected after a lease end leaves the count while it
+    /// claims the lock again. An acquisition that never waits costs nothing here.
+    ///
+    /// ```
+    /// # #[cfg(feature = "blocking")] {
+    /// use std::time::Duration;
+    /// use aiolock::{Outcome, blocking::Cache};
+    ///
+    /// let cache = Cache::from_url("memory://?namespace=app:")?;
+    /// let lease = Duration::from_secs(30);
+    /// let holder = cache.redlock("report", lease).acquire()?;
+    /// let waiter = std::thread::spawn({
+    ///     let cache = cache.clone();
+    ///     move || cache.redlock("report", lease).acquire().map(|g| g.outcome())
+    /// });
+    /// // Release only once the other caller waits (a fixed sleep would race).
+    /// while cache.waiting("report") < 1 {
+    ///     std::thread::sleep(Duration::from_millis(1));
+    /// }
+    /// assert!(holder.release()?);
+    /// assert_eq!(waiter.join().unwrap()?, Outcome::Released);
+    /// assert_eq!(cache.waiting("report"), 0);
+    /// # }
+    /// # Ok::<(), aiolock::Error>(())
+    /// ```
+    pub fn waiting(&self, key: impl AsRef<[u8]>) -> usize {
+        let inner = &self.inner;
+        match key::lock_key(&inner.namespace, key.as_ref(), &inner.lock_suffix) {
+            Ok(lock_key) => inner.waiters.count(&lock_key),
+            // An empty key: no RedLock can be taken on it, nobody waits.
+            Err(_) => 0,
+        }
+    }
+
+    /// Counts a caller as waiting on `lock_key` (the full key) until the guard drops.
+    pub(crate) fn enter_wait(&self, lock_key: &[u8]) -> Waiting<'_> {
+        self.inner.waiters.enter(lock_key)
     }
 
     pub(crate) fn key(&self, key: &[u8]) -> Result<KeyBuf> {
@@ -404,6 +457,7 @@ impl CacheBuilder {
                 namespace: options.namespace,
                 lock_suffix: options.lock_suffix,
                 background: Background::default(),
+                waiters: Waiters::default(),
             }),
         })
     }

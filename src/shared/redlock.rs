@@ -185,10 +185,15 @@ impl<B: Backend> RedLock<B> {
                 }
                 Action::Wait(deadline) => {
                     let backend = guard.cache.backend();
+                    // Counted (`Cache::waiting`) before the event, so that whoever saw
+                    // the event sees the count; uncounted when the wait ends, fails or
+                    // (async) its future is dropped.
+                    let waiting = guard.cache.enter_wait(&guard.key);
                     trace::waiting(&guard.key);
                     let span = trace::span(Op::Wait, &guard.key, backend.name());
                     let wake =
                         in_span!(span, backend.wait(&guard.key, holder.as_deref(), deadline));
+                    drop(waiting);
                     trace::end(&span, &wake, |w| trace::wake(*w));
                     machine.woke(wake?, rt::now())
                 }

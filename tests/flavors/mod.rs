@@ -177,3 +177,31 @@ async fn lock_operations_are_traced() {
         );
     }
 }
+
+/// An async acquisition dropped while it waits (an aborted task, a `select!` or a
+/// `timeout` that fires) leaves `Cache::waiting`: the count is a drop guard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_wait_is_uncounted() {
+    let cache = aiolock::Cache::with_namespace(MemoryBackend::new(), "cancelled:");
+    let lease = Duration::from_secs(30);
+    let holder = cache.redlock("k", lease).acquire().await.unwrap();
+    let waiter = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            cache
+                .redlock("k", lease)
+                .acquire()
+                .await
+                .map(|g| g.outcome())
+        }
+    });
+    let patience = Instant::now() + Duration::from_secs(30);
+    while cache.waiting("k") < 1 {
+        assert!(Instant::now() < patience, "the waiter never waited");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    waiter.abort();
+    assert!(waiter.await.unwrap_err().is_cancelled());
+    assert_eq!(cache.waiting("k"), 0, "the dropped wait is uncounted");
+    assert!(holder.release().await.unwrap());
+}

@@ -490,3 +490,60 @@ pub async fn lock_suffix_keeps_locks_apart(env: Env) {
     let removed = c.release().await.unwrap();
     assert!(!removed, "it never held the lock");
 }
+
+/// `Cache::waiting` counts the callers that wait for a lock, seen from every clone of
+/// the cache, only while they wait (a release and a bound that passes uncount them),
+/// and only this cache's: another cache over the same backend counts its own.
+#[maybe_async]
+pub async fn waiting_counts_waiters(env: Env) {
+    let cache = &env.cache;
+    let lease = Duration::from_secs(30);
+    assert_eq!(cache.waiting("k"), 0);
+    let holder = RedLock::new(cache, "k", lease).acquire().await.unwrap();
+    assert_eq!(holder.outcome(), Outcome::Acquired);
+    assert_eq!(cache.waiting("k"), 0, "a holder does not wait");
+    let holder = Arc::new(std::sync::Mutex::new(Some(holder)));
+    let lock_key = env.lock_key("k");
+    let outcomes = concurrently(4, |i| {
+        let cache = cache.clone();
+        let holder = Arc::clone(&holder);
+        let lock_key = lock_key.clone();
+        async move {
+            if i == 0 {
+                // Counted before the "waiting" event: all three are counted now.
+                waiters(&lock_key, 3).await;
+                assert_eq!(cache.waiting("k"), 3);
+                assert_eq!(cache.clone().waiting("k"), 3, "clones share the count");
+                assert_eq!(cache.waiting("other"), 0);
+                assert_eq!(cache.waiting(""), 0, "no lock on an empty key");
+                let same_backend = cache.with_lock_suffix("-lock").unwrap();
+                assert_eq!(same_backend.waiting("k"), 0, "another cache counts its own");
+                let guard = holder.lock().unwrap().take().unwrap();
+                let removed = guard.release().await.unwrap();
+                assert!(removed);
+                return None;
+            }
+            let guard = RedLock::new(&cache, "k", lease).acquire().await.unwrap();
+            Some(guard.outcome())
+        }
+    })
+    .await;
+    let outcomes: Vec<_> = outcomes.into_iter().flatten().collect();
+    assert_eq!(outcomes, [Outcome::Released; 3]);
+    assert_eq!(cache.waiting("k"), 0, "the woken waiters are uncounted");
+
+    let holder = RedLock::new(cache, "k", lease).acquire().await.unwrap();
+    let timed_out = RedLock::new(cache, "k", lease)
+        .wait_at_most(Duration::from_millis(50))
+        .acquire()
+        .await
+        .unwrap();
+    assert_eq!(timed_out.outcome(), Outcome::TimedOut);
+    assert_eq!(
+        cache.waiting("k"),
+        0,
+        "a waiter whose bound passed is uncounted"
+    );
+    let removed = holder.release().await.unwrap();
+    assert!(removed);
+}
