@@ -378,6 +378,33 @@ enum aiolock_status aiolock_cache_delete(const struct aiolock_cache *cache,
                                          bool *deleted_out);
 
 /**
+ * How many callers of `cache` in this process are waiting for the RedLock on `key`
+ * right now: their `aiolock_acquire` found the lock held and waits for its release,
+ * its lease end or its own bound. `key` is the key given to `aiolock_acquire` (the
+ * cache adds the namespace and the lock suffix). For stampede monitoring, and for
+ * tests that must release only once N callers wait (poll it; never sleep a fixed
+ * time and hope).
+ *
+ * Counts only this cache handle's callers in this process: callers in other
+ * processes, or of another handle opened on the same server, are not counted. An
+ * empty key has no waiters (0). Sends nothing to the backend.
+ *
+ * On success, `*count_out` is the count.
+ *
+ * Errors: `AIOLOCK_INVALID_ARGUMENT` (NULL `cache` or `count_out`, NULL `key` with a
+ * length other than 0).
+ *
+ * # Safety
+ *
+ * `cache` must be NULL or a live cache; `key` must be NULL or valid for reads of
+ * `key_len` bytes; `count_out` must be NULL or valid for a write.
+ */
+enum aiolock_status aiolock_cache_waiting(const struct aiolock_cache *cache,
+                                          const uint8_t *key,
+                                          size_t key_len,
+                                          size_t *count_out);
+
+/**
  * The library's version, e.g. `"0.1.0"`: a static string, never freed.
  */
 const char *aiolock_version(void);

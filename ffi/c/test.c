@@ -38,6 +38,24 @@ static void sleep_ms(long ms) {
     nanosleep(&ts, NULL);
 }
 
+/* Polls until exactly `n` callers of `cache` wait for the lock on `key`
+ * (aiolock_cache_waiting): the ordering hook of the tests, instead of a sleep that
+ * hopes the other thread got there. False after a generous limit (30 s). */
+static bool wait_for_waiters(const aiolock_cache *cache, const char *key, size_t n) {
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    size_t count = 0;
+    for (;;) {
+        if (aiolock_cache_waiting(cache, KEY(key), &count) != AIOLOCK_OK) return false;
+        if (count == n) return true;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec - start.tv_sec > 30) break;
+        sleep_ms(1);
+    }
+    fprintf(stderr, "%zu callers waited for %s, not %zu\n", count, key, n);
+    return false;
+}
+
 /* The cache under test: $AIOLOCK_TEST_URL, memory:// by default. */
 static const char *test_url(void) {
     const char *url = getenv("AIOLOCK_TEST_URL");
@@ -169,6 +187,14 @@ static void *wait_for_o(void *arg) {
     return NULL;
 }
 
+static void *wait_for_w(void *arg) {
+    struct waiter *w = arg;
+    aiolock_lock *lock = NULL;
+    w->status = aiolock_acquire(w->cache, KEY("w"), 30.0, AIOLOCK_WAIT_DEFAULT, &lock, &w->outcome);
+    if (w->status == AIOLOCK_OK) aiolock_release(lock, NULL);
+    return NULL;
+}
+
 static void test_released_outcome(void) {
     aiolock_cache *cache = open_cache();
     aiolock_lock *held = NULL;
@@ -177,12 +203,53 @@ static void test_released_outcome(void) {
     struct waiter w = {cache, -1, 0};
     pthread_t t;
     pthread_create(&t, NULL, wait_for_o, &w);
-    sleep_ms(50);
+    CHECK(wait_for_waiters(cache, "r", 1)); /* release only once it waits */
     bool removed = false;
     CHECK(aiolock_release(held, &removed) == AIOLOCK_OK && removed);
     pthread_join(t, NULL);
     CHECK(w.status == AIOLOCK_OK);
     CHECK(w.outcome == AIOLOCK_RELEASED);
+    aiolock_cache_free(cache);
+}
+
+/* aiolock_cache_waiting counts the callers that wait, only while they wait, per key,
+ * and refuses NULL like every function, writing nothing then. */
+static void test_waiting(void) {
+    aiolock_cache *cache = open_cache();
+    size_t count = 7;
+    CHECK(aiolock_cache_waiting(cache, KEY("w"), &count) == AIOLOCK_OK && count == 0);
+    aiolock_lock *held = NULL, *other = NULL;
+    aiolock_outcome outcome = 0;
+    CHECK(aiolock_acquire(cache, KEY("w"), 30.0, AIOLOCK_WAIT_DEFAULT, &held, &outcome) == AIOLOCK_OK);
+    CHECK(aiolock_cache_waiting(cache, KEY("w"), &count) == AIOLOCK_OK && count == 0);
+    struct waiter w = {cache, -1, 0};
+    pthread_t t;
+    pthread_create(&t, NULL, wait_for_w, &w);
+    CHECK(wait_for_waiters(cache, "w", 1));
+    CHECK(aiolock_cache_waiting(cache, KEY("other"), &count) == AIOLOCK_OK && count == 0);
+    CHECK(aiolock_cache_waiting(cache, NULL, 0, &count) == AIOLOCK_OK && count == 0); /* empty key */
+    CHECK(aiolock_release(held, NULL) == AIOLOCK_OK);
+    pthread_join(t, NULL);
+    CHECK(w.status == AIOLOCK_OK && w.outcome == AIOLOCK_RELEASED);
+    CHECK(aiolock_cache_waiting(cache, KEY("w"), &count) == AIOLOCK_OK && count == 0);
+    /* A waiter whose bound passed is no longer counted. */
+    CHECK(aiolock_acquire(cache, KEY("w"), 30.0, 0.0, &held, &outcome) == AIOLOCK_OK);
+    CHECK(aiolock_acquire(cache, KEY("w"), 30.0, 0.02, &other, &outcome) == AIOLOCK_OK);
+    CHECK(outcome == AIOLOCK_TIMED_OUT);
+    CHECK(aiolock_cache_waiting(cache, KEY("w"), &count) == AIOLOCK_OK && count == 0);
+    CHECK(aiolock_release(other, NULL) == AIOLOCK_OK);
+    CHECK(aiolock_release(held, NULL) == AIOLOCK_OK);
+
+    /* Errors: NULL cache, NULL key with a length, NULL output; the output untouched. */
+    const aiolock_status BAD = AIOLOCK_INVALID_ARGUMENT;
+    count = 7;
+    CHECK(aiolock_cache_waiting(NULL, KEY("w"), &count) == BAD);
+    CHECK(strstr(aiolock_last_error_message(), "cache") != NULL);
+    CHECK(aiolock_cache_waiting(cache, NULL, 1, &count) == BAD);
+    CHECK(strstr(aiolock_last_error_message(), "key") != NULL);
+    CHECK(aiolock_cache_waiting(cache, KEY("w"), NULL) == BAD);
+    CHECK(strstr(aiolock_last_error_message(), "count_out") != NULL);
+    CHECK(count == 7);
     aiolock_cache_free(cache);
 }
 
@@ -468,6 +535,7 @@ static atomic_int computed;
 struct stampede {
     aiolock_cache *cache;
     int ok;
+    int others_waited; /* the computing thread: the others all waited for it */
 };
 
 static void *stampede_worker(void *arg) {
@@ -484,13 +552,15 @@ static void *stampede_worker(void *arg) {
         }
         aiolock_lock *lock = NULL;
         aiolock_outcome outcome = 0;
-        if (aiolock_acquire(s->cache, KEY("report"), 5.0, AIOLOCK_WAIT_DEFAULT, &lock, &outcome) != AIOLOCK_OK)
+        if (aiolock_acquire(s->cache, KEY("report"), 30.0, AIOLOCK_WAIT_DEFAULT, &lock, &outcome) != AIOLOCK_OK)
             return NULL;
         if (outcome == AIOLOCK_ACQUIRED) {
             /* Another thread may have computed between our get and our acquire. */
             if (aiolock_cache_get(s->cache, KEY("report"), &value, &len, &found) == AIOLOCK_OK && !found) {
                 atomic_fetch_add(&computed, 1);
-                sleep_ms(50); /* the expensive part */
+                /* The expensive part lasts until every other thread found the cache
+                 * empty and waits for this one: nothing is stored before. */
+                s->others_waited = wait_for_waiters(s->cache, "report", STAMPEDE_THREADS - 1);
                 aiolock_cache_set(s->cache, KEY("report"), KEY("computed"), AIOLOCK_NO_EXPIRY);
             }
             aiolock_buffer_free(value, len);
@@ -506,15 +576,17 @@ static void test_stampede(void) {
     struct stampede args[STAMPEDE_THREADS];
     atomic_store(&computed, 0);
     for (int i = 0; i < STAMPEDE_THREADS; i++) {
-        args[i] = (struct stampede){cache, 0};
+        args[i] = (struct stampede){cache, 0, 0};
         pthread_create(&threads[i], NULL, stampede_worker, &args[i]);
     }
-    int ok = 0;
+    int ok = 0, waited = 0;
     for (int i = 0; i < STAMPEDE_THREADS; i++) {
         pthread_join(threads[i], NULL);
         ok += args[i].ok;
+        waited += args[i].others_waited;
     }
     CHECK(atomic_load(&computed) == 1);
+    CHECK(waited == 1);
     CHECK(ok == STAMPEDE_THREADS);
     aiolock_cache_free(cache);
 }
@@ -525,6 +597,7 @@ int main(void) {
     test_get_set_add_delete();
     test_outcomes();
     test_released_outcome();
+    test_waiting();
     test_stale_release_is_owner_checked();
     test_optimistic();
     test_null_for_every_pointer();

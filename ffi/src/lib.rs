@@ -585,6 +585,46 @@ pub unsafe extern "C" fn aiolock_cache_delete(
     })
 }
 
+/// How many callers of `cache` in this process are waiting for the RedLock on `key`
+/// right now: their `aiolock_acquire` found the lock held and waits for its release,
+/// its lease end or its own bound. `key` is the key given to `aiolock_acquire` (the
+/// cache adds the namespace and the lock suffix). For stampede monitoring, and for
+/// tests that must release only once N callers wait (poll it; never sleep a fixed
+/// time and hope).
+///
+/// Counts only this cache handle's callers in this process: callers in other
+/// processes, or of another handle opened on the same server, are not counted. An
+/// empty key has no waiters (0). Sends nothing to the backend.
+///
+/// On success, `*count_out` is the count.
+///
+/// Errors: `AIOLOCK_INVALID_ARGUMENT` (NULL `cache` or `count_out`, NULL `key` with a
+/// length other than 0).
+///
+/// # Safety
+///
+/// `cache` must be NULL or a live cache; `key` must be NULL or valid for reads of
+/// `key_len` bytes; `count_out` must be NULL or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_cache_waiting(
+    cache: *const aiolock_cache,
+    key: *const u8,
+    key_len: usize,
+    count_out: *mut usize,
+) -> aiolock_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let cache = unsafe { handle(cache, "cache") }?;
+        // SAFETY: the caller's contract.
+        let key = unsafe { bytes(key, key_len, "key") }?;
+        let count_out = out(count_out, "count_out")?;
+        let count = cache.cache.waiting(key);
+        // SAFETY: checked non-NULL; valid for a write by the caller's contract.
+        unsafe { count_out.write(count) };
+        Ok(())
+    })
+}
+
 /// The library's version, e.g. `"0.1.0"`: a static string, never freed.
 #[unsafe(no_mangle)]
 pub extern "C" fn aiolock_version() -> *const c_char {
