@@ -207,6 +207,20 @@ func (c *Cache) Delete(key string) (bool, error) {
 	return bool(deleted), err
 }
 
+// Waiting returns how many callers of this cache in this process are waiting for
+// the RedLock on key right now (their Acquire found it held): for stampede
+// monitoring, and for tests that must release only once N callers wait (poll it;
+// never sleep a fixed time and hope). Callers in other processes, or of another
+// Cache opened on the same server, are not counted. It sends nothing to the backend.
+func (c *Cache) Waiting(key string) (int, error) {
+	k, kn := bytesOf(key)
+	var count C.size_t
+	err := c.with(func(p *C.aiolock_cache) C.enum_aiolock_status {
+		return C.aiolock_cache_waiting(p, k, kn, &count)
+	})
+	return int(count), err
+}
+
 // Outcome says how Acquire ended.
 type Outcome int
 

@@ -47,6 +47,23 @@ func open(t testing.TB) *Cache {
 	return c
 }
 
+// waitForWaiters polls until exactly n callers of c wait for the lock on key: the
+// ordering hook of the tests, instead of a sleep that hopes the other goroutine got
+// there. It fails after a generous limit.
+func waitForWaiters(c *Cache, key string, n int) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		count, err := c.Waiting(key)
+		if err != nil || count == n {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d callers waited for %q, not %d", count, key, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func TestVersion(t *testing.T) {
 	if Version() == "" {
 		t.Fatal("empty version")
@@ -103,7 +120,9 @@ func TestOutcomes(t *testing.T) {
 		l.Release()
 		done <- l.Outcome()
 	}()
-	time.Sleep(50 * time.Millisecond)
+	if err := waitForWaiters(c, "o", 1); err != nil { // release only once it waits
+		t.Fatal(err)
+	}
 	if removed, err := held.Release(); err != nil || !removed {
 		t.Fatalf("release: %v %v", removed, err)
 	}
@@ -113,6 +132,50 @@ func TestOutcomes(t *testing.T) {
 	// Release consumes: a second one cannot reach the freed handle.
 	if _, err := held.Release(); !errors.Is(err, ErrClosed) {
 		t.Fatalf("double release: %v", err)
+	}
+}
+
+// Waiting counts the callers that wait, only while they wait, per key.
+func TestWaiting(t *testing.T) {
+	c := open(t)
+	if n, err := c.Waiting("w"); err != nil || n != 0 {
+		t.Fatalf("nobody waits: %v %v", n, err)
+	}
+	held, err := c.Acquire("w", 30*time.Second)
+	if err != nil || held.Outcome() != Acquired {
+		t.Fatalf("first: %v %v", held, err)
+	}
+	done := make(chan Outcome, 3)
+	for i := 0; i < 3; i++ {
+		go func() {
+			l, err := c.Acquire("w", 30*time.Second)
+			if err != nil {
+				t.Error(err)
+				done <- 0
+				return
+			}
+			l.Release()
+			done <- l.Outcome()
+		}()
+	}
+	if err := waitForWaiters(c, "w", 3); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.Waiting("other"); err != nil || n != 0 {
+		t.Fatalf("another key: %v %v", n, err)
+	}
+	held.Release()
+	for i := 0; i < 3; i++ {
+		if o := <-done; o != Released {
+			t.Fatalf("waiter: %v", o)
+		}
+	}
+	if n, err := c.Waiting("w"); err != nil || n != 0 {
+		t.Fatalf("after the release: %v %v", n, err)
+	}
+	c.Close()
+	if _, err := c.Waiting("w"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("closed cache: %v", err)
 	}
 }
 
@@ -234,7 +297,7 @@ func TestStampede(t *testing.T) {
 					values[g] = string(v)
 					return
 				}
-				l, err := c.Acquire("report", 5*time.Second)
+				l, err := c.Acquire("report", 30*time.Second)
 				if err != nil {
 					t.Error(err)
 					return
@@ -242,7 +305,11 @@ func TestStampede(t *testing.T) {
 				if l.Outcome() == Acquired {
 					if _, found, _ := c.Get("report"); !found {
 						atomic.AddInt32(&computed, 1)
-						time.Sleep(50 * time.Millisecond)
+						// The expensive part lasts until every other goroutine found
+						// the cache empty and waits for this one.
+						if err := waitForWaiters(c, "report", len(values)-1); err != nil {
+							t.Error(err)
+						}
 						c.Set("report", []byte("computed"), 0)
 					}
 				}
@@ -270,7 +337,8 @@ func TestFinalizerReleases(t *testing.T) {
 			t.Fatal("not acquired")
 		}
 	}()
-	for i := 0; i < 50; i++ {
+	// Polled: the finalizer runs on its own goroutine some time after a GC.
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
 		runtime.GC()
 		time.Sleep(10 * time.Millisecond)
 		l, err := c.Acquire("f", time.Minute, WaitAtMost(0))

@@ -43,6 +43,7 @@ module Aiolock
     attach_function :aiolock_cache_set, %i[cache pointer size_t pointer size_t double], :int, blocking: true
     attach_function :aiolock_cache_add, %i[cache pointer size_t pointer size_t double pointer], :int, blocking: true
     attach_function :aiolock_cache_delete, %i[cache pointer size_t pointer], :int, blocking: true
+    attach_function :aiolock_cache_waiting, %i[cache pointer size_t pointer], :int
   end
 
   # Status codes (stable numbers, see include/aiolock.h).
@@ -191,6 +192,19 @@ module Aiolock
         with_handle { |h| Aiolock.check(Native.aiolock_cache_delete(h, k, kn, deleted)) }
       end
       deleted.read(:bool)
+    end
+
+    # How many callers of this cache in this process are waiting for the RedLock on
+    # key right now (their acquire found it held): for stampede monitoring, and for
+    # tests that must release only once N callers wait (poll it; never sleep a fixed
+    # time and hope). Callers in other processes, or of another Cache opened on the
+    # same server, are not counted. Sends nothing to the backend.
+    def waiting(key)
+      count = FFI::MemoryPointer.new(:size_t)
+      Aiolock.with_bytes(key) do |k, kn|
+        with_handle { |h| Aiolock.check(Native.aiolock_cache_waiting(h, k, kn, count)) }
+      end
+      count.read(:size_t)
     end
 
     # Takes the RedLock on key (held at most lease seconds) or waits for its holder

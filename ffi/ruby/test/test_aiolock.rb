@@ -29,6 +29,17 @@ class TestAiolock < Minitest::Test
     @cache.close
   end
 
+  # Polls until exactly n callers of cache wait for the lock on key: the ordering hook
+  # of the tests, instead of a sleep that hopes the other thread got there. Fails
+  # after a generous limit.
+  def wait_for_waiters(cache, key, n)
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 30
+    until (count = cache.waiting(key)) == n
+      flunk "#{count} callers waited for #{key.inspect}, not #{n}" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+      sleep 0.001
+    end
+  end
+
   def test_version
     refute_empty Aiolock.version
   end
@@ -62,10 +73,24 @@ class TestAiolock < Minitest::Test
     assert held.acquired?
     assert_equal :timed_out, @cache.redlock("o", lease: 5.0, wait: 0) { |o| o }
     waiter = Thread.new { @cache.redlock("o", lease: 5.0) { |o| o } }
-    sleep 0.05
+    wait_for_waiters(@cache, "o", 1) # release only once it waits
     assert held.release
     assert_equal :released, waiter.value
     assert_raises(Aiolock::Closed) { held.release }
+  end
+
+  def test_waiting
+    assert_equal 0, @cache.waiting("w")
+    held = @cache.acquire("w", lease: 30.0)
+    waiters = Array.new(3) { Thread.new { @cache.redlock("w", lease: 30.0) { |o| o } } }
+    wait_for_waiters(@cache, "w", 3)
+    assert_equal 0, @cache.waiting("other")
+    assert held.release
+    assert_equal [:released] * 3, waiters.map(&:value)
+    assert_equal 0, @cache.waiting("w")
+    cache = Aiolock::Cache.open("memory://")
+    cache.close
+    assert_raises(Aiolock::Closed) { cache.waiting("w") }
   end
 
   def test_stale_release_is_owner_checked
@@ -133,12 +158,18 @@ class TestAiolock < Minitest::Test
   # close waits for the calls in flight on other threads instead of freeing under them.
   def test_close_waits_for_calls_in_flight
     cache = Aiolock::Cache.open("memory://")
-    held = cache.acquire("k", lease: 5.0)
-    waiter = Thread.new { cache.redlock("k", lease: 5.0, wait: 0.2) { |o| o } }
-    sleep 0.05
-    cache.close
-    assert_equal :timed_out, waiter.value
+    held = cache.acquire("k", lease: 30.0)
+    waiter = Thread.new { cache.redlock("k", lease: 30.0) { |o| o } }
+    wait_for_waiters(cache, "k", 1) # the call is in flight
+    closer = Thread.new { cache.close }
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 30
+    sleep 0.001 until closer.stop? || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+    assert closer.alive?, "close returned while a call was in flight"
+    # The waiter ends only with this release: close cannot have freed the cache yet.
     assert held.release
+    assert_equal :released, waiter.value
+    closer.join
+    assert cache.closed?
   end
 
   def test_panic_is_an_error_and_the_process_lives
@@ -156,10 +187,12 @@ class TestAiolock < Minitest::Test
         value = nil
         100.times do
           value = @cache.get("report") and break
-          @cache.redlock("report", lease: 5.0) do |outcome|
+          @cache.redlock("report", lease: 30.0) do |outcome|
             if outcome == :acquired && @cache.get("report").nil?
               mutex.synchronize { computed += 1 }
-              sleep 0.05
+              # The expensive part lasts until every other thread found the cache
+              # empty and waits for this one.
+              wait_for_waiters(@cache, "report", 15)
               @cache.set("report", "computed")
             end
           end
@@ -171,20 +204,16 @@ class TestAiolock < Minitest::Test
     assert_equal 1, computed
   end
 
-  # blocking: true releases the GVL: another thread keeps running during a wait.
+  # blocking: true releases the GVL: another thread keeps running during a wait. Here
+  # it sees the waiter waiting and releases the lock, which wakes the waiter; with the
+  # GVL held by the waiting call, this thread could not run until the wait bound
+  # passed, and the waiter would time out.
   def test_other_threads_run_while_one_waits
-    held = @cache.acquire("w", lease: 5.0)
-    ticks = 0
-    ticker = Thread.new do
-      loop do
-        ticks += 1
-        sleep 0.01
-      end
-    end
-    outcome = @cache.redlock("w", lease: 5.0, wait: 0.3) { |o| o }
-    ticker.kill.join
-    held.release
-    assert_equal :timed_out, outcome
-    assert_operator ticks, :>=, 15, "the VM stalled during the wait"
+    held = @cache.acquire("w", lease: 30.0)
+    waiter = Thread.new { @cache.redlock("w", lease: 30.0, wait: 10.0) { |o| o } }
+    sleep 0.001 until @cache.waiting("w") == 1 || !waiter.alive?
+    assert waiter.alive?, -> { "the VM stalled during the wait (the waiter returned #{waiter.value})" }
+    assert held.release
+    assert_equal :released, waiter.value
   end
 end
