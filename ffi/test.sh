@@ -90,9 +90,13 @@ for _ in $(seq 200); do [ -S "$redis_dir/redis.sock" ] && break; sleep 0.05; don
 url="redis+unix://$redis_dir/redis.sock?namespace=cross:"
 gcc "${cflags[@]}" ffi/c/wait.c "${shared[@]}" -o "$tmp/wait"
 (cd ffi/go && CGO_LDFLAGS="-L$lib -Wl,-rpath,$lib" go build -o "$tmp/aiolock-hold" ./cmd/aiolock-hold)
-"$tmp/aiolock-hold" "$url" report 1500 >"$tmp/hold.out" &
+# The holder releases when a line arrives on its standard input (the fifo), written
+# once both waiters wait: no sleep orders the processes.
+mkfifo "$tmp/hold.in"
+"$tmp/aiolock-hold" "$url" report <"$tmp/hold.in" >"$tmp/hold.out" &
 hold_pid=$!
-for _ in $(seq 200); do grep -q held "$tmp/hold.out" && break; sleep 0.05; done
+exec 3>"$tmp/hold.in"
+for _ in $(seq 600); do grep -q held "$tmp/hold.out" && break; sleep 0.05; done
 grep -q held "$tmp/hold.out" || { echo "the Go holder never took the lock" >&2; exit 1; }
 "$tmp/wait" "$url" report >"$tmp/c.out" &
 c_pid=$!
@@ -104,6 +108,17 @@ AIOLOCK_LIB="$lib/libaiolock.so" ruby -Iffi/ruby/lib -e '
   lock.release
 ' "$url" >"$tmp/ruby.out" &
 ruby_pid=$!
+# A waiter subscribes to the lock's release channel after its claim lost (and before
+# it re-checks the key): two subscribers, one per waiting process, and both wait.
+channel=aiolock:release:cross:report-lock
+for _ in $(seq 600); do
+  subscribers=$(redis-cli -s "$redis_dir/redis.sock" pubsub numsub "$channel" | tail -n 1)
+  [ "$subscribers" = 2 ] && break
+  sleep 0.05
+done
+[ "$subscribers" = 2 ] || { echo "the C and Ruby waiters never both waited ($subscribers subscribers)" >&2; exit 1; }
+echo release >&3
+exec 3>&-
 wait "$hold_pid" || { echo "the Go holder failed" >&2; exit 1; }
 wait "$c_pid" || { echo "the C waiter failed" >&2; exit 1; }
 wait "$ruby_pid" || { echo "the Ruby waiter failed" >&2; exit 1; }

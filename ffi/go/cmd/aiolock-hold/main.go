@@ -1,14 +1,16 @@
-// Command aiolock-hold takes a RedLock, says so, holds it for a while, stores a value
-// and releases it: the holder side of the cross-language test (ffi/test.sh), where
-// waiters in other processes and languages must wake on its release.
+// Command aiolock-hold takes a RedLock, says so, holds it until a line (or the end of
+// input) arrives on its standard input, stores a value and releases it: the holder
+// side of the cross-language test (ffi/test.sh), where waiters in other processes and
+// languages must wake on its release. The test writes that line once the waiters
+// wait (it watches their subscriptions), so no sleep orders the processes.
 //
-//	aiolock-hold URL KEY HOLD_MS
+//	aiolock-hold URL KEY
 package main
 
 import (
+	"bufio"
 	"fmt"
 	"os"
-	"strconv"
 	"time"
 
 	"aiolock"
@@ -22,14 +24,10 @@ func main() {
 }
 
 func run(args []string) error {
-	if len(args) != 3 {
-		return fmt.Errorf("usage: aiolock-hold URL KEY HOLD_MS")
+	if len(args) != 2 {
+		return fmt.Errorf("usage: aiolock-hold URL KEY")
 	}
 	url, key := args[0], args[1]
-	holdMs, err := strconv.Atoi(args[2])
-	if err != nil {
-		return err
-	}
 	cache, err := aiolock.Open(url)
 	if err != nil {
 		return err
@@ -43,7 +41,8 @@ func run(args []string) error {
 		return fmt.Errorf("expected to acquire %q, got %v", key, lock.Outcome())
 	}
 	fmt.Println("held")
-	time.Sleep(time.Duration(holdMs) * time.Millisecond)
+	// A line or EOF: release. A read error also ends the hold (the lock must go).
+	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
 	if err := cache.Set(key, []byte("computed by go"), 0); err != nil {
 		return err
 	}
