@@ -64,7 +64,26 @@ static const char *test_url(void) {
 
 /* memcached keeps TTLs in whole seconds: short leases and TTLs take longer there. */
 static double short_secs(void) { return strncmp(test_url(), "memcached", 9) == 0 ? 1.0 : 0.05; }
-static long past_short_ms(void) { return strncmp(test_url(), "memcached", 9) == 0 ? 2100 : 100; }
+/* How long after its short TTL a key may still live: memcached sends a TTL of
+ * ceil(ttl + 0.25) + 2 whole seconds on its coarse clock (a key lives less than
+ * ttl + 4.5 s), so that a lease is a floor. */
+static long expiry_slack_ms(void) { return strncmp(test_url(), "memcached", 9) == 0 ? 5000 : 500; }
+
+/* Polls until `key` is gone (its short TTL ended); false if it outlives the slack. */
+static bool wait_until_gone(const aiolock_cache *cache, const char *key) {
+    long waited = 0, limit = (long)(short_secs() * 1000) + expiry_slack_ms();
+    for (;;) {
+        uint8_t *value = NULL;
+        size_t len = 0;
+        bool found = true;
+        if (aiolock_cache_get(cache, KEY(key), &value, &len, &found) != AIOLOCK_OK) return false;
+        aiolock_buffer_free(value, len);
+        if (!found) return true;
+        if (waited > limit) return false;
+        sleep_ms(10);
+        waited += 10;
+    }
+}
 
 /* Opens the cache under test in a namespace of its own, so that leftovers on a shared
  * server never meet a test. */
@@ -139,9 +158,7 @@ static void test_get_set_add_delete(void) {
 
     /* TTLs: a short one expires. */
     CHECK(aiolock_cache_set(cache, KEY("short"), KEY("v"), short_secs()) == AIOLOCK_OK);
-    sleep_ms(past_short_ms());
-    CHECK(aiolock_cache_get(cache, KEY("short"), &value, &len, &found) == AIOLOCK_OK);
-    CHECK(!found);
+    CHECK(wait_until_gone(cache, "short"));
     aiolock_cache_free(cache);
 }
 
@@ -260,7 +277,7 @@ static void test_stale_release_is_owner_checked(void) {
     bool removed = true;
     CHECK(aiolock_acquire(cache, KEY("s"), short_secs(), 0.0, &stale, &outcome) == AIOLOCK_OK);
     CHECK(outcome == AIOLOCK_ACQUIRED);
-    sleep_ms(past_short_ms()); /* the lease ends */
+    CHECK(wait_until_gone(cache, "s-lock")); /* the lease ends */
     CHECK(aiolock_acquire(cache, KEY("s"), 5.0, 0.0, &current, &outcome) == AIOLOCK_OK);
     CHECK(outcome == AIOLOCK_ACQUIRED);
     /* The stale holder's release must not remove the current holder's lock. */

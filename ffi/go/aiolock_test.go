@@ -20,13 +20,36 @@ func testURL() string {
 	return "memory://"
 }
 
-// shortLease is a lease or TTL that ends soon (memcached counts whole seconds), and
-// pastShort a wait that outlasts it.
-func shortLease() (time.Duration, time.Duration) {
+// shortLease is a lease or TTL that ends soon (memcached counts whole seconds).
+func shortLease() time.Duration {
 	if strings.HasPrefix(testURL(), "memcached") {
-		return time.Second, 2100 * time.Millisecond
+		return time.Second
 	}
-	return 50 * time.Millisecond, 100 * time.Millisecond
+	return 50 * time.Millisecond
+}
+
+// waitUntilGone polls until key is gone (its short TTL ended). memcached sends a TTL
+// of ceil(ttl + 0.25 s) + 2 whole seconds on its coarse clock (a key lives less than
+// ttl + 4.5 s), so that a lease is a floor.
+func waitUntilGone(t testing.TB, c *Cache, key string) {
+	t.Helper()
+	slack := 500 * time.Millisecond
+	if strings.HasPrefix(testURL(), "memcached") {
+		slack = 5 * time.Second
+	}
+	for deadline := time.Now().Add(shortLease() + slack); ; {
+		_, found, err := c.Get(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !found {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%q outlived its TTL", key)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 var opened int32
@@ -181,9 +204,8 @@ func TestWaiting(t *testing.T) {
 
 func TestStaleReleaseIsOwnerChecked(t *testing.T) {
 	c := open(t)
-	lease, past := shortLease()
-	stale, _ := c.Acquire("s", lease)
-	time.Sleep(past)
+	stale, _ := c.Acquire("s", shortLease())
+	waitUntilGone(t, c, "s-lock") // the lease ends
 	current, err := c.Acquire("s", 5*time.Second, WaitAtMost(0))
 	if err != nil || current.Outcome() != Acquired {
 		t.Fatalf("%v %v", current, err)
