@@ -27,6 +27,51 @@ fn proxied(server: &MemcachedServer, options: &str) -> (Proxy, String) {
     (proxy, url)
 }
 
+/// One test body, both flavors: `$name::blocking::run` and `$name::nonblocking::run`,
+/// each with a fresh server on a unix socket and the flavor's `Cache` in scope. The
+/// body is written async (`.await`); the blocking copy has them stripped.
+macro_rules! both_flavors {
+    ($(#[$doc:meta])* $name:ident($server:ident) $body:block) => {
+        $(#[$doc])*
+        mod $name {
+            mod blocking {
+                #[allow(unused_imports)]
+                use super::super::*;
+                #[allow(unused_imports)]
+                use aiolock::blocking::Cache;
+                use maybe_async::must_be_sync as maybe_async;
+
+                #[maybe_async]
+                async fn body($server: &MemcachedServer) $body
+
+                #[test]
+                fn run() {
+                    body(&MemcachedServer::start());
+                }
+            }
+
+            mod nonblocking {
+                #[allow(unused_imports)]
+                use super::super::*;
+                #[allow(unused_imports)]
+                use aiolock::Cache;
+                use maybe_async::must_be_async as maybe_async;
+
+                #[maybe_async]
+                async fn body($server: &MemcachedServer) $body
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn run() {
+                    let server = tokio::task::spawn_blocking(MemcachedServer::start)
+                        .await
+                        .unwrap();
+                    body(&server).await;
+                }
+            }
+        }
+    };
+}
+
 /// Polls until `key` is gone (a real TTL running out), at most `patience`.
 fn wait_gone(cache: &aiolock::blocking::Cache, key: &str, patience: Duration) -> Duration {
     let start = Instant::now();
@@ -740,48 +785,33 @@ fn warm_cache(url: &str) -> aiolock::blocking::Cache {
     cache
 }
 
-/// The server runs the claim (`ms ME`) and its reply is lost: the claim reads the key
-/// back and finds its own token, so it holds the lock (not "held by someone", which
-/// would leave the lock held by nobody for the whole lease), and releases it.
-#[test]
-fn a_claim_whose_reply_was_lost_is_won() {
-    let server = MemcachedServer::start();
-    let (proxy, url) = proxied(&server, "pool_size=1");
-    let cache = warm_cache(&url);
-    proxy.lose_reply_after(b" ME ");
-    let guard = cache
-        .redlock("job", Duration::from_secs(30))
-        .wait_at_most(Duration::from_secs(1))
-        .acquire()
-        .unwrap();
-    assert_eq!(proxy.sent(b" ME "), 1, "the claim is not sent twice");
-    assert_eq!(guard.outcome(), Outcome::Acquired);
-    assert_eq!(
-        cache.get("job-lock").unwrap().as_deref(),
-        Some(guard.token().unwrap().as_bytes())
-    );
-    assert!(guard.release().unwrap(), "the lock is releasable");
-    assert!(!cache.exists("job-lock").unwrap());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claim_whose_reply_was_lost_is_won_async() {
-    let server = tokio::task::spawn_blocking(MemcachedServer::start)
-        .await
-        .unwrap();
-    let (proxy, url) = proxied(&server, "pool_size=1");
-    let cache = aiolock::Cache::from_url(&url).await.unwrap();
-    cache.get("warm").await.unwrap();
-    proxy.lose_reply_after(b" ME ");
-    let guard = cache
-        .redlock("job", Duration::from_secs(30))
-        .wait_at_most(Duration::from_secs(1))
-        .acquire()
-        .await
-        .unwrap();
-    assert_eq!(guard.outcome(), Outcome::Acquired);
-    assert!(guard.release().await.unwrap());
-}
+both_flavors!(
+    /// The server runs the claim (`ms ME`) and its reply is lost: the claim reads the
+    /// key back and finds its own token, so it holds the lock (not "held by someone",
+    /// which would leave the lock held by nobody for the whole lease), and releases it.
+    a_claim_whose_reply_was_lost_is_won(server) {
+        let (proxy, url) = proxied(server, "pool_size=1");
+        let cache = Cache::from_url(&url).await.unwrap();
+        // One pooled connection open, so that the reply is lost on a reused one
+        // (where the old client resent everything).
+        cache.get("warm").await.unwrap();
+        proxy.lose_reply_after(b" ME ");
+        let guard = cache
+            .redlock("job", Duration::from_secs(30))
+            .wait_at_most(Duration::from_secs(1))
+            .acquire()
+            .await
+            .unwrap();
+        assert_eq!(proxy.sent(b" ME "), 1, "the claim is not sent twice");
+        assert_eq!(guard.outcome(), Outcome::Acquired);
+        let stored = cache.get("job-lock").await.unwrap();
+        assert_eq!(stored.as_deref(), Some(guard.token().unwrap().as_bytes()));
+        let released = guard.release().await.unwrap();
+        assert!(released, "the lock is releasable");
+        let left = cache.exists("job-lock").await.unwrap();
+        assert!(!left);
+    }
+);
 
 /// A claim that lost to a holder, whose `NS` was lost: reading back names the holder,
 /// and the waiter wakes on that holder's release.
@@ -902,130 +932,67 @@ fn a_release_whose_reply_was_lost_says_the_outcome_is_unknown() {
     assert!(!cache.exists("job-lock").unwrap());
 }
 
-/// A waiter's bound holds even when the server stops answering mid-wait: each poll
-/// runs by the waiter's deadline, not the 2 s response timeout.
-#[test]
-fn a_waiter_returns_by_its_bound_when_replies_stall() {
-    let server = MemcachedServer::start();
-    let direct = aiolock::blocking::Cache::from_url(&server.url()).unwrap();
-    let holder = direct
-        .redlock("job", Duration::from_secs(30))
-        .acquire()
-        .unwrap();
-    let (proxy, url) = proxied(&server, "pool_size=1&response_timeout=2");
-    let cache = warm_cache(&url);
-    // Replies on the connection that polls the lock come 5 s late.
-    proxy.delay_down(Duration::from_secs(5), Some(b"v t"));
-    let bound = Duration::from_millis(50);
-    let start = Instant::now();
-    let guard = cache
-        .redlock("job", Duration::from_secs(30))
-        .wait_at_most(bound)
-        .acquire()
-        .unwrap();
-    let took = start.elapsed();
-    assert_eq!(guard.outcome(), Outcome::TimedOut);
-    assert!(
-        took < bound + Duration::from_millis(300),
-        "returned after {took:?}"
-    );
-    proxy.clear();
-    drop(holder);
-}
+both_flavors!(
+    /// A waiter's bound holds even when the server stops answering mid-wait: each
+    /// poll runs by the waiter's deadline, not the 2 s response timeout.
+    a_waiter_returns_by_its_bound_when_replies_stall(server) {
+        let direct = Cache::from_url(&server.url()).await.unwrap();
+        let lease = Duration::from_secs(30);
+        let holder = direct.redlock("job", lease).acquire().await.unwrap();
+        let (proxy, url) = proxied(server, "pool_size=1&response_timeout=2");
+        let cache = Cache::from_url(&url).await.unwrap();
+        cache.get("warm").await.unwrap();
+        // Replies on the connection that polls the lock come 5 s late.
+        proxy.delay_down(Duration::from_secs(5), Some(b"v t"));
+        let bound = Duration::from_millis(50);
+        let start = Instant::now();
+        let guard = cache
+            .redlock("job", lease)
+            .wait_at_most(bound)
+            .acquire()
+            .await
+            .unwrap();
+        let took = start.elapsed();
+        assert_eq!(guard.outcome(), Outcome::TimedOut);
+        assert!(took < bound + Duration::from_millis(300), "returned after {took:?}");
+        proxy.clear();
+        let released = holder.release().await.unwrap();
+        assert!(released);
+    }
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_waiter_returns_by_its_bound_when_replies_stall_async() {
-    let server = tokio::task::spawn_blocking(MemcachedServer::start)
-        .await
-        .unwrap();
-    let direct = aiolock::Cache::from_url(&server.url()).await.unwrap();
-    let holder = direct
-        .redlock("job", Duration::from_secs(30))
-        .acquire()
-        .await
-        .unwrap();
-    let (proxy, url) = proxied(&server, "pool_size=1&response_timeout=2");
-    let cache = aiolock::Cache::from_url(&url).await.unwrap();
-    proxy.delay_down(Duration::from_secs(5), Some(b"v t"));
-    let bound = Duration::from_millis(50);
-    let start = Instant::now();
-    let guard = cache
-        .redlock("job", Duration::from_secs(30))
-        .wait_at_most(bound)
-        .acquire()
-        .await
-        .unwrap();
-    let took = start.elapsed();
-    assert_eq!(guard.outcome(), Outcome::TimedOut);
-    assert!(took < bound + Duration::from_millis(300), "{took:?}");
-    proxy.clear();
-    assert!(holder.release().await.unwrap());
-}
+both_flavors!(
+    /// Against a stopped server (SIGSTOP) a request fails within about one response
+    /// timeout, an acquire too (its possible add is cleaned up in the background, not
+    /// by a second request under a second timeout), and opening a cache within the
+    /// connect and response timeouts.
+    calls_against_a_stopped_server_end_within_their_timeout(server) {
+        let timeout = Duration::from_millis(500);
+        let slack = Duration::from_millis(300);
+        let url = format!("{}?response_timeout=0.5&connect_timeout=0.5", server.url());
+        let cache = Cache::from_url(&url).await.unwrap();
+        server.pause();
+        let start = Instant::now();
+        let err = cache.add("k", b"v", None).await.unwrap_err();
+        let took = start.elapsed();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        assert!(took < timeout + slack, "add: {took:?}");
 
-/// Against a stopped server (SIGSTOP) a request fails within about one response
-/// timeout (an async acquire too), and opening a cache within the connect and
-/// response timeouts.
-#[test]
-fn calls_against_a_stopped_server_end_within_their_timeout() {
-    let server = MemcachedServer::start();
-    let timeout = Duration::from_millis(500);
-    let url = format!("{}?response_timeout=0.5&connect_timeout=0.5", server.url());
-    let cache = aiolock::blocking::Cache::from_url(&url).unwrap();
-    server.pause();
-    let start = Instant::now();
-    let err = cache.add("k", b"v", None).unwrap_err();
-    let took = start.elapsed();
-    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
-    assert!(took < timeout + Duration::from_millis(300), "add: {took:?}");
+        let start = Instant::now();
+        let lease = Duration::from_secs(30);
+        let err = cache.redlock("job", lease).acquire().await.unwrap_err();
+        let took = start.elapsed();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        assert!(took < timeout + slack, "acquire: {took:?}");
 
-    // A whole acquire too: its possible add is cleaned up in the background, not by
-    // a second request under a second timeout.
-    let start = Instant::now();
-    let err = cache
-        .redlock("job", Duration::from_secs(30))
-        .acquire()
-        .unwrap_err();
-    let took = start.elapsed();
-    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
-    assert!(
-        took < timeout + Duration::from_millis(300),
-        "acquire: {took:?}"
-    );
-
-    let start = Instant::now();
-    let err = aiolock::blocking::Cache::from_url(&url).unwrap_err();
-    let took = start.elapsed();
-    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
-    assert!(
-        took < 2 * timeout + Duration::from_millis(300),
-        "open: {took:?}"
-    );
-    server.resume();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_against_a_stopped_server_end_within_their_timeout_async() {
-    let server = tokio::task::spawn_blocking(MemcachedServer::start)
-        .await
-        .unwrap();
-    let timeout = Duration::from_millis(500);
-    let url = format!("{}?response_timeout=0.5&connect_timeout=0.5", server.url());
-    let cache = aiolock::Cache::from_url(&url).await.unwrap();
-    server.pause();
-    let start = Instant::now();
-    let err = cache
-        .redlock("job", Duration::from_secs(30))
-        .acquire()
-        .await
-        .unwrap_err();
-    let took = start.elapsed();
-    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
-    assert!(
-        took < timeout + Duration::from_millis(300),
-        "acquire: {took:?}"
-    );
-    server.resume();
-}
+        let start = Instant::now();
+        let err = Cache::from_url(&url).await.unwrap_err();
+        let took = start.elapsed();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        assert!(took < 2 * timeout + slack, "open: {took:?}");
+        server.resume();
+    }
+);
 
 /// memcached keys are at most 250 bytes, and a lock is stored under namespace + key +
 /// "-lock": get and set take a 250-byte key, a lock takes 245 bytes (namespace
