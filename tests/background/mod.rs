@@ -20,6 +20,17 @@ fn current_thread() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Asserts that the lock `k` of `cache` is free: one claim, no wait, takes it.
+async fn assert_free<B: aiolock::Backend>(cache: &aiolock::Cache<B>, why: &str) {
+    let next = cache
+        .redlock("k", LEASE)
+        .wait_at_most(Duration::ZERO)
+        .acquire()
+        .await
+        .unwrap();
+    assert_eq!(next.outcome(), Outcome::Acquired, "{why}");
+}
+
 /// Item 6: the memory store releases a dropped async guard inline, so the same task's
 /// next acquisition takes the lock (a spawned release would run only once this task
 /// waits, and the acquisition would end `Released`).
@@ -29,13 +40,7 @@ async fn memory_drop_then_acquire_in_one_task_acquires() {
     let guard = cache.redlock("k", LEASE).acquire().await.unwrap();
     assert!(guard.is_acquired());
     drop(guard);
-    let next = cache
-        .redlock("k", LEASE)
-        .wait_at_most(Duration::ZERO)
-        .acquire()
-        .await
-        .unwrap();
-    assert_eq!(next.outcome(), Outcome::Acquired);
+    assert_free(&cache, "the dropped guard released inline").await;
 }
 
 /// Item 6: a memory guard dropped outside any runtime is released all the same.
@@ -71,17 +76,7 @@ async fn release_dropped_at_its_await_still_releases_memory() {
         poll_once_then_drop(guard.release()).await,
         "the release was dropped at its await"
     );
-    let next = cache
-        .redlock("k", LEASE)
-        .wait_at_most(Duration::ZERO)
-        .acquire()
-        .await
-        .unwrap();
-    assert_eq!(
-        next.outcome(),
-        Outcome::Acquired,
-        "the dropped release released"
-    );
+    assert_free(&cache, "the dropped release released").await;
 }
 
 /// Item 7: under a paused tokio clock, an async waiter on a 300 ms lease sleeps until
@@ -192,17 +187,7 @@ mod redis {
             "the release was dropped at its await"
         );
         cache.flush().await;
-        let next = cache
-            .redlock("k", LEASE)
-            .wait_at_most(Duration::ZERO)
-            .acquire()
-            .await
-            .unwrap();
-        assert_eq!(
-            next.outcome(),
-            Outcome::Acquired,
-            "the dropped release released"
-        );
+        assert_free(&cache, "the dropped release released").await;
     }
 
     /// How long the server stays stopped after an acquisition failed.
