@@ -54,7 +54,13 @@ pub struct RedLock<B = AnyBackend> {
 
 impl<B> std::fmt::Debug for RedLock<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedLock")
+        self.debug_as("RedLock", f)
+    }
+}
+
+impl<B> RedLock<B> {
+    pub(super) fn debug_as(&self, name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(name)
             .field("key", &String::from_utf8_lossy(&self.key))
             .field("lease", &self.lease)
             .field("wait", &self.wait)
@@ -131,20 +137,34 @@ impl<B: Backend> RedLock<B> {
     /// releases it (owner-checked) like a dropped guard.
     #[maybe_async]
     pub async fn acquire(self) -> Result<LockGuard<B>> {
+        self.acquire_in(Acquisition::new).await
+    }
+
+    /// The acquisition loop of both lease locks: `machine` makes the state machine
+    /// from the wait bound (the lease unless set), [`Acquisition::new`] for a
+    /// `RedLock`, [`Acquisition::exclusive`] for an
+    /// [`ExclusiveLock`](super::ExclusiveLock). The claims, the waits with the
+    /// holder's token, the `Cache::waiting` count, the spans and the cleanup of a
+    /// failed claim are the same.
+    #[maybe_async]
+    pub(super) async fn acquire_in(
+        self,
+        machine: fn(Duration) -> Acquisition,
+    ) -> Result<LockGuard<B>> {
         let span = trace::span(Op::Acquire, &self.key, self.cache.backend().name());
-        let result = in_span!(span, self.acquire_untraced());
+        let result = in_span!(span, self.acquire_untraced(machine));
         trace::end(&span, &result, |g| trace::outcome(g.outcome));
         result
     }
 
     #[maybe_async]
-    async fn acquire_untraced(self) -> Result<LockGuard<B>> {
+    async fn acquire_untraced(self, machine: fn(Duration) -> Acquisition) -> Result<LockGuard<B>> {
         if self.empty_key {
             return Err(Error::invalid_key("the key is empty"));
         }
         let lease = check_lease(self.lease)?;
         let token = Token::random();
-        let mut machine = Acquisition::new(self.wait.unwrap_or(lease));
+        let mut machine = machine(self.wait.unwrap_or(lease));
         // The guard is armed (holds the token) while an add is in flight, so a
         // cancelled or failed acquisition releases what it may have taken.
         let mut guard = LockGuard {
@@ -239,6 +259,11 @@ impl<B: Backend> std::fmt::Debug for LockGuard<B> {
 }
 
 impl<B: Backend> LockGuard<B> {
+    /// The full lock key.
+    pub(super) fn key(&self) -> &[u8] {
+        &self.key
+    }
+
     /// How the acquisition ended.
     pub fn outcome(&self) -> Outcome {
         self.outcome
