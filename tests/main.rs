@@ -107,7 +107,24 @@ macro_rules! backend_suite {
                 bad_input,
                 lock_suffix_keeps_locks_apart,
                 waiting_counts_waiters,
+                exclusive_mutual_exclusion,
+                exclusive_waits_through_releases,
+                exclusive_waits_through_lease_end,
+                exclusive_bound_returns_none,
+                exclusive_try_never_waits,
             );
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn async_exclusive_cancelled_waiter_leaves_nothing() {
+                crate::support::events::install();
+                let (_server, url, _short_lease, _expiry_slack) = $env;
+                let cache = crate::nonblocking::Cache::builder()
+                    .namespace("async.exclusive_cancelled:")
+                    .build(&url)
+                    .await
+                    .unwrap();
+                crate::exclusive::cancelled_waiter_leaves_nothing(cache).await;
+            }
 
             #[test]
             fn blocking_stampede_64_threads() {
@@ -202,6 +219,7 @@ backend_suite!(memcached, crate::support::memcached::env());
 mod memcached_specific;
 
 mod background;
+mod exclusive;
 mod flavors;
 mod inputs;
 /// Redis-only tests (the suite module above is `redis`).
