@@ -588,9 +588,17 @@ pub async fn exclusive_mutual_exclusion(env: Env) {
         }
     })
     .await;
-    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "two callers were inside");
+    assert_eq!(
+        overlaps.load(Ordering::SeqCst),
+        0,
+        "two callers were inside"
+    );
     let total = env.cache.get("counter").await.unwrap().unwrap();
-    assert_eq!(total, (callers * entries).to_string().as_bytes(), "no lost update");
+    assert_eq!(
+        total,
+        (callers * entries).to_string().as_bytes(),
+        "no lost update"
+    );
     let ok = env.cache.exists("mutex-lock").await.unwrap();
     assert!(!ok, "all released");
     assert_eq!(env.cache.waiting("mutex"), 0);
@@ -629,7 +637,11 @@ pub async fn exclusive_waits_through_releases(env: Env) {
         }
     })
     .await;
-    assert_eq!(held, [false, true, true, true], "every waiter held it in turn");
+    assert_eq!(
+        held,
+        [false, true, true, true],
+        "every waiter held it in turn"
+    );
 }
 
 /// A holder that never releases: an exclusive waiter takes the key at its lease end.
@@ -673,7 +685,10 @@ pub async fn exclusive_bound_returns_none(env: Env) {
     let took = start.elapsed();
     assert!(got.is_none(), "held by the holder the whole bound");
     assert!(took >= bound, "waited the bound: {took:?}");
-    assert!(took < bound + Duration::from_secs(2), "returned by it: {took:?}");
+    assert!(
+        took < bound + Duration::from_secs(2),
+        "returned by it: {took:?}"
+    );
     assert_eq!(env.cache.waiting("k"), 0, "uncounted");
     let ok = env.cache.exists("k-lock").await.unwrap();
     assert!(ok, "the holder keeps it");
@@ -687,13 +702,20 @@ pub async fn exclusive_bound_returns_none(env: Env) {
 pub async fn exclusive_try_never_waits(env: Env) {
     let lease = Duration::from_secs(30);
     let lock_key = env.lock_key("k");
-    let redlock = RedLock::new(&env.cache, "k", lease).acquire().await.unwrap();
+    let redlock = RedLock::new(&env.cache, "k", lease)
+        .acquire()
+        .await
+        .unwrap();
     assert!(redlock.is_acquired());
     for _ in 0..3 {
         let got = env.cache.lock("k", lease).try_acquire().await.unwrap();
         assert!(got.is_none(), "held by the RedLock holder");
     }
-    assert_eq!(crate::support::events::waiting(&lock_key), 0, "never waited");
+    assert_eq!(
+        crate::support::events::waiting(&lock_key),
+        0,
+        "never waited"
+    );
     let ok = redlock.release().await.unwrap();
     assert!(ok);
     let guard = env.cache.lock("k", lease).try_acquire().await.unwrap();
@@ -706,13 +728,22 @@ pub async fn exclusive_try_never_waits(env: Env) {
         .acquire()
         .await
         .unwrap();
-    assert_eq!(waiter.outcome(), Outcome::TimedOut, "and the other way round");
+    assert_eq!(
+        waiter.outcome(),
+        Outcome::TimedOut,
+        "and the other way round"
+    );
     let ok = guard.release().await.unwrap();
     assert!(ok);
     let ok = env.cache.exists("k-lock").await.unwrap();
     assert!(!ok);
     let bad = env.cache.lock("", lease).try_acquire().await.unwrap_err();
     assert_eq!(bad.kind(), ErrorKind::InvalidKey);
-    let bad = env.cache.lock("k", Duration::ZERO).acquire().await.unwrap_err();
+    let bad = env
+        .cache
+        .lock("k", Duration::ZERO)
+        .acquire()
+        .await
+        .unwrap_err();
     assert_eq!(bad.kind(), ErrorKind::InvalidArgument);
 }
