@@ -214,6 +214,11 @@ impl<B: Backend> Cache<B> {
         }
     }
 
+    /// The waiters of this cache (and their re-claim turns).
+    pub(crate) fn waiters(&self) -> &Waiters {
+        &self.inner.waiters
+    }
+
     /// Counts a caller as waiting on `lock_key` (the full key) until the guard drops.
     pub(crate) fn enter_wait(&self, lock_key: &[u8]) -> Waiting<'_> {
         self.inner.waiters.enter(lock_key)

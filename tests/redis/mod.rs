@@ -1375,9 +1375,10 @@ async fn cancelled_exclusive_waiters_leave_no_subscription() {
 }
 
 /// The thundering herd, measured: `callers` exclusive callers of one cache, each
-/// entering `entries` times. Every release wakes every waiter of the cache and each
-/// claims again (one wins), so claims (`SET NX`) per entry grow with the callers.
-/// The figures are printed (`--nocapture`); the bound only catches a runaway loop.
+/// entering `entries` times. A release wakes every waiter of the cache but only one
+/// claims again (the others follow its result), so claims (`SET NX`) per entry stay
+/// below 3 however many callers wait (one per waiter and release, 7.7 per entry for
+/// 16 callers, before the re-claim turn). The figures are printed (`--no-capture`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exclusive_hand_off_commands_per_entry() {
     let server = RedisServer::start();
@@ -1432,6 +1433,7 @@ async fn exclusive_hand_off_commands_per_entry() {
             "exclusive, {callers} callers: {claims:.2} claims and {:.2} commands per entry",
             total as f64 / n
         );
-        assert!(claims <= 3.0 * callers as f64 + 1.0, "{calls:?}");
+        eprintln!("  {calls:?}");
+        assert!(claims <= 3.0, "{claims:.2} claims per entry: {calls:?}");
     }
 }
