@@ -43,7 +43,8 @@ use crate::error::Result;
 /// or a caller of another process). Measured on Redis with 16 callers of one cache
 /// on one key: 1.9 claims per entry (one per waiter and release, 7.7, without that
 /// turn), 27 commands per entry in all, most of them each re-waiting waiter's check
-/// of the new holder. Waiters of different caches (and processes) each claim.
+/// of the new holder; on memcached 2.0 claims per entry (4.3 without the turn).
+/// Waiters of different caches (and processes) each claim.
 ///
 /// ```
 /// # #[cfg(feature = "blocking")] {
