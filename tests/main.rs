@@ -198,6 +198,19 @@ macro_rules! backend_suite {
     };
 }
 
+/// The cross-process exclusion oracle on one network backend.
+macro_rules! cross_process_oracle {
+    ($backend:ident, $env:expr) => {
+        mod $backend {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn exclusive_cross_process_oracle() {
+                let (_server, url, _short_lease, _expiry_slack) = $env;
+                crate::exclusive::cross_process_oracle(&url).await;
+            }
+        }
+    };
+}
+
 backend_suite!(
     memory,
     (
@@ -212,6 +225,13 @@ backend_suite!(
 backend_suite!(redis, crate::support::redis::env());
 #[cfg(feature = "memcached")]
 backend_suite!(memcached, crate::support::memcached::env());
+
+mod oracle {
+    #[cfg(feature = "memcached")]
+    cross_process_oracle!(memcached, crate::support::memcached::env());
+    #[cfg(feature = "redis")]
+    cross_process_oracle!(redis, crate::support::redis::env());
+}
 
 /// memcached-specific tests (module name differs from the suite's `memcached`).
 #[cfg(feature = "memcached")]
