@@ -3,10 +3,13 @@
 //! - [`RedLock`]: a lease lock against cache stampedes. The first caller takes the lock
 //!   and computes; the others wait for its release (then read the cache), never
 //!   longer than the holder's lease or their own bound.
+//! - [`ExclusiveLock`]: a lease lock for mutual exclusion. `acquire` waits through
+//!   releases and lease ends until it holds the key or its bound passes;
+//!   `try_acquire` claims once.
 //! - [`OptimisticLock`]: read a key, then write it only if nobody changed it meanwhile,
 //!   else a [`Conflict`](ErrorKind::Conflict) error.
 //!
-//! Both run over a small [`Cache`] API (get/set/add/delete/exists/ttl with TTLs and
+//! All run over a small [`Cache`] API (get/set/add/delete/exists/ttl with TTLs and
 //! namespaces) on the in-process memory backend (`memory://`, the default, no
 //! server), Redis or memcached. Every type exists in two flavors built from one
 //! source: async (tokio) at the crate root and blocking in [`blocking`], usable
@@ -50,8 +53,17 @@
 //!   [`RedLock`]. One computes, the others wait for it and read its result.
 //! - Read-modify-write of one key by callers that rarely collide: [`OptimisticLock`].
 //!   Nobody waits; the loser of a collision gets `Conflict` and retries.
-//! - Neither is a mutex: a RedLock waiter that times out goes on *without* the lock,
-//!   and a holder that outlives its lease loses it (its release then reports `false`).
+//! - Only one caller at a time may do the work (a job, a migration, a read-modify-write
+//!   of something that is not a cache key): [`ExclusiveLock`]
+//!   ([`Cache::lock`]). Waiters keep waiting until they hold it; when the bound
+//!   passes, `acquire` returns `Ok(None)` (not getting the lock is not an error).
+//! - A RedLock is not a mutex: its waiter that times out, or that is woken by a
+//!   release, goes on *without* the lock.
+//! - No lease lock, exclusive or not, stops a holder that paused past its lease (GC,
+//!   `SIGSTOP`, a slow disk) from writing after the next holder started: its release
+//!   then reports `false`, too late. Choose a lease well beyond the work; where a stale
+//!   write would do harm, the storage must refuse it by a fencing token (planned, see
+//!   [`ExclusiveLock`]).
 //!
 //! # Differences from aiocache
 //!

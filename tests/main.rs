@@ -107,7 +107,24 @@ macro_rules! backend_suite {
                 bad_input,
                 lock_suffix_keeps_locks_apart,
                 waiting_counts_waiters,
+                exclusive_mutual_exclusion,
+                exclusive_waits_through_releases,
+                exclusive_waits_through_lease_end,
+                exclusive_bound_returns_none,
+                exclusive_try_never_waits,
             );
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn async_exclusive_cancelled_waiter_leaves_nothing() {
+                crate::support::events::install();
+                let (_server, url, _short_lease, _expiry_slack) = $env;
+                let cache = crate::nonblocking::Cache::builder()
+                    .namespace("async.exclusive_cancelled:")
+                    .build(&url)
+                    .await
+                    .unwrap();
+                crate::exclusive::cancelled_waiter_leaves_nothing(cache).await;
+            }
 
             #[test]
             fn blocking_stampede_64_threads() {
@@ -181,6 +198,19 @@ macro_rules! backend_suite {
     };
 }
 
+/// The cross-process exclusion oracle on one network backend.
+macro_rules! cross_process_oracle {
+    ($backend:ident, $env:expr) => {
+        mod $backend {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn exclusive_cross_process_oracle() {
+                let (_server, url, _short_lease, _expiry_slack) = $env;
+                crate::exclusive::cross_process_oracle(&url).await;
+            }
+        }
+    };
+}
+
 backend_suite!(
     memory,
     (
@@ -196,12 +226,20 @@ backend_suite!(redis, crate::support::redis::env());
 #[cfg(feature = "memcached")]
 backend_suite!(memcached, crate::support::memcached::env());
 
+mod oracle {
+    #[cfg(feature = "memcached")]
+    cross_process_oracle!(memcached, crate::support::memcached::env());
+    #[cfg(feature = "redis")]
+    cross_process_oracle!(redis, crate::support::redis::env());
+}
+
 /// memcached-specific tests (module name differs from the suite's `memcached`).
 #[cfg(feature = "memcached")]
 #[path = "memcached/mod.rs"]
 mod memcached_specific;
 
 mod background;
+mod exclusive;
 mod flavors;
 mod inputs;
 /// Redis-only tests (the suite module above is `redis`).

@@ -1,4 +1,4 @@
-//! The RedLock acquisition state machine, free of IO and clocks.
+//! The acquisition state machine of both lease locks, free of IO and clocks.
 //!
 //! A caller tries to add the lock key. If another holder has it, the caller waits
 //! until the first of: the holder releases (→ [`Outcome::Released`]), the holder's
@@ -15,6 +15,20 @@
 //!           Wait(bound) ──Released──► Finish(Released)
 //!             │  └───────Deadline──► Finish(TimedOut)
 //!             └─Vacant (lease ended)─► Add
+//! ```
+//!
+//! An *exclusive* acquisition ([`Acquisition::exclusive`], the driver of
+//! `ExclusiveLock`) has another exit: a release does not end its wait but sends it
+//! back to claim the key, like a lease end, so it finishes only holding the lock
+//! ([`Outcome::Acquired`]) or when its deadline passes ([`Outcome::TimedOut`]), never
+//! with [`Outcome::Released`].
+//!
+//! ```text
+//!   start ─► Add ──won──► Finish(Acquired)
+//!             │ lost, deadline not reached
+//!             ▼
+//!           Wait(deadline) ──Deadline──► Finish(TimedOut)
+//!             └─Released or Vacant, deadline not reached─► Add
 //! ```
 
 use std::time::{Duration, Instant};
@@ -103,6 +117,7 @@ pub enum Action {
 pub struct Acquisition {
     wait: Duration,
     bound: Option<Instant>,
+    exclusive: bool,
 }
 
 impl Acquisition {
@@ -111,7 +126,21 @@ impl Acquisition {
     /// The bound is fixed when the first add returns, so an uncontended acquisition
     /// never reads the clock for it.
     pub fn new(wait: Duration) -> Self {
-        Acquisition { wait, bound: None }
+        Acquisition {
+            wait,
+            bound: None,
+            exclusive: false,
+        }
+    }
+
+    /// An exclusive acquisition: it claims the key again after every release and
+    /// lease end it sees, until it wins or `wait` has passed since its first claim
+    /// was lost. `Duration::ZERO` claims once and never waits.
+    pub fn exclusive(wait: Duration) -> Self {
+        Acquisition {
+            exclusive: true,
+            ..Acquisition::new(wait)
+        }
     }
 
     fn bound(&mut self, now: Instant) -> Instant {
@@ -141,10 +170,12 @@ impl Acquisition {
     /// The wait returned with `wake`.
     pub fn woke(&mut self, wake: Wake, now: Instant) -> Action {
         match wake {
-            Wake::Released => Action::Finish(Outcome::Released),
+            Wake::Released if !self.exclusive => Action::Finish(Outcome::Released),
             Wake::Deadline => Action::Finish(Outcome::TimedOut),
-            Wake::Vacant if now >= self.bound(now) => Action::Finish(Outcome::TimedOut),
-            Wake::Vacant => Action::Add,
+            Wake::Released | Wake::Vacant if now >= self.bound(now) => {
+                Action::Finish(Outcome::TimedOut)
+            }
+            Wake::Released | Wake::Vacant => Action::Add,
         }
     }
 }
@@ -221,5 +252,139 @@ mod tests {
             c.woke(Wake::Vacant, at(150)),
             Action::Finish(Outcome::TimedOut)
         );
+    }
+
+    #[test]
+    fn exclusive_claims_again_after_release_and_lease_end() {
+        let mut a = Acquisition::exclusive(Duration::from_millis(1000));
+        assert_eq!(a.start(), Action::Add);
+        assert_eq!(a.added(false, || at(0)), Action::Wait(at(1000)));
+        assert_eq!(a.woke(Wake::Released, at(100)), Action::Add);
+        // Lost again to another waiter: the deadline stays the first one.
+        assert_eq!(a.added(false, || at(101)), Action::Wait(at(1000)));
+        assert_eq!(a.woke(Wake::Vacant, at(500)), Action::Add);
+        assert_eq!(a.added(true, || at(501)), Action::Finish(Outcome::Acquired));
+    }
+
+    #[test]
+    fn exclusive_deadline_times_out_even_after_a_release() {
+        let mut a = Acquisition::exclusive(Duration::from_millis(100));
+        a.start();
+        a.added(false, || at(0));
+        assert_eq!(
+            a.woke(Wake::Released, at(100)),
+            Action::Finish(Outcome::TimedOut),
+            "a release at the deadline does not start another claim"
+        );
+        let mut b = Acquisition::exclusive(Duration::from_millis(100));
+        b.start();
+        b.added(false, || at(0));
+        assert_eq!(
+            b.woke(Wake::Deadline, at(100)),
+            Action::Finish(Outcome::TimedOut)
+        );
+    }
+
+    #[test]
+    fn exclusive_zero_wait_claims_once() {
+        let mut a = Acquisition::exclusive(Duration::ZERO);
+        assert_eq!(a.start(), Action::Add);
+        assert_eq!(
+            a.added(false, || at(7)),
+            Action::Finish(Outcome::TimedOut),
+            "try: a lost claim never waits"
+        );
+    }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// What happens to a waiting caller next, `dt` ms after the previous step.
+        #[derive(Debug, Clone)]
+        enum Event {
+            /// The claim (if one is due) returns; `won` says whether it won.
+            Claim { won: bool, dt: u64 },
+            /// The wait (if one is due) returns with this wake.
+            Wake { wake: u8, dt: u64 },
+        }
+
+        fn event() -> impl Strategy<Value = Event> {
+            prop_oneof![
+                (any::<bool>(), 0..400u64).prop_map(|(won, dt)| Event::Claim { won, dt }),
+                (0..3u8, 0..400u64).prop_map(|(wake, dt)| Event::Wake { wake, dt }),
+            ]
+        }
+
+        proptest! {
+            /// Drives the machine with any sequence of claim results, wakes and clock
+            /// steps, and checks each action against a direct model: an exclusive
+            /// acquisition finishes only by winning a claim (`Acquired`) or once its
+            /// deadline (first lost claim + wait) is reached (`TimedOut`); a
+            /// stampede acquisition also finishes on a release (`Released`). A wait
+            /// is always bounded by that deadline.
+            #[test]
+            fn matches_the_model(
+                exclusive in any::<bool>(),
+                wait in 0..1000u64,
+                events in proptest::collection::vec(event(), 0..40),
+            ) {
+                let mut a = if exclusive {
+                    Acquisition::exclusive(Duration::from_millis(wait))
+                } else {
+                    Acquisition::new(Duration::from_millis(wait))
+                };
+                let mut now = 0u64;
+                let mut deadline: Option<u64> = None;
+                let mut action = a.start();
+                prop_assert_eq!(action, Action::Add);
+                for e in events {
+                    let expected = match (action, e) {
+                        (Action::Finish(_), _) => break,
+                        (Action::Add, Event::Claim { won, dt }) => {
+                            now += dt;
+                            action = a.added(won, || at(now));
+                            if won {
+                                Action::Finish(Outcome::Acquired)
+                            } else {
+                                let d = *deadline.get_or_insert(now + wait);
+                                if now >= d {
+                                    Action::Finish(Outcome::TimedOut)
+                                } else {
+                                    Action::Wait(at(d))
+                                }
+                            }
+                        }
+                        (Action::Wait(until), Event::Wake { wake, dt }) => {
+                            prop_assert_eq!(Some(until), deadline.map(at));
+                            // A backend returns Deadline only once it is reached,
+                            // and other wakes before it.
+                            let d = deadline.unwrap();
+                            let (wake, t) = match wake {
+                                0 => (Wake::Released, (now + dt).min(d)),
+                                1 => (Wake::Vacant, (now + dt).min(d)),
+                                _ => (Wake::Deadline, d.max(now)),
+                            };
+                            now = t;
+                            action = a.woke(wake, at(now));
+                            match wake {
+                                Wake::Deadline => Action::Finish(Outcome::TimedOut),
+                                Wake::Released if !exclusive => {
+                                    Action::Finish(Outcome::Released)
+                                }
+                                _ if now >= d => Action::Finish(Outcome::TimedOut),
+                                _ => Action::Add,
+                            }
+                        }
+                        // An event that does not fit the pending action: skip it.
+                        _ => continue,
+                    };
+                    prop_assert_eq!(action, expected);
+                    if exclusive {
+                        prop_assert_ne!(action, Action::Finish(Outcome::Released));
+                    }
+                }
+            }
+        }
     }
 }

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::backend::Backend;
 use super::background::Background;
+use super::exclusive::ExclusiveLock;
 use super::maybe_async;
 use super::optimistic::OptimisticLock;
 #[cfg(feature = "redis")]
@@ -213,6 +214,11 @@ impl<B: Backend> Cache<B> {
         }
     }
 
+    /// The waiters of this cache (and their re-claim turns).
+    pub(crate) fn waiters(&self) -> &Waiters {
+        &self.inner.waiters
+    }
+
     /// Counts a caller as waiting on `lock_key` (the full key) until the guard drops.
     pub(crate) fn enter_wait(&self, lock_key: &[u8]) -> Waiting<'_> {
         self.inner.waiters.enter(lock_key)
@@ -336,6 +342,12 @@ impl<B: Backend> Cache<B> {
     /// A [`RedLock`] on `key` with this lease (same as [`RedLock::new`]).
     pub fn redlock(&self, key: impl AsRef<[u8]>, lease: Duration) -> RedLock<B> {
         RedLock::new(self, key, lease)
+    }
+
+    /// An [`ExclusiveLock`] on `key` with this lease (same as [`ExclusiveLock::new`]):
+    /// a lock for mutual exclusion, whose `acquire` waits until it holds the key.
+    pub fn lock(&self, key: impl AsRef<[u8]>, lease: Duration) -> ExclusiveLock<B> {
+        ExclusiveLock::new(self, key, lease)
     }
 
     /// Begins an [`OptimisticLock`] on `key` (same as [`OptimisticLock::begin`]).

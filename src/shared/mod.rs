@@ -11,6 +11,7 @@ use super::{maybe_async, rt};
 mod backend;
 pub(crate) mod background;
 mod cache;
+mod exclusive;
 #[cfg(feature = "memcached")]
 #[path = "../backend/memcached/generic.rs"]
 mod memcached;
@@ -24,6 +25,7 @@ mod redlock;
 
 pub use backend::Backend;
 pub use cache::{AnyBackend, Cache, CacheBuilder};
+pub use exclusive::{ExclusiveGuard, ExclusiveLock};
 #[cfg(feature = "memcached")]
 pub use memcached::MemcachedBackend;
 pub use optimistic::OptimisticLock;

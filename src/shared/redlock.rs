@@ -1,6 +1,6 @@
 //! [`RedLock`]: the lease lock against cache stampedes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::backend::Backend;
 use super::background::Job;
@@ -8,7 +8,8 @@ use super::cache::{AnyBackend, Cache};
 use super::{maybe_async, rt};
 use crate::core::lease::check_lease;
 use crate::core::token::Token;
-use crate::core::wait::{Acquisition, Action, Claim, Outcome};
+use crate::core::wait::{Acquisition, Action, Claim, Outcome, Wake};
+use crate::core::waiters::{Claiming, Turn};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key;
 use crate::key::KeyBuf;
@@ -54,7 +55,13 @@ pub struct RedLock<B = AnyBackend> {
 
 impl<B> std::fmt::Debug for RedLock<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedLock")
+        self.debug_as("RedLock", f)
+    }
+}
+
+impl<B> RedLock<B> {
+    pub(super) fn debug_as(&self, name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(name)
             .field("key", &String::from_utf8_lossy(&self.key))
             .field("lease", &self.lease)
             .field("wait", &self.wait)
@@ -131,20 +138,34 @@ impl<B: Backend> RedLock<B> {
     /// releases it (owner-checked) like a dropped guard.
     #[maybe_async]
     pub async fn acquire(self) -> Result<LockGuard<B>> {
+        self.acquire_in(Acquisition::new).await
+    }
+
+    /// The acquisition loop of both lease locks: `machine` makes the state machine
+    /// from the wait bound (the lease unless set), [`Acquisition::new`] for a
+    /// `RedLock`, [`Acquisition::exclusive`] for an
+    /// [`ExclusiveLock`](super::ExclusiveLock). The claims, the waits with the
+    /// holder's token, the `Cache::waiting` count, the spans and the cleanup of a
+    /// failed claim are the same.
+    #[maybe_async]
+    pub(super) async fn acquire_in(
+        self,
+        machine: fn(Duration) -> Acquisition,
+    ) -> Result<LockGuard<B>> {
         let span = trace::span(Op::Acquire, &self.key, self.cache.backend().name());
-        let result = in_span!(span, self.acquire_untraced());
+        let result = in_span!(span, self.acquire_untraced(machine));
         trace::end(&span, &result, |g| trace::outcome(g.outcome));
         result
     }
 
     #[maybe_async]
-    async fn acquire_untraced(self) -> Result<LockGuard<B>> {
+    async fn acquire_untraced(self, machine: fn(Duration) -> Acquisition) -> Result<LockGuard<B>> {
         if self.empty_key {
             return Err(Error::invalid_key("the key is empty"));
         }
         let lease = check_lease(self.lease)?;
         let token = Token::random();
-        let mut machine = Acquisition::new(self.wait.unwrap_or(lease));
+        let mut machine = machine(self.wait.unwrap_or(lease));
         // The guard is armed (holds the token) while an add is in flight, so a
         // cancelled or failed acquisition releases what it may have taken.
         let mut guard = LockGuard {
@@ -156,10 +177,28 @@ impl<B: Backend> RedLock<B> {
         };
         // The token of the holder our last claim lost to, when the backend told it.
         let mut holder = None;
+        // The bound of our last wait: set once a wait woke us, when a claim again is
+        // a re-claim that may follow another waiter's (see `core::waiters`).
+        let mut woken = None;
         let mut action = machine.start();
         loop {
             action = match action {
                 Action::Add => {
+                    let mut turn = None;
+                    if let Some(deadline) = woken.take() {
+                        match follow(&guard.cache, &guard.key, deadline).await {
+                            Followed::Claim(claiming) => turn = Some(claiming),
+                            Followed::Lost(h) => {
+                                holder = h;
+                                action = machine.added(false, rt::now);
+                                continue;
+                            }
+                            Followed::Deadline => {
+                                action = machine.woke(Wake::Deadline, rt::now());
+                                continue;
+                            }
+                        }
+                    }
                     guard.token = Some(token);
                     let claim = guard
                         .cache
@@ -169,13 +208,23 @@ impl<B: Backend> RedLock<B> {
                     let claim = match claim {
                         Ok(claim) => claim,
                         Err(e) => {
+                            // The followers take a turn of their own.
+                            drop(turn);
                             guard.failed(&e);
                             return Err(e);
                         }
                     };
                     let won = match claim {
-                        Claim::Won => true,
+                        Claim::Won => {
+                            if let Some(turn) = turn {
+                                turn.done(Some(token.as_bytes()));
+                            }
+                            true
+                        }
                         Claim::Held { holder: h } => {
+                            if let Some(turn) = turn {
+                                turn.done(h.as_deref());
+                            }
                             guard.token = None;
                             holder = h;
                             false
@@ -195,6 +244,7 @@ impl<B: Backend> RedLock<B> {
                         in_span!(span, backend.wait(&guard.key, holder.as_deref(), deadline));
                     drop(waiting);
                     trace::end(&span, &wake, |w| trace::wake(*w));
+                    woken = Some(deadline);
                     machine.woke(wake?, rt::now())
                 }
                 Action::Finish(outcome) => {
@@ -202,6 +252,44 @@ impl<B: Backend> RedLock<B> {
                     return Ok(guard);
                 }
             }
+        }
+    }
+}
+
+/// How a woken waiter's turn to claim again went ([`follow`]).
+enum Followed<'a> {
+    /// This waiter claims (and reports the result to its followers).
+    Claim(Claiming<'a>),
+    /// Another waiter of the cache claimed and lost to this holder (its token, when
+    /// known), or won: count it as our own lost claim.
+    Lost(Option<Vec<u8>>),
+    /// The deadline passed while following.
+    Deadline,
+}
+
+/// A woken waiter's claim again: its own, or (when another waiter of the cache claims
+/// the key right now) that one's result, waited for at most until `deadline`, so
+/// that a release or lease end costs one claim per cache, not one per waiter. The
+/// follower counts as waiting ([`Cache::waiting`]) meanwhile.
+#[maybe_async]
+async fn follow<'a, B: Backend>(
+    cache: &'a Cache<B>,
+    key: &[u8],
+    deadline: Instant,
+) -> Followed<'a> {
+    loop {
+        let (listener, round) = match cache.waiters().turn(key) {
+            Turn::Claim(claiming) => return Followed::Claim(claiming),
+            Turn::Follow { listener, round } => (listener, round),
+        };
+        let waiting = cache.enter_wait(key);
+        let notified = rt::wait_listener(listener, deadline).await;
+        drop(waiting);
+        if let Some(holder) = cache.waiters().result(key, round) {
+            return Followed::Lost(holder);
+        }
+        if !notified {
+            return Followed::Deadline;
         }
     }
 }
@@ -239,6 +327,11 @@ impl<B: Backend> std::fmt::Debug for LockGuard<B> {
 }
 
 impl<B: Backend> LockGuard<B> {
+    /// The full lock key.
+    pub(super) fn key(&self) -> &[u8] {
+        &self.key
+    }
+
     /// How the acquisition ended.
     pub fn outcome(&self) -> Outcome {
         self.outcome

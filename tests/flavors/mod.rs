@@ -12,7 +12,11 @@ fn public_types_are_send_and_sync() {
     send_sync::<aiolock::RedLock>();
     send_sync::<aiolock::LockGuard>();
     send_sync::<aiolock::OptimisticLock>();
+    send_sync::<aiolock::ExclusiveLock>();
+    send_sync::<aiolock::ExclusiveGuard>();
     send_sync::<aiolock::blocking::Cache>();
+    send_sync::<aiolock::blocking::ExclusiveLock>();
+    send_sync::<aiolock::blocking::ExclusiveGuard>();
     send_sync::<aiolock::blocking::LockGuard>();
     send_sync::<aiolock::blocking::OptimisticLock>();
     send_sync::<aiolock::Error>();
@@ -23,6 +27,8 @@ fn public_types_are_send_and_sync() {
     send(&cache.set("k", b"v", None));
     send(&cache.redlock("k", Duration::from_secs(1)).acquire());
     send(&cache.optimistic_lock("k"));
+    send(&cache.lock("k", Duration::from_secs(1)).acquire());
+    send(&cache.lock("k", Duration::from_secs(1)).try_acquire());
     send(&cache.redlock("k", Duration::from_secs(1)).run(|_| async {}));
 }
 

@@ -547,3 +547,203 @@ pub async fn waiting_counts_waiters(env: Env) {
     let removed = holder.release().await.unwrap();
     assert!(removed);
 }
+
+/// The exclusion oracle: `callers` callers × `entries` entries each on one exclusive
+/// key. Inside, a shared count of callers in the critical section must be 0 on entry,
+/// and a read-modify-write of a counter in the cache must lose no update.
+#[maybe_async]
+pub async fn exclusive_mutual_exclusion(env: Env) {
+    let (callers, entries) = (6, 10);
+    let inside = Arc::new(AtomicUsize::new(0));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    env.cache.set("counter", b"0", None).await.unwrap();
+    concurrently(callers, |_| {
+        let cache = env.cache.clone();
+        let inside = Arc::clone(&inside);
+        let overlaps = Arc::clone(&overlaps);
+        async move {
+            for _ in 0..entries {
+                let guard = cache
+                    .lock("mutex", Duration::from_secs(30))
+                    .wait_at_most(Duration::from_secs(60))
+                    .acquire()
+                    .await
+                    .unwrap()
+                    .expect("held within the bound");
+                if inside.fetch_add(1, Ordering::SeqCst) != 0 {
+                    overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                let n: u64 = String::from_utf8(cache.get("counter").await.unwrap().unwrap())
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                cache
+                    .set("counter", (n + 1).to_string().as_bytes(), None)
+                    .await
+                    .unwrap();
+                inside.fetch_sub(1, Ordering::SeqCst);
+                let ok = guard.release().await.unwrap();
+                assert!(ok, "the lease was still ours");
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        overlaps.load(Ordering::SeqCst),
+        0,
+        "two callers were inside"
+    );
+    let total = env.cache.get("counter").await.unwrap().unwrap();
+    assert_eq!(
+        total,
+        (callers * entries).to_string().as_bytes(),
+        "no lost update"
+    );
+    let ok = env.cache.exists("mutex-lock").await.unwrap();
+    assert!(!ok, "all released");
+    assert_eq!(env.cache.waiting("mutex"), 0);
+}
+
+/// Exclusive waiters woken by a release claim again, until each holds the lock in
+/// turn: none goes on without it (a RedLock waiter would, with `Released`).
+#[maybe_async]
+pub async fn exclusive_waits_through_releases(env: Env) {
+    let lease = Duration::from_secs(30);
+    let holder = env.cache.lock("k", lease).try_acquire().await.unwrap();
+    let holder = Arc::new(std::sync::Mutex::new(holder));
+    let lock_key = env.lock_key("k");
+    let held = concurrently(4, |i| {
+        let cache = env.cache.clone();
+        let holder = Arc::clone(&holder);
+        let lock_key = lock_key.clone();
+        async move {
+            if i == 0 {
+                waiters(&lock_key, 3).await;
+                let guard = holder.lock().unwrap().take().expect("the first holder");
+                let ok = guard.release().await.unwrap();
+                assert!(ok);
+                return false;
+            }
+            let guard = cache
+                .lock("k", lease)
+                .wait_at_most(Duration::from_secs(60))
+                .acquire()
+                .await
+                .unwrap();
+            let Some(guard) = guard else { return false };
+            let ok = guard.release().await.unwrap();
+            assert!(ok);
+            true
+        }
+    })
+    .await;
+    assert_eq!(
+        held,
+        [false, true, true, true],
+        "every waiter held it in turn"
+    );
+}
+
+/// A holder that never releases: an exclusive waiter takes the key at its lease end.
+#[maybe_async]
+pub async fn exclusive_waits_through_lease_end(env: Env) {
+    let lease = env.short_lease.max(Duration::from_millis(300));
+    let crashed = env.cache.lock("k", lease).try_acquire().await.unwrap();
+    std::mem::forget(crashed.expect("uncontended"));
+    let guard = env
+        .cache
+        .lock("k", Duration::from_secs(30))
+        .wait_at_most(Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap()
+        .expect("held once the crashed holder's lease ended");
+    let ok = guard.release().await.unwrap();
+    assert!(ok);
+}
+
+/// An exclusive waiter whose bound passes returns `None` by it (and a little slack),
+/// holds nothing, and is no longer counted; the holder keeps its lock.
+#[maybe_async]
+pub async fn exclusive_bound_returns_none(env: Env) {
+    let holder = env
+        .cache
+        .lock("k", Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap()
+        .expect("uncontended");
+    let bound = Duration::from_millis(200);
+    let start = Instant::now();
+    let got = env
+        .cache
+        .lock("k", Duration::from_secs(30))
+        .wait_at_most(bound)
+        .acquire()
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    assert!(got.is_none(), "held by the holder the whole bound");
+    assert!(took >= bound, "waited the bound: {took:?}");
+    assert!(
+        took < bound + Duration::from_secs(2),
+        "returned by it: {took:?}"
+    );
+    assert_eq!(env.cache.waiting("k"), 0, "uncounted");
+    let ok = env.cache.exists("k-lock").await.unwrap();
+    assert!(ok, "the holder keeps it");
+    let ok = holder.release().await.unwrap();
+    assert!(ok);
+}
+
+/// `try_acquire` claims once and never waits: no `"waiting"` event, `None` while held,
+/// the lock once free; and a RedLock holder excludes an exclusive caller.
+#[maybe_async]
+pub async fn exclusive_try_never_waits(env: Env) {
+    let lease = Duration::from_secs(30);
+    let lock_key = env.lock_key("k");
+    let redlock = RedLock::new(&env.cache, "k", lease)
+        .acquire()
+        .await
+        .unwrap();
+    assert!(redlock.is_acquired());
+    for _ in 0..3 {
+        let got = env.cache.lock("k", lease).try_acquire().await.unwrap();
+        assert!(got.is_none(), "held by the RedLock holder");
+    }
+    assert_eq!(
+        crate::support::events::waiting(&lock_key),
+        0,
+        "never waited"
+    );
+    let ok = redlock.release().await.unwrap();
+    assert!(ok);
+    let guard = env.cache.lock("k", lease).try_acquire().await.unwrap();
+    let guard = guard.expect("free now");
+    assert_eq!(guard.lock_key(), lock_key.as_bytes());
+    let stored = env.cache.get("k-lock").await.unwrap();
+    assert_eq!(stored.as_deref(), Some(guard.token().as_bytes()));
+    let waiter = RedLock::new(&env.cache, "k", lease)
+        .wait_at_most(Duration::ZERO)
+        .acquire()
+        .await
+        .unwrap();
+    assert_eq!(
+        waiter.outcome(),
+        Outcome::TimedOut,
+        "and the other way round"
+    );
+    let ok = guard.release().await.unwrap();
+    assert!(ok);
+    let ok = env.cache.exists("k-lock").await.unwrap();
+    assert!(!ok);
+    let bad = env.cache.lock("", lease).try_acquire().await.unwrap_err();
+    assert_eq!(bad.kind(), ErrorKind::InvalidKey);
+    let bad = env
+        .cache
+        .lock("k", Duration::ZERO)
+        .acquire()
+        .await
+        .unwrap_err();
+    assert_eq!(bad.kind(), ErrorKind::InvalidArgument);
+}
