@@ -132,17 +132,8 @@ func TestOutcomes(t *testing.T) {
 		t.Fatalf("a lock not held removes nothing: %v %v", removed, err)
 	}
 
-	done := make(chan Outcome)
-	go func() {
-		l, err := c.Acquire("o", 5*time.Second)
-		if err != nil {
-			t.Error(err)
-			done <- 0
-			return
-		}
-		l.Release()
-		done <- l.Outcome()
-	}()
+	done := make(chan Outcome, 1)
+	go acquireAndRelease(t, c, "o", 5*time.Second, done)
 	if err := waitForWaiters(c, "o", 1); err != nil { // release only once it waits
 		t.Fatal(err)
 	}
@@ -158,6 +149,19 @@ func TestOutcomes(t *testing.T) {
 	}
 }
 
+// acquireAndRelease acquires key (waiting, if held), releases it, and sends how the
+// acquisition ended on done (0 after an error, which fails the test).
+func acquireAndRelease(t *testing.T, c *Cache, key string, lease time.Duration, done chan<- Outcome) {
+	l, err := c.Acquire(key, lease)
+	if err != nil {
+		t.Error(err)
+		done <- 0
+		return
+	}
+	l.Release()
+	done <- l.Outcome()
+}
+
 // Waiting counts the callers that wait, only while they wait, per key.
 func TestWaiting(t *testing.T) {
 	c := open(t)
@@ -170,16 +174,7 @@ func TestWaiting(t *testing.T) {
 	}
 	done := make(chan Outcome, 3)
 	for i := 0; i < 3; i++ {
-		go func() {
-			l, err := c.Acquire("w", 30*time.Second)
-			if err != nil {
-				t.Error(err)
-				done <- 0
-				return
-			}
-			l.Release()
-			done <- l.Outcome()
-		}()
+		go acquireAndRelease(t, c, "w", 30*time.Second, done)
 	}
 	if err := waitForWaiters(c, "w", 3); err != nil {
 		t.Fatal(err)

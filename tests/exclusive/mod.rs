@@ -4,6 +4,31 @@
 use std::time::Duration;
 
 use aiolock::Cache;
+/// `callers` tasks of one cache take the exclusive lock `k` `entries` times each, one
+/// after the other (each entry is held, then released): the hand-off workload whose
+/// server commands the backends' herd tests count.
+pub async fn hand_offs(cache: &Cache, callers: usize, entries: usize) {
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                for _ in 0..entries {
+                    let guard = cache
+                        .lock("k", Duration::from_secs(30))
+                        .wait_at_most(Duration::from_secs(60))
+                        .acquire()
+                        .await
+                        .unwrap()
+                        .expect("held within the bound");
+                    assert!(guard.release().await.unwrap());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
 
 /// An exclusive waiter whose future is dropped mid-wait (its task aborted) leaves no
 /// counted waiter and no lock key: after the holder's release the key is absent.

@@ -1325,26 +1325,7 @@ async fn exclusive_hand_off_commands_per_entry() {
     };
     let before = tokio::task::block_in_place(|| server_stats(&server));
     let (callers, entries) = (16, 10);
-    let tasks: Vec<_> = (0..callers)
-        .map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move {
-                for _ in 0..entries {
-                    let guard = cache
-                        .lock("k", Duration::from_secs(30))
-                        .wait_at_most(Duration::from_secs(60))
-                        .acquire()
-                        .await
-                        .unwrap()
-                        .expect("held within the bound");
-                    assert!(guard.release().await.unwrap());
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    crate::exclusive::hand_offs(&cache, callers, entries).await;
     let after = tokio::task::block_in_place(|| server_stats(&server));
     let n = (callers * entries) as f64;
     let per_entry = |name| (stat(&after, name) - stat(&before, name)) as f64 / n;

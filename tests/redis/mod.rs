@@ -1394,26 +1394,7 @@ async fn exclusive_hand_off_commands_per_entry() {
     for callers in [1usize, 4, 16] {
         let entries = 10;
         server.admin(&["CONFIG", "RESETSTAT"]);
-        let tasks: Vec<_> = (0..callers)
-            .map(|_| {
-                let cache = cache.clone();
-                tokio::spawn(async move {
-                    for _ in 0..entries {
-                        let guard = cache
-                            .lock("k", Duration::from_secs(30))
-                            .wait_at_most(Duration::from_secs(60))
-                            .acquire()
-                            .await
-                            .unwrap()
-                            .expect("held within the bound");
-                        assert!(guard.release().await.unwrap());
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
+        crate::exclusive::hand_offs(&cache, callers, entries).await;
         let calls = command_calls(&server);
         let count = |name: &str| {
             calls
