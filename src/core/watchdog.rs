@@ -182,6 +182,13 @@ impl<T> Schedule<T> {
         None
     }
 
+    /// Whether the renewal `seq` of `id` is still awaited (not stale, not removed).
+    pub fn awaits(&self, id: u64, seq: u64) -> bool {
+        self.slots
+            .get(&id)
+            .is_some_and(|slot| slot.seq == seq && slot.in_flight)
+    }
+
     /// The renewal `seq` of `id` was confirmed: the lease now ends at `lease_end`.
     /// Returns whether it counted (false: stale, or `id` is no longer watched).
     pub fn renewed(&mut self, id: u64, seq: u64, lease_end: Instant) -> bool {
@@ -281,6 +288,8 @@ mod tests {
         };
         assert_eq!((got, lease, lost_at), (id, LEASE, t + ms(270)));
         assert_eq!(s.next(t + ms(150)), None, "in flight");
+        assert!(s.awaits(id, seq));
+        assert!(!s.awaits(id, seq + 1));
         // Sent at 100 ms, confirmed: the lease ends at 400 ms, next renewal at 200 ms.
         assert!(s.renewed(id, seq, t + ms(400)));
         assert_eq!(s.wake_at(), Some(t + ms(200)));
@@ -326,6 +335,7 @@ mod tests {
         assert_eq!(seqs.len(), 2);
         assert_eq!(s.failed(a, seqs[&a]), Some("a"));
         assert_eq!(s.failed(a, seqs[&a]), None);
+        assert!(!s.awaits(a, seqs[&a]), "removed");
         // A manual extend while b's renewal is in flight: its answer is stale.
         assert!(s.extended(b, ms(600), t + ms(700)));
         assert_eq!(s.failed(b, seqs[&b]), None, "stale");

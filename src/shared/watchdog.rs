@@ -231,6 +231,12 @@ impl<B: Backend> Cache<B> {
     /// Sends one renewal and reports its answer to the schedule and the watch.
     #[maybe_async]
     pub(crate) async fn renew(self, renewal: Renewal) {
+        let Some(shared) = self.watchdog().shared.get() else {
+            return;
+        };
+        if !shared.lock().schedule.awaits(renewal.id, renewal.seq) {
+            return; // released or dropped since it was due
+        }
         let backend = self.backend();
         let sent = rt::now();
         let span = trace::span(Op::Extend, &renewal.key, backend.name());
@@ -245,9 +251,6 @@ impl<B: Backend> Cache<B> {
         );
         let answer = answer.unwrap_or_else(|| Err(Error::new(ErrorKind::Timeout, NO_ANSWER)));
         trace::end(&span, &answer, |r| trace::extended(*r));
-        let Some(shared) = self.watchdog().shared.get() else {
-            return;
-        };
         let late = rt::now() >= renewal.lost_at;
         let mut s = shared.lock();
         let why: Cow<'static, str> = match answer {
