@@ -773,13 +773,14 @@ impl Backend for MemcachedBackend {
         })
     }
 
-    /// Polls `mg v t` with capped, jittered backoff (`core::poll::Watch`): the holder's token
-    /// (`holder`, else the first one seen) gone or replaced before its lease could have
-    /// ended is a release, after it a vacancy. Every poll runs within the response
+    /// Polls `mg v t c` with capped, jittered backoff (`core::poll::Watch`): the holder's
+    /// token (`holder`, else the first one seen) gone or replaced before its lease could
+    /// have ended is a release, after it a vacancy; the same token under a new CAS is
+    /// the holder renewing its lease (it keeps the waiter waiting). Every poll runs within the response
     /// timeout and by `deadline`: a poll the server has not answered by then ends the
     /// wait ([`Wake::Deadline`]).
     async fn wait(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {
-        let request = meta::get(key, &[Flag::Value, Flag::Ttl])?;
+        let request = meta::get(key, &[Flag::Value, Flag::Ttl, Flag::Cas])?;
         let mut watch = Watch::new(self.pool.settings.max_poll_delay, holder);
         loop {
             let sent = rt::now();
@@ -794,10 +795,13 @@ impl Backend for MemcachedBackend {
             let now = rt::now();
             let seen = match &reply {
                 Reply::En => Seen::Missing,
-                Reply::Va(token, meta::ReplyFlags { ttl: Some(ttl), .. }) => {
-                    Seen::Held { token, ttl: *ttl }
-                }
-                other => return Err(unexpected("mg v t", other)),
+                Reply::Va(token, flags @ meta::ReplyFlags { ttl: Some(ttl), .. }) => Seen::Held {
+                    token,
+                    ttl: *ttl,
+                    // 0 from a server without CAS (`-C`): renewals go unseen.
+                    cas: flags.cas.unwrap_or(0),
+                },
+                other => return Err(unexpected("mg v t c", other)),
             };
             if let Some(wake) = watch.observe(seen, sent, now) {
                 return Ok(wake);
