@@ -1614,3 +1614,56 @@ both_flavors!(
         assert!(released);
     }
 );
+
+/// Issue 9, measured: a RedLock waiter of a holder that renews its 1 s lease every
+/// 250 ms (Redis caps each wait at the `PTTL` it saw) wakes at each lease end it saw,
+/// claims once and loses, and waits again: about one claim (`SET`) per lease length,
+/// never a release reported nor the lock taken, until the real release wakes it.
+/// The figures are printed (`--no-capture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiter_of_an_extended_holder_claims_once_per_lease_end() {
+    crate::support::events::install();
+    let server = RedisServer::start();
+    let cache = aiolock::Cache::from_url(&server.unix_url("namespace=renew:"))
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(1);
+    let mut holder = cache.redlock("k", lease).acquire().await.unwrap();
+    assert!(holder.is_acquired());
+    server.admin(&["CONFIG", "RESETSTAT"]);
+    let waiter = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            let long = Duration::from_secs(30);
+            let g = cache.redlock("k", long).wait_at_most(long).acquire().await;
+            g.unwrap().outcome()
+        }
+    });
+    crate::support::events::waiters("renew:k-lock", 1).await;
+    let renewals = 12;
+    let held = Instant::now();
+    for _ in 0..renewals {
+        tokio::time::sleep(lease / 4).await;
+        holder.extend(lease).await.unwrap();
+    }
+    let held = held.elapsed();
+    assert!(!waiter.is_finished(), "the waiter still waits");
+    assert!(holder.release().await.unwrap());
+    assert_eq!(waiter.await.unwrap(), Outcome::Released);
+    let claims = set_calls(&server);
+    let waits = crate::support::events::waiting("renew:k-lock");
+    eprintln!(
+        "a waiter of a holder renewing a {lease:?} lease every {:?} for {held:?}: \
+         {claims} claims, {waits} waits",
+        lease / 4
+    );
+    // Its first claim, then at most one per lease end it saw (each >= 3/4 lease
+    // apart), and one more for a renewal that came just after its look.
+    let most = 1 + (held.as_secs_f64() / (lease.as_secs_f64() * 0.75)).ceil() as usize + 1;
+    assert!(claims <= most, "{claims} claims (at most {most})");
+    assert!(
+        claims >= 2,
+        "the waiter woke at an old lease end and lost its claim"
+    );
+    assert_eq!(waits, claims, "each lost claim waits again, once");
+}
