@@ -266,6 +266,13 @@ impl<B: Backend> Cache<B> {
                     return; // stale: released, or extended by hand meanwhile
                 }
                 if renewal.watch.renewed(renewal.lease, lease_end) {
+                    // The worker may sleep until this guard's lost instant (async
+                    // flavor: renewals answer while it sleeps): wake it for the next.
+                    let wake = s.wakes_for(renew_at(lease_end, renewal.lease));
+                    drop(s);
+                    if wake {
+                        shared.changed.notify(usize::MAX);
+                    }
                     return;
                 }
                 s.schedule.remove(renewal.id);

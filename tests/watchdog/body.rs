@@ -70,7 +70,8 @@ pub struct Observed<B> {
 
 #[derive(Default)]
 struct ObservedState {
-    extends: std::collections::HashMap<Vec<u8>, usize>,
+    /// When each renewal of a key reached the backend.
+    extends: std::collections::HashMap<Vec<u8>, Vec<Instant>>,
     hang: Option<(Vec<u8>, Duration)>,
 }
 
@@ -84,8 +85,13 @@ impl<B> Observed<B> {
 
     /// How many renewals of the lock key `key` reached the backend.
     pub fn extends(&self, key: &[u8]) -> usize {
+        self.extends_at(key).len()
+    }
+
+    /// When each renewal of the lock key `key` reached the backend.
+    pub fn extends_at(&self, key: &[u8]) -> Vec<Instant> {
         let state = self.state.lock().unwrap();
-        state.extends.get(key).copied().unwrap_or(0)
+        state.extends.get(key).cloned().unwrap_or_default()
     }
 
     /// From now on, renewals of `key` get no answer for `d`, then fail (a timeout).
@@ -131,7 +137,11 @@ impl<B: Backend> Backend for Observed<B> {
     async fn extend(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<bool> {
         let hang = {
             let mut state = self.state.lock().unwrap();
-            *state.extends.entry(key.to_vec()).or_default() += 1;
+            state
+                .extends
+                .entry(key.to_vec())
+                .or_default()
+                .push(Instant::now());
             state
                 .hang
                 .as_ref()
@@ -260,6 +270,29 @@ pub async fn keeps_the_lock(env: Env) {
     assert_eq!(waiter.outcome(), Outcome::TimedOut);
     assert!(waiter.watch().is_none());
     drop(holder);
+}
+
+/// The renewals come a third of the lease after each other (when they reach the
+/// backend): the median gap is a third of the lease, not more (a worker that sleeps
+/// past them) nor less.
+#[maybe_async]
+pub async fn renews_every_third_of_the_lease(env: Env) {
+    let lease = env.lease;
+    let (observed, cache) = observed(&env);
+    let key = lock_key(&env, "k");
+    let guard = cache.lock("k", lease).watchdog().acquire().await;
+    let guard = guard.unwrap().expect("free");
+    poll_until("ten renewals", || observed.extends(&key) >= 10).await;
+    let at = observed.extends_at(&key);
+    let mut gaps: Vec<_> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    gaps.sort();
+    let median = gaps[gaps.len() / 2];
+    assert!(
+        median >= lease * 3 / 10 && median <= lease * 4 / 10,
+        "{median:?} between renewals of a {lease:?} lease: {gaps:?}"
+    );
+    let ok = guard.release().await.unwrap();
+    assert!(ok);
 }
 
 /// The lock is taken from a watched holder (its key deleted, another caller claims

@@ -139,6 +139,7 @@ mod memory {
 
     bodies!(env();
         keeps_the_lock,
+        renews_every_third_of_the_lease,
         reports_a_taken_lock,
         renewals_stop_at_release,
         one_hung_renewal_holds_up_no_other,
@@ -168,6 +169,7 @@ mod redis {
         use super::*;
         bodies!(env();
             keeps_the_lock,
+            renews_every_third_of_the_lease,
             reports_a_taken_lock,
             renewals_stop_at_release,
             one_hung_renewal_holds_up_no_other,
@@ -244,6 +246,7 @@ mod memcached {
         use super::*;
         bodies!(env();
             keeps_the_lock,
+            renews_every_third_of_the_lease,
             reports_a_taken_lock,
             renewals_stop_at_release,
             one_hung_renewal_holds_up_no_other,
