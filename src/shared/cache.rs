@@ -11,6 +11,8 @@ use super::optimistic::OptimisticLock;
 #[cfg(feature = "redis")]
 use super::redis_backend::RedisBackend;
 use super::redlock::RedLock;
+#[cfg(any(feature = "redis", feature = "memcached"))]
+use super::rt;
 use crate::backend::memory::store::MemoryBackend;
 use crate::config::{self, Endpoint, Options};
 use crate::core::lease::check_ttl;
@@ -220,7 +222,7 @@ impl<B: Backend> Cache<B> {
     }
 
     /// Counts a caller as waiting on `lock_key` (the full key) until the guard drops.
-    pub(crate) fn enter_wait(&self, lock_key: &[u8]) -> Waiting<'_> {
+    pub(crate) fn enter_wait<'a>(&'a self, lock_key: &'a [u8]) -> Waiting<'a> {
         self.inner.waiters.enter(lock_key)
     }
 
@@ -549,6 +551,18 @@ macro_rules! dispatch {
             AnyBackend::Memcached($b) => maybe_await!($call),
         }
     };
+    // The network backends' futures on the heap (async flavor): the memory store's
+    // stay small and inline, so that a task waiting on `memory://` does not carry the
+    // size of a Redis or memcached round trip it never makes.
+    (boxed $self:ident, $b:ident => $call:expr) => {
+        match $self {
+            AnyBackend::Memory($b) => maybe_await!($call),
+            #[cfg(feature = "redis")]
+            AnyBackend::Redis($b) => maybe_await!(rt::boxed($call)),
+            #[cfg(feature = "memcached")]
+            AnyBackend::Memcached($b) => maybe_await!(rt::boxed($call)),
+        }
+    };
 }
 
 #[maybe_async(AFIT)]
@@ -588,7 +602,7 @@ impl Backend for AnyBackend {
     }
 
     async fn claim(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<Claim> {
-        dispatch!(self, b => Backend::claim(b, key, token, lease))
+        dispatch!(boxed self, b => Backend::claim(b, key, token, lease))
     }
 
     async fn release(&self, key: &[u8], token: &[u8]) -> Result<bool> {
@@ -606,7 +620,7 @@ impl Backend for AnyBackend {
     }
 
     async fn wait(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {
-        dispatch!(self, b => Backend::wait(b, key, holder, deadline))
+        dispatch!(boxed self, b => Backend::wait(b, key, holder, deadline))
     }
 
     async fn begin(&self, key: &[u8]) -> Result<Versioned> {

@@ -137,8 +137,8 @@ impl<B: Backend> RedLock<B> {
     /// held by nobody: if the add may have been applied, the dropped acquisition
     /// releases it (owner-checked) like a dropped guard.
     #[maybe_async]
-    pub async fn acquire(self) -> Result<LockGuard<B>> {
-        self.acquire_in(Acquisition::new).await
+    pub fn acquire(self) -> impl Future<Output = Result<LockGuard<B>>> + Send {
+        self.acquire_in(Acquisition::new)
     }
 
     /// The acquisition loop of both lease locks: `machine` makes the state machine
@@ -147,34 +147,54 @@ impl<B: Backend> RedLock<B> {
     /// [`ExclusiveLock`](super::ExclusiveLock). The claims, the waits with the
     /// holder's token, the `Cache::waiting` count, the spans and the cleanup of a
     /// failed claim are the same.
+    ///
+    /// Not an `async fn`: one stores its arguments twice in its future, and a task
+    /// waiting for a lock carries that future for as long as it waits. The lock's
+    /// parts go into the guard at once, and the future holds them only there.
     #[maybe_async]
-    pub(super) async fn acquire_in(
+    pub(super) fn acquire_in(
         self,
         machine: fn(Duration) -> Acquisition,
-    ) -> Result<LockGuard<B>> {
-        let span = trace::span(Op::Acquire, &self.key, self.cache.backend().name());
-        let result = in_span!(span, self.acquire_untraced(machine));
-        trace::end(&span, &result, |g| trace::outcome(g.outcome));
-        result
-    }
-
-    #[maybe_async]
-    async fn acquire_untraced(self, machine: fn(Duration) -> Acquisition) -> Result<LockGuard<B>> {
-        if self.empty_key {
-            return Err(Error::invalid_key("the key is empty"));
-        }
-        let lease = check_lease(self.lease)?;
-        let token = Token::random();
-        let mut machine = machine(self.wait.unwrap_or(lease));
+    ) -> impl Future<Output = Result<LockGuard<B>>> + Send {
+        let RedLock {
+            cache,
+            key,
+            empty_key,
+            lease,
+            wait,
+        } = self;
         // The guard is armed (holds the token) while an add is in flight, so a
         // cancelled or failed acquisition releases what it may have taken.
         let mut guard = LockGuard {
-            cache: self.cache,
-            key: self.key,
+            cache,
+            key,
             token: None,
             lease,
             outcome: Outcome::TimedOut,
         };
+        async move {
+            let span = trace::span(Op::Acquire, &guard.key, guard.cache.backend().name());
+            let run = Self::acquire_untraced(&mut guard, empty_key, wait, machine);
+            let result = in_span!(span, run).map(|()| guard);
+            trace::end(&span, &result, |g| trace::outcome(g.outcome));
+            result
+        }
+    }
+
+    /// Drives `guard`'s acquisition to its outcome (`Ok`: in `guard.outcome`).
+    #[maybe_async]
+    async fn acquire_untraced(
+        guard: &mut LockGuard<B>,
+        empty_key: bool,
+        wait: Option<Duration>,
+        machine: fn(Duration) -> Acquisition,
+    ) -> Result<()> {
+        if empty_key {
+            return Err(Error::invalid_key("the key is empty"));
+        }
+        guard.lease = check_lease(guard.lease)?;
+        let token = Token::random();
+        let mut machine = machine(wait.unwrap_or(guard.lease));
         // The token of the holder our last claim lost to, when the backend told it.
         let mut holder = None;
         // The bound of our last wait: set once a wait woke us, when a claim again is
@@ -184,10 +204,12 @@ impl<B: Backend> RedLock<B> {
         loop {
             action = match action {
                 Action::Add => {
-                    let mut turn = None;
-                    if let Some(deadline) = woken.take() {
-                        match follow(&guard.cache, &guard.key, deadline).await {
-                            Followed::Claim(claiming) => turn = Some(claiming),
+                    // (Bound after the follow, so that the future does not keep its
+                    // room while it waits.)
+                    let turn = match woken.take() {
+                        None => None,
+                        Some(deadline) => match follow(&guard.cache, &guard.key, deadline).await {
+                            Followed::Claim(claiming) => Some(claiming),
                             Followed::Lost(h) => {
                                 holder = h;
                                 action = machine.added(false, rt::now);
@@ -197,13 +219,13 @@ impl<B: Backend> RedLock<B> {
                                 action = machine.woke(Wake::Deadline, rt::now());
                                 continue;
                             }
-                        }
-                    }
+                        },
+                    };
                     guard.token = Some(token);
                     let claim = guard
                         .cache
                         .backend()
-                        .claim(&guard.key, token.as_bytes(), lease)
+                        .claim(&guard.key, token.as_bytes(), guard.lease)
                         .await;
                     let claim = match claim {
                         Ok(claim) => claim,
@@ -249,7 +271,7 @@ impl<B: Backend> RedLock<B> {
                 }
                 Action::Finish(outcome) => {
                     guard.outcome = outcome;
-                    return Ok(guard);
+                    return Ok(());
                 }
             }
         }
