@@ -620,7 +620,17 @@ impl Backend for AnyBackend {
     }
 
     async fn wait(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {
-        dispatch!(boxed self, b => Backend::wait(b, key, holder, deadline))
+        // Redis's wait keeps its round trips on the heap itself and is no larger than
+        // the memory store's while it listens; memcached's polls inline.
+        match self {
+            AnyBackend::Memory(b) => maybe_await!(Backend::wait(b, key, holder, deadline)),
+            #[cfg(feature = "redis")]
+            AnyBackend::Redis(b) => maybe_await!(Backend::wait(b, key, holder, deadline)),
+            #[cfg(feature = "memcached")]
+            AnyBackend::Memcached(b) => {
+                maybe_await!(rt::boxed(Backend::wait(b, key, holder, deadline)))
+            }
+        }
     }
 
     async fn begin(&self, key: &[u8]) -> Result<Versioned> {

@@ -373,32 +373,40 @@ impl Backend for RedisBackend {
         r::claim(self.query(&c, "SET NX GET").await?, token)
     }
 
-    async fn wait(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {
+    fn wait(
+        &self,
+        key: &[u8],
+        holder: Option<&[u8]>,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Wake>> + Send {
         // Subscribed and re-checked first, in a boxed future: the two round trips'
-        // state is freed before listening, so that the wait's future (in every waiting
-        // task, for up to a lease) keeps only what listening needs.
-        let (subscription, until, until_is_deadline) =
-            match rt::boxed(self.prepare_wait(key, holder, deadline)).await? {
+        // state is freed before listening, and the wait's future (in every waiting
+        // task, for up to a lease) keeps only what listening needs (not even the
+        // arguments: a block, not an `async fn`, which would store them twice).
+        let prepare = rt::boxed(self.prepare_wait(key, holder, deadline));
+        async move {
+            let (subscription, until, until_is_deadline) = match prepare.await? {
                 Ok(listen) => listen,
                 Err(wake) => return Ok(wake),
             };
-        let waiter = subscription.waiter();
-        let heard = loop {
-            // A look first: woken by a release, the waiter ends here without listening
-            // again (an allocation and a lock of the channel's event each).
-            if let Some(heard) = waiter.heard() {
-                break heard;
-            }
-            // Listening before the next look: a notification after it is not missed.
-            let listener = waiter.listen();
-            if let Some(heard) = waiter.heard() {
-                break heard;
-            }
-            if !rt::wait_listener(listener, until).await {
-                break r::Heard::Silence;
-            }
-        };
-        Ok(r::wake(heard, until, until_is_deadline, rt::now()))
+            let waiter = subscription.waiter();
+            let heard = loop {
+                // A look first: woken by a release, the waiter ends here without listening
+                // again (an allocation and a lock of the channel's event each).
+                if let Some(heard) = waiter.heard() {
+                    break heard;
+                }
+                // Listening before the next look: a notification after it is not missed.
+                let listener = waiter.listen();
+                if let Some(heard) = waiter.heard() {
+                    break heard;
+                }
+                if !rt::wait_listener(listener, until).await {
+                    break r::Heard::Silence;
+                }
+            };
+            Ok(r::wake(heard, until, until_is_deadline, rt::now()))
+        }
     }
 
     async fn begin(&self, key: &[u8]) -> Result<Versioned> {

@@ -60,7 +60,9 @@ struct Slot {
     joined: u64,
     /// The hub's epoch when the waiter joined.
     epoch: u64,
-    holder: Option<Box<[u8]>>,
+    /// Shared with the channel's other waiters for the same holder (a stampede's
+    /// waiters all lost to one): one copy of the token, not one per waiter.
+    holder: Option<Arc<[u8]>>,
     /// A counted message came.
     heard: AtomicBool,
     /// A re-check found the holder gone.
@@ -102,11 +104,18 @@ impl Hub {
         let slot = {
             let mut state = channel.state.lock();
             state.seq += 1;
+            let holder = holder.map(|h| {
+                let last = state.waiters.last().and_then(|s| s.holder.as_ref());
+                match last {
+                    Some(same) if **same == *h => Arc::clone(same),
+                    _ => Arc::from(h),
+                }
+            });
             let slot = Arc::new(Slot {
                 at: AtomicUsize::new(state.waiters.len()),
                 joined: state.seq,
                 epoch: self.epoch(),
-                holder: holder.map(Box::from),
+                holder,
                 heard: AtomicBool::new(false),
                 gone: AtomicBool::new(false),
             });
