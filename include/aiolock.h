@@ -114,6 +114,17 @@ typedef enum aiolock_outcome {
 typedef struct aiolock_cache aiolock_cache;
 
 /**
+ * A held exclusive lock: the key belongs to this handle until its lease ends or it
+ * is released. Created by `aiolock_exclusive_acquire` or
+ * `aiolock_exclusive_try_acquire` (only when they got the lock); consumed by
+ * `aiolock_exclusive_release` or `aiolock_exclusive_free`.
+ *
+ * An opaque type with functions of its own (`aiolock_exclusive_*`), so that what a
+ * holder can do later (extend, fence, watchdog) is new functions on this handle.
+ */
+typedef struct aiolock_exclusive aiolock_exclusive;
+
+/**
  * The result of `aiolock_acquire`: holds the lock when the outcome was
  * `AIOLOCK_ACQUIRED`. Consumed by `aiolock_release`.
  */
@@ -225,6 +236,105 @@ enum aiolock_status aiolock_acquire(const struct aiolock_cache *cache,
  * `removed_out` must be NULL or valid for a write.
  */
 enum aiolock_status aiolock_release(struct aiolock_lock *lock, bool *removed_out);
+
+/**
+ * Takes the exclusive lock on `key`, waiting through other holders' releases and
+ * lease ends until this caller holds it, or `wait_secs` has passed: a mutex with a
+ * lease, where `aiolock_acquire` is a stampede lock (its waiters go on without the
+ * lock). The lock key is the same as `aiolock_acquire`'s (`namespace + key +
+ * lock_suffix`), and the two exclude each other.
+ *
+ * - `lease_secs`: how long the lock is held at most once acquired; finite, at least
+ *   one nanosecond, else `AIOLOCK_INVALID_ARGUMENT`.
+ * - `wait_secs`: how long to wait at most, from the first lost claim. 0 (or -0.0):
+ *   claim once, never wait (`aiolock_exclusive_try_acquire`). Unlike
+ *   `aiolock_acquire` there is no default: a negative number, NaN, ±infinity or a
+ *   positive number below one nanosecond is `AIOLOCK_INVALID_ARGUMENT`. For "as
+ *   long as it takes", pass a large number (at most about 31 years).
+ *
+ * On success (`AIOLOCK_OK`), `*lock_out` is either
+ * - a new handle: this caller holds the lock; the caller owns the handle and must
+ *   pass it to `aiolock_exclusive_release` (or `aiolock_exclusive_free`); or
+ * - NULL: **not acquired**, the key was held by other callers until `wait_secs`
+ *   passed. Not getting the lock is not an error (no status, no last error
+ *   message): test the handle. `AIOLOCK_TIMEOUT` is something else, a backend that
+ *   did not answer.
+ *
+ * A lease lock cannot stop a holder that paused past its lease (GC, `SIGSTOP`, a
+ * slow disk) from writing after the next holder started: choose a lease much
+ * longer than the work, and let the storage refuse stale writes where that harms.
+ *
+ * Errors: `AIOLOCK_INVALID_ARGUMENT`, `AIOLOCK_INVALID_KEY` (an empty key; on
+ * memcached a lock key too long or with bytes memcached refuses), the backend's
+ * errors. After an error the caller does not hold the lock (a claim whose answer
+ * was lost is released in the background).
+ *
+ * # Safety
+ *
+ * `cache` must be NULL or a live cache; `key` must be NULL or valid for reads of
+ * `key_len` bytes; `lock_out` must be NULL or valid for a write.
+ */
+enum aiolock_status aiolock_exclusive_acquire(const struct aiolock_cache *cache,
+                                              const uint8_t *key,
+                                              size_t key_len,
+                                              double lease_secs,
+                                              double wait_secs,
+                                              struct aiolock_exclusive **lock_out);
+
+/**
+ * Claims the exclusive lock on `key` once, never waiting: `aiolock_exclusive_acquire`
+ * with a `wait_secs` of 0. One round trip (memory: none).
+ *
+ * On success, `*lock_out` is a new handle (held; the caller must pass it to
+ * `aiolock_exclusive_release` or `aiolock_exclusive_free`), or NULL when another
+ * caller holds the lock now (not acquired, not an error).
+ *
+ * Errors: as `aiolock_exclusive_acquire`.
+ *
+ * # Safety
+ *
+ * As `aiolock_exclusive_acquire`.
+ */
+enum aiolock_status aiolock_exclusive_try_acquire(const struct aiolock_cache *cache,
+                                                  const uint8_t *key,
+                                                  size_t key_len,
+                                                  double lease_secs,
+                                                  struct aiolock_exclusive **lock_out);
+
+/**
+ * Releases and frees an exclusive lock handle: deletes the lock key only if it
+ * still holds this handle's token (atomically) and wakes the waiters.
+ * `*removed_out` (optional, NULL when the answer is not wanted) says whether it
+ * removed the lock: false when the lease had already ended (another caller may hold
+ * the lock now, and its lock is left alone; writes made after the lease ended were
+ * not protected).
+ *
+ * **Consumes `lock` whatever the status** (unless it is NULL): the caller must not
+ * use it again. On a backend error the lock is left to expire with its lease.
+ *
+ * Errors: `AIOLOCK_INVALID_ARGUMENT` (`lock` is NULL, e.g. the "not acquired" NULL
+ * of `aiolock_exclusive_acquire`), the backend's errors.
+ *
+ * # Safety
+ *
+ * `lock` must be NULL or a handle from `aiolock_exclusive_acquire` or
+ * `aiolock_exclusive_try_acquire` not yet consumed, not in use by another thread;
+ * `removed_out` must be NULL or valid for a write.
+ */
+enum aiolock_status aiolock_exclusive_release(struct aiolock_exclusive *lock, bool *removed_out);
+
+/**
+ * Frees an exclusive lock handle, releasing the lock as `aiolock_exclusive_release`
+ * does but without reporting anything (for cleanup paths and finalizers; a release
+ * that fails for a transient reason, such as a broken connection, is retried in the
+ * background, and a lock that could not be released expires with its lease).
+ * NULL does nothing. Does not change the last error.
+ *
+ * # Safety
+ *
+ * `lock` must be NULL or a live exclusive lock handle, not in use by another thread.
+ */
+void aiolock_exclusive_free(struct aiolock_exclusive *lock);
 
 /**
  * Begins an optimistic lock on `key` (aiocache's `OptimisticLock`): reads the value
