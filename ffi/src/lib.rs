@@ -973,22 +973,22 @@ mod tests {
             assert_eq!(status, aiolock_status::AIOLOCK_OK);
             assert!(!held.is_null(), "uncontended: held");
             // Not acquired: OK and a NULL handle, no last error.
-            let mut other = 0x1 as *mut aiolock_exclusive;
+            let mut other = std::ptr::dangling_mut::<aiolock_exclusive>();
             let status = aiolock_exclusive_try_acquire(cache, b"k".as_ptr(), 1, 30.0, &mut other);
             assert_eq!(status, aiolock_status::AIOLOCK_OK);
             assert!(other.is_null());
             assert_eq!(last_error(), "");
-            let mut other = 0x1 as *mut aiolock_exclusive;
+            let mut other = std::ptr::dangling_mut::<aiolock_exclusive>();
             let status = aiolock_exclusive_acquire(cache, b"k".as_ptr(), 1, 30.0, 0.01, &mut other);
             assert_eq!(status, aiolock_status::AIOLOCK_OK);
             assert!(other.is_null());
             // A negative wait is refused (no default), and the output is untouched.
-            let mut untouched = 0x1 as *mut aiolock_exclusive;
+            let mut untouched = std::ptr::dangling_mut::<aiolock_exclusive>();
             let status =
                 aiolock_exclusive_acquire(cache, b"k".as_ptr(), 1, 30.0, -1.0, &mut untouched);
             assert_eq!(status, aiolock_status::AIOLOCK_INVALID_ARGUMENT);
             assert!(last_error().contains("wait_secs"), "{}", last_error());
-            assert_eq!(untouched, 0x1 as *mut aiolock_exclusive);
+            assert_eq!(untouched, std::ptr::dangling_mut::<aiolock_exclusive>());
             let mut removed = false;
             assert_eq!(
                 aiolock_exclusive_release(held, &mut removed),
