@@ -1418,3 +1418,43 @@ async fn exclusive_hand_off_commands_per_entry() {
         assert!(claims <= 3.0, "{claims:.2} claims per entry: {calls:?}");
     }
 }
+
+/// The lock key's `PTTL` in milliseconds, read by the admin connection.
+fn pttl(server: &RedisServer, key: &str) -> i64 {
+    let reply = server.admin(&["PTTL", key]);
+    reply
+        .trim_end()
+        .strip_prefix(':')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("PTTL {key}: {reply:?}"))
+}
+
+both_flavors!(
+    /// Issue 9: `extend` is one owner-checked script; when its reply is lost it is
+    /// sent again (renewing twice is harmless) and reports the renewal, not an
+    /// unknown outcome. Once the key is another caller's, it is `Lost` and that
+    /// caller's TTL is left alone.
+    extend_lost_reply_is_resent(server, url) {
+        let _ = &url;
+        let proxy = Proxy::unix(server.socket());
+        let cache = Cache::from_url(&proxied(&proxy, "namespace=t:")).await.unwrap();
+        let mut guard = cache.redlock("k", Duration::from_secs(2)).acquire().await.unwrap();
+        // Loads the script (the first EVALSHA answers NOSCRIPT).
+        guard.extend(Duration::from_secs(3)).await.unwrap();
+        let before = proxy.sent(b"EVALSHA");
+        proxy.lose_reply_after(b"EVALSHA");
+        let extended = guard.extend(Duration::from_secs(60)).await;
+        assert!(extended.is_ok(), "renewed: {extended:?}");
+        assert_eq!(proxy.sent(b"EVALSHA"), before + 2, "sent again once");
+        let left = pttl(server, "t:k-lock");
+        assert!(left > 30_000, "the lock key's TTL follows: {left} ms");
+        // Someone else's now.
+        server.admin(&["SET", "t:k-lock", "other", "PX", "5000"]);
+        let lost = guard.extend(Duration::from_secs(60)).await.unwrap_err();
+        assert!(lost.is_lost(), "{lost}");
+        let left = pttl(server, "t:k-lock");
+        assert!(left <= 5000, "the other holder's TTL untouched: {left} ms");
+        let released = guard.release().await.unwrap();
+        assert!(!released);
+    }
+);

@@ -64,6 +64,9 @@ use crate::value::{CasToken, Ttl, Versioned};
 ///   the key is no longer ours, the first attempt may have released it or the lease
 ///   may have ended before — a [`Connection`](crate::ErrorKind::Connection) error
 ///   that says the outcome is unknown, never `false`;
+/// - an `extend` is resent (it is owner-checked, and renewing twice only starts the
+///   lease a little later): its answer is the truth, `false` (the lock is not ours)
+///   included;
 /// - a `cas` of a read value is resent: `true` if it writes or if the key already
 ///   holds exactly the new value; otherwise a `Connection` error (outcome unknown),
 ///   never a [`Conflict`](crate::ErrorKind::Conflict);
@@ -325,6 +328,22 @@ impl Backend for RedisBackend {
             Some(1) => Ok(true),
             _ => Err(self.unknown("release")),
         }
+    }
+
+    async fn extend(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<bool> {
+        let px = r::millis(lease).to_string();
+        let args: [&[u8]; 2] = [token, px.as_bytes()];
+        let what = "extend";
+        let renewed = match self.script_int(&r::EXTEND, key, &args, what).await? {
+            Some(n) => n,
+            // Owner-checked, and a second renewal only moves the lease end a little
+            // later: resent. Not ours now means not ours, whatever the first did.
+            None => self
+                .script_int(&r::EXTEND, key, &args, what)
+                .await?
+                .ok_or_else(|| self.unknown(what))?,
+        };
+        Ok(renewed == 1)
     }
 
     async fn claim(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<Claim> {

@@ -64,6 +64,17 @@ return n"
 pub(crate) static PROBE: Lua =
     lua!(r"return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}");
 
+/// Owner-checked renewal: `KEYS[1]` the lock key, `ARGV[1]` the token, `ARGV[2]` the
+/// new lease in milliseconds. Sets the key's TTL to the lease only if it holds the
+/// token. Returns 1 when it did, else 0. Sending it twice renews twice, from the
+/// second arrival: safe to resend.
+pub(crate) static EXTEND: Lua = lua!(
+    r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0"
+);
+
 /// Compare-and-set against the value read: `KEYS[1]` the key, `ARGV[1]` the value
 /// read, `ARGV[2]` the new value, `ARGV[3]` a TTL in milliseconds or `''` for none.
 /// Returns 1 when it wrote, else 0.
