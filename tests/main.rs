@@ -114,6 +114,7 @@ macro_rules! backend_suite {
                 exclusive_try_never_waits,
                 extend_is_owner_checked,
                 fences_grow_with_each_acquisition,
+                waiter_of_an_extended_holder_keeps_waiting,
             );
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
