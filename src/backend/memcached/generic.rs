@@ -271,7 +271,7 @@ enum Repeat {
     Once,
 }
 
-/// How a request that must not run twice went.
+/// How a single request that must not run twice went.
 enum Sent {
     /// Its reply.
     Reply(Reply),
@@ -369,9 +369,10 @@ impl Pool {
     /// then the error is a timeout).
     #[maybe_async]
     async fn call_by(&self, request: &[u8], cap: Option<Instant>) -> Result<Reply> {
-        match self.send(request, Repeat::Idempotent, cap).await? {
-            Sent::Reply(reply) => Ok(reply),
-            Sent::Lost(error) => Err(error),
+        let batch = self.send(request, 1, Repeat::Idempotent, cap).await?;
+        match batch.lost {
+            Some(error) => Err(error),
+            None => self.only_reply(batch.replies),
         }
     }
 
@@ -379,20 +380,57 @@ impl Pool {
     /// response timeout; says so when the reply was lost.
     #[maybe_async]
     async fn call_once(&self, request: &[u8]) -> Result<Sent> {
-        self.send(request, Repeat::Once, None).await
+        let batch = self.send(request, 1, Repeat::Once, None).await?;
+        match batch.lost {
+            Some(error) => Ok(Sent::Lost(error)),
+            None => self.only_reply(batch.replies).map(Sent::Reply),
+        }
     }
 
-    /// Sends one request and reads its reply, by `cap` at the latest. An error reply,
-    /// a failure or a cancellation discards the connection. A request whose
-    /// connection the server closed (a pooled connection of a server that restarted,
-    /// or a connection lost on the way) is sent once more on a new one when it never
-    /// reached the server, or when it may run twice ([`Repeat`]); else its caller is
-    /// told the reply was lost ([`Sent::Lost`]).
+    /// The reply to a single request; an error line is an error.
+    fn only_reply(&self, mut replies: Vec<Reply>) -> Result<Reply> {
+        match replies.pop() {
+            Some(Reply::Error(line, message)) => Err(self.refused(line, &message)),
+            Some(reply) => Ok(reply),
+            None => Err(Error::new(ErrorKind::Protocol, "memcached sent no reply")),
+        }
+    }
+
+    /// The error for an error line (`ERROR`, `CLIENT_ERROR`, `SERVER_ERROR`).
+    fn refused(&self, line: ErrorLine, message: &str) -> Error {
+        let hint = if line == ErrorLine::Generic {
+            " (the meta protocol needs memcached >= 1.6.10)"
+        } else {
+            ""
+        };
+        Error::new(
+            ErrorKind::Backend,
+            format!(
+                "memcached at {} refused the command: {} {message}{hint}",
+                self.settings.addr,
+                Reply::Error(line, String::new()).code()
+            ),
+        )
+    }
+
+    /// Writes `request` (`count` commands) and reads `count` replies, by `cap` at the
+    /// latest. An error line ends the batch (it is its last reply) and discards the
+    /// connection, as do a failure and a cancellation. A batch whose connection the
+    /// server closed before its first reply (a pooled connection of a server that
+    /// restarted, or a connection lost on the way) is sent once more on a new one
+    /// when it never reached the server, or when it may run twice ([`Repeat`]); else
+    /// its caller is told which replies were lost ([`Batch::lost`]).
     ///
     /// Time: waiting for a free connection and the exchange share one response
     /// timeout; opening a connection has its own `connect_timeout`.
     #[maybe_async]
-    async fn send(&self, request: &[u8], repeat: Repeat, cap: Option<Instant>) -> Result<Sent> {
+    async fn send(
+        &self,
+        request: &[u8],
+        count: usize,
+        repeat: Repeat,
+        cap: Option<Instant>,
+    ) -> Result<Batch> {
         let s = &self.settings;
         let capped = |at: Instant| cap.map_or(at, |cap| at.min(cap));
         let mut retried = false;
@@ -407,52 +445,75 @@ impl Pool {
                 // The time spent connecting counted against connect_timeout.
                 capped(answer_by + (rt::now() - start))
             };
-            match conn.call(request, answer_by).await {
-                Ok(Reply::Error(line, message)) => {
-                    drop(conn);
-                    drop(permit);
-                    let hint = if line == ErrorLine::Generic {
-                        " (the meta protocol needs memcached >= 1.6.10)"
-                    } else {
-                        ""
-                    };
-                    return Err(Error::new(
-                        ErrorKind::Backend,
-                        format!(
-                            "memcached at {} refused the command: {} {message}{hint}",
-                            s.addr,
-                            Reply::Error(line, String::new()).code()
-                        ),
-                    ));
-                }
-                Ok(reply) => {
-                    permit.give_back(conn);
-                    return Ok(Sent::Reply(reply));
-                }
-                Err(failure) => {
-                    drop(conn);
-                    drop(permit);
-                    let closed = matches!(failure.fate, Fate::Unsent | Fate::Unanswered);
-                    if closed && reused {
-                        self.close_idle();
+            let mut replies = Vec::with_capacity(count);
+            let mut failure = conn.send(request, answer_by).await.err();
+            while failure.is_none() && replies.len() < count {
+                match conn.recv(answer_by).await {
+                    Ok(reply) => {
+                        let refused = matches!(reply, Reply::Error(..));
+                        replies.push(reply);
+                        if refused {
+                            break;
+                        }
                     }
-                    let again = match failure.fate {
-                        Fate::Unsent => true,
-                        Fate::Unanswered => repeat == Repeat::Idempotent,
-                        Fate::Unknown => false,
-                    };
-                    if again && !retried {
-                        retried = true;
-                        continue;
-                    }
-                    if failure.fate == Fate::Unanswered && repeat == Repeat::Once {
-                        return Ok(Sent::Lost(failure.error));
-                    }
-                    return Err(failure.error);
+                    Err(f) => failure = Some(f),
                 }
             }
+            let Some(failure) = failure else {
+                if matches!(replies.last(), Some(Reply::Error(..))) {
+                    // memcached may have read the rest of a rejected request as
+                    // commands: the connection is out of step.
+                    drop(conn);
+                    drop(permit);
+                } else if !conn.drained() {
+                    drop(conn);
+                    drop(permit);
+                    return Err(Error::new(
+                        ErrorKind::Protocol,
+                        format!("memcached at {}: more bytes than the replies", s.addr),
+                    ));
+                } else {
+                    permit.give_back(conn);
+                }
+                return Ok(Batch {
+                    replies,
+                    lost: None,
+                });
+            };
+            drop(conn);
+            drop(permit);
+            let closed = matches!(failure.fate, Fate::Unsent | Fate::Unanswered);
+            if closed && reused {
+                self.close_idle();
+            }
+            let again = match failure.fate {
+                Fate::Unsent => true,
+                Fate::Unanswered => repeat == Repeat::Idempotent && replies.is_empty(),
+                Fate::Unknown => false,
+            };
+            if again && !retried {
+                retried = true;
+                continue;
+            }
+            if failure.fate == Fate::Unanswered && repeat == Repeat::Once {
+                return Ok(Batch {
+                    replies,
+                    lost: Some(failure.error),
+                });
+            }
+            return Err(failure.error);
         }
     }
+}
+
+/// The replies to a batch of requests ([`Pool::send`]).
+struct Batch {
+    /// The replies read, in the order of the requests. An error line, when one came,
+    /// is the last (the connection was dropped after it).
+    replies: Vec<Reply>,
+    /// Set when the server closed the connection after `replies.len()` replies: the
+    /// requests after those may or may not have run.
+    lost: Option<Error>,
 }
 
 /// How an add (`ms ME`) went.
@@ -635,6 +696,67 @@ impl Backend for MemcachedBackend {
                 String::from_utf8_lossy(key)
             ),
         ))
+    }
+
+    /// Reads the token and its CAS unique (`mg v c`), compares the token, then
+    /// rewrites the same token with the TTL a claim gives `lease` (`ms <len> C<cas>
+    /// T<ttl>`, see "TTLs and leases" on [`MemcachedBackend`]) only if the CAS is
+    /// unchanged: the key then lives at least `lease` from when the server applied
+    /// the write. A CAS that went stale in between (another renewal of ours) is read
+    /// again; a key gone in between (`NF`) is not ours any more. Never uses a CAS
+    /// remembered from the acquisition.
+    ///
+    /// When the reply to the write is lost, the lock is read again: still our token →
+    /// the write is sent again, against the CAS just read (renewing twice renews once,
+    /// a little later; whether the first write ran cannot be told from the TTL, which
+    /// memcached counts in whole seconds); gone or another token → a
+    /// [`Connection`](ErrorKind::Connection) error says the outcome is unknown.
+    async fn extend(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<bool> {
+        check_lock_key(key)?;
+        let read = meta::get(key, &[Flag::Value, Flag::Cas])?;
+        // The error of a write whose reply was lost, until a later write is answered.
+        let mut lost = None;
+        let not_ours = |lost: Option<Error>| match lost {
+            None => Ok(false),
+            Some(lost) => Err(outcome_unknown(
+                lost,
+                "the extension of",
+                key,
+                "the lock no longer holds our token (its lease ended, or another client \
+                 deleted it)",
+            )),
+        };
+        for _ in 0..RELEASE_TRIES {
+            let cas = match self.pool.call(&read).await? {
+                Reply::Va(value, flags) if value == token => Self::cas_of(key, &flags)?,
+                Reply::En | Reply::Va(..) => return not_ours(lost),
+                other => return Err(unexpected("mg v c", &other)),
+            };
+            let write = meta::set(key, token, &[Flag::CompareCas(cas), exptime(Some(lease))])?;
+            match self.pool.call_once(&write).await? {
+                Sent::Reply(Reply::Hd(_)) => return Ok(true),
+                Sent::Reply(Reply::Nf(_)) => return not_ours(lost),
+                Sent::Reply(Reply::Ex(_)) => continue,
+                Sent::Reply(other) => return Err(unexpected("ms C", &other)),
+                Sent::Lost(error) => lost = Some(error),
+            }
+        }
+        Err(match lost {
+            Some(lost) => outcome_unknown(
+                lost,
+                "the extension of",
+                key,
+                "the last write's reply was lost too",
+            ),
+            None => Error::new(
+                ErrorKind::Backend,
+                format!(
+                    "the lock {:?} changed between read and write {RELEASE_TRIES} times in a \
+                     row",
+                    String::from_utf8_lossy(key)
+                ),
+            ),
+        })
     }
 
     /// `ms <key> <len> ME T<ttl>`: `HD` → won, `NS` → held (the holder's token is
