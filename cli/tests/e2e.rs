@@ -467,6 +467,8 @@ fn status_and_forced_release(env: &Env) {
 
     let out = env.aiolock(&["release", "--force", "k"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The holder's next renewal finds the lock gone (before its stdin closes).
+    env.wait_mark("term");
     let out = a.finish();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(124), "{err}");
