@@ -80,7 +80,11 @@ pub fn status(g: &Global, key: &str) -> i32 {
     match lock_state(&cache, key) {
         Ok(state) => {
             println!("{}", describe(key, &state));
-            if state.held.is_some() { 0 } else { code::CONFLICT }
+            if state.held.is_some() {
+                0
+            } else {
+                code::CONFLICT
+            }
         }
         Err(e) => failure(&e),
     }

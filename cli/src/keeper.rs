@@ -149,7 +149,10 @@ fn renew(shared: &Shared, mut guard: ExclusiveGuard, events: &Sender<Event>) -> 
             continue;
         }
         // The last renewal was sent at `lease_end - lease`: renew a third later.
-        let next = st.lease_end.checked_sub(lease * 2 / 3).unwrap_or(st.lease_end);
+        let next = st
+            .lease_end
+            .checked_sub(lease * 2 / 3)
+            .unwrap_or(st.lease_end);
         let now = Instant::now();
         if now < next {
             st = shared

@@ -36,7 +36,13 @@ struct Global {
     /// The cache: redis://HOST[:PORT][/DB], rediss://…, redis+unix:///PATH,
     /// memcached://HOST[:PORT], memcached+unix:///PATH, with aiolock's options
     /// (?namespace=…). memory:// is refused: it cannot lock across processes.
-    #[arg(long, global = true, env = "AIOLOCK_URL", hide_env_values = true, value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "AIOLOCK_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     url: Option<String>,
     /// No messages but errors and lock loss: no conflict message, no live status line.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
@@ -129,7 +135,12 @@ struct RunArgs {
     #[arg(value_parser = key)]
     key: String,
     /// The command and its arguments (after `--` when they start with `-`).
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
     command: Vec<OsString>,
 }
 
@@ -146,7 +157,8 @@ fn secs(s: &str) -> Result<Duration, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    aiolock::seconds(x).map_err(|_| format!("{s} is not a valid number of seconds (finite, not negative)"))
+    aiolock::seconds(x)
+        .map_err(|_| format!("{s} is not a valid number of seconds (finite, not negative)"))
 }
 
 /// Seconds as a float: finite, more than zero.

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use aiolock::Ttl;
 use aiolock::blocking::{Backend, Cache, ExclusiveGuard, ExclusiveLock};
 use signal_hook::consts::signal::{
-    SIGALRM, SIGCONT, SIGHUP, SIGINT, SIGKILL, SIGQUIT, SIGSTOP, SIGTERM, SIGTSTP, SIGUSR1,
-    SIGUSR2,
+    SIGALRM, SIGCONT, SIGHUP, SIGINT, SIGKILL, SIGQUIT, SIGSTOP, SIGTERM, SIGTSTP, SIGUSR1, SIGUSR2,
 };
 use signal_hook::iterator::Signals;
 
@@ -32,7 +31,11 @@ pub fn run(g: &Global, args: RunArgs) -> i32 {
     if let Err(e) = listen(&events) {
         return fail(code::FAILED, format!("cannot handle signals: {e}"));
     }
-    let wait = if args.nonblock { Some(Duration::ZERO) } else { args.wait };
+    let wait = if args.nonblock {
+        Some(Duration::ZERO)
+    } else {
+        args.wait
+    };
     let cache = match open(g, Some(args.lease)) {
         Ok(cache) => cache,
         Err(status) => return status,
@@ -40,7 +43,16 @@ pub fn run(g: &Global, args: RunArgs) -> i32 {
     let lock = cache.lock(&args.key, args.lease).fenced();
     let lock_key = lock.lock_key().to_vec();
     let mut status_line = StatusLine::new(g);
-    let guard = match acquire(&cache, &lock, &lock_key, wait, &rx, g, &args.key, &mut status_line) {
+    let guard = match acquire(
+        &cache,
+        &lock,
+        &lock_key,
+        wait,
+        &rx,
+        g,
+        &args.key,
+        &mut status_line,
+    ) {
         Got::Held(guard) => guard,
         Got::Conflict => {
             if !g.quiet {
@@ -136,7 +148,9 @@ pub fn run(g: &Global, args: RunArgs) -> i32 {
         Finished::HeldUntil(until) if g.verbose => eprintln!(
             "aiolock: {} stays held for {:.1} s more (--min-hold)",
             args.key,
-            until.saturating_duration_since(Instant::now()).as_secs_f64()
+            until
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64()
         ),
         Finished::NotOurs if !lost => eprintln!(
             "aiolock: {} was no longer ours when the command ended",
@@ -309,7 +323,8 @@ fn watch_child(pid: libc::pid_t, events: Sender<Event>) {
                         libc::WEXITED | libc::WNOWAIT,
                     )
                 };
-                if rc == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                if rc == 0
+                    || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
                 {
                     break;
                 }

@@ -5,7 +5,6 @@
 //! a file, aiolock's `-v` lines on a pipe, the lock key polled on the server. The only
 //! waits on the clock are the ones under test (a lease renewed for 10 leases, `-w`).
 
-#[allow(dead_code)]
 #[path = "../../tests/support/memcached.rs"]
 mod memcached;
 #[allow(dead_code)]
@@ -116,15 +115,26 @@ impl Env {
     }
 
     fn fence_present(&self, key: &str) -> bool {
-        self.cache.exists(format!("{key}-lock-fence")).expect("exists")
+        self.cache
+            .exists(format!("{key}-lock-fence"))
+            .expect("exists")
     }
 
     /// `aiolock run ARGS KEY -- sh -c 'echo start >> $MARKS; read line'`: holds the
     /// lock until its stdin is closed (drop `Holder::stdin`). Returns once it holds it.
     fn hold(&self, key: &str, script_before_start: &str) -> Holder {
-        let script = format!("{script_before_start}\necho start >> \"$MARKS\"\nread line\nexit 0\n");
+        let script =
+            format!("{script_before_start}\necho start >> \"$MARKS\"\nread line\nexit 0\n");
         let mut child = self
-            .aiolock(&["run", "--lease", &self.lease.to_string(), key, "--", "sh", "-c"])
+            .aiolock(&[
+                "run",
+                "--lease",
+                &self.lease.to_string(),
+                key,
+                "--",
+                "sh",
+                "-c",
+            ])
             .arg(script)
             .stdin(Stdio::piped())
             .spawn()
@@ -189,7 +199,10 @@ fn wait_line(stderr: ChildStderr, text: &str) -> BufReader<ChildStderr> {
     loop {
         let mut line = String::new();
         let n = reader.read_line(&mut line).expect("stderr");
-        assert!(n > 0, "aiolock ended without saying {text:?}; it said {seen:?}");
+        assert!(
+            n > 0,
+            "aiolock ended without saying {text:?}; it said {seen:?}"
+        );
         if line.contains(text) {
             return reader;
         }
@@ -229,11 +242,23 @@ e2e!(
 fn runs_never_overlap(env: &Env) {
     let a = env.hold("k", "");
     let mut b = env
-        .aiolock(&["-v", "run", "k", "--", "sh", "-c", "echo enter-b >> \"$MARKS\"; echo exit-b >> \"$MARKS\""])
+        .aiolock(&[
+            "-v",
+            "run",
+            "k",
+            "--",
+            "sh",
+            "-c",
+            "echo enter-b >> \"$MARKS\"; echo exit-b >> \"$MARKS\"",
+        ])
         .spawn()
         .unwrap();
     let b_err = wait_line(b.stderr.take().unwrap(), "waiting for k");
-    assert!(!env.read_marks().contains(&"enter-b".to_owned()), "{:?}", env.read_marks());
+    assert!(
+        !env.read_marks().contains(&"enter-b".to_owned()),
+        "{:?}",
+        env.read_marks()
+    );
     let a_out = a.finish();
     assert_eq!(a_out.status.code(), Some(0), "{}", stderr(&a_out));
     assert!(b.wait().unwrap().success());
@@ -247,7 +272,10 @@ fn runs_never_overlap(env: &Env) {
         for _ in 0..3 {
             s.spawn(|| {
                 for _ in 0..5 {
-                    let out = env.aiolock(&["run", "k", "--", "sh", "-c", script]).output().unwrap();
+                    let out = env
+                        .aiolock(&["run", "k", "--", "sh", "-c", script])
+                        .output()
+                        .unwrap();
                     assert!(out.status.success(), "{}", stderr(&out));
                 }
             });
@@ -269,23 +297,41 @@ fn nonblock_and_wait_exit_with_the_conflict_code(env: &Env) {
     let a = env.hold("k", "");
     let never = "echo ran >> \"$MARKS\"";
     let start = Instant::now();
-    let out = env.aiolock(&["run", "-n", "k", "--", "sh", "-c", never]).output().unwrap();
+    let out = env
+        .aiolock(&["run", "-n", "k", "--", "sh", "-c", never])
+        .output()
+        .unwrap();
     let nonblock_took = start.elapsed();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(stderr(&out), "aiolock: k is held by another holder\n");
-    let out = env.aiolock(&["run", "-n", "-E", "75", "k", "--", "sh", "-c", never]).output().unwrap();
+    let out = env
+        .aiolock(&["run", "-n", "-E", "75", "k", "--", "sh", "-c", never])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(75));
-    let out = env.aiolock(&["-q", "run", "-n", "k", "--", "sh", "-c", never]).output().unwrap();
+    let out = env
+        .aiolock(&["-q", "run", "-n", "k", "--", "sh", "-c", never])
+        .output()
+        .unwrap();
     assert_eq!((out.status.code(), stderr(&out)), (Some(1), String::new()));
 
     let start = Instant::now();
-    let out = env.aiolock(&["run", "-w", "0.5", "k", "--", "sh", "-c", never]).output().unwrap();
+    let out = env
+        .aiolock(&["run", "-w", "0.5", "k", "--", "sh", "-c", never])
+        .output()
+        .unwrap();
     let waited = start.elapsed();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert_eq!(stderr(&out), "aiolock: k is still held by another holder after 0.5 s\n");
+    assert_eq!(
+        stderr(&out),
+        "aiolock: k is still held by another holder after 0.5 s\n"
+    );
     assert!(waited >= Duration::from_millis(500), "{waited:?}");
     assert!(waited < Duration::from_secs(5), "{waited:?}");
-    assert!(nonblock_took < waited, "-n took {nonblock_took:?}, -w 0.5 {waited:?}");
+    assert!(
+        nonblock_took < waited,
+        "-n took {nonblock_took:?}, -w 0.5 {waited:?}"
+    );
     assert_eq!(env.read_marks(), ["start"], "a conflicting command ran");
     assert_eq!(a.finish().status.code(), Some(0));
     assert!(!env.held("k"));
@@ -298,8 +344,17 @@ fn a_long_command_keeps_the_lock(env: &Env) {
     let start = Instant::now();
     let mut probes = 0;
     while start.elapsed() < Duration::from_secs_f64(10.0 * env.lease) {
-        let out = env.aiolock(&["-q", "run", "-n", "k", "--", "true"]).output().unwrap();
-        assert_eq!(out.status.code(), Some(1), "after {:?}: {}", start.elapsed(), stderr(&out));
+        let out = env
+            .aiolock(&["-q", "run", "-n", "k", "--", "true"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "after {:?}: {}",
+            start.elapsed(),
+            stderr(&out)
+        );
         probes += 1;
     }
     assert!(probes >= 10, "{probes} probes");
@@ -349,7 +404,10 @@ fn a_stopped_server_stops_the_command(env: &Env) {
         term_seen.0 - paused
     );
     if let Some(expires) = expires {
-        assert!(term_seen.1 < expires, "SIGTERM after the server's lease end");
+        assert!(
+            term_seen.1 < expires,
+            "SIGTERM after the server's lease end"
+        );
     }
     assert_eq!(status.code(), Some(124), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -378,7 +436,10 @@ fn signals_reach_the_command_and_the_lock_is_released(env: &Env) {
         env.wait_mark(&format!("got-{name}"));
         let out = a.finish();
         assert_eq!(out.status.code(), Some(7), "SIG{name}: {}", stderr(&out));
-        assert_eq!(env.read_marks(), ["start".to_owned(), format!("got-{name}")]);
+        assert_eq!(
+            env.read_marks(),
+            ["start".to_owned(), format!("got-{name}")]
+        );
         assert!(!env.held("k"), "SIG{name} left the lock");
     }
 }
@@ -387,7 +448,10 @@ fn signals_reach_the_command_and_the_lock_is_released(env: &Env) {
 fn the_fence_grows_across_runs(env: &Env) {
     let script = "echo \"$AIOLOCK_KEY $AIOLOCK_TOKEN $AIOLOCK_FENCE\" >> \"$MARKS\"";
     for _ in 0..3 {
-        let out = env.aiolock(&["run", "job", "--", "sh", "-c", script]).output().unwrap();
+        let out = env
+            .aiolock(&["run", "job", "--", "sh", "-c", script])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let marks = env.read_marks();
@@ -401,8 +465,14 @@ fn the_fence_grows_across_runs(env: &Env) {
     assert_eq!(runs.len(), 3, "{marks:?}");
     for (i, (key, token, _)) in runs.iter().enumerate() {
         assert_eq!(*key, "job");
-        assert!(token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
-        assert!(runs[..i].iter().all(|r| r.1 != *token), "a token came twice");
+        assert!(
+            token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{token}"
+        );
+        assert!(
+            runs[..i].iter().all(|r| r.1 != *token),
+            "a token came twice"
+        );
     }
     assert!(runs[0].2 < runs[1].2 && runs[1].2 < runs[2].2, "{marks:?}");
 }
@@ -441,10 +511,17 @@ fn bad_input_is_a_usage_error_and_takes_nothing(env: &Env) {
     for args in [vec!["run", "k"], vec!["run", "k", "--"]] {
         let out = env.aiolock(&args).output().unwrap();
         let err = stderr(&out);
-        assert_eq!((out.status.code(), err.lines().count()), (Some(2), 1), "{args:?}: {err}");
+        assert_eq!(
+            (out.status.code(), err.lines().count()),
+            (Some(2), 1),
+            "{args:?}: {err}"
+        );
     }
     assert!(env.read_marks().is_empty(), "a command ran");
-    assert!(!env.held("k") && !env.fence_present("k"), "something was taken");
+    assert!(
+        !env.held("k") && !env.fence_present("k"),
+        "something was taken"
+    );
     assert!(!env.held("") && !env.fence_present(""));
 }
 
@@ -463,7 +540,11 @@ fn status_and_forced_release(env: &Env) {
     let line = stdout(&out);
     assert!(line.starts_with("k: held, "), "{line}");
     assert!(line.contains(" s of its lease left, "), "{line}");
-    assert!(line.trim_end().ends_with(&format!("fence {fence}, token {token}")), "{line}");
+    assert!(
+        line.trim_end()
+            .ends_with(&format!("fence {fence}, token {token}")),
+        "{line}"
+    );
 
     let out = env.aiolock(&["release", "--force", "k"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -472,7 +553,10 @@ fn status_and_forced_release(env: &Env) {
     let out = a.finish();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(124), "{err}");
-    assert!(err.starts_with("aiolock: lost the lock on k (the lock is gone"), "{err}");
+    assert!(
+        err.starts_with("aiolock: lost the lock on k (the lock is gone"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
     assert_eq!(env.read_marks(), ["start", "term"]);
 
@@ -486,7 +570,17 @@ fn status_and_forced_release(env: &Env) {
 /// A command that ignores SIGTERM is killed (SIGKILL) --kill-after later.
 fn kill_after_sends_sigkill(env: &Env) {
     let mut a = env
-        .aiolock(&["run", "--lease", &env.lease.to_string(), "--kill-after", "0.2", "k", "--", "sh", "-c"])
+        .aiolock(&[
+            "run",
+            "--lease",
+            &env.lease.to_string(),
+            "--kill-after",
+            "0.2",
+            "k",
+            "--",
+            "sh",
+            "-c",
+        ])
         .arg("trap '' TERM; echo start >> \"$MARKS\"; exec sleep 1000")
         .spawn()
         .unwrap();
@@ -502,17 +596,28 @@ fn kill_after_sends_sigkill(env: &Env) {
 /// `--min-hold 3`: the command ends at once, the lock stays (another run conflicts)
 /// and expires by itself.
 fn min_hold_keeps_the_lock(env: &Env) {
-    let out = env.aiolock(&["run", "--min-hold", "3", "k", "--", "true"]).output().unwrap();
+    let out = env
+        .aiolock(&["run", "--min-hold", "3", "k", "--", "true"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(env.held("k"), "released before --min-hold");
-    let out = env.aiolock(&["-q", "run", "-n", "k", "--", "true"]).output().unwrap();
+    let out = env
+        .aiolock(&["-q", "run", "-n", "k", "--", "true"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     match env.cache.ttl("k-lock").unwrap() {
         aiolock::Ttl::Expires(d) => assert!(d > Duration::ZERO, "{d:?}"),
         other => panic!("{other:?}"),
     }
     if let Server::Redis(s) = &env.server {
-        let ms: u64 = s.admin(&["PTTL", "k-lock"]).trim().trim_start_matches(':').parse().unwrap();
+        let ms: u64 = s
+            .admin(&["PTTL", "k-lock"])
+            .trim()
+            .trim_start_matches(':')
+            .parse()
+            .unwrap();
         assert!(ms <= 3000, "{ms} ms");
     }
 }
@@ -525,13 +630,22 @@ fn live_status_on_a_terminal_only(env: &Env) {
     let mut slave = slave;
     // SAFETY: openpty(3) with out-parameters and no name, termios or size.
     let rc = unsafe {
-        libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
     };
     assert_eq!(rc, 0);
     use std::os::fd::FromRawFd;
     // SAFETY: fresh descriptors from openpty, each owned once.
     let (mut master, slave) = unsafe {
-        (std::fs::File::from_raw_fd(master), std::fs::File::from_raw_fd(slave))
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
     };
     let mut b = env
         .aiolock(&["run", "-w", "1.5", "k", "--", "true"])
@@ -550,30 +664,55 @@ fn live_status_on_a_terminal_only(env: &Env) {
     }
     let screen = String::from_utf8_lossy(&screen);
     assert_eq!(status.code(), Some(1), "{screen}");
-    assert!(screen.contains("waiting for k \u{2014} held, "), "{screen:?}");
+    assert!(
+        screen.contains("waiting for k \u{2014} held, "),
+        "{screen:?}"
+    );
     assert!(screen.contains(" s of its lease left"), "{screen:?}");
-    assert!(screen.contains("\r\x1b[2K"), "the line is redrawn in place: {screen:?}");
+    assert!(
+        screen.contains("\r\x1b[2K"),
+        "the line is redrawn in place: {screen:?}"
+    );
     assert_eq!(a.finish().status.code(), Some(0));
 }
 
 /// `get`, `set` (argument or stdin, --ttl) and `delete`, with their exit codes.
 fn cache_verbs(env: &Env) {
-    let out = env.aiolock(&["set", "greeting", "hello world"]).output().unwrap();
+    let out = env
+        .aiolock(&["set", "greeting", "hello world"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let out = env.aiolock(&["get", "greeting"]).output().unwrap();
-    assert_eq!((out.status.code(), stdout(&out)), (Some(0), "hello world".to_owned()));
-    let mut set = env.aiolock(&["set", "--ttl", "60", "piped"]).stdin(Stdio::piped()).spawn().unwrap();
+    assert_eq!(
+        (out.status.code(), stdout(&out)),
+        (Some(0), "hello world".to_owned())
+    );
+    let mut set = env
+        .aiolock(&["set", "--ttl", "60", "piped"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::io::Write::write_all(&mut set.stdin.take().unwrap(), b"line 1\nline 2\n").unwrap();
     assert!(set.wait().unwrap().success());
-    assert_eq!(env.cache.get("piped").unwrap().as_deref(), Some(&b"line 1\nline 2\n"[..]));
-    assert!(matches!(env.cache.ttl("piped").unwrap(), aiolock::Ttl::Expires(_)));
+    assert_eq!(
+        env.cache.get("piped").unwrap().as_deref(),
+        Some(&b"line 1\nline 2\n"[..])
+    );
+    assert!(matches!(
+        env.cache.ttl("piped").unwrap(),
+        aiolock::Ttl::Expires(_)
+    ));
     let out = env.aiolock(&["delete", "greeting"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     let out = env.aiolock(&["delete", "greeting"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let out = env.aiolock(&["get", "greeting"]).output().unwrap();
     assert_eq!((out.status.code(), stdout(&out)), (Some(1), String::new()));
-    let out = env.aiolock(&["set", "--ttl", "0", "x", "v"]).output().unwrap();
+    let out = env
+        .aiolock(&["set", "--ttl", "0", "x", "v"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(!env.cache.exists("x").unwrap());
 }
@@ -587,5 +726,23 @@ fn help_documents_the_exit_codes() {
         for code in ["Exit status:", "124", "125", "126", "127", "128+N"] {
             assert!(text.contains(code), "{args:?} lacks {code}: {text}");
         }
+    }
+}
+
+/// The README's man page lists the exit codes exactly as `--help` does.
+#[test]
+fn readme_has_the_exit_codes_of_help() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = stdout(&out);
+    let table = help.split_once("Exit status:\n").expect("the table").1;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let man = readme
+        .split_once("EXIT STATUS\n")
+        .expect("the man page's section")
+        .1;
+    let man: Vec<&str> = man.lines().map(str::trim).collect();
+    for line in table.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(man.contains(&line.trim()), "README lacks {line:?}");
     }
 }
