@@ -176,6 +176,30 @@ impl Holder {
     }
 }
 
+/// A pseudo-terminal: (master, slave).
+fn pty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty(3) with out-parameters and no name, termios or size.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: fresh descriptors from openpty, each owned once.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    }
+}
+
 fn read_lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -227,6 +251,7 @@ e2e!(
     a_long_command_keeps_the_lock,
     a_stopped_server_stops_the_command,
     signals_reach_the_command_and_the_lock_is_released,
+    a_signal_ends_the_wait_and_takes_nothing,
     the_fence_grows_across_runs,
     bad_input_is_a_usage_error_and_takes_nothing,
     status_and_forced_release,
@@ -444,6 +469,35 @@ fn signals_reach_the_command_and_the_lock_is_released(env: &Env) {
     }
 }
 
+/// SIGTERM to an aiolock that waits for the lock: it exits with 128 + 15 at once,
+/// its command never runs, and it leaves nothing behind.
+fn a_signal_ends_the_wait_and_takes_nothing(env: &Env) {
+    let a = env.hold("k", "");
+    let mut b = env
+        .aiolock(&[
+            "-v",
+            "run",
+            "k",
+            "--",
+            "sh",
+            "-c",
+            "echo ran-b >> \"$MARKS\"",
+        ])
+        .spawn()
+        .unwrap();
+    let b_err = wait_line(b.stderr.take().unwrap(), "waiting for k");
+    // SAFETY: kill(2) to our own child.
+    assert_eq!(
+        unsafe { libc::kill(b.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    assert_eq!(b.wait().unwrap().code(), Some(128 + libc::SIGTERM));
+    drop(b_err);
+    assert_eq!(a.finish().status.code(), Some(0));
+    assert_eq!(env.read_marks(), ["start"]);
+    assert!(!env.held("k"));
+}
+
 /// The command sees AIOLOCK_KEY, a fresh AIOLOCK_TOKEN and a growing AIOLOCK_FENCE.
 fn the_fence_grows_across_runs(env: &Env) {
     let script = "echo \"$AIOLOCK_KEY $AIOLOCK_TOKEN $AIOLOCK_FENCE\" >> \"$MARKS\"";
@@ -546,6 +600,23 @@ fn status_and_forced_release(env: &Env) {
         "{line}"
     );
 
+    // On a terminal, it asks first; "n" keeps the lock.
+    let (mut master, slave) = pty();
+    std::io::Write::write_all(&mut master, b"n\n").unwrap();
+    let out = env
+        .aiolock(&["release", "--force", "k"])
+        .stdin(Stdio::from(slave))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("release it? [y/N]"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(env.held("k"));
+    drop(master);
+
     let out = env.aiolock(&["release", "--force", "k"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     // The holder's next renewal finds the lock gone (before its stdin closes).
@@ -626,27 +697,7 @@ fn min_hold_keeps_the_lock(env: &Env) {
 /// left" (off one, nothing: see the conflict test).
 fn live_status_on_a_terminal_only(env: &Env) {
     let a = env.hold("k", "");
-    let (mut master, slave) = (0, 0);
-    let mut slave = slave;
-    // SAFETY: openpty(3) with out-parameters and no name, termios or size.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0);
-    use std::os::fd::FromRawFd;
-    // SAFETY: fresh descriptors from openpty, each owned once.
-    let (mut master, slave) = unsafe {
-        (
-            std::fs::File::from_raw_fd(master),
-            std::fs::File::from_raw_fd(slave),
-        )
-    };
+    let (mut master, slave) = pty();
     let mut b = env
         .aiolock(&["run", "-w", "1.5", "k", "--", "true"])
         .stderr(Stdio::from(slave))
