@@ -543,6 +543,7 @@ fn bad_input_is_a_usage_error_and_takes_nothing(env: &Env) {
         (vec!["run", "--lease", "inf", "k"], None),
         (vec!["run", "-w", "-1", "k"], None),
         (vec!["run", "--url", "foo://x", "k"], None),
+        (vec!["run", "--url", "foo://:hunter2@x", "k"], None),
         (vec!["run", "--url", "memory://", "k"], None),
         (vec!["run", "k"], Some("")),
         (vec!["status", ""], None),
@@ -561,6 +562,7 @@ fn bad_input_is_a_usage_error_and_takes_nothing(env: &Env) {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.starts_with("aiolock: "), "{args:?}: {err}");
+        assert!(!err.contains("hunter2"), "the password is shown: {err}");
     }
     for args in [vec!["run", "k"], vec!["run", "k", "--"]] {
         let out = env.aiolock(&args).output().unwrap();
