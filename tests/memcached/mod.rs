@@ -1389,3 +1389,41 @@ both_flavors!(
         assert!(ok);
     }
 );
+
+/// A holder renews its lease to a shorter one while a waiter polls: the waiter keeps
+/// waiting through the renewal (the token is still there), and the end of the
+/// shortened lease is a lease end (the waiter claims: `Acquired`), not a release. The
+/// waiter's bounds from the 30 s key before the renewal no longer hold: its new CAS
+/// says so.
+#[test]
+fn a_waiter_takes_the_end_of_a_shortened_lease_for_a_lease_end() {
+    let server = MemcachedServer::start();
+    let direct = aiolock::blocking::Cache::from_url(&server.url()).unwrap();
+    let mut holder = direct
+        .lock("job", Duration::from_secs(30))
+        .try_acquire()
+        .unwrap()
+        .expect("uncontended");
+    let (proxy, url) = proxied(&server, "");
+    let cache = aiolock::blocking::Cache::from_url(&url).unwrap();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            cache
+                .redlock("job", Duration::from_secs(30))
+                .wait_at_most(Duration::from_secs(20))
+                .acquire()
+                .unwrap()
+        });
+        // The waiter saw the 30 s key, then the holder shortens its lease.
+        proxy.wait_sent(b"mg job-lock v t c", 1);
+        holder.extend(Duration::from_millis(750)).unwrap();
+        let guard = waiter.join().unwrap();
+        assert_eq!(
+            guard.outcome(),
+            Outcome::Acquired,
+            "a lease end, not a release"
+        );
+        assert!(guard.release().unwrap());
+    });
+    assert!(!holder.release().unwrap(), "its lease had ended");
+}
