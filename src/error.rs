@@ -20,6 +20,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// | `Backend` | | yes (the server refused it) | after fixing the cause |
 /// | `Timeout`, `Connection` | | **unknown** | read back first |
 /// | `Protocol` | | **unknown** | no |
+/// | `Lost` | | yes | take the lock again |
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
@@ -60,8 +61,18 @@ pub enum ErrorKind {
     /// The backend refused the command (an error reply, wrong credentials, a
     /// misconfigured server). The server refused it: nothing was applied.
     Backend,
-    /// The URL names a backend this build does not include. Nothing was sent.
+    /// The URL names a backend this build does not include, or the backend cannot do
+    /// what was asked (a custom [`Backend`](crate::Backend) without fencing tokens).
+    /// Nothing was sent.
     Unsupported,
+    /// The lock is no longer this caller's: its lease ended (another caller may hold
+    /// it now), it was deleted, or the guard never held it
+    /// ([`LockGuard::extend`](crate::LockGuard::extend), a watchdog's renewal).
+    ///
+    /// Nothing was written: another holder's lock is left alone. Stop the work that
+    /// needed the lock (its writes may now race with the next holder's) and take the
+    /// lock again.
+    Lost,
 }
 
 impl ErrorKind {
@@ -76,6 +87,7 @@ impl ErrorKind {
             ErrorKind::Protocol => "protocol error",
             ErrorKind::Backend => "backend error",
             ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Lost => "lock lost",
         }
     }
 }
@@ -183,6 +195,11 @@ impl Error {
     /// Whether the backend could not be reached or the connection broke.
     pub fn is_connection(&self) -> bool {
         self.kind() == ErrorKind::Connection
+    }
+
+    /// Whether the lock is no longer this caller's ([`ErrorKind::Lost`]).
+    pub fn is_lost(&self) -> bool {
+        self.kind() == ErrorKind::Lost
     }
 
     /// Whether an argument (key, lease, URL) was rejected before anything was sent.

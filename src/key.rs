@@ -36,6 +36,18 @@ fn with_suffix(namespace: &[u8], key: &[u8], suffix: &[u8]) -> Result<KeyBuf> {
     Ok(full)
 }
 
+/// What a fenced lock appends to its lock key to name its fencing-token counter.
+pub const FENCE_SUFFIX: &[u8] = b"-fence";
+
+/// The key of the fencing-token counter of the lock key `lock_key`:
+/// `lock_key + "-fence"` (`app:report-lock-fence`).
+pub(crate) fn fence_key(lock_key: &[u8]) -> KeyBuf {
+    let mut full = KeyBuf::with_capacity(lock_key.len() + FENCE_SUFFIX.len());
+    full.extend_from_slice(lock_key);
+    full.extend_from_slice(FENCE_SUFFIX);
+    full
+}
+
 /// The longest key memcached accepts.
 pub const MEMCACHED_MAX_KEY: usize = 250;
 

@@ -1,7 +1,7 @@
 //! The `tracing` feature's spans and events, compiled once for both flavors.
 //!
 //! With the feature on, the lock paths open a span per operation (`acquire`, `wait`,
-//! `release`, `cas`) with the fields `key` (lossy UTF-8), `backend` and `outcome`,
+//! `release`, `extend`, `cas`) with the fields `key` (lossy UTF-8), `backend` and `outcome`,
 //! emit a `debug` event `"waiting"` right before a waiter waits, and a `warn` for every
 //! release whose failure nobody sees (inside `run`, a dropped guard, a cleanup) and
 //! every release that was skipped. With the feature off every item here is an empty
@@ -39,6 +39,7 @@ pub(crate) enum Op {
     Acquire,
     Wait,
     Release,
+    Extend,
     Cas,
 }
 
@@ -66,6 +67,9 @@ pub(crate) fn span(op: Op, key: &[u8], backend: &'static str) -> Span {
             Op::Wait => tracing::debug_span!("wait", key = %key, backend, outcome = Empty),
             Op::Release => {
                 tracing::debug_span!("release", key = %key, backend, outcome = Empty)
+            }
+            Op::Extend => {
+                tracing::debug_span!("extend", key = %key, backend, outcome = Empty)
             }
             Op::Cas => tracing::debug_span!("cas", key = %key, backend, outcome = Empty),
         }
@@ -112,6 +116,11 @@ pub(crate) fn wake(wake: Wake) -> &'static str {
 /// The `outcome` field of a release.
 pub(crate) fn released(removed: bool) -> &'static str {
     if removed { "released" } else { "not_held" }
+}
+
+/// The `outcome` of an extend span.
+pub(crate) fn extended(renewed: bool) -> &'static str {
+    if renewed { "extended" } else { "not_held" }
 }
 
 /// The `debug` event `"waiting"`: a claim on `key` lost and the caller is about to wait

@@ -112,6 +112,8 @@ macro_rules! backend_suite {
                 exclusive_waits_through_lease_end,
                 exclusive_bound_returns_none,
                 exclusive_try_never_waits,
+                extend_is_owner_checked,
+                fences_grow_with_each_acquisition,
             );
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use super::maybe_async;
 use crate::core::wait::{Claim, Wake};
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::value::{CasToken, Ttl, Versioned};
 
 /// A store the cache and the locks run on.
@@ -68,6 +68,43 @@ pub trait Backend: Send + Sync + 'static {
     /// of `key` (in every process). Returns whether it deleted the key.
     fn release(&self, key: &[u8], token: &[u8]) -> impl Future<Output = Result<bool>> + Send;
 
+    /// Renews the lock `key` if it still holds `token`, owner-checked and atomically:
+    /// its lease now ends `lease` after the backend applied this. Returns whether it
+    /// did: `false` when the key is gone or holds another token (the lock is no longer
+    /// ours, and nothing was changed).
+    ///
+    /// The default cannot ([`ErrorKind::Unsupported`]).
+    fn extend(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        let _ = (key, token, lease);
+        async { Err(unsupported("extending a lease")) }
+    }
+
+    /// Claims the lock `key` like [`claim`](Backend::claim) and, when it wins,
+    /// increments the counter stored under `fence_key` in the same atomic step: the
+    /// claim and, when won, the counter's new value, its *fencing token*.
+    ///
+    /// The counter is a decimal number without TTL, created on the first win
+    /// (backends that may lose it, by a restart without persistence or an eviction,
+    /// seed it from a clock in microseconds, so that it still grows after the loss).
+    /// Every win of `key` gets a larger value than every earlier win.
+    ///
+    /// The default cannot ([`ErrorKind::Unsupported`]).
+    fn claim_fenced(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+        fence_key: &[u8],
+    ) -> impl Future<Output = Result<(Claim, Option<u64>)>> + Send {
+        let _ = (key, token, lease, fence_key);
+        async { Err(unsupported("fencing tokens")) }
+    }
+
     /// Releases like [`release`](Backend::release), if that needs no I/O (the memory
     /// store); `None` (the default) otherwise. A dropped guard releases inline with it;
     /// without it, the async flavor releases on a spawned task (see
@@ -106,4 +143,11 @@ pub trait Backend: Send + Sync + 'static {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> impl Future<Output = Result<bool>> + Send;
+}
+
+fn unsupported(what: &str) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        format!("this backend does not support {what}"),
+    )
 }

@@ -591,6 +591,20 @@ impl Backend for AnyBackend {
         dispatch!(self, b => Backend::claim(b, key, token, lease))
     }
 
+    async fn claim_fenced(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+        fence_key: &[u8],
+    ) -> Result<(Claim, Option<u64>)> {
+        dispatch!(self, b => Backend::claim_fenced(b, key, token, lease, fence_key))
+    }
+
+    async fn extend(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<bool> {
+        dispatch!(self, b => Backend::extend(b, key, token, lease))
+    }
+
     async fn release(&self, key: &[u8], token: &[u8]) -> Result<bool> {
         dispatch!(self, b => Backend::release(b, key, token))
     }

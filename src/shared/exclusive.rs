@@ -33,8 +33,8 @@ use crate::error::Result;
 /// started: the first holder's [`release`](ExclusiveGuard::release) then reports
 /// `false`, too late for the writes it made meanwhile. Choose a lease much longer than
 /// the work, and when a stale write would be harmful, let the storage it writes to
-/// refuse it (fencing tokens, planned: each acquisition gets a number that grows, and
-/// the storage keeps the highest one it has seen and refuses older ones).
+/// refuse it: [`fenced`](ExclusiveLock::fenced) gives each acquisition a number that
+/// grows, and the storage keeps the highest one it has seen and refuses older ones.
 ///
 /// # Many waiters in one process
 ///
@@ -92,6 +92,16 @@ impl<B: Backend> ExclusiveLock<B> {
     pub fn wait_at_most(self, bound: Duration) -> Self {
         ExclusiveLock {
             lock: self.lock.wait_at_most(bound),
+        }
+    }
+
+    /// Gives every acquisition a fencing token ([`ExclusiveGuard::fence`]), as
+    /// [`RedLock::fenced`] describes: a number that grows with each acquisition of
+    /// the key, for the protected resource to refuse the writes of a holder that
+    /// paused past its lease.
+    pub fn fenced(self) -> Self {
+        ExclusiveLock {
+            lock: self.lock.fenced(),
         }
     }
 
@@ -162,6 +172,26 @@ impl<B: Backend> ExclusiveGuard<B> {
     /// The key the lock is stored under.
     pub fn lock_key(&self) -> &[u8] {
         self.guard.key()
+    }
+
+    /// The instant by which the lease ends at the earliest (see
+    /// [`LockGuard::lease_end`]); `None` once released.
+    pub fn lease_end(&self) -> Option<std::time::Instant> {
+        self.guard.lease_end()
+    }
+
+    /// The fencing token of this acquisition, when the lock was
+    /// [`fenced`](ExclusiveLock::fenced).
+    pub fn fence(&self) -> Option<u64> {
+        self.guard.fence()
+    }
+
+    /// Renews the lease, owner-checked: it now ends `lease` from now. Fails with
+    /// [`Lost`](crate::ErrorKind::Lost) when the lock is no longer ours; see
+    /// [`LockGuard::extend`].
+    #[maybe_async]
+    pub async fn extend(&mut self, lease: Duration) -> Result<()> {
+        self.guard.extend(lease).await
     }
 
     /// Releases the lock: deletes the key only if it still holds our token

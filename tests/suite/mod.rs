@@ -747,3 +747,126 @@ pub async fn exclusive_try_never_waits(env: Env) {
         .unwrap_err();
     assert_eq!(bad.kind(), ErrorKind::InvalidArgument);
 }
+
+/// `extend` renews the lease of the holder: `lease_end` moves, the key's TTL follows,
+/// and it is owner-checked: once the key is another caller's, `extend` fails with
+/// `Lost` and leaves that caller's lock alone; a guard that never held fails alike.
+#[maybe_async]
+pub async fn extend_is_owner_checked(env: Env) {
+    let cache = &env.cache;
+    let short = env.short_lease;
+    let mut guard = cache.lock("k", short).try_acquire().await.unwrap();
+    let guard_ref = guard.as_mut().expect("uncontended");
+    let first_end = guard_ref.lease_end().expect("held");
+    assert!(
+        first_end <= Instant::now() + short,
+        "a lower bound of the lease end"
+    );
+    guard_ref.extend(Duration::from_secs(60)).await.unwrap();
+    let end = guard_ref.lease_end().unwrap();
+    assert!(end >= first_end + Duration::from_secs(60) - short);
+    match cache.ttl("k-lock").await.unwrap() {
+        Ttl::Expires(left) => assert!(left > Duration::from_secs(30), "{left:?}"),
+        other => panic!("the lock key has a TTL: {other:?}"),
+    }
+    // The lock is taken from us (an operator deletes it, another caller claims it).
+    let ok = cache.delete("k-lock").await.unwrap();
+    assert!(ok);
+    let other = cache.lock("k", Duration::from_secs(60)).try_acquire().await;
+    let mut other = other.unwrap().expect("the key was free");
+    let lost = guard_ref.extend(Duration::from_secs(60)).await.unwrap_err();
+    assert_eq!(lost.kind(), ErrorKind::Lost, "{lost}");
+    assert!(lost.is_lost());
+    assert_eq!(
+        guard_ref.lease_end(),
+        Some(end),
+        "unchanged by a failed renewal"
+    );
+    let guard = guard.unwrap();
+    let ok = guard.release().await.unwrap();
+    assert!(!ok, "not ours: left alone");
+    let ok = cache.exists("k-lock").await.unwrap();
+    assert!(ok, "the other caller's lock");
+    // A RedLock waiter that went on without the lock holds nothing to extend.
+    let mut timed_out = RedLock::new(cache, "k", short)
+        .wait_at_most(Duration::ZERO)
+        .acquire()
+        .await
+        .unwrap();
+    assert_eq!(timed_out.outcome(), Outcome::TimedOut);
+    assert_eq!(timed_out.lease_end(), None);
+    let err = timed_out.extend(short).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Lost);
+    other.extend(Duration::from_secs(60)).await.unwrap();
+    let ok = other.release().await.unwrap();
+    assert!(ok, "the other holder's lock was intact");
+    for bad in [
+        Duration::ZERO,
+        aiolock::MAX_DURATION + Duration::from_secs(1),
+    ] {
+        let mut held = RedLock::new(cache, "other", short).acquire().await.unwrap();
+        let err = held.extend(bad).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad:?}");
+        let ok = held.release().await.unwrap();
+        assert!(ok, "a refused extend changes nothing");
+    }
+}
+
+/// Fenced acquisitions of one key get strictly growing fences, through releases,
+/// a lease end and a deleted lock key, whichever lock type takes it; unfenced guards
+/// and guards that do not hold the lock have none.
+#[maybe_async]
+pub async fn fences_grow_with_each_acquisition(env: Env) {
+    let cache = &env.cache;
+    let lease = Duration::from_secs(30);
+    let mut last = 0;
+    let mut next = |fence: Option<u64>| {
+        let fence = fence.expect("a fenced, held lock has a fence");
+        assert!(fence > last, "{fence} after {last}");
+        last = fence;
+    };
+    for _ in 0..3 {
+        let guard = cache.redlock("k", lease).fenced().acquire().await.unwrap();
+        next(guard.fence());
+        let ok = guard.release().await.unwrap();
+        assert!(ok);
+    }
+    let guard = cache.lock("k", lease).fenced().try_acquire().await.unwrap();
+    let guard = guard.expect("uncontended");
+    next(guard.fence());
+    // A waiter that goes on without the lock has no fence, nor does an unfenced lock.
+    let waiter = RedLock::new(cache, "k", lease)
+        .fenced()
+        .wait_at_most(Duration::ZERO)
+        .acquire()
+        .await
+        .unwrap();
+    assert_eq!(
+        (waiter.outcome(), waiter.fence()),
+        (Outcome::TimedOut, None)
+    );
+    // The lock key deleted (as if expired) while held: the next holder's fence is
+    // still larger.
+    let ok = cache.delete("k-lock").await.unwrap();
+    assert!(ok);
+    let unfenced = cache.lock("k", lease).try_acquire().await.unwrap().unwrap();
+    assert_eq!(unfenced.fence(), None);
+    let ok = unfenced.release().await.unwrap();
+    assert!(ok);
+    let after = cache.lock("k", lease).fenced().try_acquire().await.unwrap();
+    next(after.unwrap().fence());
+    // The lease ended: the next holder is fenced higher too.
+    let short = cache
+        .redlock("s", env.short_lease)
+        .fenced()
+        .acquire()
+        .await
+        .unwrap();
+    let first = short.fence().unwrap();
+    std::mem::forget(short);
+    sleep(env.after_expiry(env.short_lease)).await;
+    let again = cache.redlock("s", lease).fenced().acquire().await.unwrap();
+    assert_eq!(again.outcome(), Outcome::Acquired);
+    assert!(again.fence().unwrap() > first);
+    drop(guard);
+}

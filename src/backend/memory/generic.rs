@@ -49,6 +49,20 @@ impl Backend for MemoryBackend {
         Ok(MemoryBackend::release(self, key, token, rt::now()))
     }
 
+    async fn extend(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<bool> {
+        Ok(MemoryBackend::extend(self, key, token, lease, rt::now()))
+    }
+
+    async fn claim_fenced(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+        fence_key: &[u8],
+    ) -> Result<(Claim, Option<u64>)> {
+        MemoryBackend::claim_fenced(self, key, token, lease, fence_key, rt::now())
+    }
+
     fn try_release_now(&self, key: &[u8], token: &[u8]) -> Option<bool> {
         Some(MemoryBackend::release(self, key, token, rt::now()))
     }

@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 
 use crate::core::lease::deadline;
 use crate::core::wait::{Claim, Wake};
+use crate::error::{Error, ErrorKind, Result};
 use crate::value::{CasToken, Ttl, Versioned};
 
 /// The in-process backend of `memory://`: the embedded default, no server needed.
@@ -214,6 +215,54 @@ impl MemoryBackend {
         }
         map.write(key, token, Some(lease), now, |_| true);
         Claim::Won
+    }
+
+    /// Claims `key` like [`claim`](MemoryBackend::claim) and, when it wins, increments
+    /// the counter under `fence_key` (created at 1, without TTL) in the same mutex
+    /// section. A fence key holding something else than a decimal `u64` fails the
+    /// claim before anything is written.
+    pub(crate) fn claim_fenced(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+        fence_key: &[u8],
+        now: Instant,
+    ) -> Result<(Claim, Option<u64>)> {
+        let mut map = self.store.map.lock();
+        if let Some(e) = map.live(key, now) {
+            let holder = Some(e.value.to_vec());
+            return Ok((Claim::Held { holder }, None));
+        }
+        let fence = match map.live(fence_key, now) {
+            None => 1,
+            Some(e) => std::str::from_utf8(&e.value)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .and_then(|v| v.checked_add(1))
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Backend,
+                        "the fence key does not hold a fencing token (a decimal number)",
+                    )
+                })?,
+        };
+        map.write(fence_key, fence.to_string().as_bytes(), None, now, |_| true);
+        map.write(key, token, Some(lease), now, |_| true);
+        Ok((Claim::Won, Some(fence)))
+    }
+
+    /// Renews the lock `key` if it still holds `token`: its lease now ends `lease`
+    /// after `now`. Returns whether it did.
+    pub(crate) fn extend(&self, key: &[u8], token: &[u8], lease: Duration, now: Instant) -> bool {
+        let mut map = self.store.map.lock();
+        match map.entries.get_mut(key) {
+            Some(e) if e.live(now) && *e.value == *token => {
+                e.expires = Some(deadline(now, lease));
+                true
+            }
+            _ => false,
+        }
     }
 
     pub(crate) fn delete(&self, key: &[u8], now: Instant) -> bool {
