@@ -6,7 +6,10 @@ use crate::error::{Error, Result};
 
 /// A key held by value: short keys (most, lock keys included) stay inline, saving an
 /// allocation on every lock cycle.
-pub(crate) type KeyBuf = SmallVec<[u8; 40]>;
+pub(crate) type KeyBuf = SmallVec<[u8; KEY_INLINE]>;
+
+/// The longest key a [`KeyBuf`] holds without an allocation.
+const KEY_INLINE: usize = 40;
 
 /// The suffix aiocache appends to a key to name its lock, and aiolock's default
 /// (configurable per cache: the `lock_suffix` URL option).
@@ -29,11 +32,23 @@ fn with_suffix(namespace: &[u8], key: &[u8], suffix: &[u8]) -> Result<KeyBuf> {
     if key.is_empty() {
         return Err(Error::invalid_key("the key is empty"));
     }
-    let mut full = KeyBuf::with_capacity(namespace.len() + key.len() + suffix.len());
-    full.extend_from_slice(namespace);
-    full.extend_from_slice(key);
-    full.extend_from_slice(suffix);
-    Ok(full)
+    Ok(concat([namespace, key, suffix]))
+}
+
+/// The bytes of `parts` one after the other, written straight into the inline buffer
+/// when they fit (one copy each, no growth checks), else into one allocation.
+fn concat<const N: usize>(parts: [&[u8]; N]) -> KeyBuf {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if len > KEY_INLINE {
+        return KeyBuf::from_vec(parts.concat());
+    }
+    let mut buf = [0u8; KEY_INLINE];
+    let mut at = 0;
+    for part in parts {
+        buf[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    KeyBuf::from_buf_and_len(buf, len)
 }
 
 /// What a fenced lock appends to its lock key to name its fencing-token counter.
@@ -42,10 +57,7 @@ pub const FENCE_SUFFIX: &[u8] = b"-fence";
 /// The key of the fencing-token counter of the lock key `lock_key`:
 /// `lock_key + "-fence"` (`app:report-lock-fence`).
 pub(crate) fn fence_key(lock_key: &[u8]) -> KeyBuf {
-    let mut full = KeyBuf::with_capacity(lock_key.len() + FENCE_SUFFIX.len());
-    full.extend_from_slice(lock_key);
-    full.extend_from_slice(FENCE_SUFFIX);
-    full
+    concat([lock_key, FENCE_SUFFIX])
 }
 
 /// The longest key memcached accepts.
@@ -86,6 +98,21 @@ mod tests {
         );
         assert_eq!(&*lock_key(b"", b"user", b":lk").unwrap(), b"user:lk");
         assert_eq!(&*namespaced(b"", b"k").unwrap(), b"k");
+        assert_eq!(&*fence_key(b"app:user-lock"), b"app:user-lock-fence");
+    }
+
+    #[test]
+    fn keys_of_every_length_are_built_whole() {
+        for len in 0..100 {
+            let ns: Vec<u8> = (0..len / 3).map(|i| b'a' + (i % 26) as u8).collect();
+            let key: Vec<u8> = (0..len - len / 3 + 1)
+                .map(|i| b'A' + (i % 26) as u8)
+                .collect();
+            let want = [&ns[..], &key, DEFAULT_LOCK_SUFFIX].concat();
+            let got = lock_key(&ns, &key, DEFAULT_LOCK_SUFFIX).unwrap();
+            assert_eq!(&*got, &want[..]);
+            assert_eq!(got.spilled(), want.len() > KEY_INLINE, "{len}");
+        }
     }
 
     #[test]

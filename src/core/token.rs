@@ -40,11 +40,10 @@ impl Token {
 
     /// The token whose hex form is that of `n` (tests and tools).
     pub fn from_u128(n: u128) -> Self {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = [0u8; 32];
-        for (pair, byte) in out.chunks_exact_mut(2).zip(n.to_be_bytes()) {
-            pair[0] = HEX[usize::from(byte >> 4)];
-            pair[1] = HEX[usize::from(byte & 0xf)];
+        for (digits, word) in out.chunks_exact_mut(8).zip(n.to_be_bytes().chunks_exact(4)) {
+            let word = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+            digits.copy_from_slice(&hex8(word).to_be_bytes());
         }
         Token(out)
     }
@@ -53,6 +52,21 @@ impl Token {
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
+}
+
+/// The 8 lowercase hex digits of `x`, most significant first when the result is
+/// written big-endian: each nibble is spread into a byte of its own, then every byte
+/// becomes its digit at once (`'0' + d`, plus `'a' - '0' - 10` where `d > 9`), with no
+/// table and no branch.
+fn hex8(x: u32) -> u64 {
+    let x = u64::from(x);
+    // Nibble i (from the least significant) into byte i.
+    let x = (x | (x << 16)) & 0x0000_ffff_0000_ffff;
+    let x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
+    let x = (x | (x << 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    // 1 in each byte whose digit is a letter (d + 6 carries into bit 4 for d > 9).
+    let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    x + 0x3030_3030_3030_3030 + letters * (b'a' - b'0' - 10) as u64
 }
 
 impl fmt::Debug for Token {
@@ -108,6 +122,23 @@ mod tests {
             parent.as_bytes(),
             "the child repeated the parent's token"
         );
+    }
+
+    #[test]
+    fn the_hex_form_is_that_of_format() {
+        let mut samples = vec![
+            0,
+            u128::MAX,
+            1,
+            0xf << 124,
+            0xa5a5_5a5a_0f0f_f0f0_1234_5678_9abc_def0,
+        ];
+        samples.extend((0..128).map(|i| 1u128 << i));
+        samples.extend((0..16u128).map(|d| d * 0x1111_1111_1111_1111_1111_1111_1111_1111));
+        samples.extend((0..1000).map(|_| rand::random::<u128>()));
+        for n in samples {
+            assert_eq!(Token::from_u128(n).to_string(), format!("{n:032x}"));
+        }
     }
 
     #[test]

@@ -9,12 +9,12 @@
 //! park on and an async task can await, so a blocking waiter wakes on an async
 //! holder's release and the reverse.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use event_listener::{Event, EventListener};
-use hashbrown::HashMap;
-use hashbrown::hash_map::EntryRef;
+use hashbrown::{DefaultHashBuilder, HashTable, hash_table};
 use parking_lot::Mutex;
 
 use crate::core::lease::deadline;
@@ -67,14 +67,20 @@ struct Store {
 /// allocation each.
 type Bytes = crate::key::KeyBuf;
 
+/// The entries, each holding its own key: a [`HashTable`] rather than a `HashMap`, so
+/// that every operation hashes the key once and probes once (a claim, a release, a
+/// write; a map's lookup-then-insert or lookup-then-remove did both twice, and its
+/// insert compared the key again).
 #[derive(Default)]
 struct Map {
-    entries: HashMap<Bytes, Entry>,
+    entries: HashTable<Entry>,
+    hasher: DefaultHashBuilder,
     last_version: u64,
     sweep_above: usize,
 }
 
 struct Entry {
+    key: Bytes,
     value: Bytes,
     expires: Option<Instant>,
     version: u64,
@@ -91,12 +97,37 @@ impl Entry {
 const MIN_SWEEP: usize = 1024;
 
 impl Map {
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn find_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
+        let hash = self.hash(key);
+        self.entries.find_mut(hash, |e| *e.key == *key)
+    }
+
     fn live(&self, key: &[u8], now: Instant) -> Option<&Entry> {
-        self.entries.get(key).filter(|e| e.live(now))
+        self.entries
+            .find(self.hash(key), |e| *e.key == *key)
+            .filter(|e| e.live(now))
+    }
+
+    /// The live entry of `key`, mutable.
+    fn live_mut(&mut self, key: &[u8], now: Instant) -> Option<&mut Entry> {
+        self.find_mut(key).filter(|e| e.live(now))
+    }
+
+    /// The slot of `key`, occupied (live or expired) or vacant: one hash, one probe.
+    fn slot(&mut self, key: &[u8]) -> hash_table::Entry<'_, Entry> {
+        let hash = self.hash(key);
+        let Map {
+            entries, hasher, ..
+        } = self;
+        entries.entry(hash, |e| *e.key == *key, |e| hasher.hash_one(&*e.key))
     }
 
     /// Stores `value` if `allowed` says so given the live entry (`None`: absent or
-    /// expired), keeping the waiters of a previous entry. One hash lookup.
+    /// expired), keeping the waiters of a previous entry. One hash, one probe.
     fn write(
         &mut self,
         key: &[u8],
@@ -107,42 +138,43 @@ impl Map {
     ) -> bool {
         self.sweep(now);
         let expires = ttl.map(|d| deadline(now, d));
-        match self.entries.entry_ref(key) {
-            EntryRef::Occupied(mut o) => {
+        let version = self.last_version + 1;
+        match self.slot(key) {
+            hash_table::Entry::Occupied(mut o) => {
                 let e = o.get_mut();
                 if !allowed(Some(&*e).filter(|e| e.live(now))) {
                     return false;
                 }
-                self.last_version += 1;
                 e.value = Bytes::from_slice(value);
                 e.expires = expires;
-                e.version = self.last_version;
+                e.version = version;
             }
-            EntryRef::Vacant(v) => {
+            hash_table::Entry::Vacant(v) => {
                 if !allowed(None) {
                     return false;
                 }
-                self.last_version += 1;
-                v.insert_with_key(
-                    Bytes::from_slice(key),
-                    Entry {
-                        value: Bytes::from_slice(value),
-                        expires,
-                        version: self.last_version,
-                        waiters: None,
-                    },
-                );
+                v.insert(Entry {
+                    key: Bytes::from_slice(key),
+                    value: Bytes::from_slice(value),
+                    expires,
+                    version,
+                    waiters: None,
+                });
             }
         }
+        self.last_version = version;
         true
     }
 
-    /// Removes `key`; returns whether it was live and the waiters to notify.
-    fn remove(&mut self, key: &[u8], now: Instant) -> (bool, Option<Arc<Event>>) {
-        match self.entries.remove(key) {
-            Some(e) => (e.live(now), e.waiters),
-            None => (false, None),
+    /// Removes `key` if `remove` says so of its entry (live or expired); returns the
+    /// removed entry. One hash, one probe.
+    fn remove_if(&mut self, key: &[u8], remove: impl FnOnce(&Entry) -> bool) -> Option<Entry> {
+        let hash = self.hash(key);
+        let found = self.entries.find_entry(hash, |e| *e.key == *key).ok()?;
+        if !remove(found.get()) {
+            return None;
         }
+        Some(found.remove().0)
     }
 
     /// Drops expired entries once the map has doubled since the last sweep.
@@ -150,9 +182,8 @@ impl Map {
         if self.entries.len() < self.sweep_above {
             return;
         }
-        self.entries.retain(|_, e| {
-            e.live(now) || e.waiters.as_ref().is_some_and(|w| w.total_listeners() > 0)
-        });
+        self.entries
+            .retain(|e| e.live(now) || e.waiters.as_ref().is_some_and(|w| w.total_listeners() > 0));
         self.sweep_above = (self.entries.len() * 2).max(MIN_SWEEP);
     }
 }
@@ -207,14 +238,20 @@ impl MemoryBackend {
 
     /// Adds `key` holding `token` for `lease`, or reports the live holder's token.
     pub(crate) fn claim(&self, key: &[u8], token: &[u8], lease: Duration, now: Instant) -> Claim {
-        let mut map = self.store.map.lock();
-        if let Some(e) = map.live(key, now) {
-            return Claim::Held {
-                holder: Some(e.value.to_vec()),
-            };
+        let mut holder = None;
+        let won = self
+            .store
+            .map
+            .lock()
+            .write(key, token, Some(lease), now, |live| {
+                holder = live.map(|e| e.value.to_vec());
+                live.is_none()
+            });
+        if won {
+            Claim::Won
+        } else {
+            Claim::Held { holder }
         }
-        map.write(key, token, Some(lease), now, |_| true);
-        Claim::Won
     }
 
     /// Claims `key` like [`claim`](MemoryBackend::claim) and, when it wins, increments
@@ -256,8 +293,8 @@ impl MemoryBackend {
     /// after `now`. Returns whether it did.
     pub(crate) fn extend(&self, key: &[u8], token: &[u8], lease: Duration, now: Instant) -> bool {
         let mut map = self.store.map.lock();
-        match map.entries.get_mut(key) {
-            Some(e) if e.live(now) && *e.value == *token => {
+        match map.live_mut(key, now) {
+            Some(e) if *e.value == *token => {
                 e.expires = Some(deadline(now, lease));
                 true
             }
@@ -266,9 +303,12 @@ impl MemoryBackend {
     }
 
     pub(crate) fn delete(&self, key: &[u8], now: Instant) -> bool {
-        let (was_live, waiters) = self.store.map.lock().remove(key, now);
-        wake(waiters);
-        was_live
+        let removed = self.store.map.lock().remove_if(key, |_| true);
+        removed.is_some_and(|e| {
+            let live = e.live(now);
+            wake(e.waiters);
+            live
+        })
     }
 
     pub(crate) fn exists(&self, key: &[u8], now: Instant) -> bool {
@@ -287,15 +327,16 @@ impl MemoryBackend {
 
     /// Deletes `key` if it holds `token` and has not expired; wakes its waiters.
     pub(crate) fn release(&self, key: &[u8], token: &[u8], now: Instant) -> bool {
-        let mut map = self.store.map.lock();
-        let owned = map.live(key, now).is_some_and(|e| *e.value == *token);
-        if !owned {
-            return false;
-        }
-        let (_, waiters) = map.remove(key, now);
-        drop(map);
-        wake(waiters);
-        true
+        let removed = self
+            .store
+            .map
+            .lock()
+            .remove_if(key, |e| e.live(now) && *e.value == *token);
+        // Woken, and the entry dropped, outside the mutex.
+        removed.is_some_and(|e| {
+            wake(e.waiters);
+            true
+        })
     }
 
     /// Registers a waiter on `key` held by `holder` and says how long to wait:
@@ -310,9 +351,8 @@ impl MemoryBackend {
     ) -> Listen {
         let mut map = self.store.map.lock();
         let Some(entry) = map
-            .entries
-            .get_mut(key)
-            .filter(|e| e.live(now) && holder.is_none_or(|h| *e.value == *h))
+            .live_mut(key, now)
+            .filter(|e| holder.is_none_or(|h| *e.value == *h))
         else {
             return Listen::Vacant;
         };
