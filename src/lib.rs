@@ -132,6 +132,8 @@
 #![warn(missing_docs)]
 
 mod backend;
+#[cfg(feature = "blocking")]
+mod clock;
 pub mod config;
 mod core;
 mod error;
