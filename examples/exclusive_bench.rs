@@ -56,7 +56,8 @@ fn main() {
     let redis_url = redis.unix_url("namespace=bench:");
     let mc = memcached::MemcachedServer::tcp();
     let mc_url = format!("{}?namespace=bench:&pool_size={WORKERS}", mc.url());
-    let redis_commands = || info_field(&redis.admin(&["INFO", "stats"]), "total_commands_processed");
+    let redis_commands =
+        || info_field(&redis.admin(&["INFO", "stats"]), "total_commands_processed");
     let mc_commands = || memcached_commands(&mc);
 
     println!(
@@ -64,7 +65,9 @@ fn main() {
          async rows on 2 tokio worker threads"
     );
     println!();
-    println!("| backend | hand-off p50 | hand-off p99 | 64 workers: entries/s | commands/entry | uncontended cycles/s | fenced cycles/s |");
+    println!(
+        "| backend | hand-off p50 | hand-off p99 | 64 workers: entries/s | commands/entry | uncontended cycles/s | fenced cycles/s |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (name, url, commands) in [
         ("Redis", &redis_url, &redis_commands as &dyn Fn() -> f64),

@@ -105,10 +105,25 @@ pub trait Backend: Send + Sync + 'static {
         async { Err(unsupported("fencing tokens")) }
     }
 
+    /// Claims like [`claim`](Backend::claim), if that needs no I/O (the memory store),
+    /// with the lease starting at `now` (the flavor's clock, read just before);
+    /// `None` (the default) otherwise. A lock's claim tries it first, so an in-process
+    /// claim builds no future and reads the clock once.
+    fn try_claim_now(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+        now: Instant,
+    ) -> Option<Claim> {
+        let _ = (key, token, lease, now);
+        None
+    }
+
     /// Releases like [`release`](Backend::release), if that needs no I/O (the memory
-    /// store); `None` (the default) otherwise. A dropped guard releases inline with it;
-    /// without it, the async flavor releases on a spawned task (see
-    /// [`Cache::flush`](super::Cache::flush)).
+    /// store); `None` (the default) otherwise. A guard's release tries it first, and a
+    /// dropped guard releases inline with it; without it, the async flavor releases a
+    /// dropped guard on a spawned task (see [`Cache::flush`](super::Cache::flush)).
     fn try_release_now(&self, key: &[u8], token: &[u8]) -> Option<bool> {
         let _ = (key, token);
         None

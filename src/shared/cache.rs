@@ -609,6 +609,22 @@ impl Backend for AnyBackend {
         dispatch!(self, b => Backend::release(b, key, token))
     }
 
+    fn try_claim_now(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+        now: Instant,
+    ) -> Option<Claim> {
+        match self {
+            AnyBackend::Memory(b) => Backend::try_claim_now(b, key, token, lease, now),
+            #[cfg(feature = "redis")]
+            AnyBackend::Redis(b) => Backend::try_claim_now(b, key, token, lease, now),
+            #[cfg(feature = "memcached")]
+            AnyBackend::Memcached(b) => Backend::try_claim_now(b, key, token, lease, now),
+        }
+    }
+
     fn try_release_now(&self, key: &[u8], token: &[u8]) -> Option<bool> {
         match self {
             AnyBackend::Memory(b) => Backend::try_release_now(b, key, token),

@@ -253,7 +253,12 @@ impl<B: Backend> RedLock<B> {
                     let sent = rt::now();
                     let backend = guard.cache.backend();
                     let claim = match &fence_key {
-                        None => backend.claim(&guard.key, token.as_bytes(), lease).await,
+                        None => {
+                            match backend.try_claim_now(&guard.key, token.as_bytes(), lease, sent) {
+                                Some(claim) => Ok(claim),
+                                None => backend.claim(&guard.key, token.as_bytes(), lease).await,
+                            }
+                        }
                         Some(fence_key) => {
                             let claimed = backend
                                 .claim_fenced(&guard.key, token.as_bytes(), lease, fence_key)
@@ -510,7 +515,11 @@ impl<B: Backend> LockGuard<B> {
         };
         let backend = self.cache.backend();
         let span = trace::span(Op::Release, &self.key, backend.name());
-        let released = in_span!(span, backend.release(&self.key, token.as_bytes()));
+        // In process (memory): no future.
+        let released = match backend.try_release_now(&self.key, token.as_bytes()) {
+            Some(released) => Ok(released),
+            None => in_span!(span, backend.release(&self.key, token.as_bytes())),
+        };
         trace::end(&span, &released, |r| trace::released(*r));
         // Answered: nothing is left for the drop to release.
         self.token = None;

@@ -63,6 +63,16 @@ impl Backend for MemoryBackend {
         MemoryBackend::claim_fenced(self, key, token, lease, fence_key, rt::now())
     }
 
+    fn try_claim_now(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+        now: Instant,
+    ) -> Option<Claim> {
+        Some(MemoryBackend::claim(self, key, token, lease, now))
+    }
+
     fn try_release_now(&self, key: &[u8], token: &[u8]) -> Option<bool> {
         Some(MemoryBackend::release(self, key, token, rt::now()))
     }
