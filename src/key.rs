@@ -1,5 +1,7 @@
 //! Key rules: namespacing and the checks every backend shares.
 
+use std::mem::MaybeUninit;
+
 use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
@@ -36,19 +38,103 @@ fn with_suffix(namespace: &[u8], key: &[u8], suffix: &[u8]) -> Result<KeyBuf> {
 }
 
 /// The bytes of `parts` one after the other, written straight into the inline buffer
-/// when they fit (one copy each, no growth checks), else into one allocation.
+/// when they fit (a word copy or two each, no call, no growth check), else into one
+/// allocation.
+#[inline(always)]
 fn concat<const N: usize>(parts: [&[u8]; N]) -> KeyBuf {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     if len > KEY_INLINE {
         return KeyBuf::from_vec(parts.concat());
     }
-    let mut buf = [0u8; KEY_INLINE];
+    let mut buf = MaybeUninit::<[u8; KEY_INLINE]>::uninit();
+    let base = buf.as_mut_ptr().cast::<u8>();
     let mut at = 0;
     for part in parts {
-        buf[at..at + part.len()].copy_from_slice(part);
+        // SAFETY: `at + part.len() <= len <= KEY_INLINE`: inside the buffer.
+        unsafe { put(base.add(at), part) };
         at += part.len();
     }
-    KeyBuf::from_buf_and_len(buf, len)
+    // SAFETY: the first `len` bytes are written (the rest is never read).
+    unsafe { KeyBuf::from_buf_and_len_unchecked(buf, len) }
+}
+
+/// `bytes` held by value: inline up to [`KEY_INLINE`] bytes (what the memory store
+/// keeps its keys and values in).
+pub(crate) fn buf(bytes: &[u8]) -> KeyBuf {
+    concat([bytes])
+}
+
+/// Copies `src` to `dst`: short slices by two overlapping loads and stores of a word,
+/// the way `memcpy` does, without calling it.
+///
+/// # Safety
+///
+/// `dst` is valid for `src.len()` bytes of writes and does not overlap `src`.
+#[inline(always)]
+unsafe fn put(dst: *mut u8, src: &[u8]) {
+    /// The `W` bytes of `src` at `at` to `dst + at`.
+    ///
+    /// # Safety
+    ///
+    /// As for `put`, with `at + W <= src.len()`.
+    #[inline(always)]
+    unsafe fn word<const W: usize>(dst: *mut u8, src: &[u8], at: usize) {
+        let w: [u8; W] = src[at..at + W].try_into().unwrap_or([0; W]);
+        // SAFETY: the caller's.
+        unsafe { dst.add(at).cast::<[u8; W]>().write_unaligned(w) }
+    }
+    let n = src.len();
+    // SAFETY: every write is inside `dst[..n]`.
+    unsafe {
+        match n {
+            0 => {}
+            1..=3 => {
+                word::<1>(dst, src, 0);
+                word::<1>(dst, src, n / 2);
+                word::<1>(dst, src, n - 1);
+            }
+            4..=7 => {
+                word::<4>(dst, src, 0);
+                word::<4>(dst, src, n - 4);
+            }
+            8..=15 => {
+                word::<8>(dst, src, 0);
+                word::<8>(dst, src, n - 8);
+            }
+            16..=32 => {
+                word::<16>(dst, src, 0);
+                word::<16>(dst, src, n - 16);
+            }
+            _ => std::ptr::copy_nonoverlapping(src.as_ptr(), dst, n),
+        }
+    }
+}
+
+/// `a == b`, for short slices (keys, tokens) by two overlapping word comparisons
+/// rather than a call to `memcmp`.
+#[inline(always)]
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    fn word<const W: usize>(s: &[u8], at: usize) -> [u8; W] {
+        s[at..at + W].try_into().unwrap_or([0; W])
+    }
+    match n {
+        0 => true,
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        4..=7 => word::<4>(a, 0) == word::<4>(b, 0) && word::<4>(a, n - 4) == word::<4>(b, n - 4),
+        8..=15 => {
+            u64::from_ne_bytes(word(a, 0)) == u64::from_ne_bytes(word(b, 0))
+                && u64::from_ne_bytes(word(a, n - 8)) == u64::from_ne_bytes(word(b, n - 8))
+        }
+        16..=32 => {
+            u128::from_ne_bytes(word(a, 0)) == u128::from_ne_bytes(word(b, 0))
+                && u128::from_ne_bytes(word(a, n - 16)) == u128::from_ne_bytes(word(b, n - 16))
+        }
+        _ => a == b,
+    }
 }
 
 /// What a fenced lock appends to its lock key to name its fencing-token counter.
@@ -99,6 +185,22 @@ mod tests {
         assert_eq!(&*lock_key(b"", b"user", b":lk").unwrap(), b"user:lk");
         assert_eq!(&*namespaced(b"", b"k").unwrap(), b"k");
         assert_eq!(&*fence_key(b"app:user-lock"), b"app:user-lock-fence");
+    }
+
+    #[test]
+    fn same_is_slice_equality() {
+        let base: Vec<u8> = (0..80u8).collect();
+        for n in 0..80 {
+            let a = &base[..n];
+            assert!(same(a, &base[..n]), "{n}");
+            for i in 0..n {
+                let mut b = a.to_vec();
+                b[i] ^= 0x80;
+                assert!(!same(a, &b), "{n} differ at {i}");
+                assert_eq!(&*buf(&b), &b[..]);
+            }
+            assert!(!same(a, &base[..n + 1]));
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use crate::core::lease::deadline;
 use crate::core::wait::{Claim, Wake};
 use crate::error::{Error, ErrorKind, Result};
+use crate::key::same;
 use crate::value::{CasToken, Ttl, Versioned};
 
 /// The in-process backend of `memory://`: the embedded default, no server needed.
@@ -103,12 +104,12 @@ impl Map {
 
     fn find_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
         let hash = self.hash(key);
-        self.entries.find_mut(hash, |e| *e.key == *key)
+        self.entries.find_mut(hash, |e| same(&e.key, key))
     }
 
     fn live(&self, key: &[u8], now: Instant) -> Option<&Entry> {
         self.entries
-            .find(self.hash(key), |e| *e.key == *key)
+            .find(self.hash(key), |e| same(&e.key, key))
             .filter(|e| e.live(now))
     }
 
@@ -123,7 +124,7 @@ impl Map {
         let Map {
             entries, hasher, ..
         } = self;
-        entries.entry(hash, |e| *e.key == *key, |e| hasher.hash_one(&*e.key))
+        entries.entry(hash, |e| same(&e.key, key), |e| hasher.hash_one(&*e.key))
     }
 
     /// Stores `value` if `allowed` says so given the live entry (`None`: absent or
@@ -145,7 +146,7 @@ impl Map {
                 if !allowed(Some(&*e).filter(|e| e.live(now))) {
                     return false;
                 }
-                e.value = Bytes::from_slice(value);
+                e.value = crate::key::buf(value);
                 e.expires = expires;
                 e.version = version;
             }
@@ -154,8 +155,8 @@ impl Map {
                     return false;
                 }
                 v.insert(Entry {
-                    key: Bytes::from_slice(key),
-                    value: Bytes::from_slice(value),
+                    key: crate::key::buf(key),
+                    value: crate::key::buf(value),
                     expires,
                     version,
                     waiters: None,
@@ -170,7 +171,7 @@ impl Map {
     /// removed entry. One hash, one probe.
     fn remove_if(&mut self, key: &[u8], remove: impl FnOnce(&Entry) -> bool) -> Option<Entry> {
         let hash = self.hash(key);
-        let found = self.entries.find_entry(hash, |e| *e.key == *key).ok()?;
+        let found = self.entries.find_entry(hash, |e| same(&e.key, key)).ok()?;
         if !remove(found.get()) {
             return None;
         }
@@ -294,7 +295,7 @@ impl MemoryBackend {
     pub(crate) fn extend(&self, key: &[u8], token: &[u8], lease: Duration, now: Instant) -> bool {
         let mut map = self.store.map.lock();
         match map.live_mut(key, now) {
-            Some(e) if *e.value == *token => {
+            Some(e) if same(&e.value, token) => {
                 e.expires = Some(deadline(now, lease));
                 true
             }
@@ -331,7 +332,7 @@ impl MemoryBackend {
             .store
             .map
             .lock()
-            .remove_if(key, |e| e.live(now) && *e.value == *token);
+            .remove_if(key, |e| e.live(now) && same(&e.value, token));
         // Woken, and the entry dropped, outside the mutex.
         removed.is_some_and(|e| {
             wake(e.waiters);
@@ -352,7 +353,7 @@ impl MemoryBackend {
         let mut map = self.store.map.lock();
         let Some(entry) = map
             .live_mut(key, now)
-            .filter(|e| holder.is_none_or(|h| *e.value == *h))
+            .filter(|e| holder.is_none_or(|h| same(&e.value, h)))
         else {
             return Listen::Vacant;
         };
