@@ -64,6 +64,20 @@ pub(crate) fn buf(bytes: &[u8]) -> KeyBuf {
     concat([bytes])
 }
 
+/// Replaces the bytes of `dst` with `src`, in place when both are short.
+pub(crate) fn assign(dst: &mut KeyBuf, src: &[u8]) {
+    if dst.spilled() || src.len() > KEY_INLINE {
+        *dst = buf(src);
+        return;
+    }
+    // SAFETY: not spilled, `dst` points to its inline buffer of KEY_INLINE bytes, and
+    // the first `src.len()` of them are written before the length covers them.
+    unsafe {
+        put(dst.as_mut_ptr(), src);
+        dst.set_len(src.len());
+    }
+}
+
 /// Copies `src` to `dst`: short slices by two overlapping loads and stores of a word,
 /// the way `memcpy` does, without calling it.
 ///
@@ -198,6 +212,9 @@ mod tests {
                 b[i] ^= 0x80;
                 assert!(!same(a, &b), "{n} differ at {i}");
                 assert_eq!(&*buf(&b), &b[..]);
+                let mut into = buf(&base[..(i * 7) % 60]);
+                assign(&mut into, &b);
+                assert_eq!(&*into, &b[..]);
             }
             assert!(!same(a, &base[..n + 1]));
         }

@@ -83,15 +83,38 @@ struct Map {
 struct Entry {
     key: Bytes,
     value: Bytes,
-    expires: Option<Instant>,
+    expires: Expiry,
     version: u64,
     /// Created by the first waiter; notified when the key is released or deleted.
     waiters: Option<Arc<Event>>,
 }
 
+/// When an entry stops being live.
+#[derive(Clone, Copy)]
+enum Expiry {
+    Never,
+    At(Instant),
+    /// A released lock: absent, but its slot (and key) stay until the next sweep, so
+    /// that the next claim of the same key writes its value in place.
+    Released,
+}
+
+impl Expiry {
+    fn after(ttl: Option<Duration>, now: Instant) -> Self {
+        match ttl {
+            None => Expiry::Never,
+            Some(d) => Expiry::At(deadline(now, d)),
+        }
+    }
+}
+
 impl Entry {
     fn live(&self, now: Instant) -> bool {
-        self.expires.is_none_or(|at| now < at)
+        match self.expires {
+            Expiry::Never => true,
+            Expiry::At(at) => now < at,
+            Expiry::Released => false,
+        }
     }
 }
 
@@ -133,12 +156,11 @@ impl Map {
         &mut self,
         key: &[u8],
         value: &[u8],
-        ttl: Option<Duration>,
+        expires: Expiry,
         now: Instant,
         allowed: impl FnOnce(Option<&Entry>) -> bool,
     ) -> bool {
         self.sweep(now);
-        let expires = ttl.map(|d| deadline(now, d));
         let version = self.last_version + 1;
         match self.slot(key) {
             hash_table::Entry::Occupied(mut o) => {
@@ -146,7 +168,7 @@ impl Map {
                 if !allowed(Some(&*e).filter(|e| e.live(now))) {
                     return false;
                 }
-                e.value = crate::key::buf(value);
+                crate::key::assign(&mut e.value, value);
                 e.expires = expires;
                 e.version = version;
             }
@@ -223,7 +245,11 @@ impl MemoryBackend {
     }
 
     pub(crate) fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>, now: Instant) {
-        self.store.map.lock().write(key, value, ttl, now, |_| true);
+        let expires = Expiry::after(ttl, now);
+        self.store
+            .map
+            .lock()
+            .write(key, value, expires, now, |_| true);
     }
 
     pub(crate) fn add(
@@ -233,18 +259,32 @@ impl MemoryBackend {
         ttl: Option<Duration>,
         now: Instant,
     ) -> bool {
+        let expires = Expiry::after(ttl, now);
         let mut map = self.store.map.lock();
-        map.write(key, value, ttl, now, |live| live.is_none())
+        map.write(key, value, expires, now, |live| live.is_none())
     }
 
     /// Adds `key` holding `token` for `lease`, or reports the live holder's token.
     pub(crate) fn claim(&self, key: &[u8], token: &[u8], lease: Duration, now: Instant) -> Claim {
+        self.claim_until(key, token, now, deadline(now, lease))
+    }
+
+    /// Adds `key` holding `token` until `lease_end`, or reports the live holder's
+    /// token (live at `now`).
+    pub(crate) fn claim_until(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        now: Instant,
+        lease_end: Instant,
+    ) -> Claim {
         let mut holder = None;
+        let expires = Expiry::At(lease_end);
         let won = self
             .store
             .map
             .lock()
-            .write(key, token, Some(lease), now, |live| {
+            .write(key, token, expires, now, |live| {
                 holder = live.map(|e| e.value.to_vec());
                 live.is_none()
             });
@@ -285,8 +325,11 @@ impl MemoryBackend {
                     )
                 })?,
         };
-        map.write(fence_key, fence.to_string().as_bytes(), None, now, |_| true);
-        map.write(key, token, Some(lease), now, |_| true);
+        let (never, until) = (Expiry::Never, Expiry::after(Some(lease), now));
+        map.write(fence_key, fence.to_string().as_bytes(), never, now, |_| {
+            true
+        });
+        map.write(key, token, until, now, |_| true);
         Ok((Claim::Won, Some(fence)))
     }
 
@@ -296,7 +339,7 @@ impl MemoryBackend {
         let mut map = self.store.map.lock();
         match map.live_mut(key, now) {
             Some(e) if same(&e.value, token) => {
-                e.expires = Some(deadline(now, lease));
+                e.expires = Expiry::At(deadline(now, lease));
                 true
             }
             _ => false,
@@ -319,25 +362,29 @@ impl MemoryBackend {
     pub(crate) fn ttl(&self, key: &[u8], now: Instant) -> Ttl {
         match self.store.map.lock().live(key, now) {
             None => Ttl::Missing,
-            Some(Entry { expires: None, .. }) => Ttl::Persistent,
-            Some(Entry {
-                expires: Some(at), ..
-            }) => Ttl::Expires(at.duration_since(now)),
+            Some(e) => match e.expires {
+                Expiry::At(at) => Ttl::Expires(at.duration_since(now)),
+                Expiry::Never => Ttl::Persistent,
+                Expiry::Released => Ttl::Missing, // not live: not found above
+            },
         }
     }
 
     /// Deletes `key` if it holds `token` and has not expired; wakes its waiters.
+    ///
+    /// The entry is marked released rather than removed: the next claim of the key
+    /// (often the same key, taken again and again) writes into it in place, and the
+    /// sweep drops it otherwise.
     pub(crate) fn release(&self, key: &[u8], token: &[u8], now: Instant) -> bool {
-        let removed = self
-            .store
-            .map
-            .lock()
-            .remove_if(key, |e| e.live(now) && same(&e.value, token));
-        // Woken, and the entry dropped, outside the mutex.
-        removed.is_some_and(|e| {
-            wake(e.waiters);
-            true
-        })
+        let mut map = self.store.map.lock();
+        let Some(e) = map.live_mut(key, now).filter(|e| same(&e.value, token)) else {
+            return false;
+        };
+        e.expires = Expiry::Released;
+        let waiters = e.waiters.take();
+        drop(map);
+        wake(waiters);
+        true
     }
 
     /// Registers a waiter on `key` held by `holder` and says how long to wait:
@@ -362,7 +409,7 @@ impl MemoryBackend {
             .get_or_insert_with(|| Arc::new(Event::new()))
             .listen();
         let (until, until_is_deadline) = match entry.expires {
-            Some(end) if end < deadline => (end, false),
+            Expiry::At(end) if end < deadline => (end, false),
             _ => (deadline, true),
         };
         Listen::Held {
@@ -394,8 +441,9 @@ impl MemoryBackend {
         ttl: Option<Duration>,
         now: Instant,
     ) -> bool {
+        let expires = Expiry::after(ttl, now);
         let mut map = self.store.map.lock();
-        map.write(key, value, ttl, now, |live| match (token, live) {
+        map.write(key, value, expires, now, |live| match (token, live) {
             (CasToken::Absent, None) => true,
             (CasToken::Version(v), Some(e)) => e.version == *v,
             _ => false,
@@ -468,6 +516,9 @@ mod tests {
         }
         fn ttl(&self, k: &[u8]) -> Ttl {
             self.backend.ttl(k, self.now())
+        }
+        fn claim(&self, k: &[u8], token: &[u8], lease: Duration) -> Claim {
+            self.backend.claim(k, token, lease, self.now())
         }
         fn release(&self, k: &[u8], token: &[u8]) -> bool {
             self.backend.release(k, token, self.now())
@@ -568,6 +619,8 @@ mod tests {
         Ttl(u8),
         Begin(u8),
         Cas(u8, u8, Option<u8>),
+        Claim(u8, u8, u8),
+        Release(u8, u8),
         Advance(u8),
     }
 
@@ -581,7 +634,9 @@ mod tests {
             key.clone().prop_map(Op::Delete),
             key.clone().prop_map(Op::Ttl),
             key.clone().prop_map(Op::Begin),
-            (key, any::<u8>(), ttl).prop_map(|(k, v, t)| Op::Cas(k, v, t)),
+            (key.clone(), any::<u8>(), ttl).prop_map(|(k, v, t)| Op::Cas(k, v, t)),
+            (key.clone(), 0u8..3, 1u8..20).prop_map(|(k, v, t)| Op::Claim(k, v, t)),
+            (key, 0u8..3).prop_map(|(k, v)| Op::Release(k, v)),
             (0u8..25).prop_map(Op::Advance),
         ]
     }
@@ -640,6 +695,24 @@ mod tests {
                         if want {
                             writes += 1;
                             model.insert(k, (v, t.map(|t| now + u64::from(t)), writes));
+                        }
+                    }
+                    Op::Claim(k, v, t) => {
+                        let want = match model.get(&k) {
+                            Some((holder, _, _)) => Claim::Held { holder: Some(vec![*holder]) },
+                            None => Claim::Won,
+                        };
+                        prop_assert_eq!(m.claim(&[k], &[v], ms(t.into())), want.clone());
+                        if want == Claim::Won {
+                            writes += 1;
+                            model.insert(k, (v, Some(now + u64::from(t)), writes));
+                        }
+                    }
+                    Op::Release(k, v) => {
+                        let want = model.get(&k).is_some_and(|(held, _, _)| *held == v);
+                        prop_assert_eq!(m.release(&[k], &[v]), want);
+                        if want {
+                            model.remove(&k);
                         }
                     }
                     Op::Advance(d) => {
