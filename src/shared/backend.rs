@@ -105,18 +105,19 @@ pub trait Backend: Send + Sync + 'static {
         async { Err(unsupported("fencing tokens")) }
     }
 
-    /// Claims like [`claim`](Backend::claim), if that needs no I/O (the memory store),
-    /// with the lease starting at `now` (the flavor's clock, read just before);
-    /// `None` (the default) otherwise. A lock's claim tries it first, so an in-process
-    /// claim builds no future and reads the clock once.
+    /// Claims like [`claim`](Backend::claim), if that needs no I/O (the memory store):
+    /// the lease ends at `lease_end`, and a holder counts if its lease lasts past
+    /// `now` (the flavor's clock, read just before); `None` (the default) otherwise.
+    /// A lock's claim tries it first, so an in-process claim builds no future and
+    /// reads the clock once.
     fn try_claim_now(
         &self,
         key: &[u8],
         token: &[u8],
-        lease: Duration,
         now: Instant,
+        lease_end: Instant,
     ) -> Option<Claim> {
-        let _ = (key, token, lease, now);
+        let _ = (key, token, now, lease_end);
         None
     }
 

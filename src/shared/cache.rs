@@ -613,15 +613,15 @@ impl Backend for AnyBackend {
         &self,
         key: &[u8],
         token: &[u8],
-        lease: Duration,
         now: Instant,
+        lease_end: Instant,
     ) -> Option<Claim> {
         match self {
-            AnyBackend::Memory(b) => Backend::try_claim_now(b, key, token, lease, now),
+            AnyBackend::Memory(b) => Backend::try_claim_now(b, key, token, now, lease_end),
             #[cfg(feature = "redis")]
-            AnyBackend::Redis(b) => Backend::try_claim_now(b, key, token, lease, now),
+            AnyBackend::Redis(b) => Backend::try_claim_now(b, key, token, now, lease_end),
             #[cfg(feature = "memcached")]
-            AnyBackend::Memcached(b) => Backend::try_claim_now(b, key, token, lease, now),
+            AnyBackend::Memcached(b) => Backend::try_claim_now(b, key, token, now, lease_end),
         }
     }
 

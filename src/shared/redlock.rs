@@ -251,10 +251,12 @@ impl<B: Backend> RedLock<B> {
                     guard.token = Some(token);
                     // Read before sending: the server's lease starts later.
                     let sent = rt::now();
+                    let lease_end = deadline(sent, lease);
                     let backend = guard.cache.backend();
                     let claim = match &fence_key {
                         None => {
-                            match backend.try_claim_now(&guard.key, token.as_bytes(), lease, sent) {
+                            let key = &guard.key;
+                            match backend.try_claim_now(key, token.as_bytes(), sent, lease_end) {
                                 Some(claim) => Ok(claim),
                                 None => backend.claim(&guard.key, token.as_bytes(), lease).await,
                             }
@@ -283,7 +285,7 @@ impl<B: Backend> RedLock<B> {
                             if let Some(turn) = turn {
                                 turn.done(Some(token.as_bytes()));
                             }
-                            guard.lease_end = Some(deadline(sent, lease));
+                            guard.lease_end = Some(lease_end);
                             true
                         }
                         Claim::Held { holder: h } => {

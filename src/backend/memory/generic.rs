@@ -67,10 +67,10 @@ impl Backend for MemoryBackend {
         &self,
         key: &[u8],
         token: &[u8],
-        lease: Duration,
         now: Instant,
+        lease_end: Instant,
     ) -> Option<Claim> {
-        Some(MemoryBackend::claim(self, key, token, lease, now))
+        Some(MemoryBackend::claim_until(self, key, token, now, lease_end))
     }
 
     fn try_release_now(&self, key: &[u8], token: &[u8]) -> Option<bool> {
