@@ -210,8 +210,31 @@ impl<B: Backend> RedLock<B> {
             return Err(Error::invalid_key("the key is empty"));
         }
         let lease = check_lease(self.lease)?;
-        let fence_key = self.fenced.then(|| key::fence_key(&self.key));
         let token = Token::random();
+        // In process (memory), the first claim needs none of the wait machinery: it is
+        // made here, at once, and only a lost one goes on to the loop below.
+        let mut first_lost = None;
+        if !self.fenced {
+            let sent = rt::now();
+            let lease_end = deadline(sent, lease);
+            let backend = self.cache.backend();
+            match backend.try_claim_now(&self.key, token.as_bytes(), sent, lease_end) {
+                Some(Claim::Won) => {
+                    return Ok(LockGuard {
+                        cache: self.cache,
+                        key: self.key,
+                        token: Some(token),
+                        lease,
+                        lease_end: Some(lease_end),
+                        fence: None,
+                        outcome: Outcome::Acquired,
+                    });
+                }
+                Some(Claim::Held { holder }) => first_lost = Some(holder),
+                None => {}
+            }
+        }
+        let fence_key = self.fenced.then(|| key::fence_key(&self.key));
         let mut machine = machine(self.wait.unwrap_or(lease));
         // The guard is armed (holds the token) while an add is in flight, so a
         // cancelled or failed acquisition releases what it may have taken.
@@ -230,6 +253,10 @@ impl<B: Backend> RedLock<B> {
         // a re-claim that may follow another waiter's (see `core::waiters`).
         let mut woken = None;
         let mut action = machine.start();
+        if let Some(h) = first_lost {
+            holder = h;
+            action = machine.added(false, rt::now);
+        }
         loop {
             action = match action {
                 Action::Add => {
