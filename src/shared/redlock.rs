@@ -199,20 +199,31 @@ impl<B: Backend> RedLock<B> {
         machine: fn(Duration) -> Acquisition,
     ) -> Result<LockGuard<B>> {
         let span = trace::span(Op::Acquire, &self.key, self.cache.backend().name());
-        let result = in_span!(span, self.acquire_untraced(machine));
+        // Checked, and claimed at once when the store is in process: an uncontended
+        // memory lock builds none of the futures of the wait machinery.
+        let start = {
+            let _entered = trace::enter(&span);
+            self.start()
+        };
+        let result = match start {
+            Start::Done(result) => result,
+            Start::Go(lock, begun) => in_span!(span, lock.acquire_untraced(machine, begun)),
+        };
         trace::end(&span, &result, |g| trace::outcome(g.outcome));
         result
     }
 
-    #[maybe_async]
-    async fn acquire_untraced(self, machine: fn(Duration) -> Acquisition) -> Result<LockGuard<B>> {
+    /// The checks, the token and, on an in-process store (memory), the first claim,
+    /// made at once: only a lost claim needs the wait machinery.
+    fn start(self) -> Start<B> {
         if self.empty_key {
-            return Err(Error::invalid_key("the key is empty"));
+            return Start::Done(Err(Error::invalid_key("the key is empty")));
         }
-        let lease = check_lease(self.lease)?;
+        let lease = match check_lease(self.lease) {
+            Ok(lease) => lease,
+            Err(e) => return Start::Done(Err(e)),
+        };
         let token = Token::random();
-        // In process (memory), the first claim needs none of the wait machinery: it is
-        // made here, at once, and only a lost one goes on to the loop below.
         let mut first_lost = None;
         if !self.fenced {
             let sent = rt::now();
@@ -220,7 +231,7 @@ impl<B: Backend> RedLock<B> {
             let backend = self.cache.backend();
             match backend.try_claim_now(&self.key, token.as_bytes(), sent, lease_end) {
                 Some(Claim::Won) => {
-                    return Ok(LockGuard {
+                    return Start::Done(Ok(LockGuard {
                         cache: self.cache,
                         key: self.key,
                         token: Some(token),
@@ -228,12 +239,33 @@ impl<B: Backend> RedLock<B> {
                         lease_end: Some(lease_end),
                         fence: None,
                         outcome: Outcome::Acquired,
-                    });
+                    }));
                 }
                 Some(Claim::Held { holder }) => first_lost = Some(holder),
                 None => {}
             }
         }
+        Start::Go(
+            self,
+            Begun {
+                lease,
+                token,
+                first_lost,
+            },
+        )
+    }
+
+    #[maybe_async]
+    async fn acquire_untraced(
+        self,
+        machine: fn(Duration) -> Acquisition,
+        begun: Begun,
+    ) -> Result<LockGuard<B>> {
+        let Begun {
+            lease,
+            token,
+            first_lost,
+        } = begun;
         let fence_key = self.fenced.then(|| key::fence_key(&self.key));
         let mut machine = machine(self.wait.unwrap_or(lease));
         // The guard is armed (holds the token) while an add is in flight, so a
@@ -348,6 +380,22 @@ impl<B: Backend> RedLock<B> {
             }
         }
     }
+}
+
+/// How [`RedLock::start`] left an acquisition.
+enum Start<B: Backend> {
+    /// Won at once, or a check failed.
+    Done(Result<LockGuard<B>>),
+    /// On to the claims and waits.
+    Go(RedLock<B>, Begun),
+}
+
+/// An acquisition checked and begun ([`RedLock::start`]).
+struct Begun {
+    lease: Duration,
+    token: Token,
+    /// The holder an in-process claim already lost to (`None`: no claim made yet).
+    first_lost: Option<Option<Vec<u8>>>,
 }
 
 /// How a woken waiter's turn to claim again went ([`follow`]).
