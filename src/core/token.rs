@@ -21,6 +21,10 @@ thread_local! {
 pub struct Token([u8; 32]);
 
 impl Token {
+    /// All zeros: never drawn in practice (a 2^-128 chance), for a fallback that is
+    /// never returned.
+    pub(crate) const NONE: Token = Token([b'0'; 32]);
+
     /// A fresh random token from a thread-local CSPRNG, seeded from the operating
     /// system and reseeded in a forked child (the process generation of `core::fork`).
     pub fn random() -> Self {

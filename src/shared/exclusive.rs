@@ -137,7 +137,9 @@ impl<B: Backend> ExclusiveLock<B> {
     /// Errors and cancel safety as for [`acquire`](ExclusiveLock::acquire).
     #[maybe_async]
     pub async fn try_acquire(self) -> Result<Option<ExclusiveGuard<B>>> {
-        self.wait_at_most(Duration::ZERO).acquire().await
+        let lock = self.lock.wait_at_most(Duration::ZERO);
+        let guard = lock.acquire_in(Acquisition::exclusive).await?;
+        Ok(ExclusiveGuard::held(guard))
     }
 }
 
@@ -146,8 +148,8 @@ impl<B: Backend> ExclusiveLock<B> {
 /// guard of a network backend releases on a spawned task in the async flavor).
 #[must_use = "if unused the lock is released at once"]
 pub struct ExclusiveGuard<B: Backend = AnyBackend> {
+    /// Holds its token from `held` until `release` consumes it.
     guard: LockGuard<B>,
-    token: Token,
 }
 
 impl<B: Backend> std::fmt::Debug for ExclusiveGuard<B> {
@@ -160,13 +162,14 @@ impl<B: Backend> std::fmt::Debug for ExclusiveGuard<B> {
 
 impl<B: Backend> ExclusiveGuard<B> {
     fn held(guard: LockGuard<B>) -> Option<Self> {
-        let token = *guard.token()?;
-        Some(ExclusiveGuard { guard, token })
+        guard.token()?;
+        Some(ExclusiveGuard { guard })
     }
 
     /// The token stored under the lock key.
     pub fn token(&self) -> &Token {
-        &self.token
+        // Always held (see `guard`): the fallback is never returned.
+        self.guard.token().unwrap_or(&Token::NONE)
     }
 
     /// The key the lock is stored under.
