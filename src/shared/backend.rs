@@ -147,6 +147,16 @@ pub trait Backend: Send + Sync + 'static {
         deadline: Instant,
     ) -> impl Future<Output = Result<Wake>> + Send;
 
+    /// Reads `key` like [`begin`](Backend::begin), if that needs no I/O (the memory
+    /// store): hands `read` the value (`None`: absent) instead of returning a copy of
+    /// it, and returns the token; `None` (the default) otherwise. An
+    /// [`OptimisticLock`](super::OptimisticLock) tries it first, so that it copies a
+    /// short value without an allocation.
+    fn try_begin_now(&self, key: &[u8], read: &mut dyn FnMut(Option<&[u8]>)) -> Option<CasToken> {
+        let _ = (key, read);
+        None
+    }
+
     /// Reads `key` and a token for its current state (start of an [`OptimisticLock`](super::OptimisticLock)).
     fn begin(&self, key: &[u8]) -> impl Future<Output = Result<Versioned>> + Send;
 

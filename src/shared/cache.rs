@@ -609,6 +609,16 @@ impl Backend for AnyBackend {
         dispatch!(self, b => Backend::release(b, key, token))
     }
 
+    fn try_begin_now(&self, key: &[u8], read: &mut dyn FnMut(Option<&[u8]>)) -> Option<CasToken> {
+        match self {
+            AnyBackend::Memory(b) => Backend::try_begin_now(b, key, read),
+            #[cfg(feature = "redis")]
+            AnyBackend::Redis(b) => Backend::try_begin_now(b, key, read),
+            #[cfg(feature = "memcached")]
+            AnyBackend::Memcached(b) => Backend::try_begin_now(b, key, read),
+        }
+    }
+
     fn try_claim_now(
         &self,
         key: &[u8],

@@ -63,6 +63,10 @@ impl Backend for MemoryBackend {
         MemoryBackend::claim_fenced(self, key, token, lease, fence_key, rt::now())
     }
 
+    fn try_begin_now(&self, key: &[u8], read: &mut dyn FnMut(Option<&[u8]>)) -> Option<CasToken> {
+        Some(MemoryBackend::begin_with(self, key, rt::now(), read))
+    }
+
     fn try_claim_now(
         &self,
         key: &[u8],

@@ -419,6 +419,26 @@ impl MemoryBackend {
         }
     }
 
+    /// Hands `read` the value of `key` (under the mutex) and returns the token of
+    /// its state: [`begin`](MemoryBackend::begin) without a copy.
+    pub(crate) fn begin_with(
+        &self,
+        key: &[u8],
+        now: Instant,
+        read: &mut dyn FnMut(Option<&[u8]>),
+    ) -> CasToken {
+        match self.store.map.lock().live(key, now) {
+            Some(e) => {
+                read(Some(&e.value));
+                CasToken::Version(e.version)
+            }
+            None => {
+                read(None);
+                CasToken::Absent
+            }
+        }
+    }
+
     pub(crate) fn begin(&self, key: &[u8], now: Instant) -> Versioned {
         match self.store.map.lock().live(key, now) {
             Some(e) => Versioned {
