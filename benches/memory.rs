@@ -118,7 +118,9 @@ impl Fixture {
         let (b, a) = (&self.blocking, &self.asynchronous);
         macro_rules! blocking {
             ($f:ident) => {
-                (0..n).for_each(|_| drop(black_box($f(b))))
+                (0..n).for_each(|_| {
+                    black_box($f(b));
+                })
             };
         }
         macro_rules! asynchronous {
