@@ -131,6 +131,8 @@
 #![deny(unused_must_use)]
 #![warn(missing_docs)]
 
+#[cfg(all(test, feature = "blocking", feature = "async"))]
+mod alloc_tests;
 mod backend;
 #[cfg(feature = "blocking")]
 mod clock;
