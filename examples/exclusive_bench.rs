@@ -16,7 +16,6 @@
 //! SECONDS (default 2) per throughput row, TRIALS (default 100) hand-offs per backend.
 
 #[path = "../tests/support/memcached.rs"]
-#[allow(dead_code)]
 mod memcached;
 #[path = "../tests/support/redis.rs"]
 #[allow(dead_code)]

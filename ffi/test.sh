@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The C ABI suite: builds libaiolock, checks the committed header is fresh, runs the C
 # tests (ASan + UBSan and valgrind, static and shared library), the Go tests and the
-# Ruby tests. Needs gcc, valgrind, go, ruby and ruby-ffi (scripts/test installs them).
+# Ruby tests, and the exclusion oracle across languages (Rust, C and Go processes on
+# one key of a real Redis and memcached, started by the Rust test's fixtures). Needs
+# gcc, valgrind, go, ruby, ruby-ffi, redis-server, memcached and cargo-nextest
+# (scripts/test installs them).
 # Usage: ffi/test.sh
 # The suites run against the cache $AIOLOCK_TEST_URL names (default memory://; each
 # test opens its own namespace). For a network backend, start its server first, e.g.:
@@ -130,6 +133,26 @@ for waiter in c ruby; do
     exit 1
   fi
 done
+
+echo "== ffi: the exclusion oracle across languages, on Redis and memcached"
+# tests/exclusive cross_process_oracle: three Rust child processes (blocking), the
+# test's own (async), and these two programs over the C ABI (C under ASan + UBSan, and
+# Go), 4 threads each, take one exclusive key in turn and mark every entry and exit in
+# one O_APPEND file; the lines must pair up. Both backends must run, nothing skipped.
+gcc "${cflags[@]}" "${sanitize[@]}" ffi/c/oracle.c "${shared[@]}" -o "$tmp/oracle-c"
+(cd ffi/go && CGO_LDFLAGS="-L$lib -Wl,-rpath,$lib" go build -o "$tmp/oracle-go" ./cmd/aiolock-oracle)
+if ! AIOLOCK_TEST_ORACLE_PROGRAMS="$tmp/oracle-c:$tmp/oracle-go" cargo nextest run --workspace --all-features \
+  --no-fail-fast --success-output immediate -E 'test(exclusive_cross_process_oracle)' >"$tmp/oracle.log" 2>&1; then
+  cat "$tmp/oracle.log" >&2
+  echo "the cross-language exclusion oracle failed" >&2
+  exit 1
+fi
+if ! grep -q '2 tests run: 2 passed' "$tmp/oracle.log" || [ "$(grep -c 'entries as foreign' "$tmp/oracle.log")" != 4 ]; then
+  cat "$tmp/oracle.log" >&2
+  echo "the oracle must run on Redis and memcached, with the C and Go processes in both" >&2
+  exit 1
+fi
+grep -E 'PASS|entries of' "$tmp/oracle.log" | sed 's/^ */-- /'
 
 echo "== ffi: Go tests"
 (

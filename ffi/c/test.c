@@ -11,6 +11,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -545,6 +546,245 @@ static void test_panic_returns_a_status(void) {
     aiolock_cache_free(cache);
 }
 
+static double elapsed_secs(const struct timespec *since) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - since->tv_sec) + (double)(now.tv_nsec - since->tv_nsec) / 1e9;
+}
+
+/* Mutual exclusion across threads: each entry finds nobody inside, and every entry
+ * happens (each thread waits as long as it takes). */
+#define EXCLUSIVE_THREADS 8
+#define EXCLUSIVE_ENTRIES 25
+
+struct exclusive_worker {
+    aiolock_cache *cache;
+    atomic_int *inside;
+    int entries, overlaps, failures, not_acquired;
+    long *unprotected; /* incremented without atomics: only correct under the lock */
+};
+
+static void *exclusive_worker(void *arg) {
+    struct exclusive_worker *w = arg;
+    for (int i = 0; i < EXCLUSIVE_ENTRIES; i++) {
+        aiolock_exclusive *lock = NULL;
+        /* Every other entry tries first, then waits: both paths under contention. */
+        aiolock_status status = AIOLOCK_OK;
+        if (i % 2 == 0) status = aiolock_exclusive_try_acquire(w->cache, KEY("x"), 30.0, &lock);
+        if (status == AIOLOCK_OK && lock == NULL)
+            status = aiolock_exclusive_acquire(w->cache, KEY("x"), 30.0, 120.0, &lock);
+        if (status != AIOLOCK_OK) {
+            w->failures++;
+            continue;
+        }
+        if (lock == NULL) {
+            w->not_acquired++;
+            continue;
+        }
+        if (atomic_fetch_add(w->inside, 1) != 0) w->overlaps++;
+        long seen = *w->unprotected;
+        sched_yield();
+        *w->unprotected = seen + 1;
+        atomic_fetch_sub(w->inside, 1);
+        bool removed = false;
+        if (aiolock_exclusive_release(lock, &removed) != AIOLOCK_OK || !removed) w->failures++;
+        w->entries++;
+    }
+    return NULL;
+}
+
+static void test_exclusive_mutual_exclusion(void) {
+    aiolock_cache *cache = open_cache();
+    atomic_int inside = 0;
+    long unprotected = 0;
+    pthread_t threads[EXCLUSIVE_THREADS];
+    struct exclusive_worker workers[EXCLUSIVE_THREADS];
+    for (int i = 0; i < EXCLUSIVE_THREADS; i++) {
+        workers[i] = (struct exclusive_worker){cache, &inside, 0, 0, 0, 0, &unprotected};
+        pthread_create(&threads[i], NULL, exclusive_worker, &workers[i]);
+    }
+    int entries = 0, overlaps = 0, failures = 0, not_acquired = 0;
+    for (int i = 0; i < EXCLUSIVE_THREADS; i++) {
+        pthread_join(threads[i], NULL);
+        entries += workers[i].entries;
+        overlaps += workers[i].overlaps;
+        failures += workers[i].failures;
+        not_acquired += workers[i].not_acquired;
+    }
+    CHECK(overlaps == 0);
+    CHECK(failures == 0);
+    CHECK(not_acquired == 0);
+    CHECK(entries == EXCLUSIVE_THREADS * EXCLUSIVE_ENTRIES);
+    CHECK(unprotected == EXCLUSIVE_THREADS * EXCLUSIVE_ENTRIES);
+    aiolock_cache_free(cache);
+}
+
+struct exclusive_waiter {
+    aiolock_cache *cache;
+    const char *key;
+    double wait;
+    aiolock_status status;
+    atomic_bool held;
+    aiolock_exclusive *lock;
+};
+
+static void *exclusive_waiter(void *arg) {
+    struct exclusive_waiter *w = arg;
+    w->status = aiolock_exclusive_acquire(w->cache, KEY(w->key), 30.0, w->wait, &w->lock);
+    atomic_store(&w->held, w->lock != NULL);
+    return NULL;
+}
+
+/* An exclusive waiter waits through the holder's release and ends up holding the lock
+ * (where aiolock_acquire's waiter would return AIOLOCK_RELEASED without it); and it
+ * waits through a lease that ends without a release. */
+static void test_exclusive_waits_until_held(void) {
+    aiolock_cache *cache = open_cache();
+    aiolock_exclusive *held = NULL;
+    CHECK(aiolock_exclusive_acquire(cache, KEY("e"), 30.0, 0.0, &held) == AIOLOCK_OK && held);
+    struct exclusive_waiter w = {cache, "e", 60.0, -1, false, NULL};
+    pthread_t t;
+    pthread_create(&t, NULL, exclusive_waiter, &w);
+    CHECK(wait_for_waiters(cache, "e", 1));
+    CHECK(!atomic_load(&w.held));
+    bool removed = false;
+    CHECK(aiolock_exclusive_release(held, &removed) == AIOLOCK_OK && removed);
+    pthread_join(t, NULL);
+    CHECK(w.status == AIOLOCK_OK && w.lock != NULL);
+    /* It holds it now: a RedLock caller on the same key does not get it. */
+    aiolock_lock *redlock = NULL;
+    aiolock_outcome outcome = 0;
+    CHECK(aiolock_acquire(cache, KEY("e"), 5.0, 0.0, &redlock, &outcome) == AIOLOCK_OK);
+    CHECK(outcome == AIOLOCK_TIMED_OUT);
+    CHECK(aiolock_release(redlock, NULL) == AIOLOCK_OK);
+    CHECK(aiolock_exclusive_release(w.lock, &removed) == AIOLOCK_OK && removed);
+
+    /* A holder that never releases: its lease ends, and the waiter takes the lock. */
+    aiolock_exclusive *stale = NULL;
+    CHECK(aiolock_exclusive_acquire(cache, KEY("l"), short_secs(), 0.0, &stale) == AIOLOCK_OK && stale);
+    struct exclusive_waiter l = {cache, "l", 60.0, -1, false, NULL};
+    pthread_create(&t, NULL, exclusive_waiter, &l);
+    pthread_join(t, NULL);
+    CHECK(l.status == AIOLOCK_OK && l.lock != NULL);
+    /* The stale holder's release leaves the new holder's lock alone. */
+    CHECK(aiolock_exclusive_release(stale, &removed) == AIOLOCK_OK && !removed);
+    aiolock_exclusive *probe = (aiolock_exclusive *)0x1;
+    CHECK(aiolock_exclusive_try_acquire(cache, KEY("l"), 5.0, &probe) == AIOLOCK_OK && probe == NULL);
+    CHECK(aiolock_exclusive_release(l.lock, &removed) == AIOLOCK_OK && removed);
+    aiolock_cache_free(cache);
+}
+
+/* Try never waits; a wait bound returns by it, without the lock and without an error,
+ * while the holder keeps its lease. */
+static void test_exclusive_try_and_deadline(void) {
+    aiolock_cache *cache = open_cache();
+    aiolock_exclusive *held = NULL, *other = (aiolock_exclusive *)0x1;
+    CHECK(aiolock_exclusive_try_acquire(cache, KEY("t"), 30.0, &held) == AIOLOCK_OK && held);
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    /* A try that waited would wait the 30 s lease (or its bound). */
+    CHECK(aiolock_exclusive_try_acquire(cache, KEY("t"), 30.0, &other) == AIOLOCK_OK);
+    CHECK(other == NULL);
+    CHECK(strcmp(aiolock_last_error_message(), "") == 0); /* not an error */
+    other = (aiolock_exclusive *)0x1;
+    CHECK(aiolock_exclusive_acquire(cache, KEY("t"), 30.0, -0.0, &other) == AIOLOCK_OK);
+    CHECK(other == NULL);
+    CHECK(elapsed_secs(&start) < 5.0);
+
+    const double bound = 0.3;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    other = (aiolock_exclusive *)0x1;
+    CHECK(aiolock_exclusive_acquire(cache, KEY("t"), 30.0, bound, &other) == AIOLOCK_OK);
+    double took = elapsed_secs(&start);
+    CHECK(other == NULL);
+    CHECK(took >= bound * 0.99);
+    CHECK(took < bound + 5.0); /* by the bound, not by the 30 s lease */
+    size_t count = 7;
+    CHECK(aiolock_cache_waiting(cache, KEY("t"), &count) == AIOLOCK_OK && count == 0);
+    bool removed = false;
+    CHECK(aiolock_exclusive_release(held, &removed) == AIOLOCK_OK && removed);
+    aiolock_cache_free(cache);
+}
+
+/* Every bad input: NULL pointers, keys, leases and wait bounds; the output is left
+ * untouched and nothing is taken. */
+static void test_exclusive_bad_inputs(void) {
+    aiolock_cache *cache = open_cache();
+    const aiolock_status BAD = AIOLOCK_INVALID_ARGUMENT;
+    aiolock_exclusive *const SENTINEL = (aiolock_exclusive *)0x1;
+    aiolock_exclusive *lock = SENTINEL;
+    CHECK(aiolock_exclusive_acquire(NULL, KEY("b"), 5.0, 1.0, &lock) == BAD);
+    CHECK(strstr(aiolock_last_error_message(), "cache") != NULL);
+    CHECK(aiolock_exclusive_acquire(cache, NULL, 1, 5.0, 1.0, &lock) == BAD);
+    CHECK(strstr(aiolock_last_error_message(), "key") != NULL);
+    CHECK(aiolock_exclusive_acquire(cache, KEY("b"), 5.0, 1.0, NULL) == BAD);
+    CHECK(strstr(aiolock_last_error_message(), "lock_out") != NULL);
+    CHECK(aiolock_exclusive_try_acquire(NULL, KEY("b"), 5.0, &lock) == BAD);
+    CHECK(aiolock_exclusive_try_acquire(cache, NULL, 1, 5.0, &lock) == BAD);
+    CHECK(aiolock_exclusive_try_acquire(cache, KEY("b"), 5.0, NULL) == BAD);
+    CHECK(aiolock_exclusive_acquire(cache, NULL, 0, 5.0, 1.0, &lock) == AIOLOCK_INVALID_KEY);
+    CHECK(aiolock_exclusive_try_acquire(cache, (const uint8_t *)"", 0, 5.0, &lock) == AIOLOCK_INVALID_KEY);
+    if (strncmp(test_url(), "memcached", 9) == 0) {
+        CHECK(aiolock_exclusive_try_acquire(cache, KEY("a b"), 5.0, &lock) == AIOLOCK_INVALID_KEY);
+    }
+    const double subnormal = 5e-324;
+    const double bad_durations[] = {NAN, -NAN, INFINITY, -INFINITY, subnormal, 1e-300, 1e-12, 1e300};
+    for (size_t i = 0; i < sizeof bad_durations / sizeof *bad_durations; i++) {
+        double d = bad_durations[i];
+        CHECK(aiolock_exclusive_acquire(cache, KEY("b"), d, 1.0, &lock) == BAD);
+        CHECK(strstr(aiolock_last_error_message(), "lease_secs") != NULL);
+        CHECK(strlen(aiolock_last_error_message()) < 160);
+        CHECK(aiolock_exclusive_try_acquire(cache, KEY("b"), d, &lock) == BAD);
+        CHECK(aiolock_exclusive_acquire(cache, KEY("b"), 5.0, d, &lock) == BAD);
+        CHECK(strstr(aiolock_last_error_message(), "wait_secs") != NULL);
+        CHECK(strlen(aiolock_last_error_message()) < 160);
+    }
+    const double bad_leases[] = {0.0, -0.0, -1.0};
+    for (size_t i = 0; i < sizeof bad_leases / sizeof *bad_leases; i++) {
+        CHECK(aiolock_exclusive_acquire(cache, KEY("b"), bad_leases[i], 1.0, &lock) == BAD);
+        CHECK(strstr(aiolock_last_error_message(), "lease_secs") != NULL);
+    }
+    /* A negative wait is no default here (unlike aiolock_acquire): refused. */
+    const double negative_waits[] = {-1.0, AIOLOCK_WAIT_DEFAULT, -subnormal, -1e300};
+    for (size_t i = 0; i < sizeof negative_waits / sizeof *negative_waits; i++) {
+        CHECK(aiolock_exclusive_acquire(cache, KEY("b"), 5.0, negative_waits[i], &lock) == BAD);
+        CHECK(strstr(aiolock_last_error_message(), "wait_secs must not be negative") != NULL);
+    }
+    CHECK(lock == SENTINEL);
+    /* Release and free: NULL (the "not acquired" handle) is refused / ignored. */
+    bool removed = true;
+    CHECK(aiolock_exclusive_release(NULL, &removed) == BAD);
+    CHECK(removed);
+    CHECK(aiolock_exclusive_release(NULL, NULL) == BAD);
+    aiolock_exclusive_free(NULL);
+    /* Nothing was taken by the refused calls. */
+    lock = NULL;
+    CHECK(aiolock_exclusive_try_acquire(cache, KEY("b"), 5.0, &lock) == AIOLOCK_OK && lock != NULL);
+    CHECK(aiolock_exclusive_release(lock, &removed) == AIOLOCK_OK && removed);
+    aiolock_cache_free(cache);
+}
+
+/* Keys are bytes (not UTF-8 here); a freed handle releases its lock; the handle
+ * outlives its cache. */
+static void test_exclusive_bytes_and_free(void) {
+    aiolock_cache *cache = open_cache();
+    const uint8_t key[] = {0xff, 0xfe, 'k'};
+    aiolock_exclusive *lock = NULL, *other = NULL;
+    CHECK(aiolock_exclusive_try_acquire(cache, key, sizeof key, 30.0, &lock) == AIOLOCK_OK && lock);
+    CHECK(aiolock_exclusive_try_acquire(cache, key, sizeof key, 30.0, &other) == AIOLOCK_OK && !other);
+    /* Another key of other bytes is another lock. */
+    const uint8_t other_key[] = {0xff, 0xfe, 'j'};
+    CHECK(aiolock_exclusive_try_acquire(cache, other_key, sizeof other_key, 30.0, &other) == AIOLOCK_OK);
+    CHECK(other != NULL);
+    aiolock_exclusive_free(other); /* releases it */
+    CHECK(aiolock_exclusive_try_acquire(cache, other_key, sizeof other_key, 30.0, &other) == AIOLOCK_OK);
+    CHECK(other != NULL);
+    aiolock_cache_free(cache); /* the handles stay valid */
+    bool removed = false;
+    CHECK(aiolock_exclusive_release(other, &removed) == AIOLOCK_OK && removed);
+    CHECK(aiolock_exclusive_release(lock, &removed) == AIOLOCK_OK && removed);
+}
+
 /* The stampede oracle: many threads want one value; it is computed once. */
 #define STAMPEDE_THREADS 16
 static atomic_int computed;
@@ -623,6 +863,11 @@ int main(void) {
     test_last_error();
     test_panic_returns_a_status();
     test_stampede();
+    test_exclusive_mutual_exclusion();
+    test_exclusive_waits_until_held();
+    test_exclusive_try_and_deadline();
+    test_exclusive_bad_inputs();
+    test_exclusive_bytes_and_free();
     printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
 }

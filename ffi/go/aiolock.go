@@ -1,6 +1,7 @@
 // Package aiolock binds libaiolock, the C library of aiolock: a cache-stampede
-// RedLock and an OptimisticLock (Python aiocache's locks) over a memory, Redis or
-// memcached cache chosen by URL.
+// RedLock and an OptimisticLock (Python aiocache's locks), and an exclusive lock (a
+// mutex with a lease: Cache.Lock, Cache.TryLock) over a memory, Redis or memcached
+// cache chosen by URL.
 //
 // Every call blocks the calling goroutine (and its OS thread) until the library
 // answers. Handles are freed by finalizers if they are forgotten, but Close and
@@ -16,6 +17,15 @@
 //	}
 //	_, err = lock.Release()
 //
+// The exclusive lock waits until it holds the key, or its context ends:
+//
+//	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+//	defer cancel()
+//	l, err := cache.Lock(ctx, "account:42", 30*time.Second)
+//	if errors.Is(err, aiolock.ErrNotAcquired) { ... } // held by others until ctx ended
+//	if err != nil { ... }
+//	defer l.Release()
+//
 // Build: cgo needs the header and the library, e.g.
 //
 //	CGO_CFLAGS=-I/path/to/aiolock/include CGO_LDFLAGS="-L/path/to/lib -laiolock" go build
@@ -30,6 +40,7 @@ package aiolock
 import "C"
 
 import (
+	"context"
 	"errors"
 	"runtime"
 	"sync"
@@ -75,6 +86,12 @@ func (e *Error) Unwrap() error { return e.Status }
 // ErrClosed is returned by calls on a cache that was closed, a lock that was
 // released, or an optimistic lock that was used or closed.
 var ErrClosed = errors.New("aiolock: handle already closed or released")
+
+// ErrNotAcquired is returned by TryLock when another caller holds the lock, and by
+// Lock when its context ended first: then the error also matches the context's error
+// (errors.Is(err, context.DeadlineExceeded) or context.Canceled). Not getting the lock
+// is not a failure of the backend: the other errors are.
+var ErrNotAcquired = errors.New("aiolock: lock not acquired: held by another caller")
 
 // call runs one C call and reads the thread's last error on the same OS thread:
 // without LockOSThread the goroutine could move to another thread between the two.
@@ -370,4 +387,115 @@ func (o *OptimisticLock) Close() error {
 		runtime.SetFinalizer(o, nil)
 	}
 	return nil
+}
+
+// Exclusive is a held exclusive lock (Cache.Lock, Cache.TryLock): a mutex with a
+// lease. No other caller, in any process, acquires the key until it is released or
+// its lease ends. Release it exactly once; a forgotten Exclusive is released by a
+// finalizer.
+//
+// A lease lock cannot stop a holder that paused past its lease (GC, SIGSTOP, a slow
+// disk) from writing after the next holder started: choose a lease much longer than
+// the work, and let the storage refuse stale writes where that would harm.
+type Exclusive struct {
+	mu  sync.Mutex
+	ptr *C.aiolock_exclusive
+}
+
+// lockSlice is how long one C call of Lock waits at most when its context can be
+// cancelled: the C call cannot be interrupted, so Lock waits in slices and checks
+// the context between them.
+const lockSlice = 100 * time.Millisecond
+
+// notAcquired is the error of a Lock whose context ended first: it is ErrNotAcquired
+// and wraps the context's error.
+type notAcquired struct{ cause error }
+
+func (e *notAcquired) Error() string        { return "aiolock: lock not acquired: " + e.cause.Error() }
+func (e *notAcquired) Is(target error) bool { return target == ErrNotAcquired }
+func (e *notAcquired) Unwrap() error        { return e.cause }
+
+// Lock takes the exclusive lock on key, held for at most lease once acquired,
+// waiting through other holders' releases and lease ends until it holds it or ctx
+// ends. It stores the lock like Acquire (a RedLock and an exclusive lock on one key
+// exclude each other).
+//
+// When ctx ends first, Lock returns an error that matches both ErrNotAcquired and
+// ctx's error. A ctx that has already ended returns that error at once, sending
+// nothing.
+//
+// Deadline and cancellation: ctx's deadline bounds the wait exactly (the C call is
+// given the time left). A cancellation is noticed within 100 ms: the C call cannot be
+// interrupted, so a cancellable ctx waits in slices of at most 100 ms, and each slice
+// claims the key once more (one round trip). A ctx that can never end
+// (context.Background()) waits as long as it takes, in one call.
+func (c *Cache) Lock(ctx context.Context, key string, lease time.Duration) (*Exclusive, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, &notAcquired{err}
+	}
+	for {
+		wait := 24 * time.Hour // ctx can never end: one long wait per day
+		if ctx.Done() != nil {
+			wait = lockSlice
+		}
+		if deadline, ok := ctx.Deadline(); ok {
+			left := time.Until(deadline)
+			if left <= 0 {
+				return nil, &notAcquired{context.DeadlineExceeded}
+			}
+			if left < wait {
+				wait = left
+			}
+		}
+		l, err := c.exclusive(key, lease, wait.Seconds())
+		if err != nil || l != nil {
+			return l, err
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, &notAcquired{err}
+		}
+	}
+}
+
+// TryLock claims the exclusive lock on key once, never waiting: ErrNotAcquired when
+// another caller holds it now.
+func (c *Cache) TryLock(key string, lease time.Duration) (*Exclusive, error) {
+	l, err := c.exclusive(key, lease, 0)
+	if err == nil && l == nil {
+		return nil, ErrNotAcquired
+	}
+	return l, err
+}
+
+// exclusive is one aiolock_exclusive_acquire: (nil, nil) when not acquired.
+func (c *Cache) exclusive(key string, lease time.Duration, wait float64) (*Exclusive, error) {
+	k, kn := bytesOf(key)
+	var ptr *C.aiolock_exclusive
+	err := c.with(func(p *C.aiolock_cache) C.enum_aiolock_status {
+		return C.aiolock_exclusive_acquire(p, k, kn, seconds(lease), C.double(wait), &ptr)
+	})
+	if err != nil || ptr == nil {
+		return nil, err
+	}
+	l := &Exclusive{ptr: ptr}
+	runtime.SetFinalizer(l, func(l *Exclusive) { _, _ = l.Release() })
+	return l, nil
+}
+
+// Release releases the lock (owner-checked: a lock whose lease ended and was taken
+// by another caller is left alone) and frees the handle. It reports whether it
+// removed the lock: false when the lease had already ended. A second Release returns
+// ErrClosed.
+func (l *Exclusive) Release() (bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ptr == nil {
+		return false, ErrClosed
+	}
+	ptr := l.ptr
+	l.ptr = nil // consumed by the call, whatever it returns
+	runtime.SetFinalizer(l, nil)
+	var removed C.bool
+	err := call(func() C.enum_aiolock_status { return C.aiolock_exclusive_release(ptr, &removed) })
+	return bool(removed), err
 }

@@ -1,6 +1,7 @@
 package aiolock_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -41,4 +42,28 @@ func ExampleOptimisticLock_Cas() {
 	err := lock.Cas([]byte("2"), 0)
 	fmt.Println(errors.Is(err, aiolock.ErrConflict))
 	// Output: true
+}
+
+// A mutex with a lease across processes: Lock waits until it holds the key, or until
+// its context ends (then the error is ErrNotAcquired and the context's error).
+func ExampleCache_Lock() {
+	cache, _ := aiolock.Open("memory://")
+	defer cache.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	lock, err := cache.Lock(ctx, "account:42", 30*time.Second)
+	if errors.Is(err, aiolock.ErrNotAcquired) {
+		fmt.Println("held by others for 10 s")
+		return
+	} else if err != nil {
+		panic(err)
+	}
+	// ... read, change and write the account ...
+	_, err = cache.TryLock("account:42", 30*time.Second)
+	fmt.Println(errors.Is(err, aiolock.ErrNotAcquired))
+	removed, _ := lock.Release()
+	fmt.Println(removed)
+	// Output:
+	// true
+	// true
 }

@@ -218,6 +218,19 @@ pub(crate) fn wait(value: f64, what: &str) -> Result<Option<Duration>> {
     secs(value, what).map(Some)
 }
 
+/// `wait_secs` of the exclusive lock: a bound checked like a lease, except that 0
+/// (or -0.0) is allowed and means "claim once, do not wait". Negative numbers are
+/// refused: an exclusive waiter has no default to fall back to, and a sign error in
+/// the caller's arithmetic should not turn into some other wait.
+pub(crate) fn bound(value: f64, what: &str) -> Result<Duration> {
+    if value < 0.0 {
+        return Err(invalid(format!(
+            "{what} must not be negative (0 claims once without waiting): {value:e}"
+        )));
+    }
+    secs(value, what)
+}
+
 /// `ttl_secs`: `None` (no expiry) for `AIOLOCK_NO_EXPIRY` (0, or -0.0), else a
 /// duration longer than zero.
 pub(crate) fn ttl(value: f64, what: &str) -> Result<Option<Duration>> {
@@ -267,33 +280,35 @@ mod tests {
         const NAN: f64 = f64::NAN;
         const MIN_POSITIVE: f64 = f64::MIN_POSITIVE;
         const SUBNORMAL: f64 = 5e-324;
-        // (value, lease, wait, ttl): Err = AIOLOCK_INVALID_ARGUMENT.
+        // (value, lease, wait, ttl, exclusive bound): Err = AIOLOCK_INVALID_ARGUMENT.
         type Want = Option<&'static str>;
-        let cases: [(f64, Want, Want, Want); 13] = [
-            (NAN, None, None, None),
-            (INFINITY, None, None, None),
-            (NEG_INFINITY, None, None, None),
-            (-1.0, None, Some("default"), None),
-            (-1e300, None, Some("default"), None),
-            (-SUBNORMAL, None, Some("default"), None),
-            (-0.0, None, Some("0ns"), Some("none")),
-            (0.0, None, Some("0ns"), Some("none")),
-            (SUBNORMAL, None, None, None),
-            (MIN_POSITIVE, None, None, None),
-            (1e-10, None, None, None),
-            (1e-9, Some("1ns"), Some("1ns"), Some("1ns")),
-            (1e300, None, None, None),
+        let cases: [(f64, Want, Want, Want, Want); 13] = [
+            (NAN, None, None, None, None),
+            (INFINITY, None, None, None, None),
+            (NEG_INFINITY, None, None, None, None),
+            (-1.0, None, Some("default"), None, None),
+            (-1e300, None, Some("default"), None, None),
+            (-SUBNORMAL, None, Some("default"), None, None),
+            (-0.0, None, Some("0ns"), Some("none"), Some("0ns")),
+            (0.0, None, Some("0ns"), Some("none"), Some("0ns")),
+            (SUBNORMAL, None, None, None, None),
+            (MIN_POSITIVE, None, None, None, None),
+            (1e-10, None, None, None, None),
+            (1e-9, Some("1ns"), Some("1ns"), Some("1ns"), Some("1ns")),
+            (1e300, None, None, None, None),
         ];
-        for (value, want_lease, want_wait, want_ttl) in cases {
+        for (value, want_lease, want_wait, want_ttl, want_bound) in cases {
             let got_lease = lease(value, "lease_secs").map(|d| format!("{d:?}"));
             let got_wait = wait(value, "wait_secs")
                 .map(|w| w.map_or("default".to_owned(), |d| format!("{d:?}")));
             let got_ttl =
                 ttl(value, "ttl_secs").map(|t| t.map_or("none".to_owned(), |d| format!("{d:?}")));
+            let got_bound = bound(value, "bound_secs").map(|d| format!("{d:?}"));
             for (what, got, want) in [
                 ("lease_secs", got_lease, want_lease),
                 ("wait_secs", got_wait, want_wait),
                 ("ttl_secs", got_ttl, want_ttl),
+                ("bound_secs", got_bound, want_bound),
             ] {
                 match (got, want) {
                     (Ok(got), Some(want)) => assert_eq!(got, want, "{what} = {value:e}"),

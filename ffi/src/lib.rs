@@ -21,16 +21,23 @@
 //!   included: it would round to zero) are `AIOLOCK_INVALID_ARGUMENT`; so is more
 //!   than about 31 years. Then: a lease must be longer than zero; a TTL of 0 (or -0.0,
 //!   `AIOLOCK_NO_EXPIRY`) means none and a negative TTL is refused; a wait of 0 means
-//!   "do not wait" and a negative finite wait (`AIOLOCK_WAIT_DEFAULT`) one lease.
+//!   "do not wait" and a negative finite wait (`AIOLOCK_WAIT_DEFAULT`) one lease
+//!   for `aiolock_acquire`, but is refused by `aiolock_exclusive_acquire` (an
+//!   exclusive waiter has no default to fall back to).
 //! - Error messages (`aiolock_last_error_message`) are one line of at most 300
 //!   characters (control characters escaped, cut with `…`), and never contain a
 //!   password given in a URL.
 //! - Ownership: each function says what the caller owns and how to give it back.
-//!   Every handle has exactly one function that consumes it (`aiolock_cache_free`,
-//!   `aiolock_release`, `aiolock_cas` or `aiolock_optimistic_free`,
-//!   `aiolock_buffer_free`); the `*_free` functions accept NULL and do nothing.
-//! - Thread safety: an `aiolock_cache` may be used from many threads at once. A lock
-//!   or optimistic-lock handle must not be used from two threads at the same time.
+//!   Every handle is consumed by one call (`aiolock_cache_free`, `aiolock_release`,
+//!   `aiolock_exclusive_release` or `aiolock_exclusive_free`, `aiolock_cas` or
+//!   `aiolock_optimistic_free`, `aiolock_buffer_free`); the `*_free` functions
+//!   accept NULL and do nothing.
+//! - "Not getting the lock" is not an error: `aiolock_acquire` says so in its
+//!   outcome, `aiolock_exclusive_acquire` by a NULL handle, both with `AIOLOCK_OK`.
+//!   A non-zero status always means the call failed (and sets the last error).
+//! - Thread safety: an `aiolock_cache` may be used from many threads at once. A lock,
+//!   exclusive-lock or optimistic-lock handle must not be used from two threads at
+//!   the same time (it may move between threads).
 //!   Handles are independent: freeing a cache does not invalidate its locks.
 //! - A panic inside aiolock (a bug) is caught and returns `AIOLOCK_PANIC`; the
 //!   process goes on.
@@ -48,9 +55,11 @@ mod boundary;
 use std::ffi::{c_char, c_int};
 
 use aiolock::Outcome;
-use aiolock::blocking::{Cache, LockGuard, OptimisticLock};
+use aiolock::blocking::{Cache, ExclusiveGuard, LockGuard, OptimisticLock};
 
-use crate::boundary::{bytes, guard, guard_quiet, handle, invalid, lease, out, ttl, utf8, wait};
+use crate::boundary::{
+    bound, bytes, guard, guard_quiet, handle, invalid, lease, out, ttl, utf8, wait,
+};
 
 /// The result of a call: `AIOLOCK_OK` or what went wrong. The numbers are stable and
 /// new codes may be added: treat an unknown non-zero code as a generic error.
@@ -140,6 +149,18 @@ pub struct aiolock_cache {
 #[allow(non_camel_case_types)]
 pub struct aiolock_lock {
     guard: LockGuard,
+}
+
+/// A held exclusive lock: the key belongs to this handle until its lease ends or it
+/// is released. Created by `aiolock_exclusive_acquire` or
+/// `aiolock_exclusive_try_acquire` (only when they got the lock); consumed by
+/// `aiolock_exclusive_release` or `aiolock_exclusive_free`.
+///
+/// An opaque type with functions of its own (`aiolock_exclusive_*`), so that what a
+/// holder can do later (extend, fence, watchdog) is new functions on this handle.
+#[allow(non_camel_case_types)]
+pub struct aiolock_exclusive {
+    guard: ExclusiveGuard,
 }
 
 /// An optimistic lock on one key: the value and version read by
@@ -304,6 +325,150 @@ pub unsafe extern "C" fn aiolock_release(
             unsafe { removed_out.write(removed) };
         }
         Ok(())
+    })
+}
+
+/// Takes the exclusive lock on `key`, waiting through other holders' releases and
+/// lease ends until this caller holds it, or `wait_secs` has passed: a mutex with a
+/// lease, where `aiolock_acquire` is a stampede lock (its waiters go on without the
+/// lock). The lock key is the same as `aiolock_acquire`'s (`namespace + key +
+/// lock_suffix`), and the two exclude each other.
+///
+/// - `lease_secs`: how long the lock is held at most once acquired; finite, at least
+///   one nanosecond, else `AIOLOCK_INVALID_ARGUMENT`.
+/// - `wait_secs`: how long to wait at most, from the first lost claim. 0 (or -0.0):
+///   claim once, never wait (`aiolock_exclusive_try_acquire`). Unlike
+///   `aiolock_acquire` there is no default: a negative number, NaN, ±infinity or a
+///   positive number below one nanosecond is `AIOLOCK_INVALID_ARGUMENT`. For "as
+///   long as it takes", pass a large number (at most about 31 years).
+///
+/// On success (`AIOLOCK_OK`), `*lock_out` is either
+/// - a new handle: this caller holds the lock; the caller owns the handle and must
+///   pass it to `aiolock_exclusive_release` (or `aiolock_exclusive_free`); or
+/// - NULL: **not acquired**, the key was held by other callers until `wait_secs`
+///   passed. Not getting the lock is not an error (no status, no last error
+///   message): test the handle. `AIOLOCK_TIMEOUT` is something else, a backend that
+///   did not answer.
+///
+/// A lease lock cannot stop a holder that paused past its lease (GC, `SIGSTOP`, a
+/// slow disk) from writing after the next holder started: choose a lease much
+/// longer than the work, and let the storage refuse stale writes where that harms.
+///
+/// Errors: `AIOLOCK_INVALID_ARGUMENT`, `AIOLOCK_INVALID_KEY` (an empty key; on
+/// memcached a lock key too long or with bytes memcached refuses), the backend's
+/// errors. After an error the caller does not hold the lock (a claim whose answer
+/// was lost is released in the background).
+///
+/// # Safety
+///
+/// `cache` must be NULL or a live cache; `key` must be NULL or valid for reads of
+/// `key_len` bytes; `lock_out` must be NULL or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_exclusive_acquire(
+    cache: *const aiolock_cache,
+    key: *const u8,
+    key_len: usize,
+    lease_secs: f64,
+    wait_secs: f64,
+    lock_out: *mut *mut aiolock_exclusive,
+) -> aiolock_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let cache = unsafe { handle(cache, "cache") }?;
+        // SAFETY: the caller's contract.
+        let key = unsafe { bytes(key, key_len, "key") }?;
+        let lock_out = out(lock_out, "lock_out")?;
+        let lease = lease(lease_secs, "lease_secs")?;
+        let wait = bound(wait_secs, "wait_secs")?;
+        let got = cache.cache.lock(key, lease).wait_at_most(wait).acquire()?;
+        let lock = got.map_or(std::ptr::null_mut(), |guard| {
+            Box::into_raw(Box::new(aiolock_exclusive { guard }))
+        });
+        // SAFETY: checked non-NULL; valid for a write by the caller's contract.
+        unsafe { lock_out.write(lock) };
+        Ok(())
+    })
+}
+
+/// Claims the exclusive lock on `key` once, never waiting: `aiolock_exclusive_acquire`
+/// with a `wait_secs` of 0. One round trip (memory: none).
+///
+/// On success, `*lock_out` is a new handle (held; the caller must pass it to
+/// `aiolock_exclusive_release` or `aiolock_exclusive_free`), or NULL when another
+/// caller holds the lock now (not acquired, not an error).
+///
+/// Errors: as `aiolock_exclusive_acquire`.
+///
+/// # Safety
+///
+/// As `aiolock_exclusive_acquire`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_exclusive_try_acquire(
+    cache: *const aiolock_cache,
+    key: *const u8,
+    key_len: usize,
+    lease_secs: f64,
+    lock_out: *mut *mut aiolock_exclusive,
+) -> aiolock_status {
+    // SAFETY: the same contract.
+    unsafe { aiolock_exclusive_acquire(cache, key, key_len, lease_secs, 0.0, lock_out) }
+}
+
+/// Releases and frees an exclusive lock handle: deletes the lock key only if it
+/// still holds this handle's token (atomically) and wakes the waiters.
+/// `*removed_out` (optional, NULL when the answer is not wanted) says whether it
+/// removed the lock: false when the lease had already ended (another caller may hold
+/// the lock now, and its lock is left alone; writes made after the lease ended were
+/// not protected).
+///
+/// **Consumes `lock` whatever the status** (unless it is NULL): the caller must not
+/// use it again. On a backend error the lock is left to expire with its lease.
+///
+/// Errors: `AIOLOCK_INVALID_ARGUMENT` (`lock` is NULL, e.g. the "not acquired" NULL
+/// of `aiolock_exclusive_acquire`), the backend's errors.
+///
+/// # Safety
+///
+/// `lock` must be NULL or a handle from `aiolock_exclusive_acquire` or
+/// `aiolock_exclusive_try_acquire` not yet consumed, not in use by another thread;
+/// `removed_out` must be NULL or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_exclusive_release(
+    lock: *mut aiolock_exclusive,
+    removed_out: *mut bool,
+) -> aiolock_status {
+    guard(|| {
+        if lock.is_null() {
+            return Err(invalid("lock is NULL"));
+        }
+        // SAFETY: the caller's contract: a live handle from Box::into_raw. Taken first,
+        // so the handle is consumed on every path, a panic included.
+        let lock = unsafe { Box::from_raw(lock) };
+        let removed = lock.guard.release()?;
+        if !removed_out.is_null() {
+            // SAFETY: non-NULL; valid for a write by the caller's contract.
+            unsafe { removed_out.write(removed) };
+        }
+        Ok(())
+    })
+}
+
+/// Frees an exclusive lock handle, releasing the lock as `aiolock_exclusive_release`
+/// does but without reporting anything (for cleanup paths and finalizers; a release
+/// that fails for a transient reason, such as a broken connection, is retried in the
+/// background, and a lock that could not be released expires with its lease).
+/// NULL does nothing. Does not change the last error.
+///
+/// # Safety
+///
+/// `lock` must be NULL or a live exclusive lock handle, not in use by another thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_exclusive_free(lock: *mut aiolock_exclusive) {
+    guard_quiet((), || {
+        if !lock.is_null() {
+            // SAFETY: the caller's contract: a live handle from Box::into_raw.
+            drop(unsafe { Box::from_raw(lock) });
+        }
     })
 }
 
@@ -790,6 +955,59 @@ mod tests {
             let status = aiolock_cache_set(cache, b"k".as_ptr(), 1, b"v".as_ptr(), 1, 5e-324);
             assert_eq!(status, aiolock_status::AIOLOCK_INVALID_ARGUMENT);
             assert!(last_error().contains("5e-324"), "{}", last_error());
+            aiolock_cache_free(cache);
+        }
+    }
+
+    #[test]
+    fn exclusive_acquire_try_and_release() {
+        let mut cache = std::ptr::null_mut();
+        // SAFETY: valid pointers throughout.
+        unsafe {
+            assert_eq!(
+                aiolock_cache_open(c"memory://".as_ptr(), &mut cache),
+                aiolock_status::AIOLOCK_OK
+            );
+            let mut held = std::ptr::null_mut();
+            let status = aiolock_exclusive_acquire(cache, b"k".as_ptr(), 1, 30.0, 1.0, &mut held);
+            assert_eq!(status, aiolock_status::AIOLOCK_OK);
+            assert!(!held.is_null(), "uncontended: held");
+            // Not acquired: OK and a NULL handle, no last error.
+            let mut other = std::ptr::dangling_mut::<aiolock_exclusive>();
+            let status = aiolock_exclusive_try_acquire(cache, b"k".as_ptr(), 1, 30.0, &mut other);
+            assert_eq!(status, aiolock_status::AIOLOCK_OK);
+            assert!(other.is_null());
+            assert_eq!(last_error(), "");
+            let mut other = std::ptr::dangling_mut::<aiolock_exclusive>();
+            let status = aiolock_exclusive_acquire(cache, b"k".as_ptr(), 1, 30.0, 0.01, &mut other);
+            assert_eq!(status, aiolock_status::AIOLOCK_OK);
+            assert!(other.is_null());
+            // A negative wait is refused (no default), and the output is untouched.
+            let mut untouched = std::ptr::dangling_mut::<aiolock_exclusive>();
+            let status =
+                aiolock_exclusive_acquire(cache, b"k".as_ptr(), 1, 30.0, -1.0, &mut untouched);
+            assert_eq!(status, aiolock_status::AIOLOCK_INVALID_ARGUMENT);
+            assert!(last_error().contains("wait_secs"), "{}", last_error());
+            assert_eq!(untouched, std::ptr::dangling_mut::<aiolock_exclusive>());
+            let mut removed = false;
+            assert_eq!(
+                aiolock_exclusive_release(held, &mut removed),
+                aiolock_status::AIOLOCK_OK
+            );
+            assert!(removed);
+            // Freed without a release: the lock is released all the same.
+            let status = aiolock_exclusive_try_acquire(cache, b"k".as_ptr(), 1, 30.0, &mut held);
+            assert_eq!(status, aiolock_status::AIOLOCK_OK);
+            assert!(!held.is_null());
+            aiolock_exclusive_free(held);
+            aiolock_exclusive_free(std::ptr::null_mut());
+            let status = aiolock_exclusive_try_acquire(cache, b"k".as_ptr(), 1, 30.0, &mut held);
+            assert_eq!(status, aiolock_status::AIOLOCK_OK);
+            assert!(!held.is_null(), "free released it");
+            assert_eq!(
+                aiolock_exclusive_release(held, std::ptr::null_mut()),
+                aiolock_status::AIOLOCK_OK
+            );
             aiolock_cache_free(cache);
         }
     }

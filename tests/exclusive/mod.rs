@@ -69,6 +69,10 @@ pub async fn cancelled_waiter_leaves_nothing(cache: Cache) {
 const ORACLE_URL: &str = "AIOLOCK_TEST_ORACLE_URL";
 const ORACLE_FILE: &str = "AIOLOCK_TEST_ORACLE_FILE";
 const ORACLE_ID: &str = "AIOLOCK_TEST_ORACLE_ID";
+/// Other programs that join [`cross_process_oracle`] (a list of paths, as in `PATH`):
+/// ffi/test.sh sets it to its C and Go programs over the C ABI. Each is run as
+/// `PROGRAM URL FILE ID THREADS ENTRIES` and must write the same marks.
+const ORACLE_PROGRAMS: &str = "AIOLOCK_TEST_ORACLE_PROGRAMS";
 const THREADS: usize = 4;
 const ENTRIES: usize = 15;
 
@@ -117,9 +121,10 @@ fn oracle_child() {
 
 /// The exclusion oracle across processes: three child processes (blocking flavor,
 /// `THREADS` threads each) and this one (async, `THREADS` tasks), `ENTRIES` entries
-/// each on one exclusive key of the server at `url`. Every entry and exit is a line
-/// of one `O_APPEND` file: the lines must pair up, an entry always followed by the
-/// same caller's exit (never two callers inside).
+/// each on one exclusive key of the server at `url`, and the programs of other
+/// languages [`ORACLE_PROGRAMS`] names (`THREADS` threads each). Every entry and exit
+/// is a line of one `O_APPEND` file: the lines must pair up, an entry always followed
+/// by the same caller's exit (never two callers inside).
 pub async fn cross_process_oracle(url: &str) {
     let dir = std::env::temp_dir().join(format!("aiolock-oracle-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -135,6 +140,22 @@ pub async fn cross_process_oracle(url: &str) {
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .unwrap()
+        })
+        .collect();
+    let programs: Vec<_> = std::env::var_os(ORACLE_PROGRAMS)
+        .map(|list| std::env::split_paths(&list).collect())
+        .unwrap_or_default();
+    let foreign: Vec<_> = programs
+        .iter()
+        .enumerate()
+        .map(|(i, program)| {
+            let id = format!("foreign{i}");
+            let child = std::process::Command::new(program)
+                .args([url, file.to_str().unwrap(), &id])
+                .args([THREADS.to_string(), ENTRIES.to_string()])
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+            (program, id, child)
         })
         .collect();
     let cache = Cache::from_url(url).await.unwrap();
@@ -167,11 +188,20 @@ pub async fn cross_process_oracle(url: &str) {
             .unwrap();
         assert!(status.success(), "a child failed: {status}");
     }
+    let mut ids = Vec::new();
+    for (program, id, mut child) in foreign {
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+        assert!(status.success(), "{} failed: {status}", program.display());
+        ids.push((program, id));
+    }
     let record = std::fs::read_to_string(&file).unwrap();
     let lines: Vec<&str> = record.lines().collect();
+    let processes = 4 + ids.len();
     assert_eq!(
         lines.len(),
-        2 * 4 * THREADS * ENTRIES,
+        2 * processes * THREADS * ENTRIES,
         "every entry recorded"
     );
     for (i, pair) in lines.chunks(2).enumerate() {
@@ -182,5 +212,33 @@ pub async fn cross_process_oracle(url: &str) {
             "overlap at entry {i}: {pair:?}"
         );
     }
+    // The other languages' entries are in the record (their own ids, every one), and
+    // how often the lock passed between processes, for the log.
+    for (program, id) in &ids {
+        let entries = lines
+            .iter()
+            .filter(|l| {
+                l.strip_prefix("E ")
+                    .is_some_and(|c| c.starts_with(&format!("{id}.")))
+            })
+            .count();
+        assert_eq!(
+            entries,
+            THREADS * ENTRIES,
+            "{}: its entries",
+            program.display()
+        );
+        println!("{}: {entries} entries as {id}", program.display());
+    }
+    let process = |line: &str| line[2..].split('.').next().unwrap().to_owned();
+    let hand_offs = lines
+        .chunks(2)
+        .zip(lines.chunks(2).skip(1))
+        .filter(|(a, b)| process(a[0]) != process(b[0]))
+        .count();
+    println!(
+        "{} entries of {processes} processes, {hand_offs} hand-offs between processes",
+        lines.len() / 2
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,7 +3,8 @@
 require "ffi"
 
 # Ruby bindings of libaiolock: a cache-stampede RedLock and an OptimisticLock
-# (Python aiocache's locks) over a memory, Redis or memcached cache chosen by URL.
+# (Python aiocache's locks), and an exclusive lock (a mutex with a lease) over a
+# memory, Redis or memcached cache chosen by URL.
 #
 #   cache = Aiolock::Cache.open("memory://?namespace=app:")
 #   value = cache.get("report") || cache.redlock("report", lease: 5.0) do |outcome|
@@ -13,6 +14,11 @@ require "ffi"
 #       cache.get("report") # :released: the holder stored it; :timed_out: compute
 #     end
 #   end
+#
+#   cache.lock("account:42", lease: 30.0, wait: 10.0) do
+#     # ... read, change and write the account: no other caller is inside ...
+#   end # released here, also when the block raises; Aiolock::NotAcquired if the
+#       # lock stayed held by others for 10 s
 #
 # The library is loaded from ENV["AIOLOCK_LIB"] (a path) or as "aiolock" from the
 # system's library path. Calls that may wait are attached with `blocking: true`, so
@@ -26,6 +32,7 @@ module Aiolock
     typedef :pointer, :cache
     typedef :pointer, :lock
     typedef :pointer, :optimistic
+    typedef :pointer, :exclusive
 
     attach_function :aiolock_version, [], :string
     attach_function :aiolock_status_str, [:int], :string
@@ -34,6 +41,9 @@ module Aiolock
     attach_function :aiolock_cache_free, %i[cache], :void, blocking: true
     attach_function :aiolock_acquire, %i[cache pointer size_t double double pointer pointer], :int, blocking: true
     attach_function :aiolock_release, %i[lock pointer], :int, blocking: true
+    attach_function :aiolock_exclusive_acquire, %i[cache pointer size_t double double pointer], :int, blocking: true
+    attach_function :aiolock_exclusive_release, %i[exclusive pointer], :int, blocking: true
+    attach_function :aiolock_exclusive_free, %i[exclusive], :void, blocking: true
     attach_function :aiolock_optimistic_begin, %i[cache pointer size_t pointer], :int, blocking: true
     attach_function :aiolock_optimistic_value, %i[optimistic pointer pointer pointer], :int
     attach_function :aiolock_cas, %i[optimistic pointer size_t double], :int, blocking: true
@@ -73,6 +83,9 @@ module Aiolock
   class Panic < Error; end
   # A call on a closed cache, a released lock or a used optimistic lock.
   class Closed < Error; end
+  # Cache#lock or #try_lock with a block: the lock was held by other callers for the
+  # whole wait (not a failure of the backend: #status is nil). The block did not run.
+  class NotAcquired < Error; end
 
   ERRORS = {
     1 => InvalidArgument, 2 => InvalidKey, 3 => Conflict, 4 => Timeout, 5 => ConnectionError,
@@ -235,6 +248,39 @@ module Aiolock
       Lock.new(lock_out.read_pointer, OUTCOMES.fetch(outcome.read(:int)))
     end
 
+    # Takes the exclusive lock on key (held at most lease seconds once acquired),
+    # waiting through other holders' releases and lease ends until it holds it, or
+    # at most wait seconds (default: one lease; 0: claim once, never wait; a negative
+    # wait raises InvalidArgument). A RedLock and an exclusive lock on one key exclude
+    # each other.
+    #
+    # With a block: yields the Exclusive, releases it after the block (also when the
+    # block raises) and returns the block's value; raises NotAcquired, without
+    # running the block, when the wait passed with the key held by others.
+    # Without a block: returns the Exclusive, or nil when not acquired.
+    #
+    # A lease lock cannot stop a holder that paused past its lease from writing after
+    # the next holder started: choose a lease much longer than the work.
+    def lock(key, lease:, wait: nil, &block)
+      wait_secs = wait.nil? ? Float(lease) : Float(wait)
+      lock_out = FFI::MemoryPointer.new(:pointer)
+      Aiolock.with_bytes(key) do |k, kn|
+        with_handle do |h|
+          Aiolock.check(Native.aiolock_exclusive_acquire(h, k, kn, Float(lease), wait_secs, lock_out))
+        end
+      end
+      ptr = lock_out.read_pointer
+      guard = ptr.null? ? nil : Exclusive.new(ptr)
+      return guard unless block
+
+      raise NotAcquired.new("the lock on #{key.inspect} was held by others for #{wait_secs} s") unless guard
+
+      guard.hold(&block)
+    end
+
+    # Claims the exclusive lock on key once, never waiting: #lock with wait: 0.
+    def try_lock(key, lease:, &block) = lock(key, lease: lease, wait: 0, &block)
+
     # Begins an OptimisticLock on key. With a block, yields it and frees it after.
     def optimistic(key)
       lock_out = FFI::MemoryPointer.new(:pointer)
@@ -296,6 +342,45 @@ module Aiolock
       Aiolock.check(Native.aiolock_release(ptr, removed))
       removed.read(:bool)
     end
+  end
+
+  # A held exclusive lock (Cache#lock, Cache#try_lock). Release it once; a forgotten
+  # Exclusive is released by the garbage collector.
+  class Exclusive
+    def initialize(ptr) # :nodoc:
+      @ptr = FFI::AutoPointer.new(ptr, Native.method(:aiolock_exclusive_free))
+      @mutex = Mutex.new
+    end
+
+    def released? = @ptr.nil?
+
+    # Releases the lock (owner-checked: a lock whose lease ended and was taken by
+    # another caller is left alone) and frees the handle; returns whether it removed
+    # the lock (false: the lease had already ended). A second release raises Closed.
+    def release
+      ptr = take or raise Closed.new("the lock was already released")
+      ptr.autorelease = false # consumed by aiolock_exclusive_release, whatever it returns
+      removed = FFI::MemoryPointer.new(:bool)
+      Aiolock.check(Native.aiolock_exclusive_release(ptr, removed))
+      removed.read(:bool)
+    end
+
+    # Yields self and releases after the block; when the block raises, releases
+    # without raising another error (aiolock_exclusive_free) and re-raises. :nodoc:
+    def hold
+      begin
+        value = yield self
+      rescue Exception # rubocop:disable Lint/RescueException -- released, then re-raised
+        take&.free
+        raise
+      end
+      release unless released?
+      value
+    end
+
+    private
+
+    def take = @mutex.synchronize { @ptr.tap { @ptr = nil } }
   end
 
   # A read of one key and its version; #cas writes only if the key is unchanged.

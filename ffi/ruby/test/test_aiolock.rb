@@ -226,4 +226,128 @@ class TestAiolock < Minitest::Test
     assert held.release
     assert_equal :released, waiter.value
   end
+
+  def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+
+  # The block form holds the lock during the block, returns its value and releases.
+  def test_lock_block_form
+    value = @cache.lock("x", lease: 30.0) do |guard|
+      refute guard.released?
+      assert_nil @cache.try_lock("x", lease: 30.0), "held during the block"
+      42
+    end
+    assert_equal 42, value
+    guard = @cache.try_lock("x", lease: 30.0)
+    refute_nil guard, "released after the block"
+    assert guard.release
+    # A block that releases the guard itself: nothing left to release after it.
+    assert_equal :done, @cache.lock("x", lease: 30.0) { |g| g.release ? :done : :lost }
+  end
+
+  # A block that raises releases the lock too, and its exception comes out.
+  def test_lock_block_releases_on_exception
+    assert_raises(ZeroDivisionError) do
+      @cache.lock("x", lease: 30.0) { 1 / 0 }
+    end
+    guard = @cache.try_lock("x", lease: 30.0)
+    refute_nil guard, "released after the exception"
+    assert guard.release
+  end
+
+  # The guard form: release says whether it removed the lock, once.
+  def test_lock_guard_form
+    guard = @cache.lock("g", lease: 30.0, wait: 1.0)
+    assert_instance_of Aiolock::Exclusive, guard
+    assert_nil @cache.try_lock("g", lease: 30.0)
+    assert guard.release
+    assert guard.released?
+    assert_raises(Aiolock::Closed) { guard.release }
+    # A holder whose lease ended: its release removes nothing.
+    stale = @cache.lock("s", lease: SHORT, wait: 0)
+    wait_until_gone("s-lock")
+    current = @cache.try_lock("s", lease: 30.0)
+    refute_nil current
+    refute stale.release
+    assert current.release
+  end
+
+  # Not acquired: try_lock returns nil at once, lock by its wait bound; the block
+  # forms raise NotAcquired without running the block.
+  def test_lock_not_acquired
+    held = @cache.try_lock("n", lease: 30.0)
+    start = monotonic
+    assert_nil @cache.try_lock("n", lease: 30.0)
+    assert_nil @cache.lock("n", lease: 30.0, wait: 0)
+    assert_operator monotonic - start, :<, 5.0, "try_lock never waits (the lease is 30 s)"
+    start = monotonic
+    assert_nil @cache.lock("n", lease: 30.0, wait: 0.3)
+    took = monotonic - start
+    assert_operator took, :>=, 0.29
+    assert_operator took, :<, 5.3, "returned by its bound, not the 30 s lease"
+    ran = false
+    error = assert_raises(Aiolock::NotAcquired) { @cache.lock("n", lease: 30.0, wait: 0.05) { ran = true } }
+    assert_kind_of Aiolock::Error, error
+    assert_nil error.status
+    assert_raises(Aiolock::NotAcquired) { @cache.try_lock("n", lease: 30.0) { ran = true } }
+    refute ran
+    assert held.release
+  end
+
+  # An exclusive waiter waits through the release and then holds the lock; the main
+  # thread runs meanwhile (blocking: true releases the GVL).
+  def test_lock_waits_until_held
+    held = @cache.try_lock("e", lease: 30.0)
+    waiter = Thread.new { @cache.lock("e", lease: 30.0, wait: 60.0) }
+    wait_for_waiters(@cache, "e", 1)
+    assert waiter.alive?
+    assert held.release
+    guard = waiter.value
+    refute_nil guard, "held after the release"
+    assert_equal :timed_out, @cache.acquire("e", lease: 1.0, wait: 0).tap(&:release).outcome, "a RedLock on the key"
+    assert guard.release
+  end
+
+  # Threads take the lock in turn: never two inside, every entry happens.
+  def test_lock_mutual_exclusion
+    inside = 0
+    overlaps = 0
+    entries = 0
+    count = Mutex.new
+    threads = Array.new(8) do
+      Thread.new do
+        15.times do
+          @cache.lock("m", lease: 30.0, wait: 120.0) do
+            count.synchronize { overlaps += 1 unless (inside += 1) == 1 }
+            Thread.pass
+            count.synchronize do
+              inside -= 1
+              entries += 1
+            end
+          end
+        end
+      end
+    end
+    threads.each(&:join)
+    assert_equal 0, overlaps
+    assert_equal 8 * 15, entries
+  end
+
+  def test_lock_bad_input
+    [0.0, -1.0, Float::NAN, Float::INFINITY].each do |lease|
+      assert_raises(Aiolock::InvalidArgument) { @cache.lock("b", lease: lease) }
+    end
+    [-1.0, -Float::INFINITY, Float::NAN, Float::INFINITY].each do |wait|
+      error = assert_raises(Aiolock::InvalidArgument) { @cache.lock("b", lease: 1.0, wait: wait) }
+      assert_match(/wait_secs/, error.message)
+    end
+    assert_raises(ArgumentError) { @cache.lock("b", lease: "soon") }
+    assert_raises(Aiolock::InvalidKey) { @cache.lock("", lease: 1.0) }
+    # Keys are bytes.
+    guard = @cache.try_lock("\xff\xfe".b, lease: 1.0)
+    refute_nil guard
+    assert guard.release
+    closed = Aiolock::Cache.open("memory://")
+    closed.close
+    assert_raises(Aiolock::Closed) { closed.lock("b", lease: 1.0) }
+  end
 end

@@ -180,6 +180,14 @@ impl Pool {
             // A late reply would be read as the next command's: close it.
             Err(e) if e.is_timeout() => {
                 self.discard(taken);
+                // The socket's read timeout can fire before the clock says it
+                // passed (seen on VMs): report the timeout only once it has, so that
+                // a waiter's re-check bounded by its deadline ends the wait by it
+                // instead of failing early.
+                let early = limit.saturating_duration_since(Instant::now());
+                if !early.is_zero() {
+                    std::thread::sleep(early);
+                }
                 Err(e)
             }
             Err(e) if r::is_dropped(&e) => {
