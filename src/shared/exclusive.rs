@@ -126,9 +126,9 @@ impl<B: Backend> ExclusiveLock<B> {
     /// no lock key of ours (a claim that may have been applied is released,
     /// owner-checked) and no waiter counted in [`Cache::waiting`].
     #[maybe_async]
-    pub async fn acquire(self) -> Result<Option<ExclusiveGuard<B>>> {
-        let guard = self.lock.acquire_in(Acquisition::exclusive).await?;
-        Ok(ExclusiveGuard::held(guard))
+    pub fn acquire(self) -> impl Future<Output = Result<Option<ExclusiveGuard<B>>>> + Send {
+        self.lock
+            .acquire_in(Acquisition::exclusive, ExclusiveGuard::held)
     }
 
     /// Claims the lock once, never waiting: `Ok(Some(guard))` holds it, `Ok(None)`
@@ -136,10 +136,10 @@ impl<B: Backend> ExclusiveLock<B> {
     ///
     /// Errors and cancel safety as for [`acquire`](ExclusiveLock::acquire).
     #[maybe_async]
-    pub async fn try_acquire(self) -> Result<Option<ExclusiveGuard<B>>> {
-        let lock = self.lock.wait_at_most(Duration::ZERO);
-        let guard = lock.acquire_in(Acquisition::exclusive).await?;
-        Ok(ExclusiveGuard::held(guard))
+    pub fn try_acquire(self) -> impl Future<Output = Result<Option<ExclusiveGuard<B>>>> + Send {
+        self.lock
+            .wait_at_most(Duration::ZERO)
+            .acquire_in(Acquisition::exclusive, ExclusiveGuard::held)
     }
 }
 
@@ -207,7 +207,7 @@ impl<B: Backend> ExclusiveGuard<B> {
     /// (async flavor) A release future dropped before the backend answered releases
     /// on drop, like a dropped guard.
     #[maybe_async]
-    pub async fn release(self) -> Result<bool> {
-        self.guard.release().await
+    pub fn release(self) -> impl Future<Output = Result<bool>> + Send {
+        self.guard.release()
     }
 }

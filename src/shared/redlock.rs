@@ -1,5 +1,6 @@
 //! [`RedLock`]: the lease lock against cache stampedes.
 
+use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
 use super::backend::Backend;
@@ -182,9 +183,11 @@ impl<B: Backend> RedLock<B> {
     /// (async flavor) Dropping the future before it completes never leaves the lock
     /// held by nobody: if the add may have been applied, the dropped acquisition
     /// releases it (owner-checked) like a dropped guard.
+    // The future of `acquire_in` itself (async flavor): no layer of its own to build
+    // and move the lock into on every call.
     #[maybe_async]
-    pub async fn acquire(self) -> Result<LockGuard<B>> {
-        self.acquire_in(Acquisition::new).await
+    pub fn acquire(self) -> impl Future<Output = Result<LockGuard<B>>> + Send {
+        self.acquire_in(Acquisition::new, |guard| guard)
     }
 
     /// The acquisition loop of both lease locks: `machine` makes the state machine
@@ -192,12 +195,13 @@ impl<B: Backend> RedLock<B> {
     /// `RedLock`, [`Acquisition::exclusive`] for an
     /// [`ExclusiveLock`](super::ExclusiveLock). The claims, the waits with the
     /// holder's token, the `Cache::waiting` count, the spans and the cleanup of a
-    /// failed claim are the same.
+    /// failed claim are the same. `finish` makes the caller's result of the guard.
     #[maybe_async]
-    pub(super) async fn acquire_in(
+    pub(super) async fn acquire_in<T>(
         self,
         machine: fn(Duration) -> Acquisition,
-    ) -> Result<LockGuard<B>> {
+        finish: impl FnOnce(LockGuard<B>) -> T + Send,
+    ) -> Result<T> {
         let span = trace::span(Op::Acquire, &self.key, self.cache.backend().name());
         // Checked, and claimed at once when the store is in process: an uncontended
         // memory lock builds none of the futures of the wait machinery.
@@ -210,7 +214,7 @@ impl<B: Backend> RedLock<B> {
             Start::Go(lock, begun) => in_span!(span, lock.acquire_untraced(machine, begun)),
         };
         trace::end(&span, &result, |g| trace::outcome(g.outcome));
-        result
+        result.map(finish)
     }
 
     /// The checks, the token and, on an in-process store (memory), the first claim,
@@ -235,7 +239,7 @@ impl<B: Backend> RedLock<B> {
                         cache: self.cache,
                         key: self.key,
                         token: Some(token),
-                        lease,
+                        lease: Nanos::of(lease),
                         lease_end: Some(lease_end),
                         fence: None,
                         outcome: Outcome::Acquired,
@@ -274,7 +278,7 @@ impl<B: Backend> RedLock<B> {
             cache: self.cache,
             key: self.key,
             token: None,
-            lease,
+            lease: Nanos::of(lease),
             lease_end: None,
             fence: None,
             outcome: Outcome::TimedOut,
@@ -325,7 +329,8 @@ impl<B: Backend> RedLock<B> {
                                 .claim_fenced(&guard.key, token.as_bytes(), lease, fence_key)
                                 .await;
                             claimed.map(|(claim, fence)| {
-                                guard.fence = fence;
+                                // Fences start at 1.
+                                guard.fence = fence.and_then(NonZeroU64::new);
                                 claim
                             })
                         }
@@ -455,12 +460,29 @@ pub struct LockGuard<B: Backend = AnyBackend> {
     cache: Cache<B>,
     key: KeyBuf,
     token: Option<Token>,
-    lease: Duration,
+    /// The lease (checked: at most `MAX_DURATION`), in nanoseconds, and the fence
+    /// (they start at 1) without a zero: a guard of 128 bytes at most is moved
+    /// without a call to `memcpy`.
+    lease: Nanos,
     /// While held: when the lease ends at the earliest (read before the claim or the
     /// last renewal was sent, plus the lease).
     lease_end: Option<Instant>,
-    fence: Option<u64>,
+    fence: Option<NonZeroU64>,
     outcome: Outcome,
+}
+
+/// A checked lease, in nanoseconds.
+#[derive(Clone, Copy)]
+struct Nanos(u64);
+
+impl Nanos {
+    fn of(d: Duration) -> Self {
+        Nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn get(self) -> Duration {
+        Duration::from_nanos(self.0)
+    }
 }
 
 impl<B: Backend> std::fmt::Debug for LockGuard<B> {
@@ -507,7 +529,9 @@ impl<B: Backend> LockGuard<B> {
     /// [`fenced`](RedLock::fenced) and is held: larger than that of every earlier
     /// acquisition of the key. Send it with the writes the lock protects.
     pub fn fence(&self) -> Option<u64> {
-        self.fence.filter(|_| self.token.is_some())
+        self.fence
+            .filter(|_| self.token.is_some())
+            .map(NonZeroU64::get)
     }
 
     /// Renews the lease: if the lock still holds our token, it now ends `lease`
@@ -557,7 +581,7 @@ impl<B: Backend> LockGuard<B> {
                 "the lock is no longer ours: its lease ended (another caller may hold it)",
             ));
         }
-        self.lease = lease;
+        self.lease = Nanos::of(lease);
         self.lease_end = Some(deadline(sent, lease));
         Ok(())
     }
@@ -618,7 +642,7 @@ impl<B: Backend> LockGuard<B> {
             ErrorKind::Timeout | ErrorKind::Connection | ErrorKind::Protocol
         ) {
             let key = std::mem::take(&mut self.key).into_vec();
-            let job = Job::new(key, token, self.lease, "failed acquisition");
+            let job = Job::new(key, token, self.lease.get(), "failed acquisition");
             self.cache.retry_later(job);
         }
     }
@@ -636,7 +660,17 @@ impl<B: Backend> Drop for LockGuard<B> {
             return;
         }
         let key = std::mem::take(&mut self.key).into_vec();
-        let job = Job::new(key, token, self.lease, "dropped guard");
+        let job = Job::new(key, token, self.lease.get(), "dropped guard");
         rt::release_on_drop(self.cache.clone(), job);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Moved without a call to `memcpy` (LLVM inlines copies of up to 128 bytes).
+    #[test]
+    fn a_guard_is_at_most_128_bytes() {
+        assert!(size_of::<super::LockGuard>() <= 128);
+        assert!(size_of::<crate::Result<Option<super::super::ExclusiveGuard>>>() <= 128);
     }
 }
