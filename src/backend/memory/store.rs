@@ -109,6 +109,7 @@ impl Expiry {
 }
 
 impl Entry {
+    #[inline]
     fn live(&self, now: Instant) -> bool {
         match self.expires {
             Expiry::Never => true,
@@ -121,15 +122,18 @@ impl Entry {
 const MIN_SWEEP: usize = 1024;
 
 impl Map {
+    #[inline]
     fn hash(&self, key: &[u8]) -> u64 {
         self.hasher.hash_one(key)
     }
 
+    #[inline]
     fn find_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
         let hash = self.hash(key);
         self.entries.find_mut(hash, |e| same(&e.key, key))
     }
 
+    #[inline]
     fn live(&self, key: &[u8], now: Instant) -> Option<&Entry> {
         self.entries
             .find(self.hash(key), |e| same(&e.key, key))
@@ -154,6 +158,7 @@ impl Map {
 
     /// Stores `value` if `allowed` says so given the live entry (`None`: absent or
     /// expired), keeping the waiters of a previous entry. One hash, one probe.
+    #[inline]
     fn write(
         &mut self,
         key: &[u8],
@@ -203,16 +208,23 @@ impl Map {
     }
 
     /// Drops expired entries once the map has doubled since the last sweep.
+    #[inline]
     fn sweep(&mut self, now: Instant) {
-        if self.entries.len() < self.sweep_above {
-            return;
+        if self.entries.len() >= self.sweep_above {
+            self.sweep_now(now);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn sweep_now(&mut self, now: Instant) {
         self.entries
             .retain(|e| e.live(now) || e.waiters.as_ref().is_some_and(|w| w.total_listeners() > 0));
         self.sweep_above = (self.entries.len() * 2).max(MIN_SWEEP);
     }
 }
 
+#[inline]
 fn wake(waiters: Option<Arc<Event>>) {
     if let Some(event) = waiters {
         event.notify(usize::MAX);
