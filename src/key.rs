@@ -20,16 +20,19 @@ pub const DEFAULT_LOCK_SUFFIX: &[u8] = b"-lock";
 /// `namespace + key`, after checking that `key` is not empty.
 ///
 /// Backends add their own limits (memcached: [`check_memcached`]).
+#[inline]
 pub(crate) fn namespaced(namespace: &[u8], key: &[u8]) -> Result<KeyBuf> {
     with_suffix(namespace, key, b"")
 }
 
 /// `namespace + key + suffix` (the suffix is `-lock` unless the cache says otherwise):
 /// the key a `RedLock` on `key` holds.
+#[inline]
 pub(crate) fn lock_key(namespace: &[u8], key: &[u8], suffix: &[u8]) -> Result<KeyBuf> {
     with_suffix(namespace, key, suffix)
 }
 
+#[inline]
 fn with_suffix(namespace: &[u8], key: &[u8], suffix: &[u8]) -> Result<KeyBuf> {
     if key.is_empty() {
         return Err(Error::invalid_key("the key is empty"));
@@ -60,11 +63,13 @@ fn concat<const N: usize>(parts: [&[u8]; N]) -> KeyBuf {
 
 /// `bytes` held by value: inline up to [`KEY_INLINE`] bytes (what the memory store
 /// keeps its keys and values in).
+#[inline]
 pub(crate) fn buf(bytes: &[u8]) -> KeyBuf {
     concat([bytes])
 }
 
 /// Replaces the bytes of `dst` with `src`, in place when both are short.
+#[inline]
 pub(crate) fn assign(dst: &mut KeyBuf, src: &[u8]) {
     if dst.spilled() || src.len() > KEY_INLINE {
         *dst = buf(src);
