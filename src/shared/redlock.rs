@@ -597,6 +597,10 @@ impl<B: Backend> LockGuard<B> {
     /// release future dropped before that releases on drop, like a dropped guard.
     #[maybe_async]
     pub async fn release(mut self) -> Result<bool> {
+        // In process (memory): released here, with no inner future to build.
+        if let Some(released) = self.release_now() {
+            return released;
+        }
         self.release_held().await
     }
 
@@ -611,20 +615,34 @@ impl<B: Backend> LockGuard<B> {
 
     #[maybe_async]
     async fn release_held(&mut self) -> Result<bool> {
+        if let Some(released) = self.release_now() {
+            return released;
+        }
         let Some(token) = self.token else {
             return Ok(false);
         };
         let backend = self.cache.backend();
         let span = trace::span(Op::Release, &self.key, backend.name());
-        // In process (memory): no future.
-        let released = match backend.try_release_now(&self.key, token.as_bytes()) {
-            Some(released) => Ok(released),
-            None => in_span!(span, backend.release(&self.key, token.as_bytes())),
-        };
+        let released = in_span!(span, backend.release(&self.key, token.as_bytes()));
         trace::end(&span, &released, |r| trace::released(*r));
         // Answered: nothing is left for the drop to release.
         self.token = None;
         released
+    }
+
+    /// Releases at once if that needs no I/O (the memory store, or nothing held):
+    /// `None` when the backend must be asked.
+    #[inline]
+    fn release_now(&mut self) -> Option<Result<bool>> {
+        let Some(token) = self.token else {
+            return Some(Ok(false));
+        };
+        let backend = self.cache.backend();
+        let released = backend.try_release_now(&self.key, token.as_bytes())?;
+        let span = trace::span(Op::Release, &self.key, backend.name());
+        trace::end(&span, &Ok(released), |r| trace::released(*r));
+        self.token = None;
+        Some(Ok(released))
     }
 }
 
