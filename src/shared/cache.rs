@@ -11,6 +11,8 @@ use super::optimistic::OptimisticLock;
 #[cfg(feature = "redis")]
 use super::redis_backend::RedisBackend;
 use super::redlock::RedLock;
+#[cfg(any(feature = "redis", feature = "memcached"))]
+use super::rt;
 use crate::backend::memory::store::MemoryBackend;
 use crate::config::{self, Endpoint, Options};
 use crate::core::lease::check_ttl;
@@ -220,7 +222,7 @@ impl<B: Backend> Cache<B> {
     }
 
     /// Counts a caller as waiting on `lock_key` (the full key) until the guard drops.
-    pub(crate) fn enter_wait(&self, lock_key: &[u8]) -> Waiting<'_> {
+    pub(crate) fn enter_wait<'a>(&'a self, lock_key: &'a [u8]) -> Waiting<'a> {
         self.inner.waiters.enter(lock_key)
     }
 
@@ -340,12 +342,14 @@ impl<B: Backend> Cache<B> {
     }
 
     /// A [`RedLock`] on `key` with this lease (same as [`RedLock::new`]).
+    #[inline]
     pub fn redlock(&self, key: impl AsRef<[u8]>, lease: Duration) -> RedLock<B> {
         RedLock::new(self, key, lease)
     }
 
     /// An [`ExclusiveLock`] on `key` with this lease (same as [`ExclusiveLock::new`]):
     /// a lock for mutual exclusion, whose `acquire` waits until it holds the key.
+    #[inline]
     pub fn lock(&self, key: impl AsRef<[u8]>, lease: Duration) -> ExclusiveLock<B> {
         ExclusiveLock::new(self, key, lease)
     }
@@ -549,6 +553,18 @@ macro_rules! dispatch {
             AnyBackend::Memcached($b) => maybe_await!($call),
         }
     };
+    // The network backends' futures on the heap (async flavor): the memory store's
+    // stay small and inline, so that a task waiting on `memory://` does not carry the
+    // size of a Redis or memcached round trip it never makes.
+    (boxed $self:ident, $b:ident => $call:expr) => {
+        match $self {
+            AnyBackend::Memory($b) => maybe_await!($call),
+            #[cfg(feature = "redis")]
+            AnyBackend::Redis($b) => maybe_await!(rt::boxed($call)),
+            #[cfg(feature = "memcached")]
+            AnyBackend::Memcached($b) => maybe_await!(rt::boxed($call)),
+        }
+    };
 }
 
 #[maybe_async(AFIT)]
@@ -588,7 +604,7 @@ impl Backend for AnyBackend {
     }
 
     async fn claim(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<Claim> {
-        dispatch!(self, b => Backend::claim(b, key, token, lease))
+        dispatch!(boxed self, b => Backend::claim(b, key, token, lease))
     }
 
     async fn claim_fenced(
@@ -598,7 +614,7 @@ impl Backend for AnyBackend {
         lease: Duration,
         fence_key: &[u8],
     ) -> Result<(Claim, Option<u64>)> {
-        dispatch!(self, b => Backend::claim_fenced(b, key, token, lease, fence_key))
+        dispatch!(boxed self, b => Backend::claim_fenced(b, key, token, lease, fence_key))
     }
 
     async fn extend(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<bool> {
@@ -649,7 +665,17 @@ impl Backend for AnyBackend {
     }
 
     async fn wait(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {
-        dispatch!(self, b => Backend::wait(b, key, holder, deadline))
+        // Redis's wait keeps its round trips on the heap itself and is no larger than
+        // the memory store's while it listens; memcached's polls inline.
+        match self {
+            AnyBackend::Memory(b) => maybe_await!(Backend::wait(b, key, holder, deadline)),
+            #[cfg(feature = "redis")]
+            AnyBackend::Redis(b) => maybe_await!(Backend::wait(b, key, holder, deadline)),
+            #[cfg(feature = "memcached")]
+            AnyBackend::Memcached(b) => {
+                maybe_await!(rt::boxed(Backend::wait(b, key, holder, deadline)))
+            }
+        }
     }
 
     async fn begin(&self, key: &[u8]) -> Result<Versioned> {

@@ -78,6 +78,7 @@ impl<B: Backend> ExclusiveLock<B> {
     ///
     /// Nothing is checked or sent until [`acquire`](ExclusiveLock::acquire) or
     /// [`try_acquire`](ExclusiveLock::try_acquire).
+    #[inline]
     pub fn new(cache: &Cache<B>, key: impl AsRef<[u8]>, lease: Duration) -> Self {
         ExclusiveLock {
             lock: RedLock::new(cache, key, lease),

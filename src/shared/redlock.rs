@@ -76,6 +76,7 @@ impl<B: Backend> RedLock<B> {
     /// A lock on `key` of `cache`, held for at most `lease` once acquired.
     ///
     /// Nothing is checked or sent until [`acquire`](RedLock::acquire).
+    #[inline]
     pub fn new(cache: &Cache<B>, key: impl AsRef<[u8]>, lease: Duration) -> Self {
         let key = key.as_ref();
         let full = key::lock_key(cache.namespace(), key, cache.lock_suffix()).unwrap_or_default();
@@ -115,9 +116,10 @@ impl<B: Backend> RedLock<B> {
 
     /// Gives every acquisition a *fencing token* ([`LockGuard::fence`]): a number
     /// that grows with each acquisition of the key, in every process, kept under
-    /// the key `lock key + "-fence"` (without TTL), incremented in the same atomic
-    /// step as the claim (Redis: one script, no extra round trip; memcached: one
-    /// more request after a won claim; memory: the same mutex section).
+    /// the key `lock key + "-fence"` (without TTL), incremented with the claim
+    /// (Redis: in the same script, no extra round trip; memcached: in the claim's
+    /// write, followed by a read that checks the lock is still ours, no extra round
+    /// trip either; memory: the same mutex section).
     ///
     /// A lease cannot stop a holder that paused past its lease (a GC pause,
     /// `SIGSTOP`, a slow disk) from writing after the next holder started. A fence
@@ -130,7 +132,7 @@ impl<B: Backend> RedLock<B> {
     /// the store; on Redis it survives a restart with persistence (RDB/AOF), and a
     /// counter lost by a restart without persistence is recreated from the server's
     /// clock in microseconds, so it still grows unless more acquisitions than
-    /// microseconds passed since it was created; on memcached an evicted or
+    /// microseconds passed since it was created; on memcached an evicted, flushed or
     /// restarted counter is recreated the same way from the client's clock, so
     /// there the guarantee also needs the clients' clocks to agree (within the time
     /// since the counter was created). A fenced lock key is 6 bytes longer
@@ -183,8 +185,6 @@ impl<B: Backend> RedLock<B> {
     /// (async flavor) Dropping the future before it completes never leaves the lock
     /// held by nobody: if the add may have been applied, the dropped acquisition
     /// releases it (owner-checked) like a dropped guard.
-    // The future of `acquire_in` itself (async flavor): no layer of its own to build
-    // and move the lock into on every call.
     #[maybe_async]
     pub fn acquire(self) -> impl Future<Output = Result<LockGuard<B>>> + Send {
         self.acquire_in(Acquisition::new, |guard| guard)
@@ -196,93 +196,110 @@ impl<B: Backend> RedLock<B> {
     /// [`ExclusiveLock`](super::ExclusiveLock). The claims, the waits with the
     /// holder's token, the `Cache::waiting` count, the spans and the cleanup of a
     /// failed claim are the same. `finish` makes the caller's result of the guard.
+    ///
+    /// Not an `async fn`: one stores its arguments twice in its future, and a task
+    /// waiting for a lock carries that future for as long as it waits. The lock's
+    /// parts go into the guard at once, and the future holds them only there.
     #[maybe_async]
-    pub(super) async fn acquire_in<T>(
+    pub(super) fn acquire_in<T>(
         self,
         machine: fn(Duration) -> Acquisition,
         finish: impl FnOnce(LockGuard<B>) -> T + Send,
-    ) -> Result<T> {
-        let span = trace::span(Op::Acquire, &self.key, self.cache.backend().name());
-        // Checked, and claimed at once when the store is in process: an uncontended
-        // memory lock builds none of the futures of the wait machinery.
-        let start = {
-            let _entered = trace::enter(&span);
-            self.start()
+    ) -> impl Future<Output = Result<T>> + Send {
+        let RedLock {
+            cache,
+            key,
+            empty_key,
+            fenced,
+            lease,
+            wait,
+        } = self;
+        // The guard is armed (holds the token) while an add is in flight, so a
+        // cancelled or failed acquisition releases what it may have taken.
+        let mut guard = LockGuard {
+            cache,
+            key,
+            token: None,
+            lease: Nanos(0), // set once checked
+            lease_end: None,
+            fence: None,
+            outcome: Outcome::TimedOut,
         };
-        let result = match start {
-            Start::Done(result) => result,
-            Start::Go(lock, begun) => in_span!(span, lock.acquire_untraced(machine, begun)),
-        };
-        trace::end(&span, &result, |g| trace::outcome(g.outcome));
-        result.map(finish)
+        async move {
+            let span = trace::span(Op::Acquire, &guard.key, guard.cache.backend().name());
+            // Checked, and claimed at once when the store is in process (memory): an
+            // uncontended lock builds none of the futures of the wait machinery.
+            let start = {
+                let _entered = trace::enter(&span);
+                Self::start(&mut guard, empty_key, fenced, lease)
+            };
+            let result = match start {
+                Err(e) => Err(e),
+                Ok(None) => Ok(()),
+                Ok(Some(begun)) => {
+                    let run = Self::acquire_untraced(&mut guard, begun, fenced, wait, machine);
+                    in_span!(span, run)
+                }
+            };
+            let result = result.map(|()| guard);
+            trace::end(&span, &result, |g| trace::outcome(g.outcome));
+            result.map(finish)
+        }
     }
 
     /// The checks, the token and, on an in-process store (memory), the first claim,
-    /// made at once: only a lost claim needs the wait machinery.
-    fn start(self) -> Start<B> {
-        if self.empty_key {
-            return Start::Done(Err(Error::invalid_key("the key is empty")));
+    /// made at once: `Ok(None)` won it, `Ok(Some(_))` goes on to the claims and waits
+    /// of [`acquire_untraced`](RedLock::acquire_untraced).
+    fn start(
+        guard: &mut LockGuard<B>,
+        empty_key: bool,
+        fenced: bool,
+        lease: Duration,
+    ) -> Result<Option<Begun>> {
+        if empty_key {
+            return Err(Error::invalid_key("the key is empty"));
         }
-        let lease = match check_lease(self.lease) {
-            Ok(lease) => lease,
-            Err(e) => return Start::Done(Err(e)),
-        };
+        let lease = check_lease(lease)?;
+        guard.lease = Nanos::of(lease);
         let token = Token::random();
         let mut first_lost = None;
-        if !self.fenced {
+        if !fenced {
             let sent = rt::now();
             let lease_end = deadline(sent, lease);
-            let backend = self.cache.backend();
-            match backend.try_claim_now(&self.key, token.as_bytes(), sent, lease_end) {
+            let backend = guard.cache.backend();
+            match backend.try_claim_now(&guard.key, token.as_bytes(), sent, lease_end) {
                 Some(Claim::Won) => {
-                    return Start::Done(Ok(LockGuard {
-                        cache: self.cache,
-                        key: self.key,
-                        token: Some(token),
-                        lease: Nanos::of(lease),
-                        lease_end: Some(lease_end),
-                        fence: None,
-                        outcome: Outcome::Acquired,
-                    }));
+                    guard.token = Some(token);
+                    guard.lease_end = Some(lease_end);
+                    guard.outcome = Outcome::Acquired;
+                    return Ok(None);
                 }
                 Some(Claim::Held { holder }) => first_lost = Some(holder),
                 None => {}
             }
         }
-        Start::Go(
-            self,
-            Begun {
-                lease,
-                token,
-                first_lost,
-            },
-        )
+        Ok(Some(Begun {
+            lease,
+            token,
+            first_lost,
+        }))
     }
 
+    /// Drives `guard`'s acquisition to its outcome (`Ok`: in `guard.outcome`).
     #[maybe_async]
     async fn acquire_untraced(
-        self,
-        machine: fn(Duration) -> Acquisition,
+        guard: &mut LockGuard<B>,
         begun: Begun,
-    ) -> Result<LockGuard<B>> {
+        fenced: bool,
+        wait: Option<Duration>,
+        machine: fn(Duration) -> Acquisition,
+    ) -> Result<()> {
         let Begun {
             lease,
             token,
             first_lost,
         } = begun;
-        let fence_key = self.fenced.then(|| key::fence_key(&self.key));
-        let mut machine = machine(self.wait.unwrap_or(lease));
-        // The guard is armed (holds the token) while an add is in flight, so a
-        // cancelled or failed acquisition releases what it may have taken.
-        let mut guard = LockGuard {
-            cache: self.cache,
-            key: self.key,
-            token: None,
-            lease: Nanos::of(lease),
-            lease_end: None,
-            fence: None,
-            outcome: Outcome::TimedOut,
-        };
+        let mut machine = machine(wait.unwrap_or(lease));
         // The token of the holder our last claim lost to, when the backend told it.
         let mut holder = None;
         // The bound of our last wait: set once a wait woke us, when a claim again is
@@ -296,10 +313,12 @@ impl<B: Backend> RedLock<B> {
         loop {
             action = match action {
                 Action::Add => {
-                    let mut turn = None;
-                    if let Some(deadline) = woken.take() {
-                        match follow(&guard.cache, &guard.key, deadline).await {
-                            Followed::Claim(claiming) => turn = Some(claiming),
+                    // (Bound after the follow, so that the future does not keep its
+                    // room while it waits.)
+                    let turn = match woken.take() {
+                        None => None,
+                        Some(deadline) => match follow(&guard.cache, &guard.key, deadline).await {
+                            Followed::Claim(claiming) => Some(claiming),
                             Followed::Lost(h) => {
                                 holder = h;
                                 action = machine.added(false, rt::now);
@@ -309,32 +328,18 @@ impl<B: Backend> RedLock<B> {
                                 action = machine.woke(Wake::Deadline, rt::now());
                                 continue;
                             }
-                        }
-                    }
+                        },
+                    };
                     guard.token = Some(token);
                     // Read before sending: the server's lease starts later.
                     let sent = rt::now();
-                    let lease_end = deadline(sent, lease);
                     let backend = guard.cache.backend();
-                    let claim = match &fence_key {
-                        None => {
-                            let key = &guard.key;
-                            match backend.try_claim_now(key, token.as_bytes(), sent, lease_end) {
-                                Some(claim) => Ok(claim),
-                                None => backend.claim(&guard.key, token.as_bytes(), lease).await,
-                            }
-                        }
-                        Some(fence_key) => {
-                            let claimed = backend
-                                .claim_fenced(&guard.key, token.as_bytes(), lease, fence_key)
-                                .await;
-                            claimed.map(|(claim, fence)| {
-                                // Fences start at 1.
-                                guard.fence = fence.and_then(NonZeroU64::new);
-                                claim
-                            })
-                        }
-                    };
+                    let claimed = claim_once(backend, &guard.key, token.as_bytes(), lease, fenced);
+                    let claim = claimed.await.map(|(claim, fence)| {
+                        // Fences start at 1.
+                        guard.fence = fence.and_then(NonZeroU64::new);
+                        claim
+                    });
                     let claim = match claim {
                         Ok(claim) => claim,
                         Err(e) => {
@@ -349,7 +354,7 @@ impl<B: Backend> RedLock<B> {
                             if let Some(turn) = turn {
                                 turn.done(Some(token.as_bytes()));
                             }
-                            guard.lease_end = Some(lease_end);
+                            guard.lease_end = Some(deadline(sent, lease));
                             true
                         }
                         Claim::Held { holder: h } => {
@@ -380,19 +385,11 @@ impl<B: Backend> RedLock<B> {
                 }
                 Action::Finish(outcome) => {
                     guard.outcome = outcome;
-                    return Ok(guard);
+                    return Ok(());
                 }
             }
         }
     }
-}
-
-/// How [`RedLock::start`] left an acquisition.
-enum Start<B: Backend> {
-    /// Won at once, or a check failed.
-    Done(Result<LockGuard<B>>),
-    /// On to the claims and waits.
-    Go(RedLock<B>, Begun),
 }
 
 /// An acquisition checked and begun ([`RedLock::start`]).
@@ -401,6 +398,24 @@ struct Begun {
     token: Token,
     /// The holder an in-process claim already lost to (`None`: no claim made yet).
     first_lost: Option<Option<Vec<u8>>>,
+}
+
+/// One claim of `key`, fenced or not. One await point in the acquisition's future: what
+/// lives across two of them is kept in the future also while it waits.
+#[maybe_async]
+async fn claim_once<B: Backend>(
+    backend: &B,
+    key: &[u8],
+    token: &[u8],
+    lease: Duration,
+    fenced: bool,
+) -> Result<(Claim, Option<u64>)> {
+    if fenced {
+        let fence_key = key::fence_key(key);
+        backend.claim_fenced(key, token, lease, &fence_key).await
+    } else {
+        Ok((backend.claim(key, token, lease).await?, None))
+    }
 }
 
 /// How a woken waiter's turn to claim again went ([`follow`]).

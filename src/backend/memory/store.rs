@@ -141,13 +141,13 @@ impl Map {
     }
 
     /// The live entry of `key`, mutable.
-#[inline]
+    #[inline]
     fn live_mut(&mut self, key: &[u8], now: Instant) -> Option<&mut Entry> {
         self.find_mut(key).filter(|e| e.live(now))
     }
 
     /// The slot of `key`, occupied (live or expired) or vacant: one hash, one probe.
-#[inline]
+    #[inline]
     fn slot(&mut self, key: &[u8]) -> hash_table::Entry<'_, Entry> {
         let hash = self.hash(key);
         let Map {
@@ -285,7 +285,7 @@ impl MemoryBackend {
 
     /// Adds `key` holding `token` until `lease_end`, or reports the live holder's
     /// token (live at `now`).
-#[inline]
+    #[inline]
     pub(crate) fn claim_until(
         &self,
         key: &[u8],
@@ -390,7 +390,7 @@ impl MemoryBackend {
     /// The entry is marked released rather than removed: the next claim of the key
     /// (often the same key, taken again and again) writes into it in place, and the
     /// sweep drops it otherwise.
-#[inline]
+    #[inline]
     pub(crate) fn release(&self, key: &[u8], token: &[u8], now: Instant) -> bool {
         let mut map = self.store.map.lock();
         let Some(e) = map.live_mut(key, now).filter(|e| same(&e.value, token)) else {
@@ -437,7 +437,7 @@ impl MemoryBackend {
 
     /// Hands `read` the value of `key` (under the mutex) and returns the token of
     /// its state: [`begin`](MemoryBackend::begin) without a copy.
-#[inline]
+    #[inline]
     pub(crate) fn begin_with(
         &self,
         key: &[u8],
