@@ -220,7 +220,8 @@ impl<B: Backend> RedLock<B> {
             cache,
             key,
             token: None,
-            lease: Nanos(0), // set once checked
+            // Checked in `start` (an unchecked one saturates at 584 years, still too long).
+            lease: Nanos::of(lease),
             lease_end: None,
             fence: None,
             outcome: Outcome::TimedOut,
@@ -229,76 +230,70 @@ impl<B: Backend> RedLock<B> {
             let span = trace::span(Op::Acquire, &guard.key, guard.cache.backend().name());
             // Checked, and claimed at once when the store is in process (memory): an
             // uncontended lock builds none of the futures of the wait machinery.
-            let start = {
+            // (In a block of its own, so that none of it is kept in the future
+            // while it waits.)
+            let first_lost = {
                 let _entered = trace::enter(&span);
-                Self::start(&mut guard, empty_key, fenced, lease)
-            };
-            let result = match start {
-                Err(e) => Err(e),
-                Ok(None) => Ok(()),
-                Ok(Some(begun)) => {
-                    let run = Self::acquire_untraced(&mut guard, begun, fenced, wait, machine);
-                    in_span!(span, run)
+                match Self::start(&mut guard, empty_key, fenced) {
+                    Ok(Started::Lost(holder)) => Some(holder),
+                    Ok(Started::NotClaimed) => None,
+                    done => {
+                        let result = done.map(|_| guard);
+                        trace::end(&span, &result, |g| trace::outcome(g.outcome));
+                        return result.map(finish);
+                    }
                 }
             };
+            let run = Self::acquire_untraced(&mut guard, first_lost, fenced, wait, machine);
+            let result = in_span!(span, run);
             let result = result.map(|()| guard);
             trace::end(&span, &result, |g| trace::outcome(g.outcome));
             result.map(finish)
         }
     }
 
-    /// The checks, the token and, on an in-process store (memory), the first claim,
-    /// made at once: `Ok(None)` won it, `Ok(Some(_))` goes on to the claims and waits
-    /// of [`acquire_untraced`](RedLock::acquire_untraced).
-    fn start(
-        guard: &mut LockGuard<B>,
-        empty_key: bool,
-        fenced: bool,
-        lease: Duration,
-    ) -> Result<Option<Begun>> {
+    /// The checks and, on an in-process store (memory), the first claim, made at
+    /// once; only a lost or unmade claim goes on to the claims and waits of
+    /// [`acquire_untraced`](RedLock::acquire_untraced).
+    fn start(guard: &mut LockGuard<B>, empty_key: bool, fenced: bool) -> Result<Started> {
         if empty_key {
             return Err(Error::invalid_key("the key is empty"));
         }
-        let lease = check_lease(lease)?;
+        let lease = check_lease(guard.lease.get())?;
         guard.lease = Nanos::of(lease);
+        if fenced {
+            return Ok(Started::NotClaimed);
+        }
         let token = Token::random();
-        let mut first_lost = None;
-        if !fenced {
-            let sent = rt::now();
-            let lease_end = deadline(sent, lease);
-            let backend = guard.cache.backend();
+        let sent = rt::now();
+        let lease_end = deadline(sent, lease);
+        let backend = guard.cache.backend();
+        Ok(
             match backend.try_claim_now(&guard.key, token.as_bytes(), sent, lease_end) {
                 Some(Claim::Won) => {
                     guard.token = Some(token);
                     guard.lease_end = Some(lease_end);
                     guard.outcome = Outcome::Acquired;
-                    return Ok(None);
+                    Started::Won
                 }
-                Some(Claim::Held { holder }) => first_lost = Some(holder),
-                None => {}
-            }
-        }
-        Ok(Some(Begun {
-            lease,
-            token,
-            first_lost,
-        }))
+                Some(Claim::Held { holder }) => Started::Lost(holder),
+                None => Started::NotClaimed,
+            },
+        )
     }
 
     /// Drives `guard`'s acquisition to its outcome (`Ok`: in `guard.outcome`).
     #[maybe_async]
     async fn acquire_untraced(
         guard: &mut LockGuard<B>,
-        begun: Begun,
+        first_lost: Option<Option<Vec<u8>>>,
         fenced: bool,
         wait: Option<Duration>,
         machine: fn(Duration) -> Acquisition,
     ) -> Result<()> {
-        let Begun {
-            lease,
-            token,
-            first_lost,
-        } = begun;
+        let lease = guard.lease.get();
+        // (A claim lost in `start` stored nothing: a fresh token is as good.)
+        let token = Token::random();
         let mut machine = machine(wait.unwrap_or(lease));
         // The token of the holder our last claim lost to, when the backend told it.
         let mut holder = None;
@@ -392,12 +387,14 @@ impl<B: Backend> RedLock<B> {
     }
 }
 
-/// An acquisition checked and begun ([`RedLock::start`]).
-struct Begun {
-    lease: Duration,
-    token: Token,
-    /// The holder an in-process claim already lost to (`None`: no claim made yet).
-    first_lost: Option<Option<Vec<u8>>>,
+/// How [`RedLock::start`] left an acquisition.
+enum Started {
+    /// The in-process claim won: the guard holds the lock.
+    Won,
+    /// The in-process claim lost, to this holder (its token).
+    Lost(Option<Vec<u8>>),
+    /// No claim made yet (not in process, or fenced).
+    NotClaimed,
 }
 
 /// One claim of `key`, fenced or not. One await point in the acquisition's future: what
