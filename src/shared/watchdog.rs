@@ -204,23 +204,28 @@ impl<B: Backend> Cache<B> {
         watched.state.release();
     }
 
-    /// A watched guard was extended by hand: renewals go on from there, with its lease.
+    /// A watched guard was extended by hand: its watch knows the new lease end (even
+    /// after a loss), and renewals go on from there, with its lease, unless lost.
     pub(crate) fn watch_extended(&self, watched: &Watched, lease: Duration, lease_end: Instant) {
+        let watching = watched.state.extended(lease, lease_end);
         let Some(shared) = self.watchdog().shared.get() else {
             return;
         };
         let mut s = shared.lock();
-        if !s.schedule.extended(watched.id(), lease, lease_end) {
-            return; // lost already: the watchdog does not resume
-        }
-        if !watched.state.renewed(lease, lease_end) {
-            s.schedule.remove(watched.id());
+        if !watching {
+            // Lost already (the holder saw its lost instant pass): the watchdog does
+            // not resume; the worker has the callbacks run, or here if it is gone.
+            let gone = s.schedule.remove(watched.id());
             drop(s);
-            watched.state.lose(NO_ANSWER.into());
+            if gone.is_some() {
+                watched.state.lose(NO_ANSWER.into());
+            }
             return;
         }
-        let due = renew_at(lease_end, lease);
-        let wake = s.wakes_for(due);
+        if !s.schedule.extended(watched.id(), lease, lease_end) {
+            return;
+        }
+        let wake = s.wakes_for(renew_at(lease_end, lease));
         drop(s);
         if wake {
             shared.changed.notify(usize::MAX);
@@ -488,6 +493,15 @@ impl WatchState {
         status.lease = lease;
         status.lease_end = lease_end;
         true
+    }
+
+    /// A manual extend confirmed the lease to end at `lease_end`: known even after the
+    /// watch ended. Whether it is still watched (not ended).
+    fn extended(&self, lease: Duration, lease_end: Instant) -> bool {
+        let mut status = self.status.lock();
+        status.lease = lease;
+        status.lease_end = lease_end;
+        status.end.is_none()
     }
 
     /// The lock is lost (`why`, unless it was already): wakes the watchers and runs

@@ -446,6 +446,8 @@ pub async fn loss_when_cut(env: NetEnv) {
     assert!(called_at < end, "the callback came after the lease end");
     env.proxy.refuse(false);
     guard.extend(lease).await.unwrap();
+    assert!(guard.lease_end().unwrap() > end, "the extend's lease end");
+    assert_eq!(watch.lease_end(), guard.lease_end().unwrap());
     assert!(watch.check().is_err(), "a loss stays reported");
     let other = env.other.lock("k", lease).try_acquire().await.unwrap();
     assert!(other.is_none(), "extended: still ours");
