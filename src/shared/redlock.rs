@@ -305,7 +305,12 @@ impl<B: Backend> RedLock<B> {
                     done => {
                         let result = done.map(|_| guard);
                         trace::end(&span, &result, |g| trace::outcome(g.outcome));
-                        return result.map(|g| finish(g.watched_if(watchdog)));
+                        return result.map(|mut g| {
+                            if watchdog {
+                                g.start_watch();
+                            }
+                            finish(g)
+                        });
                     }
                 }
             };
@@ -313,7 +318,12 @@ impl<B: Backend> RedLock<B> {
             let result = in_span!(span, run);
             let result = result.map(|()| guard);
             trace::end(&span, &result, |g| trace::outcome(g.outcome));
-            result.map(|g| finish(g.watched_if(watchdog)))
+            result.map(|mut g| {
+                if watchdog {
+                    g.start_watch();
+                }
+                finish(g)
+            })
         }
     }
 
@@ -766,13 +776,14 @@ impl<B: Backend> LockGuard<B> {
 }
 
 impl<B: Backend> LockGuard<B> {
-    /// Watches the guard (`on`: acquired with the watchdog) if it holds the lock.
-    fn watched_if(mut self, on: bool) -> Self {
-        if let (true, Some(token), LeaseEnd::At(end)) = (on, self.token, &self.lease_end) {
+    /// Watches the guard (acquired with the watchdog) if it holds the lock.
+    #[cold]
+    #[inline(never)]
+    fn start_watch(&mut self) {
+        if let (Some(token), LeaseEnd::At(end)) = (self.token, &self.lease_end) {
             let watched = self.cache.watch(&self.key, token, self.lease.get(), *end);
             self.lease_end = LeaseEnd::Watched(watched);
         }
-        self
     }
 
     /// Takes the guard out of the watchdog's schedule: no renewal from now on.
