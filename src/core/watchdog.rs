@@ -146,7 +146,8 @@ impl<T> Schedule<T> {
         Some(slot.value)
     }
 
-    /// Stops watching everything; the values.
+    /// Stops watching everything; the values. Ids keep counting: an old one never
+    /// names a slot inserted later.
     pub fn drain(&mut self) -> Vec<T> {
         self.heap.clear();
         self.slots.drain().map(|(_, s)| s.value).collect()
@@ -379,5 +380,7 @@ mod tests {
         assert!(matches!(fired[..], [Due::Renew { id, .. }] if id == keep));
         assert_eq!(s.drain(), vec![0]);
         assert_eq!(s.wake_at(), None);
+        let (after, _) = s.insert(1, LEASE, t + LEASE);
+        assert!(after > keep, "ids keep counting after a drain");
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::backend::Backend;
 use super::background::Job;
 use super::cache::{AnyBackend, Cache};
-use super::watchdog::{Watch, Watched};
+use super::watchdog::Watch;
 use super::{maybe_async, rt};
 use crate::core::lease::{check_lease, deadline};
 use crate::core::token::Token;
@@ -287,8 +287,9 @@ impl<B: Backend> RedLock<B> {
             token: None,
             // Checked in `start` (an unchecked one saturates at 584 years, still too long).
             lease: Nanos::of(lease),
-            lease_end: LeaseEnd::None,
+            lease_end: None,
             fence: None,
+            watched: false,
             outcome: Outcome::TimedOut,
         };
         async move {
@@ -347,7 +348,7 @@ impl<B: Backend> RedLock<B> {
             match backend.try_claim_now(&guard.key, token.as_bytes(), sent, lease_end) {
                 Some(Claim::Won) => {
                     guard.token = Some(token);
-                    guard.lease_end = LeaseEnd::At(lease_end);
+                    guard.lease_end = Some(lease_end);
                     guard.outcome = Outcome::Acquired;
                     Started::Won
                 }
@@ -424,7 +425,7 @@ impl<B: Backend> RedLock<B> {
                             if let Some(turn) = turn {
                                 turn.done(Some(token.as_bytes()));
                             }
-                            guard.lease_end = LeaseEnd::At(deadline(sent, lease));
+                            guard.lease_end = Some(deadline(sent, lease));
                             true
                         }
                         Claim::Held { holder: h } => {
@@ -552,28 +553,13 @@ pub struct LockGuard<B: Backend = AnyBackend> {
     /// without a call to `memcpy`.
     lease: Nanos,
     /// While held: when the lease ends at the earliest (read before the claim or the
-    /// last renewal was sent, plus the lease); with the watchdog on, kept by the watch
-    /// (in the same 16 bytes), where it moves with each renewal.
-    lease_end: LeaseEnd,
+    /// last renewal was sent, plus the lease).
+    lease_end: Option<Instant>,
     fence: Option<NonZeroU64>,
+    /// Watched by the cache's watchdog (which keeps its watch, by token: a guard that
+    /// is not watched pays one flag).
+    watched: bool,
     outcome: Outcome,
-}
-
-/// A guard's lease end: unknown (not held), an instant, or kept by its watch.
-enum LeaseEnd {
-    None,
-    At(Instant),
-    Watched(Watched),
-}
-
-impl LeaseEnd {
-    fn get(&self) -> Option<Instant> {
-        match self {
-            LeaseEnd::None => None,
-            LeaseEnd::At(end) => Some(*end),
-            LeaseEnd::Watched(watched) => Some(watched.lease_end()),
-        }
-    }
 }
 
 /// A checked lease, in nanoseconds.
@@ -629,7 +615,11 @@ impl<B: Backend> LockGuard<B> {
     ///
     /// A watched guard's lease end moves with each confirmed renewal of the watchdog.
     pub fn lease_end(&self) -> Option<Instant> {
-        self.lease_end.get().filter(|_| self.token.is_some())
+        let own = self.lease_end.filter(|_| self.token.is_some())?;
+        match (self.watched, self.token) {
+            (true, Some(token)) => self.cache.watched_lease_end(&token).or(Some(own)),
+            _ => Some(own),
+        }
     }
 
     /// The watch of a guard acquired with the [`watchdog`](RedLock::watchdog) on, while
@@ -637,8 +627,8 @@ impl<B: Backend> LockGuard<B> {
     /// when the lock is lost. `None` for an unwatched guard or one that does not hold
     /// the lock.
     pub fn watch(&self) -> Option<Watch> {
-        match &self.lease_end {
-            LeaseEnd::Watched(watched) if self.token.is_some() => Some(watched.watch()),
+        match (self.watched, self.token) {
+            (true, Some(token)) => self.cache.watch_of(&token),
             _ => None,
         }
     }
@@ -707,9 +697,9 @@ impl<B: Backend> LockGuard<B> {
         }
         self.lease = Nanos::of(lease);
         let end = deadline(sent, lease);
-        match &self.lease_end {
-            LeaseEnd::Watched(watched) => self.cache.watch_extended(watched, lease, end),
-            _ => self.lease_end = LeaseEnd::At(end),
+        self.lease_end = Some(end);
+        if self.watched {
+            self.cache.watch_extended(&token, lease, end);
         }
         Ok(())
     }
@@ -762,7 +752,9 @@ impl<B: Backend> LockGuard<B> {
     /// `None` when the backend must be asked.
     #[inline]
     fn release_now(&mut self) -> Option<Result<bool>> {
-        self.unwatch();
+        if self.watched {
+            self.unwatch();
+        }
         let Some(token) = self.token else {
             return Some(Ok(false));
         };
@@ -780,24 +772,22 @@ impl<B: Backend> LockGuard<B> {
     #[cold]
     #[inline(never)]
     fn start_watch(&mut self) {
-        if let (Some(token), LeaseEnd::At(end)) = (self.token, &self.lease_end) {
-            let watched = self.cache.watch(&self.key, token, self.lease.get(), *end);
-            self.lease_end = LeaseEnd::Watched(watched);
+        if let (Some(token), Some(end)) = (self.token, self.lease_end) {
+            self.cache.watch(&self.key, token, self.lease.get(), end);
+            self.watched = true;
         }
     }
 
-    /// Takes the guard out of the watchdog's schedule: no renewal from now on.
-    #[inline]
+    /// Takes the watched guard out of the watchdog: no renewal from now on.
+    #[cold]
+    #[inline(never)]
     fn unwatch(&mut self) {
-        if !matches!(self.lease_end, LeaseEnd::Watched(_)) {
-            return;
+        self.watched = false;
+        if let Some(token) = self.token
+            && let Some(end) = self.cache.unwatch(&token)
+        {
+            self.lease_end = Some(end);
         }
-        let LeaseEnd::Watched(watched) = std::mem::replace(&mut self.lease_end, LeaseEnd::None)
-        else {
-            return;
-        };
-        self.lease_end = LeaseEnd::At(watched.lease_end());
-        self.cache.unwatch(watched);
     }
 
     /// The claim failed with `e`. When the server may have applied it anyway (no
@@ -821,7 +811,9 @@ impl<B: Backend> LockGuard<B> {
 
 impl<B: Backend> Drop for LockGuard<B> {
     fn drop(&mut self) {
-        self.unwatch();
+        if self.watched {
+            self.unwatch();
+        }
         let Some(token) = self.token.take() else {
             return;
         };

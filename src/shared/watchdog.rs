@@ -16,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use event_listener::Event;
+use hashbrown::HashMap;
 use parking_lot::{Mutex, MutexGuard};
 
 use super::backend::Backend;
@@ -63,6 +64,9 @@ struct Shared {
 
 struct State {
     schedule: Schedule<Arc<WatchState>>,
+    /// The watched guards' watches, by token, from their acquisition to their release
+    /// (lost ones too: their watch still answers).
+    guards: HashMap<Token, Arc<WatchState>>,
     /// Whether a worker runs.
     worker: bool,
     /// Whether the worker waits for `changed` until `until` (forever for `None`), and
@@ -80,6 +84,7 @@ impl Shared {
         Shared {
             state: Mutex::new(State {
                 schedule: Schedule::default(),
+                guards: HashMap::new(),
                 worker: false,
                 asleep: false,
                 until: None,
@@ -97,7 +102,8 @@ impl Shared {
         let mut state = self.state.lock();
         let generation = fork::generation();
         if state.generation != generation {
-            state.schedule = Schedule::default();
+            // Ids keep counting: an inherited guard's id names none of the child's.
+            drop(state.schedule.drain());
             state.worker = false;
             state.asleep = false;
             state.generation = generation;
@@ -128,56 +134,27 @@ pub(crate) struct Renewal {
     watch: Arc<WatchState>,
 }
 
-/// A guard's place in its cache's watchdog (one pointer: the guard stays small).
-pub(crate) struct Watched {
-    state: Arc<WatchState>,
-}
-
-impl Watched {
-    /// A handle for the holder.
-    pub(crate) fn watch(&self) -> Watch {
-        Watch {
-            state: Arc::clone(&self.state),
-        }
-    }
-
-    /// The last confirmed lease end.
-    pub(crate) fn lease_end(&self) -> Instant {
-        self.state.status.lock().lease_end
-    }
-
-    fn id(&self) -> u64 {
-        self.state.id
-    }
-}
-
 impl<B: Backend> Cache<B> {
     /// Watches a held lock: `key` holds `token` with a lease `lease` that ends at
     /// `lease_end` at the earliest. Starts the cache's worker if none runs; when none
     /// can start, the guards it would renew are lost at once.
-    #[cold]
-    #[inline(never)]
-    pub(crate) fn watch(
-        &self,
-        key: &[u8],
-        token: Token,
-        lease: Duration,
-        lease_end: Instant,
-    ) -> Watched {
+    pub(crate) fn watch(&self, key: &[u8], token: Token, lease: Duration, lease_end: Instant) {
         let shared = self.watchdog().shared();
-        let mut state = None;
         let (start, wake) = {
             let mut s = shared.lock();
+            let mut state = None;
             let make = |id| {
                 let watch = Arc::new(WatchState::new(id, key, token, lease, lease_end));
                 state = Some(Arc::clone(&watch));
                 watch
             };
             let (_, due) = s.schedule.insert_with(make, lease, lease_end);
+            if let Some(state) = state {
+                s.guards.insert(token, state);
+            }
             let start = !std::mem::replace(&mut s.worker, true);
             (start, s.wakes_for(due))
         };
-        let state = state.expect("made by the insert");
         if wake {
             shared.changed.notify(usize::MAX);
         }
@@ -189,40 +166,64 @@ impl<B: Backend> Cache<B> {
                 finished: false,
             });
         }
-        Watched { state }
     }
 
-    /// A watched guard was released or dropped: it leaves the schedule now (no renewal
-    /// is sent for it from now on) and its watch reports it.
-    #[cold]
-    #[inline(never)]
-    pub(crate) fn unwatch(&self, watched: Watched) {
-        if let Some(shared) = self.watchdog().shared.get() {
-            let entry = shared.lock().schedule.remove(watched.id());
-            drop(entry);
-        }
-        watched.state.release();
+    /// The watch state of the watched guard holding `token`.
+    fn watched(&self, token: &Token) -> Option<Arc<WatchState>> {
+        let shared = self.watchdog().shared.get()?;
+        shared.state.lock().guards.get(token).cloned()
     }
 
-    /// A watched guard was extended by hand: its watch knows the new lease end (even
-    /// after a loss), and renewals go on from there, with its lease, unless lost.
-    pub(crate) fn watch_extended(&self, watched: &Watched, lease: Duration, lease_end: Instant) {
-        let watching = watched.state.extended(lease, lease_end);
+    /// A handle on the watch of the watched guard holding `token`.
+    pub(crate) fn watch_of(&self, token: &Token) -> Option<Watch> {
+        self.watched(token).map(|state| Watch { state })
+    }
+
+    /// The last confirmed lease end of the watched guard holding `token`.
+    pub(crate) fn watched_lease_end(&self, token: &Token) -> Option<Instant> {
+        self.watched(token)
+            .map(|state| state.status.lock().lease_end)
+    }
+
+    /// The watched guard holding `token` was released or dropped: it leaves the
+    /// schedule now (no renewal is sent for it from now on) and its watch reports it.
+    /// Its last confirmed lease end.
+    pub(crate) fn unwatch(&self, token: &Token) -> Option<Instant> {
+        let shared = self.watchdog().shared.get()?;
+        let state = {
+            let mut s = shared.lock();
+            let state = s.guards.remove(token)?;
+            s.schedule.remove(state.id);
+            state
+        };
+        state.release();
+        let end = state.status.lock().lease_end;
+        Some(end)
+    }
+
+    /// The watched guard holding `token` was extended by hand: its watch knows the new
+    /// lease end (even after a loss), and renewals go on from there, with its lease,
+    /// unless lost.
+    pub(crate) fn watch_extended(&self, token: &Token, lease: Duration, lease_end: Instant) {
+        let Some(state) = self.watched(token) else {
+            return;
+        };
         let Some(shared) = self.watchdog().shared.get() else {
             return;
         };
+        let watching = state.extended(lease, lease_end);
         let mut s = shared.lock();
         if !watching {
             // Lost already (the holder saw its lost instant pass): the watchdog does
             // not resume; the worker has the callbacks run, or here if it is gone.
-            let gone = s.schedule.remove(watched.id());
+            let gone = s.schedule.remove(state.id);
             drop(s);
             if gone.is_some() {
-                watched.state.lose(NO_ANSWER.into());
+                state.lose(NO_ANSWER.into());
             }
             return;
         }
-        if !s.schedule.extended(watched.id(), lease, lease_end) {
+        if !s.schedule.extended(state.id, lease, lease_end) {
             return;
         }
         let wake = s.wakes_for(renew_at(lease_end, lease));
