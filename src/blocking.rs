@@ -58,6 +58,10 @@ mod memcached_io;
 #[cfg(feature = "redis")]
 #[path = "backend/redis/blocking.rs"]
 mod redis_conn;
+/// This flavor's Redis Cluster connections.
+#[cfg(feature = "redis")]
+#[path = "backend/redis/cluster_blocking.rs"]
+mod redis_cluster_conn;
 
 pub use shared::*;
 

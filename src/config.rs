@@ -5,6 +5,7 @@
 //! | `memory://` | in-process memory (no server) |
 //! | `redis://[user:password@]host[:port][/db]`, `rediss://…`, `redis+unix:///path.sock` | Redis |
 //! | `memcached://host[:port]`, `memcached+unix:///path.sock` | memcached |
+//! | `redis+cluster://[user:password@]host:port,host:port[,…]`, `rediss+cluster://…` | Redis Cluster (seed nodes; any one reachable is enough) |
 //!
 //! Every scheme takes these query options ([`Options`]):
 //!
@@ -23,6 +24,7 @@
 //! | `memory://` | none |
 //! | `redis://`, `rediss://` | `protocol` (`resp2`, `resp3`; read by the `redis` crate), the database as the path (`/2`) |
 //! | `redis+unix://` | `protocol`, `db`, `user`, `pass` (read by the `redis` crate) |
+//! | `redis+cluster://`, `rediss+cluster://` | `protocol` (every seed gets the credentials and options written once; a cluster has no databases and its nodes announce TCP addresses, so there is no path and no unix variant) |
 //! | `memcached://`, `memcached+unix://` | `max_poll_interval` (seconds, default 0.004): the longest sleep between two polls of a waiter |
 //!
 //! Any other option is an [`InvalidArgument`](crate::ErrorKind::InvalidArgument) error
@@ -75,6 +77,10 @@ pub enum Endpoint {
     Redis(Url),
     /// `memcached://`, `memcached+unix://`, without aiolock's own query options.
     Memcached(Url),
+    /// `redis+cluster://h1:p1,h2:p2`, `rediss+cluster://…`: one `redis://` (or
+    /// `rediss://`) URL per seed node, each with the credentials and the `redis`
+    /// crate's options, without aiolock's own.
+    RedisCluster(Vec<Url>),
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -82,6 +88,13 @@ impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (name, url) = match self {
             Endpoint::Memory => return f.write_str("Memory"),
+            Endpoint::RedisCluster(seeds) => {
+                let seeds: Vec<_> = seeds
+                    .iter()
+                    .map(|u| crate::error::redact(u.as_str()).into_owned())
+                    .collect();
+                return f.debug_tuple("RedisCluster").field(&seeds).finish();
+            }
             Endpoint::Redis(url) => ("Redis", url),
             Endpoint::Memcached(url) => ("Memcached", url),
         };
@@ -155,6 +168,11 @@ fn backend_options(scheme: &str) -> Option<&'static [&'static str]> {
 /// unknown scheme, an unknown option (the message names it and the known ones), an
 /// option out of range. Messages never show the URL's password.
 pub fn parse(url: &str) -> Result<(Endpoint, Options)> {
+    for (cluster, node) in [("redis+cluster://", "redis://"), ("rediss+cluster://", "rediss://")] {
+        if let Some(rest) = url.strip_prefix(cluster) {
+            return parse_cluster(url, node, rest);
+        }
+    }
     let mut parsed = Url::parse(url).map_err(|e| {
         Error::invalid_argument(format!("{url:?} is not a valid cache URL")).with_source(e)
     })?;
@@ -208,6 +226,42 @@ pub fn parse(url: &str) -> Result<(Endpoint, Options)> {
     };
     check(&endpoint, &options)?;
     Ok((endpoint, options))
+}
+
+/// A `redis+cluster://[userinfo@]h1:p1,h2:p2[/][?query]` URL: each seed is parsed as
+/// `node_scheme + userinfo@hN:pN/?query` (so the options and their errors are those of
+/// `redis://`).
+fn parse_cluster(url: &str, node_scheme: &str, rest: &str) -> Result<(Endpoint, Options)> {
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => (&authority[..=at], &authority[at + 1..]),
+        None => ("", authority),
+    };
+    let shown = crate::error::redact(url).into_owned();
+    if !matches!(tail.split(['?', '#']).next(), Some("" | "/")) {
+        return Err(Error::invalid_argument(format!(
+            "{shown:?}: a Redis Cluster URL takes no path (a cluster has only database 0)"
+        )));
+    }
+    let query = tail.find('?').map(|q| &tail[q..]).unwrap_or("");
+    let mut seeds = Vec::new();
+    let mut options = None;
+    for host in hosts.split(',') {
+        if host.is_empty() {
+            return Err(Error::invalid_argument(format!(
+                "{shown:?} lists an empty seed node (expected host:port,host:port)"
+            )));
+        }
+        let (endpoint, o) = parse(&format!("{node_scheme}{userinfo}{host}/{query}"))?;
+        let Endpoint::Redis(seed) = endpoint else {
+            unreachable!("a redis:// URL")
+        };
+        seeds.push(seed);
+        options = Some(o);
+    }
+    let options = options.expect("split yields at least one seed");
+    Ok((Endpoint::RedisCluster(seeds), options))
 }
 
 /// Checks options against the backend they are for (after a builder changed them).

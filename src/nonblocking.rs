@@ -31,6 +31,10 @@ mod memcached_io;
 #[cfg(feature = "redis")]
 #[path = "backend/redis/nonblocking.rs"]
 mod redis_conn;
+/// This flavor's Redis Cluster connections.
+#[cfg(feature = "redis")]
+#[path = "backend/redis/cluster_nonblocking.rs"]
+mod redis_cluster_conn;
 
 pub use shared::*;
 

@@ -5,7 +5,7 @@
 #[cfg(feature = "memcached")]
 use super::memcached_io;
 #[cfg(feature = "redis")]
-use super::redis_conn;
+use super::{redis_cluster_conn, redis_conn};
 use super::{maybe_async, rt};
 
 mod backend;
@@ -21,6 +21,9 @@ mod optimistic;
 #[cfg(feature = "redis")]
 #[path = "../backend/redis/generic.rs"]
 mod redis_backend;
+#[cfg(feature = "redis")]
+#[path = "../backend/redis/transport.rs"]
+mod redis_transport;
 mod redlock;
 
 pub use backend::Backend;

@@ -4,4 +4,5 @@
 
 #[cfg(any(feature = "blocking", feature = "async"))]
 pub(crate) mod hub;
+pub(crate) mod cluster;
 pub(crate) mod protocol;
