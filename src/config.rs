@@ -180,7 +180,7 @@ pub fn parse(url: &str) -> Result<(Endpoint, Options)> {
     let Some(own) = backend_options(&scheme) else {
         return Err(Error::invalid_argument(format!(
             "unsupported scheme {scheme:?} in {url:?} (expected memory, redis, rediss, \
-             redis+unix, memcached or memcached+unix)"
+             redis+unix, redis+cluster, rediss+cluster, memcached or memcached+unix)"
         )));
     };
     let mut options = Options::default();
@@ -429,10 +429,41 @@ mod tests {
     }
 
     #[test]
+    fn cluster_urls_list_seeds() {
+        let (e, o) =
+            parse("redis+cluster://u:p%40x@10.0.0.1:7000,h2:7001/?namespace=n&protocol=resp3")
+                .unwrap();
+        let Endpoint::RedisCluster(seeds) = &e else {
+            panic!("{e:?}")
+        };
+        let seeds: Vec<&str> = seeds.iter().map(Url::as_str).collect();
+        assert_eq!(
+            seeds,
+            [
+                "redis://u:p%40x@10.0.0.1:7000/?protocol=resp3",
+                "redis://u:p%40x@h2:7001/?protocol=resp3"
+            ]
+        );
+        assert_eq!(o.namespace, b"n");
+        assert!(!format!("{e:?}").contains("p%40x"), "{e:?}");
+        let (e, _) = parse("rediss+cluster://h:1").unwrap();
+        assert!(matches!(&e, Endpoint::RedisCluster(s) if s[0].scheme() == "rediss"));
+        for bad in [
+            "redis+cluster://h:1,,h:2",
+            "redis+cluster://h:1/2",
+            "redis+cluster://h:1?respone_timeout=1",
+            "redis+cluster://",
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn backend_options_stay_in_the_backend_url() {
         let kept = |url: &str| match parse(url).unwrap().0 {
             Endpoint::Redis(u) | Endpoint::Memcached(u) => u.query().map(str::to_owned),
-            Endpoint::Memory => None,
+            Endpoint::Memory | Endpoint::RedisCluster(_) => None,
         };
         assert_eq!(
             kept("redis://h/3?protocol=resp3&namespace=n").as_deref(),
