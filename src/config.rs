@@ -168,7 +168,10 @@ fn backend_options(scheme: &str) -> Option<&'static [&'static str]> {
 /// unknown scheme, an unknown option (the message names it and the known ones), an
 /// option out of range. Messages never show the URL's password.
 pub fn parse(url: &str) -> Result<(Endpoint, Options)> {
-    for (cluster, node) in [("redis+cluster://", "redis://"), ("rediss+cluster://", "rediss://")] {
+    for (cluster, node) in [
+        ("redis+cluster://", "redis://"),
+        ("rediss+cluster://", "rediss://"),
+    ] {
         if let Some(rest) = url.strip_prefix(cluster) {
             return parse_cluster(url, node, rest);
         }

@@ -4,9 +4,9 @@
 
 #[cfg(feature = "memcached")]
 use super::memcached_io;
+use super::{maybe_async, rt};
 #[cfg(feature = "redis")]
 use super::{redis_cluster_conn, redis_conn};
-use super::{maybe_async, rt};
 
 mod backend;
 pub(crate) mod background;

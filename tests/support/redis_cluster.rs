@@ -23,14 +23,9 @@ impl RedisCluster {
             .map(|_| {
                 RedisServer::with(Config {
                     tcp: true,
-                    args: [
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-node-timeout",
-                        "5000",
-                    ]
-                    .map(String::from)
-                    .to_vec(),
+                    args: ["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"]
+                        .map(String::from)
+                        .to_vec(),
                 })
             })
             .collect();
@@ -52,8 +47,7 @@ impl RedisCluster {
         );
         let ready = cluster.poll(Duration::from_secs(30), |c| {
             c.nodes.iter().all(|n| {
-                n.admin(&["CLUSTER", "INFO"])
-                    .contains("cluster_state:ok")
+                n.admin(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
                     && n.admin(&["CLUSTER", "INFO"])
                         .contains("cluster_known_nodes:3")
             })
@@ -102,7 +96,13 @@ impl RedisCluster {
     /// view: the node that answers `CLUSTER COUNTKEYSINSLOT` without error is not
     /// enough, so each node is asked whether it owns the slot).
     pub fn owner(&self, slot: u16) -> usize {
-        let id_of = |n: &RedisServer| n.admin(&["CLUSTER", "MYID"]).lines().nth(1).unwrap_or("").to_owned();
+        let id_of = |n: &RedisServer| {
+            n.admin(&["CLUSTER", "MYID"])
+                .lines()
+                .nth(1)
+                .unwrap_or("")
+                .to_owned()
+        };
         let nodes = self.nodes[0].admin(&["CLUSTER", "NODES"]);
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split(' ').collect();

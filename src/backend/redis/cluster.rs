@@ -178,7 +178,11 @@ mod tests {
         assert_eq!(slot(b"foo"), 12182);
         assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
         assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
-        assert_eq!(hash_tag(b"foo{}{bar}"), None, "an empty first tag hashes all");
+        assert_eq!(
+            hash_tag(b"foo{}{bar}"),
+            None,
+            "an empty first tag hashes all"
+        );
         assert_eq!(hash_tag(b"foo{{bar}}zap"), Some(&b"{bar"[..]));
         assert_eq!(hash_tag(b"foo{bar}{zap}"), Some(&b"bar"[..]));
     }

@@ -135,10 +135,7 @@ impl Conn {
         }
         let reply = self.query(&redis::cmd("CLUSTER").arg("SLOTS").clone())?;
         let table = Arc::new(SlotTable::parse(&reply).ok_or_else(|| {
-            RedisError::from((
-                redis::ErrorKind::Parse,
-                "unexpected reply to CLUSTER SLOTS",
-            ))
+            RedisError::from((redis::ErrorKind::Parse, "unexpected reply to CLUSTER SLOTS"))
         })?);
         *self.table.lock() = Some((Instant::now(), Arc::clone(&table)));
         Ok(table)

@@ -139,7 +139,12 @@ impl Subscriber {
     async fn start(client: &ClusterClient, timeouts: Timeouts) -> RedisResult<Arc<Subscriber>> {
         let (tx, rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub::default());
-        let con = open(client, timeouts, config(timeouts).set_push_sender(tx.clone())).await?;
+        let con = open(
+            client,
+            timeouts,
+            config(timeouts).set_push_sender(tx.clone()),
+        )
+        .await?;
         tokio::spawn(dispatch(Arc::downgrade(&hub), rx));
         Ok(Arc::new(Subscriber {
             con,
@@ -195,9 +200,7 @@ async fn dispatch(hub: Weak<Hub>, mut rx: mpsc::UnboundedReceiver<PushInfo>) {
             (PushKind::SMessage, [Value::BulkString(name), Value::BulkString(payload)]) => {
                 hub.message(name, payload)
             }
-            (PushKind::SUnsubscribe, [Value::BulkString(name), ..])
-                if hub.is_waited_on(name) =>
-            {
+            (PushKind::SUnsubscribe, [Value::BulkString(name), ..]) if hub.is_waited_on(name) => {
                 hub.disconnected()
             }
             (PushKind::Disconnection, _) => hub.disconnected(),

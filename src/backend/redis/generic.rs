@@ -100,6 +100,28 @@ use crate::value::{CasToken, Ttl, Versioned};
 /// A [`Timeout`](crate::ErrorKind::Timeout) is never resent: the command may still be
 /// applied by a stalled server.
 ///
+/// # Redis Cluster
+///
+/// `redis+cluster://[user:password@]host:port,host:port[?options]` (`rediss+cluster://`
+/// with TLS) names seed nodes of a cluster (Redis >= 7). The lock key stays
+/// `namespace + key + lock_suffix`; its release channel and its fence key are named
+/// from it so that they hash to its slot: with the key's own hash tag when it has one
+/// (`{user1}:report-lock` → `aiolock:release:{user1}:report-lock`,
+/// `{user1}:report-lock-fence`), else with the whole key as the tag
+/// (`report-lock` → `aiolock:release:{report-lock}`, `{report-lock}-fence`; a key that
+/// holds a `}` outside any tag gets a numeric tag of its slot). The release script
+/// declares the channel in `KEYS` and publishes with `SPUBLISH`, so a channel of
+/// another slot cannot be published to nobody: the server would refuse the call
+/// (`CROSSSLOT`). The uncontended cycle is still one `SET` and one `EVALSHA`, each
+/// sent to the key's master; `MOVED` and `ASK` are followed by the `redis` crate.
+/// Waiters subscribe with `SSUBSCRIBE`: the async flavor on one shared RESP3 cluster
+/// connection, the blocking flavor on one subscriber connection per master (the slot
+/// table read from `CLUSTER SLOTS`, refreshed when older than 250 ms at a wait's
+/// start). A waiter whose slot moves to another master while it waits may miss the
+/// release message; it still ends by its holder's lease (`PTTL`) and its own bound.
+/// A fork-safe reconnection is not done for the cluster's connections yet: a forked
+/// child must open its own cache.
+///
 /// Clones share the connections. Build one with [`RedisBackend::connect`] or through
 /// [`Cache::from_url`](super::Cache::from_url).
 ///
@@ -189,7 +211,7 @@ impl RedisBackend {
             .map_err(|e| r::error(e, &format!("connecting to {name}")))?;
         Ok(RedisBackend {
             inner: Arc::new(Inner {
-                conn: Conn::Cluster(conn),
+                conn: Conn::Cluster(Box::new(conn)),
                 name,
             }),
         })

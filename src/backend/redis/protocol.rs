@@ -504,11 +504,10 @@ pub(crate) fn wake(heard: Heard, until: Instant, until_is_deadline: bool, now: I
 /// A pub/sub message (RESP2 array or RESP3 push): its channel and payload.
 pub(crate) fn message(reply: &Value) -> Option<(&[u8], &[u8])> {
     let items = match reply {
-        Value::Push { kind, data }
-            if matches!(kind, redis::PushKind::Message | redis::PushKind::SMessage) =>
-        {
-            data.as_slice()
-        }
+        Value::Push {
+            kind: redis::PushKind::Message | redis::PushKind::SMessage,
+            data,
+        } => data.as_slice(),
         Value::Array(items) => match items.split_first() {
             Some((Value::BulkString(k), rest)) if k == b"message" => rest,
             _ => return None,
@@ -524,11 +523,10 @@ pub(crate) fn message(reply: &Value) -> Option<(&[u8], &[u8])> {
 /// The channel a pub/sub reply (RESP2 array or RESP3 push) confirms a `SUBSCRIBE` of.
 pub(crate) fn subscribed(reply: &Value) -> Option<&[u8]> {
     let items = match reply {
-        Value::Push { kind, data }
-            if matches!(kind, redis::PushKind::Subscribe | redis::PushKind::SSubscribe) =>
-        {
-            data.as_slice()
-        }
+        Value::Push {
+            kind: redis::PushKind::Subscribe | redis::PushKind::SSubscribe,
+            data,
+        } => data.as_slice(),
         Value::Array(items) => match items.split_first() {
             Some((Value::BulkString(k), rest)) if k == b"subscribe" => rest,
             _ => return None,

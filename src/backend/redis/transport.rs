@@ -7,13 +7,15 @@ use std::time::Instant;
 
 use redis::{Cmd, RedisResult, Value};
 
-use crate::backend::redis::hub::Waiter;
 use super::{maybe_async, redis_cluster_conn, redis_conn, rt};
+use crate::backend::redis::hub::Waiter;
 
-/// One server's connections or a cluster's.
+/// One server's connections or a cluster's. The single server's stay inline (its
+/// commands are the hot path), the cluster's are boxed.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Conn {
     Single(redis_conn::Conn),
-    Cluster(redis_cluster_conn::Conn),
+    Cluster(Box<redis_cluster_conn::Conn>),
 }
 
 /// A waiter's registration on its channel.
