@@ -127,8 +127,9 @@ impl Conn {
     }
 
     /// The slot table, read again if older than [`TABLE_AGE`].
-    fn table(&self) -> RedisResult<Arc<SlotTable>> {
-        if let Some((read, table)) = self.table.lock().as_ref()
+    fn table(&self, fresh: bool) -> RedisResult<Arc<SlotTable>> {
+        if !fresh
+            && let Some((read, table)) = self.table.lock().as_ref()
             && read.elapsed() < TABLE_AGE
         {
             return Ok(Arc::clone(table));
@@ -142,8 +143,8 @@ impl Conn {
     }
 
     /// The subscriber of the master serving `channel`'s slot.
-    fn node(&self, channel: &[u8]) -> RedisResult<Arc<redis_conn::Conn>> {
-        let table = self.table()?;
+    fn node(&self, channel: &[u8], fresh: bool) -> RedisResult<Arc<redis_conn::Conn>> {
+        let table = self.table(fresh)?;
         let Some(owner) = table.owner(c::slot(channel)) else {
             return Err(RedisError::from((
                 redis::ErrorKind::ClusterConnectionNotFound,
@@ -178,6 +179,13 @@ impl Conn {
         holder: Option<&[u8]>,
         until: Instant,
     ) -> RedisResult<Option<Subscription>> {
-        self.node(name)?.subscribe(name, key, holder, until)
+        match self.node(name, false)?.subscribe(name, key, holder, until) {
+            // The master refused the channel (its slot moved: `MOVED`) and never
+            // confirmed: once more at the owner a fresh slot table names.
+            Err(e) if e.is_timeout() && Instant::now() < until => {
+                self.node(name, true)?.subscribe(name, key, holder, until)
+            }
+            other => other,
+        }
     }
 }
