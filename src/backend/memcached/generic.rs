@@ -13,8 +13,9 @@ use super::backend::Backend;
 use super::memcached_io::{self as io, Conn};
 use super::{maybe_async, rt};
 use crate::backend::memcached::meta::{self, ErrorLine, Flag, Reply};
+use crate::backend::memcached::routing::{Distribution, Router};
 use crate::backend::memcached::settings::{
-    Fate, Settings, cas_disabled, settings, settings_from_url, unexpected,
+    Addr, Fate, Settings, cas_disabled, settings, settings_from_url, unexpected,
 };
 use crate::config::Options;
 use crate::core::lease::deadline;
@@ -136,14 +137,34 @@ const FENCE_TRIES: usize = 3;
 /// ```
 #[derive(Clone)]
 pub struct MemcachedBackend {
-    pool: Arc<Pool>,
+    inner: Arc<Servers>,
+}
+
+/// A pool's servers, each with its own connections, and which one owns a key.
+struct Servers {
+    router: Router,
+    /// One per server, in the URL's order (the router's indexes).
+    pools: Box<[Pool]>,
+    distribution: Distribution,
+    max_poll_delay: Duration,
 }
 
 impl std::fmt::Debug for MemcachedBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemcachedBackend")
-            .field("addr", &self.pool.settings.addr.to_string())
-            .field("pool_size", &self.pool.settings.pool_size)
+        let servers: Vec<String> = self
+            .inner
+            .pools
+            .iter()
+            .map(|p| p.settings.addr.to_string())
+            .collect();
+        let mut d = f.debug_struct("MemcachedBackend");
+        if let [one] = &servers[..] {
+            d.field("addr", one);
+        } else {
+            d.field("servers", &servers)
+                .field("distribution", &self.inner.distribution);
+        }
+        d.field("pool_size", &self.inner.pools[0].settings.pool_size)
             .finish()
     }
 }
@@ -172,25 +193,46 @@ impl MemcachedBackend {
     }
 
     #[maybe_async]
-    pub(crate) async fn from_endpoint(url: &Url, options: &Options) -> Result<Self> {
-        Self::open(settings(url, options)?).await
+    pub(crate) async fn from_endpoint(servers: &[Url], options: &Options) -> Result<Self> {
+        Self::open(settings(servers, options)?).await
     }
 
     #[maybe_async]
     async fn open(settings: Settings) -> Result<Self> {
-        let backend = MemcachedBackend {
-            pool: Arc::new(Pool {
-                settings,
+        let pools = settings
+            .servers
+            .iter()
+            .map(|addr| Pool {
+                settings: ServerSettings {
+                    addr: addr.clone(),
+                    connect_timeout: settings.connect_timeout,
+                    response_timeout: settings.response_timeout,
+                    pool_size: settings.pool_size,
+                },
                 state: Mutex::new(PoolState {
                     idle: Vec::new(),
                     open: 0,
                     generation: process_generation(),
                 }),
                 freed: Event::new(),
+            })
+            .collect();
+        let backend = MemcachedBackend {
+            inner: Arc::new(Servers {
+                router: Router::new(settings.distribution, &settings.servers),
+                pools,
+                distribution: settings.distribution,
+                max_poll_delay: settings.max_poll_delay,
             }),
         };
         backend.ping().await?;
         Ok(backend)
+    }
+
+    /// The connections of the server that owns `key`. Every command on a key goes
+    /// there, and nowhere else: a down server fails its keys (never moves them).
+    fn pool(&self, key: &[u8]) -> &Pool {
+        &self.inner.pools[self.inner.router.route(key)]
     }
 
     /// One round trip that touches no key (`mn`, answered `MN`): a health check, and
@@ -205,10 +247,13 @@ impl MemcachedBackend {
     /// ```
     #[maybe_async]
     pub async fn ping(&self) -> Result<()> {
-        match self.pool.call(&meta::noop()).await? {
-            Reply::Mn => Ok(()),
-            other => Err(unexpected("mn", &other)),
+        for pool in &self.inner.pools {
+            match pool.call(&meta::noop()).await? {
+                Reply::Mn => {}
+                other => return Err(unexpected("mn", &other)),
+            }
         }
+        Ok(())
     }
 
     /// The CAS unique of a hit, refusing a server that runs with CAS disabled.
@@ -253,9 +298,17 @@ fn fence_increment(fence_key: &[u8]) -> Result<Vec<u8>> {
     )
 }
 
-/// The connections: at most `pool_size` open, the idle ones kept for reuse.
+/// What one server's connections need to know.
+struct ServerSettings {
+    addr: Addr,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    pool_size: usize,
+}
+
+/// One server's connections: at most `pool_size` open, the idle ones kept for reuse.
 struct Pool {
-    settings: Settings,
+    settings: ServerSettings,
     state: Mutex<PoolState>,
     /// Notified when a connection is returned or closed.
     freed: Event,
@@ -612,13 +665,13 @@ impl MemcachedBackend {
         let read = meta::get(key, &[Flag::Value])?;
         let mut resent = false;
         loop {
-            let lost = match self.pool.call_once(&request).await? {
+            let lost = match self.pool(key).call_once(&request).await? {
                 Sent::Reply(Reply::Hd(_)) => return Ok(Added::Stored),
                 Sent::Reply(Reply::Ns(_)) => return Ok(Added::Exists),
                 Sent::Reply(other) => return Err(unexpected("ms ME", &other)),
                 Sent::Lost(lost) => lost,
             };
-            match self.pool.call(&read).await? {
+            match self.pool(key).call(&read).await? {
                 Reply::Va(found, _) if found == value => return Ok(Added::Stored),
                 Reply::Va(found, _) => return Ok(Added::Other(found)),
                 Reply::En if !resent => resent = true,
@@ -654,7 +707,7 @@ impl MemcachedBackend {
         let mut resent = 0;
         loop {
             let fence = match &incremented {
-                Some(reply) => Some(self.fence_of(fence_key, reply)?),
+                Some(reply) => Some(self.fence_of(key, fence_key, reply)?),
                 None => None,
             };
             match (fence, verified.take()) {
@@ -676,7 +729,7 @@ impl MemcachedBackend {
             resent += 1;
             let mut request = fence_increment(fence_key)?;
             request.extend_from_slice(&verify);
-            let batch = self.pool.pipeline(&request, 2).await?;
+            let batch = self.pool(key).pipeline(&request, 2).await?;
             let mut replies = batch.replies.into_iter();
             (incremented, verified, lost) = (replies.next(), replies.next(), batch.lost);
         }
@@ -689,7 +742,7 @@ impl MemcachedBackend {
     }
 
     /// The fence an `ma <fence key> ... v` reply holds.
-    fn fence_of(&self, fence_key: &[u8], reply: &Reply) -> Result<u64> {
+    fn fence_of(&self, key: &[u8], fence_key: &[u8], reply: &Reply) -> Result<u64> {
         let not_a_counter = |why: &str| {
             Error::new(
                 ErrorKind::Backend,
@@ -712,7 +765,7 @@ impl MemcachedBackend {
             Reply::Error(ErrorLine::Client, message) => Err(not_a_counter(&format!(
                 "memcached refused to increment it ({message})"
             ))),
-            Reply::Error(line, message) => Err(self.pool.refused(*line, message)),
+            Reply::Error(line, message) => Err(self.pool(key).refused(*line, message)),
             other => Err(unexpected("ma", other)),
         }
     }
@@ -726,7 +779,7 @@ impl Backend for MemcachedBackend {
 
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let request = meta::get(key, &[Flag::Value])?;
-        match self.pool.call(&request).await? {
+        match self.pool(key).call(&request).await? {
             Reply::Va(value, _) => Ok(Some(value)),
             Reply::En => Ok(None),
             other => Err(unexpected("mg v", &other)),
@@ -737,7 +790,7 @@ impl Backend for MemcachedBackend {
     /// storing it once).
     async fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<()> {
         let request = meta::set(key, value, &[exptime(ttl)])?;
-        match self.pool.call(&request).await? {
+        match self.pool(key).call(&request).await? {
             Reply::Hd(_) => Ok(()),
             other => Err(unexpected("ms", &other)),
         }
@@ -756,7 +809,7 @@ impl Backend for MemcachedBackend {
     /// [`Connection`](ErrorKind::Connection) error says the outcome is unknown.
     async fn delete(&self, key: &[u8]) -> Result<bool> {
         let request = meta::delete(key, &[])?;
-        match self.pool.call_once(&request).await? {
+        match self.pool(key).call_once(&request).await? {
             Sent::Reply(Reply::Hd(_)) => Ok(true),
             Sent::Reply(Reply::Nf(_)) => Ok(false),
             Sent::Reply(other) => Err(unexpected("md", &other)),
@@ -771,7 +824,7 @@ impl Backend for MemcachedBackend {
 
     async fn exists(&self, key: &[u8]) -> Result<bool> {
         let request = meta::get(key, &[])?;
-        match self.pool.call(&request).await? {
+        match self.pool(key).call(&request).await? {
             Reply::Hd(_) => Ok(true),
             Reply::En => Ok(false),
             other => Err(unexpected("mg", &other)),
@@ -780,7 +833,7 @@ impl Backend for MemcachedBackend {
 
     async fn ttl(&self, key: &[u8]) -> Result<Ttl> {
         let request = meta::get(key, &[Flag::Ttl])?;
-        match self.pool.call(&request).await? {
+        match self.pool(key).call(&request).await? {
             Reply::Hd(meta::ReplyFlags { ttl: Some(-1), .. }) => Ok(Ttl::Persistent),
             Reply::Hd(meta::ReplyFlags { ttl: Some(t), .. }) => {
                 Ok(Ttl::Expires(Duration::from_secs(t.unsigned_abs())))
@@ -805,7 +858,7 @@ impl Backend for MemcachedBackend {
         // The error of a delete whose reply was lost, until a read shows it did not run.
         let mut lost = None;
         for _ in 0..RELEASE_TRIES {
-            let cas = match self.pool.call(&read).await? {
+            let cas = match self.pool(key).call(&read).await? {
                 Reply::Va(value, flags) if value == token => {
                     lost = None;
                     Self::cas_of(key, &flags)?
@@ -825,7 +878,7 @@ impl Backend for MemcachedBackend {
                 other => return Err(unexpected("mg v c", &other)),
             };
             let delete = meta::delete(key, &[Flag::CompareCas(cas)])?;
-            match self.pool.call_once(&delete).await? {
+            match self.pool(key).call_once(&delete).await? {
                 Sent::Reply(Reply::Hd(_)) => return Ok(true),
                 Sent::Reply(Reply::Nf(_)) => return Ok(false),
                 Sent::Reply(Reply::Ex(_)) => continue,
@@ -871,13 +924,13 @@ impl Backend for MemcachedBackend {
             )),
         };
         for _ in 0..RELEASE_TRIES {
-            let cas = match self.pool.call(&read).await? {
+            let cas = match self.pool(key).call(&read).await? {
                 Reply::Va(value, flags) if value == token => Self::cas_of(key, &flags)?,
                 Reply::En | Reply::Va(..) => return not_ours(lost),
                 other => return Err(unexpected("mg v c", &other)),
             };
             let write = meta::set(key, token, &[Flag::CompareCas(cas), exptime(Some(lease))])?;
-            match self.pool.call_once(&write).await? {
+            match self.pool(key).call_once(&write).await? {
                 Sent::Reply(Reply::Hd(_)) => return Ok(true),
                 Sent::Reply(Reply::Nf(_)) => return not_ours(lost),
                 Sent::Reply(Reply::Ex(_)) => continue,
@@ -972,7 +1025,7 @@ impl Backend for MemcachedBackend {
             let mut request = add.clone();
             request.extend_from_slice(&fence_increment(fence_key)?);
             request.extend_from_slice(&read);
-            let batch = self.pool.pipeline(&request, 3).await?;
+            let batch = self.pool(key).pipeline(&request, 3).await?;
             let mut replies = batch.replies.into_iter();
             let added = replies.next();
             let (incremented, verified) = (replies.next(), replies.next());
@@ -981,7 +1034,7 @@ impl Backend for MemcachedBackend {
                 Some(Reply::Ns(_)) => {
                     // Losers need no fence, but learn of a broken counter.
                     if let Some(reply) = &incremented {
-                        self.fence_of(fence_key, reply)?;
+                        self.fence_of(key, fence_key, reply)?;
                     }
                     let holder = match verified {
                         Some(Reply::Va(holder, _)) => Some(holder),
@@ -990,7 +1043,7 @@ impl Backend for MemcachedBackend {
                     return Ok((Claim::Held { holder }, None));
                 }
                 Some(Reply::Error(line, message)) => {
-                    return Err(self.pool.refused(line, &message));
+                    return Err(self.pool(key).refused(line, &message));
                 }
                 Some(other) => return Err(unexpected("ms ME", &other)),
                 None => {}
@@ -999,7 +1052,7 @@ impl Backend for MemcachedBackend {
             let lost = batch.lost.unwrap_or_else(|| {
                 Error::new(ErrorKind::Protocol, "memcached sent no reply to ms ME")
             });
-            match self.pool.call(&read).await? {
+            match self.pool(key).call(&read).await? {
                 // Ours: won; the increment and the read after it are sent again.
                 Reply::Va(found, _) if found == token => break (None, None, Some(lost)),
                 Reply::Va(holder, _) => {
@@ -1045,13 +1098,13 @@ impl Backend for MemcachedBackend {
     /// wait ([`Wake::Deadline`]).
     async fn wait(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {
         let request = meta::get(key, &[Flag::Value, Flag::Ttl, Flag::Cas])?;
-        let mut watch = Watch::new(self.pool.settings.max_poll_delay, holder);
+        let mut watch = Watch::new(self.inner.max_poll_delay, holder);
         loop {
             let sent = rt::now();
             if sent >= deadline {
                 return Ok(Wake::Deadline);
             }
-            let reply = match self.pool.call_by(&request, Some(deadline)).await {
+            let reply = match self.pool(key).call_by(&request, Some(deadline)).await {
                 Ok(reply) => reply,
                 Err(e) if e.is_timeout() && rt::now() >= deadline => return Ok(Wake::Deadline),
                 Err(e) => return Err(e),
@@ -1079,7 +1132,7 @@ impl Backend for MemcachedBackend {
 
     async fn begin(&self, key: &[u8]) -> Result<Versioned> {
         let request = meta::get(key, &[Flag::Value, Flag::Cas])?;
-        match self.pool.call(&request).await? {
+        match self.pool(key).call(&request).await? {
             Reply::Va(value, flags) => Ok(Versioned {
                 value: Some(value),
                 token: CasToken::Version(Self::cas_of(key, &flags)?),
@@ -1126,14 +1179,14 @@ impl Backend for MemcachedBackend {
             CasToken::Value(_) => return Ok(false),
         };
         let request = meta::set(key, value, &[Flag::CompareCas(cas), exptime(ttl)])?;
-        let lost = match self.pool.call_once(&request).await? {
+        let lost = match self.pool(key).call_once(&request).await? {
             Sent::Reply(Reply::Hd(_)) => return Ok(true),
             Sent::Reply(Reply::Ex(_) | Reply::Nf(_)) => return Ok(false),
             Sent::Reply(other) => return Err(unexpected("ms C", &other)),
             Sent::Lost(lost) => lost,
         };
         let read = meta::get(key, &[Flag::Value])?;
-        match self.pool.call(&read).await? {
+        match self.pool(key).call(&read).await? {
             Reply::Va(found, _) if found == value => Ok(true),
             Reply::Va(..) | Reply::En => Err(outcome_unknown(
                 lost,
