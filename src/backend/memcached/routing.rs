@@ -29,7 +29,6 @@
 
 use md5::{Digest, Md5};
 
-
 use crate::backend::memcached::settings::{Addr, DEFAULT_PORT};
 
 /// How keys are spread over the servers of a pool (URL option `distribution`).
@@ -157,9 +156,9 @@ fn continuum(servers: &[Addr]) -> Vec<(u32, u32)> {
         // The same single-precision arithmetic as libmemcached, weight 1 each:
         // floor(pct * 160 / 4 * live + 1e-10) * 4.
         let pct = 1.0f32 / live as f32;
-        let per_server =
-            ((pct * KETAMA_POINTS as f32 / 4.0 * live as f32 + 0.000_000_000_1f32).floor() as u32)
-                * 4;
+        let per_server = ((pct * KETAMA_POINTS as f32 / 4.0 * live as f32 + 0.000_000_000_1f32)
+            .floor() as u32)
+            * 4;
         let name = ketama_name(addr);
         for i in 0..per_server / 4 {
             let digest = Md5::digest(format!("{name}-{i}").as_bytes());
@@ -212,7 +211,11 @@ impl Murmur3 {
         self.len = self.len.wrapping_add(1);
         if self.filled == 4 {
             self.h ^= scramble(self.block);
-            self.h = self.h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+            self.h = self
+                .h
+                .rotate_left(13)
+                .wrapping_mul(5)
+                .wrapping_add(0xe654_6b64);
             self.block = 0;
             self.filled = 0;
         }
@@ -248,7 +251,10 @@ mod tests {
         assert_eq!(murmur(b""), 0);
         assert_eq!(murmur(b"hello"), 0x248b_fa47);
         assert_eq!(murmur(b"Hello, world!"), 0xc036_3e43);
-        assert_eq!(murmur(b"The quick brown fox jumps over the lazy dog"), 0x2e4f_f723);
+        assert_eq!(
+            murmur(b"The quick brown fox jumps over the lazy dog"),
+            0x2e4f_f723
+        );
     }
 
     fn tcp(host: &str, port: u16) -> Addr {
@@ -296,7 +302,10 @@ mod tests {
                 None => (spec, None),
             },
         };
-        tcp(host, port.map_or(DEFAULT_PORT, |p| p.parse().expect("a port")))
+        tcp(
+            host,
+            port.map_or(DEFAULT_PORT, |p| p.parse().expect("a port")),
+        )
     }
 
     /// `tests/data/memcached-routing.tsv`: `#` comments; `list <distribution>
@@ -304,11 +313,17 @@ mod tests {
     /// percent-free key (UTF-8) and the server index per list.
     #[test]
     fn golden_vectors_of_the_real_clients() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/memcached-routing.tsv");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/memcached-routing.tsv"
+        );
         let text = std::fs::read_to_string(path).expect("the golden vectors");
         let mut cases = Vec::new();
         let mut keys = 0;
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
             let fields: Vec<&str> = line.split('\t').collect();
             match fields[0] {
                 "list" => cases.push(Case {
@@ -331,7 +346,11 @@ mod tests {
             .filter(|l| l.starts_with("key\t"))
             .map(|l| l.split('\t').nth(1).unwrap())
             .collect();
-        assert!(keys >= 2000 && cases.len() >= 8, "{keys} keys, {} lists", cases.len());
+        assert!(
+            keys >= 2000 && cases.len() >= 8,
+            "{keys} keys, {} lists",
+            cases.len()
+        );
         for dist in [Distribution::Ketama, Distribution::Rendezvous] {
             assert!(cases.iter().any(|c| c.distribution == dist));
         }
@@ -354,7 +373,10 @@ mod tests {
                 case.distribution,
                 case.servers
             );
-            assert!(used.iter().all(|&n| n > 0), "every server owns keys: {used:?}");
+            assert!(
+                used.iter().all(|&n| n > 0),
+                "every server owns keys: {used:?}"
+            );
         }
     }
 }
