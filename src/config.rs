@@ -15,7 +15,7 @@
 //! | `lock_suffix` | `-lock` | appended to a key to name its RedLock: the lock key is `namespace + key + lock_suffix` |
 //! | `connect_timeout` | 2 | seconds to wait for a connection |
 //! | `response_timeout` | 2 | seconds to wait for the answer to one command |
-//! | `pool_size` | 8 | connections kept per cache |
+//! | `pool_size` | 8 | connections kept per cache (a memcached pool: per server) |
 //!
 //! and each backend its own:
 //!

@@ -34,7 +34,8 @@ const RELEASE_TRIES: usize = 8;
 const FENCE_TRIES: usize = 3;
 
 /// A memcached server (>= 1.6.10) over the meta protocol: `memcached://host[:port]`
-/// (port 11211 by default) or `memcached+unix:///path/to/socket`.
+/// (port 11211 by default) or `memcached+unix:///path/to/socket`, or a pool of them
+/// (`memcached://h1,h2,h3`, see [Pools](#pools)).
 ///
 /// - Locks: `ms <key> <len> ME T<ttl>` adds the lock; a release reads the token and
 ///   its CAS unique (`mg v c`) and deletes only that version (`md C<cas>`), so it never
@@ -114,8 +115,48 @@ const FENCE_TRIES: usize = 3;
 /// - A [`Timeout`](ErrorKind::Timeout) leaves the outcome unknown too: the server may
 ///   run the request later.
 ///
-/// Connections: a pool of at most `pool_size` (URL option, default 8); callers beyond
-/// that wait for a free one within the response timeout. A request that fails, times
+/// # Pools
+///
+/// A URL that lists several servers is a pool, and each key lives on one of them,
+/// the one the application's own memcached client picks:
+///
+/// - `memcached://host1[:port],host2[:port],…` (port 11211 when left out, IPv6 in
+///   brackets), or `memcached+unix:///a.sock,/b.sock,…` (a comma inside a socket path
+///   is written `%2C`); one kind per pool. No weights.
+/// - `distribution=ketama` (the default): libmemcached's consistent hashing with
+///   `MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED` (pylibmc's `ketama_weighted`; the MD5
+///   continuum of 160 points per server, four per digest of `"host-i"` for port
+///   11211 and `"host:port-i"` otherwise). twemproxy's and spymemcached's ketama use
+///   the same points with point strings of their own: compare before relying on them.
+/// - `distribution=rendezvous`: pymemcache's `HashClient` (murmur3_32, seed 0, of
+///   `"host:port-key"`, the highest score wins, ties to the larger node string), for
+///   keys given to pymemcache as `str` without its `key_prefix` (it hashes
+///   the key without the prefix; aiolock hashes the whole stored key, namespace
+///   included).
+///
+/// Both are checked against vectors the real clients computed
+/// (`scripts/golden-memcached-routing.py`). A key is routed as stored (namespace +
+/// key, a lock's namespace + key + lock suffix); a fenced claim's counter
+/// (`lock key + "-fence"`) is routed **by its lock key**, not by its own name: its
+/// `ms`/`ma`/`mg` batch must run on one connection, in order, for the fence to be
+/// larger than every earlier holder's (see "Renewals and fencing tokens").
+///
+/// **Fail closed.** A server that is down or unreachable fails the keys it owns —
+/// [`Connection`](ErrorKind::Connection) errors, [`Timeout`](ErrorKind::Timeout)
+/// for a server that accepts but does not answer, and a waiter's bound ends its wait
+/// as usual (`Outcome::TimedOut`) — and the other servers' keys
+/// keep working. A key is never moved to another server (memcached clients that
+/// eject dead servers do move them): a lock key that moved while its holder held it
+/// on the old server would be claimed a second time on the new one, and two callers
+/// would hold the same lock. For the same reason **every process must list the same
+/// servers, as the same strings (`10.0.0.1` and `cache-1` hash differently; `host`
+/// and `host:11211` are the same), in the same order**, with the same
+/// `distribution`: a process with another list routes some keys elsewhere, and both
+/// hold those locks. [`connect`](MemcachedBackend::connect) pings every server and
+/// fails, naming it, when one does not answer.
+///
+/// Connections: a pool of at most `pool_size` (URL option, default 8) **per server**;
+/// callers beyond that wait for a free one within the response timeout. A request that fails, times
 /// out or is cancelled (async: its future dropped) discards its connection, so no
 /// later request reads its reply. A process forked from one that used the pool
 /// (preforking servers) does not touch the connections it inherited: the pool opens
@@ -170,11 +211,11 @@ impl std::fmt::Debug for MemcachedBackend {
 }
 
 impl MemcachedBackend {
-    /// Connects to the server a `memcached://` or `memcached+unix://` URL names, with
-    /// the URL's options (`connect_timeout`, `response_timeout`, `pool_size`,
-    /// `max_poll_interval`). One connection is opened (within `connect_timeout`) and
-    /// pinged (within `response_timeout`) at once, so an unreachable server is
-    /// reported here. A `namespace` option is ignored: namespaces belong to the
+    /// Connects to the server (or the servers of a pool) a `memcached://` or
+    /// `memcached+unix://` URL names, with the URL's options (`connect_timeout`,
+    /// `response_timeout`, `pool_size`, `max_poll_interval`, `distribution`). One
+    /// connection per server is opened (within `connect_timeout`) and pinged (within
+    /// `response_timeout`) at once, so an unreachable server is reported here. A `namespace` option is ignored: namespaces belong to the
     /// [`Cache`](super::Cache).
     ///
     /// ```no_run
@@ -235,8 +276,8 @@ impl MemcachedBackend {
         &self.inner.pools[self.inner.router.route(key)]
     }
 
-    /// One round trip that touches no key (`mn`, answered `MN`): a health check, and
-    /// the unit of the benchmarks' round-trip ceiling.
+    /// One round trip that touches no key (`mn`, answered `MN`) to each server: a
+    /// health check, and the unit of the benchmarks' round-trip ceiling.
     ///
     /// ```no_run
     /// # #[cfg(feature = "blocking")] {

@@ -3,8 +3,9 @@
 //!
 //! - [`Distribution::Ketama`]: libmemcached's consistent hashing with
 //!   `MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED` (distribution
-//!   `MEMCACHED_DISTRIBUTION_CONSISTENT_WEIGHTED`, key hash MD5), the mode twemproxy's
-//!   and spymemcached's ketama locators follow: each server gets
+//!   `MEMCACHED_DISTRIBUTION_CONSISTENT_WEIGHTED`, key hash MD5; twemproxy's and
+//!   spymemcached's ketama use the same points, with point strings of their own):
+//!   each server gets
 //!   `floor(weight share × 160 / 4 × servers) × 4` points on a circle of `u32`s (160
 //!   with equal weights), four per MD5 digest of the point string `"<host>-<i>"` for
 //!   port 11211 and `"<host>:<port>-<i>"` for any other port (`i` = 0, 1, …; a unix
@@ -12,9 +13,7 @@
 //!   `u32` of one quarter of the digest. A key goes to the first point at or after
 //!   the little-endian `u32` of the first quarter of its MD5 (wrapping to the first
 //!   point); equal points are ordered by server index. The hashed key is the key as
-//!   stored (namespace included), as libmemcached hashes it without a namespace of
-//!   its own (`MEMCACHED_CALLBACK_NAMESPACE` with `hash_with_namespace` unset is not
-//!   what we model: we hash the whole stored key).
+//!   stored (namespace included).
 //! - [`Distribution::Rendezvous`]: pymemcache's `HashClient` (`RendezvousHash`): the
 //!   score of a server is `murmur3_32("<node>-<key>", seed 0)` where the node is
 //!   `"<host>:<port>"` (IPv6 without brackets) or a unix socket's path, the highest
