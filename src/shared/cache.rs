@@ -531,10 +531,14 @@ impl AnyBackend {
             Endpoint::Redis(_) | Endpoint::RedisCluster(_) => Err(not_built("redis")),
             #[cfg(feature = "memcached")]
             Endpoint::Memcached(url) => Ok(AnyBackend::Memcached(
-                super::memcached::MemcachedBackend::from_endpoint(&url, options).await?,
+                super::memcached::MemcachedBackend::from_endpoint(&[url], options).await?,
+            )),
+            #[cfg(feature = "memcached")]
+            Endpoint::MemcachedPool(servers) => Ok(AnyBackend::Memcached(
+                super::memcached::MemcachedBackend::from_endpoint(&servers, options).await?,
             )),
             #[cfg(not(feature = "memcached"))]
-            Endpoint::Memcached(_) => Err(not_built("memcached")),
+            Endpoint::Memcached(_) | Endpoint::MemcachedPool(_) => Err(not_built("memcached")),
         }
     }
 }
