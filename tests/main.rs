@@ -226,8 +226,21 @@ backend_suite!(
 
 #[cfg(feature = "redis")]
 backend_suite!(redis, crate::support::redis::env());
+#[cfg(feature = "redis")]
+backend_suite!(redis_cluster, crate::support::redis_cluster::env());
 #[cfg(feature = "memcached")]
 backend_suite!(memcached, crate::support::memcached::env());
+// A pool of three servers, in each distribution.
+#[cfg(feature = "memcached")]
+backend_suite!(
+    memcached_pool_ketama,
+    crate::support::memcached::pool_env("ketama")
+);
+#[cfg(feature = "memcached")]
+backend_suite!(
+    memcached_pool_rendezvous,
+    crate::support::memcached::pool_env("rendezvous")
+);
 
 mod oracle {
     #[cfg(feature = "memcached")]
@@ -283,4 +296,8 @@ mod inputs;
 #[cfg(feature = "redis")]
 #[path = "redis/mod.rs"]
 mod redis_backend;
+/// Redis Cluster-only tests.
+#[cfg(feature = "redis")]
+#[path = "redis/cluster.rs"]
+mod redis_cluster_specific;
 mod watchdog;
