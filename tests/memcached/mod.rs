@@ -1337,3 +1337,93 @@ async fn exclusive_hand_off_commands_per_entry() {
     );
     assert!(claims <= 3.0, "{claims:.2} claims per entry");
 }
+
+both_flavors!(
+    /// An extended lock outlives its first lease (its key is rewritten with the new
+    /// lease's TTL, `ceil(lease + 0.25 s) + 2` s) and lives at least until the guard's
+    /// `lease_end`: the lower bound the guard states holds for a renewed key too.
+    an_extended_lock_lives_at_least_until_its_lease_end(server) {
+        let cache = Cache::from_url(&server.url()).await.unwrap();
+        let first = Duration::from_millis(750);
+        let acquired = Instant::now();
+        let guard = cache.lock("job", first).try_acquire().await.unwrap();
+        let mut guard = guard.expect("uncontended");
+        // Sent as T3: gone 4.25 s after the claim at the latest, unless renewed.
+        let unrenewed = acquired + Duration::from_millis(4250);
+        guard.extend(Duration::from_secs(5)).await.unwrap();
+        let end = guard.lease_end().unwrap();
+        let gone = loop {
+            let exists = cache.exists("job-lock").await.unwrap();
+            if !exists {
+                break Instant::now();
+            }
+            assert!(acquired.elapsed() < Duration::from_secs(15), "never expired");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(gone >= end, "gone {:?} before its lease end", end - gone);
+        assert!(gone > unrenewed, "the first lease's key would be gone by then");
+        let ok = guard.release().await.unwrap();
+        assert!(!ok, "its lease ended");
+    }
+);
+
+both_flavors!(
+    /// The server runs an extension's write (`ms C<cas> T<ttl>`) and its reply is
+    /// lost: the extension reads the lock back, finds our token and writes again
+    /// against the CAS just read, so it reports the renewal (not "outcome unknown",
+    /// not `Lost`), and the lock is still the guard's to release.
+    an_extend_whose_reply_was_lost_writes_again(server) {
+        let (proxy, url) = proxied(server, "pool_size=1");
+        let cache = Cache::from_url(&url).await.unwrap();
+        let guard = cache.lock("job", Duration::from_secs(5)).try_acquire().await;
+        let mut guard = guard.unwrap().expect("uncontended");
+        assert_eq!(proxy.sent(b"ms job-lock"), 1, "the claim");
+        proxy.lose_reply_after(b"ms job-lock");
+        guard.extend(Duration::from_secs(60)).await.unwrap();
+        assert_eq!(proxy.sent(b"ms job-lock"), 3, "the lost write and the second one");
+        match cache.ttl("job-lock").await.unwrap() {
+            Ttl::Expires(left) => assert!(left > Duration::from_secs(50), "{left:?}"),
+            other => panic!("{other:?}"),
+        }
+        let ok = guard.release().await.unwrap();
+        assert!(ok);
+    }
+);
+
+/// A holder renews its lease to a shorter one while a waiter polls: the waiter keeps
+/// waiting through the renewal (the token is still there), and the end of the
+/// shortened lease is a lease end (the waiter claims: `Acquired`), not a release. The
+/// waiter's bounds from the 30 s key before the renewal no longer hold: its new CAS
+/// says so.
+#[test]
+fn a_waiter_takes_the_end_of_a_shortened_lease_for_a_lease_end() {
+    let server = MemcachedServer::start();
+    let direct = aiolock::blocking::Cache::from_url(&server.url()).unwrap();
+    let mut holder = direct
+        .lock("job", Duration::from_secs(30))
+        .try_acquire()
+        .unwrap()
+        .expect("uncontended");
+    let (proxy, url) = proxied(&server, "");
+    let cache = aiolock::blocking::Cache::from_url(&url).unwrap();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            cache
+                .redlock("job", Duration::from_secs(30))
+                .wait_at_most(Duration::from_secs(20))
+                .acquire()
+                .unwrap()
+        });
+        // The waiter saw the 30 s key, then the holder shortens its lease.
+        proxy.wait_sent(b"mg job-lock v t c", 1);
+        holder.extend(Duration::from_millis(750)).unwrap();
+        let guard = waiter.join().unwrap();
+        assert_eq!(
+            guard.outcome(),
+            Outcome::Acquired,
+            "a lease end, not a release"
+        );
+        assert!(guard.release().unwrap());
+    });
+    assert!(!holder.release().unwrap(), "its lease had ended");
+}

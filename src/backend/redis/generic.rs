@@ -64,6 +64,9 @@ use crate::value::{CasToken, Ttl, Versioned};
 ///   the key is no longer ours, the first attempt may have released it or the lease
 ///   may have ended before — a [`Connection`](crate::ErrorKind::Connection) error
 ///   that says the outcome is unknown, never `false`;
+/// - an `extend` is resent (it is owner-checked, and renewing twice only starts the
+///   lease a little later): its answer is the truth, `false` (the lock is not ours)
+///   included;
 /// - a `cas` of a read value is resent: `true` if it writes or if the key already
 ///   holds exactly the new value; otherwise a `Connection` error (outcome unknown),
 ///   never a [`Conflict`](crate::ErrorKind::Conflict);
@@ -179,15 +182,30 @@ impl RedisBackend {
     async fn script(
         &self,
         lua: &Lua,
-        key: &[u8],
+        keys: &[&[u8]],
         args: &[&[u8]],
         until: Option<Instant>,
     ) -> RedisResult<Value> {
-        let mut result = self.send(&lua.evalsha(key, args), until).await;
+        let mut result = self.send(&lua.evalsha(keys, args), until).await;
         if matches!(&result, Err(e) if r::is_noscript(e)) {
-            result = self.send(&lua.eval(key, args), until).await;
+            result = self.send(&lua.eval(keys, args), until).await;
         }
         result
+    }
+
+    /// Runs a script that is safe to repeat, once more if the connection dropped.
+    #[maybe_async]
+    async fn script_resent(
+        &self,
+        lua: &Lua,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+        until: Option<Instant>,
+    ) -> RedisResult<Value> {
+        match self.script(lua, keys, args, until).await {
+            Err(e) if r::is_dropped(&e) => self.script(lua, keys, args, until).await,
+            other => other,
+        }
     }
 
     /// Runs a script whose integer reply tells what it did; `Ok(None)` when the
@@ -200,7 +218,7 @@ impl RedisBackend {
         args: &[&[u8]],
         what: &str,
     ) -> Result<Option<i64>> {
-        match self.script(lua, key, args, None).await {
+        match self.script(lua, &[key], args, None).await {
             Ok(reply) => r::int(what, &reply).map(Some),
             Err(e) if r::is_dropped(&e) => Ok(None),
             Err(e) => Err(self.fail(e, what)),
@@ -247,10 +265,9 @@ impl RedisBackend {
     /// the response timeout and `deadline`; `None` when the deadline passed first.
     #[maybe_async]
     async fn probe(&self, key: &[u8], deadline: Instant) -> Result<Option<r::Probe>> {
-        let mut result = self.script(&r::PROBE, key, &[], Some(deadline)).await;
-        if matches!(&result, Err(e) if r::is_dropped(e)) {
-            result = self.script(&r::PROBE, key, &[], Some(deadline)).await;
-        }
+        let result = self
+            .script_resent(&r::PROBE, &[key], &[], Some(deadline))
+            .await;
         match result {
             Ok(reply) => r::probe(reply).map(Some),
             Err(e) if e.is_timeout() && rt::now() >= deadline => Ok(None),
@@ -327,10 +344,55 @@ impl Backend for RedisBackend {
         }
     }
 
+    async fn extend(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<bool> {
+        let px = r::millis(lease).to_string();
+        let args: [&[u8]; 2] = [token, px.as_bytes()];
+        let what = "extend";
+        let renewed = match self.script_int(&r::EXTEND, key, &args, what).await? {
+            Some(n) => n,
+            // Owner-checked, and a second renewal only moves the lease end a little
+            // later: resent. Not ours now means not ours, whatever the first did.
+            None => self
+                .script_int(&r::EXTEND, key, &args, what)
+                .await?
+                .ok_or_else(|| self.unknown(what))?,
+        };
+        Ok(renewed == 1)
+    }
+
     async fn claim(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<Claim> {
         // Unique token: a resend that finds it won the first time.
         let c = r::set_cmd(key, token, Some(lease), true, true);
         r::claim(self.query(&c, "SET NX GET").await?, token)
+    }
+
+    async fn claim_fenced(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+        fence_key: &[u8],
+    ) -> Result<(Claim, Option<u64>)> {
+        let px = r::millis(lease).to_string();
+        let (keys, args): ([&[u8]; 2], [&[u8]; 2]) = ([key, fence_key], [token, px.as_bytes()]);
+        // Unique token: a resend that finds it won the first time, and reads the fence
+        // that attempt took (nobody else increments it while we hold the lock).
+        match self
+            .script_resent(&r::CLAIM_FENCED, &keys, &args, None)
+            .await
+        {
+            Ok(reply) => r::claim_fenced(reply),
+            Err(e) if e.code() == Some(r::FENCE_ERROR) => Err(Error::new(
+                ErrorKind::Backend,
+                format!(
+                    "the fence key {:?} on {} does not hold a fencing token (a decimal \
+                     number): the lock was not taken",
+                    String::from_utf8_lossy(fence_key),
+                    self.inner.name
+                ),
+            )),
+            Err(e) => Err(self.fail(e, "fenced claim")),
+        }
     }
 
     async fn wait(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {
