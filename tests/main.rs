@@ -256,6 +256,12 @@ macro_rules! cross_process_fences {
 }
 
 mod fencing {
+    #[cfg(feature = "memcached")]
+    cross_process_fences!(
+        memcached,
+        crate::support::memcached::env(),
+        std::time::Duration::from_millis(750)
+    );
     #[cfg(feature = "redis")]
     cross_process_fences!(
         redis,

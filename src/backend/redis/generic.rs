@@ -25,6 +25,25 @@ use crate::value::{CasToken, Ttl, Versioned};
 ///   that compares the token, deletes the key and publishes the released token on a
 ///   channel named after the key, so waiters in every process wake at once. An
 ///   uncontended lock cycle is exactly these two commands.
+/// - A lease renewal ([`LockGuard::extend`](super::LockGuard::extend)) is one script
+///   (`EVALSHA`): `PEXPIRE` only if the key holds our token, else it reports the lock
+///   lost and changes nothing.
+/// - A [`fenced`](super::RedLock::fenced) claim is one script instead of the `SET`
+///   (still one round trip: an uncontended fenced cycle is two `EVALSHA`s): when the
+///   key is held it answers the holder's token, as the `SET` does; else it increments
+///   the fence key (`lock key + "-fence"`, a decimal without TTL) and sets the lock
+///   key, atomically. Lock key and fence key are both declared as script keys. A
+///   fence key that holds anything but a counter fails the claim with a
+///   [`Backend`](crate::ErrorKind::Backend) error before anything is written.
+/// - What survives a restart: with persistence (RDB/AOF) what was saved, the fence
+///   counters included. Without it every lock and counter is gone: a holder's
+///   `release` and `extend` then report the lock lost, and a missing fence key is
+///   created from the server's clock in microseconds (`TIME`), so the fences still
+///   grow unless the server's clock went back or more fenced claims were made than
+///   microseconds passed since the lost counter was created. A replica promoted after
+///   a failover may lack the last increments (Redis replicates asynchronously): it
+///   may repeat a fence, as it may grant a lock twice. An evicted fence key (an
+///   `allkeys-*` `maxmemory-policy`) is recreated from `TIME` like a lost one.
 /// - A waiter subscribes to that channel *before* it re-checks the key (value and
 ///   `PTTL` in one script), so no release is missed; it counts only the release of
 ///   the holder it lost to (a late message of an earlier holder does not wake it) and
@@ -56,7 +75,9 @@ use crate::value::{CasToken, Ttl, Versioned};
 /// fresh connection, only when sending it twice cannot change the answer or the data:
 /// reads (`GET`, `PTTL`, `EXISTS`, the waiter's re-check), a plain `SET`, and a lock
 /// claim (`SET … NX GET` with a unique token: finding our own token means the first
-/// attempt took the lock). Other writes are read back instead of guessed:
+/// attempt took the lock; a fenced claim that finds it returns the fence key's value,
+/// the first attempt's fence, since nobody else increments it while we hold the
+/// lock). Other writes are read back instead of guessed:
 ///
 /// - `add` and a `cas` of an absent key are resent as `SET … NX GET`: our value under
 ///   the key means it was written (`true`);
