@@ -81,15 +81,27 @@ if command -v g++ >/dev/null; then
   echo "-- the header compiles as C++11"
 fi
 
-echo "== ffi: cross-language hand-off over Redis (Go holds; C and Ruby wait in other processes)"
+echo "== ffi: C tests against Redis and memcached (ASan + UBSan, shared library)"
+# The whole C suite again over a real server of each kind (each test in a namespace of
+# its own): the lease API (fences, extend, the watchdog and its loss callbacks) on
+# the backends' own scripts and meta commands, not only on memory.
 redis_dir="$tmp/redis"
 mkdir -p "$redis_dir"
 redis-server --port 0 --unixsocket "$redis_dir/redis.sock" --unixsocketperm 700 --save '' \
   --appendonly no --dir "$redis_dir" --logfile "$redis_dir/redis.log" &
 redis_pid=$!
-trap 'kill "$redis_pid" 2>/dev/null || true; rm -rf "$tmp"' EXIT
-for _ in $(seq 200); do [ -S "$redis_dir/redis.sock" ] && break; sleep 0.05; done
+memcached_args=(-s "$tmp/memcached.sock" -a 0700 -m 64 -t 2)
+[ "$(id -u)" = 0 ] && memcached_args+=(-u root)
+memcached "${memcached_args[@]}" >"$tmp/memcached.log" 2>&1 &
+memcached_pid=$!
+trap 'kill "$redis_pid" "$memcached_pid" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+for _ in $(seq 200); do [ -S "$redis_dir/redis.sock" ] && [ -S "$tmp/memcached.sock" ] && break; sleep 0.05; done
 [ -S "$redis_dir/redis.sock" ] || { cat "$redis_dir/redis.log" >&2; echo "redis-server did not start" >&2; exit 1; }
+[ -S "$tmp/memcached.sock" ] || { cat "$tmp/memcached.log" >&2; echo "memcached did not start" >&2; exit 1; }
+AIOLOCK_TEST_URL="redis+unix://$redis_dir/redis.sock" run c-redis-asan "$tmp/test-shared-asan"
+AIOLOCK_TEST_URL="memcached+unix://$tmp/memcached.sock" run c-memcached-asan "$tmp/test-shared-asan"
+
+echo "== ffi: cross-language hand-off over Redis (Go holds; C and Ruby wait in other processes)"
 url="redis+unix://$redis_dir/redis.sock?namespace=cross:"
 gcc "${cflags[@]}" ffi/c/wait.c "${shared[@]}" -o "$tmp/wait"
 (cd ffi/go && CGO_LDFLAGS="-L$lib -Wl,-rpath,$lib" go build -o "$tmp/aiolock-hold" ./cmd/aiolock-hold)

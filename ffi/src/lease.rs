@@ -13,7 +13,6 @@
 use std::cell::{Cell, RefCell};
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::{self, ThreadId};
 use std::time::Instant;
 
 use aiolock::blocking::{ExclusiveGuard, LockGuard, Watch};
@@ -145,8 +144,8 @@ unsafe impl Send for Callback {}
 enum State {
     /// Registered, not called yet.
     Armed(Callback),
-    /// Being called on this thread.
-    Running(ThreadId),
+    /// Being called on this thread ([`this_thread`]).
+    Running(usize),
     /// Called, or disarmed: never called (again).
     Done,
 }
@@ -167,7 +166,7 @@ impl Slot {
     fn call(&self, err: &Error) {
         let callback = {
             let mut state = self.lock();
-            match std::mem::replace(&mut *state, State::Running(thread::current().id())) {
+            match std::mem::replace(&mut *state, State::Running(this_thread())) {
                 State::Armed(callback) => callback,
                 other => {
                     *state = other;
@@ -200,7 +199,7 @@ impl Slot {
         let mut state = self.lock();
         loop {
             match &*state {
-                State::Running(id) if *id != thread::current().id() => {
+                State::Running(id) if *id != this_thread() => {
                     state = self
                         .idle
                         .wait(state)
@@ -227,6 +226,16 @@ impl Drop for Callbacks {
             slot.disarm();
         }
     }
+}
+
+/// An identity of the calling thread, unique among the threads alive: the address of
+/// a thread-local. (`std::thread::current()` would allocate a handle on a thread made
+/// by C, which outlives its last use on the main thread: a leak to valgrind.)
+fn this_thread() -> usize {
+    thread_local! {
+        static ANCHOR: u8 = const { 0 };
+    }
+    ANCHOR.with(|anchor| std::ptr::from_ref(anchor) as usize)
 }
 
 thread_local! {
