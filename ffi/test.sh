@@ -172,6 +172,11 @@ echo "== ffi: Go tests"
   export CGO_LDFLAGS="-L$lib -Wl,-rpath,$lib"
   go vet -tags aiolock_test_panic ./...
   go test -race -tags aiolock_test_panic -count=1 ./...
+  # The lease API (fences, extend, the watchdog's Lost channel) over real servers too.
+  for url in "redis+unix://$redis_dir/redis.sock" "memcached+unix://$tmp/memcached.sock"; do
+    echo "-- go lease tests against ${url%%:*}"
+    AIOLOCK_TEST_URL=$url go test -race -count=1 -run 'Fence|Extend|Watchdog|Unwatched|Leak|Races' .
+  done
 )
 
 echo "== ffi: Ruby tests"
