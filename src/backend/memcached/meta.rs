@@ -497,6 +497,10 @@ mod tests {
                 ErrorKind::InvalidKey
             );
             assert_eq!(delete(key, &[]).unwrap_err().kind(), ErrorKind::InvalidKey);
+            assert_eq!(
+                increment(key, &[]).unwrap_err().kind(),
+                ErrorKind::InvalidKey
+            );
         }
     }
 
