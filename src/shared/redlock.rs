@@ -186,8 +186,9 @@ impl<B: Backend> RedLock<B> {
     /// without an answer holds it up to the backend's response timeout
     /// ([`CacheBuilder::response_timeout`](super::CacheBuilder::response_timeout),
     /// 2 s by default): the other guards' renewals come late by as much. Choose a lease
-    /// of at least twice the response timeout, and one hung renewal delays no other
-    /// guard's past its lease end. The holder's [`Watch::check`] and
+    /// of at least three times the response timeout (6 s with the default), and one
+    /// hung renewal delays no other guard's renewal past its lease end (a renewal is
+    /// due more than half a lease before the guard would count as lost). The holder's [`Watch::check`] and
     /// [`Watch::wait_lost`] read the clock and report the hung guard's loss on time in
     /// both flavors.
     ///

@@ -62,7 +62,7 @@ struct Shared {
 }
 
 struct State {
-    schedule: Schedule<Entry>,
+    schedule: Schedule<Arc<WatchState>>,
     /// Whether a worker runs.
     worker: bool,
     /// Whether the worker waits for `changed` until `until` (forever for `None`), and
@@ -73,13 +73,6 @@ struct State {
     closed: bool,
     /// The process generation of the schedule ([`fork::generation`]).
     generation: u64,
-}
-
-/// A watched guard, in the schedule.
-struct Entry {
-    key: KeyBuf,
-    token: Token,
-    watch: Arc<WatchState>,
 }
 
 impl Shared {
@@ -130,8 +123,6 @@ impl Watchdog {
 pub(crate) struct Renewal {
     id: u64,
     seq: u64,
-    key: KeyBuf,
-    token: Token,
     lease: Duration,
     lost_at: Instant,
     watch: Arc<WatchState>,
@@ -169,15 +160,10 @@ impl<B: Backend> Cache<B> {
         lease_end: Instant,
     ) -> Watched {
         let shared = self.watchdog().shared();
-        let state = Arc::new(WatchState::new(lease, lease_end));
-        let entry = Entry {
-            key: KeyBuf::from_slice(key),
-            token,
-            watch: Arc::clone(&state),
-        };
+        let state = Arc::new(WatchState::new(key, token, lease, lease_end));
         let (id, start, wake) = {
             let mut s = shared.lock();
-            let (id, due) = s.schedule.insert(entry, lease, lease_end);
+            let (id, due) = s.schedule.insert(Arc::clone(&state), lease, lease_end);
             let start = !std::mem::replace(&mut s.worker, true);
             (id, start, s.wakes_for(due))
         };
@@ -239,14 +225,15 @@ impl<B: Backend> Cache<B> {
         }
         let backend = self.backend();
         let sent = rt::now();
-        let span = trace::span(Op::Extend, &renewal.key, backend.name());
+        let (key, token) = (&renewal.watch.key, &renewal.watch.token);
+        let span = trace::span(Op::Extend, key, backend.name());
         // Async: given up at the lost instant (then the guard is lost anyway). Blocking:
         // bounded by the backend's response timeout.
         let answer = in_span!(
             span,
             rt::timeout_at(
                 renewal.lost_at,
-                backend.extend(&renewal.key, renewal.token.as_bytes(), renewal.lease)
+                backend.extend(key, token.as_bytes(), renewal.lease)
             )
         );
         let answer = answer.unwrap_or_else(|| Err(Error::new(ErrorKind::Timeout, NO_ANSWER)));
@@ -266,6 +253,13 @@ impl<B: Backend> Cache<B> {
                     return; // stale: released, or extended by hand meanwhile
                 }
                 if renewal.watch.renewed(renewal.lease, lease_end) {
+                    // The worker may sleep until this guard's lost instant (async
+                    // flavor: renewals answer while it sleeps): wake it for the next.
+                    let wake = s.wakes_for(renew_at(lease_end, renewal.lease));
+                    drop(s);
+                    if wake {
+                        shared.changed.notify(usize::MAX);
+                    }
                     return;
                 }
                 s.schedule.remove(renewal.id);
@@ -317,19 +311,17 @@ impl<B: Backend> WatchWorker<B> {
                             lease,
                             lost_at,
                         } => {
-                            if let Some(e) = s.schedule.get(id) {
+                            if let Some(watch) = s.schedule.get(id) {
                                 renewals.push(Renewal {
                                     id,
                                     seq,
-                                    key: e.key.clone(),
-                                    token: e.token,
                                     lease,
                                     lost_at,
-                                    watch: Arc::clone(&e.watch),
+                                    watch: Arc::clone(watch),
                                 });
                             }
                         }
-                        Due::Lost { value, .. } => lost.push(value.watch),
+                        Due::Lost { value, .. } => lost.push(value),
                     }
                 }
                 let idle = renewals.is_empty() && lost.is_empty();
@@ -378,8 +370,8 @@ impl<B> Drop for WatchWorker<B> {
             s.asleep = false;
             s.schedule.drain()
         };
-        for entry in entries {
-            entry.watch.lose(STOPPED.into());
+        for watch in entries {
+            watch.lose(STOPPED.into());
         }
     }
 }
@@ -388,6 +380,9 @@ type Callback = Box<dyn FnOnce(&Error) + Send + 'static>;
 
 /// What a guard and its [`Watch`]es share.
 pub(crate) struct WatchState {
+    /// The lock key and our token in it.
+    key: KeyBuf,
+    token: Token,
     status: Mutex<Status>,
     /// Notified when the watch ends (lost or released).
     changed: Event,
@@ -439,8 +434,10 @@ impl End {
 }
 
 impl WatchState {
-    fn new(lease: Duration, lease_end: Instant) -> Self {
+    fn new(key: &[u8], token: Token, lease: Duration, lease_end: Instant) -> Self {
         WatchState {
+            key: KeyBuf::from_slice(key),
+            token,
             status: Mutex::new(Status {
                 lease,
                 lease_end,

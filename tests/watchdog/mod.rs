@@ -22,10 +22,10 @@ pub mod blocking {
         }
 
         /// How long a hung renewal hangs: this flavor cannot give a call up, the
-        /// backend's response timeout ends it; half a lease stands for one that keeps
-        /// to the documented bound (lease >= 2 x response timeout).
+        /// backend's response timeout ends it; a third of the lease stands for one
+        /// that keeps to the documented bound (lease >= 3 x response timeout).
         pub fn hang(lease: Duration) -> Duration {
-            lease / 2
+            lease / 3
         }
     }
 
@@ -121,10 +121,10 @@ macro_rules! net_bodies {
 }
 
 /// The lease of the network fault tests: the loss must come well before it, and the
-/// blocking flavor's response timeout (0.4 s here) at most half of it.
+/// blocking flavor's response timeout (0.3 s here) at most a third of it.
 const NET_LEASE: Duration = Duration::from_secs(1);
 /// The URL options of the proxied caches.
-const FAST: &str = "namespace=wd:&connect_timeout=0.4&response_timeout=0.4";
+const FAST: &str = "namespace=wd:&connect_timeout=0.3&response_timeout=0.3";
 
 mod memory {
     use std::time::Duration;
@@ -139,6 +139,7 @@ mod memory {
 
     bodies!(env();
         keeps_the_lock,
+        renews_every_third_of_the_lease,
         reports_a_taken_lock,
         renewals_stop_at_release,
         one_hung_renewal_holds_up_no_other,
@@ -168,6 +169,7 @@ mod redis {
         use super::*;
         bodies!(env();
             keeps_the_lock,
+            renews_every_third_of_the_lease,
             reports_a_taken_lock,
             renewals_stop_at_release,
             one_hung_renewal_holds_up_no_other,
@@ -244,6 +246,7 @@ mod memcached {
         use super::*;
         bodies!(env();
             keeps_the_lock,
+            renews_every_third_of_the_lease,
             reports_a_taken_lock,
             renewals_stop_at_release,
             one_hung_renewal_holds_up_no_other,
