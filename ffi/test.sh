@@ -94,7 +94,9 @@ memcached_args=(-s "$tmp/memcached.sock" -a 0700 -m 64 -t 2)
 [ "$(id -u)" = 0 ] && memcached_args+=(-u root)
 memcached "${memcached_args[@]}" >"$tmp/memcached.log" 2>&1 &
 memcached_pid=$!
-trap 'kill "$redis_pid" "$memcached_pid" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+# The servers are waited for before their directory goes (redis-server writes its log
+# while it exits: an rm racing it fails, and with it the script).
+trap 'kill "$redis_pid" "$memcached_pid" 2>/dev/null || true; wait "$redis_pid" "$memcached_pid" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 for _ in $(seq 200); do [ -S "$redis_dir/redis.sock" ] && [ -S "$tmp/memcached.sock" ] && break; sleep 0.05; done
 [ -S "$redis_dir/redis.sock" ] || { cat "$redis_dir/redis.log" >&2; echo "redis-server did not start" >&2; exit 1; }
 [ -S "$tmp/memcached.sock" ] || { cat "$tmp/memcached.log" >&2; echo "memcached did not start" >&2; exit 1; }
