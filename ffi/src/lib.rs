@@ -290,7 +290,7 @@ pub unsafe extern "C" fn aiolock_acquire(
 ) -> aiolock_status {
     // SAFETY: the same contract.
     unsafe {
-        aiolock_acquire_ex(
+        redlock_acquire(
             cache,
             key,
             key_len,
@@ -334,6 +334,39 @@ pub unsafe extern "C" fn aiolock_acquire(
 #[allow(clippy::too_many_arguments)]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn aiolock_acquire_ex(
+    cache: *const aiolock_cache,
+    key: *const u8,
+    key_len: usize,
+    lease_secs: f64,
+    wait_secs: f64,
+    flags: u32,
+    lock_out: *mut *mut aiolock_lock,
+    outcome_out: *mut aiolock_outcome,
+) -> aiolock_status {
+    // SAFETY: the same contract.
+    unsafe {
+        redlock_acquire(
+            cache,
+            key,
+            key_len,
+            lease_secs,
+            wait_secs,
+            flags,
+            lock_out,
+            outcome_out,
+        )
+    }
+}
+
+/// `aiolock_acquire_ex`, inlined into both exports (`aiolock_acquire`'s flags are a
+/// constant 0: nothing of them is left on its path).
+///
+/// # Safety
+///
+/// As `aiolock_acquire`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn redlock_acquire(
     cache: *const aiolock_cache,
     key: *const u8,
     key_len: usize,
@@ -412,13 +445,10 @@ pub unsafe extern "C" fn aiolock_release(
         }
         // SAFETY: the caller's contract: a live handle from Box::into_raw. Taken first,
         // so the handle is consumed on every path, a panic included.
-        let lock = unsafe { Box::from_raw(lock) };
-        let aiolock_lock {
-            callbacks, guard, ..
-        } = *lock;
+        let mut lock = unsafe { Box::from_raw(lock) };
         // No loss callback runs from here on.
-        drop(callbacks);
-        let removed = guard.release()?;
+        lock.callbacks.disarm();
+        let removed = lock.guard.release()?;
         if !removed_out.is_null() {
             // SAFETY: non-NULL; valid for a write by the caller's contract.
             unsafe { removed_out.write(removed) };
@@ -634,7 +664,7 @@ pub unsafe extern "C" fn aiolock_exclusive_acquire(
     lock_out: *mut *mut aiolock_exclusive,
 ) -> aiolock_status {
     // SAFETY: the same contract.
-    unsafe { aiolock_exclusive_acquire_ex(cache, key, key_len, lease_secs, wait_secs, 0, lock_out) }
+    unsafe { exclusive_acquire(cache, key, key_len, lease_secs, wait_secs, 0, lock_out) }
 }
 
 /// `aiolock_exclusive_acquire` with options: `flags` is 0 (then it is
@@ -651,6 +681,25 @@ pub unsafe extern "C" fn aiolock_exclusive_acquire(
 /// As `aiolock_exclusive_acquire`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn aiolock_exclusive_acquire_ex(
+    cache: *const aiolock_cache,
+    key: *const u8,
+    key_len: usize,
+    lease_secs: f64,
+    wait_secs: f64,
+    flags: u32,
+    lock_out: *mut *mut aiolock_exclusive,
+) -> aiolock_status {
+    // SAFETY: the same contract.
+    unsafe { exclusive_acquire(cache, key, key_len, lease_secs, wait_secs, flags, lock_out) }
+}
+
+/// `aiolock_exclusive_acquire_ex`, inlined into its three exports.
+///
+/// # Safety
+///
+/// As `aiolock_exclusive_acquire`.
+#[inline(always)]
+unsafe fn exclusive_acquire(
     cache: *const aiolock_cache,
     key: *const u8,
     key_len: usize,
@@ -710,7 +759,7 @@ pub unsafe extern "C" fn aiolock_exclusive_try_acquire(
     lock_out: *mut *mut aiolock_exclusive,
 ) -> aiolock_status {
     // SAFETY: the same contract.
-    unsafe { aiolock_exclusive_acquire(cache, key, key_len, lease_secs, 0.0, lock_out) }
+    unsafe { exclusive_acquire(cache, key, key_len, lease_secs, 0.0, 0, lock_out) }
 }
 
 /// Releases and frees an exclusive lock handle: deletes the lock key only if it
@@ -745,13 +794,10 @@ pub unsafe extern "C" fn aiolock_exclusive_release(
         }
         // SAFETY: the caller's contract: a live handle from Box::into_raw. Taken first,
         // so the handle is consumed on every path, a panic included.
-        let lock = unsafe { Box::from_raw(lock) };
-        let aiolock_exclusive {
-            callbacks, guard, ..
-        } = *lock;
+        let mut lock = unsafe { Box::from_raw(lock) };
         // No loss callback runs from here on.
-        drop(callbacks);
-        let removed = guard.release()?;
+        lock.callbacks.disarm();
+        let removed = lock.guard.release()?;
         if !removed_out.is_null() {
             // SAFETY: non-NULL; valid for a write by the caller's contract.
             unsafe { removed_out.write(removed) };
