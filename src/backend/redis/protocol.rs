@@ -81,35 +81,42 @@ return 0"
 /// - The lock key holds another token: returns `{0, holder}`, nothing written.
 /// - It holds ours (a resend whose first attempt ran): returns `{1, fence}`, the fence
 ///   key's value, which is ours (nobody increments it while we hold the lock).
-/// - It is free: creates the fence key when absent from the server's clock in
-///   microseconds (`TIME`: a counter lost by a restart without persistence still
-///   grows), increments it, sets the lock key and returns `{1, fence}`.
+/// - It is free: increments the fence key and sets the lock key, returning
+///   `{1, fence}`. A fence key that was absent (`INCR` answers 1) is set from the
+///   server's clock in microseconds (`TIME`), so that a counter lost by a restart
+///   without persistence still grows.
 ///
-/// A fence key that is not a decimal counter fails with an `AIOLOCK_FENCE` error
-/// before anything is written (Redis does not roll a script back: no write may come
-/// before a check that can fail). The fence is read back as a string, exact beyond
-/// Lua's 2^53.
+/// A fence key that is not a counter (not an integer, another type, at the top of
+/// the integers, or not positive: that `INCR` is undone) fails with an
+/// `AIOLOCK_FENCE` error before the lock key is written (Redis does not roll a
+/// script back: nothing may be written before a check that can fail). Three
+/// commands on the uncontended path (`GET`, `INCR`, `SET`); the fence is an integer
+/// reply while Lua's numbers are exact (below 2^53), else read back as a string.
 pub(crate) static CLAIM_FENCED: Lua = lua!(
     r"local held = redis.call('GET', KEYS[1])
-if held and held ~= ARGV[1] then
-  return {0, held}
-end
-local fence = redis.pcall('GET', KEYS[2])
-if type(fence) == 'table' or (fence and not string.match(fence, '^%d+$')) then
-  return redis.error_reply('AIOLOCK_FENCE not a fencing token')
-end
 if held then
-  return {1, fence or ''}
+  if held ~= ARGV[1] then
+    return {0, held}
+  end
+  return {1, redis.call('GET', KEYS[2]) or ''}
 end
-if not fence then
-  local t = redis.call('TIME')
-  redis.call('SET', KEYS[2], t[1] .. string.rep('0', 6 - #t[2]) .. t[2])
-end
-if type(redis.pcall('INCR', KEYS[2])) == 'table' then
+local fence = redis.pcall('INCR', KEYS[2])
+if type(fence) == 'table' then
   return redis.error_reply('AIOLOCK_FENCE not a fencing token')
+end
+if fence < 1 then
+  redis.call('DECR', KEYS[2])
+  return redis.error_reply('AIOLOCK_FENCE not a fencing token')
+end
+if fence == 1 then
+  local t = redis.call('TIME')
+  fence = t[1] .. string.rep('0', 6 - #t[2]) .. t[2]
+  redis.call('SET', KEYS[2], fence)
+elseif fence >= 9007199254740992 then
+  fence = redis.call('GET', KEYS[2])
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return {1, redis.call('GET', KEYS[2])}"
+return {1, fence}"
 );
 
 /// The error code [`CLAIM_FENCED`] answers for a fence key that is not a counter.
@@ -250,10 +257,14 @@ pub(crate) fn claim_fenced(reply: Value) -> Result<(Claim, Option<u64>)> {
             },
             None,
         )),
+        Ok([Value::Int(1), Value::Int(fence)]) if fence > 0 => {
+            Ok((Claim::Won, Some(fence.unsigned_abs())))
+        }
         Ok([Value::Int(1), Value::BulkString(fence)]) => {
             let fence = std::str::from_utf8(&fence)
                 .ok()
                 .and_then(|f| f.parse::<u64>().ok())
+                .filter(|f| *f > 0)
                 .ok_or_else(|| {
                     Error::new(
                         ErrorKind::Protocol,
@@ -762,6 +773,8 @@ mod tests {
             Value::BulkString(b"9007199254740993".to_vec()),
         ]);
         assert_eq!(claim_fenced(big).unwrap().1, Some(9_007_199_254_740_993));
+        let int = Value::Array(vec![Value::Int(1), Value::Int(42)]);
+        assert_eq!(claim_fenced(int).unwrap(), (Claim::Won, Some(42)));
         let held = Value::Array(vec![Value::Int(0), Value::BulkString(b"h".to_vec())]);
         assert_eq!(
             claim_fenced(held).unwrap(),
@@ -782,6 +795,8 @@ mod tests {
             Value::Int(1),
             Value::Array(vec![Value::Int(1)]),
             Value::Array(vec![Value::Int(2), Value::BulkString(b"1".to_vec())]),
+            Value::Array(vec![Value::Int(1), Value::Int(0)]),
+            Value::Array(vec![Value::Int(1), Value::BulkString(b"0".to_vec())]),
         ] {
             assert_eq!(claim_fenced(bad).unwrap_err().kind(), ErrorKind::Protocol);
         }
