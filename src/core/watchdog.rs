@@ -103,9 +103,21 @@ impl<T> Schedule<T> {
 
     /// Watches a lock whose lease `lease` was confirmed to end at `lease_end`; its id
     /// and its first renewal instant.
+    #[cfg(test)]
     pub fn insert(&mut self, value: T, lease: Duration, lease_end: Instant) -> (u64, Instant) {
+        self.insert_with(|_| value, lease, lease_end)
+    }
+
+    /// [`insert`](Schedule::insert) with the value `make` makes from the id.
+    pub fn insert_with(
+        &mut self,
+        make: impl FnOnce(u64) -> T,
+        lease: Duration,
+        lease_end: Instant,
+    ) -> (u64, Instant) {
         self.next_id += 1;
         let id = self.next_id;
+        let value = make(id);
         let due = renew_at(lease_end, lease);
         self.slots.insert(
             id,

@@ -128,9 +128,8 @@ pub(crate) struct Renewal {
     watch: Arc<WatchState>,
 }
 
-/// A guard's place in its cache's watchdog.
+/// A guard's place in its cache's watchdog (one pointer: the guard stays small).
 pub(crate) struct Watched {
-    id: u64,
     state: Arc<WatchState>,
 }
 
@@ -146,6 +145,10 @@ impl Watched {
     pub(crate) fn lease_end(&self) -> Instant {
         self.state.status.lock().lease_end
     }
+
+    fn id(&self) -> u64 {
+        self.state.id
+    }
 }
 
 impl<B: Backend> Cache<B> {
@@ -160,13 +163,19 @@ impl<B: Backend> Cache<B> {
         lease_end: Instant,
     ) -> Watched {
         let shared = self.watchdog().shared();
-        let state = Arc::new(WatchState::new(key, token, lease, lease_end));
-        let (id, start, wake) = {
+        let mut state = None;
+        let (start, wake) = {
             let mut s = shared.lock();
-            let (id, due) = s.schedule.insert(Arc::clone(&state), lease, lease_end);
+            let make = |id| {
+                let watch = Arc::new(WatchState::new(id, key, token, lease, lease_end));
+                state = Some(Arc::clone(&watch));
+                watch
+            };
+            let (_, due) = s.schedule.insert_with(make, lease, lease_end);
             let start = !std::mem::replace(&mut s.worker, true);
-            (id, start, s.wakes_for(due))
+            (start, s.wakes_for(due))
         };
+        let state = state.expect("made by the insert");
         if wake {
             shared.changed.notify(usize::MAX);
         }
@@ -178,14 +187,14 @@ impl<B: Backend> Cache<B> {
                 finished: false,
             });
         }
-        Watched { id, state }
+        Watched { state }
     }
 
     /// A watched guard was released or dropped: it leaves the schedule now (no renewal
     /// is sent for it from now on) and its watch reports it.
     pub(crate) fn unwatch(&self, watched: Watched) {
         if let Some(shared) = self.watchdog().shared.get() {
-            let entry = shared.lock().schedule.remove(watched.id);
+            let entry = shared.lock().schedule.remove(watched.id());
             drop(entry);
         }
         watched.state.release();
@@ -197,11 +206,11 @@ impl<B: Backend> Cache<B> {
             return;
         };
         let mut s = shared.lock();
-        if !s.schedule.extended(watched.id, lease, lease_end) {
+        if !s.schedule.extended(watched.id(), lease, lease_end) {
             return; // lost already: the watchdog does not resume
         }
         if !watched.state.renewed(lease, lease_end) {
-            s.schedule.remove(watched.id);
+            s.schedule.remove(watched.id());
             drop(s);
             watched.state.lose(NO_ANSWER.into());
             return;
@@ -380,6 +389,8 @@ type Callback = Box<dyn FnOnce(&Error) + Send + 'static>;
 
 /// What a guard and its [`Watch`]es share.
 pub(crate) struct WatchState {
+    /// The guard's id in the schedule.
+    id: u64,
     /// The lock key and our token in it.
     key: KeyBuf,
     token: Token,
@@ -434,8 +445,9 @@ impl End {
 }
 
 impl WatchState {
-    fn new(key: &[u8], token: Token, lease: Duration, lease_end: Instant) -> Self {
+    fn new(id: u64, key: &[u8], token: Token, lease: Duration, lease_end: Instant) -> Self {
         WatchState {
+            id,
             key: KeyBuf::from_slice(key),
             token,
             status: Mutex::new(Status {
