@@ -100,15 +100,30 @@ AIOLOCK_TEST_URL="memcached+unix://$pool_dir/m0.sock,$pool_dir/m1.sock,$pool_dir
 kill "${pool_pids[@]}"
 wait "${pool_pids[@]}" 2>/dev/null || true
 
-echo "== ffi: cross-language hand-off over Redis (Go holds; C and Ruby wait in other processes)"
+
+echo "== ffi: C tests against Redis and memcached (ASan + UBSan, shared library)"
+# The whole C suite again over a real server of each kind (each test in a namespace of
+# its own): the lease API (fences, extend, the watchdog and its loss callbacks) on
+# the backends' own scripts and meta commands, not only on memory.
 redis_dir="$tmp/redis"
 mkdir -p "$redis_dir"
 redis-server --port 0 --unixsocket "$redis_dir/redis.sock" --unixsocketperm 700 --save '' \
   --appendonly no --dir "$redis_dir" --logfile "$redis_dir/redis.log" &
 redis_pid=$!
-trap 'kill "$redis_pid" 2>/dev/null || true; rm -rf "$tmp"' EXIT
-for _ in $(seq 200); do [ -S "$redis_dir/redis.sock" ] && break; sleep 0.05; done
+memcached_args=(-s "$tmp/memcached.sock" -a 0700 -m 64 -t 2)
+[ "$(id -u)" = 0 ] && memcached_args+=(-u root)
+memcached "${memcached_args[@]}" >"$tmp/memcached.log" 2>&1 &
+memcached_pid=$!
+# The servers are waited for before their directory goes (redis-server writes its log
+# while it exits: an rm racing it fails, and with it the script).
+trap 'kill "$redis_pid" "$memcached_pid" 2>/dev/null || true; wait "$redis_pid" "$memcached_pid" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+for _ in $(seq 200); do [ -S "$redis_dir/redis.sock" ] && [ -S "$tmp/memcached.sock" ] && break; sleep 0.05; done
 [ -S "$redis_dir/redis.sock" ] || { cat "$redis_dir/redis.log" >&2; echo "redis-server did not start" >&2; exit 1; }
+[ -S "$tmp/memcached.sock" ] || { cat "$tmp/memcached.log" >&2; echo "memcached did not start" >&2; exit 1; }
+AIOLOCK_TEST_URL="redis+unix://$redis_dir/redis.sock" run c-redis-asan "$tmp/test-shared-asan"
+AIOLOCK_TEST_URL="memcached+unix://$tmp/memcached.sock" run c-memcached-asan "$tmp/test-shared-asan"
+
+echo "== ffi: cross-language hand-off over Redis (Go holds; C and Ruby wait in other processes)"
 url="redis+unix://$redis_dir/redis.sock?namespace=cross:"
 gcc "${cflags[@]}" ffi/c/wait.c "${shared[@]}" -o "$tmp/wait"
 (cd ffi/go && CGO_LDFLAGS="-L$lib -Wl,-rpath,$lib" go build -o "$tmp/aiolock-hold" ./cmd/aiolock-hold)
@@ -179,6 +194,11 @@ echo "== ffi: Go tests"
   export CGO_LDFLAGS="-L$lib -Wl,-rpath,$lib"
   go vet -tags aiolock_test_panic ./...
   go test -race -tags aiolock_test_panic -count=1 ./...
+  # The lease API (fences, extend, the watchdog's Lost channel) over real servers too.
+  for url in "redis+unix://$redis_dir/redis.sock" "memcached+unix://$tmp/memcached.sock"; do
+    echo "-- go lease tests against ${url%%:*}"
+    AIOLOCK_TEST_URL=$url go test -race -count=1 -run 'Fence|Extend|Watchdog|Unwatched|Leak|Races' .
+  done
 )
 
 echo "== ffi: Ruby tests"

@@ -24,6 +24,20 @@
 #define AIOLOCK_NO_EXPIRY 0.0
 
 /**
+ * `flags` bit of `aiolock_acquire_ex` and `aiolock_exclusive_acquire_ex`: give the
+ * acquisition a fencing token (`aiolock_lock_fence`, `aiolock_exclusive_fence`), a
+ * number that grows with each acquisition of the key, in every process.
+ */
+#define AIOLOCK_FENCED 1
+
+/**
+ * `flags` bit of `aiolock_acquire_ex` and `aiolock_exclusive_acquire_ex`: renew the
+ * lease automatically while the handle lives (a watchdog), and report a loss through
+ * `aiolock_lock_check` / `aiolock_exclusive_check` and the `*_on_lost` callback.
+ */
+#define AIOLOCK_WATCHDOG 2
+
+/**
  * The result of a call: `AIOLOCK_OK` or what went wrong. The numbers are stable and
  * new codes may be added: treat an unknown non-zero code as a generic error.
  */
@@ -84,6 +98,14 @@ typedef enum aiolock_status {
    * on, but the process is intact.
    */
   AIOLOCK_PANIC = 10,
+  /**
+   * The lock is no longer this handle's: its lease ended (another caller may hold
+   * it now), it was deleted, or the handle never held it (`aiolock_lock_extend`,
+   * `aiolock_lock_check`, a watchdog's renewal, and their `aiolock_exclusive_*`
+   * twins). Nothing was written: another holder's lock is left alone. Stop the work
+   * that needed the lock and take it again.
+   */
+  AIOLOCK_LOST = 11,
 } aiolock_status;
 
 /**
@@ -125,8 +147,8 @@ typedef struct aiolock_cache aiolock_cache;
 typedef struct aiolock_exclusive aiolock_exclusive;
 
 /**
- * The result of `aiolock_acquire`: holds the lock when the outcome was
- * `AIOLOCK_ACQUIRED`. Consumed by `aiolock_release`.
+ * The result of `aiolock_acquire` / `aiolock_acquire_ex`: holds the lock when the
+ * outcome was `AIOLOCK_ACQUIRED`. Consumed by `aiolock_release`.
  */
 typedef struct aiolock_lock aiolock_lock;
 
@@ -135,6 +157,13 @@ typedef struct aiolock_lock aiolock_lock;
  * `aiolock_optimistic_begin`. Consumed by `aiolock_cas` or `aiolock_optimistic_free`.
  */
 typedef struct aiolock_optimistic aiolock_optimistic;
+
+/**
+ * The loss callback of `aiolock_lock_on_lost` and `aiolock_exclusive_on_lost`:
+ * `user_data` as registered, the status (`AIOLOCK_LOST`) and the one-line message of
+ * the loss (valid only during the call).
+ */
+typedef void (*aiolock_lost_fn)(void *user_data, int status, const char *message);
 
 #ifdef __cplusplus
 extern "C" {
@@ -217,6 +246,45 @@ enum aiolock_status aiolock_acquire(const struct aiolock_cache *cache,
                                     enum aiolock_outcome *outcome_out);
 
 /**
+ * `aiolock_acquire` with options: `flags` is 0 (then it is `aiolock_acquire`) or a
+ * bitwise OR of
+ * - `AIOLOCK_FENCED`: the acquisition gets a fencing token, read with
+ *   `aiolock_lock_fence`: a number larger than that of every earlier acquisition of
+ *   the key, in every process, kept under the key `lock key + "-fence"` (no TTL).
+ *   Send it with every write the lock protects, and let the storage keep the highest
+ *   fence it has seen and refuse writes carrying a lower one: a lease cannot stop a
+ *   holder that paused past its lease (GC, `SIGSTOP`, a slow disk) from writing after
+ *   the next holder started, a fence checked by the storage can. Redis: no extra
+ *   round trip; memcached: the fence key must fit 250 bytes too (6 more than the lock
+ *   key). What the counter survives (restarts, evictions) is described in the Rust
+ *   docs of `RedLock::fenced`.
+ * - `AIOLOCK_WATCHDOG`: while the handle lives and holds the lock, its lease is
+ *   renewed (owner-checked) a third of the lease after the acquisition and after each
+ *   confirmed renewal, by the cache's watchdog thread (`aiolock-watchdog`, one per
+ *   cache, started by its first watched lock). A renewal that fails or finds the lock
+ *   gone or taken makes the lock lost: `aiolock_lock_check` returns `AIOLOCK_LOST`,
+ *   at once, and in any case before the lease would have ended; the callback of
+ *   `aiolock_lock_on_lost` is called. Releasing the handle stops its renewals. A
+ *   waiter that does not get the lock has nothing watched.
+ *
+ * Any other bit is `AIOLOCK_INVALID_ARGUMENT` (a newer program asking this library
+ * for an option it does not have). The other arguments, outputs and errors are
+ * `aiolock_acquire`'s (`AIOLOCK_UNSUPPORTED` for a fence on a backend without one).
+ *
+ * # Safety
+ *
+ * As `aiolock_acquire`.
+ */
+enum aiolock_status aiolock_acquire_ex(const struct aiolock_cache *cache,
+                                       const uint8_t *key,
+                                       size_t key_len,
+                                       double lease_secs,
+                                       double wait_secs,
+                                       uint32_t flags,
+                                       struct aiolock_lock **lock_out,
+                                       enum aiolock_outcome *outcome_out);
+
+/**
  * Releases and frees a lock handle from `aiolock_acquire`.
  *
  * If the handle holds the lock, deletes the lock key only if it still holds this
@@ -226,16 +294,134 @@ enum aiolock_status aiolock_acquire(const struct aiolock_cache *cache,
  * `removed_out` is optional: NULL when the answer is not wanted.
  *
  * **Consumes `lock` whatever the status** (unless it is NULL): the caller must not
- * use it again. On a backend error the lock is left to expire with its lease.
+ * use it again. On a backend error the lock is left to expire with its lease. A
+ * watched handle's renewals stop, and its loss callbacks (`aiolock_lock_on_lost`)
+ * are disarmed first: once this returns, none of them runs or will run (a call in
+ * progress on the watchdog thread is waited for), and their `user_data` may be
+ * freed.
  *
  * Errors: `AIOLOCK_INVALID_ARGUMENT` (`lock` is NULL), the backend's errors.
  *
  * # Safety
  *
- * `lock` must be NULL or a handle from `aiolock_acquire` not yet released;
- * `removed_out` must be NULL or valid for a write.
+ * `lock` must be NULL or a handle from `aiolock_acquire` or `aiolock_acquire_ex` not
+ * yet released, not in use by another thread; `removed_out` must be NULL or valid
+ * for a write.
  */
 enum aiolock_status aiolock_release(struct aiolock_lock *lock, bool *removed_out);
+
+/**
+ * Renews the lease of a lock handle that holds the lock: if the lock key still holds
+ * this handle's token, its lease now ends `lease_secs` from now (owner-checked and
+ * atomic: Redis, one script; memcached, a write conditional on the key's CAS unique;
+ * memory, under the store's mutex). `lease_secs` replaces the time left, as in
+ * redsync and node-redlock: it may shorten it. It is checked like every lease
+ * (finite, at least one nanosecond). A watched handle's renewals go on from here,
+ * with this lease.
+ *
+ * Errors: `AIOLOCK_INVALID_ARGUMENT` (NULL, a bad `lease_secs`); `AIOLOCK_LOST` when
+ * the lock is no longer ours (its lease ended and the key is gone or another
+ * caller's) or this handle never held it (an outcome other than `AIOLOCK_ACQUIRED`):
+ * nothing changed, and `aiolock_release` still works (it removes nothing then);
+ * `AIOLOCK_TIMEOUT` or `AIOLOCK_CONNECTION` leave the renewal unknown, and
+ * `aiolock_lock_lease_remaining` counts from the last renewal known. After a watched
+ * handle's loss was reported, extend still asks the backend and reports the truth,
+ * but the watchdog does not resume.
+ *
+ * # Safety
+ *
+ * `lock` must be NULL or a live handle from `aiolock_acquire` or
+ * `aiolock_acquire_ex`, not in use by another thread.
+ */
+enum aiolock_status aiolock_lock_extend(struct aiolock_lock *lock, double lease_secs);
+
+/**
+ * The fencing token of a lock handle: on success, `*has_fence_out` says whether it
+ * has one (it was acquired with `AIOLOCK_FENCED` and holds the lock), and if so
+ * `*fence_out` is the token, larger than that of every earlier acquisition of the
+ * key; else `*fence_out` is 0. Sends nothing.
+ *
+ * Errors: `AIOLOCK_INVALID_ARGUMENT` (a NULL pointer).
+ *
+ * # Safety
+ *
+ * `lock` must be NULL or a live lock handle; the outputs must be NULL or valid for
+ * writes.
+ */
+enum aiolock_status aiolock_lock_fence(const struct aiolock_lock *lock,
+                                       uint64_t *fence_out,
+                                       bool *has_fence_out);
+
+/**
+ * How long the lease of a lock handle lasts at least from now: on success,
+ * `*secs_out` is the seconds until the lease ends on this client's monotonic clock
+ * (counted from just before the claim or the last confirmed renewal or extend was
+ * sent, so the server's lease ends later), 0 once it ended or when the handle does
+ * not hold the lock. A watched handle's lease moves with each renewal. Sends nothing.
+ *
+ * Errors: `AIOLOCK_INVALID_ARGUMENT` (a NULL pointer).
+ *
+ * # Safety
+ *
+ * `lock` must be NULL or a live lock handle; `secs_out` must be NULL or valid for a
+ * write.
+ */
+enum aiolock_status aiolock_lock_lease_remaining(const struct aiolock_lock *lock, double *secs_out);
+
+/**
+ * The watchdog's verdict on a handle acquired with `AIOLOCK_WATCHDOG`: `AIOLOCK_OK`
+ * while it holds the lock and its renewals are confirmed; `AIOLOCK_LOST`, with the
+ * reason as the last error message, once the lock is lost (a renewal failed or found
+ * the key gone or another caller's, or no renewal was confirmed by a margin before
+ * the lease end: a tenth of the lease, at most a second). A loss is final. Sends
+ * nothing (a mutex and the clock): cheap enough to call between steps of the work.
+ *
+ * Errors: `AIOLOCK_INVALID_ARGUMENT` (NULL, or a handle acquired without
+ * `AIOLOCK_WATCHDOG`); `AIOLOCK_LOST` as above, and for a handle that does not hold
+ * the lock.
+ *
+ * # Safety
+ *
+ * `lock` must be NULL or a live lock handle.
+ */
+enum aiolock_status aiolock_lock_check(const struct aiolock_lock *lock);
+
+/**
+ * Registers `on_lost` to be called once, with `user_data`, when the watched lock of
+ * `lock` is lost (see `aiolock_lock_check`): `on_lost(user_data, AIOLOCK_LOST,
+ * message)`. Several callbacks may be registered; each is called at most once.
+ *
+ * - **Thread**: the call comes from the cache's watchdog thread (`aiolock-watchdog`),
+ *   never from the registering thread. The callback must be quick and must not block
+ *   (set a flag, write to a pipe, signal a condition variable), and must not call
+ *   aiolock on this lock (its renewals, and a release of this handle on another
+ *   thread, wait for it to return). It must not unwind (no C++ exception).
+ * - **`message`** is a one-line, NUL-terminated description, valid only during the
+ *   call: copy it to keep it.
+ * - **Release and free**: once `aiolock_release` (or `aiolock_exclusive_release` /
+ *   `_free` for the exclusive lock) is called, the callbacks are never called, and
+ *   that call returns only after a callback in progress on the watchdog thread has
+ *   returned: after it, `user_data` may be freed. A callback is never called after a
+ *   release, even one that failed.
+ * - The watchdog learns of a loss when a renewal fails, or at the lock's lost instant
+ *   (a margin before its lease end); a renewal that hangs holds the watchdog thread
+ *   until the cache's response timeout, and the callback comes then
+ *   (`aiolock_lock_check` reads the clock and is on time).
+ *
+ * Errors, with nothing registered (the callback is never called): NULL `lock` or
+ * `on_lost`, or a handle acquired without `AIOLOCK_WATCHDOG`:
+ * `AIOLOCK_INVALID_ARGUMENT`; a handle that does not hold the lock, or whose lock is
+ * lost already: `AIOLOCK_LOST` (with the reason).
+ *
+ * # Safety
+ *
+ * `lock` must be NULL or a live lock handle, not in use by another thread;
+ * `on_lost` must be NULL or safe to call with `user_data` from another thread until
+ * the handle is released.
+ */
+enum aiolock_status aiolock_lock_on_lost(struct aiolock_lock *lock,
+                                         aiolock_lost_fn on_lost,
+                                         void *user_data);
 
 /**
  * Takes the exclusive lock on `key`, waiting through other holders' releases and
@@ -282,6 +468,28 @@ enum aiolock_status aiolock_exclusive_acquire(const struct aiolock_cache *cache,
                                               struct aiolock_exclusive **lock_out);
 
 /**
+ * `aiolock_exclusive_acquire` with options: `flags` is 0 (then it is
+ * `aiolock_exclusive_acquire`; with a `wait_secs` of 0, `aiolock_exclusive_try_acquire`)
+ * or a bitwise OR of `AIOLOCK_FENCED` (a fencing token, `aiolock_exclusive_fence`)
+ * and `AIOLOCK_WATCHDOG` (automatic renewal while the handle lives, with
+ * `aiolock_exclusive_check` and `aiolock_exclusive_on_lost`), as for
+ * `aiolock_acquire_ex`, which describes both. Any other bit is
+ * `AIOLOCK_INVALID_ARGUMENT`. The other arguments, outputs ("not acquired" is
+ * `AIOLOCK_OK` with a NULL handle) and errors are `aiolock_exclusive_acquire`'s.
+ *
+ * # Safety
+ *
+ * As `aiolock_exclusive_acquire`.
+ */
+enum aiolock_status aiolock_exclusive_acquire_ex(const struct aiolock_cache *cache,
+                                                 const uint8_t *key,
+                                                 size_t key_len,
+                                                 double lease_secs,
+                                                 double wait_secs,
+                                                 uint32_t flags,
+                                                 struct aiolock_exclusive **lock_out);
+
+/**
  * Claims the exclusive lock on `key` once, never waiting: `aiolock_exclusive_acquire`
  * with a `wait_secs` of 0. One round trip (memory: none).
  *
@@ -310,15 +518,18 @@ enum aiolock_status aiolock_exclusive_try_acquire(const struct aiolock_cache *ca
  * not protected).
  *
  * **Consumes `lock` whatever the status** (unless it is NULL): the caller must not
- * use it again. On a backend error the lock is left to expire with its lease.
+ * use it again. On a backend error the lock is left to expire with its lease. A
+ * watched handle's renewals stop, and its loss callbacks are disarmed first, as for
+ * `aiolock_release`: once this returns, none of them runs or will run.
  *
  * Errors: `AIOLOCK_INVALID_ARGUMENT` (`lock` is NULL, e.g. the "not acquired" NULL
  * of `aiolock_exclusive_acquire`), the backend's errors.
  *
  * # Safety
  *
- * `lock` must be NULL or a handle from `aiolock_exclusive_acquire` or
- * `aiolock_exclusive_try_acquire` not yet consumed, not in use by another thread;
+ * `lock` must be NULL or a handle from `aiolock_exclusive_acquire`,
+ * `aiolock_exclusive_acquire_ex` or `aiolock_exclusive_try_acquire` not yet consumed,
+ * not in use by another thread;
  * `removed_out` must be NULL or valid for a write.
  */
 enum aiolock_status aiolock_exclusive_release(struct aiolock_exclusive *lock, bool *removed_out);
@@ -328,6 +539,7 @@ enum aiolock_status aiolock_exclusive_release(struct aiolock_exclusive *lock, bo
  * does but without reporting anything (for cleanup paths and finalizers; a release
  * that fails for a transient reason, such as a broken connection, is retried in the
  * background, and a lock that could not be released expires with its lease).
+ * Like the release, it disarms the loss callbacks first and waits for one in progress.
  * NULL does nothing. Does not change the last error.
  *
  * # Safety
@@ -335,6 +547,86 @@ enum aiolock_status aiolock_exclusive_release(struct aiolock_exclusive *lock, bo
  * `lock` must be NULL or a live exclusive lock handle, not in use by another thread.
  */
 void aiolock_exclusive_free(struct aiolock_exclusive *lock);
+
+/**
+ * Renews the lease of an exclusive lock, owner-checked: as `aiolock_lock_extend`
+ * (its lease now ends `lease_secs` from now, if the key still holds our token).
+ *
+ * Errors: `AIOLOCK_INVALID_ARGUMENT` (NULL, a bad `lease_secs`), `AIOLOCK_LOST`
+ * (the lock is no longer ours: nothing changed), the backend's errors (the renewal
+ * is then unknown).
+ *
+ * # Safety
+ *
+ * `lock` must be NULL or a live exclusive lock handle, not in use by another thread.
+ */
+enum aiolock_status aiolock_exclusive_extend(struct aiolock_exclusive *lock, double lease_secs);
+
+/**
+ * The fencing token of an exclusive lock: `*has_fence_out` says whether it has one
+ * (acquired with `AIOLOCK_FENCED`), and if so `*fence_out` is the token (else 0). As
+ * `aiolock_lock_fence`.
+ *
+ * Errors: `AIOLOCK_INVALID_ARGUMENT` (a NULL pointer).
+ *
+ * # Safety
+ *
+ * `lock` must be NULL or a live exclusive lock handle; the outputs must be NULL or
+ * valid for writes.
+ */
+enum aiolock_status aiolock_exclusive_fence(const struct aiolock_exclusive *lock,
+                                            uint64_t *fence_out,
+                                            bool *has_fence_out);
+
+/**
+ * The seconds left of an exclusive lock's lease on this client's monotonic clock, 0
+ * once it ended: as `aiolock_lock_lease_remaining`.
+ *
+ * Errors: `AIOLOCK_INVALID_ARGUMENT` (a NULL pointer).
+ *
+ * # Safety
+ *
+ * `lock` must be NULL or a live exclusive lock handle; `secs_out` must be NULL or
+ * valid for a write.
+ */
+enum aiolock_status aiolock_exclusive_lease_remaining(const struct aiolock_exclusive *lock,
+                                                      double *secs_out);
+
+/**
+ * The watchdog's verdict on an exclusive lock acquired with `AIOLOCK_WATCHDOG`:
+ * `AIOLOCK_OK` while held and renewed, `AIOLOCK_LOST` (with the reason) once lost;
+ * as `aiolock_lock_check`. Sends nothing.
+ *
+ * Errors: `AIOLOCK_INVALID_ARGUMENT` (NULL, or acquired without `AIOLOCK_WATCHDOG`),
+ * `AIOLOCK_LOST`.
+ *
+ * # Safety
+ *
+ * `lock` must be NULL or a live exclusive lock handle.
+ */
+enum aiolock_status aiolock_exclusive_check(const struct aiolock_exclusive *lock);
+
+/**
+ * Registers `on_lost` to be called once, with `user_data`, from the watchdog thread
+ * when the watched exclusive lock is lost: exactly as `aiolock_lock_on_lost`
+ * describes (the thread, must not block nor call aiolock on this lock, `message`
+ * valid only during the call). Once `aiolock_exclusive_release` or
+ * `aiolock_exclusive_free` is called, the callbacks are never called, and that call
+ * returns only after a callback in progress has returned: then `user_data` may be
+ * freed.
+ *
+ * Errors, with nothing registered: `AIOLOCK_INVALID_ARGUMENT` (NULL `lock` or
+ * `on_lost`, acquired without `AIOLOCK_WATCHDOG`), `AIOLOCK_LOST` (lost already).
+ *
+ * # Safety
+ *
+ * `lock` must be NULL or a live exclusive lock handle, not in use by another thread;
+ * `on_lost` must be NULL or safe to call with `user_data` from another thread until
+ * the handle is released or freed.
+ */
+enum aiolock_status aiolock_exclusive_on_lost(struct aiolock_exclusive *lock,
+                                              aiolock_lost_fn on_lost,
+                                              void *user_data);
 
 /**
  * Begins an optimistic lock on `key` (aiocache's `OptimisticLock`): reads the value

@@ -848,6 +848,443 @@ static void test_stampede(void) {
     aiolock_cache_free(cache);
 }
 
+/* ---- The lease API: flags, fences, extend, the remaining lease, the watchdog ---- */
+
+static bool is_memcached(void) { return strncmp(test_url(), "memcached", 9) == 0; }
+
+static void test_lost_status(void) {
+    CHECK(AIOLOCK_LOST == 11); /* a stable number */
+    CHECK(strcmp(aiolock_status_str(AIOLOCK_LOST), "lock lost") == 0);
+    CHECK(AIOLOCK_FENCED == 1 && AIOLOCK_WATCHDOG == 2);
+}
+
+/* Each fenced acquisition of a key gets a larger fence than the one before, through
+ * both locks; an unfenced handle, or one that does not hold the lock, has none (0). */
+static void test_fences_grow(void) {
+    aiolock_cache *cache = open_cache();
+    aiolock_lock *lock = NULL, *waiter = NULL;
+    aiolock_exclusive *ex = NULL;
+    aiolock_outcome outcome = 0;
+    uint64_t fence = 7, previous = 0;
+    bool has = false;
+    for (int i = 0; i < 5; i++) {
+        CHECK(aiolock_acquire_ex(cache, KEY("f"), 30.0, 0.0, AIOLOCK_FENCED, &lock, &outcome) == AIOLOCK_OK);
+        CHECK(outcome == AIOLOCK_ACQUIRED);
+        CHECK(aiolock_lock_fence(lock, &fence, &has) == AIOLOCK_OK);
+        CHECK(has && fence > previous);
+        previous = fence;
+        /* A RedLock caller that does not get the lock has no fence. */
+        CHECK(aiolock_acquire_ex(cache, KEY("f"), 30.0, 0.0, AIOLOCK_FENCED, &waiter, &outcome) == AIOLOCK_OK);
+        CHECK(outcome == AIOLOCK_TIMED_OUT);
+        fence = 7;
+        has = true;
+        CHECK(aiolock_lock_fence(waiter, &fence, &has) == AIOLOCK_OK);
+        CHECK(!has && fence == 0);
+        CHECK(aiolock_release(waiter, NULL) == AIOLOCK_OK);
+        CHECK(aiolock_release(lock, NULL) == AIOLOCK_OK);
+        CHECK(aiolock_exclusive_acquire_ex(cache, KEY("f"), 30.0, 5.0, AIOLOCK_FENCED, &ex) == AIOLOCK_OK && ex);
+        CHECK(aiolock_exclusive_fence(ex, &fence, &has) == AIOLOCK_OK);
+        CHECK(has && fence > previous);
+        previous = fence;
+        CHECK(aiolock_exclusive_release(ex, NULL) == AIOLOCK_OK);
+    }
+    /* Unfenced: none, through the _ex functions with 0 and the old ones alike. */
+    CHECK(aiolock_acquire_ex(cache, KEY("f"), 30.0, 0.0, 0, &lock, &outcome) == AIOLOCK_OK);
+    CHECK(outcome == AIOLOCK_ACQUIRED);
+    has = true;
+    CHECK(aiolock_lock_fence(lock, &fence, &has) == AIOLOCK_OK && !has && fence == 0);
+    CHECK(aiolock_release(lock, NULL) == AIOLOCK_OK);
+    CHECK(aiolock_exclusive_try_acquire(cache, KEY("f"), 30.0, &ex) == AIOLOCK_OK && ex);
+    has = true;
+    CHECK(aiolock_exclusive_fence(ex, &fence, &has) == AIOLOCK_OK && !has && fence == 0);
+    CHECK(aiolock_exclusive_release(ex, NULL) == AIOLOCK_OK);
+    /* The fence outlives the lock key's expiry: it still grows after a lease ended. */
+    CHECK(aiolock_exclusive_acquire_ex(cache, KEY("f"), short_secs(), 0.0, AIOLOCK_FENCED, &ex) == AIOLOCK_OK && ex);
+    CHECK(aiolock_exclusive_fence(ex, &fence, &has) == AIOLOCK_OK && has && fence > previous);
+    previous = fence;
+    CHECK(wait_until_gone(cache, "f-lock"));
+    aiolock_exclusive *next = NULL;
+    CHECK(aiolock_exclusive_acquire_ex(cache, KEY("f"), 30.0, 0.0, AIOLOCK_FENCED, &next) == AIOLOCK_OK && next);
+    CHECK(aiolock_exclusive_fence(next, &fence, &has) == AIOLOCK_OK && has && fence > previous);
+    bool removed = true;
+    CHECK(aiolock_exclusive_release(ex, &removed) == AIOLOCK_OK && !removed); /* the stale one */
+    CHECK(aiolock_exclusive_release(next, &removed) == AIOLOCK_OK && removed);
+    aiolock_cache_free(cache);
+}
+
+/* Extend is owner-checked: it moves the lease end (also shorter), keeps the lock past
+ * its first lease, and says AIOLOCK_LOST once the lock is gone or was never held. */
+static void test_extend(void) {
+    aiolock_cache *cache = open_cache();
+    aiolock_lock *lock = NULL, *other = NULL;
+    aiolock_outcome outcome = 0;
+    double left = -1.0;
+    CHECK(aiolock_acquire(cache, KEY("x"), 20.0, 0.0, &lock, &outcome) == AIOLOCK_OK);
+    CHECK(outcome == AIOLOCK_ACQUIRED);
+    CHECK(aiolock_lock_lease_remaining(lock, &left) == AIOLOCK_OK);
+    CHECK(left > 10.0 && left <= 20.0);
+    CHECK(aiolock_lock_extend(lock, 60.0) == AIOLOCK_OK);
+    CHECK(aiolock_lock_lease_remaining(lock, &left) == AIOLOCK_OK);
+    CHECK(left > 50.0 && left <= 60.0);
+    /* A caller that did not get the lock cannot extend it, and has no lease left. */
+    CHECK(aiolock_acquire(cache, KEY("x"), 5.0, 0.0, &other, &outcome) == AIOLOCK_OK);
+    CHECK(outcome == AIOLOCK_TIMED_OUT);
+    CHECK(aiolock_lock_extend(other, 5.0) == AIOLOCK_LOST);
+    CHECK(strstr(aiolock_last_error_message(), "does not hold") != NULL);
+    CHECK(aiolock_lock_lease_remaining(other, &left) == AIOLOCK_OK && left == 0.0);
+    CHECK(aiolock_release(other, NULL) == AIOLOCK_OK);
+    /* Shortened: the lease ends soon, the key goes, and extend then says Lost. */
+    CHECK(aiolock_lock_extend(lock, short_secs()) == AIOLOCK_OK);
+    CHECK(aiolock_lock_lease_remaining(lock, &left) == AIOLOCK_OK && left <= short_secs());
+    CHECK(wait_until_gone(cache, "x-lock"));
+    CHECK(aiolock_lock_lease_remaining(lock, &left) == AIOLOCK_OK && left == 0.0);
+    CHECK(aiolock_lock_extend(lock, 5.0) == AIOLOCK_LOST);
+    CHECK(strstr(aiolock_last_error_message(), "lock lost: ") == aiolock_last_error_message());
+    /* Nothing was written: the key is still free, and the release removes nothing. */
+    CHECK(aiolock_acquire(cache, KEY("x"), 5.0, 0.0, &other, &outcome) == AIOLOCK_OK);
+    CHECK(outcome == AIOLOCK_ACQUIRED);
+    CHECK(aiolock_lock_extend(lock, 5.0) == AIOLOCK_LOST); /* another caller's now */
+    bool removed = true;
+    CHECK(aiolock_release(lock, &removed) == AIOLOCK_OK && !removed);
+    CHECK(aiolock_release(other, &removed) == AIOLOCK_OK && removed);
+
+    /* The exclusive lock: extended past its first lease, nobody else gets it. */
+    aiolock_exclusive *ex = NULL, *probe = (aiolock_exclusive *)0x1;
+    const double first = short_secs() * 2;
+    CHECK(aiolock_exclusive_try_acquire(cache, KEY("y"), first, &ex) == AIOLOCK_OK && ex);
+    CHECK(aiolock_exclusive_extend(ex, 60.0) == AIOLOCK_OK);
+    CHECK(aiolock_exclusive_lease_remaining(ex, &left) == AIOLOCK_OK && left > 50.0);
+    /* Wait out the first lease (with the server's slack): the key is still ours. */
+    sleep_ms((long)(first * 1000) + expiry_slack_ms());
+    CHECK(aiolock_exclusive_try_acquire(cache, KEY("y"), 5.0, &probe) == AIOLOCK_OK && probe == NULL);
+    CHECK(aiolock_exclusive_extend(ex, short_secs()) == AIOLOCK_OK);
+    CHECK(wait_until_gone(cache, "y-lock"));
+    CHECK(aiolock_exclusive_extend(ex, 5.0) == AIOLOCK_LOST);
+    CHECK(aiolock_exclusive_lease_remaining(ex, &left) == AIOLOCK_OK && left == 0.0);
+    CHECK(aiolock_exclusive_release(ex, &removed) == AIOLOCK_OK && !removed);
+    aiolock_cache_free(cache);
+}
+
+/* What a loss callback saw: written on the watchdog thread, read by the test. */
+struct loss {
+    atomic_int calls;
+    atomic_bool entered;
+    int status;
+    char message[512];
+    pthread_t thread;
+    long hold_ms;      /* how long the callback stays inside (the release must wait) */
+    atomic_bool left;  /* set just before it returns */
+};
+
+static void on_loss(void *user_data, int status, const char *message) {
+    struct loss *l = user_data;
+    l->status = status;
+    snprintf(l->message, sizeof l->message, "%s", message);
+    l->thread = pthread_self();
+    atomic_store(&l->entered, true);
+    if (l->hold_ms > 0) sleep_ms(l->hold_ms);
+    atomic_store(&l->left, true);
+    atomic_fetch_add(&l->calls, 1);
+}
+
+static bool wait_for_flag(atomic_bool *flag, long limit_ms) {
+    for (long waited = 0; !atomic_load(flag); waited++) {
+        if (waited > limit_ms) return false;
+        sleep_ms(1);
+    }
+    return true;
+}
+
+/* A lease the watchdog renews every third of it: memcached counts whole seconds. */
+static double watch_lease(void) { return is_memcached() ? 1.0 : 0.3; }
+
+/* The watchdog keeps the lock while the work lasts many leases (longer than memcached's
+ * TTL slack too): another caller polling all along never gets it, and the check says
+ * OK; after the release the key is free at once. */
+static void test_watchdog_keeps_the_lock(void) {
+    aiolock_cache *cache = open_cache();
+    aiolock_exclusive *ex = NULL, *probe = NULL;
+    aiolock_lock *lock = NULL, *waiter = NULL;
+    aiolock_outcome outcome = 0;
+    CHECK(aiolock_exclusive_acquire_ex(cache, KEY("k"), watch_lease(), 0.0, AIOLOCK_WATCHDOG, &ex) == AIOLOCK_OK && ex);
+    CHECK(aiolock_acquire_ex(cache, KEY("r"), watch_lease(), 0.0, AIOLOCK_WATCHDOG | AIOLOCK_FENCED, &lock,
+                             &outcome) == AIOLOCK_OK);
+    CHECK(outcome == AIOLOCK_ACQUIRED);
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    const double work = watch_lease() * 4 + (double)expiry_slack_ms() / 1000;
+    int taken = 0, checks_failed = 0, polls = 0;
+    while (elapsed_secs(&start) < work) {
+        probe = NULL;
+        if (aiolock_exclusive_try_acquire(cache, KEY("k"), 5.0, &probe) != AIOLOCK_OK || probe) taken++;
+        aiolock_exclusive_free(probe);
+        if (aiolock_acquire(cache, KEY("r"), 5.0, 0.0, &waiter, &outcome) != AIOLOCK_OK ||
+            outcome != AIOLOCK_TIMED_OUT)
+            taken++;
+        aiolock_release(waiter, NULL);
+        if (aiolock_exclusive_check(ex) != AIOLOCK_OK || aiolock_lock_check(lock) != AIOLOCK_OK) checks_failed++;
+        polls++;
+        sleep_ms(50);
+    }
+    CHECK(polls > 4);
+    CHECK(taken == 0);
+    CHECK(checks_failed == 0);
+    double left = 0;
+    CHECK(aiolock_exclusive_lease_remaining(ex, &left) == AIOLOCK_OK && left > 0.0 && left <= watch_lease());
+    uint64_t fence = 0;
+    bool has = false;
+    CHECK(aiolock_lock_fence(lock, &fence, &has) == AIOLOCK_OK && has);
+    bool removed = false;
+    CHECK(aiolock_exclusive_release(ex, &removed) == AIOLOCK_OK && removed);
+    CHECK(aiolock_release(lock, &removed) == AIOLOCK_OK && removed);
+    CHECK(aiolock_exclusive_try_acquire(cache, KEY("k"), 5.0, &probe) == AIOLOCK_OK && probe);
+    aiolock_exclusive_free(probe);
+    aiolock_cache_free(cache);
+}
+
+/* The lock key is deleted behind the holder's back: the next renewal finds it gone;
+ * the check says AIOLOCK_LOST with the reason, the callback is called once, from the
+ * watchdog thread, and extend and release report the truth. */
+static void test_watchdog_reports_a_loss(void) {
+    aiolock_cache *cache = open_cache();
+    for (int flavor = 0; flavor < 2; flavor++) {
+        aiolock_exclusive *ex = NULL;
+        aiolock_lock *lock = NULL;
+        aiolock_outcome outcome = 0;
+        struct loss *l = calloc(1, sizeof *l);
+        if (flavor == 0) {
+            CHECK(aiolock_exclusive_acquire_ex(cache, KEY("l"), watch_lease(), 0.0, AIOLOCK_WATCHDOG, &ex) ==
+                  AIOLOCK_OK);
+            CHECK(aiolock_exclusive_on_lost(ex, on_loss, l) == AIOLOCK_OK);
+            CHECK(aiolock_exclusive_check(ex) == AIOLOCK_OK);
+        } else {
+            CHECK(aiolock_acquire_ex(cache, KEY("l"), watch_lease(), 0.0, AIOLOCK_WATCHDOG, &lock, &outcome) ==
+                  AIOLOCK_OK);
+            CHECK(outcome == AIOLOCK_ACQUIRED);
+            CHECK(aiolock_lock_on_lost(lock, on_loss, l) == AIOLOCK_OK);
+            CHECK(aiolock_lock_check(lock) == AIOLOCK_OK);
+        }
+        bool deleted = false;
+        CHECK(aiolock_cache_delete(cache, KEY("l-lock"), &deleted) == AIOLOCK_OK && deleted);
+        CHECK(wait_for_flag(&l->left, 30000));
+        CHECK(l->status == AIOLOCK_LOST);
+        CHECK(strstr(l->message, "lock lost: ") == l->message);
+        CHECK(strstr(l->message, "no longer ours") != NULL);
+        CHECK(!pthread_equal(l->thread, pthread_self()));
+        if (flavor == 0) {
+            CHECK(aiolock_exclusive_check(ex) == AIOLOCK_LOST);
+            CHECK(strstr(aiolock_last_error_message(), "no longer ours") != NULL);
+            /* Lost already: refused with the reason, nothing registered. */
+            CHECK(aiolock_exclusive_on_lost(ex, on_loss, l) == AIOLOCK_LOST);
+            CHECK(aiolock_exclusive_extend(ex, 5.0) == AIOLOCK_LOST);
+            bool removed = true;
+            CHECK(aiolock_exclusive_release(ex, &removed) == AIOLOCK_OK && !removed);
+        } else {
+            CHECK(aiolock_lock_check(lock) == AIOLOCK_LOST);
+            CHECK(strstr(aiolock_last_error_message(), "no longer ours") != NULL);
+            CHECK(aiolock_lock_on_lost(lock, on_loss, l) == AIOLOCK_LOST);
+            CHECK(aiolock_lock_extend(lock, 5.0) == AIOLOCK_LOST);
+            bool removed = true;
+            CHECK(aiolock_release(lock, &removed) == AIOLOCK_OK && !removed);
+        }
+        CHECK(atomic_load(&l->calls) == 1);
+        free(l);
+    }
+    aiolock_cache_free(cache);
+}
+
+/* A release or free while the callback runs on the watchdog thread waits for it to
+ * return: the callback still writes its user_data after the test would have freed it
+ * (ASan and valgrind see a use after free if the release did not wait). */
+static void test_release_waits_for_a_running_callback(void) {
+    aiolock_cache *cache = open_cache();
+    for (int how = 0; how < 3; how++) {
+        struct loss *l = calloc(1, sizeof *l);
+        l->hold_ms = 200;
+        aiolock_exclusive *ex = NULL;
+        aiolock_lock *lock = NULL;
+        aiolock_outcome outcome = 0;
+        if (how < 2) {
+            CHECK(aiolock_exclusive_acquire_ex(cache, KEY("u"), watch_lease(), 0.0, AIOLOCK_WATCHDOG, &ex) ==
+                  AIOLOCK_OK);
+            CHECK(aiolock_exclusive_on_lost(ex, on_loss, l) == AIOLOCK_OK);
+        } else {
+            CHECK(aiolock_acquire_ex(cache, KEY("u"), watch_lease(), 0.0, AIOLOCK_WATCHDOG, &lock, &outcome) ==
+                  AIOLOCK_OK);
+            CHECK(aiolock_lock_on_lost(lock, on_loss, l) == AIOLOCK_OK);
+        }
+        bool deleted = false;
+        CHECK(aiolock_cache_delete(cache, KEY("u-lock"), &deleted) == AIOLOCK_OK && deleted);
+        CHECK(wait_for_flag(&l->entered, 30000));
+        CHECK(!atomic_load(&l->left)); /* inside the callback for 200 ms */
+        if (how == 0) {
+            CHECK(aiolock_exclusive_release(ex, NULL) == AIOLOCK_OK);
+        } else if (how == 1) {
+            aiolock_exclusive_free(ex);
+        } else {
+            CHECK(aiolock_release(lock, NULL) == AIOLOCK_OK);
+        }
+        CHECK(atomic_load(&l->left)); /* the release returned after the callback */
+        free(l);
+    }
+    aiolock_cache_free(cache);
+}
+
+/* A handle released before its loss never calls back; neither does a freed one. */
+static void test_no_callback_after_release(void) {
+    aiolock_cache *cache = open_cache();
+    struct loss *l = calloc(1, sizeof *l);
+    aiolock_exclusive *ex = NULL, *freed = NULL;
+    CHECK(aiolock_exclusive_acquire_ex(cache, KEY("n"), watch_lease(), 0.0, AIOLOCK_WATCHDOG, &ex) == AIOLOCK_OK);
+    CHECK(aiolock_exclusive_acquire_ex(cache, KEY("m"), watch_lease(), 0.0, AIOLOCK_WATCHDOG, &freed) == AIOLOCK_OK);
+    CHECK(aiolock_exclusive_on_lost(ex, on_loss, l) == AIOLOCK_OK);
+    CHECK(aiolock_exclusive_on_lost(ex, on_loss, l) == AIOLOCK_OK); /* several */
+    CHECK(aiolock_exclusive_on_lost(freed, on_loss, l) == AIOLOCK_OK);
+    bool removed = false;
+    CHECK(aiolock_exclusive_release(ex, &removed) == AIOLOCK_OK && removed);
+    aiolock_exclusive_free(freed);
+    /* Past the lease end (a loss would have been reported by then): no call. */
+    sleep_ms((long)(watch_lease() * 2000));
+    CHECK(atomic_load(&l->calls) == 0);
+    free(l);
+    aiolock_cache_free(cache);
+}
+
+/* Releases racing losses: the callback (which writes its user_data) runs before,
+ * during or not at all; the user_data is freed right after each release. */
+static void *releaser(void *arg) {
+    aiolock_exclusive *ex = arg;
+    aiolock_exclusive_free(ex);
+    return NULL;
+}
+
+static void test_release_races_the_loss(void) {
+    aiolock_cache *cache = open_cache();
+    const int rounds = is_memcached() ? 10 : 40;
+    int bad = 0;
+    for (int i = 0; i < rounds; i++) {
+        struct loss *l = calloc(1, sizeof *l);
+        l->hold_ms = i % 3; /* 0-2 ms inside */
+        aiolock_exclusive *ex = NULL;
+        if (aiolock_exclusive_acquire_ex(cache, KEY("race"), watch_lease(), 0.0, AIOLOCK_WATCHDOG, &ex) !=
+                AIOLOCK_OK ||
+            !ex || aiolock_exclusive_on_lost(ex, on_loss, l) != AIOLOCK_OK) {
+            bad++;
+            free(l);
+            continue;
+        }
+        bool deleted = false;
+        aiolock_cache_delete(cache, KEY("race-lock"), &deleted);
+        /* Release at a varying moment around the next renewal, from another thread. */
+        sleep_ms((long)(watch_lease() * 1000 / 3) - 3 + i % 7);
+        pthread_t t;
+        pthread_create(&t, NULL, releaser, ex);
+        pthread_join(t, NULL);
+        if (atomic_load(&l->entered) && !atomic_load(&l->left)) bad++;
+        if (atomic_load(&l->calls) > 1) bad++;
+        free(l);
+    }
+    CHECK(bad == 0);
+    aiolock_cache_free(cache);
+}
+
+/* Every bad input of the lease functions: NULL pointers, unknown flags, bad leases,
+ * an unwatched or a not-held handle; outputs untouched, nothing taken. */
+static void test_lease_bad_inputs(void) {
+    aiolock_cache *cache = open_cache();
+    const aiolock_status BAD = AIOLOCK_INVALID_ARGUMENT;
+    aiolock_lock *lock = (aiolock_lock *)0x1;
+    aiolock_exclusive *ex = (aiolock_exclusive *)0x1;
+    aiolock_outcome outcome = 0;
+    struct loss l = {0};
+    /* The _ex acquisitions: NULLs, unknown flags, bad durations. */
+    CHECK(aiolock_acquire_ex(NULL, KEY("b"), 5.0, 0.0, 0, &lock, &outcome) == BAD);
+    CHECK(aiolock_acquire_ex(cache, NULL, 1, 5.0, 0.0, 0, &lock, &outcome) == BAD);
+    CHECK(aiolock_acquire_ex(cache, KEY("b"), 5.0, 0.0, 0, NULL, &outcome) == BAD);
+    CHECK(aiolock_acquire_ex(cache, KEY("b"), 5.0, 0.0, 0, &lock, NULL) == BAD);
+    CHECK(aiolock_exclusive_acquire_ex(NULL, KEY("b"), 5.0, 0.0, 0, &ex) == BAD);
+    CHECK(aiolock_exclusive_acquire_ex(cache, NULL, 1, 5.0, 0.0, 0, &ex) == BAD);
+    CHECK(aiolock_exclusive_acquire_ex(cache, KEY("b"), 5.0, 0.0, 0, NULL) == BAD);
+    const uint32_t unknown[] = {4, 8, 0x80000000u, 0xffffffffu, AIOLOCK_FENCED | 16};
+    for (size_t i = 0; i < sizeof unknown / sizeof *unknown; i++) {
+        CHECK(aiolock_acquire_ex(cache, KEY("b"), 5.0, 0.0, unknown[i], &lock, &outcome) == BAD);
+        CHECK(strstr(aiolock_last_error_message(), "flags: unknown bits") != NULL);
+        CHECK(aiolock_exclusive_acquire_ex(cache, KEY("b"), 5.0, 0.0, unknown[i], &ex) == BAD);
+        CHECK(strstr(aiolock_last_error_message(), "AIOLOCK_WATCHDOG") != NULL);
+    }
+    const double bad_leases[] = {NAN, INFINITY, -INFINITY, 5e-324, 1e-12, 1e300, 0.0, -0.0, -1.0};
+    for (size_t i = 0; i < sizeof bad_leases / sizeof *bad_leases; i++) {
+        CHECK(aiolock_acquire_ex(cache, KEY("b"), bad_leases[i], 0.0, AIOLOCK_FENCED, &lock, &outcome) == BAD);
+        CHECK(aiolock_exclusive_acquire_ex(cache, KEY("b"), bad_leases[i], 0.0, AIOLOCK_WATCHDOG, &ex) == BAD);
+        CHECK(strstr(aiolock_last_error_message(), "lease_secs") != NULL);
+    }
+    CHECK(aiolock_exclusive_acquire_ex(cache, KEY("b"), 5.0, -1.0, AIOLOCK_FENCED, &ex) == BAD);
+    CHECK(aiolock_acquire_ex(cache, NULL, 0, 5.0, 0.0, AIOLOCK_FENCED, &lock, &outcome) == AIOLOCK_INVALID_KEY);
+    CHECK(lock == (aiolock_lock *)0x1 && ex == (aiolock_exclusive *)0x1 && outcome == 0);
+
+    /* NULL handles and outputs of the handle functions. */
+    uint64_t fence = 7;
+    bool has = true;
+    double left = 7.0;
+    CHECK(aiolock_lock_extend(NULL, 5.0) == BAD);
+    CHECK(aiolock_lock_fence(NULL, &fence, &has) == BAD);
+    CHECK(aiolock_lock_lease_remaining(NULL, &left) == BAD);
+    CHECK(aiolock_lock_check(NULL) == BAD);
+    CHECK(aiolock_lock_on_lost(NULL, on_loss, &l) == BAD);
+    CHECK(aiolock_exclusive_extend(NULL, 5.0) == BAD);
+    CHECK(aiolock_exclusive_fence(NULL, &fence, &has) == BAD);
+    CHECK(aiolock_exclusive_lease_remaining(NULL, &left) == BAD);
+    CHECK(aiolock_exclusive_check(NULL) == BAD);
+    CHECK(aiolock_exclusive_on_lost(NULL, on_loss, &l) == BAD);
+    CHECK(strstr(aiolock_last_error_message(), "lock is NULL") != NULL);
+
+    /* A real, unwatched, unfenced pair of handles. */
+    CHECK(aiolock_acquire_ex(cache, KEY("b"), 30.0, 0.0, 0, &lock, &outcome) == AIOLOCK_OK);
+    CHECK(outcome == AIOLOCK_ACQUIRED);
+    CHECK(aiolock_exclusive_acquire_ex(cache, KEY("c"), 30.0, 0.0, 0, &ex) == AIOLOCK_OK && ex);
+    CHECK(aiolock_lock_fence(lock, NULL, &has) == BAD);
+    CHECK(strstr(aiolock_last_error_message(), "fence_out") != NULL);
+    CHECK(aiolock_lock_fence(lock, &fence, NULL) == BAD);
+    CHECK(strstr(aiolock_last_error_message(), "has_fence_out") != NULL);
+    CHECK(aiolock_exclusive_fence(ex, NULL, &has) == BAD);
+    CHECK(aiolock_exclusive_fence(ex, &fence, NULL) == BAD);
+    CHECK(fence == 7 && has);
+    CHECK(aiolock_lock_lease_remaining(lock, NULL) == BAD);
+    CHECK(strstr(aiolock_last_error_message(), "secs_out") != NULL);
+    CHECK(aiolock_exclusive_lease_remaining(ex, NULL) == BAD);
+    CHECK(left == 7.0);
+    /* Extend: every bad lease, nothing changed. */
+    for (size_t i = 0; i < sizeof bad_leases / sizeof *bad_leases; i++) {
+        CHECK(aiolock_lock_extend(lock, bad_leases[i]) == BAD);
+        CHECK(strstr(aiolock_last_error_message(), "lease_secs") != NULL);
+        CHECK(aiolock_exclusive_extend(ex, bad_leases[i]) == BAD);
+    }
+    CHECK(aiolock_lock_lease_remaining(lock, &left) == AIOLOCK_OK && left > 20.0);
+    /* Unwatched: check and on_lost are refused; NULL callbacks too. */
+    CHECK(aiolock_lock_check(lock) == BAD);
+    CHECK(strstr(aiolock_last_error_message(), "without AIOLOCK_WATCHDOG") != NULL);
+    CHECK(aiolock_exclusive_check(ex) == BAD);
+    CHECK(aiolock_lock_on_lost(lock, on_loss, &l) == BAD);
+    CHECK(aiolock_exclusive_on_lost(ex, on_loss, &l) == BAD);
+    CHECK(aiolock_lock_on_lost(lock, NULL, &l) == BAD);
+    CHECK(strstr(aiolock_last_error_message(), "on_lost is NULL") != NULL);
+    CHECK(aiolock_exclusive_on_lost(ex, NULL, &l) == BAD);
+    /* A watched RedLock caller that did not get the lock: nothing to watch, Lost. */
+    aiolock_lock *waiter = NULL;
+    CHECK(aiolock_acquire_ex(cache, KEY("b"), 30.0, 0.0, AIOLOCK_WATCHDOG, &waiter, &outcome) == AIOLOCK_OK);
+    CHECK(outcome == AIOLOCK_TIMED_OUT);
+    CHECK(aiolock_lock_check(waiter) == AIOLOCK_LOST);
+    CHECK(strstr(aiolock_last_error_message(), "does not hold") != NULL);
+    CHECK(aiolock_lock_on_lost(waiter, on_loss, &l) == AIOLOCK_LOST);
+    CHECK(aiolock_lock_on_lost(waiter, NULL, &l) == BAD);
+    CHECK(aiolock_release(waiter, NULL) == AIOLOCK_OK);
+    CHECK(atomic_load(&l.calls) == 0);
+    bool removed = false;
+    CHECK(aiolock_release(lock, &removed) == AIOLOCK_OK && removed);
+    CHECK(aiolock_exclusive_release(ex, &removed) == AIOLOCK_OK && removed);
+    aiolock_cache_free(cache);
+}
+
 int main(void) {
     test_version_and_status_texts();
     test_open();
@@ -868,6 +1305,15 @@ int main(void) {
     test_exclusive_try_and_deadline();
     test_exclusive_bad_inputs();
     test_exclusive_bytes_and_free();
+    test_lost_status();
+    test_fences_grow();
+    test_extend();
+    test_watchdog_keeps_the_lock();
+    test_watchdog_reports_a_loss();
+    test_release_waits_for_a_running_callback();
+    test_no_callback_after_release();
+    test_release_races_the_loss();
+    test_lease_bad_inputs();
     printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
 }

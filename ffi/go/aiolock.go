@@ -36,6 +36,34 @@ package aiolock
 #cgo LDFLAGS: -laiolock
 #include <stdlib.h>
 #include "aiolock.h"
+
+// The lease functions of both handles behind one call each: the Go side of Lock and
+// Exclusive is written once (guard), and says which handle it holds.
+static enum aiolock_status go_extend(void *h, bool ex, double lease) {
+	return ex ? aiolock_exclusive_extend(h, lease) : aiolock_lock_extend(h, lease);
+}
+static enum aiolock_status go_fence(void *h, bool ex, uint64_t *fence, bool *has) {
+	return ex ? aiolock_exclusive_fence(h, fence, has) : aiolock_lock_fence(h, fence, has);
+}
+static enum aiolock_status go_remaining(void *h, bool ex, double *secs) {
+	return ex ? aiolock_exclusive_lease_remaining(h, secs) : aiolock_lock_lease_remaining(h, secs);
+}
+static enum aiolock_status go_check(void *h, bool ex) {
+	return ex ? aiolock_exclusive_check(h) : aiolock_lock_check(h);
+}
+static enum aiolock_status go_release(void *h, bool ex, bool *removed) {
+	return ex ? aiolock_exclusive_release(h, removed) : aiolock_release(h, removed);
+}
+
+// The loss callback: user_data is the cgo.Handle of the guard's watcher (callback.go).
+extern void aiolockGoLost(uintptr_t watcher, int status, char *message);
+static void go_lost(void *user_data, int status, const char *message) {
+	aiolockGoLost((uintptr_t)user_data, status, (char *)message);
+}
+static enum aiolock_status go_on_lost(void *h, bool ex, uintptr_t watcher) {
+	return ex ? aiolock_exclusive_on_lost(h, go_lost, (void *)watcher)
+	          : aiolock_lock_on_lost(h, go_lost, (void *)watcher);
+}
 */
 import "C"
 
@@ -43,7 +71,9 @@ import (
 	"context"
 	"errors"
 	"runtime"
+	"runtime/cgo"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 )
@@ -64,6 +94,10 @@ const (
 	ErrUnsupported     Status = C.AIOLOCK_UNSUPPORTED
 	ErrOther           Status = C.AIOLOCK_ERROR
 	ErrPanic           Status = C.AIOLOCK_PANIC
+	// ErrLost: the lock is no longer this guard's (its lease ended and another caller
+	// may hold it, it was deleted, or the guard never held it): from Extend, Check, and
+	// a watched guard's Lost channel. Stop the work that needed the lock.
+	ErrLost Status = C.AIOLOCK_LOST
 )
 
 // Error returns the text of the status code.
@@ -263,42 +297,205 @@ func (o Outcome) String() string {
 	return "Outcome(?)"
 }
 
-// AcquireOption changes how Acquire waits.
+// AcquireOption changes how Acquire, Lock and TryLock acquire.
 type AcquireOption func(*acquireOptions)
 
-type acquireOptions struct{ wait float64 }
+type acquireOptions struct {
+	wait    float64
+	waitSet bool
+	flags   C.uint32_t
+}
 
-// WaitAtMost bounds the wait for a held lock (default: one lease). 0 tries once.
+func options(opts []AcquireOption) acquireOptions {
+	o := acquireOptions{wait: float64(C.AIOLOCK_WAIT_DEFAULT)}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+// WaitAtMost bounds Acquire's wait for a held lock (default: one lease). 0 tries
+// once. Lock and TryLock refuse it (ErrInvalidArgument): their context bounds the wait.
 func WaitAtMost(d time.Duration) AcquireOption {
-	return func(o *acquireOptions) { o.wait = d.Seconds() }
+	return func(o *acquireOptions) { o.wait, o.waitSet = d.Seconds(), true }
+}
+
+// Fenced gives the acquisition a fencing token (Fence): a number larger than that of
+// every earlier acquisition of the key, in every process. Send it with each write the
+// lock protects, and let the storage keep the highest fence it has seen and refuse
+// writes with a lower one: a lease cannot stop a holder that paused past its lease
+// (GC, SIGSTOP, a slow disk) from writing after the next holder started; a fence
+// checked by the storage can.
+func Fenced() AcquireOption {
+	return func(o *acquireOptions) { o.flags |= C.AIOLOCK_FENCED }
+}
+
+// Watchdog renews the lease automatically while the guard is held (a third of the
+// lease after the acquisition and after each confirmed renewal, from the library's
+// watchdog thread), and reports a loss: Check returns ErrLost, and the guard's Lost
+// channel receives the error, at once when a renewal fails or finds the lock taken,
+// and in any case before the lease would have ended. Release stops the renewals.
+func Watchdog() AcquireOption {
+	return func(o *acquireOptions) { o.flags |= C.AIOLOCK_WATCHDOG }
+}
+
+// liveWatchers counts the watchers registered with the library and not yet released:
+// a test checks that releasing (or finalizing) a guard frees its watcher.
+var liveWatchers int64
+
+// watcher turns the library's loss callback into a guard's Lost channel. The library
+// holds its cgo.Handle (not the guard's, so a forgotten guard is still finalized).
+type watcher struct {
+	once   sync.Once
+	ch     chan error
+	handle cgo.Handle
+}
+
+func newWatcher() *watcher {
+	w := &watcher{ch: make(chan error, 1)}
+	w.handle = cgo.NewHandle(w)
+	atomic.AddInt64(&liveWatchers, 1)
+	return w
+}
+
+// finish sends err (unless nil) and closes the channel, once.
+func (w *watcher) finish(err error) {
+	w.once.Do(func() {
+		if err != nil {
+			w.ch <- err
+		}
+		close(w.ch)
+	})
+}
+
+// released: the library will not call back any more (its release or free returned).
+func (w *watcher) released() {
+	w.finish(nil)
+	w.handle.Delete()
+	atomic.AddInt64(&liveWatchers, -1)
+}
+
+// guard is what Lock and Exclusive share: the C handle (which of the two), its lock
+// and its watcher. The exported methods of each type call these.
+type guard struct {
+	mu        sync.Mutex
+	ptr       unsafe.Pointer // *C.aiolock_lock or *C.aiolock_exclusive; nil once released
+	exclusive C.bool
+	watch     *watcher // nil unless acquired with Watchdog and held
+}
+
+// watchIfAsked registers the watcher of a held guard acquired with Watchdog. A lock
+// lost already is reported on the channel at once.
+func (g *guard) watchIfAsked(o acquireOptions) error {
+	if o.flags&C.AIOLOCK_WATCHDOG == 0 {
+		return nil
+	}
+	w := newWatcher()
+	err := call(func() C.enum_aiolock_status {
+		return C.go_on_lost(g.ptr, g.exclusive, C.uintptr_t(w.handle))
+	})
+	if errors.Is(err, ErrLost) {
+		w.finish(err)
+		err = nil
+	}
+	if err != nil {
+		w.released()
+		return err
+	}
+	g.watch = w
+	return nil
+}
+
+func (g *guard) release() (bool, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.ptr == nil {
+		return false, ErrClosed
+	}
+	ptr := g.ptr
+	g.ptr = nil // consumed by the call, whatever it returns
+	var removed C.bool
+	err := call(func() C.enum_aiolock_status { return C.go_release(ptr, g.exclusive, &removed) })
+	if g.watch != nil {
+		g.watch.released()
+	}
+	return bool(removed), err
+}
+
+func (g *guard) extend(lease time.Duration) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.ptr == nil {
+		return ErrClosed
+	}
+	return call(func() C.enum_aiolock_status { return C.go_extend(g.ptr, g.exclusive, seconds(lease)) })
+}
+
+func (g *guard) fence() (uint64, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var fence C.uint64_t
+	var has C.bool
+	if g.ptr == nil || C.go_fence(g.ptr, g.exclusive, &fence, &has) != C.AIOLOCK_OK {
+		return 0, false
+	}
+	return uint64(fence), bool(has)
+}
+
+func (g *guard) leaseRemaining() time.Duration {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var secs C.double
+	if g.ptr == nil || C.go_remaining(g.ptr, g.exclusive, &secs) != C.AIOLOCK_OK {
+		return 0
+	}
+	return time.Duration(float64(secs) * float64(time.Second))
+}
+
+func (g *guard) check() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.ptr == nil {
+		return ErrClosed
+	}
+	return call(func() C.enum_aiolock_status { return C.go_check(g.ptr, g.exclusive) })
+}
+
+func (g *guard) lost() <-chan error {
+	if g.watch == nil {
+		return nil
+	}
+	return g.watch.ch
 }
 
 // Lock is the result of Acquire. It holds the lock when its Outcome is Acquired.
 // Release it exactly once; a forgotten Lock is released by a finalizer.
 type Lock struct {
-	mu      sync.Mutex
-	ptr     *C.aiolock_lock
+	g       guard
 	outcome Outcome
 }
 
 // Acquire takes the RedLock on key for at most lease, or waits for its holder (at
 // most one lease, or as WaitAtMost says). Not getting the lock is not an error: see
-// the Lock's Outcome.
+// the Lock's Outcome. Fenced and Watchdog apply to an acquisition that holds the lock.
 func (c *Cache) Acquire(key string, lease time.Duration, opts ...AcquireOption) (*Lock, error) {
-	o := acquireOptions{wait: float64(C.AIOLOCK_WAIT_DEFAULT)}
-	for _, opt := range opts {
-		opt(&o)
-	}
+	o := options(opts)
 	k, kn := bytesOf(key)
 	var ptr *C.aiolock_lock
 	var outcome C.enum_aiolock_outcome
 	err := c.with(func(p *C.aiolock_cache) C.enum_aiolock_status {
-		return C.aiolock_acquire(p, k, kn, seconds(lease), C.double(o.wait), &ptr, &outcome)
+		return C.aiolock_acquire_ex(p, k, kn, seconds(lease), C.double(o.wait), o.flags, &ptr, &outcome)
 	})
 	if err != nil {
 		return nil, err
 	}
-	l := &Lock{ptr: ptr, outcome: Outcome(outcome)}
+	l := &Lock{g: guard{ptr: unsafe.Pointer(ptr)}, outcome: Outcome(outcome)}
+	if l.outcome == Acquired {
+		if err := l.g.watchIfAsked(o); err != nil {
+			_, _ = l.g.release()
+			return nil, err
+		}
+	}
 	runtime.SetFinalizer(l, func(l *Lock) { _, _ = l.Release() })
 	return l, nil
 }
@@ -308,20 +505,41 @@ func (l *Lock) Outcome() Outcome { return l.outcome }
 
 // Release releases the lock if this Lock holds it (owner-checked: a lock whose lease
 // ended and was taken by another caller is left alone) and frees the handle. It
-// reports whether it removed the lock. A second Release returns ErrClosed.
+// reports whether it removed the lock. A second Release returns ErrClosed. It stops
+// a watched Lock's renewals and closes its Lost channel (without an error, unless
+// the loss came first).
 func (l *Lock) Release() (bool, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.ptr == nil {
-		return false, ErrClosed
-	}
-	ptr := l.ptr
-	l.ptr = nil // consumed by the call, whatever it returns
 	runtime.SetFinalizer(l, nil)
-	var removed C.bool
-	err := call(func() C.enum_aiolock_status { return C.aiolock_release(ptr, &removed) })
-	return bool(removed), err
+	return l.g.release()
 }
+
+// Extend renews the lease, owner-checked: if the lock is still ours, its lease now
+// ends lease from now (it may shorten it). ErrLost when the lock is no longer ours or
+// this Lock never held it (nothing changed); ErrTimeout or ErrConnection leave the
+// renewal unknown. A watched Lock's renewals go on from here, with this lease.
+func (l *Lock) Extend(lease time.Duration) error { return l.g.extend(lease) }
+
+// Fence returns the fencing token of a Lock acquired with Fenced that holds the lock,
+// and true; else 0 and false.
+func (l *Lock) Fence() (uint64, bool) { return l.g.fence() }
+
+// LeaseRemaining is how long the lease lasts at least from now (on this process's
+// monotonic clock, counted from just before the claim or the last confirmed renewal
+// was sent); 0 once it ended, when not held, or after Release.
+func (l *Lock) LeaseRemaining() time.Duration { return l.g.leaseRemaining() }
+
+// Check reports the watchdog's verdict on a Lock acquired with Watchdog: nil while
+// held and renewed, an error matching ErrLost (with the reason) once the lock is
+// lost. It sends nothing. ErrInvalidArgument for a Lock acquired without Watchdog,
+// ErrLost for one that does not hold the lock, ErrClosed after Release.
+func (l *Lock) Check() error { return l.g.check() }
+
+// Lost returns a channel that receives the error (matching ErrLost) once when the
+// watched lock is lost, and is then closed; Release closes it without an error. The
+// loss comes from the library's watchdog thread; nothing runs in a goroutine. It is
+// nil (it never receives: a select waits on its other cases) for a Lock acquired
+// without Watchdog or that does not hold the lock.
+func (l *Lock) Lost() <-chan error { return l.g.lost() }
 
 // OptimisticLock is a read of one key and its version; Cas writes only if the key is
 // unchanged. Use it once (Cas or Close).
@@ -396,10 +614,10 @@ func (o *OptimisticLock) Close() error {
 //
 // A lease lock cannot stop a holder that paused past its lease (GC, SIGSTOP, a slow
 // disk) from writing after the next holder started: choose a lease much longer than
-// the work, and let the storage refuse stale writes where that would harm.
+// the work, or renew it (Extend, Watchdog), and let the storage refuse stale writes
+// where that would harm (Fenced).
 type Exclusive struct {
-	mu  sync.Mutex
-	ptr *C.aiolock_exclusive
+	g guard
 }
 
 // lockSlice is how long one C call of Lock waits at most when its context can be
@@ -429,7 +647,13 @@ func (e *notAcquired) Unwrap() error        { return e.cause }
 // interrupted, so a cancellable ctx waits in slices of at most 100 ms, and each slice
 // claims the key once more (one round trip). A ctx that can never end
 // (context.Background()) waits as long as it takes, in one call.
-func (c *Cache) Lock(ctx context.Context, key string, lease time.Duration) (*Exclusive, error) {
+//
+// Options: Fenced, Watchdog (WaitAtMost is refused: ctx bounds the wait).
+func (c *Cache) Lock(ctx context.Context, key string, lease time.Duration, opts ...AcquireOption) (*Exclusive, error) {
+	o, err := exclusiveOptions(opts)
+	if err != nil {
+		return nil, err
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, &notAcquired{err}
 	}
@@ -447,7 +671,7 @@ func (c *Cache) Lock(ctx context.Context, key string, lease time.Duration) (*Exc
 				wait = left
 			}
 		}
-		l, err := c.exclusive(key, lease, wait.Seconds())
+		l, err := c.exclusive(key, lease, wait.Seconds(), o)
 		if err != nil || l != nil {
 			return l, err
 		}
@@ -458,26 +682,43 @@ func (c *Cache) Lock(ctx context.Context, key string, lease time.Duration) (*Exc
 }
 
 // TryLock claims the exclusive lock on key once, never waiting: ErrNotAcquired when
-// another caller holds it now.
-func (c *Cache) TryLock(key string, lease time.Duration) (*Exclusive, error) {
-	l, err := c.exclusive(key, lease, 0)
+// another caller holds it now. Options: Fenced, Watchdog.
+func (c *Cache) TryLock(key string, lease time.Duration, opts ...AcquireOption) (*Exclusive, error) {
+	o, err := exclusiveOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	l, err := c.exclusive(key, lease, 0, o)
 	if err == nil && l == nil {
 		return nil, ErrNotAcquired
 	}
 	return l, err
 }
 
-// exclusive is one aiolock_exclusive_acquire: (nil, nil) when not acquired.
-func (c *Cache) exclusive(key string, lease time.Duration, wait float64) (*Exclusive, error) {
+func exclusiveOptions(opts []AcquireOption) (acquireOptions, error) {
+	o := options(opts)
+	if o.waitSet {
+		return o, &Error{Status: ErrInvalidArgument, Message: "invalid argument: WaitAtMost does not apply to Lock " +
+			"and TryLock: the context bounds the wait"}
+	}
+	return o, nil
+}
+
+// exclusive is one aiolock_exclusive_acquire_ex: (nil, nil) when not acquired.
+func (c *Cache) exclusive(key string, lease time.Duration, wait float64, o acquireOptions) (*Exclusive, error) {
 	k, kn := bytesOf(key)
 	var ptr *C.aiolock_exclusive
 	err := c.with(func(p *C.aiolock_cache) C.enum_aiolock_status {
-		return C.aiolock_exclusive_acquire(p, k, kn, seconds(lease), C.double(wait), &ptr)
+		return C.aiolock_exclusive_acquire_ex(p, k, kn, seconds(lease), C.double(wait), o.flags, &ptr)
 	})
 	if err != nil || ptr == nil {
 		return nil, err
 	}
-	l := &Exclusive{ptr: ptr}
+	l := &Exclusive{g: guard{ptr: unsafe.Pointer(ptr), exclusive: true}}
+	if err := l.g.watchIfAsked(o); err != nil {
+		_, _ = l.g.release()
+		return nil, err
+	}
 	runtime.SetFinalizer(l, func(l *Exclusive) { _, _ = l.Release() })
 	return l, nil
 }
@@ -485,17 +726,28 @@ func (c *Cache) exclusive(key string, lease time.Duration, wait float64) (*Exclu
 // Release releases the lock (owner-checked: a lock whose lease ended and was taken
 // by another caller is left alone) and frees the handle. It reports whether it
 // removed the lock: false when the lease had already ended. A second Release returns
-// ErrClosed.
+// ErrClosed. It stops a watched lock's renewals and closes its Lost channel.
 func (l *Exclusive) Release() (bool, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.ptr == nil {
-		return false, ErrClosed
-	}
-	ptr := l.ptr
-	l.ptr = nil // consumed by the call, whatever it returns
 	runtime.SetFinalizer(l, nil)
-	var removed C.bool
-	err := call(func() C.enum_aiolock_status { return C.aiolock_exclusive_release(ptr, &removed) })
-	return bool(removed), err
+	return l.g.release()
 }
+
+// Extend renews the lease, owner-checked: it now ends lease from now. ErrLost when
+// the lock is no longer ours (nothing changed). See Lock.Extend.
+func (l *Exclusive) Extend(lease time.Duration) error { return l.g.extend(lease) }
+
+// Fence returns the fencing token of a lock acquired with Fenced, and true; else 0
+// and false.
+func (l *Exclusive) Fence() (uint64, bool) { return l.g.fence() }
+
+// LeaseRemaining is how long the lease lasts at least from now; 0 once it ended or
+// after Release. See Lock.LeaseRemaining.
+func (l *Exclusive) LeaseRemaining() time.Duration { return l.g.leaseRemaining() }
+
+// Check is nil while a lock acquired with Watchdog is held and renewed, and an error
+// matching ErrLost once it is lost. See Lock.Check.
+func (l *Exclusive) Check() error { return l.g.check() }
+
+// Lost receives the loss of a lock acquired with Watchdog once, then is closed
+// (Release closes it without an error); nil without Watchdog. See Lock.Lost.
+func (l *Exclusive) Lost() <-chan error { return l.g.lost() }

@@ -112,6 +112,7 @@ pub(crate) fn status_of(kind: ErrorKind) -> aiolock_status {
         ErrorKind::Protocol => aiolock_status::AIOLOCK_PROTOCOL,
         ErrorKind::Backend => aiolock_status::AIOLOCK_BACKEND,
         ErrorKind::Unsupported => aiolock_status::AIOLOCK_UNSUPPORTED,
+        ErrorKind::Lost => aiolock_status::AIOLOCK_LOST,
         _ => aiolock_status::AIOLOCK_ERROR,
     }
 }

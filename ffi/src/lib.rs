@@ -39,6 +39,12 @@
 //!   exclusive-lock or optimistic-lock handle must not be used from two threads at
 //!   the same time (it may move between threads).
 //!   Handles are independent: freeing a cache does not invalidate its locks.
+//!   Loss callbacks (`aiolock_lock_on_lost`, `aiolock_exclusive_on_lost`) are the one
+//!   exception: aiolock calls them from its watchdog thread, and a release or free of
+//!   the handle on any thread waits for a call in progress.
+//! - Options of an acquisition are bits of a `flags` argument (`aiolock_acquire_ex`,
+//!   `aiolock_exclusive_acquire_ex`): `AIOLOCK_FENCED`, `AIOLOCK_WATCHDOG`; 0 is the
+//!   function without `_ex`, and an unknown bit is `AIOLOCK_INVALID_ARGUMENT`.
 //! - A panic inside aiolock (a bug) is caught and returns `AIOLOCK_PANIC`; the
 //!   process goes on.
 
@@ -51,8 +57,9 @@ compile_error!(
 );
 
 mod boundary;
+mod lease;
 
-use std::ffi::{c_char, c_int};
+use std::ffi::{c_char, c_int, c_void};
 
 use aiolock::Outcome;
 use aiolock::blocking::{Cache, ExclusiveGuard, LockGuard, OptimisticLock};
@@ -60,6 +67,8 @@ use aiolock::blocking::{Cache, ExclusiveGuard, LockGuard, OptimisticLock};
 use crate::boundary::{
     bound, bytes, guard, guard_quiet, handle, invalid, lease, out, ttl, utf8, wait,
 };
+pub use crate::lease::{AIOLOCK_FENCED, AIOLOCK_WATCHDOG, aiolock_lost_fn};
+use crate::lease::{Callbacks, Flags, options};
 
 /// The result of a call: `AIOLOCK_OK` or what went wrong. The numbers are stable and
 /// new codes may be added: treat an unknown non-zero code as a generic error.
@@ -101,6 +110,12 @@ pub enum aiolock_status {
     /// aiolock panicked (a bug in aiolock). The call did nothing the caller can rely
     /// on, but the process is intact.
     AIOLOCK_PANIC = 10,
+    /// The lock is no longer this handle's: its lease ended (another caller may hold
+    /// it now), it was deleted, or the handle never held it (`aiolock_lock_extend`,
+    /// `aiolock_lock_check`, a watchdog's renewal, and their `aiolock_exclusive_*`
+    /// twins). Nothing was written: another holder's lock is left alone. Stop the work
+    /// that needed the lock and take it again.
+    AIOLOCK_LOST = 11,
 }
 
 /// How `aiolock_acquire` ended.
@@ -144,11 +159,15 @@ pub struct aiolock_cache {
     cache: Cache,
 }
 
-/// The result of `aiolock_acquire`: holds the lock when the outcome was
-/// `AIOLOCK_ACQUIRED`. Consumed by `aiolock_release`.
+/// The result of `aiolock_acquire` / `aiolock_acquire_ex`: holds the lock when the
+/// outcome was `AIOLOCK_ACQUIRED`. Consumed by `aiolock_release`.
 #[allow(non_camel_case_types)]
 pub struct aiolock_lock {
+    /// Dropped first: the loss callbacks are disarmed before the guard is released.
+    callbacks: Callbacks,
     guard: LockGuard,
+    /// Acquired with `AIOLOCK_WATCHDOG`.
+    watched: bool,
 }
 
 /// A held exclusive lock: the key belongs to this handle until its lease ends or it
@@ -160,7 +179,11 @@ pub struct aiolock_lock {
 /// holder can do later (extend, fence, watchdog) is new functions on this handle.
 #[allow(non_camel_case_types)]
 pub struct aiolock_exclusive {
+    /// Dropped first: the loss callbacks are disarmed before the guard is released.
+    callbacks: Callbacks,
     guard: ExclusiveGuard,
+    /// Acquired with `AIOLOCK_WATCHDOG`.
+    watched: bool,
 }
 
 /// An optimistic lock on one key: the value and version read by
@@ -265,6 +288,94 @@ pub unsafe extern "C" fn aiolock_acquire(
     lock_out: *mut *mut aiolock_lock,
     outcome_out: *mut aiolock_outcome,
 ) -> aiolock_status {
+    // SAFETY: the same contract.
+    unsafe {
+        redlock_acquire(
+            cache,
+            key,
+            key_len,
+            lease_secs,
+            wait_secs,
+            0,
+            lock_out,
+            outcome_out,
+        )
+    }
+}
+
+/// `aiolock_acquire` with options: `flags` is 0 (then it is `aiolock_acquire`) or a
+/// bitwise OR of
+/// - `AIOLOCK_FENCED`: the acquisition gets a fencing token, read with
+///   `aiolock_lock_fence`: a number larger than that of every earlier acquisition of
+///   the key, in every process, kept under the key `lock key + "-fence"` (no TTL).
+///   Send it with every write the lock protects, and let the storage keep the highest
+///   fence it has seen and refuse writes carrying a lower one: a lease cannot stop a
+///   holder that paused past its lease (GC, `SIGSTOP`, a slow disk) from writing after
+///   the next holder started, a fence checked by the storage can. Redis: no extra
+///   round trip; memcached: the fence key must fit 250 bytes too (6 more than the lock
+///   key). What the counter survives (restarts, evictions) is described in the Rust
+///   docs of `RedLock::fenced`.
+/// - `AIOLOCK_WATCHDOG`: while the handle lives and holds the lock, its lease is
+///   renewed (owner-checked) a third of the lease after the acquisition and after each
+///   confirmed renewal, by the cache's watchdog thread (`aiolock-watchdog`, one per
+///   cache, started by its first watched lock). A renewal that fails or finds the lock
+///   gone or taken makes the lock lost: `aiolock_lock_check` returns `AIOLOCK_LOST`,
+///   at once, and in any case before the lease would have ended; the callback of
+///   `aiolock_lock_on_lost` is called. Releasing the handle stops its renewals. A
+///   waiter that does not get the lock has nothing watched.
+///
+/// Any other bit is `AIOLOCK_INVALID_ARGUMENT` (a newer program asking this library
+/// for an option it does not have). The other arguments, outputs and errors are
+/// `aiolock_acquire`'s (`AIOLOCK_UNSUPPORTED` for a fence on a backend without one).
+///
+/// # Safety
+///
+/// As `aiolock_acquire`.
+#[allow(clippy::too_many_arguments)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_acquire_ex(
+    cache: *const aiolock_cache,
+    key: *const u8,
+    key_len: usize,
+    lease_secs: f64,
+    wait_secs: f64,
+    flags: u32,
+    lock_out: *mut *mut aiolock_lock,
+    outcome_out: *mut aiolock_outcome,
+) -> aiolock_status {
+    // SAFETY: the same contract.
+    unsafe {
+        redlock_acquire(
+            cache,
+            key,
+            key_len,
+            lease_secs,
+            wait_secs,
+            flags,
+            lock_out,
+            outcome_out,
+        )
+    }
+}
+
+/// `aiolock_acquire_ex`, inlined into both exports (`aiolock_acquire`'s flags are a
+/// constant 0: nothing of them is left on its path).
+///
+/// # Safety
+///
+/// As `aiolock_acquire`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn redlock_acquire(
+    cache: *const aiolock_cache,
+    key: *const u8,
+    key_len: usize,
+    lease_secs: f64,
+    wait_secs: f64,
+    flags: u32,
+    lock_out: *mut *mut aiolock_lock,
+    outcome_out: *mut aiolock_outcome,
+) -> aiolock_status {
     guard(|| {
         // SAFETY: the caller's contract.
         let cache = unsafe { handle(cache, "cache") }?;
@@ -274,13 +385,24 @@ pub unsafe extern "C" fn aiolock_acquire(
         let outcome_out = out(outcome_out, "outcome_out")?;
         let lease = lease(lease_secs, "lease_secs")?;
         let wait = wait(wait_secs, "wait_secs")?;
+        let Flags { fenced, watchdog } = options(flags, "flags")?;
         let mut redlock = cache.cache.redlock(key, lease);
         if let Some(wait) = wait {
             redlock = redlock.wait_at_most(wait);
         }
+        if fenced {
+            redlock = redlock.fenced();
+        }
+        if watchdog {
+            redlock = redlock.watchdog();
+        }
         let guard = redlock.acquire()?;
         let outcome = guard.outcome().into();
-        let lock = Box::into_raw(Box::new(aiolock_lock { guard }));
+        let lock = Box::into_raw(Box::new(aiolock_lock {
+            callbacks: Callbacks::default(),
+            guard,
+            watched: watchdog,
+        }));
         // SAFETY: checked non-NULL; valid for writes by the caller's contract.
         unsafe {
             lock_out.write(lock);
@@ -299,14 +421,19 @@ pub unsafe extern "C" fn aiolock_acquire(
 /// `removed_out` is optional: NULL when the answer is not wanted.
 ///
 /// **Consumes `lock` whatever the status** (unless it is NULL): the caller must not
-/// use it again. On a backend error the lock is left to expire with its lease.
+/// use it again. On a backend error the lock is left to expire with its lease. A
+/// watched handle's renewals stop, and its loss callbacks (`aiolock_lock_on_lost`)
+/// are disarmed first: once this returns, none of them runs or will run (a call in
+/// progress on the watchdog thread is waited for), and their `user_data` may be
+/// freed.
 ///
 /// Errors: `AIOLOCK_INVALID_ARGUMENT` (`lock` is NULL), the backend's errors.
 ///
 /// # Safety
 ///
-/// `lock` must be NULL or a handle from `aiolock_acquire` not yet released;
-/// `removed_out` must be NULL or valid for a write.
+/// `lock` must be NULL or a handle from `aiolock_acquire` or `aiolock_acquire_ex` not
+/// yet released, not in use by another thread; `removed_out` must be NULL or valid
+/// for a write.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn aiolock_release(
     lock: *mut aiolock_lock,
@@ -318,13 +445,177 @@ pub unsafe extern "C" fn aiolock_release(
         }
         // SAFETY: the caller's contract: a live handle from Box::into_raw. Taken first,
         // so the handle is consumed on every path, a panic included.
-        let lock = unsafe { Box::from_raw(lock) };
+        let mut lock = unsafe { Box::from_raw(lock) };
+        // No loss callback runs from here on.
+        lock.callbacks.disarm();
         let removed = lock.guard.release()?;
         if !removed_out.is_null() {
             // SAFETY: non-NULL; valid for a write by the caller's contract.
             unsafe { removed_out.write(removed) };
         }
         Ok(())
+    })
+}
+
+/// Renews the lease of a lock handle that holds the lock: if the lock key still holds
+/// this handle's token, its lease now ends `lease_secs` from now (owner-checked and
+/// atomic: Redis, one script; memcached, a write conditional on the key's CAS unique;
+/// memory, under the store's mutex). `lease_secs` replaces the time left, as in
+/// redsync and node-redlock: it may shorten it. It is checked like every lease
+/// (finite, at least one nanosecond). A watched handle's renewals go on from here,
+/// with this lease.
+///
+/// Errors: `AIOLOCK_INVALID_ARGUMENT` (NULL, a bad `lease_secs`); `AIOLOCK_LOST` when
+/// the lock is no longer ours (its lease ended and the key is gone or another
+/// caller's) or this handle never held it (an outcome other than `AIOLOCK_ACQUIRED`):
+/// nothing changed, and `aiolock_release` still works (it removes nothing then);
+/// `AIOLOCK_TIMEOUT` or `AIOLOCK_CONNECTION` leave the renewal unknown, and
+/// `aiolock_lock_lease_remaining` counts from the last renewal known. After a watched
+/// handle's loss was reported, extend still asks the backend and reports the truth,
+/// but the watchdog does not resume.
+///
+/// # Safety
+///
+/// `lock` must be NULL or a live handle from `aiolock_acquire` or
+/// `aiolock_acquire_ex`, not in use by another thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_lock_extend(
+    lock: *mut aiolock_lock,
+    lease_secs: f64,
+) -> aiolock_status {
+    guard(|| {
+        // SAFETY: the caller's contract: a live handle, used by this thread only.
+        let lock = unsafe { lock.as_mut() }.ok_or_else(|| invalid("lock is NULL"))?;
+        lock.guard.extend(lease(lease_secs, "lease_secs")?)
+    })
+}
+
+/// The fencing token of a lock handle: on success, `*has_fence_out` says whether it
+/// has one (it was acquired with `AIOLOCK_FENCED` and holds the lock), and if so
+/// `*fence_out` is the token, larger than that of every earlier acquisition of the
+/// key; else `*fence_out` is 0. Sends nothing.
+///
+/// Errors: `AIOLOCK_INVALID_ARGUMENT` (a NULL pointer).
+///
+/// # Safety
+///
+/// `lock` must be NULL or a live lock handle; the outputs must be NULL or valid for
+/// writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_lock_fence(
+    lock: *const aiolock_lock,
+    fence_out: *mut u64,
+    has_fence_out: *mut bool,
+) -> aiolock_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let lock = unsafe { handle(lock, "lock") }?;
+        // SAFETY: the caller's contract.
+        unsafe { lease::write_fence(&lock.guard, fence_out, has_fence_out) }
+    })
+}
+
+/// How long the lease of a lock handle lasts at least from now: on success,
+/// `*secs_out` is the seconds until the lease ends on this client's monotonic clock
+/// (counted from just before the claim or the last confirmed renewal or extend was
+/// sent, so the server's lease ends later), 0 once it ended or when the handle does
+/// not hold the lock. A watched handle's lease moves with each renewal. Sends nothing.
+///
+/// Errors: `AIOLOCK_INVALID_ARGUMENT` (a NULL pointer).
+///
+/// # Safety
+///
+/// `lock` must be NULL or a live lock handle; `secs_out` must be NULL or valid for a
+/// write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_lock_lease_remaining(
+    lock: *const aiolock_lock,
+    secs_out: *mut f64,
+) -> aiolock_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let lock = unsafe { handle(lock, "lock") }?;
+        let secs_out = out(secs_out, "secs_out")?;
+        let secs = lease::lease_remaining(&lock.guard);
+        // SAFETY: checked non-NULL; valid for a write by the caller's contract.
+        unsafe { secs_out.write(secs) };
+        Ok(())
+    })
+}
+
+/// The watchdog's verdict on a handle acquired with `AIOLOCK_WATCHDOG`: `AIOLOCK_OK`
+/// while it holds the lock and its renewals are confirmed; `AIOLOCK_LOST`, with the
+/// reason as the last error message, once the lock is lost (a renewal failed or found
+/// the key gone or another caller's, or no renewal was confirmed by a margin before
+/// the lease end: a tenth of the lease, at most a second). A loss is final. Sends
+/// nothing (a mutex and the clock): cheap enough to call between steps of the work.
+///
+/// Errors: `AIOLOCK_INVALID_ARGUMENT` (NULL, or a handle acquired without
+/// `AIOLOCK_WATCHDOG`); `AIOLOCK_LOST` as above, and for a handle that does not hold
+/// the lock.
+///
+/// # Safety
+///
+/// `lock` must be NULL or a live lock handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_lock_check(lock: *const aiolock_lock) -> aiolock_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let lock = unsafe { handle(lock, "lock") }?;
+        lease::check(&lock.guard, lock.watched)
+    })
+}
+
+/// Registers `on_lost` to be called once, with `user_data`, when the watched lock of
+/// `lock` is lost (see `aiolock_lock_check`): `on_lost(user_data, AIOLOCK_LOST,
+/// message)`. Several callbacks may be registered; each is called at most once.
+///
+/// - **Thread**: the call comes from the cache's watchdog thread (`aiolock-watchdog`),
+///   never from the registering thread. The callback must be quick and must not block
+///   (set a flag, write to a pipe, signal a condition variable), and must not call
+///   aiolock on this lock (its renewals, and a release of this handle on another
+///   thread, wait for it to return). It must not unwind (no C++ exception).
+/// - **`message`** is a one-line, NUL-terminated description, valid only during the
+///   call: copy it to keep it.
+/// - **Release and free**: once `aiolock_release` (or `aiolock_exclusive_release` /
+///   `_free` for the exclusive lock) is called, the callbacks are never called, and
+///   that call returns only after a callback in progress on the watchdog thread has
+///   returned: after it, `user_data` may be freed. A callback is never called after a
+///   release, even one that failed.
+/// - The watchdog learns of a loss when a renewal fails, or at the lock's lost instant
+///   (a margin before its lease end); a renewal that hangs holds the watchdog thread
+///   until the cache's response timeout, and the callback comes then
+///   (`aiolock_lock_check` reads the clock and is on time).
+///
+/// Errors, with nothing registered (the callback is never called): NULL `lock` or
+/// `on_lost`, or a handle acquired without `AIOLOCK_WATCHDOG`:
+/// `AIOLOCK_INVALID_ARGUMENT`; a handle that does not hold the lock, or whose lock is
+/// lost already: `AIOLOCK_LOST` (with the reason).
+///
+/// # Safety
+///
+/// `lock` must be NULL or a live lock handle, not in use by another thread;
+/// `on_lost` must be NULL or safe to call with `user_data` from another thread until
+/// the handle is released.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_lock_on_lost(
+    lock: *mut aiolock_lock,
+    on_lost: aiolock_lost_fn,
+    user_data: *mut c_void,
+) -> aiolock_status {
+    guard(|| {
+        // SAFETY: the caller's contract: a live handle, used by this thread only.
+        let lock = unsafe { lock.as_mut() }.ok_or_else(|| invalid("lock is NULL"))?;
+        // SAFETY: the caller's contract on `on_lost` and `user_data`.
+        unsafe {
+            lease::on_lost(
+                &lock.guard,
+                lock.watched,
+                &mut lock.callbacks,
+                on_lost,
+                user_data,
+            )
+        }
     })
 }
 
@@ -372,6 +663,51 @@ pub unsafe extern "C" fn aiolock_exclusive_acquire(
     wait_secs: f64,
     lock_out: *mut *mut aiolock_exclusive,
 ) -> aiolock_status {
+    // SAFETY: the same contract.
+    unsafe { exclusive_acquire(cache, key, key_len, lease_secs, wait_secs, 0, lock_out) }
+}
+
+/// `aiolock_exclusive_acquire` with options: `flags` is 0 (then it is
+/// `aiolock_exclusive_acquire`; with a `wait_secs` of 0, `aiolock_exclusive_try_acquire`)
+/// or a bitwise OR of `AIOLOCK_FENCED` (a fencing token, `aiolock_exclusive_fence`)
+/// and `AIOLOCK_WATCHDOG` (automatic renewal while the handle lives, with
+/// `aiolock_exclusive_check` and `aiolock_exclusive_on_lost`), as for
+/// `aiolock_acquire_ex`, which describes both. Any other bit is
+/// `AIOLOCK_INVALID_ARGUMENT`. The other arguments, outputs ("not acquired" is
+/// `AIOLOCK_OK` with a NULL handle) and errors are `aiolock_exclusive_acquire`'s.
+///
+/// # Safety
+///
+/// As `aiolock_exclusive_acquire`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_exclusive_acquire_ex(
+    cache: *const aiolock_cache,
+    key: *const u8,
+    key_len: usize,
+    lease_secs: f64,
+    wait_secs: f64,
+    flags: u32,
+    lock_out: *mut *mut aiolock_exclusive,
+) -> aiolock_status {
+    // SAFETY: the same contract.
+    unsafe { exclusive_acquire(cache, key, key_len, lease_secs, wait_secs, flags, lock_out) }
+}
+
+/// `aiolock_exclusive_acquire_ex`, inlined into its three exports.
+///
+/// # Safety
+///
+/// As `aiolock_exclusive_acquire`.
+#[inline(always)]
+unsafe fn exclusive_acquire(
+    cache: *const aiolock_cache,
+    key: *const u8,
+    key_len: usize,
+    lease_secs: f64,
+    wait_secs: f64,
+    flags: u32,
+    lock_out: *mut *mut aiolock_exclusive,
+) -> aiolock_status {
     guard(|| {
         // SAFETY: the caller's contract.
         let cache = unsafe { handle(cache, "cache") }?;
@@ -380,9 +716,21 @@ pub unsafe extern "C" fn aiolock_exclusive_acquire(
         let lock_out = out(lock_out, "lock_out")?;
         let lease = lease(lease_secs, "lease_secs")?;
         let wait = bound(wait_secs, "wait_secs")?;
-        let got = cache.cache.lock(key, lease).wait_at_most(wait).acquire()?;
+        let Flags { fenced, watchdog } = options(flags, "flags")?;
+        let mut exclusive = cache.cache.lock(key, lease).wait_at_most(wait);
+        if fenced {
+            exclusive = exclusive.fenced();
+        }
+        if watchdog {
+            exclusive = exclusive.watchdog();
+        }
+        let got = exclusive.acquire()?;
         let lock = got.map_or(std::ptr::null_mut(), |guard| {
-            Box::into_raw(Box::new(aiolock_exclusive { guard }))
+            Box::into_raw(Box::new(aiolock_exclusive {
+                callbacks: Callbacks::default(),
+                guard,
+                watched: watchdog,
+            }))
         });
         // SAFETY: checked non-NULL; valid for a write by the caller's contract.
         unsafe { lock_out.write(lock) };
@@ -411,7 +759,7 @@ pub unsafe extern "C" fn aiolock_exclusive_try_acquire(
     lock_out: *mut *mut aiolock_exclusive,
 ) -> aiolock_status {
     // SAFETY: the same contract.
-    unsafe { aiolock_exclusive_acquire(cache, key, key_len, lease_secs, 0.0, lock_out) }
+    unsafe { exclusive_acquire(cache, key, key_len, lease_secs, 0.0, 0, lock_out) }
 }
 
 /// Releases and frees an exclusive lock handle: deletes the lock key only if it
@@ -422,15 +770,18 @@ pub unsafe extern "C" fn aiolock_exclusive_try_acquire(
 /// not protected).
 ///
 /// **Consumes `lock` whatever the status** (unless it is NULL): the caller must not
-/// use it again. On a backend error the lock is left to expire with its lease.
+/// use it again. On a backend error the lock is left to expire with its lease. A
+/// watched handle's renewals stop, and its loss callbacks are disarmed first, as for
+/// `aiolock_release`: once this returns, none of them runs or will run.
 ///
 /// Errors: `AIOLOCK_INVALID_ARGUMENT` (`lock` is NULL, e.g. the "not acquired" NULL
 /// of `aiolock_exclusive_acquire`), the backend's errors.
 ///
 /// # Safety
 ///
-/// `lock` must be NULL or a handle from `aiolock_exclusive_acquire` or
-/// `aiolock_exclusive_try_acquire` not yet consumed, not in use by another thread;
+/// `lock` must be NULL or a handle from `aiolock_exclusive_acquire`,
+/// `aiolock_exclusive_acquire_ex` or `aiolock_exclusive_try_acquire` not yet consumed,
+/// not in use by another thread;
 /// `removed_out` must be NULL or valid for a write.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn aiolock_exclusive_release(
@@ -443,7 +794,9 @@ pub unsafe extern "C" fn aiolock_exclusive_release(
         }
         // SAFETY: the caller's contract: a live handle from Box::into_raw. Taken first,
         // so the handle is consumed on every path, a panic included.
-        let lock = unsafe { Box::from_raw(lock) };
+        let mut lock = unsafe { Box::from_raw(lock) };
+        // No loss callback runs from here on.
+        lock.callbacks.disarm();
         let removed = lock.guard.release()?;
         if !removed_out.is_null() {
             // SAFETY: non-NULL; valid for a write by the caller's contract.
@@ -457,6 +810,7 @@ pub unsafe extern "C" fn aiolock_exclusive_release(
 /// does but without reporting anything (for cleanup paths and finalizers; a release
 /// that fails for a transient reason, such as a broken connection, is retried in the
 /// background, and a lock that could not be released expires with its lease).
+/// Like the release, it disarms the loss callbacks first and waits for one in progress.
 /// NULL does nothing. Does not change the last error.
 ///
 /// # Safety
@@ -468,6 +822,134 @@ pub unsafe extern "C" fn aiolock_exclusive_free(lock: *mut aiolock_exclusive) {
         if !lock.is_null() {
             // SAFETY: the caller's contract: a live handle from Box::into_raw.
             drop(unsafe { Box::from_raw(lock) });
+        }
+    })
+}
+
+/// Renews the lease of an exclusive lock, owner-checked: as `aiolock_lock_extend`
+/// (its lease now ends `lease_secs` from now, if the key still holds our token).
+///
+/// Errors: `AIOLOCK_INVALID_ARGUMENT` (NULL, a bad `lease_secs`), `AIOLOCK_LOST`
+/// (the lock is no longer ours: nothing changed), the backend's errors (the renewal
+/// is then unknown).
+///
+/// # Safety
+///
+/// `lock` must be NULL or a live exclusive lock handle, not in use by another thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_exclusive_extend(
+    lock: *mut aiolock_exclusive,
+    lease_secs: f64,
+) -> aiolock_status {
+    guard(|| {
+        // SAFETY: the caller's contract: a live handle, used by this thread only.
+        let lock = unsafe { lock.as_mut() }.ok_or_else(|| invalid("lock is NULL"))?;
+        lock.guard.extend(lease(lease_secs, "lease_secs")?)
+    })
+}
+
+/// The fencing token of an exclusive lock: `*has_fence_out` says whether it has one
+/// (acquired with `AIOLOCK_FENCED`), and if so `*fence_out` is the token (else 0). As
+/// `aiolock_lock_fence`.
+///
+/// Errors: `AIOLOCK_INVALID_ARGUMENT` (a NULL pointer).
+///
+/// # Safety
+///
+/// `lock` must be NULL or a live exclusive lock handle; the outputs must be NULL or
+/// valid for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_exclusive_fence(
+    lock: *const aiolock_exclusive,
+    fence_out: *mut u64,
+    has_fence_out: *mut bool,
+) -> aiolock_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let lock = unsafe { handle(lock, "lock") }?;
+        // SAFETY: the caller's contract.
+        unsafe { lease::write_fence(&lock.guard, fence_out, has_fence_out) }
+    })
+}
+
+/// The seconds left of an exclusive lock's lease on this client's monotonic clock, 0
+/// once it ended: as `aiolock_lock_lease_remaining`.
+///
+/// Errors: `AIOLOCK_INVALID_ARGUMENT` (a NULL pointer).
+///
+/// # Safety
+///
+/// `lock` must be NULL or a live exclusive lock handle; `secs_out` must be NULL or
+/// valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_exclusive_lease_remaining(
+    lock: *const aiolock_exclusive,
+    secs_out: *mut f64,
+) -> aiolock_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let lock = unsafe { handle(lock, "lock") }?;
+        let secs_out = out(secs_out, "secs_out")?;
+        let secs = lease::lease_remaining(&lock.guard);
+        // SAFETY: checked non-NULL; valid for a write by the caller's contract.
+        unsafe { secs_out.write(secs) };
+        Ok(())
+    })
+}
+
+/// The watchdog's verdict on an exclusive lock acquired with `AIOLOCK_WATCHDOG`:
+/// `AIOLOCK_OK` while held and renewed, `AIOLOCK_LOST` (with the reason) once lost;
+/// as `aiolock_lock_check`. Sends nothing.
+///
+/// Errors: `AIOLOCK_INVALID_ARGUMENT` (NULL, or acquired without `AIOLOCK_WATCHDOG`),
+/// `AIOLOCK_LOST`.
+///
+/// # Safety
+///
+/// `lock` must be NULL or a live exclusive lock handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_exclusive_check(lock: *const aiolock_exclusive) -> aiolock_status {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let lock = unsafe { handle(lock, "lock") }?;
+        lease::check(&lock.guard, lock.watched)
+    })
+}
+
+/// Registers `on_lost` to be called once, with `user_data`, from the watchdog thread
+/// when the watched exclusive lock is lost: exactly as `aiolock_lock_on_lost`
+/// describes (the thread, must not block nor call aiolock on this lock, `message`
+/// valid only during the call). Once `aiolock_exclusive_release` or
+/// `aiolock_exclusive_free` is called, the callbacks are never called, and that call
+/// returns only after a callback in progress has returned: then `user_data` may be
+/// freed.
+///
+/// Errors, with nothing registered: `AIOLOCK_INVALID_ARGUMENT` (NULL `lock` or
+/// `on_lost`, acquired without `AIOLOCK_WATCHDOG`), `AIOLOCK_LOST` (lost already).
+///
+/// # Safety
+///
+/// `lock` must be NULL or a live exclusive lock handle, not in use by another thread;
+/// `on_lost` must be NULL or safe to call with `user_data` from another thread until
+/// the handle is released or freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aiolock_exclusive_on_lost(
+    lock: *mut aiolock_exclusive,
+    on_lost: aiolock_lost_fn,
+    user_data: *mut c_void,
+) -> aiolock_status {
+    guard(|| {
+        // SAFETY: the caller's contract: a live handle, used by this thread only.
+        let lock = unsafe { lock.as_mut() }.ok_or_else(|| invalid("lock is NULL"))?;
+        // SAFETY: the caller's contract on `on_lost` and `user_data`.
+        unsafe {
+            lease::on_lost(
+                &lock.guard,
+                lock.watched,
+                &mut lock.callbacks,
+                on_lost,
+                user_data,
+            )
         }
     })
 }
@@ -813,6 +1295,7 @@ pub extern "C" fn aiolock_status_str(status: c_int) -> *const c_char {
         8 => c"unsupported",
         9 => c"error",
         10 => c"panic in aiolock",
+        11 => c"lock lost",
         _ => c"unknown status",
     };
     text.as_ptr()
@@ -900,6 +1383,7 @@ mod tests {
             Protocol,
             Backend,
             Unsupported,
+            Lost,
         ] {
             let status = boundary::status_of(kind) as c_int;
             // SAFETY: static strings.
@@ -1008,6 +1492,154 @@ mod tests {
                 aiolock_exclusive_release(held, std::ptr::null_mut()),
                 aiolock_status::AIOLOCK_OK
             );
+            aiolock_cache_free(cache);
+        }
+    }
+
+    fn open_memory() -> *mut aiolock_cache {
+        let mut cache = std::ptr::null_mut();
+        // SAFETY: valid pointers.
+        let status = unsafe { aiolock_cache_open(c"memory://".as_ptr(), &mut cache) };
+        assert_eq!(status, aiolock_status::AIOLOCK_OK);
+        cache
+    }
+
+    #[test]
+    fn flags_fence_extend_and_remaining() {
+        use aiolock_status::*;
+        let cache = open_memory();
+        // SAFETY: valid pointers throughout.
+        unsafe {
+            let mut lock = std::ptr::null_mut();
+            let mut outcome = aiolock_outcome::AIOLOCK_TIMED_OUT;
+            let bad = aiolock_acquire_ex(
+                cache,
+                b"k".as_ptr(),
+                1,
+                5.0,
+                -1.0,
+                4,
+                &mut lock,
+                &mut outcome,
+            );
+            assert_eq!(bad, AIOLOCK_INVALID_ARGUMENT);
+            assert!(
+                last_error().contains("flags: unknown bits 0x4"),
+                "{}",
+                last_error()
+            );
+            assert!(lock.is_null());
+            let flags = AIOLOCK_FENCED;
+            let status = aiolock_acquire_ex(
+                cache,
+                b"k".as_ptr(),
+                1,
+                5.0,
+                -1.0,
+                flags,
+                &mut lock,
+                &mut outcome,
+            );
+            assert_eq!(status, AIOLOCK_OK);
+            let (mut fence, mut has) = (7, false);
+            assert_eq!(aiolock_lock_fence(lock, &mut fence, &mut has), AIOLOCK_OK);
+            assert!(has);
+            let mut left = 0.0;
+            assert_eq!(aiolock_lock_lease_remaining(lock, &mut left), AIOLOCK_OK);
+            assert!(left > 4.0 && left <= 5.0, "{left}");
+            assert_eq!(aiolock_lock_extend(lock, 60.0), AIOLOCK_OK);
+            assert_eq!(aiolock_lock_lease_remaining(lock, &mut left), AIOLOCK_OK);
+            assert!(left > 59.0, "{left}");
+            assert_eq!(
+                aiolock_lock_extend(lock, f64::NAN),
+                AIOLOCK_INVALID_ARGUMENT
+            );
+            assert_eq!(aiolock_lock_check(lock), AIOLOCK_INVALID_ARGUMENT);
+            assert!(
+                last_error().contains("AIOLOCK_WATCHDOG"),
+                "{}",
+                last_error()
+            );
+            assert_eq!(aiolock_release(lock, std::ptr::null_mut()), AIOLOCK_OK);
+            let mut ex = std::ptr::null_mut();
+            let status =
+                aiolock_exclusive_acquire_ex(cache, b"k".as_ptr(), 1, 5.0, 0.0, flags, &mut ex);
+            assert_eq!(status, AIOLOCK_OK);
+            let mut next = 0;
+            assert_eq!(aiolock_exclusive_fence(ex, &mut next, &mut has), AIOLOCK_OK);
+            assert!(has && next > fence, "{next} after {fence}");
+            // The lock key is deleted behind its back: extend says Lost.
+            let mut deleted = false;
+            aiolock_cache_delete(cache, b"k-lock".as_ptr(), 6, &mut deleted);
+            assert!(deleted);
+            assert_eq!(aiolock_exclusive_extend(ex, 5.0), AIOLOCK_LOST);
+            assert!(last_error().starts_with("lock lost: "), "{}", last_error());
+            aiolock_exclusive_free(ex);
+            aiolock_cache_free(cache);
+        }
+    }
+
+    unsafe extern "C" fn count_loss(
+        user_data: *mut std::ffi::c_void,
+        status: c_int,
+        message: *const c_char,
+    ) {
+        // SAFETY: the test passes a live channel sender; the message is valid now.
+        let (sender, message) = unsafe {
+            (
+                &*user_data.cast::<std::sync::mpsc::Sender<(c_int, String)>>(),
+                CStr::from_ptr(message),
+            )
+        };
+        let _ = sender.send((status, message.to_string_lossy().into_owned()));
+    }
+
+    #[test]
+    fn a_watched_loss_is_checked_and_called_back_from_the_watchdog_thread() {
+        use aiolock_status::*;
+        let cache = open_memory();
+        let (sender, losses) = std::sync::mpsc::channel::<(c_int, String)>();
+        let sender = Box::into_raw(Box::new(sender));
+        // SAFETY: valid pointers throughout; the sender outlives the handle.
+        unsafe {
+            let mut ex = std::ptr::null_mut();
+            let status = aiolock_exclusive_acquire_ex(
+                cache,
+                b"w".as_ptr(),
+                1,
+                0.3,
+                0.0,
+                AIOLOCK_WATCHDOG,
+                &mut ex,
+            );
+            assert_eq!(status, AIOLOCK_OK);
+            assert_eq!(aiolock_exclusive_check(ex), AIOLOCK_OK);
+            assert_eq!(
+                aiolock_exclusive_on_lost(ex, None, sender.cast()),
+                AIOLOCK_INVALID_ARGUMENT
+            );
+            assert_eq!(
+                aiolock_exclusive_on_lost(ex, Some(count_loss), sender.cast()),
+                AIOLOCK_OK
+            );
+            let mut deleted = false;
+            aiolock_cache_delete(cache, b"w-lock".as_ptr(), 6, &mut deleted);
+            let (status, message) = losses
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("called");
+            assert_eq!(status, AIOLOCK_LOST as c_int);
+            assert!(message.contains("no longer ours"), "{message}");
+            assert_eq!(aiolock_exclusive_check(ex), AIOLOCK_LOST);
+            // Lost already: refused, and never called.
+            assert_eq!(
+                aiolock_exclusive_on_lost(ex, Some(count_loss), sender.cast()),
+                AIOLOCK_LOST
+            );
+            let mut removed = true;
+            assert_eq!(aiolock_exclusive_release(ex, &mut removed), AIOLOCK_OK);
+            assert!(!removed);
+            assert!(losses.try_recv().is_err(), "called once");
+            drop(Box::from_raw(sender));
             aiolock_cache_free(cache);
         }
     }

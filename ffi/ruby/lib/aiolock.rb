@@ -44,6 +44,19 @@ module Aiolock
     attach_function :aiolock_exclusive_acquire, %i[cache pointer size_t double double pointer], :int, blocking: true
     attach_function :aiolock_exclusive_release, %i[exclusive pointer], :int, blocking: true
     attach_function :aiolock_exclusive_free, %i[exclusive], :void, blocking: true
+    attach_function :aiolock_acquire_ex, %i[cache pointer size_t double double uint32 pointer pointer], :int,
+                    blocking: true
+    attach_function :aiolock_exclusive_acquire_ex, %i[cache pointer size_t double double uint32 pointer], :int,
+                    blocking: true
+    # The lease functions: extend sends a renewal (blocking); the others read the handle.
+    attach_function :aiolock_lock_extend, %i[lock double], :int, blocking: true
+    attach_function :aiolock_lock_fence, %i[lock pointer pointer], :int
+    attach_function :aiolock_lock_lease_remaining, %i[lock pointer], :int
+    attach_function :aiolock_lock_check, %i[lock], :int
+    attach_function :aiolock_exclusive_extend, %i[exclusive double], :int, blocking: true
+    attach_function :aiolock_exclusive_fence, %i[exclusive pointer pointer], :int
+    attach_function :aiolock_exclusive_lease_remaining, %i[exclusive pointer], :int
+    attach_function :aiolock_exclusive_check, %i[exclusive], :int
     attach_function :aiolock_optimistic_begin, %i[cache pointer size_t pointer], :int, blocking: true
     attach_function :aiolock_optimistic_value, %i[optimistic pointer pointer pointer], :int
     attach_function :aiolock_cas, %i[optimistic pointer size_t double], :int, blocking: true
@@ -58,7 +71,11 @@ module Aiolock
 
   # Status codes (stable numbers, see include/aiolock.h).
   OK = 0
+  LOST = 11
   WAIT_DEFAULT = -1.0
+  # Flags of the _ex acquisitions.
+  FENCED = 1
+  WATCHDOG = 2
   OUTCOMES = { 1 => :acquired, 2 => :released, 3 => :timed_out }.freeze
 
   # A failed call: #status is the C status code, #message the library's message.
@@ -81,6 +98,10 @@ module Aiolock
   class Unsupported < Error; end
   # A bug in aiolock was caught at the C boundary; the process goes on.
   class Panic < Error; end
+  # The lock is no longer this guard's: its lease ended (another caller may hold it),
+  # it was deleted, or the guard never held it (#extend, #check!). Stop the work that
+  # needed the lock.
+  class Lost < Error; end
   # A call on a closed cache, a released lock or a used optimistic lock.
   class Closed < Error; end
   # Cache#lock or #try_lock with a block: the lock was held by other callers for the
@@ -89,7 +110,7 @@ module Aiolock
 
   ERRORS = {
     1 => InvalidArgument, 2 => InvalidKey, 3 => Conflict, 4 => Timeout, 5 => ConnectionError,
-    6 => ProtocolError, 7 => BackendError, 8 => Unsupported, 10 => Panic
+    6 => ProtocolError, 7 => BackendError, 8 => Unsupported, 10 => Panic, 11 => Lost
   }.freeze
 
   # Raises the error of a non-zero status. Ruby threads are OS threads, so the
@@ -115,6 +136,8 @@ module Aiolock
   end
 
   def self.ttl_secs(ttl) = ttl.nil? ? 0.0 : Float(ttl)
+
+  def self.flags(fenced, watchdog) = (fenced ? FENCED : 0) | (watchdog ? WATCHDOG : 0)
 
   # A cache opened from a URL. Safe to share between threads.
   class Cache
@@ -222,27 +245,31 @@ module Aiolock
 
     # Takes the RedLock on key (held at most lease seconds) or waits for its holder
     # (at most wait seconds, default one lease). With a block, yields the outcome
-    # (:acquired, :released or :timed_out), releases, and returns the block's value;
-    # without one, returns the Lock.
-    def redlock(key, lease:, wait: nil)
-      lock = acquire(key, lease: lease, wait: wait)
+    # (:acquired, :released or :timed_out) and the Lock, releases, and returns the
+    # block's value; without one, returns the Lock.
+    #
+    # fenced: true gives a held lock a fencing token (Lock#fence); watchdog: true
+    # renews its lease while it is held and reports a loss (Lock#lost?, #check!).
+    def redlock(key, lease:, wait: nil, fenced: false, watchdog: false)
+      lock = acquire(key, lease: lease, wait: wait, fenced: fenced, watchdog: watchdog)
       return lock unless block_given?
 
       begin
-        yield lock.outcome
+        yield lock.outcome, lock
       ensure
-        lock.release
+        lock.release unless lock.released?
       end
     end
 
     # Same as #redlock without a block.
-    def acquire(key, lease:, wait: nil)
+    def acquire(key, lease:, wait: nil, fenced: false, watchdog: false)
       lock_out = FFI::MemoryPointer.new(:pointer)
       outcome = FFI::MemoryPointer.new(:int)
       wait_secs = wait.nil? ? WAIT_DEFAULT : Float(wait)
+      flags = Aiolock.flags(fenced, watchdog)
       Aiolock.with_bytes(key) do |k, kn|
         with_handle do |h|
-          Aiolock.check(Native.aiolock_acquire(h, k, kn, Float(lease), wait_secs, lock_out, outcome))
+          Aiolock.check(Native.aiolock_acquire_ex(h, k, kn, Float(lease), wait_secs, flags, lock_out, outcome))
         end
       end
       Lock.new(lock_out.read_pointer, OUTCOMES.fetch(outcome.read(:int)))
@@ -259,14 +286,23 @@ module Aiolock
     # running the block, when the wait passed with the key held by others.
     # Without a block: returns the Exclusive, or nil when not acquired.
     #
+    # fenced: true gives the lock a fencing token (Exclusive#fence); watchdog: true
+    # renews its lease while it is held and reports a loss (Exclusive#lost?, #check!):
+    #
+    #   cache.lock("job", lease: 10.0, watchdog: true) do |guard|
+    #     steps.each { |step| guard.check!; step.call } # Aiolock::Lost once lost
+    #   end
+    #
     # A lease lock cannot stop a holder that paused past its lease from writing after
-    # the next holder started: choose a lease much longer than the work.
-    def lock(key, lease:, wait: nil, &block)
+    # the next holder started: choose a lease much longer than the work, and let the
+    # storage refuse writes carrying an older fence than it has seen.
+    def lock(key, lease:, wait: nil, fenced: false, watchdog: false, &block)
       wait_secs = wait.nil? ? Float(lease) : Float(wait)
+      flags = Aiolock.flags(fenced, watchdog)
       lock_out = FFI::MemoryPointer.new(:pointer)
       Aiolock.with_bytes(key) do |k, kn|
         with_handle do |h|
-          Aiolock.check(Native.aiolock_exclusive_acquire(h, k, kn, Float(lease), wait_secs, lock_out))
+          Aiolock.check(Native.aiolock_exclusive_acquire_ex(h, k, kn, Float(lease), wait_secs, flags, lock_out))
         end
       end
       ptr = lock_out.read_pointer
@@ -279,7 +315,9 @@ module Aiolock
     end
 
     # Claims the exclusive lock on key once, never waiting: #lock with wait: 0.
-    def try_lock(key, lease:, &block) = lock(key, lease: lease, wait: 0, &block)
+    def try_lock(key, lease:, fenced: false, watchdog: false, &block)
+      lock(key, lease: lease, wait: 0, fenced: fenced, watchdog: watchdog, &block)
+    end
 
     # Begins an OptimisticLock on key. With a block, yields it and frees it after.
     def optimistic(key)
@@ -318,10 +356,93 @@ module Aiolock
     end
   end
 
+  # What Lock and Exclusive can do while they hold the lock: #extend, #fence,
+  # #lease_remaining, and for a lock taken with watchdog: true, #lost? and #check!.
+  # Each class names its C functions (NATIVE). Calls on one guard are serialized, so a
+  # release on another thread waits for an #extend in flight.
+  module Lease
+    # Renews the lease, owner-checked: if the lock is still ours, its lease now ends
+    # lease seconds from now (it may shorten it); returns self. Raises Lost when the
+    # lock is no longer ours or was never held (nothing changed), Closed after
+    # #release. (With a Module, this is Object#extend.)
+    def extend(lease, *rest)
+      return super if lease.is_a?(Module)
+
+      with_ptr { |ptr| Aiolock.check(Native.send(self.class::NATIVE[:extend], ptr, Float(lease))) }
+      self
+    end
+
+    # The fencing token (an Integer) of a lock taken with fenced: true that holds the
+    # lock; nil otherwise (also after #release). Send it with every write the lock
+    # protects, and let the storage refuse writes with a lower fence than it has seen.
+    def fence
+      value = FFI::MemoryPointer.new(:uint64)
+      has = FFI::MemoryPointer.new(:bool)
+      @mutex.synchronize do
+        return nil unless @ptr
+
+        Aiolock.check(Native.send(self.class::NATIVE[:fence], @ptr, value, has))
+      end
+      has.read(:bool) ? value.read(:uint64) : nil
+    end
+
+    # Seconds (a Float) the lease lasts at least from now, on this process's
+    # monotonic clock; 0.0 once it ended, when not held, or after #release.
+    def lease_remaining
+      secs = FFI::MemoryPointer.new(:double)
+      @mutex.synchronize do
+        return 0.0 unless @ptr
+
+        Aiolock.check(Native.send(self.class::NATIVE[:remaining], @ptr, secs))
+      end
+      secs.read(:double)
+    end
+
+    # A lock taken with watchdog: true: whether it is lost (a renewal failed or found
+    # the key gone or another caller's, or none was confirmed in time). Sends nothing.
+    # Raises InvalidArgument for a lock taken without watchdog: true, Closed after
+    # #release.
+    def lost?
+      check!
+      false
+    rescue Lost
+      true
+    end
+
+    # Returns self while a lock taken with watchdog: true is held and renewed; raises
+    # Lost (with the reason) once it is lost. Sends nothing: call it between steps of
+    # the work. InvalidArgument without watchdog: true, Closed after #release.
+    def check!
+      with_ptr { |ptr| Aiolock.check(Native.send(self.class::NATIVE[:check], ptr)) }
+      self
+    end
+
+    def released? = @ptr.nil?
+
+    private
+
+    def with_ptr
+      @mutex.synchronize do
+        raise Closed.new("the lock was already released") unless @ptr
+
+        yield @ptr
+      end
+    end
+
+    # Takes the handle for its consumer (release, free); waits for a call in flight.
+    def take = @mutex.synchronize { @ptr.tap { @ptr = nil } }
+  end
+
   # The result of Cache#acquire: holds the lock when #outcome is :acquired.
   # Release it once; a forgotten Lock is released by the garbage collector.
   class Lock
+    include Lease
+
     RELEASE = ->(ptr) { Native.aiolock_release(ptr, nil) }
+    NATIVE = {
+      extend: :aiolock_lock_extend, fence: :aiolock_lock_fence,
+      remaining: :aiolock_lock_lease_remaining, check: :aiolock_lock_check
+    }.freeze
 
     attr_reader :outcome
 
@@ -336,7 +457,7 @@ module Aiolock
     # Releases the lock if held (owner-checked) and frees the handle; returns
     # whether it removed the lock. A second release raises Closed.
     def release
-      ptr = @mutex.synchronize { @ptr.tap { @ptr = nil } } or raise Closed.new("the lock was already released")
+      ptr = take or raise Closed.new("the lock was already released")
       ptr.autorelease = false # consumed by aiolock_release, whatever it returns
       removed = FFI::MemoryPointer.new(:bool)
       Aiolock.check(Native.aiolock_release(ptr, removed))
@@ -347,12 +468,17 @@ module Aiolock
   # A held exclusive lock (Cache#lock, Cache#try_lock). Release it once; a forgotten
   # Exclusive is released by the garbage collector.
   class Exclusive
+    include Lease
+
+    NATIVE = {
+      extend: :aiolock_exclusive_extend, fence: :aiolock_exclusive_fence,
+      remaining: :aiolock_exclusive_lease_remaining, check: :aiolock_exclusive_check
+    }.freeze
+
     def initialize(ptr) # :nodoc:
       @ptr = FFI::AutoPointer.new(ptr, Native.method(:aiolock_exclusive_free))
       @mutex = Mutex.new
     end
-
-    def released? = @ptr.nil?
 
     # Releases the lock (owner-checked: a lock whose lease ended and was taken by
     # another caller is left alone) and frees the handle; returns whether it removed
@@ -377,10 +503,6 @@ module Aiolock
       release unless released?
       value
     end
-
-    private
-
-    def take = @mutex.synchronize { @ptr.tap { @ptr = nil } }
   end
 
   # A read of one key and its version; #cas writes only if the key is unchanged.

@@ -350,4 +350,146 @@ class TestAiolock < Minitest::Test
     closed.close
     assert_raises(Aiolock::Closed) { closed.lock("b", lease: 1.0) }
   end
+
+  # ---- The lease API: fenced:, extend, lease_remaining, watchdog:, lost?, check! ----
+
+  # A lease the watchdog renews every third of it (memcached counts whole seconds).
+  WATCH_LEASE = URL.start_with?("memcached") ? 1.0 : 0.3
+
+  # Polls until the watchdog reports the loss of guard (bounded).
+  def wait_until_lost(guard)
+    deadline = monotonic + 30
+    until guard.lost?
+      flunk "the loss was never reported" if monotonic > deadline
+      sleep 0.005
+    end
+  end
+
+  def test_fences_grow
+    previous = 0
+    4.times do
+      @cache.redlock("f", lease: 30.0, wait: 0, fenced: true) do |outcome, lock|
+        assert_equal :acquired, outcome
+        assert_operator lock.fence, :>, previous
+        previous = lock.fence
+        waiter = @cache.acquire("f", lease: 30.0, wait: 0, fenced: true)
+        assert_equal :timed_out, waiter.outcome
+        assert_nil waiter.fence, "a caller without the lock has no fence"
+        waiter.release
+      end
+      @cache.lock("f", lease: 30.0, fenced: true) do |guard|
+        assert_operator guard.fence, :>, previous
+        previous = guard.fence
+      end
+    end
+    guard = @cache.try_lock("f", lease: 30.0)
+    assert_nil guard.fence, "unfenced"
+    assert guard.release
+    assert_nil guard.fence, "released"
+  end
+
+  def test_extend_and_lease_remaining
+    lock = @cache.acquire("x", lease: 20.0)
+    assert_operator lock.lease_remaining, :>, 10.0
+    assert_same lock, lock.extend(60.0)
+    assert_operator lock.lease_remaining, :>, 50.0
+    [0.0, -1.0, Float::NAN, Float::INFINITY].each do |bad|
+      error = assert_raises(Aiolock::InvalidArgument) { lock.extend(bad) }
+      assert_match(/lease_secs/, error.message)
+    end
+    assert_raises(ArgumentError) { lock.extend("soon") }
+    # Object#extend still mixes modules in.
+    lock.extend(Comparable)
+    assert_kind_of Comparable, lock
+    waiter = @cache.acquire("x", lease: 1.0, wait: 0)
+    assert_raises(Aiolock::Lost) { waiter.extend(1.0) }
+    assert_equal 0.0, waiter.lease_remaining
+    waiter.release
+    # Shortened, then gone: Lost (status 11), and the release removes nothing.
+    lock.extend(SHORT)
+    wait_until_gone("x-lock")
+    assert_equal 0.0, lock.lease_remaining
+    error = assert_raises(Aiolock::Lost) { lock.extend(5.0) }
+    assert_equal Aiolock::LOST, error.status
+    assert_match(/no longer ours/, error.message)
+    refute lock.release
+    assert_raises(Aiolock::Closed) { lock.extend(5.0) }
+    assert_equal 0.0, lock.lease_remaining
+
+    # The exclusive lock, extended past its first lease: nobody else gets it.
+    guard = @cache.try_lock("y", lease: SHORT * 2)
+    guard.extend(60.0)
+    sleep SHORT * 2 + EXPIRY_SLACK # the first lease would have ended by now
+    assert_nil @cache.try_lock("y", lease: 1.0)
+    assert guard.release
+  end
+
+  # The watchdog keeps the lock while the work lasts several leases: another caller,
+  # polling all along, never gets it; lost? stays false.
+  def test_watchdog_keeps_the_lock
+    @cache.lock("k", lease: WATCH_LEASE, watchdog: true) do |guard|
+      lock = @cache.acquire("r", lease: WATCH_LEASE, wait: 0, watchdog: true)
+      assert lock.acquired?
+      finish = monotonic + WATCH_LEASE * 4 + EXPIRY_SLACK
+      while monotonic < finish
+        assert_nil @cache.try_lock("k", lease: 1.0), "another caller got a watched lock"
+        assert_equal :timed_out, @cache.redlock("r", lease: 1.0, wait: 0) { |o| o }
+        refute guard.lost?
+        assert_same lock, lock.check!
+        sleep 0.05
+      end
+      assert_operator guard.lease_remaining, :>, 0.0
+      assert lock.release
+    end
+    refute_nil @cache.try_lock("k", lease: 1.0)&.tap(&:release), "released after the block"
+  end
+
+  # The lock key is deleted behind the holder's back: the watchdog's next renewal
+  # finds it gone; lost? turns true, check! and extend raise Lost, release says false.
+  def test_watchdog_reports_a_loss
+    guard = @cache.try_lock("l", lease: WATCH_LEASE, watchdog: true)
+    guard.check!
+    assert @cache.delete("l-lock")
+    wait_until_lost(guard)
+    error = assert_raises(Aiolock::Lost) { guard.check! }
+    assert_match(/no longer ours/, error.message)
+    assert_raises(Aiolock::Lost) { guard.extend(1.0) }
+    refute guard.release
+    assert_raises(Aiolock::Closed) { guard.check! }
+    assert_raises(Aiolock::Closed) { guard.lost? }
+  end
+
+  def test_lost_check_needs_the_watchdog
+    guard = @cache.try_lock("u", lease: 30.0)
+    error = assert_raises(Aiolock::InvalidArgument) { guard.lost? }
+    assert_match(/AIOLOCK_WATCHDOG/, error.message)
+    assert_raises(Aiolock::InvalidArgument) { guard.check! }
+    guard.release
+    # A watched RedLock caller that did not get the lock: nothing held, Lost.
+    held = @cache.acquire("u", lease: 30.0)
+    waiter = @cache.acquire("u", lease: 30.0, wait: 0, watchdog: true)
+    assert waiter.lost?
+    waiter.release
+    held.release
+    assert_raises(Aiolock::InvalidArgument) { @cache.lock("u", lease: 0.0, watchdog: true, fenced: true) }
+  end
+
+  # The block forms with the options: the guard (and for redlock the Lock) is
+  # yielded, released after the block, also after a loss.
+  def test_block_forms_with_options
+    value = @cache.lock("b", lease: WATCH_LEASE, watchdog: true, fenced: true) do |guard|
+      guard.check!
+      refute_nil guard.fence
+      assert @cache.delete("b-lock")
+      wait_until_lost(guard)
+      assert_raises(Aiolock::Lost) { guard.check! }
+      :ran
+    end
+    assert_equal :ran, value
+    outcome = @cache.redlock("b", lease: 5.0, fenced: true) do |o, lock|
+      assert lock.release # released inside the block: nothing left after it
+      o
+    end
+    assert_equal :acquired, outcome
+  end
 end
