@@ -10,6 +10,7 @@ import pytest
 
 import aiolock_rs
 from aiolock_rs import Cache, OptimisticLock, OptimisticLockError, Outcome, RedLock
+from helpers import wait_for
 
 
 def run(coro):
@@ -18,20 +19,6 @@ def run(coro):
 
 async def open_cache(url, ns):
     return await Cache.from_url(url, namespace=ns)
-
-
-async def wait_for(predicate, timeout=10.0, what="condition"):
-    """Polls `predicate` (sync or async) until true; fails after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.002)
 
 
 # --- RedLock ------------------------------------------------------------------------
