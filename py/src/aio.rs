@@ -13,9 +13,9 @@ use std::time::Instant;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use pyo3_async_runtimes::tokio::{future_into_py, get_runtime};
+use pyo3_async_runtimes::tokio::get_runtime;
 
-use crate::{Bytes, LockArgs, Options, remaining, to_py, to_py_attached, ttl_arg, ttl_out};
+use crate::{Bytes, LockArgs, Options, remaining, to_py, ttl_arg, ttl_out};
 
 /// A cache (memory, Redis or memcached, chosen by URL) with an optional namespace.
 ///
@@ -52,12 +52,12 @@ impl Cache {
             response_timeout,
             pool_size,
         )?;
-        future_into_py(py, async move {
+        crate::bridge::spawn(py, async move {
             let inner = options
                 .builder()
                 .build(&url)
                 .await
-                .map_err(to_py_attached)?;
+                ?;
             Ok(Cache { inner })
         })
     }
@@ -137,17 +137,17 @@ impl Cache {
     /// Waits until every release this cache runs in the background is done.
     fn flush<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let cache = self.inner.clone();
-        future_into_py(py, async move {
+        crate::bridge::spawn(py, async move {
             cache.flush().await;
-            Ok(())
+            Ok::<_, aiolock::Error>(())
         })
     }
 
     /// The value of `key` (`bytes`), or `None`.
     fn get<'py>(&self, py: Python<'py>, key: Bytes) -> PyResult<Bound<'py, PyAny>> {
         let cache = self.inner.clone();
-        future_into_py(py, async move {
-            cache.get(key.0).await.map_err(to_py_attached)
+        crate::bridge::spawn(py, async move {
+            cache.get(key.0).await
         })
     }
 
@@ -162,8 +162,8 @@ impl Cache {
     ) -> PyResult<Bound<'py, PyAny>> {
         let ttl = ttl_arg(py, ttl)?;
         let cache = self.inner.clone();
-        future_into_py(py, async move {
-            cache.set(key.0, value.0, ttl).await.map_err(to_py_attached)
+        crate::bridge::spawn(py, async move {
+            cache.set(key.0, value.0, ttl).await
         })
     }
 
@@ -178,32 +178,32 @@ impl Cache {
     ) -> PyResult<Bound<'py, PyAny>> {
         let ttl = ttl_arg(py, ttl)?;
         let cache = self.inner.clone();
-        future_into_py(py, async move {
-            cache.add(key.0, value.0, ttl).await.map_err(to_py_attached)
+        crate::bridge::spawn(py, async move {
+            cache.add(key.0, value.0, ttl).await
         })
     }
 
     /// Removes `key`; returns whether it was present.
     fn delete<'py>(&self, py: Python<'py>, key: Bytes) -> PyResult<Bound<'py, PyAny>> {
         let cache = self.inner.clone();
-        future_into_py(py, async move {
-            cache.delete(key.0).await.map_err(to_py_attached)
+        crate::bridge::spawn(py, async move {
+            cache.delete(key.0).await
         })
     }
 
     /// Whether `key` is present.
     fn exists<'py>(&self, py: Python<'py>, key: Bytes) -> PyResult<Bound<'py, PyAny>> {
         let cache = self.inner.clone();
-        future_into_py(py, async move {
-            cache.exists(key.0).await.map_err(to_py_attached)
+        crate::bridge::spawn(py, async move {
+            cache.exists(key.0).await
         })
     }
 
     /// Seconds `key` has left: `None` when missing, `math.inf` when it never expires.
     fn ttl<'py>(&self, py: Python<'py>, key: Bytes) -> PyResult<Bound<'py, PyAny>> {
         let cache = self.inner.clone();
-        future_into_py(py, async move {
-            let ttl = cache.ttl(key.0).await.map_err(to_py_attached)?;
+        crate::bridge::spawn(py, async move {
+            let ttl = cache.ttl(key.0).await?;
             Ok(ttl_out(ttl))
         })
     }
@@ -225,8 +225,8 @@ impl Cache {
     ) -> PyResult<Bound<'py, PyAny>> {
         let args = LockArgs::new(py, key, lease, wait, fenced, exclusive, watchdog)?;
         let cache = self.inner.clone();
-        future_into_py(py, async move {
-            let held = acquire(&cache, &args).await.map_err(to_py_attached)?;
+        crate::bridge::spawn(py, async move {
+            let held = acquire(&cache, &args).await?;
             Ok(held.map(|held| LockGuard::new(held, args.exclusive)))
         })
     }
@@ -234,11 +234,11 @@ impl Cache {
     /// Begins an optimistic lock on `key`. Used by `OptimisticLock`.
     fn _begin<'py>(&self, py: Python<'py>, key: Bytes) -> PyResult<Bound<'py, PyAny>> {
         let cache = self.inner.clone();
-        future_into_py(py, async move {
+        crate::bridge::spawn(py, async move {
             let lock = cache
                 .optimistic_lock(key.0)
                 .await
-                .map_err(to_py_attached)?;
+                ?;
             Ok(OptimisticLock {
                 value: lock.value().map(<[u8]>::to_vec),
                 lock: Mutex::new(Some(lock)),
@@ -409,31 +409,31 @@ impl LockGuard {
     /// Raises `LockLostError` when the lock is no longer ours.
     fn extend<'py>(slf: Py<Self>, py: Python<'py>, lease: f64) -> PyResult<Bound<'py, PyAny>> {
         let lease = crate::secs(py, lease)?;
-        future_into_py(py, async move {
+        crate::bridge::spawn(py, async move {
             let this = slf.get();
             let mut held = this.held.lock().await;
             let Some(h) = held.as_mut() else {
-                return Err(to_py_attached(aiolock::Error::new(
+                return Err(aiolock::Error::new(
                     aiolock::ErrorKind::Lost,
                     "this guard does not hold the lock (released, or never acquired)",
-                )));
+                ));
             };
             let extended = h.extend(lease).await;
             *this.lease_end.lock().unwrap() = h.lease_end();
-            extended.map_err(to_py_attached)
+            extended
         })
     }
 
     /// Releases the lock if held (owner-checked). Returns whether it removed the lock
     /// key: `False` when the lease had already ended, or when not held.
     fn release<'py>(slf: Py<Self>, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        future_into_py(py, async move {
+        crate::bridge::spawn(py, async move {
             let this = slf.get();
             let Some(held) = this.held.lock().await.take() else {
                 return Ok(false);
             };
             *this.lease_end.lock().unwrap() = None;
-            held.release().await.map_err(to_py_attached)
+            held.release().await
         })
     }
 
@@ -471,8 +471,8 @@ impl OptimisticLock {
         let Some(lock) = self.lock.lock().unwrap().take() else {
             return Err(crate::to_py(py, crate::used_twice()));
         };
-        future_into_py(py, async move {
-            lock.cas(value.0, ttl).await.map_err(to_py_attached)
+        crate::bridge::spawn(py, async move {
+            lock.cas(value.0, ttl).await
         })
     }
 }

@@ -21,6 +21,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple, PyType};
 
 mod aio;
+mod bridge;
 mod sync;
 
 /// The module that defines the exceptions and `Outcome` (pure Python).
@@ -99,11 +100,6 @@ pub(crate) fn to_py(py: Python<'_>, e: aiolock::Error) -> PyErr {
         Ok(class) => PyErr::from_type(class, e.to_string()),
         Err(import_failed) => import_failed,
     }
-}
-
-/// [`to_py`] from a thread that may not hold the GIL (a tokio task).
-pub(crate) fn to_py_attached(e: aiolock::Error) -> PyErr {
-    Python::attach(|py| to_py(py, e))
 }
 
 /// `Outcome.ACQUIRED` / `RELEASED` / `TIMED_OUT` (an `enum.Enum` of `_types`).
@@ -244,6 +240,18 @@ pub(crate) fn used_twice() -> aiolock::Error {
 #[pymodule]
 #[pyo3(name = "_native")]
 fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // The async flavor's runtime (pyo3-async-runtimes' tokio runtime): multi-thread,
+    // `AIOLOCK_RS_WORKER_THREADS` workers (default: one per core).
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all().thread_name("aiolock-rs");
+    if let Some(n) = std::env::var("AIOLOCK_RS_WORKER_THREADS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        runtime.worker_threads(n);
+    }
+    pyo3_async_runtimes::tokio::init(runtime);
     m.add_class::<aio::Cache>()?;
     m.add_class::<aio::LockGuard>()?;
     m.add_class::<aio::OptimisticLock>()?;
