@@ -1,6 +1,8 @@
 //! Criterion benchmarks of the memcached backend against a memcached this benchmark
 //! starts (loopback TCP): one round trip (`mn`), and the owner-checked lock cycle
-//! (acquire + release = 3 round trips), blocking and async, one caller.
+//! (acquire + release = 3 round trips), unfenced and fenced (the fence's `ma` and
+//! the read that verifies it travel in the claim's write: still 3 round trips),
+//! blocking and async, one caller.
 //!
 //! `cargo bench --features memcached --bench memcached`. For concurrency 64 and the
 //! cross-process hand-off, see `examples/memcached_bench.rs`.
@@ -32,6 +34,16 @@ fn memcached(c: &mut Criterion) {
             assert!(g.release().unwrap());
         })
     });
+    group.bench_function("blocking/lock_cycle_fenced", |b| {
+        b.iter(|| {
+            let g = cache
+                .redlock("bench-fenced", Duration::from_secs(10))
+                .fenced()
+                .acquire()
+                .unwrap();
+            assert!(g.release().unwrap());
+        })
+    });
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -49,6 +61,17 @@ fn memcached(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             let g = cache
                 .redlock("bench", Duration::from_secs(10))
+                .acquire()
+                .await
+                .unwrap();
+            assert!(g.release().await.unwrap());
+        })
+    });
+    group.bench_function("async/lock_cycle_fenced", |b| {
+        b.to_async(&rt).iter(|| async {
+            let g = cache
+                .redlock("bench-fenced", Duration::from_secs(10))
+                .fenced()
                 .acquire()
                 .await
                 .unwrap();

@@ -1,6 +1,7 @@
 //! Redis-backend acquire+release cycles on a `redis-server` the bench starts itself
-//! (unix socket), blocking and async, next to a bare `SET` round trip on the same
-//! connection kind (the floor of one cycle's two round trips).
+//! (unix socket), blocking and async, unfenced and fenced (the fence's `INCR` runs in
+//! the claim script: still two round trips), next to a bare `SET` round trip on the
+//! same connection kind (the floor of one cycle's two round trips).
 //!
 //! ```sh
 //! cargo bench --bench redis --features redis
@@ -35,6 +36,13 @@ fn benches(c: &mut Criterion) {
             guard.release().unwrap()
         })
     });
+    g.bench_function("redlock_cycle_fenced_blocking", |b| {
+        b.iter(|| {
+            let lock = cache.redlock(black_box("fenced"), LEASE).fenced();
+            let guard = lock.acquire().unwrap();
+            guard.release().unwrap()
+        })
+    });
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -52,6 +60,13 @@ fn benches(c: &mut Criterion) {
                 .acquire()
                 .await
                 .unwrap();
+            guard.release().await.unwrap()
+        })
+    });
+    g.bench_function("redlock_cycle_fenced_async", |b| {
+        b.to_async(&rt).iter(|| async {
+            let lock = acache.redlock(black_box("fenced"), LEASE).fenced();
+            let guard = lock.acquire().await.unwrap();
             guard.release().await.unwrap()
         })
     });

@@ -1,14 +1,15 @@
 //! The memcached benchmark table: starts its own memcached (loopback TCP), measures
 //! in one run the raw round-trip ceiling (`mn` pings on the same pool), the
-//! uncontended owner-checked lock cycle (acquire + release = 3 round trips) at
+//! uncontended owner-checked lock cycle (acquire + release = 3 round trips), unfenced
+//! and fenced (still 3 round trips: the fence travels in the claim's write), at
 //! concurrency 1 and 64 in both flavors, and the cross-process hand-off latency.
 //!
 //! ```text
 //! cargo run --release --features memcached --example memcached_bench [-- SECONDS TRIALS]
 //! ```
 //!
-//! SECONDS (default 0.2) is the length of one measurement slice; ceiling and cycle
-//! slices alternate 15 times per row and the mean rates are shown. TRIALS (default
+//! SECONDS (default 0.2) is the length of one measurement slice; ceiling, cycle and
+//! fenced-cycle slices alternate 15 times per row and the mean rates are shown. TRIALS (default
 //! 60) is the number of hand-offs per row.
 //!
 //! `MEMCACHED_BIN` picks the server binary (default: `memcached` on the PATH).
@@ -67,14 +68,16 @@ const ROUNDS: usize = 15;
 struct Rates {
     ceiling: f64,
     cycles: f64,
+    fenced: f64,
 }
 
 impl Rates {
-    fn from_rounds(ceilings: Vec<f64>, cycles: Vec<f64>) -> Self {
+    fn from_rounds(ceilings: Vec<f64>, cycles: Vec<f64>, fenced: Vec<f64>) -> Self {
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         Rates {
             ceiling: mean(&ceilings),
             cycles: mean(&cycles),
+            fenced: mean(&fenced),
         }
     }
 }
@@ -107,18 +110,20 @@ fn blocking_rates(url: &str, concurrency: usize, secs: f64) -> Rates {
     };
     let mut ceilings = Vec::new();
     let mut cycles = Vec::new();
+    let mut fenced = Vec::new();
     for _ in 0..ROUNDS {
         ceilings.push(run(&|_| backend.ping().unwrap()));
-        cycles.push(run(&|w| {
-            let g = cache
-                .redlock(format!("cycle{w}"), Duration::from_secs(10))
-                .acquire()
-                .unwrap();
-            assert!(g.is_acquired());
-            assert!(g.release().unwrap());
-        }));
+        for (fence, rates) in [(false, &mut cycles), (true, &mut fenced)] {
+            rates.push(run(&|w| {
+                let lock = cache.redlock(format!("cycle{w}"), Duration::from_secs(10));
+                let lock = if fence { lock.fenced() } else { lock };
+                let g = lock.acquire().unwrap();
+                assert!(g.is_acquired());
+                assert!(g.release().unwrap());
+            }));
+        }
     }
-    Rates::from_rounds(ceilings, cycles)
+    Rates::from_rounds(ceilings, cycles, fenced)
 }
 
 fn async_rates(rt: &tokio::runtime::Runtime, url: &str, concurrency: usize, secs: f64) -> Rates {
@@ -158,6 +163,7 @@ fn async_rates(rt: &tokio::runtime::Runtime, url: &str, concurrency: usize, secs
         }
         let mut ceilings = Vec::new();
         let mut cycles = Vec::new();
+        let mut fenced = Vec::new();
         for _ in 0..ROUNDS {
             let b = backend.clone();
             ceilings.push(
@@ -167,24 +173,24 @@ fn async_rates(rt: &tokio::runtime::Runtime, url: &str, concurrency: usize, secs
                 })
                 .await,
             );
-            let cache = cache.clone();
-            cycles.push(
-                run(concurrency, secs, move |w| {
-                    let cache = cache.clone();
-                    async move {
-                        let g = cache
-                            .redlock(format!("cycle{w}"), Duration::from_secs(10))
-                            .acquire()
-                            .await
-                            .unwrap();
-                        assert!(g.is_acquired());
-                        assert!(g.release().await.unwrap());
-                    }
-                })
-                .await,
-            );
+            for (fence, rates) in [(false, &mut cycles), (true, &mut fenced)] {
+                let cache = cache.clone();
+                rates.push(
+                    run(concurrency, secs, move |w| {
+                        let cache = cache.clone();
+                        async move {
+                            let lock = cache.redlock(format!("cycle{w}"), Duration::from_secs(10));
+                            let lock = if fence { lock.fenced() } else { lock };
+                            let g = lock.acquire().await.unwrap();
+                            assert!(g.is_acquired());
+                            assert!(g.release().await.unwrap());
+                        }
+                    })
+                    .await,
+                );
+            }
         }
-        Rates::from_rounds(ceilings, cycles)
+        Rates::from_rounds(ceilings, cycles, fenced)
     })
 }
 
@@ -289,9 +295,9 @@ fn main() {
     );
     println!();
     println!(
-        "| flavor | concurrency | round trips/s (mn ceiling) | lock cycles/s (3 round trips) | cycles ÷ (ceiling/3) |"
+        "| flavor | concurrency | round trips/s (mn ceiling) | lock cycles/s (3 round trips) | cycles ÷ (ceiling/3) | fenced cycles/s (3 round trips) | fenced ÷ unfenced |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -305,10 +311,12 @@ fn main() {
                 async_rates(&rt, &url, concurrency, secs)
             };
             println!(
-                "| {flavor} | {concurrency} | {:.0} | {:.0} | {:.2} |",
+                "| {flavor} | {concurrency} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} |",
                 r.ceiling,
                 r.cycles,
-                r.cycles / (r.ceiling / 3.0)
+                r.cycles / (r.ceiling / 3.0),
+                r.fenced,
+                r.fenced / r.cycles
             );
         }
     }

@@ -3,7 +3,9 @@
 //! - `redis-benchmark` SET and EVALSHA (the release script) at c=1 and c=64: the
 //!   ceiling (an acquire+release cycle is two round trips);
 //! - uncontended acquire+release cycles/s of aiolock (blocking c=1, async c=1 and c=64
-//!   on one multiplexed connection) and of the crate `rslock` (one instance);
+//!   on one multiplexed connection), unfenced and fenced (the fence's `INCR` runs in the
+//!   claim script, one round trip like the `SET`), and of the crate `rslock` (one
+//!   instance);
 //! - cross-process hand-off latency: a waiter in another process, from the holder's
 //!   `release` returning to the waiter's `acquire` returning;
 //! - the cost of the waiters' safety net (the capped re-check that notices a release
@@ -78,7 +80,7 @@ fn main() {
 
     // The machine may be shared: rows are measured in turns, three rounds, and each
     // row reports its best round.
-    let mut best = [0f64; 5];
+    let mut best = [0f64; 8];
     // The async rows run on a current-thread runtime (the redis-server takes the other
     // core); AIOLOCK_BENCH_RT=multi runs them on two worker threads instead.
     let multi = std::env::var("AIOLOCK_BENCH_RT").is_ok_and(|v| v == "multi");
@@ -96,17 +98,29 @@ fn main() {
     let plain = server.unix_url("");
     for _round in 0..3 {
         let rates = [
-            blocking_cycles(&url, per_row),
-            rt.block_on(async_cycles(&url, 1, per_row)),
+            blocking_cycles(&url, per_row, false),
+            rt.block_on(async_cycles(&url, 1, per_row, false)),
             rt.block_on(rslock_cycles(&plain, 1, per_row)),
-            rt.block_on(async_cycles(&url, 64, per_row)),
+            rt.block_on(async_cycles(&url, 64, per_row, false)),
             rt.block_on(rslock_cycles(&plain, 64, per_row)),
+            blocking_cycles(&url, per_row, true),
+            rt.block_on(async_cycles(&url, 1, per_row, true)),
+            rt.block_on(async_cycles(&url, 64, per_row, true)),
         ];
         for (b, r) in best.iter_mut().zip(rates) {
             *b = b.max(r);
         }
     }
-    let [blocking1, async1, rslock1, async64, rslock64] = best;
+    let [
+        blocking1,
+        async1,
+        rslock1,
+        async64,
+        rslock64,
+        fenced_blocking1,
+        fenced_async1,
+        fenced_async64,
+    ] = best;
 
     let (p50, p99, trials, missed) = handoff(&url, 100);
     let recheck_async = rt.block_on(async_recheck_cost(&server, &url, per_row));
@@ -122,6 +136,10 @@ fn main() {
     println!("| ceiling: one SET + one EVALSHA (cycles/s) | {ceiling1:.0} | {ceiling64:.0} |");
     println!("| aiolock blocking, acquire+release (cycles/s) | {blocking1:.0} | |");
     println!("| aiolock async, acquire+release (cycles/s) | {async1:.0} | {async64:.0} |");
+    println!("| aiolock blocking, fenced acquire+release (cycles/s) | {fenced_blocking1:.0} | |");
+    println!(
+        "| aiolock async, fenced acquire+release (cycles/s) | {fenced_async1:.0} | {fenced_async64:.0} |"
+    );
     println!(
         "| rslock 0.10, lock+unlock, one LockManager (cycles/s) | {rslock1:.0} | {rslock64:.0} |"
     );
@@ -131,6 +149,12 @@ fn main() {
         blocking1 / ceiling1,
         async1 / ceiling1,
         async64 / rslock64
+    );
+    println!(
+        "fenced / unfenced = {:.2} (blocking c=1), {:.2} (async c=1), {:.2} (async c=64)",
+        fenced_blocking1 / blocking1,
+        fenced_async1 / async1,
+        fenced_async64 / async64
     );
     println!(
         "cross-process hand-off (holder's release returned -> waiter in another process \
@@ -262,12 +286,13 @@ fn redis_benchmark(socket: &std::path::Path, clients: usize, command: &[&str]) -
         .unwrap_or_else(|| panic!("cannot read redis-benchmark's output: {text:?}"))
 }
 
-fn blocking_cycles(url: &str, per_row: Duration) -> f64 {
+fn blocking_cycles(url: &str, per_row: Duration, fenced: bool) -> f64 {
     let cache = aiolock::blocking::Cache::from_url(url).unwrap();
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < per_row {
-        let g = cache.redlock("b1", LEASE).acquire().unwrap();
+        let lock = cache.redlock("b1", LEASE);
+        let g = if fenced { lock.fenced() } else { lock }.acquire().unwrap();
         assert!(g.is_acquired());
         assert!(g.release().unwrap());
         n += 1;
@@ -275,7 +300,7 @@ fn blocking_cycles(url: &str, per_row: Duration) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn async_cycles(url: &str, concurrency: usize, per_row: Duration) -> f64 {
+async fn async_cycles(url: &str, concurrency: usize, per_row: Duration, fenced: bool) -> f64 {
     let cache = aiolock::Cache::from_url(url).await.unwrap();
     let done = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
@@ -286,7 +311,9 @@ async fn async_cycles(url: &str, concurrency: usize, per_row: Duration) -> f64 {
             tokio::spawn(async move {
                 let key = format!("a{concurrency}-{i}");
                 while !done.load(Ordering::Relaxed) {
-                    let g = cache.redlock(&key, LEASE).acquire().await.unwrap();
+                    let lock = cache.redlock(&key, LEASE);
+                    let g = if fenced { lock.fenced() } else { lock };
+                    let g = g.acquire().await.unwrap();
                     assert!(g.is_acquired());
                     assert!(g.release().await.unwrap());
                     count.fetch_add(1, Ordering::Relaxed);

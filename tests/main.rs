@@ -114,6 +114,7 @@ macro_rules! backend_suite {
                 exclusive_try_never_waits,
                 extend_is_owner_checked,
                 fences_grow_with_each_acquisition,
+                waiter_of_an_extended_holder_keeps_waiting,
             );
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,6 +234,40 @@ mod oracle {
     cross_process_oracle!(memcached, crate::support::memcached::env());
     #[cfg(feature = "redis")]
     cross_process_oracle!(redis, crate::support::redis::env());
+}
+
+/// Fencing tokens across processes on one network backend.
+macro_rules! cross_process_fences {
+    ($backend:ident, $env:expr, $expiring_lease:expr) => {
+        mod $backend {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn fences_strictly_increase_across_processes() {
+                let (_server, url, _short_lease, _expiry_slack) = $env;
+                crate::exclusive::fences_across_processes(&url, $expiring_lease).await;
+            }
+
+            #[test]
+            fn paused_holder_is_fenced_off() {
+                let (_server, url, short_lease, _expiry_slack) = $env;
+                crate::exclusive::paused_holder_is_fenced_off(&url, short_lease);
+            }
+        }
+    };
+}
+
+mod fencing {
+    #[cfg(feature = "memcached")]
+    cross_process_fences!(
+        memcached,
+        crate::support::memcached::env(),
+        std::time::Duration::from_millis(750)
+    );
+    #[cfg(feature = "redis")]
+    cross_process_fences!(
+        redis,
+        crate::support::redis::env(),
+        std::time::Duration::from_millis(500)
+    );
 }
 
 /// memcached-specific tests (module name differs from the suite's `memcached`).

@@ -27,6 +27,12 @@
 //!
 //! The holder is the token the waiter's claim lost to, when the claim learned it
 //! ([`Watch::new`]), else the token of the first poll.
+//!
+//! A holder that renews its lease (`extend`: the same token rewritten with a new TTL)
+//! keeps its waiters waiting: its token is still there. The rewrite changes the key's
+//! CAS unique, and the expiry bounds start again from the new TTL: a renewal may
+//! shorten the lease, and a bound from before it would take the shortened lease's
+//! end for a release.
 
 use std::time::{Duration, Instant};
 
@@ -76,6 +82,9 @@ pub enum Seen<'a> {
         token: &'a [u8],
         /// The TTL the server reported, whole seconds, `-1` for none.
         ttl: i64,
+        /// The key's CAS unique: it changes when the holder rewrites the key (renews
+        /// its lease).
+        cas: u64,
     },
 }
 
@@ -89,6 +98,8 @@ pub struct Watch {
     earliest_expiry: Option<Instant>,
     /// The latest instant the holder's key should expire.
     latest_expiry: Option<Instant>,
+    /// The CAS unique of the holder's key at the last poll.
+    cas: Option<u64>,
 }
 
 impl Watch {
@@ -102,6 +113,7 @@ impl Watch {
             holder: holder.map(<[u8]>::to_vec),
             earliest_expiry: None,
             latest_expiry: None,
+            cas: None,
         }
     }
 
@@ -117,13 +129,13 @@ impl Watch {
             // Held when our add lost, gone at the first look: released in between (so
             // is a known holder's token gone or replaced at the first look, below).
             (Seen::Missing, None) => Some(Wake::Released),
-            (Seen::Held { token, ttl }, None) => {
+            (Seen::Held { token, ttl, cas }, None) => {
                 self.holder = Some(token.to_vec());
-                self.note_ttl(ttl, sent, received);
+                self.note_ttl(ttl, cas, sent, received);
                 None
             }
-            (Seen::Held { token, ttl }, Some(holder)) if token == holder.as_slice() => {
-                self.note_ttl(ttl, sent, received);
+            (Seen::Held { token, ttl, cas }, Some(holder)) if token == holder.as_slice() => {
+                self.note_ttl(ttl, cas, sent, received);
                 None
             }
             // Gone, or another holder's token: the holder we waited for is gone.
@@ -138,7 +150,12 @@ impl Watch {
         }
     }
 
-    fn note_ttl(&mut self, ttl: i64, sent: Instant, received: Instant) {
+    fn note_ttl(&mut self, ttl: i64, cas: u64, sent: Instant, received: Instant) {
+        if self.cas.replace(cas).is_some_and(|before| before != cas) {
+            // The holder rewrote its key (renewed its lease, maybe shorter): the
+            // bounds of the key before say nothing about this one.
+            self.earliest_expiry = None;
+        }
         if ttl < 0 {
             self.earliest_expiry = None;
             self.latest_expiry = None;
@@ -212,7 +229,12 @@ mod tests {
 
     /// A poll that found `token` with `ttl`, sent and answered at `ms`.
     fn held(w: &mut Watch, token: &[u8], ttl: i64, ms: u64) -> Option<Wake> {
-        w.observe(Seen::Held { token, ttl }, at(ms), at(ms))
+        renewed(w, token, ttl, 1, ms)
+    }
+
+    /// A poll that found `token` with `ttl` and the CAS unique `cas`.
+    fn renewed(w: &mut Watch, token: &[u8], ttl: i64, cas: u64, ms: u64) -> Option<Wake> {
+        w.observe(Seen::Held { token, ttl, cas }, at(ms), at(ms))
     }
 
     fn gone(w: &mut Watch, ms: u64) -> Option<Wake> {
@@ -269,6 +291,7 @@ mod tests {
             Seen::Held {
                 token: b"a",
                 ttl: 3,
+                cas: 1,
             },
             at(0),
             at(500),
@@ -283,6 +306,7 @@ mod tests {
             Seen::Held {
                 token: b"a",
                 ttl: 3,
+                cas: 1,
             },
             at(0),
             at(500),
@@ -300,6 +324,27 @@ mod tests {
         // Polled again 700 ms later, still 3 s: the expiry is no earlier than 1450 ms.
         held(&mut w, b"a", 3, 700);
         assert_eq!(gone(&mut w, 1400), Some(Wake::Released));
+    }
+
+    #[test]
+    fn a_renewed_lease_keeps_the_waiter_waiting_and_its_end_is_a_lease_end() {
+        // Renewed to a longer lease (a new CAS, a larger TTL): still held, and the
+        // bound moves later.
+        let mut w = Watch::new(DEFAULT_MAX_DELAY, None);
+        held(&mut w, b"a", 3, 0);
+        assert_eq!(renewed(&mut w, b"a", 30, 2, 500), None);
+        assert_eq!(gone(&mut w, 5_000), Some(Wake::Released));
+        // Renewed to a shorter lease: the bound of the 30 s key no longer holds, its
+        // end at 1.5 s is a lease end, not a release.
+        let mut w = Watch::new(DEFAULT_MAX_DELAY, None);
+        held(&mut w, b"a", 30, 0);
+        assert_eq!(renewed(&mut w, b"a", 3, 2, 500), None);
+        assert_eq!(gone(&mut w, 1_500), Some(Wake::Vacant));
+        // The same CAS: the same key, whose bounds all hold (the tightest is kept).
+        let mut w = Watch::new(DEFAULT_MAX_DELAY, None);
+        held(&mut w, b"a", 30, 0);
+        held(&mut w, b"a", 3, 500);
+        assert_eq!(gone(&mut w, 1_500), Some(Wake::Released));
     }
 
     #[test]

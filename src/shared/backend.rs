@@ -86,7 +86,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Claims the lock `key` like [`claim`](Backend::claim) and, when it wins,
     /// increments the counter stored under `fence_key` in the same atomic step: the
-    /// claim and, when won, the counter's new value, its *fencing token*.
+    /// claim and, when won, the counter's new value, its *fencing token*. (A backend
+    /// that cannot make it one atomic step increments, then checks that the lock
+    /// still holds `token`, and reports a claim whose lock was lost in between as
+    /// held, as `MemcachedBackend` does. Losers may increment too: fences skip
+    /// numbers.)
     ///
     /// The counter is a decimal number without TTL, created on the first win
     /// (backends that may lose it, by a restart without persistence or an eviction,

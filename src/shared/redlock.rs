@@ -114,9 +114,10 @@ impl<B: Backend> RedLock<B> {
 
     /// Gives every acquisition a *fencing token* ([`LockGuard::fence`]): a number
     /// that grows with each acquisition of the key, in every process, kept under
-    /// the key `lock key + "-fence"` (without TTL), incremented in the same atomic
-    /// step as the claim (Redis: one script, no extra round trip; memcached: one
-    /// more request after a won claim; memory: the same mutex section).
+    /// the key `lock key + "-fence"` (without TTL), incremented with the claim
+    /// (Redis: in the same script, no extra round trip; memcached: in the claim's
+    /// write, followed by a read that checks the lock is still ours, no extra round
+    /// trip either; memory: the same mutex section).
     ///
     /// A lease cannot stop a holder that paused past its lease (a GC pause,
     /// `SIGSTOP`, a slow disk) from writing after the next holder started. A fence
@@ -129,7 +130,7 @@ impl<B: Backend> RedLock<B> {
     /// the store; on Redis it survives a restart with persistence (RDB/AOF), and a
     /// counter lost by a restart without persistence is recreated from the server's
     /// clock in microseconds, so it still grows unless more acquisitions than
-    /// microseconds passed since it was created; on memcached an evicted or
+    /// microseconds passed since it was created; on memcached an evicted, flushed or
     /// restarted counter is recreated the same way from the client's clock, so
     /// there the guarantee also needs the clients' clocks to agree (within the time
     /// since the counter was created). A fenced lock key is 6 bytes longer

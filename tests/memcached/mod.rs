@@ -1337,3 +1337,358 @@ async fn exclusive_hand_off_commands_per_entry() {
     );
     assert!(claims <= 3.0, "{claims:.2} claims per entry");
 }
+
+both_flavors!(
+    /// An extended lock outlives its first lease (its key is rewritten with the new
+    /// lease's TTL, `ceil(lease + 0.25 s) + 2` s) and lives at least until the guard's
+    /// `lease_end`: the lower bound the guard states holds for a renewed key too.
+    an_extended_lock_lives_at_least_until_its_lease_end(server) {
+        let cache = Cache::from_url(&server.url()).await.unwrap();
+        let first = Duration::from_millis(750);
+        let acquired = Instant::now();
+        let guard = cache.lock("job", first).try_acquire().await.unwrap();
+        let mut guard = guard.expect("uncontended");
+        // Sent as T3: gone 4.25 s after the claim at the latest, unless renewed.
+        let unrenewed = acquired + Duration::from_millis(4250);
+        guard.extend(Duration::from_secs(5)).await.unwrap();
+        let end = guard.lease_end().unwrap();
+        let gone = loop {
+            let exists = cache.exists("job-lock").await.unwrap();
+            if !exists {
+                break Instant::now();
+            }
+            assert!(acquired.elapsed() < Duration::from_secs(15), "never expired");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(gone >= end, "gone {:?} before its lease end", end - gone);
+        assert!(gone > unrenewed, "the first lease's key would be gone by then");
+        let ok = guard.release().await.unwrap();
+        assert!(!ok, "its lease ended");
+    }
+);
+
+both_flavors!(
+    /// The server runs an extension's write (`ms C<cas> T<ttl>`) and its reply is
+    /// lost: the extension reads the lock back, finds our token and writes again
+    /// against the CAS just read, so it reports the renewal (not "outcome unknown",
+    /// not `Lost`), and the lock is still the guard's to release.
+    an_extend_whose_reply_was_lost_writes_again(server) {
+        let (proxy, url) = proxied(server, "pool_size=1");
+        let cache = Cache::from_url(&url).await.unwrap();
+        let guard = cache.lock("job", Duration::from_secs(5)).try_acquire().await;
+        let mut guard = guard.unwrap().expect("uncontended");
+        assert_eq!(proxy.sent(b"ms job-lock"), 1, "the claim");
+        proxy.lose_reply_after(b"ms job-lock");
+        guard.extend(Duration::from_secs(60)).await.unwrap();
+        assert_eq!(proxy.sent(b"ms job-lock"), 3, "the lost write and the second one");
+        match cache.ttl("job-lock").await.unwrap() {
+            Ttl::Expires(left) => assert!(left > Duration::from_secs(50), "{left:?}"),
+            other => panic!("{other:?}"),
+        }
+        let ok = guard.release().await.unwrap();
+        assert!(ok);
+    }
+);
+
+/// A holder renews its lease to a shorter one while a waiter polls: the waiter keeps
+/// waiting through the renewal (the token is still there), and the end of the
+/// shortened lease is a lease end (the waiter claims: `Acquired`), not a release. The
+/// waiter's bounds from the 30 s key before the renewal no longer hold: its new CAS
+/// says so.
+#[test]
+fn a_waiter_takes_the_end_of_a_shortened_lease_for_a_lease_end() {
+    let server = MemcachedServer::start();
+    let direct = aiolock::blocking::Cache::from_url(&server.url()).unwrap();
+    let mut holder = direct
+        .lock("job", Duration::from_secs(30))
+        .try_acquire()
+        .unwrap()
+        .expect("uncontended");
+    let (proxy, url) = proxied(&server, "");
+    let cache = aiolock::blocking::Cache::from_url(&url).unwrap();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            cache
+                .redlock("job", Duration::from_secs(30))
+                .wait_at_most(Duration::from_secs(20))
+                .acquire()
+                .unwrap()
+        });
+        // The waiter saw the 30 s key, then the holder shortens its lease.
+        proxy.wait_sent(b"mg job-lock v t c", 1);
+        holder.extend(Duration::from_millis(750)).unwrap();
+        let guard = waiter.join().unwrap();
+        assert_eq!(
+            guard.outcome(),
+            Outcome::Acquired,
+            "a lease end, not a release"
+        );
+        assert!(guard.release().unwrap());
+    });
+    assert!(!holder.release().unwrap(), "its lease had ended");
+}
+
+/// The change of the server's `stats` counter `name` from `before` to `after`.
+fn stat_delta(before: &[(String, u64)], after: &[(String, u64)], name: &str) -> u64 {
+    let value =
+        |stats: &[(String, u64)]| stats.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v);
+    value(after) - value(before)
+}
+
+both_flavors!(
+    /// The uncontended fenced cycle (try_acquire + release) costs the round trips of
+    /// the unfenced one, 3: the increment of the fence counter and the read that
+    /// verifies the lock after it travel in the claim's write. Server commands per
+    /// cycle: unfenced 1 set, 1 get, 1 delete; fenced 1 set, 1 incr, 2 gets, 1 delete.
+    a_fenced_cycle_costs_no_extra_round_trip(server) {
+        let (proxy, url) = proxied(server, "pool_size=1");
+        let cache = Cache::from_url(&url).await.unwrap();
+        let lease = Duration::from_secs(30);
+        // The fence counter exists (its creation by `ma N0 J` counts as no incr).
+        let warm = cache.lock("job", lease).fenced().try_acquire().await.unwrap();
+        let released = warm.unwrap().release().await.unwrap();
+        assert!(released);
+        let mut measured = Vec::new();
+        for fenced in [false, true] {
+            let (reads, before) = (proxy.reads(), server_stats(server));
+            let lock = cache.lock("job", lease);
+            let lock = if fenced { lock.fenced() } else { lock };
+            let guard = lock.try_acquire().await.unwrap().expect("uncontended");
+            assert_eq!(guard.fence().is_some(), fenced);
+            let released = guard.release().await.unwrap();
+            assert!(released);
+            let after = server_stats(server);
+            let count = |name| stat_delta(&before, &after, name);
+            let commands = (
+                count("cmd_set"),
+                count("incr_hits") + count("incr_misses"),
+                count("cmd_get"),
+                count("delete_hits"),
+            );
+            measured.push((proxy.reads() - reads, commands));
+        }
+        eprintln!("(round trips, (sets, incrs, gets, deletes)): unfenced {:?}, fenced {:?}",
+            measured[0], measured[1]);
+        assert_eq!(measured[0], (3, (1, 0, 1, 1)), "unfenced");
+        assert_eq!(measured[1], (3, (1, 1, 2, 1)), "fenced: no extra round trip");
+    }
+);
+
+both_flavors!(
+    /// A counter memcached lost (`flush_all` here; a restart or an eviction alike) is
+    /// created again from the client's clock in microseconds: the fences after it are
+    /// still larger. The first fence is the clock, and the next ones count up by one.
+    fences_grow_after_the_counter_is_flushed(server) {
+        let cache = Cache::from_url(&server.url()).await.unwrap();
+        let mut fences = Vec::new();
+        for round in 0..4 {
+            if round == 2 {
+                let mut conn = std::os::unix::net::UnixStream::connect(socket(server)).unwrap();
+                conn.write_all(b"flush_all\r\n").unwrap();
+                let mut ok = [0u8; 4];
+                conn.read_exact(&mut ok).unwrap();
+                assert_eq!(&ok, b"OK\r\n");
+                let counter = cache.get("job-lock-fence").await.unwrap();
+                assert_eq!(counter, None, "flushed");
+            }
+            let lock = cache.lock("job", Duration::from_secs(30)).fenced();
+            let guard = lock.try_acquire().await.unwrap().expect("uncontended");
+            fences.push(guard.fence().unwrap());
+            let released = guard.release().await.unwrap();
+            assert!(released);
+        }
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64;
+        assert!(
+            fences[0] <= now_us && now_us - fences[0] < 60_000_000,
+            "seeded from the clock: {fences:?} at {now_us}"
+        );
+        assert_eq!(fences[1], fences[0] + 1);
+        assert!(fences[2] > fences[1], "after the flush: {fences:?}");
+        assert_eq!(fences[3], fences[2] + 1);
+    }
+);
+
+/// A server restart loses the counter too (memcached keeps nothing): the next fence
+/// is still larger, from the client's clock.
+#[test]
+fn fences_grow_across_a_server_restart() {
+    let mut server = MemcachedServer::start();
+    let cache = aiolock::blocking::Cache::from_url(&server.url()).unwrap();
+    let fence = |cache: &aiolock::blocking::Cache| {
+        let guard = cache
+            .redlock("job", Duration::from_secs(30))
+            .fenced()
+            .acquire()
+            .unwrap();
+        assert!(guard.is_acquired());
+        let fence = guard.fence().unwrap();
+        assert!(guard.release().unwrap());
+        fence
+    };
+    let before = fence(&cache);
+    server.restart();
+    assert_eq!(cache.get("job-lock-fence").unwrap(), None, "a new server");
+    let after = fence(&cache);
+    assert!(after > before, "{after} after {before}");
+}
+
+both_flavors!(
+    /// A fence key that holds something other than a counter fails a fenced claim with
+    /// a clear `Backend` error, and leaves no lock key behind (the add that won is
+    /// released); a claim that lost to an unfenced holder fails alike and leaves the
+    /// holder's lock alone.
+    a_fence_key_holding_garbage_is_a_backend_error(server) {
+        let cache = Cache::from_url(&server.url()).await.unwrap();
+        cache.set("job-lock-fence", b"not a number", None).await.unwrap();
+        let lease = Duration::from_secs(30);
+        let check = |err: aiolock::Error| {
+            assert_eq!(err.kind(), ErrorKind::Backend, "{err}");
+            let message = err.to_string();
+            for part in ["\"job-lock-fence\"", "decimal number", "non-numeric"] {
+                assert!(message.contains(part), "{part:?} missing: {message}");
+            }
+        };
+        check(cache.lock("job", lease).fenced().try_acquire().await.unwrap_err());
+        let left = cache.exists("job-lock").await.unwrap();
+        assert!(!left, "no lock key");
+        check(cache.redlock("job", lease).fenced().acquire().await.unwrap_err());
+        let left = cache.exists("job-lock").await.unwrap();
+        assert!(!left, "no lock key");
+        let holder = cache.lock("job", lease).try_acquire().await.unwrap().unwrap();
+        check(cache.lock("job", lease).fenced().try_acquire().await.unwrap_err());
+        let stored = cache.get("job-lock").await.unwrap();
+        assert_eq!(stored.as_deref(), Some(holder.token().as_bytes()));
+        let released = holder.release().await.unwrap();
+        assert!(released);
+        let garbage = cache.get("job-lock-fence").await.unwrap();
+        assert_eq!(garbage.as_deref(), Some(&b"not a number"[..]), "left as it was");
+    }
+);
+
+both_flavors!(
+    /// The server runs a fenced claim's write (add, increment, read) and the replies
+    /// are lost: the claim reads the lock back, finds its token, and sends the
+    /// increment and the read again (the lost increment skips a number). It holds
+    /// the lock with a fence larger than the last one; the add is not sent twice.
+    a_fenced_claim_whose_replies_were_lost_is_won_with_a_fence(server) {
+        let (proxy, url) = proxied(server, "pool_size=1");
+        let cache = Cache::from_url(&url).await.unwrap();
+        let lease = Duration::from_secs(30);
+        let first = cache.lock("job", lease).fenced().try_acquire().await.unwrap().unwrap();
+        let first_fence = first.fence().unwrap();
+        let released = first.release().await.unwrap();
+        assert!(released);
+        proxy.lose_reply_after(b"ma job-lock-fence");
+        let guard = cache.lock("job", lease).fenced().try_acquire().await.unwrap();
+        let guard = guard.expect("won: the lost add was ours");
+        assert_eq!(proxy.sent(b"ms job-lock"), 2, "one add per claim");
+        assert_eq!(proxy.sent(b"ma job-lock-fence"), 3, "the lost increment sent again");
+        assert_eq!(guard.fence(), Some(first_fence + 2), "one number skipped");
+        let stored = cache.get("job-lock").await.unwrap();
+        assert_eq!(stored.as_deref(), Some(guard.token().as_bytes()));
+        let released = guard.release().await.unwrap();
+        assert!(released);
+    }
+);
+
+/// A fake memcached that answers `mn`, every `ms` with `HD` (skipping its data
+/// line), every `ma` with `VA 2 / 77`, and every `mg` with `mg_reply`.
+fn scripted_server(mg_reply: &'static [u8]) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "memcached://{}?response_timeout=2",
+        listener.local_addr().unwrap()
+    );
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                let mut lines = BufReader::new(stream).split(b'\n');
+                while let Some(Ok(line)) = lines.next() {
+                    let answer: &[u8] = if line == b"mn\r" {
+                        b"MN\r\n"
+                    } else if line.starts_with(b"ms ") {
+                        let _data = lines.next();
+                        b"HD\r\n"
+                    } else if line.starts_with(b"ma ") {
+                        b"VA 2\r\n77\r\n"
+                    } else {
+                        mg_reply
+                    };
+                    if writer.write_all(answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// The case the verifying read exists for: a claim whose add won, but whose lock was
+/// gone or another holder's by the time the read after its increment ran (a holder
+/// that stalled past its lease between the two). memcached runs the pipelined
+/// commands back to back, so a real server cannot be stopped between them: a
+/// scripted server plays it. The claim is lost (no guard, no fence), since that
+/// fence could be smaller than the next holder's.
+#[test]
+fn a_won_add_that_its_verification_finds_lost_is_not_held() {
+    for mg_reply in [&b"VA 5\r\nother\r\n"[..], b"EN\r\n"] {
+        let cache = aiolock::blocking::Cache::from_url(&scripted_server(mg_reply)).unwrap();
+        let got = cache
+            .lock("job", Duration::from_secs(30))
+            .fenced()
+            .try_acquire()
+            .unwrap();
+        assert!(
+            got.is_none(),
+            "{:?}: not held",
+            String::from_utf8_lossy(mg_reply)
+        );
+    }
+}
+
+/// A fenced lock also stores `lock key + "-fence"`, 6 bytes longer, and memcached
+/// takes 250 bytes: namespace + key of 239 bytes is the longest a fenced lock with
+/// the default suffix takes; one more fails with `InvalidKey` before anything is
+/// stored, saying why.
+#[test]
+fn fenced_lock_keys_leave_room_for_the_fence_suffix() {
+    let server = MemcachedServer::start();
+    let cache =
+        aiolock::blocking::Cache::from_url(&format!("{}?namespace=ns:", server.url())).unwrap();
+    let fits = "k".repeat(236);
+    let guard = cache
+        .lock(&fits, Duration::from_secs(5))
+        .fenced()
+        .try_acquire()
+        .unwrap()
+        .expect("uncontended");
+    assert!(guard.fence().is_some());
+    assert!(guard.release().unwrap());
+    let long = "k".repeat(237);
+    let err = cache
+        .lock(&long, Duration::from_secs(5))
+        .fenced()
+        .try_acquire()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidKey, "{err}");
+    let message = err.to_string();
+    for part in ["\"-fence\"", "250 bytes", "251 bytes", "239"] {
+        assert!(message.contains(part), "{part:?} missing: {message}");
+    }
+    assert!(
+        !cache.exists(format!("{long}-lock")).unwrap(),
+        "nothing stored"
+    );
+    // Unfenced, the same key fits.
+    let guard = cache
+        .lock(&long, Duration::from_secs(5))
+        .try_acquire()
+        .unwrap();
+    assert!(guard.unwrap().release().unwrap());
+}

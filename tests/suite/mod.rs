@@ -870,3 +870,65 @@ pub async fn fences_grow_with_each_acquisition(env: Env) {
     assert!(again.fence().unwrap() > first);
     drop(guard);
 }
+
+/// A holder that extends its lease keeps its RedLock waiters waiting: at each lease
+/// end it saw, a waiter may find the key still held and wait again (at worst a claim
+/// that loses), but it neither reports a release nor takes the lock; the holder's
+/// release then wakes it with `Released`. The holder renews a few times by one lease,
+/// so that whenever the waiter looked, it saw a lease that ends before the release.
+#[maybe_async]
+pub async fn waiter_of_an_extended_holder_keeps_waiting(env: Env) {
+    // Renewed every quarter lease: a loaded machine may be late by most of a lease.
+    let lease = env.short_lease.max(Duration::from_secs(1));
+    let holder = RedLock::new(&env.cache, "k", lease)
+        .acquire()
+        .await
+        .unwrap();
+    assert!(holder.is_acquired());
+    let holder = Arc::new(std::sync::Mutex::new(Some(holder)));
+    let released_at = Arc::new(std::sync::Mutex::new(None));
+    let returned = Arc::new(AtomicUsize::new(0));
+    let lock_key = env.lock_key("k");
+    let results = concurrently(2, |i| {
+        let env = env.clone();
+        let holder = Arc::clone(&holder);
+        let released_at = Arc::clone(&released_at);
+        let returned = Arc::clone(&returned);
+        let lock_key = lock_key.clone();
+        async move {
+            let long = Duration::from_secs(30);
+            if i == 0 {
+                let mut guard = holder.lock().unwrap().take().unwrap();
+                waiters(&lock_key, 1).await;
+                for _ in 0..6 {
+                    sleep(lease / 4).await;
+                    guard.extend(lease).await.unwrap();
+                }
+                // Past the last lease the waiter may have seen (a real TTL's end).
+                guard.extend(long).await.unwrap();
+                sleep(env.after_expiry(lease)).await;
+                let waiting = returned.load(Ordering::SeqCst) == 0;
+                assert!(
+                    waiting,
+                    "the waiter still waits past the renewed lease ends"
+                );
+                *released_at.lock().unwrap() = Some(Instant::now());
+                let removed = guard.release().await.unwrap();
+                assert!(removed, "the extended lease was still ours");
+                return None;
+            }
+            let g = RedLock::new(&env.cache, "k", long)
+                .wait_at_most(long)
+                .acquire()
+                .await
+                .unwrap();
+            returned.fetch_add(1, Ordering::SeqCst);
+            Some((g.outcome(), Instant::now()))
+        }
+    })
+    .await;
+    let released_at = released_at.lock().unwrap().expect("released");
+    let (outcome, at) = results.into_iter().flatten().next().unwrap();
+    assert_eq!(outcome, Outcome::Released);
+    assert!(at >= released_at, "woken by the release, not before it");
+}

@@ -70,6 +70,8 @@ struct Conn {
     server: Stream,
     /// Everything the client sent on this connection.
     sent: Vec<u8>,
+    /// How many reads of the client's bytes it took.
+    reads: usize,
     /// The reply to the request forwarded at this offset of `sent` is to be lost.
     lose_from: Option<usize>,
     open: bool,
@@ -210,6 +212,13 @@ impl Proxy {
         }
     }
 
+    /// How many pieces clients' bytes came in so far (over all connections): for a
+    /// client that waits for each reply before it writes again, its round trips (a
+    /// small write arrives in one piece; pipelined requests in one write count once).
+    pub fn reads(&self) -> usize {
+        self.shared.lock().conns.iter().map(|c| c.reads).sum()
+    }
+
     /// Connections open now.
     pub fn connections(&self) -> usize {
         self.shared.lock().conns.iter().filter(|c| c.open).count()
@@ -274,6 +283,7 @@ impl Shared {
                 client,
                 server,
                 sent: Vec::new(),
+                reads: 0,
                 lose_from: None,
                 open: true,
             });
@@ -299,6 +309,7 @@ impl Shared {
                 let Some(conn) = state.conn(id) else { break };
                 let before = conn.sent.len();
                 conn.sent.extend_from_slice(&buf[..n]);
+                conn.reads += 1;
                 if let Some(p) = &lose {
                     let from = before.saturating_sub(p.len() - 1);
                     if count(&conn.sent[from..], p) > 0 {

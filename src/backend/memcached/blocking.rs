@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use crate::backend::memcached::meta::{Reply, ReplyBuffer};
-use crate::backend::memcached::settings::{Addr, Failure, io_error, one_reply};
+use crate::backend::memcached::settings::{Addr, Failure, io_error, next_reply};
 use crate::error::{Error, ErrorKind, Result};
 
 enum Stream {
@@ -115,18 +115,25 @@ pub(crate) fn connect(addr: &Addr, deadline: Instant, response_timeout: Duration
 }
 
 impl Conn {
-    /// Sends `request` and reads one reply, by `deadline`. After an error the
-    /// connection is out of step: drop it.
-    pub(crate) fn call(&mut self, request: &[u8], deadline: Instant) -> Result<Reply, Failure> {
+    /// Writes `request` (one command or several, pipelined), by `deadline` (the
+    /// socket's write timeout is the response timeout). After an error the connection
+    /// is out of step: drop it.
+    pub(crate) fn send(&mut self, request: &[u8], _deadline: Instant) -> Result<(), Failure> {
         if self.read_timeout < self.response_timeout {
             self.set_read_timeout(self.response_timeout)?;
         }
-        if let Err(e) = self.stream.write_all(request) {
-            return Err(Failure::send(&self.addr, e));
-        }
-        let mut received = false;
+        self.stream
+            .write_all(request)
+            .map_err(|e| Failure::send(&self.addr, e))
+    }
+
+    /// Reads the next reply, by `deadline`. After an error the connection is out of
+    /// step: drop it.
+    pub(crate) fn recv(&mut self, deadline: Instant) -> Result<Reply, Failure> {
+        // Bytes left over from the last read belong to this reply.
+        let mut received = !self.replies.is_empty();
         loop {
-            if let Some(reply) = one_reply(&mut self.replies, &self.addr)? {
+            if let Some(reply) = next_reply(&mut self.replies)? {
                 return Ok(reply);
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -163,6 +170,11 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Whether no byte beyond the replies read so far has arrived.
+    pub(crate) fn drained(&self) -> bool {
+        self.replies.is_empty()
     }
 
     /// Gives up a connection inherited from the parent process by `fork`: closing the

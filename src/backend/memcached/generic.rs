@@ -28,6 +28,10 @@ use crate::value::{CasToken, Ttl, Versioned};
 /// the read and the delete (someone touched or rewrote the key meanwhile).
 const RELEASE_TRIES: usize = 8;
 
+/// How many times a fenced claim that won its add sends the increment and the
+/// verification again after their replies were lost.
+const FENCE_TRIES: usize = 3;
+
 /// A memcached server (>= 1.6.10) over the meta protocol: `memcached://host[:port]`
 /// (port 11211 by default) or `memcached+unix:///path/to/socket`.
 ///
@@ -61,6 +65,36 @@ const RELEASE_TRIES: usize = 8;
 /// `T + 1.25 s` (less than `d + 4.5 s`: the time a holder that never releases blocks
 /// the key). A server stopped as a whole (SIGSTOP, swapping) for longer can serve
 /// a claim with a stale clock and shorten that lock by the stall.
+///
+/// # Renewals and fencing tokens
+///
+/// - [`extend`](super::LockGuard::extend): `mg <key> v c` reads the token and its
+///   CAS unique, and only when it is ours `ms <key> <len> C<cas> T<ttl>` rewrites it
+///   with the TTL the rule above gives the new lease: two round trips, a key the
+///   server rewrote after the guard read its clock, so `lease_end` (that instant plus
+///   the lease) stays a lower bound of the key's life, as for a claim. Waiters keep
+///   waiting through a renewal: they poll `mg v t c`, and the holder's token under
+///   a new CAS is a renewal (their bounds on its expiry start again from its TTL).
+/// - A [`fenced`](super::RedLock::fenced) claim costs no extra round trip: its one
+///   write carries the add, `ma <lock key>-fence N0 J<µs> v` (increment the counter,
+///   creating it without TTL from the client's clock in microseconds when it is
+///   missing) and `mg <lock key> v`, which memcached runs in that order; the fence
+///   counts only when that read still finds our token (a holder that lost its lock
+///   between the add and the increment never holds a fence larger than the next
+///   holder's). An uncontended fenced cycle (acquire + release) is 3 round trips like
+///   an unfenced one, and 5 server commands instead of 3: 1 set, 1 incr (none when it
+///   creates the counter), 2 gets, 1 delete (measured by
+///   `a_fenced_cycle_costs_no_extra_round_trip` in the tests). A waiter that claims
+///   again increments too (fences skip numbers) and learns the holder's token from
+///   the read.
+/// - What the counter survives: it has no TTL, so it stays unless memcached evicts
+///   it (an LRU under memory pressure; every claim refreshes it), `flush_all` clears
+///   it or the server restarts (memcached keeps nothing). Then the next claim creates
+///   it again from the client's clock in microseconds: fences still grow as long as
+///   the lost counter had been incremented fewer times than microseconds passed
+///   since it was created, and the clients' clocks agree within that margin. A fence
+///   key that holds anything but a counter fails fenced claims with
+///   [`ErrorKind::Backend`] (the lock is not taken).
 ///
 /// # Faults
 ///
@@ -200,6 +234,25 @@ fn exptime(ttl: Option<Duration>) -> Flag {
     Flag::SetExptime(meta::exptime(ttl, now_unix()))
 }
 
+/// The client's clock in microseconds since the Unix epoch: the value a fence counter
+/// that memcached lost (evicted, flushed, restarted) is created with again, so that it
+/// still grows.
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// `ma <fence key> N0 J<now in µs> v`: increments the fence counter, creating it
+/// without TTL, seeded from the clock, when it is missing.
+fn fence_increment(fence_key: &[u8]) -> Result<Vec<u8>> {
+    let seed = now_micros();
+    meta::increment(
+        fence_key,
+        &[Flag::AutoCreate(0), Flag::Initial(seed), Flag::Value],
+    )
+}
+
 /// The connections: at most `pool_size` open, the idle ones kept for reuse.
 struct Pool {
     settings: Settings,
@@ -271,7 +324,7 @@ enum Repeat {
     Once,
 }
 
-/// How a request that must not run twice went.
+/// How a single request that must not run twice went.
 enum Sent {
     /// Its reply.
     Reply(Reply),
@@ -369,9 +422,10 @@ impl Pool {
     /// then the error is a timeout).
     #[maybe_async]
     async fn call_by(&self, request: &[u8], cap: Option<Instant>) -> Result<Reply> {
-        match self.send(request, Repeat::Idempotent, cap).await? {
-            Sent::Reply(reply) => Ok(reply),
-            Sent::Lost(error) => Err(error),
+        let batch = self.send(request, 1, Repeat::Idempotent, cap).await?;
+        match batch.lost {
+            Some(error) => Err(error),
+            None => self.only_reply(batch.replies),
         }
     }
 
@@ -379,20 +433,66 @@ impl Pool {
     /// response timeout; says so when the reply was lost.
     #[maybe_async]
     async fn call_once(&self, request: &[u8]) -> Result<Sent> {
-        self.send(request, Repeat::Once, None).await
+        let batch = self.send(request, 1, Repeat::Once, None).await?;
+        match batch.lost {
+            Some(error) => Ok(Sent::Lost(error)),
+            None => self.only_reply(batch.replies).map(Sent::Reply),
+        }
     }
 
-    /// Sends one request and reads its reply, by `cap` at the latest. An error reply,
-    /// a failure or a cancellation discards the connection. A request whose
-    /// connection the server closed (a pooled connection of a server that restarted,
-    /// or a connection lost on the way) is sent once more on a new one when it never
-    /// reached the server, or when it may run twice ([`Repeat`]); else its caller is
-    /// told the reply was lost ([`Sent::Lost`]).
+    /// Sends `count` requests in one write (`request` holds them all, in order) and
+    /// reads their replies in order, within one response timeout: one round trip.
+    /// None of them may run twice: a batch is sent again only when it surely never
+    /// reached the server. Error lines are returned as replies ([`Batch`]).
+    #[maybe_async]
+    async fn pipeline(&self, request: &[u8], count: usize) -> Result<Batch> {
+        self.send(request, count, Repeat::Once, None).await
+    }
+
+    /// The reply to a single request; an error line is an error.
+    fn only_reply(&self, mut replies: Vec<Reply>) -> Result<Reply> {
+        match replies.pop() {
+            Some(Reply::Error(line, message)) => Err(self.refused(line, &message)),
+            Some(reply) => Ok(reply),
+            None => Err(Error::new(ErrorKind::Protocol, "memcached sent no reply")),
+        }
+    }
+
+    /// The error for an error line (`ERROR`, `CLIENT_ERROR`, `SERVER_ERROR`).
+    fn refused(&self, line: ErrorLine, message: &str) -> Error {
+        let hint = if line == ErrorLine::Generic {
+            " (the meta protocol needs memcached >= 1.6.10)"
+        } else {
+            ""
+        };
+        Error::new(
+            ErrorKind::Backend,
+            format!(
+                "memcached at {} refused the command: {} {message}{hint}",
+                self.settings.addr,
+                Reply::Error(line, String::new()).code()
+            ),
+        )
+    }
+
+    /// Writes `request` (`count` commands) and reads `count` replies, by `cap` at the
+    /// latest. An error line ends the batch (it is its last reply) and discards the
+    /// connection, as do a failure and a cancellation. A batch whose connection the
+    /// server closed before its first reply (a pooled connection of a server that
+    /// restarted, or a connection lost on the way) is sent once more on a new one
+    /// when it never reached the server, or when it may run twice ([`Repeat`]); else
+    /// its caller is told which replies were lost ([`Batch::lost`]).
     ///
     /// Time: waiting for a free connection and the exchange share one response
     /// timeout; opening a connection has its own `connect_timeout`.
     #[maybe_async]
-    async fn send(&self, request: &[u8], repeat: Repeat, cap: Option<Instant>) -> Result<Sent> {
+    async fn send(
+        &self,
+        request: &[u8],
+        count: usize,
+        repeat: Repeat,
+        cap: Option<Instant>,
+    ) -> Result<Batch> {
         let s = &self.settings;
         let capped = |at: Instant| cap.map_or(at, |cap| at.min(cap));
         let mut retried = false;
@@ -407,52 +507,75 @@ impl Pool {
                 // The time spent connecting counted against connect_timeout.
                 capped(answer_by + (rt::now() - start))
             };
-            match conn.call(request, answer_by).await {
-                Ok(Reply::Error(line, message)) => {
-                    drop(conn);
-                    drop(permit);
-                    let hint = if line == ErrorLine::Generic {
-                        " (the meta protocol needs memcached >= 1.6.10)"
-                    } else {
-                        ""
-                    };
-                    return Err(Error::new(
-                        ErrorKind::Backend,
-                        format!(
-                            "memcached at {} refused the command: {} {message}{hint}",
-                            s.addr,
-                            Reply::Error(line, String::new()).code()
-                        ),
-                    ));
-                }
-                Ok(reply) => {
-                    permit.give_back(conn);
-                    return Ok(Sent::Reply(reply));
-                }
-                Err(failure) => {
-                    drop(conn);
-                    drop(permit);
-                    let closed = matches!(failure.fate, Fate::Unsent | Fate::Unanswered);
-                    if closed && reused {
-                        self.close_idle();
+            let mut replies = Vec::with_capacity(count);
+            let mut failure = conn.send(request, answer_by).await.err();
+            while failure.is_none() && replies.len() < count {
+                match conn.recv(answer_by).await {
+                    Ok(reply) => {
+                        let refused = matches!(reply, Reply::Error(..));
+                        replies.push(reply);
+                        if refused {
+                            break;
+                        }
                     }
-                    let again = match failure.fate {
-                        Fate::Unsent => true,
-                        Fate::Unanswered => repeat == Repeat::Idempotent,
-                        Fate::Unknown => false,
-                    };
-                    if again && !retried {
-                        retried = true;
-                        continue;
-                    }
-                    if failure.fate == Fate::Unanswered && repeat == Repeat::Once {
-                        return Ok(Sent::Lost(failure.error));
-                    }
-                    return Err(failure.error);
+                    Err(f) => failure = Some(f),
                 }
             }
+            let Some(failure) = failure else {
+                if matches!(replies.last(), Some(Reply::Error(..))) {
+                    // memcached may have read the rest of a rejected request as
+                    // commands: the connection is out of step.
+                    drop(conn);
+                    drop(permit);
+                } else if !conn.drained() {
+                    drop(conn);
+                    drop(permit);
+                    return Err(Error::new(
+                        ErrorKind::Protocol,
+                        format!("memcached at {}: more bytes than the replies", s.addr),
+                    ));
+                } else {
+                    permit.give_back(conn);
+                }
+                return Ok(Batch {
+                    replies,
+                    lost: None,
+                });
+            };
+            drop(conn);
+            drop(permit);
+            let closed = matches!(failure.fate, Fate::Unsent | Fate::Unanswered);
+            if closed && reused {
+                self.close_idle();
+            }
+            let again = match failure.fate {
+                Fate::Unsent => true,
+                Fate::Unanswered => repeat == Repeat::Idempotent && replies.is_empty(),
+                Fate::Unknown => false,
+            };
+            if again && !retried {
+                retried = true;
+                continue;
+            }
+            if failure.fate == Fate::Unanswered && repeat == Repeat::Once {
+                return Ok(Batch {
+                    replies,
+                    lost: Some(failure.error),
+                });
+            }
+            return Err(failure.error);
         }
     }
+}
+
+/// The replies to a batch of requests ([`Pool::pipeline`]).
+struct Batch {
+    /// The replies read, in the order of the requests. An error line, when one came,
+    /// is the last (the connection was dropped after it).
+    replies: Vec<Reply>,
+    /// Set when the server closed the connection after `replies.len()` replies: the
+    /// requests after those may or may not have run.
+    lost: Option<Error>,
 }
 
 /// How an add (`ms ME`) went.
@@ -509,6 +632,88 @@ impl MemcachedBackend {
                 }
                 other => return Err(unexpected("mg v", &other)),
             }
+        }
+    }
+}
+
+impl MemcachedBackend {
+    /// The fence a fenced claim that won its add holds, from the replies to its
+    /// increment and to the read after it (`None`: lost with the connection, `lost`):
+    /// sent again, both in one write, while replies are lost.
+    #[maybe_async]
+    async fn verify_fence(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        fence_key: &[u8],
+        mut incremented: Option<Reply>,
+        mut verified: Option<Reply>,
+        mut lost: Option<Error>,
+    ) -> Result<(Claim, Option<u64>)> {
+        let verify = meta::get(key, &[Flag::Value])?;
+        let mut resent = 0;
+        loop {
+            let fence = match &incremented {
+                Some(reply) => Some(self.fence_of(fence_key, reply)?),
+                None => None,
+            };
+            match (fence, verified.take()) {
+                (Some(fence), Some(Reply::Va(found, _))) if found == token => {
+                    return Ok((Claim::Won, Some(fence)));
+                }
+                // Gone or another's after our increment: the claim is lost.
+                (Some(_), Some(Reply::Va(holder, _))) => {
+                    let holder = Some(holder);
+                    return Ok((Claim::Held { holder }, None));
+                }
+                (Some(_), Some(Reply::En)) => return Ok((Claim::Held { holder: None }, None)),
+                (Some(_), Some(other)) => return Err(unexpected("mg v", &other)),
+                (_, None) | (None, _) => {}
+            }
+            if resent == FENCE_TRIES {
+                break;
+            }
+            resent += 1;
+            let mut request = fence_increment(fence_key)?;
+            request.extend_from_slice(&verify);
+            let batch = self.pool.pipeline(&request, 2).await?;
+            let mut replies = batch.replies.into_iter();
+            (incremented, verified, lost) = (replies.next(), replies.next(), batch.lost);
+        }
+        Err(outcome_unknown(
+            lost.unwrap_or_else(|| Error::new(ErrorKind::Protocol, "memcached sent no reply")),
+            "the fencing token of",
+            key,
+            "the replies to its increment were lost every time",
+        ))
+    }
+
+    /// The fence an `ma <fence key> ... v` reply holds.
+    fn fence_of(&self, fence_key: &[u8], reply: &Reply) -> Result<u64> {
+        let not_a_counter = |why: &str| {
+            Error::new(
+                ErrorKind::Backend,
+                format!(
+                    "the fence key {:?} does not hold a fencing token (a decimal number): \
+                     {why}; the lock was not taken",
+                    String::from_utf8_lossy(fence_key)
+                ),
+            )
+        };
+        match reply {
+            Reply::Va(value, _) => match meta::counter(value) {
+                Some(0) => Err(not_a_counter("it wrapped around 2^64 to 0")),
+                Some(fence) => Ok(fence),
+                None => Err(Error::new(
+                    ErrorKind::Protocol,
+                    "memcached answered ma with a value that is not a number",
+                )),
+            },
+            Reply::Error(ErrorLine::Client, message) => Err(not_a_counter(&format!(
+                "memcached refused to increment it ({message})"
+            ))),
+            Reply::Error(line, message) => Err(self.pool.refused(*line, message)),
+            other => Err(unexpected("ma", other)),
         }
     }
 }
@@ -637,6 +842,67 @@ impl Backend for MemcachedBackend {
         ))
     }
 
+    /// Reads the token and its CAS unique (`mg v c`), compares the token, then
+    /// rewrites the same token with the TTL a claim gives `lease` (`ms <len> C<cas>
+    /// T<ttl>`, see "TTLs and leases" on [`MemcachedBackend`]) only if the CAS is
+    /// unchanged: the key then lives at least `lease` from when the server applied
+    /// the write. A CAS that went stale in between (another renewal of ours) is read
+    /// again; a key gone in between (`NF`) is not ours any more. Never uses a CAS
+    /// remembered from the acquisition.
+    ///
+    /// When the reply to the write is lost, the lock is read again: still our token →
+    /// the write is sent again, against the CAS just read (renewing twice renews once,
+    /// a little later; whether the first write ran cannot be told from the TTL, which
+    /// memcached counts in whole seconds); gone or another token → a
+    /// [`Connection`](ErrorKind::Connection) error says the outcome is unknown.
+    async fn extend(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<bool> {
+        check_lock_key(key)?;
+        let read = meta::get(key, &[Flag::Value, Flag::Cas])?;
+        // The error of a write whose reply was lost, until a later write is answered.
+        let mut lost = None;
+        let not_ours = |lost: Option<Error>| match lost {
+            None => Ok(false),
+            Some(lost) => Err(outcome_unknown(
+                lost,
+                "the extension of",
+                key,
+                "the lock no longer holds our token (its lease ended, or another client \
+                 deleted it)",
+            )),
+        };
+        for _ in 0..RELEASE_TRIES {
+            let cas = match self.pool.call(&read).await? {
+                Reply::Va(value, flags) if value == token => Self::cas_of(key, &flags)?,
+                Reply::En | Reply::Va(..) => return not_ours(lost),
+                other => return Err(unexpected("mg v c", &other)),
+            };
+            let write = meta::set(key, token, &[Flag::CompareCas(cas), exptime(Some(lease))])?;
+            match self.pool.call_once(&write).await? {
+                Sent::Reply(Reply::Hd(_)) => return Ok(true),
+                Sent::Reply(Reply::Nf(_)) => return not_ours(lost),
+                Sent::Reply(Reply::Ex(_)) => continue,
+                Sent::Reply(other) => return Err(unexpected("ms C", &other)),
+                Sent::Lost(error) => lost = Some(error),
+            }
+        }
+        Err(match lost {
+            Some(lost) => outcome_unknown(
+                lost,
+                "the extension of",
+                key,
+                "the last write's reply was lost too",
+            ),
+            None => Error::new(
+                ErrorKind::Backend,
+                format!(
+                    "the lock {:?} changed between read and write {RELEASE_TRIES} times in a \
+                     row",
+                    String::from_utf8_lossy(key)
+                ),
+            ),
+        })
+    }
+
     /// `ms <key> <len> ME T<ttl>`: `HD` → won, `NS` → held (the holder's token is
     /// learned by the wait's first poll). A lost reply is read back: our token → won,
     /// another token → held by it, gone → the add did not run: sent once more.
@@ -651,13 +917,134 @@ impl Backend for MemcachedBackend {
         })
     }
 
-    /// Polls `mg v t` with capped, jittered backoff (`core::poll::Watch`): the holder's token
-    /// (`holder`, else the first one seen) gone or replaced before its lease could have
-    /// ended is a release, after it a vacancy. Every poll runs within the response
+    /// A claim with a fencing token, in one round trip: one write carries the add,
+    /// the increment of the fence counter and a read of the lock key,
+    ///
+    /// ```text
+    /// ms <key> <len> ME T<ttl>       HD (won) | NS (held)
+    /// ma <fence key> N0 J<µs> v      VA <len> <fence>   (created from the clock if missing)
+    /// mg <key> v                     VA <len> <token>   (still ours: the fence is valid)
+    /// ```
+    ///
+    /// and memcached runs them in that order. Losers increment the counter too (a
+    /// skipped number, which fences allow) and learn the holder's token from the read.
+    ///
+    /// Why the fence is larger than every earlier holder's: a winner's fence counts
+    /// only once the read after its increment found the lock still holding its token.
+    /// Take two winners A, then B. A's read ran while A held the key, and B's add ran
+    /// when the key was free, so after A's lease ended or A released: after A's read,
+    /// hence after A's increment. B's increment runs after B's add (the same
+    /// connection, in order), so after A's increment: it returns a larger number. A
+    /// holder that won the add and then stalled past its lease before its increment
+    /// (a server stalled between the commands, or replies lost and sent again) finds
+    /// the lock gone or another's at its read, and its claim is lost (`Held`, with
+    /// the holder the read found): it never holds a fence larger than the next
+    /// holder's. This needs the counter to survive between the two increments; when
+    /// memcached lost it (evicted, `flush_all`, restarted), `J` creates it again from
+    /// the client's clock in microseconds, larger than the lost counter unless that
+    /// had been incremented more times than microseconds passed since it was created,
+    /// or the clients' clocks disagree by more than that.
+    ///
+    /// Lost replies: an add whose reply was lost is read back as by
+    /// [`claim`](Backend::claim) (our token → won, another → held, gone → the three
+    /// are sent once more). After a won add, a lost increment or read is sent again,
+    /// both in one write (an increment is not idempotent, but a second one only skips
+    /// a number), at most three times more, then a
+    /// [`Connection`](ErrorKind::Connection) error says the outcome is unknown (the
+    /// caller releases the lock in the background).
+    ///
+    /// A fence key that holds something other than a decimal counter
+    /// ([`Backend`](ErrorKind::Backend) error), or a counter that wrapped around
+    /// 2^64 (to 0), fails the claim, and a lock it had won is released first.
+    async fn claim_fenced(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+        fence_key: &[u8],
+    ) -> Result<(Claim, Option<u64>)> {
+        check_lock_key(key)?;
+        check_fence_key(fence_key)?;
+        let add = meta::set(key, token, &[Flag::ModeAdd, exptime(Some(lease))])?;
+        let read = meta::get(key, &[Flag::Value])?;
+        let mut resent = false;
+        let (incremented, verified, lost) = loop {
+            let mut request = add.clone();
+            request.extend_from_slice(&fence_increment(fence_key)?);
+            request.extend_from_slice(&read);
+            let batch = self.pool.pipeline(&request, 3).await?;
+            let mut replies = batch.replies.into_iter();
+            let added = replies.next();
+            let (incremented, verified) = (replies.next(), replies.next());
+            match added {
+                Some(Reply::Hd(_)) => break (incremented, verified, batch.lost),
+                Some(Reply::Ns(_)) => {
+                    // Losers need no fence, but learn of a broken counter.
+                    if let Some(reply) = &incremented {
+                        self.fence_of(fence_key, reply)?;
+                    }
+                    let holder = match verified {
+                        Some(Reply::Va(holder, _)) => Some(holder),
+                        _ => None,
+                    };
+                    return Ok((Claim::Held { holder }, None));
+                }
+                Some(Reply::Error(line, message)) => {
+                    return Err(self.pool.refused(line, &message));
+                }
+                Some(other) => return Err(unexpected("ms ME", &other)),
+                None => {}
+            }
+            // The add's reply was lost: read the lock back.
+            let lost = batch.lost.unwrap_or_else(|| {
+                Error::new(ErrorKind::Protocol, "memcached sent no reply to ms ME")
+            });
+            match self.pool.call(&read).await? {
+                // Ours: won; the increment and the read after it are sent again.
+                Reply::Va(found, _) if found == token => break (None, None, Some(lost)),
+                Reply::Va(holder, _) => {
+                    return Ok((
+                        Claim::Held {
+                            holder: Some(holder),
+                        },
+                        None,
+                    ));
+                }
+                Reply::En if !resent => resent = true,
+                Reply::En => {
+                    return Err(outcome_unknown(
+                        lost,
+                        "the fenced claim of",
+                        key,
+                        "the lock is absent after a second try",
+                    ));
+                }
+                other => return Err(unexpected("mg v", &other)),
+            }
+        };
+        // Won the add: the fence counts once a read after the increment found our
+        // token (see above).
+        let fenced = self
+            .verify_fence(key, token, fence_key, incremented, verified, lost)
+            .await;
+        match fenced {
+            Err(e) if e.kind() == ErrorKind::Backend => {
+                // Nothing applied, says a Backend error: give the lock back.
+                self.release(key, token).await?;
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    /// Polls `mg v t c` with capped, jittered backoff (`core::poll::Watch`): the holder's
+    /// token (`holder`, else the first one seen) gone or replaced before its lease could
+    /// have ended is a release, after it a vacancy; the same token under a new CAS is
+    /// the holder renewing its lease (it keeps the waiter waiting). Every poll runs within the response
     /// timeout and by `deadline`: a poll the server has not answered by then ends the
     /// wait ([`Wake::Deadline`]).
     async fn wait(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {
-        let request = meta::get(key, &[Flag::Value, Flag::Ttl])?;
+        let request = meta::get(key, &[Flag::Value, Flag::Ttl, Flag::Cas])?;
         let mut watch = Watch::new(self.pool.settings.max_poll_delay, holder);
         loop {
             let sent = rt::now();
@@ -672,10 +1059,13 @@ impl Backend for MemcachedBackend {
             let now = rt::now();
             let seen = match &reply {
                 Reply::En => Seen::Missing,
-                Reply::Va(token, meta::ReplyFlags { ttl: Some(ttl), .. }) => {
-                    Seen::Held { token, ttl: *ttl }
-                }
-                other => return Err(unexpected("mg v t", other)),
+                Reply::Va(token, flags @ meta::ReplyFlags { ttl: Some(ttl), .. }) => Seen::Held {
+                    token,
+                    ttl: *ttl,
+                    // 0 from a server without CAS (`-C`): renewals go unseen.
+                    cas: flags.cas.unwrap_or(0),
+                },
+                other => return Err(unexpected("mg v t c", other)),
             };
             if let Some(wake) = watch.observe(seen, sent, now) {
                 return Ok(wake);
@@ -767,6 +1157,23 @@ fn check_lock_key(key: &[u8]) -> Result<()> {
             key.len(),
             MEMCACHED_MAX_KEY - DEFAULT_LOCK_SUFFIX.len(),
             default = String::from_utf8_lossy(DEFAULT_LOCK_SUFFIX),
+        )));
+    }
+    crate::key::check_memcached(key)
+}
+
+/// A fence key memcached can store (`lock key + "-fence"`), with a message that says
+/// where its length comes from.
+fn check_fence_key(key: &[u8]) -> Result<()> {
+    if key.len() > MEMCACHED_MAX_KEY {
+        let fence = crate::key::FENCE_SUFFIX;
+        return Err(Error::invalid_key(format!(
+            "a fenced lock keeps its fencing token under lock key + {suffix:?}, and memcached \
+             takes keys of at most {MEMCACHED_MAX_KEY} bytes; this one has {} bytes (with the \
+             default lock suffix, namespace + key may have at most {} bytes)",
+            key.len(),
+            MEMCACHED_MAX_KEY - DEFAULT_LOCK_SUFFIX.len() - fence.len(),
+            suffix = String::from_utf8_lossy(fence),
         )));
     }
     crate::key::check_memcached(key)

@@ -12,6 +12,7 @@
 //!   mg <key> v c t        VA <len> c<cas> t<ttl>\r\n<data>\r\n  |  EN
 //!   ms <key> <len> ME T4  HD c<cas>  |  NS
 //!   md <key> C<cas>       HD  |  EX  |  NF
+//!   ma <key> N0 J<n> v    VA <len>\r\n<counter>\r\n  |  CLIENT_ERROR (not a number)
 //!   mn                    MN
 //! ```
 
@@ -44,6 +45,12 @@ pub enum Flag {
     SetExptime(u64),
     /// `C<n>`: only if the CAS unique is still `n`.
     CompareCas(u64),
+    /// `N<n>` (`ma`): on a miss, create the counter with the expiry `n` (0: never
+    /// expires).
+    AutoCreate(u64),
+    /// `J<n>` (`ma`): the value a counter [`AutoCreate`](Flag::AutoCreate) creates
+    /// (and returns, not incremented).
+    Initial(u64),
 }
 
 impl Flag {
@@ -60,6 +67,14 @@ impl Flag {
             }
             Flag::CompareCas(n) => {
                 out.push(b'C');
+                push_number(out, n);
+            }
+            Flag::AutoCreate(n) => {
+                out.push(b'N');
+                push_number(out, n);
+            }
+            Flag::Initial(n) => {
+                out.push(b'J');
                 push_number(out, n);
             }
         }
@@ -94,6 +109,17 @@ pub fn set(key: &[u8], value: &[u8], flags: &[Flag]) -> Result<Vec<u8>> {
 /// `md <key> <flags>\r\n`.
 pub fn delete(key: &[u8], flags: &[Flag]) -> Result<Vec<u8>> {
     command(b"md", key, None, flags)
+}
+
+/// `ma <key> <flags>\r\n`: increments the decimal counter under `key` by one
+/// (`v`: returns the new value; memcached wraps around at 2^64).
+pub fn increment(key: &[u8], flags: &[Flag]) -> Result<Vec<u8>> {
+    command(b"ma", key, None, flags)
+}
+
+/// The value of a counter as `ma v` returns it: a decimal `u64`.
+pub fn counter(value: &[u8]) -> Option<u64> {
+    number(value)
 }
 
 /// `mn\r\n`: the no-op, answered `MN` (a ping).
@@ -435,6 +461,22 @@ mod tests {
             b"md k C0\r\n"
         );
         assert_eq!(noop(), b"mn\r\n");
+        assert_eq!(
+            increment(
+                b"k-fence",
+                &[
+                    Flag::AutoCreate(0),
+                    Flag::Initial(1_800_000_000_000_000),
+                    Flag::Value
+                ]
+            )
+            .unwrap(),
+            b"ma k-fence N0 J1800000000000000 v\r\n"
+        );
+        assert_eq!(counter(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [&b""[..], b"-1", b" 1", b"1x", b"18446744073709551616"] {
+            assert_eq!(counter(bad), None, "{bad:?}");
+        }
         let binary = set(b"b", b"\0\r\n x", &[]).unwrap();
         assert_eq!(binary, b"ms b 5\r\n\0\r\n x\r\n");
     }
@@ -455,6 +497,10 @@ mod tests {
                 ErrorKind::InvalidKey
             );
             assert_eq!(delete(key, &[]).unwrap_err().kind(), ErrorKind::InvalidKey);
+            assert_eq!(
+                increment(key, &[]).unwrap_err().kind(),
+                ErrorKind::InvalidKey
+            );
         }
     }
 

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::backend::memcached::meta::{Reply, ReplyBuffer};
-use crate::backend::memcached::settings::{Addr, Failure, io_error, one_reply};
+use crate::backend::memcached::settings::{Addr, Failure, io_error, next_reply};
 use crate::error::{Error, ErrorKind, Result};
 
 enum Stream {
@@ -78,23 +78,38 @@ pub(crate) async fn connect(
 }
 
 impl Conn {
-    /// Sends `request` and reads one reply, by `deadline`. After an error the
-    /// connection is out of step: drop it.
-    pub(crate) async fn call(
-        &mut self,
-        request: &[u8],
-        deadline: Instant,
-    ) -> Result<Reply, Failure> {
-        match tokio::time::timeout_at(deadline.into(), self.exchange(request)).await {
-            Ok(result) => result,
-            Err(_) => Err(Failure::fatal(Error::new(
-                ErrorKind::Timeout,
-                format!(
-                    "memcached at {} did not answer within {:?}",
-                    self.addr, self.response_timeout
-                ),
-            ))),
+    /// Writes `request` (one command or several, pipelined), by `deadline`. After an
+    /// error the connection is out of step: drop it.
+    pub(crate) async fn send(&mut self, request: &[u8], deadline: Instant) -> Result<(), Failure> {
+        match tokio::time::timeout_at(deadline.into(), self.stream.write_all(request)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Failure::send(&self.addr, e)),
+            Err(_) => Err(self.timeout()),
         }
+    }
+
+    /// Reads the next reply, by `deadline`. After an error the connection is out of
+    /// step: drop it.
+    pub(crate) async fn recv(&mut self, deadline: Instant) -> Result<Reply, Failure> {
+        match tokio::time::timeout_at(deadline.into(), self.read_reply()).await {
+            Ok(result) => result,
+            Err(_) => Err(self.timeout()),
+        }
+    }
+
+    /// Whether no byte beyond the replies read so far has arrived.
+    pub(crate) fn drained(&self) -> bool {
+        self.replies.is_empty()
+    }
+
+    fn timeout(&self) -> Failure {
+        Failure::fatal(Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "memcached at {} did not answer within {:?}",
+                self.addr, self.response_timeout
+            ),
+        ))
     }
 
     /// Gives up a connection inherited from the parent process by `fork`, without
@@ -105,13 +120,11 @@ impl Conn {
         std::mem::forget(self);
     }
 
-    async fn exchange(&mut self, request: &[u8]) -> Result<Reply, Failure> {
-        if let Err(e) = self.stream.write_all(request).await {
-            return Err(Failure::send(&self.addr, e));
-        }
-        let mut received = false;
+    async fn read_reply(&mut self) -> Result<Reply, Failure> {
+        // Bytes left over from the last read belong to this reply.
+        let mut received = !self.replies.is_empty();
         loop {
-            if let Some(reply) = one_reply(&mut self.replies, &self.addr)? {
+            if let Some(reply) = next_reply(&mut self.replies)? {
                 return Ok(reply);
             }
             let read = self.stream.read(self.replies.spare()).await;

@@ -238,22 +238,12 @@ pub(crate) fn cas_disabled(key: &[u8]) -> Error {
     )
 }
 
-/// The reply in `replies`, once complete; a reply followed by more bytes means the
-/// connection is out of step (a Protocol error: drop it).
-pub(crate) fn one_reply(
+/// The next reply in `replies`, once complete (a Protocol error for bytes that are
+/// not a reply: drop the connection). Bytes after it are left for the next one.
+pub(crate) fn next_reply(
     replies: &mut crate::backend::memcached::meta::ReplyBuffer,
-    addr: &Addr,
 ) -> Result<Option<crate::backend::memcached::meta::Reply>, Failure> {
-    let Some(reply) = replies.next_reply().map_err(Failure::fatal)? else {
-        return Ok(None);
-    };
-    if !replies.is_empty() {
-        return Err(Failure::fatal(Error::new(
-            ErrorKind::Protocol,
-            format!("memcached at {addr}: more bytes than one reply"),
-        )));
-    }
-    Ok(Some(reply))
+    replies.next_reply().map_err(Failure::fatal)
 }
 
 #[cfg(test)]

@@ -25,6 +25,25 @@ use crate::value::{CasToken, Ttl, Versioned};
 ///   that compares the token, deletes the key and publishes the released token on a
 ///   channel named after the key, so waiters in every process wake at once. An
 ///   uncontended lock cycle is exactly these two commands.
+/// - A lease renewal ([`LockGuard::extend`](super::LockGuard::extend)) is one script
+///   (`EVALSHA`): `PEXPIRE` only if the key holds our token, else it reports the lock
+///   lost and changes nothing.
+/// - A [`fenced`](super::RedLock::fenced) claim is one script instead of the `SET`
+///   (still one round trip: an uncontended fenced cycle is two `EVALSHA`s): when the
+///   key is held it answers the holder's token, as the `SET` does; else it increments
+///   the fence key (`lock key + "-fence"`, a decimal without TTL) and sets the lock
+///   key, atomically. Lock key and fence key are both declared as script keys. A
+///   fence key that holds anything but a counter fails the claim with a
+///   [`Backend`](crate::ErrorKind::Backend) error before anything is written.
+/// - What survives a restart: with persistence (RDB/AOF) what was saved, the fence
+///   counters included. Without it every lock and counter is gone: a holder's
+///   `release` and `extend` then report the lock lost, and a missing fence key is
+///   created from the server's clock in microseconds (`TIME`), so the fences still
+///   grow unless the server's clock went back or more fenced claims were made than
+///   microseconds passed since the lost counter was created. A replica promoted after
+///   a failover may lack the last increments (Redis replicates asynchronously): it
+///   may repeat a fence, as it may grant a lock twice. An evicted fence key (an
+///   `allkeys-*` `maxmemory-policy`) is recreated from `TIME` like a lost one.
 /// - A waiter subscribes to that channel *before* it re-checks the key (value and
 ///   `PTTL` in one script), so no release is missed; it counts only the release of
 ///   the holder it lost to (a late message of an earlier holder does not wake it) and
@@ -56,7 +75,9 @@ use crate::value::{CasToken, Ttl, Versioned};
 /// fresh connection, only when sending it twice cannot change the answer or the data:
 /// reads (`GET`, `PTTL`, `EXISTS`, the waiter's re-check), a plain `SET`, and a lock
 /// claim (`SET … NX GET` with a unique token: finding our own token means the first
-/// attempt took the lock). Other writes are read back instead of guessed:
+/// attempt took the lock; a fenced claim that finds it returns the fence key's value,
+/// the first attempt's fence, since nobody else increments it while we hold the
+/// lock). Other writes are read back instead of guessed:
 ///
 /// - `add` and a `cas` of an absent key are resent as `SET … NX GET`: our value under
 ///   the key means it was written (`true`);
@@ -64,6 +85,9 @@ use crate::value::{CasToken, Ttl, Versioned};
 ///   the key is no longer ours, the first attempt may have released it or the lease
 ///   may have ended before — a [`Connection`](crate::ErrorKind::Connection) error
 ///   that says the outcome is unknown, never `false`;
+/// - an `extend` is resent (it is owner-checked, and renewing twice only starts the
+///   lease a little later): its answer is the truth, `false` (the lock is not ours)
+///   included;
 /// - a `cas` of a read value is resent: `true` if it writes or if the key already
 ///   holds exactly the new value; otherwise a `Connection` error (outcome unknown),
 ///   never a [`Conflict`](crate::ErrorKind::Conflict);
@@ -179,15 +203,30 @@ impl RedisBackend {
     async fn script(
         &self,
         lua: &Lua,
-        key: &[u8],
+        keys: &[&[u8]],
         args: &[&[u8]],
         until: Option<Instant>,
     ) -> RedisResult<Value> {
-        let mut result = self.send(&lua.evalsha(key, args), until).await;
+        let mut result = self.send(&lua.evalsha(keys, args), until).await;
         if matches!(&result, Err(e) if r::is_noscript(e)) {
-            result = self.send(&lua.eval(key, args), until).await;
+            result = self.send(&lua.eval(keys, args), until).await;
         }
         result
+    }
+
+    /// Runs a script that is safe to repeat, once more if the connection dropped.
+    #[maybe_async]
+    async fn script_resent(
+        &self,
+        lua: &Lua,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+        until: Option<Instant>,
+    ) -> RedisResult<Value> {
+        match self.script(lua, keys, args, until).await {
+            Err(e) if r::is_dropped(&e) => self.script(lua, keys, args, until).await,
+            other => other,
+        }
     }
 
     /// Runs a script whose integer reply tells what it did; `Ok(None)` when the
@@ -200,7 +239,7 @@ impl RedisBackend {
         args: &[&[u8]],
         what: &str,
     ) -> Result<Option<i64>> {
-        match self.script(lua, key, args, None).await {
+        match self.script(lua, &[key], args, None).await {
             Ok(reply) => r::int(what, &reply).map(Some),
             Err(e) if r::is_dropped(&e) => Ok(None),
             Err(e) => Err(self.fail(e, what)),
@@ -247,10 +286,9 @@ impl RedisBackend {
     /// the response timeout and `deadline`; `None` when the deadline passed first.
     #[maybe_async]
     async fn probe(&self, key: &[u8], deadline: Instant) -> Result<Option<r::Probe>> {
-        let mut result = self.script(&r::PROBE, key, &[], Some(deadline)).await;
-        if matches!(&result, Err(e) if r::is_dropped(e)) {
-            result = self.script(&r::PROBE, key, &[], Some(deadline)).await;
-        }
+        let result = self
+            .script_resent(&r::PROBE, &[key], &[], Some(deadline))
+            .await;
         match result {
             Ok(reply) => r::probe(reply).map(Some),
             Err(e) if e.is_timeout() && rt::now() >= deadline => Ok(None),
@@ -327,10 +365,55 @@ impl Backend for RedisBackend {
         }
     }
 
+    async fn extend(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<bool> {
+        let px = r::millis(lease).to_string();
+        let args: [&[u8]; 2] = [token, px.as_bytes()];
+        let what = "extend";
+        let renewed = match self.script_int(&r::EXTEND, key, &args, what).await? {
+            Some(n) => n,
+            // Owner-checked, and a second renewal only moves the lease end a little
+            // later: resent. Not ours now means not ours, whatever the first did.
+            None => self
+                .script_int(&r::EXTEND, key, &args, what)
+                .await?
+                .ok_or_else(|| self.unknown(what))?,
+        };
+        Ok(renewed == 1)
+    }
+
     async fn claim(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<Claim> {
         // Unique token: a resend that finds it won the first time.
         let c = r::set_cmd(key, token, Some(lease), true, true);
         r::claim(self.query(&c, "SET NX GET").await?, token)
+    }
+
+    async fn claim_fenced(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+        fence_key: &[u8],
+    ) -> Result<(Claim, Option<u64>)> {
+        let px = r::millis(lease).to_string();
+        let (keys, args): ([&[u8]; 2], [&[u8]; 2]) = ([key, fence_key], [token, px.as_bytes()]);
+        // Unique token: a resend that finds it won the first time, and reads the fence
+        // that attempt took (nobody else increments it while we hold the lock).
+        match self
+            .script_resent(&r::CLAIM_FENCED, &keys, &args, None)
+            .await
+        {
+            Ok(reply) => r::claim_fenced(reply),
+            Err(e) if e.code() == Some(r::FENCE_ERROR) => Err(Error::new(
+                ErrorKind::Backend,
+                format!(
+                    "the fence key {:?} on {} does not hold a fencing token (a decimal \
+                     number): the lock was not taken",
+                    String::from_utf8_lossy(fence_key),
+                    self.inner.name
+                ),
+            )),
+            Err(e) => Err(self.fail(e, "fenced claim")),
+        }
     }
 
     async fn wait(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {

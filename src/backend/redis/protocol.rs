@@ -64,6 +64,64 @@ return n"
 pub(crate) static PROBE: Lua =
     lua!(r"return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}");
 
+/// Owner-checked renewal: `KEYS[1]` the lock key, `ARGV[1]` the token, `ARGV[2]` the
+/// new lease in milliseconds. Sets the key's TTL to the lease only if it holds the
+/// token. Returns 1 when it did, else 0. Sending it twice renews twice, from the
+/// second arrival: safe to resend.
+pub(crate) static EXTEND: Lua = lua!(
+    r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0"
+);
+
+/// A lock claim with a fencing token, in one round trip: `KEYS[1]` the lock key,
+/// `KEYS[2]` its fence key, `ARGV[1]` the token, `ARGV[2]` the lease in milliseconds.
+///
+/// - The lock key holds another token: returns `{0, holder}`, nothing written.
+/// - It holds ours (a resend whose first attempt ran): returns `{1, fence}`, the fence
+///   key's value, which is ours (nobody increments it while we hold the lock).
+/// - It is free: increments the fence key and sets the lock key, returning
+///   `{1, fence}`. A fence key that was absent (`INCR` answers 1) is set from the
+///   server's clock in microseconds (`TIME`), so that a counter lost by a restart
+///   without persistence still grows.
+///
+/// A fence key that is not a counter (not an integer, another type, at the top of
+/// the integers, or not positive: that `INCR` is undone) fails with an
+/// `AIOLOCK_FENCE` error before the lock key is written (Redis does not roll a
+/// script back: nothing may be written before a check that can fail). Three
+/// commands on the uncontended path (`GET`, `INCR`, `SET`); the fence is an integer
+/// reply while Lua's numbers are exact (below 2^53), else read back as a string.
+pub(crate) static CLAIM_FENCED: Lua = lua!(
+    r"local held = redis.call('GET', KEYS[1])
+if held then
+  if held ~= ARGV[1] then
+    return {0, held}
+  end
+  return {1, redis.call('GET', KEYS[2]) or ''}
+end
+local fence = redis.pcall('INCR', KEYS[2])
+if type(fence) == 'table' then
+  return redis.error_reply('AIOLOCK_FENCE not a fencing token')
+end
+if fence < 1 then
+  redis.call('DECR', KEYS[2])
+  return redis.error_reply('AIOLOCK_FENCE not a fencing token')
+end
+if fence == 1 then
+  local t = redis.call('TIME')
+  fence = t[1] .. string.rep('0', 6 - #t[2]) .. t[2]
+  redis.call('SET', KEYS[2], fence)
+elseif fence >= 9007199254740992 then
+  fence = redis.call('GET', KEYS[2])
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1, fence}"
+);
+
+/// The error code [`CLAIM_FENCED`] answers for a fence key that is not a counter.
+pub(crate) const FENCE_ERROR: &str = "AIOLOCK_FENCE";
+
 /// Compare-and-set against the value read: `KEYS[1]` the key, `ARGV[1]` the value
 /// read, `ARGV[2]` the new value, `ARGV[3]` a TTL in milliseconds or `''` for none.
 /// Returns 1 when it wrote, else 0.
@@ -80,17 +138,18 @@ return 1"
 );
 
 impl Lua {
-    /// `EVALSHA sha 1 key args…`
-    pub(crate) fn evalsha(&self, key: &[u8], args: &[&[u8]]) -> Cmd {
+    /// `EVALSHA sha <number of keys> keys… args…`
+    pub(crate) fn evalsha(&self, keys: &[&[u8]], args: &[&[u8]]) -> Cmd {
         let mut c = cmd("EVALSHA");
-        c.arg(self.sha.as_str()).arg(1).arg(key).arg(args);
+        c.arg(self.sha.as_str()).arg(keys.len()).arg(keys).arg(args);
         c
     }
 
-    /// `EVAL source 1 key args…`, for when the server answered `NOSCRIPT`.
-    pub(crate) fn eval(&self, key: &[u8], args: &[&[u8]]) -> Cmd {
+    /// `EVAL source <number of keys> keys… args…`, for when the server answered
+    /// `NOSCRIPT`.
+    pub(crate) fn eval(&self, keys: &[&[u8]], args: &[&[u8]]) -> Cmd {
         let mut c = cmd("EVAL");
-        c.arg(self.source).arg(1).arg(key).arg(args);
+        c.arg(self.source).arg(keys.len()).arg(keys).arg(args);
         c
     }
 }
@@ -181,6 +240,43 @@ pub(crate) fn claim(reply: Value, token: &[u8]) -> Result<Claim> {
         },
         NxGet::Stored | NxGet::Held(_) => Claim::Won,
     })
+}
+
+/// The reply of [`CLAIM_FENCED`]: the claim and, when won, the fence. A won reply
+/// without a fence (the fence key was removed while we held the lock: only a resend
+/// can see that) is an error: the lock is ours but its fence is unknown.
+pub(crate) fn claim_fenced(reply: Value) -> Result<(Claim, Option<u64>)> {
+    let what = "the fenced claim script";
+    let Value::Array(items) = reply else {
+        return Err(unexpected(what, &reply));
+    };
+    match <[Value; 2]>::try_from(items) {
+        Ok([Value::Int(0), Value::BulkString(holder)]) => Ok((
+            Claim::Held {
+                holder: Some(holder),
+            },
+            None,
+        )),
+        Ok([Value::Int(1), Value::Int(fence)]) if fence > 0 => {
+            Ok((Claim::Won, Some(fence.unsigned_abs())))
+        }
+        Ok([Value::Int(1), Value::BulkString(fence)]) => {
+            let fence = std::str::from_utf8(&fence)
+                .ok()
+                .and_then(|f| f.parse::<u64>().ok())
+                .filter(|f| *f > 0)
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Protocol,
+                        "the fence key was removed or changed while this claim held the \
+                         lock: its fencing token is unknown",
+                    )
+                })?;
+            Ok((Claim::Won, Some(fence)))
+        }
+        Ok(other) => Err(unexpected(what, &Value::Array(other.into()))),
+        Err(items) => Err(unexpected(what, &Value::Array(items))),
+    }
 }
 
 /// The error for a write whose reply was lost and whose effect cannot be read back
@@ -659,6 +755,51 @@ mod tests {
         };
         assert_eq!(subscribed(&push), Some(&b"c"[..]));
         assert_eq!(message(&push), None);
+    }
+
+    #[test]
+    fn fenced_claim_replies() {
+        let won = Value::Array(vec![
+            Value::Int(1),
+            Value::BulkString(b"1796187926928641".to_vec()),
+        ]);
+        assert_eq!(
+            claim_fenced(won).unwrap(),
+            (Claim::Won, Some(1_796_187_926_928_641))
+        );
+        // Beyond 2^53 (where a Lua number would round): exact.
+        let big = Value::Array(vec![
+            Value::Int(1),
+            Value::BulkString(b"9007199254740993".to_vec()),
+        ]);
+        assert_eq!(claim_fenced(big).unwrap().1, Some(9_007_199_254_740_993));
+        let int = Value::Array(vec![Value::Int(1), Value::Int(42)]);
+        assert_eq!(claim_fenced(int).unwrap(), (Claim::Won, Some(42)));
+        let held = Value::Array(vec![Value::Int(0), Value::BulkString(b"h".to_vec())]);
+        assert_eq!(
+            claim_fenced(held).unwrap(),
+            (
+                Claim::Held {
+                    holder: Some(b"h".to_vec())
+                },
+                None
+            )
+        );
+        // Ours, but the fence key was removed meanwhile: the fence is unknown.
+        let unknown = Value::Array(vec![Value::Int(1), Value::BulkString(Vec::new())]);
+        assert_eq!(
+            claim_fenced(unknown).unwrap_err().kind(),
+            ErrorKind::Protocol
+        );
+        for bad in [
+            Value::Int(1),
+            Value::Array(vec![Value::Int(1)]),
+            Value::Array(vec![Value::Int(2), Value::BulkString(b"1".to_vec())]),
+            Value::Array(vec![Value::Int(1), Value::Int(0)]),
+            Value::Array(vec![Value::Int(1), Value::BulkString(b"0".to_vec())]),
+        ] {
+            assert_eq!(claim_fenced(bad).unwrap_err().kind(), ErrorKind::Protocol);
+        }
     }
 
     #[test]
