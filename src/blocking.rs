@@ -89,6 +89,7 @@ mod rt {
     use event_listener::{EventListener, Listener};
 
     use super::shared::background::Job;
+    use super::shared::watchdog::{Renewal, WatchWorker};
     use super::{Backend, Cache};
 
     /// This flavor's clock.
@@ -118,6 +119,25 @@ mod rt {
             .name("aiolock-release".into())
             .spawn(move || cache.work())
             .is_ok()
+    }
+
+    /// Starts a cache's watchdog worker on a thread of its own (dropped, and so
+    /// reporting its guards lost, if none can start).
+    pub(crate) fn spawn_watchdog<B: Backend>(worker: WatchWorker<B>) {
+        let _ = std::thread::Builder::new()
+            .name("aiolock-watchdog".into())
+            .spawn(move || worker.run());
+    }
+
+    /// Sends a renewal on the worker's thread: one after the other.
+    pub(crate) fn renew<B: Backend>(cache: Cache<B>, renewal: Renewal) {
+        cache.renew(renewal);
+    }
+
+    /// The answer of a call that already returned: this flavor cannot give a call up
+    /// at an instant (the backend's response timeout bounds it).
+    pub(crate) fn timeout_at<T>(_until: Instant, answer: T) -> Option<T> {
+        Some(answer)
     }
 
     /// Sleeps the thread (memcached waiters poll, background retries pause).

@@ -81,6 +81,7 @@ mod rt {
     use event_listener::EventListener;
 
     use super::shared::background::Job;
+    use super::shared::watchdog::{Renewal, WatchWorker};
     use super::{Backend, Cache};
 
     /// This flavor's clock: tokio's, so that a paused runtime (`tokio::time::pause`)
@@ -152,6 +153,25 @@ mod rt {
             }
             Err(_) => false,
         }
+    }
+
+    /// Starts a cache's watchdog worker on a task (dropped, and so reporting its
+    /// guards lost, without a runtime).
+    pub(crate) fn spawn_watchdog<B: Backend>(worker: WatchWorker<B>) {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(worker.run());
+        }
+    }
+
+    /// Sends a renewal on a task of its own (from the worker, on its runtime), so that
+    /// one that hangs holds up no other.
+    pub(crate) fn renew<B: Backend>(cache: Cache<B>, renewal: Renewal) {
+        tokio::spawn(cache.renew(renewal));
+    }
+
+    /// `future`'s output, or `None` if `until` passes first (then it is dropped).
+    pub(crate) async fn timeout_at<F: Future>(until: Instant, future: F) -> Option<F::Output> {
+        tokio::time::timeout_at(until.into(), future).await.ok()
     }
 
     /// Sleeps the task (memcached waiters poll, background retries pause).

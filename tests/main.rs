@@ -283,3 +283,4 @@ mod inputs;
 #[cfg(feature = "redis")]
 #[path = "redis/mod.rs"]
 mod redis_backend;
+mod watchdog;

@@ -1,6 +1,6 @@
 //! The IO-free core shared by both flavors: tokens, lease arithmetic, the RedLock
-//! wait state machine and the polling schedule. Each backend's own protocol lives in
-//! its folder under `backend/`. Nothing here sleeps,
+//! wait state machine, the polling schedule and the watchdog's renewal schedule. Each
+//! backend's own protocol lives in its folder under `backend/`. Nothing here sleeps,
 //! reads a clock or touches a socket: time comes in as arguments, so every rule is
 //! unit-tested with made-up instants.
 
@@ -12,3 +12,5 @@ pub mod token;
 pub mod wait;
 #[cfg(any(feature = "blocking", feature = "async"))]
 pub(crate) mod waiters;
+#[cfg(any(feature = "blocking", feature = "async"))]
+pub(crate) mod watchdog;

@@ -95,7 +95,8 @@ pub trait Backend: Send + Sync + 'static {
     /// The counter is a decimal number without TTL, created on the first win
     /// (backends that may lose it, by a restart without persistence or an eviction,
     /// seed it from a clock in microseconds, so that it still grows after the loss).
-    /// Every win of `key` gets a larger value than every earlier win.
+    /// Every win of `key` gets a larger value than every earlier win. Fencing tokens
+    /// are at least 1 (a 0 counts as no fencing token).
     ///
     /// The default cannot ([`ErrorKind::Unsupported`]).
     fn claim_fenced(

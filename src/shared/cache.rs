@@ -1,6 +1,6 @@
 //! [`Cache`]: a namespaced handle over a backend, and the URL-chosen [`AnyBackend`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::backend::Backend;
@@ -11,6 +11,7 @@ use super::optimistic::OptimisticLock;
 #[cfg(feature = "redis")]
 use super::redis_backend::RedisBackend;
 use super::redlock::RedLock;
+use super::watchdog::Watchdog;
 use crate::backend::memory::store::MemoryBackend;
 use crate::config::{self, Endpoint, Options};
 use crate::core::lease::check_ttl;
@@ -46,6 +47,19 @@ struct Inner<B> {
     lock_suffix: Vec<u8>,
     background: Background,
     waiters: Waiters,
+    watchdog: Watchdog,
+}
+
+/// A [`Cache`] that does not keep it alive (the watchdog's worker holds one).
+pub(crate) struct WeakCache<B> {
+    inner: Weak<Inner<B>>,
+}
+
+impl<B> WeakCache<B> {
+    /// The cache, unless it is gone.
+    pub(crate) fn upgrade(&self) -> Option<Cache<B>> {
+        self.inner.upgrade().map(|inner| Cache { inner })
+    }
 }
 
 impl<B> Clone for Cache<B> {
@@ -111,6 +125,7 @@ impl<B: Backend> Cache<B> {
                 lock_suffix: key::DEFAULT_LOCK_SUFFIX.to_vec(),
                 background: Background::default(),
                 waiters: Waiters::default(),
+                watchdog: Watchdog::default(),
             }),
         }
     }
@@ -146,6 +161,7 @@ impl<B: Backend> Cache<B> {
                 lock_suffix,
                 background: Background::default(),
                 waiters: Waiters::default(),
+                watchdog: Watchdog::default(),
             }),
         })
     }
@@ -168,6 +184,18 @@ impl<B: Backend> Cache<B> {
 
     pub(crate) fn background(&self) -> &Background {
         &self.inner.background
+    }
+
+    /// The watchdog of this cache (renews the watched guards).
+    pub(crate) fn watchdog(&self) -> &Watchdog {
+        &self.inner.watchdog
+    }
+
+    /// A handle that does not keep the cache alive.
+    pub(crate) fn downgrade(&self) -> WeakCache<B> {
+        WeakCache {
+            inner: Arc::downgrade(&self.inner),
+        }
     }
 
     /// How many callers of this cache (of all its clones) are waiting for the
@@ -470,6 +498,7 @@ impl CacheBuilder {
                 lock_suffix: options.lock_suffix,
                 background: Background::default(),
                 waiters: Waiters::default(),
+                watchdog: Watchdog::default(),
             }),
         })
     }

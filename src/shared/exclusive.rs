@@ -6,6 +6,7 @@ use super::backend::Backend;
 use super::cache::{AnyBackend, Cache};
 use super::maybe_async;
 use super::redlock::{LockGuard, RedLock};
+use super::watchdog::Watch;
 use crate::core::token::Token;
 use crate::core::wait::Acquisition;
 use crate::error::Result;
@@ -105,6 +106,37 @@ impl<B: Backend> ExclusiveLock<B> {
         }
     }
 
+    /// Renews the lease automatically while the guard lives, and tells the work under
+    /// the lock through [`ExclusiveGuard::watch`] when it is lost: see
+    /// [`RedLock::watchdog`] (one worker per cache, renewals a third of the lease after
+    /// each confirmed one, what bounds a renewal that gets no answer).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> aiolock::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// let cache = aiolock::Cache::memory();
+    /// let lease = Duration::from_millis(300);
+    /// let guard = cache.lock("job", lease).watchdog().acquire().await?;
+    /// let guard = guard.expect("free");
+    /// let watch = guard.watch().expect("watched");
+    /// let work = tokio::time::sleep(lease * 2); // longer than the lease
+    /// tokio::select! {
+    ///     () = work => {}
+    ///     lost = watch.lost() => return Err(lost),
+    /// }
+    /// assert!(cache.lock("job", lease).try_acquire().await?.is_none(), "still ours");
+    /// assert!(guard.release().await?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn watchdog(self) -> Self {
+        ExclusiveLock {
+            lock: self.lock.watchdog(),
+        }
+    }
+
     /// The key the lock is stored under: `namespace + key + lock_suffix`.
     pub fn lock_key(&self) -> &[u8] {
         self.lock.lock_key()
@@ -184,6 +216,12 @@ impl<B: Backend> ExclusiveGuard<B> {
     /// [`fenced`](ExclusiveLock::fenced).
     pub fn fence(&self) -> Option<u64> {
         self.guard.fence()
+    }
+
+    /// The watch of a guard acquired with the [`watchdog`](ExclusiveLock::watchdog)
+    /// on: it reports when the lock is lost (see [`Watch`]). `None` when unwatched.
+    pub fn watch(&self) -> Option<Watch> {
+        self.guard.watch()
     }
 
     /// Renews the lease, owner-checked: it now ends `lease` from now. Fails with

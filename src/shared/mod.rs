@@ -22,6 +22,7 @@ mod optimistic;
 #[path = "../backend/redis/generic.rs"]
 mod redis_backend;
 mod redlock;
+pub(crate) mod watchdog;
 
 pub use backend::Backend;
 pub use cache::{AnyBackend, Cache, CacheBuilder};
@@ -32,3 +33,4 @@ pub use optimistic::OptimisticLock;
 #[cfg(feature = "redis")]
 pub use redis_backend::RedisBackend;
 pub use redlock::{LockGuard, RedLock};
+pub use watchdog::Watch;

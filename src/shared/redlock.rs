@@ -1,10 +1,12 @@
 //! [`RedLock`]: the lease lock against cache stampedes.
 
+use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
 use super::backend::Backend;
 use super::background::Job;
 use super::cache::{AnyBackend, Cache};
+use super::watchdog::{Watch, Watched};
 use super::{maybe_async, rt};
 use crate::core::lease::{check_lease, deadline};
 use crate::core::token::Token;
@@ -52,6 +54,7 @@ pub struct RedLock<B = AnyBackend> {
     lease: Duration,
     wait: Option<Duration>,
     fenced: bool,
+    watchdog: bool,
 }
 
 impl<B> std::fmt::Debug for RedLock<B> {
@@ -67,6 +70,7 @@ impl<B> RedLock<B> {
             .field("lease", &self.lease)
             .field("wait", &self.wait)
             .field("fenced", &self.fenced)
+            .field("watchdog", &self.watchdog)
             .finish()
     }
 }
@@ -85,6 +89,7 @@ impl<B: Backend> RedLock<B> {
             lease,
             wait: None,
             fenced: false,
+            watchdog: false,
         }
     }
 
@@ -156,6 +161,66 @@ impl<B: Backend> RedLock<B> {
         self
     }
 
+    /// Renews the lease automatically while the guard lives (a *watchdog*): a third of
+    /// the lease after the acquisition and after each confirmed renewal, the lock's
+    /// lease is renewed, owner-checked ([`LockGuard::extend`] with the lease), by the
+    /// cache's watchdog worker. The work under the lock learns through the guard's
+    /// [`Watch`] ([`LockGuard::watch`]) when a renewal fails or finds the lock taken:
+    /// at once, and before the lease would have ended; the watchdog then stops
+    /// renewing that guard. Releasing or dropping the guard stops its renewals at
+    /// once.
+    ///
+    /// One worker per cache renews every watched guard of the cache: in the blocking
+    /// flavor a thread (`aiolock-watchdog`), in the async flavor a task on the runtime
+    /// of the first watched acquisition, which sends each renewal as a task of its
+    /// own. It starts with the first watched guard and ends when the cache is dropped;
+    /// a cache that never watches has none.
+    ///
+    /// Only an acquisition that holds the lock is watched (a `RedLock` waiter that goes
+    /// on without the lock has nothing to renew).
+    ///
+    /// What bounds a renewal that gets no answer (a stalled server): in the async
+    /// flavor, the guard's lost instant (its last confirmed lease end minus a margin of
+    /// a tenth of the lease, at most a second): the renewal is given up then and the
+    /// guard reported lost, and the other guards' renewals are not held up. In the
+    /// blocking flavor the worker sends the renewals one after the other, and a renewal
+    /// without an answer holds it up to the backend's response timeout
+    /// ([`CacheBuilder::response_timeout`](super::CacheBuilder::response_timeout),
+    /// 2 s by default): the other guards' renewals come late by as much. Choose a lease
+    /// of at least three times the response timeout (6 s with the default), and one
+    /// hung renewal delays no other guard's renewal past its lease end (a renewal is
+    /// due more than half a lease before the guard would count as lost). The holder's [`Watch::check`] and
+    /// [`Watch::wait_lost`] read the clock and report the hung guard's loss on time in
+    /// both flavors.
+    ///
+    /// A watched lock is still a lease lock: a holder paused past its lease (`SIGSTOP`,
+    /// a long GC pause) is not renewed meanwhile, and a renewal cannot stop a paused
+    /// holder's late writes; see [`fenced`](RedLock::fenced). In a process forked
+    /// from the holder's, nothing of the parent's is renewed: the parent's worker
+    /// goes on renewing its guards, and the child's copies of their watches report a
+    /// loss.
+    ///
+    /// ```
+    /// # #[cfg(feature = "blocking")] {
+    /// use std::time::Duration;
+    /// use aiolock::blocking::Cache;
+    ///
+    /// let cache = Cache::memory();
+    /// let lease = Duration::from_millis(300);
+    /// let guard = cache.redlock("report", lease).watchdog().acquire()?;
+    /// let watch = guard.watch().expect("acquired, watched");
+    /// // Work for longer than the lease: the watchdog keeps the lock ours.
+    /// assert!(watch.wait_lost(lease * 2).is_none(), "renewed all along");
+    /// watch.check()?;
+    /// assert!(guard.release()?, "still ours");
+    /// # }
+    /// # Ok::<(), aiolock::Error>(())
+    /// ```
+    pub fn watchdog(mut self) -> Self {
+        self.watchdog = true;
+        self
+    }
+
     /// The key the lock is stored under: `namespace + key + lock_suffix` (by default
     /// `namespace + key + "-lock"`).
     pub fn lock_key(&self) -> &[u8] {
@@ -212,6 +277,7 @@ impl<B: Backend> RedLock<B> {
         }
         let lease = check_lease(self.lease)?;
         let fence_key = self.fenced.then(|| key::fence_key(&self.key));
+        let watchdog = self.watchdog;
         let token = Token::random();
         let mut machine = machine(self.wait.unwrap_or(lease));
         // The guard is armed (holds the token) while an add is in flight, so a
@@ -223,6 +289,7 @@ impl<B: Backend> RedLock<B> {
             lease,
             lease_end: None,
             fence: None,
+            watched: None,
             outcome: Outcome::TimedOut,
         };
         // The token of the holder our last claim lost to, when the backend told it.
@@ -260,7 +327,8 @@ impl<B: Backend> RedLock<B> {
                                 .claim_fenced(&guard.key, token.as_bytes(), lease, fence_key)
                                 .await;
                             claimed.map(|(claim, fence)| {
-                                guard.fence = fence;
+                                // Fences start at 1: the niche keeps the guard small.
+                                guard.fence = fence.and_then(NonZeroU64::new);
                                 claim
                             })
                         }
@@ -310,6 +378,11 @@ impl<B: Backend> RedLock<B> {
                 }
                 Action::Finish(outcome) => {
                     guard.outcome = outcome;
+                    if let (true, Some(token), Some(end)) = (watchdog, guard.token, guard.lease_end)
+                    {
+                        let watched = guard.cache.watch(&guard.key, token, lease, end);
+                        guard.watched = Some(watched);
+                    }
                     return Ok(guard);
                 }
             }
@@ -378,7 +451,9 @@ pub struct LockGuard<B: Backend = AnyBackend> {
     /// While held: when the lease ends at the earliest (read before the claim or the
     /// last renewal was sent, plus the lease).
     lease_end: Option<Instant>,
-    fence: Option<u64>,
+    fence: Option<NonZeroU64>,
+    /// Its place in the cache's watchdog, when watched and held.
+    watched: Option<Watched>,
     outcome: Outcome,
 }
 
@@ -418,15 +493,34 @@ impl<B: Backend> LockGuard<B> {
     /// last successful [`extend`](LockGuard::extend)) was sent, plus the lease: the
     /// server started the lease later, so it ends later on its clock. `None` when
     /// this guard does not hold the lock.
+    ///
+    /// A watched guard's lease end moves with each confirmed renewal of the watchdog.
     pub fn lease_end(&self) -> Option<Instant> {
-        self.lease_end.filter(|_| self.token.is_some())
+        let own = self.lease_end.filter(|_| self.token.is_some())?;
+        Some(match &self.watched {
+            Some(watched) => watched.lease_end(),
+            None => own,
+        })
+    }
+
+    /// The watch of a guard acquired with the [`watchdog`](RedLock::watchdog) on, while
+    /// it holds the lock: a handle for the work done under the lock, which reports
+    /// when the lock is lost. `None` for an unwatched guard or one that does not hold
+    /// the lock.
+    pub fn watch(&self) -> Option<Watch> {
+        self.watched
+            .as_ref()
+            .filter(|_| self.token.is_some())
+            .map(Watched::watch)
     }
 
     /// The fencing token of this acquisition, when the lock was
     /// [`fenced`](RedLock::fenced) and is held: larger than that of every earlier
     /// acquisition of the key. Send it with the writes the lock protects.
     pub fn fence(&self) -> Option<u64> {
-        self.fence.filter(|_| self.token.is_some())
+        self.fence
+            .filter(|_| self.token.is_some())
+            .map(NonZeroU64::get)
     }
 
     /// Renews the lease: if the lock still holds our token, it now ends `lease`
@@ -442,6 +536,11 @@ impl<B: Backend> LockGuard<B> {
     /// too long lease. A [`Timeout`](crate::ErrorKind::Timeout) or
     /// [`Connection`](crate::ErrorKind::Connection) error leaves the renewal
     /// unknown: `lease_end` stays at the last one known, still a safe bound.
+    ///
+    /// A [watched](RedLock::watchdog) guard's renewals go on from a successful
+    /// `extend`, with its `lease`. After its [`Watch`] reported a loss, `extend` still
+    /// asks the backend and reports the truth (a lock that was still ours is
+    /// extended), but the watchdog does not resume: the loss stays reported.
     ///
     /// ```
     /// # #[cfg(feature = "blocking")] {
@@ -477,7 +576,11 @@ impl<B: Backend> LockGuard<B> {
             ));
         }
         self.lease = lease;
-        self.lease_end = Some(deadline(sent, lease));
+        let end = deadline(sent, lease);
+        self.lease_end = Some(end);
+        if let Some(watched) = &self.watched {
+            self.cache.watch_extended(watched, lease, end);
+        }
         Ok(())
     }
 
@@ -506,6 +609,7 @@ impl<B: Backend> LockGuard<B> {
 
     #[maybe_async]
     async fn release_held(&mut self) -> Result<bool> {
+        self.unwatch();
         let Some(token) = self.token else {
             return Ok(false);
         };
@@ -520,6 +624,13 @@ impl<B: Backend> LockGuard<B> {
 }
 
 impl<B: Backend> LockGuard<B> {
+    /// Takes the guard out of the watchdog's schedule: no renewal from now on.
+    fn unwatch(&mut self) {
+        if let Some(watched) = self.watched.take() {
+            self.cache.unwatch(watched);
+        }
+    }
+
     /// The claim failed with `e`. When the server may have applied it anyway (no
     /// answer, a broken connection, a garbled reply), our token may be stored: the
     /// worker of the cache releases it once the server answers again, while the lease
@@ -541,6 +652,7 @@ impl<B: Backend> LockGuard<B> {
 
 impl<B: Backend> Drop for LockGuard<B> {
     fn drop(&mut self) {
+        self.unwatch();
         let Some(token) = self.token.take() else {
             return;
         };
@@ -553,5 +665,17 @@ impl<B: Backend> Drop for LockGuard<B> {
         let key = std::mem::take(&mut self.key).into_vec();
         let job = Job::new(key, token, self.lease, "dropped guard");
         rt::release_on_drop(self.cache.clone(), job);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A guard moves by value (out of `acquire`, inside the futures that hold it): it
+    /// stays as small as before the watchdog (whose one pointer the fence's niche pays
+    /// for).
+    #[test]
+    fn a_guard_stays_small() {
+        let size = std::mem::size_of::<super::LockGuard>();
+        assert!(size <= 144, "{size} bytes");
     }
 }

@@ -60,6 +60,8 @@ struct State {
     /// Armed once: the next request containing this loses its reply.
     lose: Option<Vec<u8>>,
     stalled: bool,
+    /// New connections are closed at once (as if the server were down).
+    refusing: bool,
     conns: Vec<Conn>,
     next_id: u64,
 }
@@ -164,6 +166,12 @@ impl Proxy {
         self.shared.changed.notify_all();
     }
 
+    /// Closes every new connection at once (`true`), as if the server were down, or
+    /// connects them again (`false`). Open connections are left as they are.
+    pub fn refuse(&self, on: bool) {
+        self.shared.lock().refusing = on;
+    }
+
     /// Closes every open connection now (new ones are accepted as usual).
     pub fn cut(&self) {
         let mut state = self.shared.lock();
@@ -172,12 +180,13 @@ impl Proxy {
         }
     }
 
-    /// No fault: no delay, no reply to lose, not stalled.
+    /// No fault: no delay, no reply to lose, not stalled, not refusing.
     pub fn clear(&self) {
         let mut state = self.shared.lock();
         state.delay = None;
         state.lose = None;
         state.stalled = false;
+        state.refusing = false;
         drop(state);
         self.shared.changed.notify_all();
     }
@@ -254,6 +263,10 @@ impl Shared {
 
     /// Connects a new client to the server and starts forwarding.
     fn accept(self: &Arc<Self>, client: Stream) {
+        if self.lock().refusing {
+            client.shutdown();
+            return;
+        }
         let server = match &self.upstream {
             Upstream::Unix(p) => UnixStream::connect(p).map(Stream::Unix),
             Upstream::Tcp(a) => TcpStream::connect(a).map(|s| {
