@@ -270,6 +270,9 @@ async fn acquire(cache: &aiolock::Cache, args: &LockArgs) -> aiolock::Result<Opt
         if args.fenced {
             lock = lock.fenced();
         }
+        if args.watchdog {
+            lock = lock.watchdog();
+        }
         Ok(lock.acquire().await?.map(Held::Exclusive))
     } else {
         let mut lock = cache.redlock(&args.key, args.lease);
@@ -278,6 +281,9 @@ async fn acquire(cache: &aiolock::Cache, args: &LockArgs) -> aiolock::Result<Opt
         }
         if args.fenced {
             lock = lock.fenced();
+        }
+        if args.watchdog {
+            lock = lock.watchdog();
         }
         Ok(Some(Held::Red(lock.acquire().await?)))
     }
@@ -302,6 +308,13 @@ impl Held {
         match self {
             Held::Red(g) => g.fence(),
             Held::Exclusive(g) => g.fence(),
+        }
+    }
+
+    fn watch(&self) -> Option<aiolock::Watch> {
+        match self {
+            Held::Red(g) => g.watch(),
+            Held::Exclusive(g) => g.watch(),
         }
     }
 
@@ -339,6 +352,8 @@ pub struct LockGuard {
     /// The lease end last known, `None` once released.
     lease_end: Mutex<Option<Instant>>,
     exclusive: bool,
+    /// The watchdog's handle, when acquired with `watchdog=True`.
+    watch: Option<aiolock::Watch>,
 }
 
 impl LockGuard {
@@ -348,6 +363,7 @@ impl LockGuard {
             outcome: held.outcome(),
             token: held.token(),
             fence: held.fence(),
+            watch: held.watch(),
             lease_end: Mutex::new(held.lease_end()),
             held: tokio::sync::Mutex::new(acquired.then_some(held)),
             exclusive,
@@ -398,11 +414,32 @@ impl LockGuard {
         self.fence
     }
 
+    /// With `watchdog=True`: whether the lock is lost (a renewal failed or found it
+    /// another caller's, or none was confirmed in time), or released. `False` for a
+    /// guard without watchdog.
+    #[getter]
+    fn lost(&self) -> bool {
+        self.watch.as_ref().is_some_and(|w| w.check().is_err())
+    }
+
+    /// With `watchdog=True`: raises `LockLostError` (with the reason) once the lock
+    /// is lost or released; call it between steps of long work. No I/O. Does nothing
+    /// for a guard without watchdog.
+    fn check(&self, py: Python<'_>) -> PyResult<()> {
+        match &self.watch {
+            Some(w) => w.check().map_err(|e| to_py(py, e)),
+            None => Ok(()),
+        }
+    }
+
     /// Seconds until the lease ends at the earliest, while held; `None` once
     /// released or when not acquired.
     #[getter]
     fn lease_remaining(&self) -> Option<f64> {
-        self.lease_end.lock().unwrap().map(remaining)
+        let end = *self.lease_end.lock().unwrap();
+        // A watched lease moves with each renewal the watchdog confirmed.
+        end.map(|end| self.watch.as_ref().map_or(end, |w| w.lease_end().max(end)))
+            .map(remaining)
     }
 
     /// Renews the lease, owner-checked: it now ends `lease` seconds from now.

@@ -265,11 +265,17 @@ fn acquire(
         if args.fenced {
             lock = lock.fenced();
         }
+        if args.watchdog {
+            lock = lock.watchdog();
+        }
         Ok(lock.acquire()?.map(Held::Exclusive))
     } else {
         let mut lock = cache.redlock(&args.key, args.lease).wait_at_most(slice);
         if args.fenced {
             lock = lock.fenced();
+        }
+        if args.watchdog {
+            lock = lock.watchdog();
         }
         Ok(Some(Held::Red(lock.acquire()?)))
     }
@@ -294,6 +300,13 @@ impl Held {
         match self {
             Held::Red(g) => g.fence(),
             Held::Exclusive(g) => g.fence(),
+        }
+    }
+
+    fn watch(&self) -> Option<blocking::Watch> {
+        match self {
+            Held::Red(g) => g.watch(),
+            Held::Exclusive(g) => g.watch(),
         }
     }
 
@@ -328,6 +341,8 @@ pub struct LockGuard {
     fence: Option<u64>,
     lease_end: Mutex<Option<Instant>>,
     exclusive: bool,
+    /// The watchdog's handle, when acquired with `watchdog=True`.
+    watch: Option<blocking::Watch>,
 }
 
 impl LockGuard {
@@ -337,6 +352,7 @@ impl LockGuard {
             outcome: held.outcome(),
             token: held.token(),
             fence: held.fence(),
+            watch: held.watch(),
             lease_end: Mutex::new(held.lease_end()),
             held: Mutex::new(acquired.then_some(held)),
             exclusive,
@@ -385,11 +401,32 @@ impl LockGuard {
         self.fence
     }
 
+    /// With `watchdog=True`: whether the lock is lost (a renewal failed or found it
+    /// another caller's, or none was confirmed in time), or released. `False` for a
+    /// guard without watchdog.
+    #[getter]
+    fn lost(&self) -> bool {
+        self.watch.as_ref().is_some_and(|w| w.check().is_err())
+    }
+
+    /// With `watchdog=True`: raises `LockLostError` (with the reason) once the lock
+    /// is lost or released; call it between steps of long work. No I/O. Does nothing
+    /// for a guard without watchdog.
+    fn check(&self, py: Python<'_>) -> PyResult<()> {
+        match &self.watch {
+            Some(w) => w.check().map_err(|e| to_py(py, e)),
+            None => Ok(()),
+        }
+    }
+
     /// Seconds until the lease ends at the earliest, while held; `None` once
     /// released or when not acquired.
     #[getter]
     fn lease_remaining(&self) -> Option<f64> {
-        self.lease_end.lock().unwrap().map(remaining)
+        let end = *self.lease_end.lock().unwrap();
+        // A watched lease moves with each renewal the watchdog confirmed.
+        end.map(|end| self.watch.as_ref().map_or(end, |w| w.lease_end().max(end)))
+            .map(remaining)
     }
 
     /// Renews the lease, owner-checked: it now ends `lease` seconds from now.

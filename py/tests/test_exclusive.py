@@ -69,3 +69,42 @@ def test_extend_and_lease_remaining(backend, ns):
             await guard.extend(5)
 
     asyncio.run(main())
+
+
+def test_watchdog_keeps_the_lock_and_reports_its_loss(backend, ns):
+    async def main():
+        cache = await Cache.from_url(backend[1], namespace=ns)
+        lease = 1.0
+        guard = await cache.lock("job", lease, watchdog=True).acquire()
+        unwatched = await cache.lock("plain", lease).acquire()
+        # Waiting past real leases (not ordering anything): renewed meanwhile.
+        await asyncio.sleep(lease * 2.5)
+        guard.check()
+        assert not guard.lost and guard.lease_remaining > 0
+        assert await cache.lock("job", lease).try_acquire() is None, "still held"
+        assert not unwatched.lost
+        unwatched.check()  # no watchdog: nothing to report
+        # Another caller takes the key from under it: the next renewal finds it.
+        assert await cache.delete("job-lock")
+        thief = await cache.lock("job", 30).acquire()
+        assert thief is not None
+        await wait_for(lambda: guard.lost, what="the loss to be reported")
+        with pytest.raises(aiolock_rs.LockLostError):
+            guard.check()
+        assert await guard.release() is False, "the thief's lock stays"
+        assert await cache.exists("job-lock")
+
+    asyncio.run(main())
+
+
+def test_redlock_watchdog(backend, ns):
+    async def main():
+        cache = await Cache.from_url(backend[1], namespace=ns)
+        async with aiolock_rs.RedLock(cache, "report", lease=1.0, watchdog=True) as lock:
+            assert lock.acquired
+            await asyncio.sleep(2.5)  # past the lease: renewed
+            lock.check()
+            assert await cache.lock("report", 1).try_acquire() is None
+        assert lock.removed is True
+
+    asyncio.run(main())

@@ -102,3 +102,18 @@ def test_sync_cache_operations(backend, ns):
     assert cache.delete("k") is True and cache.ttl("k") is None
     with pytest.raises(sync.InvalidArgumentError):
         cache.set("k", b"v", ttl=float("nan"))
+
+
+def test_sync_watchdog(backend, ns):
+    cache = Cache.from_url(backend[1], namespace=ns)
+    with cache.lock("job", 1.0, watchdog=True) as guard:
+        time.sleep(2.5)  # past the lease (not ordering): renewed meanwhile
+        guard.check()
+        assert cache.lock("job", 1.0).try_acquire() is None
+        assert cache.delete("job-lock")
+        thief = cache.lock("job", 30).acquire()
+        poll(lambda: guard.lost, what="the loss")
+        with pytest.raises(sync.LockLostError):
+            guard.check()
+    assert cache.exists("job-lock"), "the thief's lock stays"
+    del thief

@@ -75,7 +75,9 @@ class RedLock(_RedLockBase):
     the block raises; :attr:`removed` then says whether the lease was still ours.
 
     ``wait`` bounds the wait (default: the lease); ``fenced=True`` gives each
-    acquisition a growing :attr:`fence`. The lock key is
+    acquisition a growing :attr:`fence`; ``watchdog=True`` renews the lease while
+    held (a third of the lease after each renewal), and :meth:`check` raises
+    :class:`LockLostError` once a renewal failed. The lock key is
     ``namespace + key + "-lock"``, as in aiocache.
 
     .. code-block:: python
@@ -94,7 +96,7 @@ class RedLock(_RedLockBase):
     async def acquire(self) -> LockGuard:
         """Acquires without ``async with``: the guard (any outcome); release it
         with ``await guard.release()``."""
-        return await self.cache._acquire(self.key, self.lease, self.wait, self.fenced)
+        return await self.cache._acquire(*self._args())
 
     async def __aenter__(self) -> "RedLock":
         self.removed = None
@@ -123,8 +125,9 @@ class ExclusiveLock(_ExclusiveBase):
     A lease cannot stop a holder that paused past it (GC, ``SIGSTOP``) from writing
     after the next holder started: with ``fenced=True`` each acquisition has a
     :attr:`LockGuard.fence` that grows, for the storage to refuse older ones.
-    ``watchdog=True`` renews the lease in the background while held (see
-    :meth:`LockGuard.check`).
+    ``watchdog=True`` renews the lease in the background while held: call
+    ``guard.check()`` between steps of long work, it raises :class:`LockLostError`
+    once a renewal failed or found the lock another caller's (no I/O).
 
     .. code-block:: python
 

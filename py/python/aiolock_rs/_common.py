@@ -11,7 +11,7 @@ Value = Union[str, bytes]
 class _RedLockBase:
     """The state of a RedLock once entered (both flavors)."""
 
-    __slots__ = ("cache", "key", "lease", "wait", "fenced", "_guard", "removed")
+    __slots__ = ("cache", "key", "lease", "wait", "fenced", "watchdog", "_guard", "removed")
 
     def __init__(
         self,
@@ -21,12 +21,14 @@ class _RedLockBase:
         *,
         wait: Optional[float] = None,
         fenced: bool = False,
+        watchdog: bool = False,
     ) -> None:
         self.cache = cache
         self.key = key
         self.lease = lease
         self.wait = wait
         self.fenced = fenced
+        self.watchdog = watchdog
         self._guard: Any = None
         #: After the block: whether the release removed our lock key (``False``: the
         #: lease had already ended). ``None`` when this caller did not hold the lock.
@@ -56,6 +58,19 @@ class _RedLockBase:
     def lease_remaining(self) -> Optional[float]:
         """Seconds until the lease ends at the earliest, while held."""
         return self._entered().lease_remaining
+
+    @property
+    def lost(self) -> bool:
+        """With ``watchdog=True``: whether the lock is lost (or released)."""
+        return self._entered().lost
+
+    def check(self) -> None:
+        """With ``watchdog=True``: raises :class:`LockLostError` once the lock is
+        lost (a renewal failed, or none was confirmed in time). No I/O."""
+        self._entered().check()
+
+    def _args(self) -> tuple:
+        return (self.key, self.lease, self.wait, self.fenced, False, self.watchdog)
 
     def __repr__(self) -> str:
         state = "not entered" if self._guard is None else self._guard.outcome.name

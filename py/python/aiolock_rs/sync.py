@@ -35,7 +35,7 @@ class RedLock(_RedLockBase):
 
     def acquire(self) -> LockGuard:
         """Acquires without ``with``: the guard (any outcome)."""
-        return self.cache._acquire(self.key, self.lease, self.wait, self.fenced)
+        return self.cache._acquire(*self._args())
 
     def __enter__(self) -> "RedLock":
         self.removed = None
