@@ -95,7 +95,11 @@ class RedisServer:
         self.server.stop()
 
     def _ping(self):
-        return redis_py.Redis(unix_socket_path=self.socket, socket_timeout=1).ping()
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(1)
+            s.connect(self.socket)
+            s.sendall(b"PING\r\n")
+            return s.recv(100).startswith(b"+PONG")
 
     @property
     def url(self) -> str:
