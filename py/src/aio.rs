@@ -53,11 +53,7 @@ impl Cache {
             pool_size,
         )?;
         crate::bridge::spawn(py, async move {
-            let inner = options
-                .builder()
-                .build(&url)
-                .await
-                ?;
+            let inner = options.builder().build(&url).await?;
             Ok(Cache { inner })
         })
     }
@@ -146,9 +142,7 @@ impl Cache {
     /// The value of `key` (`bytes`), or `None`.
     fn get<'py>(&self, py: Python<'py>, key: Bytes) -> PyResult<Bound<'py, PyAny>> {
         let cache = self.inner.clone();
-        crate::bridge::spawn(py, async move {
-            cache.get(key.0).await
-        })
+        crate::bridge::spawn(py, async move { cache.get(key.0).await })
     }
 
     /// Stores `value` under `key`, expiring after `ttl` seconds (never for `None`).
@@ -162,9 +156,7 @@ impl Cache {
     ) -> PyResult<Bound<'py, PyAny>> {
         let ttl = ttl_arg(py, ttl)?;
         let cache = self.inner.clone();
-        crate::bridge::spawn(py, async move {
-            cache.set(key.0, value.0, ttl).await
-        })
+        crate::bridge::spawn(py, async move { cache.set(key.0, value.0, ttl).await })
     }
 
     /// Stores `value` only if `key` is absent; returns whether it did.
@@ -178,25 +170,19 @@ impl Cache {
     ) -> PyResult<Bound<'py, PyAny>> {
         let ttl = ttl_arg(py, ttl)?;
         let cache = self.inner.clone();
-        crate::bridge::spawn(py, async move {
-            cache.add(key.0, value.0, ttl).await
-        })
+        crate::bridge::spawn(py, async move { cache.add(key.0, value.0, ttl).await })
     }
 
     /// Removes `key`; returns whether it was present.
     fn delete<'py>(&self, py: Python<'py>, key: Bytes) -> PyResult<Bound<'py, PyAny>> {
         let cache = self.inner.clone();
-        crate::bridge::spawn(py, async move {
-            cache.delete(key.0).await
-        })
+        crate::bridge::spawn(py, async move { cache.delete(key.0).await })
     }
 
     /// Whether `key` is present.
     fn exists<'py>(&self, py: Python<'py>, key: Bytes) -> PyResult<Bound<'py, PyAny>> {
         let cache = self.inner.clone();
-        crate::bridge::spawn(py, async move {
-            cache.exists(key.0).await
-        })
+        crate::bridge::spawn(py, async move { cache.exists(key.0).await })
     }
 
     /// Seconds `key` has left: `None` when missing, `math.inf` when it never expires.
@@ -235,10 +221,7 @@ impl Cache {
     fn _begin<'py>(&self, py: Python<'py>, key: Bytes) -> PyResult<Bound<'py, PyAny>> {
         let cache = self.inner.clone();
         crate::bridge::spawn(py, async move {
-            let lock = cache
-                .optimistic_lock(key.0)
-                .await
-                ?;
+            let lock = cache.optimistic_lock(key.0).await?;
             Ok(OptimisticLock {
                 value: lock.value().map(<[u8]>::to_vec),
                 lock: Mutex::new(Some(lock)),
@@ -508,8 +491,6 @@ impl OptimisticLock {
         let Some(lock) = self.lock.lock().unwrap().take() else {
             return Err(crate::to_py(py, crate::used_twice()));
         };
-        crate::bridge::spawn(py, async move {
-            lock.cas(value.0, ttl).await
-        })
+        crate::bridge::spawn(py, async move { lock.cas(value.0, ttl).await })
     }
 }

@@ -135,7 +135,10 @@ struct AbortOnCancel {
 #[pymethods]
 impl AbortOnCancel {
     fn __call__(&self, future: &Bound<'_, PyAny>) -> PyResult<()> {
-        if future.call_method0(intern!(future.py(), "cancelled"))?.is_truthy()? {
+        if future
+            .call_method0(intern!(future.py(), "cancelled"))?
+            .is_truthy()?
+        {
             self.handle.abort();
         }
         Ok(())
@@ -150,10 +153,10 @@ fn bridge_for(py: Python<'_>) -> PyResult<(Bound<'_, PyAny>, Bound<'_, Bridge>)>
         .import(py, "asyncio", "get_running_loop")?
         .call0()?;
     let attr = intern!(py, "_aiolock_rs_bridge");
-    if let Ok(bridge) = event_loop.getattr(attr) {
-        if let Ok(bridge) = bridge.cast_into::<Bridge>() {
-            return Ok((event_loop, bridge));
-        }
+    if let Ok(bridge) = event_loop.getattr(attr)
+        && let Ok(bridge) = bridge.cast_into::<Bridge>()
+    {
+        return Ok((event_loop, bridge));
     }
     // Loops without a __dict__ (uvloop's): a weak dictionary keyed by the loop.
     let fallback = FALLBACK.get_or_try_init(py, || -> PyResult<_> {

@@ -124,7 +124,13 @@ impl Cache {
         args: &Bound<'py, PyTuple>,
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        crate::construct(slf.as_any(), "aiolock_rs.sync", "ExclusiveLock", args, kwargs)
+        crate::construct(
+            slf.as_any(),
+            "aiolock_rs.sync",
+            "ExclusiveLock",
+            args,
+            kwargs,
+        )
     }
 
     /// `OptimisticLock(self, key)`.
@@ -134,7 +140,13 @@ impl Cache {
         args: &Bound<'py, PyTuple>,
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        crate::construct(slf.as_any(), "aiolock_rs.sync", "OptimisticLock", args, kwargs)
+        crate::construct(
+            slf.as_any(),
+            "aiolock_rs.sync",
+            "OptimisticLock",
+            args,
+            kwargs,
+        )
     }
 
     /// How many callers of this cache (this process) wait for the lock on `key` now.
