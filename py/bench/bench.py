@@ -67,6 +67,24 @@ async def aiolock_row(url, concurrency, seconds):
     return await cycles(make, concurrency, seconds)
 
 
+async def sync_row(url, concurrency, seconds):
+    """The synchronous API on this thread (c=1 only: a thread per caller is another
+    benchmark)."""
+    if concurrency != 1:
+        return float("nan")
+    from aiolock_rs import sync
+
+    cache = sync.Cache.from_url(url, namespace="bench:")
+    stop = time.monotonic() + seconds
+    n = 0
+    start = time.monotonic()
+    while time.monotonic() < stop:
+        with sync.RedLock(cache, "sync-0", lease=10):
+            pass
+        n += 1
+    return n / (time.monotonic() - start)
+
+
 async def aiocache_row(port, concurrency, seconds):
     import aiocache
     import aiocache.lock
@@ -198,23 +216,28 @@ def main():
         rows = {
             "aiolock_rs (unix socket)": lambda c: aiolock_row(server.url, c, args.seconds),
             "aiolock_rs (TCP)": lambda c: aiolock_row(server.tcp_url, c, args.seconds),
+            "aiolock_rs.sync, blocking (unix socket)": lambda c: sync_row(server.url, c, args.seconds),
             f"aiocache {aiocache.__version__} RedLock (TCP)": lambda c: aiocache_row(server.port, c, args.seconds),
             f"redis-py {redis.__version__} asyncio Lock (TCP)": lambda c: redispy_row(server.port, c, args.seconds),
         }
         rows = {n: r for n, r in rows.items() if args.only in n}
-        best = {(name, c): 0.0 for name in rows for c in (1, 64)}
+        best = {(name, c): float("-inf") for name in rows for c in (1, 64)}
         for _ in range(args.rounds):
             for c in (1, 64):
                 for name, row in rows.items():
-                    best[name, c] = max(best[name, c], asyncio.run(row(c)))
+                    value = asyncio.run(row(c))
+                    best[name, c] = value if value != value else max(best[name, c], value)
         print(f"| cycles/s (best of {args.rounds} rounds of {args.seconds:g} s) | c=1 | c=64 |")
         print("|---|---:|---:|")
         for name in rows:
-            print(f"| {name} | {best[name, 1]:,.0f} | {best[name, 64]:,.0f} |")
+            cells = ["—" if best[name, c] != best[name, c] else f"{best[name, c]:,.0f}" for c in (1, 64)]
+            print(f"| {name} | {cells[0]} | {cells[1]} |")
         peers = [n for n in rows if not n.startswith("aiolock")]
         mine_rows = [n for n in rows if n.startswith("aiolock")]
         for c in (1, 64):
             for mine in mine_rows:
+                if best[mine, c] != best[mine, c]:
+                    continue
                 ratios = ", ".join(f"{best[mine, c] / best[p, c]:.1f}x {p.split()[0]}" for p in peers)
                 print(f"c={c}: {mine}: {ratios}")
         if not args.trials:
