@@ -324,3 +324,14 @@ def test_exception_per_error_kind():
         cls = getattr(aiolock_rs, name)
         assert issubclass(cls, aiolock_rs.AiolockError) and issubclass(cls, base)
         assert cls.__doc__
+
+
+def test_docstring_examples():
+    """The examples in the modules' docstrings run."""
+    import doctest
+
+    import aiolock_rs.sync
+
+    for module in (aiolock_rs, aiolock_rs.sync):
+        failed, tried = doctest.testmod(module)
+        assert tried > 0 and failed == 0, module.__name__

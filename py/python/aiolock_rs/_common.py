@@ -1,6 +1,6 @@
 """What the async and sync lock classes share: their state and its properties."""
 
-from typing import Any, Optional, Union
+from typing import Any, Optional, Tuple, Union
 
 from ._types import Outcome
 
@@ -69,7 +69,7 @@ class _RedLockBase:
         lost (a renewal failed, or none was confirmed in time). No I/O."""
         self._entered().check()
 
-    def _args(self) -> tuple:
+    def _args(self) -> Tuple[Any, ...]:
         return (self.key, self.lease, self.wait, self.fenced, False, self.watchdog)
 
     def __repr__(self) -> str:
@@ -100,7 +100,7 @@ class _ExclusiveBase:
         self.watchdog = watchdog
         self._guard: Any = None
 
-    def _args(self, wait: Optional[float]) -> tuple:
+    def _args(self, wait: Optional[float]) -> Tuple[Any, ...]:
         return (self.key, self.lease, wait, self.fenced, True, self.watchdog)
 
     def _not_acquired(self) -> Exception:
