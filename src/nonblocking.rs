@@ -178,4 +178,13 @@ mod rt {
     pub(crate) async fn sleep(d: std::time::Duration) {
         tokio::time::sleep(d).await;
     }
+
+    /// `rt::boxed(f()).await`: awaits the future of `f` from the heap, so that a large
+    /// future suspended only briefly (a network round trip, a subscription) does not
+    /// grow every future that awaits it, such as a task waiting for a lock for as long
+    /// as the lease lasts. The blocking flavor's `boxed` returns the value unchanged.
+    #[cfg_attr(not(any(feature = "redis", feature = "memcached")), allow(dead_code))]
+    pub(crate) fn boxed<F: Future>(future: F) -> std::pin::Pin<Box<F>> {
+        Box::pin(future)
+    }
 }

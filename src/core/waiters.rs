@@ -59,7 +59,7 @@ impl Waiters {
 
     /// Counts one more waiter on `lock_key`, until the returned guard is dropped (when
     /// the wait ends, fails, or its future is dropped).
-    pub(crate) fn enter<'a>(&'a self, lock_key: &[u8]) -> Waiting<'a> {
+    pub(crate) fn enter<'a>(&'a self, lock_key: &'a [u8]) -> Waiting<'a> {
         let mut counts = self.counts.lock();
         match counts.get_mut(lock_key) {
             Some(e) => e.count += 1,
@@ -73,7 +73,7 @@ impl Waiters {
         }
         Waiting {
             waiters: self,
-            lock_key: lock_key.to_vec(),
+            lock_key,
         }
     }
 
@@ -123,16 +123,17 @@ impl Waiters {
 #[must_use = "the caller counts as waiting only while this lives"]
 pub(crate) struct Waiting<'a> {
     waiters: &'a Waiters,
-    lock_key: Vec<u8>,
+    /// Borrowed: no copy of the key per waiter.
+    lock_key: &'a [u8],
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         let mut counts = self.waiters.counts.lock();
-        if let Some(e) = counts.get_mut(self.lock_key.as_slice()) {
+        if let Some(e) = counts.get_mut(self.lock_key) {
             e.count -= 1;
         }
-        Waiters::forget_if_idle(&mut counts, &self.lock_key);
+        Waiters::forget_if_idle(&mut counts, self.lock_key);
     }
 }
 

@@ -11,6 +11,8 @@ use super::optimistic::OptimisticLock;
 #[cfg(feature = "redis")]
 use super::redis_backend::RedisBackend;
 use super::redlock::RedLock;
+#[cfg(any(feature = "redis", feature = "memcached"))]
+use super::rt;
 use super::watchdog::Watchdog;
 use crate::backend::memory::store::MemoryBackend;
 use crate::config::{self, Endpoint, Options};
@@ -248,7 +250,7 @@ impl<B: Backend> Cache<B> {
     }
 
     /// Counts a caller as waiting on `lock_key` (the full key) until the guard drops.
-    pub(crate) fn enter_wait(&self, lock_key: &[u8]) -> Waiting<'_> {
+    pub(crate) fn enter_wait<'a>(&'a self, lock_key: &'a [u8]) -> Waiting<'a> {
         self.inner.waiters.enter(lock_key)
     }
 
@@ -578,6 +580,18 @@ macro_rules! dispatch {
             AnyBackend::Memcached($b) => maybe_await!($call),
         }
     };
+    // The network backends' futures on the heap (async flavor): the memory store's
+    // stay small and inline, so that a task waiting on `memory://` does not carry the
+    // size of a Redis or memcached round trip it never makes.
+    (boxed $self:ident, $b:ident => $call:expr) => {
+        match $self {
+            AnyBackend::Memory($b) => maybe_await!($call),
+            #[cfg(feature = "redis")]
+            AnyBackend::Redis($b) => maybe_await!(rt::boxed($call)),
+            #[cfg(feature = "memcached")]
+            AnyBackend::Memcached($b) => maybe_await!(rt::boxed($call)),
+        }
+    };
 }
 
 #[maybe_async(AFIT)]
@@ -617,7 +631,7 @@ impl Backend for AnyBackend {
     }
 
     async fn claim(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<Claim> {
-        dispatch!(self, b => Backend::claim(b, key, token, lease))
+        dispatch!(boxed self, b => Backend::claim(b, key, token, lease))
     }
 
     async fn claim_fenced(
@@ -627,7 +641,7 @@ impl Backend for AnyBackend {
         lease: Duration,
         fence_key: &[u8],
     ) -> Result<(Claim, Option<u64>)> {
-        dispatch!(self, b => Backend::claim_fenced(b, key, token, lease, fence_key))
+        dispatch!(boxed self, b => Backend::claim_fenced(b, key, token, lease, fence_key))
     }
 
     async fn extend(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<bool> {
@@ -649,7 +663,17 @@ impl Backend for AnyBackend {
     }
 
     async fn wait(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {
-        dispatch!(self, b => Backend::wait(b, key, holder, deadline))
+        // Redis's wait keeps its round trips on the heap itself and is no larger than
+        // the memory store's while it listens; memcached's polls inline.
+        match self {
+            AnyBackend::Memory(b) => maybe_await!(Backend::wait(b, key, holder, deadline)),
+            #[cfg(feature = "redis")]
+            AnyBackend::Redis(b) => maybe_await!(Backend::wait(b, key, holder, deadline)),
+            #[cfg(feature = "memcached")]
+            AnyBackend::Memcached(b) => {
+                maybe_await!(rt::boxed(Backend::wait(b, key, holder, deadline)))
+            }
+        }
     }
 
     async fn begin(&self, key: &[u8]) -> Result<Versioned> {

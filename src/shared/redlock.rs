@@ -249,8 +249,8 @@ impl<B: Backend> RedLock<B> {
     /// held by nobody: if the add may have been applied, the dropped acquisition
     /// releases it (owner-checked) like a dropped guard.
     #[maybe_async]
-    pub async fn acquire(self) -> Result<LockGuard<B>> {
-        self.acquire_in(Acquisition::new).await
+    pub fn acquire(self) -> impl Future<Output = Result<LockGuard<B>>> + Send {
+        self.acquire_in(Acquisition::new)
     }
 
     /// The acquisition loop of both lease locks: `machine` makes the state machine
@@ -259,32 +259,29 @@ impl<B: Backend> RedLock<B> {
     /// [`ExclusiveLock`](super::ExclusiveLock). The claims, the waits with the
     /// holder's token, the `Cache::waiting` count, the spans and the cleanup of a
     /// failed claim are the same.
+    ///
+    /// Not an `async fn`: one stores its arguments twice in its future, and a task
+    /// waiting for a lock carries that future for as long as it waits. The lock's
+    /// parts go into the guard at once, and the future holds them only there.
     #[maybe_async]
-    pub(super) async fn acquire_in(
+    pub(super) fn acquire_in(
         self,
         machine: fn(Duration) -> Acquisition,
-    ) -> Result<LockGuard<B>> {
-        let span = trace::span(Op::Acquire, &self.key, self.cache.backend().name());
-        let result = in_span!(span, self.acquire_untraced(machine));
-        trace::end(&span, &result, |g| trace::outcome(g.outcome));
-        result
-    }
-
-    #[maybe_async]
-    async fn acquire_untraced(self, machine: fn(Duration) -> Acquisition) -> Result<LockGuard<B>> {
-        if self.empty_key {
-            return Err(Error::invalid_key("the key is empty"));
-        }
-        let lease = check_lease(self.lease)?;
-        let fence_key = self.fenced.then(|| key::fence_key(&self.key));
-        let watchdog = self.watchdog;
-        let token = Token::random();
-        let mut machine = machine(self.wait.unwrap_or(lease));
+    ) -> impl Future<Output = Result<LockGuard<B>>> + Send {
+        let RedLock {
+            cache,
+            key,
+            empty_key,
+            fenced,
+            lease,
+            wait,
+            watchdog,
+        } = self;
         // The guard is armed (holds the token) while an add is in flight, so a
         // cancelled or failed acquisition releases what it may have taken.
         let mut guard = LockGuard {
-            cache: self.cache,
-            key: self.key,
+            cache,
+            key,
             token: None,
             lease,
             lease_end: None,
@@ -292,6 +289,33 @@ impl<B: Backend> RedLock<B> {
             watched: None,
             outcome: Outcome::TimedOut,
         };
+        async move {
+            let span = trace::span(Op::Acquire, &guard.key, guard.cache.backend().name());
+            let run =
+                Self::acquire_untraced(&mut guard, empty_key, fenced, watchdog, wait, machine);
+            let result = in_span!(span, run).map(|()| guard);
+            trace::end(&span, &result, |g| trace::outcome(g.outcome));
+            result
+        }
+    }
+
+    /// Drives `guard`'s acquisition to its outcome (`Ok`: in `guard.outcome`).
+    #[maybe_async]
+    async fn acquire_untraced(
+        guard: &mut LockGuard<B>,
+        empty_key: bool,
+        fenced: bool,
+        watchdog: bool,
+        wait: Option<Duration>,
+        machine: fn(Duration) -> Acquisition,
+    ) -> Result<()> {
+        if empty_key {
+            return Err(Error::invalid_key("the key is empty"));
+        }
+        guard.lease = check_lease(guard.lease)?;
+        let lease = guard.lease;
+        let token = Token::random();
+        let mut machine = machine(wait.unwrap_or(lease));
         // The token of the holder our last claim lost to, when the backend told it.
         let mut holder = None;
         // The bound of our last wait: set once a wait woke us, when a claim again is
@@ -301,10 +325,12 @@ impl<B: Backend> RedLock<B> {
         loop {
             action = match action {
                 Action::Add => {
-                    let mut turn = None;
-                    if let Some(deadline) = woken.take() {
-                        match follow(&guard.cache, &guard.key, deadline).await {
-                            Followed::Claim(claiming) => turn = Some(claiming),
+                    // (Bound after the follow, so that the future does not keep its
+                    // room while it waits.)
+                    let turn = match woken.take() {
+                        None => None,
+                        Some(deadline) => match follow(&guard.cache, &guard.key, deadline).await {
+                            Followed::Claim(claiming) => Some(claiming),
                             Followed::Lost(h) => {
                                 holder = h;
                                 action = machine.added(false, rt::now);
@@ -314,25 +340,18 @@ impl<B: Backend> RedLock<B> {
                                 action = machine.woke(Wake::Deadline, rt::now());
                                 continue;
                             }
-                        }
-                    }
+                        },
+                    };
                     guard.token = Some(token);
                     // Read before sending: the server's lease starts later.
                     let sent = rt::now();
                     let backend = guard.cache.backend();
-                    let claim = match &fence_key {
-                        None => backend.claim(&guard.key, token.as_bytes(), lease).await,
-                        Some(fence_key) => {
-                            let claimed = backend
-                                .claim_fenced(&guard.key, token.as_bytes(), lease, fence_key)
-                                .await;
-                            claimed.map(|(claim, fence)| {
-                                // Fences start at 1: the niche keeps the guard small.
-                                guard.fence = fence.and_then(NonZeroU64::new);
-                                claim
-                            })
-                        }
-                    };
+                    let claimed = claim_once(backend, &guard.key, token.as_bytes(), lease, fenced);
+                    let claim = claimed.await.map(|(claim, fence)| {
+                        // Fences start at 1: the niche keeps the guard small.
+                        guard.fence = fence.and_then(NonZeroU64::new);
+                        claim
+                    });
                     let claim = match claim {
                         Ok(claim) => claim,
                         Err(e) => {
@@ -383,10 +402,28 @@ impl<B: Backend> RedLock<B> {
                         let watched = guard.cache.watch(&guard.key, token, lease, end);
                         guard.watched = Some(watched);
                     }
-                    return Ok(guard);
+                    return Ok(());
                 }
             }
         }
+    }
+}
+
+/// One claim of `key`, fenced or not. One await point in the acquisition's future: what
+/// lives across two of them is kept in the future also while it waits.
+#[maybe_async]
+async fn claim_once<B: Backend>(
+    backend: &B,
+    key: &[u8],
+    token: &[u8],
+    lease: Duration,
+    fenced: bool,
+) -> Result<(Claim, Option<u64>)> {
+    if fenced {
+        let fence_key = key::fence_key(key);
+        backend.claim_fenced(key, token, lease, &fence_key).await
+    } else {
+        Ok((backend.claim(key, token, lease).await?, None))
     }
 }
 

@@ -155,6 +155,8 @@ impl<B: Backend> Cache<B> {
     /// Watches a held lock: `key` holds `token` with a lease `lease` that ends at
     /// `lease_end` at the earliest. Starts the cache's worker if none runs; when none
     /// can start, the guards it would renew are lost at once.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn watch(
         &self,
         key: &[u8],
@@ -192,6 +194,8 @@ impl<B: Backend> Cache<B> {
 
     /// A watched guard was released or dropped: it leaves the schedule now (no renewal
     /// is sent for it from now on) and its watch reports it.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn unwatch(&self, watched: Watched) {
         if let Some(shared) = self.watchdog().shared.get() {
             let entry = shared.lock().schedule.remove(watched.id());

@@ -9,7 +9,7 @@ use redis::{Cmd, RedisResult, Value};
 use url::Url;
 
 use super::backend::Backend;
-use super::redis_conn::Conn;
+use super::redis_conn::{Conn, Subscription};
 use super::{maybe_async, rt};
 use crate::backend::redis::protocol::{self as r, Lua};
 use crate::config::{self, Endpoint, Options};
@@ -297,6 +297,46 @@ impl RedisBackend {
     }
 }
 
+/// A wait's subscription and the plan of its listening: until when, and whether
+/// that is the caller's deadline.
+type Listen = (Subscription, Instant, bool);
+
+impl RedisBackend {
+    /// The first steps of [`Backend::wait`]: subscribes the key's channel, *then*
+    /// re-checks the key (so that no release in between is missed). `Err(wake)` when
+    /// the wait is over already.
+    #[maybe_async]
+    async fn prepare_wait(
+        &self,
+        key: &[u8],
+        holder: Option<&[u8]>,
+        deadline: Instant,
+    ) -> Result<std::result::Result<Listen, Wake>> {
+        let channel = r::channel(key);
+        // Each step runs under the caller's deadline as well as the response timeout.
+        let subscription = self
+            .inner
+            .conn
+            .subscribe(&channel, key, holder, deadline)
+            .await
+            .map_err(|e| self.fail(e, "SUBSCRIBE"))?;
+        let Some(subscription) = subscription else {
+            return Ok(Err(Wake::Deadline));
+        };
+        let Some(probe) = self.probe(key, deadline).await? else {
+            return Ok(Err(Wake::Deadline));
+        };
+        Ok(match r::plan(&probe, holder, deadline, rt::now()) {
+            // Held by `holder` when our claim lost, not now: released in between.
+            r::Plan::Gone => Err(Wake::Released),
+            r::Plan::Listen {
+                until,
+                until_is_deadline,
+            } => Ok((subscription, until, until_is_deadline)),
+        })
+    }
+}
+
 #[maybe_async(AFIT)]
 impl Backend for RedisBackend {
     fn name(&self) -> &'static str {
@@ -416,42 +456,39 @@ impl Backend for RedisBackend {
         }
     }
 
-    async fn wait(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {
-        let channel = r::channel(key);
-        // Subscribed first: a release from now on is heard. Each step runs under the
-        // caller's deadline as well as the response timeout.
-        let subscription = self
-            .inner
-            .conn
-            .subscribe(&channel, key, holder, deadline)
-            .await
-            .map_err(|e| self.fail(e, "SUBSCRIBE"))?;
-        let Some(subscription) = subscription else {
-            return Ok(Wake::Deadline);
-        };
-        let Some(probe) = self.probe(key, deadline).await? else {
-            return Ok(Wake::Deadline);
-        };
-        match r::plan(&probe, holder, deadline, rt::now()) {
-            // Held by `holder` when our claim lost, not now: released in between.
-            r::Plan::Gone => Ok(Wake::Released),
-            r::Plan::Listen {
-                until,
-                until_is_deadline,
-            } => {
-                let waiter = subscription.waiter();
-                let heard = loop {
-                    // Listening before the look: a notification after it is not missed.
-                    let listener = waiter.listen();
-                    if let Some(heard) = waiter.heard() {
-                        break heard;
-                    }
-                    if !rt::wait_listener(listener, until).await {
-                        break r::Heard::Silence;
-                    }
-                };
-                Ok(r::wake(heard, until, until_is_deadline, rt::now()))
-            }
+    fn wait(
+        &self,
+        key: &[u8],
+        holder: Option<&[u8]>,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Wake>> + Send {
+        // Subscribed and re-checked first, in a boxed future: the two round trips'
+        // state is freed before listening, and the wait's future (in every waiting
+        // task, for up to a lease) keeps only what listening needs (not even the
+        // arguments: a block, not an `async fn`, which would store them twice).
+        let prepare = rt::boxed(self.prepare_wait(key, holder, deadline));
+        async move {
+            let (subscription, until, until_is_deadline) = match prepare.await? {
+                Ok(listen) => listen,
+                Err(wake) => return Ok(wake),
+            };
+            let waiter = subscription.waiter();
+            let heard = loop {
+                // A look first: woken by a release, the waiter ends here without
+                // listening again (an allocation and a lock of the channel's event).
+                if let Some(heard) = waiter.heard() {
+                    break heard;
+                }
+                // Listening before the next look: a notification after it is not missed.
+                let listener = waiter.listen();
+                if let Some(heard) = waiter.heard() {
+                    break heard;
+                }
+                if !rt::wait_listener(listener, until).await {
+                    break r::Heard::Silence;
+                }
+            };
+            Ok(r::wake(heard, until, until_is_deadline, rt::now()))
         }
     }
 

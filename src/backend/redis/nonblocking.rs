@@ -93,7 +93,13 @@ impl Conn {
                 return Ok(commands.1.clone());
             }
         }
-        // A forked child: the connection is its parent's.
+        // Boxed: every command's future would otherwise carry the connection set-up's
+        // (about 900 bytes), and every waiting task with it.
+        Box::pin(self.reopen(generation)).await
+    }
+
+    /// A forked child's command connection (the one it has is its parent's).
+    async fn reopen(&self, generation: u64) -> RedisResult<ConnectionManager> {
         let _one = self.reconnect.lock().await;
         {
             let commands = self.commands.read();
@@ -155,7 +161,8 @@ impl Conn {
                 std::mem::forget(slot.take());
             }
         }
-        let subscriber = Subscriber::start(&self.resp3, self.timeouts).await?;
+        // Boxed, as in `commands`: the set-up runs once, not in every waiter's future.
+        let subscriber = Box::pin(Subscriber::start(&self.resp3, self.timeouts)).await?;
         *slot = Some(Arc::clone(&subscriber));
         Ok(subscriber)
     }
