@@ -15,6 +15,13 @@
 //! ```text
 //! cargo run --release --example redis_bench --features redis -- [seconds per row]
 //! ```
+//!
+//! `-- --cycles N MODE` runs only N uncontended cycles of one row (`blocking`, `async1`,
+//! `async64`, `rslock1`, `rslock64`; async rows on a current-thread runtime, so that
+//! one thread does all the client's work) against a server of its own, and exits: for
+//! counting the client's instructions per cycle with callgrind
+//! (`scripts/bench-redis-instructions` runs it twice and takes the difference, so that
+//! start-up and connection set-up cancel out).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -41,6 +48,11 @@ fn main() {
     if first.as_deref() == Some("--handoff-waiter") {
         let url = args.next().expect("a URL");
         return handoff_waiter(&url);
+    }
+    if first.as_deref() == Some("--cycles") {
+        let n: u64 = args.next().and_then(|n| n.parse().ok()).expect("a count");
+        let mode = args.next().expect("a mode: blocking, async1, async64, rslock1, rslock64");
+        return counted_cycles(n, &mode);
     }
     let secs: f64 = first.and_then(|s| s.parse().ok()).unwrap_or(2.0);
     let per_row = Duration::from_secs_f64(secs);
@@ -353,6 +365,70 @@ async fn rslock_cycles(url: &str, concurrency: usize, per_row: Duration) -> f64 
         t.await.unwrap();
     }
     count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// `n` uncontended cycles of one row (after as many warm-up cycles per task as the
+/// row has tasks, so that every connection is open and every key seen once).
+fn counted_cycles(n: u64, mode: &str) {
+    let server = fixture::RedisServer::start();
+    let url = server.unix_url("namespace=bench:");
+    let plain = server.unix_url("");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    match mode {
+        "blocking" => {
+            let cache = aiolock::blocking::Cache::from_url(&url).unwrap();
+            for _ in 0..n + 1 {
+                let g = cache.redlock("b1", LEASE).acquire().unwrap();
+                assert!(g.is_acquired());
+                assert!(g.release().unwrap());
+            }
+        }
+        "async1" | "async64" => rt.block_on(async {
+            let concurrency = if mode == "async1" { 1 } else { 64 };
+            let cache = aiolock::Cache::from_url(&url).await.unwrap();
+            let per_task = n / concurrency + 1;
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|i| {
+                    let cache = cache.clone();
+                    tokio::spawn(async move {
+                        let key = format!("a{concurrency}-{i}");
+                        for _ in 0..per_task {
+                            let g = cache.redlock(&key, LEASE).acquire().await.unwrap();
+                            assert!(g.is_acquired());
+                            assert!(g.release().await.unwrap());
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }),
+        "rslock1" | "rslock64" => rt.block_on(async {
+            let concurrency = if mode == "rslock1" { 1 } else { 64 };
+            let manager = Arc::new(rslock::LockManager::new(vec![plain.clone()]));
+            let per_task = n / concurrency + 1;
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|i| {
+                    let manager = manager.clone();
+                    tokio::spawn(async move {
+                        let key = format!("r{concurrency}-{i}");
+                        for _ in 0..per_task {
+                            let lock = manager.lock(key.as_bytes(), LEASE).await.unwrap();
+                            manager.unlock(&lock).await;
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }),
+        other => panic!("unknown mode {other:?}"),
+    }
 }
 
 /// The waiter process: for each `wait <key>` line, says `ready`, acquires, and says
