@@ -115,9 +115,12 @@ impl Conn {
     }
 
     /// Sends one command and reads its reply (within the response timeout).
+    ///
+    /// Straight to the connection manager's own method: `Cmd::query_async` goes
+    /// through the `ConnectionLike` trait, which boxes a future per command.
     pub(crate) async fn query(&self, cmd: &Cmd) -> RedisResult<Value> {
         let mut con = self.commands().await?;
-        cmd.query_async(&mut con).await
+        con.send_packed_command(cmd).await?.extract_error()
     }
 
     /// Like [`query`](Conn::query), but gives up at `until` if that comes first.
