@@ -373,10 +373,18 @@ fn counted_cycles(n: u64, mode: &str) {
     let server = fixture::RedisServer::start();
     let url = server.unix_url("namespace=bench:");
     let plain = server.unix_url("");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    // AIOLOCK_BENCH_RT=multi: the throughput rows' two workers (for the CPU times).
+    let rt = if std::env::var("AIOLOCK_BENCH_RT").is_ok_and(|v| v == "multi") {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+    .unwrap();
     match mode {
         "blocking" => {
             let cache = aiolock::blocking::Cache::from_url(&url).unwrap();
@@ -429,6 +437,33 @@ fn counted_cycles(n: u64, mode: &str) {
         }),
         other => panic!("unknown mode {other:?}"),
     }
+    // The server's side of the same cycles, for comparing rows (the client's commands
+    // cost the server differently: `SET … GET`, a `PUBLISH` in the release).
+    let cpu: f64 = server
+        .admin(&["INFO", "cpu"])
+        .lines()
+        .filter_map(|l| l.strip_prefix("used_cpu_user:").or(l.strip_prefix("used_cpu_sys:")))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum();
+    eprintln!(
+        "server CPU: {:.2} µs per cycle, client CPU: {:.2} µs per cycle (start-up included)",
+        cpu * 1e6 / n as f64,
+        own_cpu() * 1e6 / n as f64
+    );
+    eprintln!("{}", server.admin(&["INFO", "commandstats"]));
+}
+
+/// This process's CPU time so far (user + system, in seconds), from `/proc/self/stat`.
+fn own_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // After the command name (in parentheses): state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// The waiter process: for each `wait <key>` line, says `ready`, acquires, and says
