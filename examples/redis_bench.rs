@@ -5,7 +5,8 @@
 //! - uncontended acquire+release cycles/s of aiolock (blocking c=1, async c=1 and c=64
 //!   on one multiplexed connection), unfenced and fenced (the fence's `INCR` runs in the
 //!   claim script, one round trip like the `SET`), and of the crate `rslock` (one
-//!   instance);
+//!   instance); the c=64 comparison also in 11 alternating pairs of short slices,
+//!   whose median ratio a changing load on a shared machine moves less;
 //! - cross-process hand-off latency: a waiter in another process, from the holder's
 //!   `release` returning to the waiter's `acquire` returning;
 //! - the cost of the waiters' safety net (the capped re-check that notices a release
@@ -18,7 +19,8 @@
 //!
 //! `-- --cycles N MODE` runs only N uncontended cycles of one row (`blocking`, `async1`,
 //! `async64`, `rslock1`, `rslock64`; async rows on a current-thread runtime, so that
-//! one thread does all the client's work) against a server of its own, and exits: for
+//! one thread does all the client's work, or on two workers with
+//! `AIOLOCK_BENCH_RT=multi`) against a server of its own, and exits: for
 //! counting the client's instructions per cycle with callgrind
 //! (`scripts/bench-redis-instructions` runs it twice and takes the difference, so that
 //! start-up and connection set-up cancel out).
@@ -134,6 +136,24 @@ fn main() {
         fenced_async64,
     ] = best;
 
+    // The c=64 comparison again in alternating short slices (aiolock, rslock, rslock,
+    // aiolock, ...): on a machine whose load changes from second to second, the ratio
+    // of two neighbouring slices is fairer than the ratio of two rows' best rounds.
+    let mut pairs: Vec<f64> = (0..PAIRS)
+        .map(|i| {
+            let slice = Duration::from_millis(500);
+            let (a, b) = if i % 2 == 0 {
+                let a = rt.block_on(async_cycles(&url, 64, slice, false));
+                (a, rt.block_on(rslock_cycles(&plain, 64, slice)))
+            } else {
+                let b = rt.block_on(rslock_cycles(&plain, 64, slice));
+                (rt.block_on(async_cycles(&url, 64, slice, false)), b)
+            };
+            a / b
+        })
+        .collect();
+    pairs.sort_by(f64::total_cmp);
+
     let (p50, p99, trials, missed) = handoff(&url, 100);
     let recheck_async = rt.block_on(async_recheck_cost(&server, &url, per_row));
     let recheck_blocking = blocking_recheck_cost(&server, &url, per_row);
@@ -163,6 +183,13 @@ fn main() {
         async64 / rslock64
     );
     println!(
+        "aiolock c=64 / rslock c=64 in {PAIRS} alternating pairs of 0.5 s slices: median \
+         {:.2}, min {:.2}, max {:.2}",
+        pairs[PAIRS / 2],
+        pairs[0],
+        pairs[PAIRS - 1]
+    );
+    println!(
         "fenced / unfenced = {:.2} (blocking c=1), {:.2} (async c=1), {:.2} (async c=64)",
         fenced_blocking1 / blocking1,
         fenced_async1 / async1,
@@ -181,6 +208,9 @@ fn main() {
          per key, 4 keys, {secs} s; nothing on the uncontended path"
     );
 }
+
+/// Pairs of slices of the alternating c=64 comparison (odd: the median is one pair).
+const PAIRS: usize = 11;
 
 /// Keys and waiters per key of the re-check rows.
 const RECHECK_KEYS: usize = 4;
@@ -367,8 +397,8 @@ async fn rslock_cycles(url: &str, concurrency: usize, per_row: Duration) -> f64 
     count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
-/// `n` uncontended cycles of one row (after as many warm-up cycles per task as the
-/// row has tasks, so that every connection is open and every key seen once).
+/// About `n` uncontended cycles of one row (`n / tasks + 1` per task), then the
+/// server's and this process's CPU time per cycle on stderr.
 fn counted_cycles(n: u64, mode: &str) {
     let server = fixture::RedisServer::start();
     let url = server.unix_url("namespace=bench:");
