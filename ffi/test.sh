@@ -81,6 +81,25 @@ if command -v g++ >/dev/null; then
   echo "-- the header compiles as C++11"
 fi
 
+echo "== ffi: the C tests on a pool of three memcached servers (the URL as it is)"
+pool_dir="$tmp/memcached-pool"
+mkdir -p "$pool_dir"
+pool_pids=()
+for i in 0 1 2; do
+  memcached -s "$pool_dir/m$i.sock" -a 0700 -m 16 -t 1 $([ "$(id -u)" = 0 ] && echo -u root) \
+    >"$pool_dir/m$i.log" 2>&1 &
+  pool_pids+=($!)
+done
+trap 'kill "${pool_pids[@]}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+for i in 0 1 2; do
+  for _ in $(seq 200); do [ -S "$pool_dir/m$i.sock" ] && break; sleep 0.05; done
+  [ -S "$pool_dir/m$i.sock" ] || { cat "$pool_dir/m$i.log" >&2; echo "memcached did not start" >&2; exit 1; }
+done
+AIOLOCK_TEST_URL="memcached+unix://$pool_dir/m0.sock,$pool_dir/m1.sock,$pool_dir/m2.sock?distribution=rendezvous" \
+  run c-memcached-pool "$tmp/test-shared"
+kill "${pool_pids[@]}"
+wait "${pool_pids[@]}" 2>/dev/null || true
+
 echo "== ffi: cross-language hand-off over Redis (Go holds; C and Ruby wait in other processes)"
 redis_dir="$tmp/redis"
 mkdir -p "$redis_dir"

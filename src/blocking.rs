@@ -91,9 +91,11 @@ mod rt {
     use super::shared::background::Job;
     use super::{Backend, Cache};
 
-    /// This flavor's clock.
+    /// This flavor's clock: `Instant::now()`, from the time-stamp counter where the
+    /// kernel keeps time by it too (see `crate::clock`).
+    #[inline]
     pub(crate) fn now() -> Instant {
-        Instant::now()
+        crate::clock::now()
     }
 
     /// Parks the thread until `listener` is notified (true) or `until` passes (false).

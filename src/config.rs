@@ -5,6 +5,7 @@
 //! | `memory://` | in-process memory (no server) |
 //! | `redis://[user:password@]host[:port][/db]`, `rediss://…`, `redis+unix:///path.sock` | Redis |
 //! | `memcached://host[:port]`, `memcached+unix:///path.sock` | memcached |
+//! | `memcached://host1[:port],host2[:port],…`, `memcached+unix:///a.sock,/b.sock,…` | a memcached pool, each key on one server ([`MemcachedBackend`](crate::MemcachedBackend#pools)) |
 //!
 //! Every scheme takes these query options ([`Options`]):
 //!
@@ -14,7 +15,7 @@
 //! | `lock_suffix` | `-lock` | appended to a key to name its RedLock: the lock key is `namespace + key + lock_suffix` |
 //! | `connect_timeout` | 2 | seconds to wait for a connection |
 //! | `response_timeout` | 2 | seconds to wait for the answer to one command |
-//! | `pool_size` | 8 | connections kept per cache |
+//! | `pool_size` | 8 | connections kept per cache (a memcached pool: per server) |
 //!
 //! and each backend its own:
 //!
@@ -23,7 +24,7 @@
 //! | `memory://` | none |
 //! | `redis://`, `rediss://` | `protocol` (`resp2`, `resp3`; read by the `redis` crate), the database as the path (`/2`) |
 //! | `redis+unix://` | `protocol`, `db`, `user`, `pass` (read by the `redis` crate) |
-//! | `memcached://`, `memcached+unix://` | `max_poll_interval` (seconds, default 0.004): the longest sleep between two polls of a waiter |
+//! | `memcached://`, `memcached+unix://` | `max_poll_interval` (seconds, default 0.004): the longest sleep between two polls of a waiter; `distribution` (`ketama`, the default, or `rendezvous`): how a pool routes keys |
 //!
 //! Any other option is an [`InvalidArgument`](crate::ErrorKind::InvalidArgument) error
 //! that names it and the options the scheme knows: a misspelt option
@@ -75,6 +76,10 @@ pub enum Endpoint {
     Redis(Url),
     /// `memcached://`, `memcached+unix://`, without aiolock's own query options.
     Memcached(Url),
+    /// A memcached pool (`memcached://h1,h2:11212,…`, `memcached+unix:///a.sock,/b.sock`):
+    /// one single-server URL per server, in the order the pool URL lists them, each
+    /// with the pool URL's memcached options.
+    MemcachedPool(Vec<Url>),
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -84,6 +89,13 @@ impl std::fmt::Debug for Endpoint {
             Endpoint::Memory => return f.write_str("Memory"),
             Endpoint::Redis(url) => ("Redis", url),
             Endpoint::Memcached(url) => ("Memcached", url),
+            Endpoint::MemcachedPool(urls) => {
+                let urls: Vec<_> = urls
+                    .iter()
+                    .map(|u| crate::error::redact(u.as_str()))
+                    .collect();
+                return f.debug_tuple("MemcachedPool").field(&urls).finish();
+            }
         };
         f.debug_tuple(name)
             .field(&crate::error::redact(url.as_str()))
@@ -144,7 +156,7 @@ fn backend_options(scheme: &str) -> Option<&'static [&'static str]> {
         // The `redis` crate reads the database and the credentials of a unix socket
         // from the query.
         "redis+unix" | "unix" => &["protocol", "db", "user", "pass"],
-        "memcached" | "memcached+unix" => &["max_poll_interval"],
+        "memcached" | "memcached+unix" => &["max_poll_interval", "distribution"],
         _ => return None,
     })
 }
@@ -155,7 +167,9 @@ fn backend_options(scheme: &str) -> Option<&'static [&'static str]> {
 /// unknown scheme, an unknown option (the message names it and the known ones), an
 /// option out of range. Messages never show the URL's password.
 pub fn parse(url: &str) -> Result<(Endpoint, Options)> {
-    let mut parsed = Url::parse(url).map_err(|e| {
+    let pool = split_memcached_pool(url);
+    let first = pool.as_ref().map_or(url, |servers| servers[0].as_str());
+    let mut parsed = Url::parse(first).map_err(|e| {
         Error::invalid_argument(format!("{url:?} is not a valid cache URL")).with_source(e)
     })?;
     let scheme = parsed.scheme().to_owned();
@@ -203,7 +217,24 @@ pub fn parse(url: &str) -> Result<(Endpoint, Options)> {
             }
             Endpoint::Memory
         }
-        "memcached" | "memcached+unix" => Endpoint::Memcached(parsed),
+        "memcached" | "memcached+unix" => match pool {
+            None => Endpoint::Memcached(parsed),
+            Some(servers) => Endpoint::MemcachedPool(
+                servers
+                    .iter()
+                    .map(|server| {
+                        let mut one = Url::parse(server).map_err(|e| {
+                            Error::invalid_argument(format!(
+                                "{url:?}: {server:?} is not a valid memcached server"
+                            ))
+                            .with_source(e)
+                        })?;
+                        one.set_query(parsed.query());
+                        Ok(one)
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+        },
         _ => Endpoint::Redis(parsed),
     };
     check(&endpoint, &options)?;
@@ -213,13 +244,43 @@ pub fn parse(url: &str) -> Result<(Endpoint, Options)> {
 /// Checks options against the backend they are for (after a builder changed them).
 pub(crate) fn check(endpoint: &Endpoint, options: &Options) -> Result<()> {
     check_lock_suffix(&options.lock_suffix)?;
-    if let Endpoint::Memcached(_) = endpoint {
+    if let Endpoint::Memcached(_) | Endpoint::MemcachedPool(_) = endpoint {
         // The suffix is part of every lock key: memcached's key rules apply to it (the
         // length of a whole key is checked when a lock is taken).
         key::check_memcached(&options.lock_suffix)
             .map_err(|e| Error::invalid_argument(format!("lock_suffix: {}", e.message())))?;
     }
     Ok(())
+}
+
+/// The servers of a memcached pool URL, each as a single-server URL with the pool
+/// URL's path, query and fragment (`memcached://a,b:2/?q` → `memcached://a/?q`,
+/// `memcached://b:2/?q`; `memcached+unix:///x.sock,/y.sock?q` → `memcached+unix:///x.sock?q`,
+/// `memcached+unix:///y.sock?q`), or `None` for any other URL. A comma inside a socket
+/// path is written `%2C`.
+fn split_memcached_pool(url: &str) -> Option<Vec<String>> {
+    let (scheme, rest) = url.split_once("://")?;
+    let end = |s: &str, stops: &[char]| s.find(stops).unwrap_or(s.len());
+    if scheme.eq_ignore_ascii_case("memcached") {
+        let at = end(rest, &['/', '?', '#']);
+        let (authority, tail) = rest.split_at(at);
+        authority.contains(',').then(|| {
+            authority
+                .split(',')
+                .map(|server| format!("{scheme}://{server}{tail}"))
+                .collect()
+        })
+    } else if scheme.eq_ignore_ascii_case("memcached+unix") {
+        let at = end(rest, &['?', '#']);
+        let (path, tail) = rest.split_at(at);
+        path.contains(',').then(|| {
+            path.split(',')
+                .map(|socket| format!("{scheme}://{socket}{tail}"))
+                .collect()
+        })
+    } else {
+        None
+    }
 }
 
 /// The rule every backend shares: a lock suffix is not empty.
@@ -378,6 +439,7 @@ mod tests {
     fn backend_options_stay_in_the_backend_url() {
         let kept = |url: &str| match parse(url).unwrap().0 {
             Endpoint::Redis(u) | Endpoint::Memcached(u) => u.query().map(str::to_owned),
+            Endpoint::MemcachedPool(urls) => urls[0].query().map(str::to_owned),
             Endpoint::Memory => None,
         };
         assert_eq!(
@@ -394,6 +456,38 @@ mod tests {
             Some("max_poll_interval=0.002")
         );
         assert_eq!(kept("memcached+unix:///m.sock?namespace=x"), None);
+    }
+
+    #[test]
+    fn memcached_pools_split_into_one_url_per_server() {
+        let servers = |url: &str| match parse(url).unwrap() {
+            (Endpoint::MemcachedPool(urls), _) => {
+                urls.iter().map(|u| u.to_string()).collect::<Vec<_>>()
+            }
+            other => panic!("{url}: {other:?}"),
+        };
+        assert_eq!(
+            servers("memcached://a,b:11212,[::1]:5?namespace=n&distribution=rendezvous"),
+            [
+                "memcached://a?distribution=rendezvous",
+                "memcached://b:11212?distribution=rendezvous",
+                "memcached://[::1]:5?distribution=rendezvous",
+            ]
+        );
+        assert_eq!(
+            servers("memcached+unix:///run/a.sock,/run/b%2Cc.sock?max_poll_interval=0.002"),
+            [
+                "memcached+unix:///run/a.sock?max_poll_interval=0.002",
+                "memcached+unix:///run/b%2Cc.sock?max_poll_interval=0.002",
+            ]
+        );
+        // One server stays a plain memcached endpoint.
+        assert!(matches!(
+            parse("memcached://a:1?distribution=ketama").unwrap().0,
+            Endpoint::Memcached(_)
+        ));
+        let err = parse("memcached://a,b:x").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
     }
 
     #[test]

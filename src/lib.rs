@@ -131,7 +131,11 @@
 #![deny(unused_must_use)]
 #![warn(missing_docs)]
 
+#[cfg(all(test, feature = "blocking", feature = "async"))]
+mod alloc_tests;
 mod backend;
+#[cfg(feature = "blocking")]
+mod clock;
 pub mod config;
 mod core;
 mod error;

@@ -151,8 +151,8 @@ pub(crate) fn skipped(key: &[u8], backend: &'static str, why: &'static str) {
     tracing::warn!(key = %Lossy(key), backend, "the release of a dropped lock guard was skipped ({why}); the lock stays until its lease ends");
 }
 
-/// Enters `span` for the rest of the caller's scope (blocking flavor).
-#[cfg(feature = "blocking")]
+/// Enters `span` for the rest of the caller's scope (the blocking flavor's calls, and
+/// code without an `.await` in both flavors).
 #[inline]
 pub(crate) fn enter(span: &Span) -> impl Sized + '_ {
     #[cfg(feature = "tracing")]

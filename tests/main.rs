@@ -228,6 +228,17 @@ backend_suite!(
 backend_suite!(redis, crate::support::redis::env());
 #[cfg(feature = "memcached")]
 backend_suite!(memcached, crate::support::memcached::env());
+// A pool of three servers, in each distribution.
+#[cfg(feature = "memcached")]
+backend_suite!(
+    memcached_pool_ketama,
+    crate::support::memcached::pool_env("ketama")
+);
+#[cfg(feature = "memcached")]
+backend_suite!(
+    memcached_pool_rendezvous,
+    crate::support::memcached::pool_env("rendezvous")
+);
 
 mod oracle {
     #[cfg(feature = "memcached")]

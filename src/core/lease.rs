@@ -63,6 +63,7 @@ impl std::fmt::Display for Secs {
 }
 
 /// Checks a lease: more than zero and at most [`MAX_DURATION`].
+#[inline]
 pub fn check_lease(lease: Duration) -> Result<Duration> {
     if lease.is_zero() {
         return Err(Error::invalid_argument(
@@ -84,16 +85,23 @@ pub fn check_ttl(ttl: Option<Duration>) -> Result<Option<Duration>> {
     }
 }
 
+#[inline]
 fn check_bounded(what: &str, d: Duration) -> Result<Duration> {
     if d > MAX_DURATION {
-        return Err(Error::invalid_argument(format!(
-            "the {what} of {d:?} is longer than the maximum of {MAX_DURATION:?}"
-        )));
+        return Err(too_long(what, d));
     }
     Ok(d)
 }
 
+#[cold]
+fn too_long(what: &str, d: Duration) -> Error {
+    Error::invalid_argument(format!(
+        "the {what} of {d:?} is longer than the maximum of {MAX_DURATION:?}"
+    ))
+}
+
 /// `now + d`, for durations already checked against [`MAX_DURATION`].
+#[inline]
 pub fn deadline(now: Instant, d: Duration) -> Instant {
     now.checked_add(d)
         .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))

@@ -21,38 +21,100 @@ thread_local! {
 pub struct Token([u8; 32]);
 
 impl Token {
+    /// All zeros: never drawn in practice (a 2^-128 chance), for a fallback that is
+    /// never returned.
+    pub(crate) const NONE: Token = Token([b'0'; 32]);
+
     /// A fresh random token from a thread-local CSPRNG, seeded from the operating
     /// system and reseeded in a forked child (the process generation of `core::fork`).
     pub fn random() -> Self {
         let generation = fork::generation();
         let n = RNG.with_borrow_mut(|slot| match slot {
             Some((seeded_in, rng)) if *seeded_in == generation => rng.random(),
-            _ => {
-                let mut rng = StdRng::try_from_rng(&mut SysRng)
-                    .unwrap_or_else(|_| StdRng::from_rng(&mut rand::rng()));
-                let n = rng.random();
-                *slot = Some((generation, rng));
-                n
-            }
+            _ => seed(slot, generation),
         });
         Token::from_u128(n)
     }
 
     /// The token whose hex form is that of `n` (tests and tools).
     pub fn from_u128(n: u128) -> Self {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = [0u8; 32];
-        for (pair, byte) in out.chunks_exact_mut(2).zip(n.to_be_bytes()) {
-            pair[0] = HEX[usize::from(byte >> 4)];
-            pair[1] = HEX[usize::from(byte & 0xf)];
-        }
-        Token(out)
+        Token(hex(n))
     }
 
     /// The bytes stored in the backend.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
+}
+
+/// Seeds this thread's generator (first use, or a forked child) and draws from it.
+#[cold]
+#[inline(never)]
+fn seed(slot: &mut Option<(u64, StdRng)>, generation: u64) -> u128 {
+    let rng =
+        StdRng::try_from_rng(&mut SysRng).unwrap_or_else(|_| StdRng::from_rng(&mut rand::rng()));
+    slot.insert((generation, rng)).1.random()
+}
+
+/// The 32 lowercase hex digits of `n`, most significant first: with SSE2 (every
+/// x86-64 CPU), all at once.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn hex(n: u128) -> [u8; 32] {
+    use std::arch::x86_64::{
+        __m128i, _mm_add_epi8, _mm_and_si128, _mm_cmpgt_epi8, _mm_loadu_si128, _mm_set1_epi8,
+        _mm_srli_epi16, _mm_storeu_si128, _mm_unpackhi_epi8, _mm_unpacklo_epi8,
+    };
+    let bytes = n.to_be_bytes();
+    let mut out = [0u8; 32];
+    // SAFETY: SSE2 is part of the x86-64 baseline; the loads and stores are unaligned
+    // ones inside `bytes` (16 bytes) and `out` (32 bytes).
+    unsafe {
+        let v = _mm_loadu_si128(bytes.as_ptr().cast::<__m128i>());
+        let nibble = _mm_set1_epi8(0x0f);
+        let high = _mm_and_si128(_mm_srli_epi16::<4>(v), nibble);
+        let low = _mm_and_si128(v, nibble);
+        // Each digit d becomes '0' + d, plus 'a' - '0' - 10 where d > 9.
+        let ascii = |d: __m128i| {
+            let letter = _mm_and_si128(_mm_cmpgt_epi8(d, _mm_set1_epi8(9)), _mm_set1_epi8(39));
+            _mm_add_epi8(_mm_add_epi8(d, _mm_set1_epi8(b'0' as i8)), letter)
+        };
+        let first = ascii(_mm_unpacklo_epi8(high, low));
+        let second = ascii(_mm_unpackhi_epi8(high, low));
+        _mm_storeu_si128(out.as_mut_ptr().cast::<__m128i>(), first);
+        _mm_storeu_si128(out.as_mut_ptr().add(16).cast::<__m128i>(), second);
+    }
+    out
+}
+
+/// The 32 lowercase hex digits of `n`, most significant first, 8 at a time.
+#[cfg(any(not(target_arch = "x86_64"), test))]
+fn hex_swar(n: u128) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (digits, word) in out.chunks_exact_mut(8).zip(n.to_be_bytes().chunks_exact(4)) {
+        let word = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+        digits.copy_from_slice(&hex8(word).to_be_bytes());
+    }
+    out
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+use hex_swar as hex;
+
+/// The 8 lowercase hex digits of `x`, most significant first when the result is
+/// written big-endian: each nibble is spread into a byte of its own, then every byte
+/// becomes its digit at once (`'0' + d`, plus `'a' - '0' - 10` where `d > 9`), with no
+/// table and no branch.
+#[cfg(any(not(target_arch = "x86_64"), test))]
+fn hex8(x: u32) -> u64 {
+    let x = u64::from(x);
+    // Nibble i (from the least significant) into byte i.
+    let x = (x | (x << 16)) & 0x0000_ffff_0000_ffff;
+    let x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
+    let x = (x | (x << 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    // 1 in each byte whose digit is a letter (d + 6 carries into bit 4 for d > 9).
+    let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    x + 0x3030_3030_3030_3030 + letters * (b'a' - b'0' - 10) as u64
 }
 
 impl fmt::Debug for Token {
@@ -108,6 +170,24 @@ mod tests {
             parent.as_bytes(),
             "the child repeated the parent's token"
         );
+    }
+
+    #[test]
+    fn the_hex_form_is_that_of_format() {
+        let mut samples = vec![
+            0,
+            u128::MAX,
+            1,
+            0xf << 124,
+            0xa5a5_5a5a_0f0f_f0f0_1234_5678_9abc_def0,
+        ];
+        samples.extend((0..128).map(|i| 1u128 << i));
+        samples.extend((0..16u128).map(|d| d * 0x1111_1111_1111_1111_1111_1111_1111_1111));
+        samples.extend((0..1000).map(|_| rand::random::<u128>()));
+        for n in samples {
+            assert_eq!(Token::from_u128(n).to_string(), format!("{n:032x}"));
+            assert_eq!(&hex_swar(n), format!("{n:032x}").as_bytes());
+        }
     }
 
     #[test]

@@ -125,6 +125,7 @@ impl Acquisition {
     ///
     /// The bound is fixed when the first add returns, so an uncontended acquisition
     /// never reads the clock for it.
+    #[inline]
     pub fn new(wait: Duration) -> Self {
         Acquisition {
             wait,
@@ -148,12 +149,14 @@ impl Acquisition {
     }
 
     /// The first action: always an add.
+    #[inline]
     pub fn start(&mut self) -> Action {
         Action::Add
     }
 
     /// The add returned: `won` says whether our token is now stored. The clock is
     /// read only when the add was lost.
+    #[inline]
     pub fn added(&mut self, won: bool, now: impl FnOnce() -> Instant) -> Action {
         if won {
             return Action::Finish(Outcome::Acquired);

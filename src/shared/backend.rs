@@ -109,10 +109,26 @@ pub trait Backend: Send + Sync + 'static {
         async { Err(unsupported("fencing tokens")) }
     }
 
+    /// Claims like [`claim`](Backend::claim), if that needs no I/O (the memory store):
+    /// the lease ends at `lease_end`, and a holder counts if its lease lasts past
+    /// `now` (the flavor's clock, read just before); `None` (the default) otherwise.
+    /// A lock's claim tries it first, so an in-process claim builds no future and
+    /// reads the clock once.
+    fn try_claim_now(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        now: Instant,
+        lease_end: Instant,
+    ) -> Option<Claim> {
+        let _ = (key, token, now, lease_end);
+        None
+    }
+
     /// Releases like [`release`](Backend::release), if that needs no I/O (the memory
-    /// store); `None` (the default) otherwise. A dropped guard releases inline with it;
-    /// without it, the async flavor releases on a spawned task (see
-    /// [`Cache::flush`](super::Cache::flush)).
+    /// store); `None` (the default) otherwise. A guard's release tries it first, and a
+    /// dropped guard releases inline with it; without it, the async flavor releases a
+    /// dropped guard on a spawned task (see [`Cache::flush`](super::Cache::flush)).
     fn try_release_now(&self, key: &[u8], token: &[u8]) -> Option<bool> {
         let _ = (key, token);
         None
@@ -134,6 +150,16 @@ pub trait Backend: Send + Sync + 'static {
         holder: Option<&[u8]>,
         deadline: Instant,
     ) -> impl Future<Output = Result<Wake>> + Send;
+
+    /// Reads `key` like [`begin`](Backend::begin), if that needs no I/O (the memory
+    /// store): hands `read` the value (`None`: absent) instead of returning a copy of
+    /// it, and returns the token; `None` (the default) otherwise. An
+    /// [`OptimisticLock`](super::OptimisticLock) tries it first, so that it copies a
+    /// short value without an allocation.
+    fn try_begin_now(&self, key: &[u8], read: &mut dyn FnMut(Option<&[u8]>)) -> Option<CasToken> {
+        let _ = (key, read);
+        None
+    }
 
     /// Reads `key` and a token for its current state (start of an [`OptimisticLock`](super::OptimisticLock)).
     fn begin(&self, key: &[u8]) -> impl Future<Output = Result<Versioned>> + Send;

@@ -342,12 +342,14 @@ impl<B: Backend> Cache<B> {
     }
 
     /// A [`RedLock`] on `key` with this lease (same as [`RedLock::new`]).
+    #[inline]
     pub fn redlock(&self, key: impl AsRef<[u8]>, lease: Duration) -> RedLock<B> {
         RedLock::new(self, key, lease)
     }
 
     /// An [`ExclusiveLock`] on `key` with this lease (same as [`ExclusiveLock::new`]):
     /// a lock for mutual exclusion, whose `acquire` waits until it holds the key.
+    #[inline]
     pub fn lock(&self, key: impl AsRef<[u8]>, lease: Duration) -> ExclusiveLock<B> {
         ExclusiveLock::new(self, key, lease)
     }
@@ -525,10 +527,14 @@ impl AnyBackend {
             Endpoint::Redis(_) => Err(not_built("redis")),
             #[cfg(feature = "memcached")]
             Endpoint::Memcached(url) => Ok(AnyBackend::Memcached(
-                super::memcached::MemcachedBackend::from_endpoint(&url, options).await?,
+                super::memcached::MemcachedBackend::from_endpoint(&[url], options).await?,
+            )),
+            #[cfg(feature = "memcached")]
+            Endpoint::MemcachedPool(servers) => Ok(AnyBackend::Memcached(
+                super::memcached::MemcachedBackend::from_endpoint(&servers, options).await?,
             )),
             #[cfg(not(feature = "memcached"))]
-            Endpoint::Memcached(_) => Err(not_built("memcached")),
+            Endpoint::Memcached(_) | Endpoint::MemcachedPool(_) => Err(not_built("memcached")),
         }
     }
 }
@@ -623,6 +629,35 @@ impl Backend for AnyBackend {
         dispatch!(self, b => Backend::release(b, key, token))
     }
 
+    #[inline]
+    fn try_begin_now(&self, key: &[u8], read: &mut dyn FnMut(Option<&[u8]>)) -> Option<CasToken> {
+        match self {
+            AnyBackend::Memory(b) => Backend::try_begin_now(b, key, read),
+            #[cfg(feature = "redis")]
+            AnyBackend::Redis(b) => Backend::try_begin_now(b, key, read),
+            #[cfg(feature = "memcached")]
+            AnyBackend::Memcached(b) => Backend::try_begin_now(b, key, read),
+        }
+    }
+
+    #[inline]
+    fn try_claim_now(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        now: Instant,
+        lease_end: Instant,
+    ) -> Option<Claim> {
+        match self {
+            AnyBackend::Memory(b) => Backend::try_claim_now(b, key, token, now, lease_end),
+            #[cfg(feature = "redis")]
+            AnyBackend::Redis(b) => Backend::try_claim_now(b, key, token, now, lease_end),
+            #[cfg(feature = "memcached")]
+            AnyBackend::Memcached(b) => Backend::try_claim_now(b, key, token, now, lease_end),
+        }
+    }
+
+    #[inline]
     fn try_release_now(&self, key: &[u8], token: &[u8]) -> Option<bool> {
         match self {
             AnyBackend::Memory(b) => Backend::try_release_now(b, key, token),

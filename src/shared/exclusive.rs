@@ -78,6 +78,7 @@ impl<B: Backend> ExclusiveLock<B> {
     ///
     /// Nothing is checked or sent until [`acquire`](ExclusiveLock::acquire) or
     /// [`try_acquire`](ExclusiveLock::try_acquire).
+    #[inline]
     pub fn new(cache: &Cache<B>, key: impl AsRef<[u8]>, lease: Duration) -> Self {
         ExclusiveLock {
             lock: RedLock::new(cache, key, lease),
@@ -126,9 +127,9 @@ impl<B: Backend> ExclusiveLock<B> {
     /// no lock key of ours (a claim that may have been applied is released,
     /// owner-checked) and no waiter counted in [`Cache::waiting`].
     #[maybe_async]
-    pub async fn acquire(self) -> Result<Option<ExclusiveGuard<B>>> {
-        let guard = self.lock.acquire_in(Acquisition::exclusive).await?;
-        Ok(ExclusiveGuard::held(guard))
+    pub fn acquire(self) -> impl Future<Output = Result<Option<ExclusiveGuard<B>>>> + Send {
+        self.lock
+            .acquire_in(Acquisition::exclusive, ExclusiveGuard::held)
     }
 
     /// Claims the lock once, never waiting: `Ok(Some(guard))` holds it, `Ok(None)`
@@ -136,8 +137,10 @@ impl<B: Backend> ExclusiveLock<B> {
     ///
     /// Errors and cancel safety as for [`acquire`](ExclusiveLock::acquire).
     #[maybe_async]
-    pub async fn try_acquire(self) -> Result<Option<ExclusiveGuard<B>>> {
-        self.wait_at_most(Duration::ZERO).acquire().await
+    pub fn try_acquire(self) -> impl Future<Output = Result<Option<ExclusiveGuard<B>>>> + Send {
+        self.lock
+            .wait_at_most(Duration::ZERO)
+            .acquire_in(Acquisition::exclusive, ExclusiveGuard::held)
     }
 }
 
@@ -146,8 +149,8 @@ impl<B: Backend> ExclusiveLock<B> {
 /// guard of a network backend releases on a spawned task in the async flavor).
 #[must_use = "if unused the lock is released at once"]
 pub struct ExclusiveGuard<B: Backend = AnyBackend> {
+    /// Holds its token from `held` until `release` consumes it.
     guard: LockGuard<B>,
-    token: Token,
 }
 
 impl<B: Backend> std::fmt::Debug for ExclusiveGuard<B> {
@@ -160,13 +163,14 @@ impl<B: Backend> std::fmt::Debug for ExclusiveGuard<B> {
 
 impl<B: Backend> ExclusiveGuard<B> {
     fn held(guard: LockGuard<B>) -> Option<Self> {
-        let token = *guard.token()?;
-        Some(ExclusiveGuard { guard, token })
+        guard.token()?;
+        Some(ExclusiveGuard { guard })
     }
 
     /// The token stored under the lock key.
     pub fn token(&self) -> &Token {
-        &self.token
+        // Always held (see `guard`): the fallback is never returned.
+        self.guard.token().unwrap_or(&Token::NONE)
     }
 
     /// The key the lock is stored under.
@@ -204,7 +208,7 @@ impl<B: Backend> ExclusiveGuard<B> {
     /// (async flavor) A release future dropped before the backend answered releases
     /// on drop, like a dropped guard.
     #[maybe_async]
-    pub async fn release(self) -> Result<bool> {
-        self.guard.release().await
+    pub fn release(self) -> impl Future<Output = Result<bool>> + Send {
+        self.guard.release()
     }
 }

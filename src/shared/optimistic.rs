@@ -7,9 +7,9 @@ use super::cache::{AnyBackend, Cache};
 use super::maybe_async;
 use crate::core::lease::check_ttl;
 use crate::error::{Error, ErrorKind, Result};
-use crate::key::KeyBuf;
+use crate::key::{self, KeyBuf};
 use crate::trace::{self, Op};
-use crate::value::Versioned;
+use crate::value::{CasToken, Versioned};
 
 /// Reads a key and a token for its state; [`cas`](OptimisticLock::cas) writes only if
 /// nobody changed the key meanwhile (aiocache's `OptimisticLock`).
@@ -34,14 +34,17 @@ use crate::value::Versioned;
 pub struct OptimisticLock<B = AnyBackend> {
     cache: Cache<B>,
     key: KeyBuf,
-    read: Versioned,
+    /// The value read (`None`: absent), inline when short.
+    value: Option<KeyBuf>,
+    token: CasToken,
 }
 
 impl<B> std::fmt::Debug for OptimisticLock<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OptimisticLock")
             .field("key", &String::from_utf8_lossy(&self.key))
-            .field("read", &self.read)
+            .field("value", &self.value.as_deref().map(String::from_utf8_lossy))
+            .field("token", &self.token)
             .finish()
     }
 }
@@ -51,17 +54,29 @@ impl<B: Backend> OptimisticLock<B> {
     #[maybe_async]
     pub async fn begin(cache: &Cache<B>, key: impl AsRef<[u8]>) -> Result<Self> {
         let key = cache.key(key.as_ref())?;
-        let read = cache.backend().begin(&key).await?;
+        let backend = cache.backend();
+        // In process (memory): the value copied under the store's lock, no allocation
+        // for a short one.
+        let mut value = None;
+        let token = match backend.try_begin_now(&key, &mut |v| value = v.map(key::buf)) {
+            Some(token) => token,
+            None => {
+                let Versioned { value: read, token } = backend.begin(&key).await?;
+                value = read.map(KeyBuf::from_vec);
+                token
+            }
+        };
         Ok(OptimisticLock {
             cache: cache.clone(),
             key,
-            read,
+            value,
+            token,
         })
     }
 
     /// The value read when the lock began (`None`: the key was absent).
     pub fn value(&self) -> Option<&[u8]> {
-        self.read.value.as_deref()
+        self.value.as_deref()
     }
 
     /// Writes `value` (expiring after `ttl`, never for `None`) if the key has not
@@ -74,7 +89,7 @@ impl<B: Backend> OptimisticLock<B> {
         let span = trace::span(Op::Cas, &self.key, backend.name());
         let written = in_span!(
             span,
-            backend.cas(&self.key, &self.read.token, value.as_ref(), ttl)
+            backend.cas(&self.key, &self.token, value.as_ref(), ttl)
         );
         trace::end(&span, &written, |w| if *w { "written" } else { "conflict" });
         if written? {

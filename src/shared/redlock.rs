@@ -1,5 +1,6 @@
 //! [`RedLock`]: the lease lock against cache stampedes.
 
+use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
 use super::backend::Backend;
@@ -75,6 +76,7 @@ impl<B: Backend> RedLock<B> {
     /// A lock on `key` of `cache`, held for at most `lease` once acquired.
     ///
     /// Nothing is checked or sent until [`acquire`](RedLock::acquire).
+    #[inline]
     pub fn new(cache: &Cache<B>, key: impl AsRef<[u8]>, lease: Duration) -> Self {
         let key = key.as_ref();
         let full = key::lock_key(cache.namespace(), key, cache.lock_suffix()).unwrap_or_default();
@@ -185,7 +187,7 @@ impl<B: Backend> RedLock<B> {
     /// releases it (owner-checked) like a dropped guard.
     #[maybe_async]
     pub fn acquire(self) -> impl Future<Output = Result<LockGuard<B>>> + Send {
-        self.acquire_in(Acquisition::new)
+        self.acquire_in(Acquisition::new, |guard| guard)
     }
 
     /// The acquisition loop of both lease locks: `machine` makes the state machine
@@ -193,16 +195,17 @@ impl<B: Backend> RedLock<B> {
     /// `RedLock`, [`Acquisition::exclusive`] for an
     /// [`ExclusiveLock`](super::ExclusiveLock). The claims, the waits with the
     /// holder's token, the `Cache::waiting` count, the spans and the cleanup of a
-    /// failed claim are the same.
+    /// failed claim are the same. `finish` makes the caller's result of the guard.
     ///
     /// Not an `async fn`: one stores its arguments twice in its future, and a task
     /// waiting for a lock carries that future for as long as it waits. The lock's
     /// parts go into the guard at once, and the future holds them only there.
     #[maybe_async]
-    pub(super) fn acquire_in(
+    pub(super) fn acquire_in<T>(
         self,
         machine: fn(Duration) -> Acquisition,
-    ) -> impl Future<Output = Result<LockGuard<B>>> + Send {
+        finish: impl FnOnce(LockGuard<B>) -> T + Send,
+    ) -> impl Future<Output = Result<T>> + Send {
         let RedLock {
             cache,
             key,
@@ -217,34 +220,79 @@ impl<B: Backend> RedLock<B> {
             cache,
             key,
             token: None,
-            lease,
+            // Checked in `start` (an unchecked one saturates at 584 years, still too long).
+            lease: Nanos::of(lease),
             lease_end: None,
             fence: None,
             outcome: Outcome::TimedOut,
         };
         async move {
             let span = trace::span(Op::Acquire, &guard.key, guard.cache.backend().name());
-            let run = Self::acquire_untraced(&mut guard, empty_key, fenced, wait, machine);
-            let result = in_span!(span, run).map(|()| guard);
+            // Checked, and claimed at once when the store is in process (memory): an
+            // uncontended lock builds none of the futures of the wait machinery.
+            // (In a block of its own, so that none of it is kept in the future
+            // while it waits.)
+            let first_lost = {
+                let _entered = trace::enter(&span);
+                match Self::start(&mut guard, empty_key, fenced) {
+                    Ok(Started::Lost(holder)) => Some(holder),
+                    Ok(Started::NotClaimed) => None,
+                    done => {
+                        let result = done.map(|_| guard);
+                        trace::end(&span, &result, |g| trace::outcome(g.outcome));
+                        return result.map(finish);
+                    }
+                }
+            };
+            let run = Self::acquire_untraced(&mut guard, first_lost, fenced, wait, machine);
+            let result = in_span!(span, run);
+            let result = result.map(|()| guard);
             trace::end(&span, &result, |g| trace::outcome(g.outcome));
-            result
+            result.map(finish)
         }
+    }
+
+    /// The checks and, on an in-process store (memory), the first claim, made at
+    /// once; only a lost or unmade claim goes on to the claims and waits of
+    /// [`acquire_untraced`](RedLock::acquire_untraced).
+    fn start(guard: &mut LockGuard<B>, empty_key: bool, fenced: bool) -> Result<Started> {
+        if empty_key {
+            return Err(Error::invalid_key("the key is empty"));
+        }
+        let lease = check_lease(guard.lease.get())?;
+        guard.lease = Nanos::of(lease);
+        if fenced {
+            return Ok(Started::NotClaimed);
+        }
+        let token = Token::random();
+        let sent = rt::now();
+        let lease_end = deadline(sent, lease);
+        let backend = guard.cache.backend();
+        Ok(
+            match backend.try_claim_now(&guard.key, token.as_bytes(), sent, lease_end) {
+                Some(Claim::Won) => {
+                    guard.token = Some(token);
+                    guard.lease_end = Some(lease_end);
+                    guard.outcome = Outcome::Acquired;
+                    Started::Won
+                }
+                Some(Claim::Held { holder }) => Started::Lost(holder),
+                None => Started::NotClaimed,
+            },
+        )
     }
 
     /// Drives `guard`'s acquisition to its outcome (`Ok`: in `guard.outcome`).
     #[maybe_async]
     async fn acquire_untraced(
         guard: &mut LockGuard<B>,
-        empty_key: bool,
+        first_lost: Option<Option<Vec<u8>>>,
         fenced: bool,
         wait: Option<Duration>,
         machine: fn(Duration) -> Acquisition,
     ) -> Result<()> {
-        if empty_key {
-            return Err(Error::invalid_key("the key is empty"));
-        }
-        guard.lease = check_lease(guard.lease)?;
-        let lease = guard.lease;
+        let lease = guard.lease.get();
+        // (A claim lost in `start` stored nothing: a fresh token is as good.)
         let token = Token::random();
         let mut machine = machine(wait.unwrap_or(lease));
         // The token of the holder our last claim lost to, when the backend told it.
@@ -253,6 +301,10 @@ impl<B: Backend> RedLock<B> {
         // a re-claim that may follow another waiter's (see `core::waiters`).
         let mut woken = None;
         let mut action = machine.start();
+        if let Some(h) = first_lost {
+            holder = h;
+            action = machine.added(false, rt::now);
+        }
         loop {
             action = match action {
                 Action::Add => {
@@ -279,7 +331,8 @@ impl<B: Backend> RedLock<B> {
                     let backend = guard.cache.backend();
                     let claimed = claim_once(backend, &guard.key, token.as_bytes(), lease, fenced);
                     let claim = claimed.await.map(|(claim, fence)| {
-                        guard.fence = fence;
+                        // Fences start at 1.
+                        guard.fence = fence.and_then(NonZeroU64::new);
                         claim
                     });
                     let claim = match claim {
@@ -332,6 +385,16 @@ impl<B: Backend> RedLock<B> {
             }
         }
     }
+}
+
+/// How [`RedLock::start`] left an acquisition.
+enum Started {
+    /// The in-process claim won: the guard holds the lock.
+    Won,
+    /// The in-process claim lost, to this holder (its token).
+    Lost(Option<Vec<u8>>),
+    /// No claim made yet (not in process, or fenced).
+    NotClaimed,
 }
 
 /// One claim of `key`, fenced or not. One await point in the acquisition's future: what
@@ -409,12 +472,29 @@ pub struct LockGuard<B: Backend = AnyBackend> {
     cache: Cache<B>,
     key: KeyBuf,
     token: Option<Token>,
-    lease: Duration,
+    /// The lease (checked: at most `MAX_DURATION`), in nanoseconds, and the fence
+    /// (they start at 1) without a zero: a guard of 128 bytes at most is moved
+    /// without a call to `memcpy`.
+    lease: Nanos,
     /// While held: when the lease ends at the earliest (read before the claim or the
     /// last renewal was sent, plus the lease).
     lease_end: Option<Instant>,
-    fence: Option<u64>,
+    fence: Option<NonZeroU64>,
     outcome: Outcome,
+}
+
+/// A checked lease, in nanoseconds.
+#[derive(Clone, Copy)]
+struct Nanos(u64);
+
+impl Nanos {
+    fn of(d: Duration) -> Self {
+        Nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn get(self) -> Duration {
+        Duration::from_nanos(self.0)
+    }
 }
 
 impl<B: Backend> std::fmt::Debug for LockGuard<B> {
@@ -461,7 +541,9 @@ impl<B: Backend> LockGuard<B> {
     /// [`fenced`](RedLock::fenced) and is held: larger than that of every earlier
     /// acquisition of the key. Send it with the writes the lock protects.
     pub fn fence(&self) -> Option<u64> {
-        self.fence.filter(|_| self.token.is_some())
+        self.fence
+            .filter(|_| self.token.is_some())
+            .map(NonZeroU64::get)
     }
 
     /// Renews the lease: if the lock still holds our token, it now ends `lease`
@@ -511,7 +593,7 @@ impl<B: Backend> LockGuard<B> {
                 "the lock is no longer ours: its lease ended (another caller may hold it)",
             ));
         }
-        self.lease = lease;
+        self.lease = Nanos::of(lease);
         self.lease_end = Some(deadline(sent, lease));
         Ok(())
     }
@@ -527,6 +609,10 @@ impl<B: Backend> LockGuard<B> {
     /// release future dropped before that releases on drop, like a dropped guard.
     #[maybe_async]
     pub async fn release(mut self) -> Result<bool> {
+        // In process (memory): released here, with no inner future to build.
+        if let Some(released) = self.release_now() {
+            return released;
+        }
         self.release_held().await
     }
 
@@ -541,6 +627,9 @@ impl<B: Backend> LockGuard<B> {
 
     #[maybe_async]
     async fn release_held(&mut self) -> Result<bool> {
+        if let Some(released) = self.release_now() {
+            return released;
+        }
         let Some(token) = self.token else {
             return Ok(false);
         };
@@ -551,6 +640,21 @@ impl<B: Backend> LockGuard<B> {
         // Answered: nothing is left for the drop to release.
         self.token = None;
         released
+    }
+
+    /// Releases at once if that needs no I/O (the memory store, or nothing held):
+    /// `None` when the backend must be asked.
+    #[inline]
+    fn release_now(&mut self) -> Option<Result<bool>> {
+        let Some(token) = self.token else {
+            return Some(Ok(false));
+        };
+        let backend = self.cache.backend();
+        let released = backend.try_release_now(&self.key, token.as_bytes())?;
+        let span = trace::span(Op::Release, &self.key, backend.name());
+        trace::end(&span, &Ok(released), |r| trace::released(*r));
+        self.token = None;
+        Some(Ok(released))
     }
 }
 
@@ -568,7 +672,7 @@ impl<B: Backend> LockGuard<B> {
             ErrorKind::Timeout | ErrorKind::Connection | ErrorKind::Protocol
         ) {
             let key = std::mem::take(&mut self.key).into_vec();
-            let job = Job::new(key, token, self.lease, "failed acquisition");
+            let job = Job::new(key, token, self.lease.get(), "failed acquisition");
             self.cache.retry_later(job);
         }
     }
@@ -586,7 +690,17 @@ impl<B: Backend> Drop for LockGuard<B> {
             return;
         }
         let key = std::mem::take(&mut self.key).into_vec();
-        let job = Job::new(key, token, self.lease, "dropped guard");
+        let job = Job::new(key, token, self.lease.get(), "dropped guard");
         rt::release_on_drop(self.cache.clone(), job);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Moved without a call to `memcpy` (LLVM inlines copies of up to 128 bytes).
+    #[test]
+    fn a_guard_is_at_most_128_bytes() {
+        assert!(size_of::<super::LockGuard>() <= 128);
+        assert!(size_of::<crate::Result<Option<super::super::ExclusiveGuard>>>() <= 128);
     }
 }

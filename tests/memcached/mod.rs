@@ -12,6 +12,8 @@ use aiolock::{ErrorKind, Outcome, Ttl};
 use crate::support::memcached::{Listen, MemcachedServer};
 use crate::support::proxy::Proxy;
 
+mod pool;
+
 /// The unix socket of a server started by [`MemcachedServer::start`].
 fn socket(server: &MemcachedServer) -> std::path::PathBuf {
     match server.listen() {

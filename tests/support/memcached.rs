@@ -293,3 +293,119 @@ pub fn env() -> (MemcachedServer, String, Duration, Duration) {
         Duration::from_millis(3500),
     )
 }
+
+impl MemcachedServer {
+    /// Sends one raw command and returns the reply up to `until` (included), e.g.
+    /// `"END\r\n"` for `stats`, `"\r\n"` for a meta command without value.
+    pub fn raw(&self, command: &str, until: &str) -> String {
+        fn exchange(mut s: impl Read + Write, command: &str, until: &str) -> String {
+            s.write_all(command.as_bytes()).expect("send to memcached");
+            let mut reply = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !reply.ends_with(until.as_bytes()) {
+                let n = s.read(&mut buf).expect("read from memcached");
+                assert!(n > 0, "memcached closed the connection");
+                reply.extend_from_slice(&buf[..n]);
+            }
+            String::from_utf8_lossy(&reply).into_owned()
+        }
+        let timeout = Some(Duration::from_secs(5));
+        match &self.listen {
+            Listen::Unix(path) => {
+                let s = UnixStream::connect(path).expect("connect to memcached");
+                s.set_read_timeout(timeout).unwrap();
+                exchange(s, command, until)
+            }
+            Listen::Tcp(port) => {
+                let s = TcpStream::connect(("127.0.0.1", *port)).expect("connect to memcached");
+                s.set_read_timeout(timeout).unwrap();
+                exchange(s, command, until)
+            }
+        }
+    }
+
+    /// One number of the server's `stats` (e.g. `curr_items`, `cmd_set`).
+    pub fn stat(&self, name: &str) -> u64 {
+        let reply = self.raw("stats\r\n", "END\r\n");
+        reply
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("STAT {name} ")))
+            .unwrap_or_else(|| panic!("no stat {name} in {reply}"))
+            .trim()
+            .parse()
+            .expect("a number")
+    }
+
+    /// Whether the server holds `key` (`mg <key>`: `HD` or `EN`).
+    pub fn holds(&self, key: &str) -> bool {
+        match self.raw(&format!("mg {key}\r\n"), "\r\n").as_str() {
+            "HD\r\n" => true,
+            "EN\r\n" => false,
+            other => panic!("mg {key}: {other:?}"),
+        }
+    }
+}
+
+/// Three memcached servers, one pool; stopped on drop.
+pub struct MemcachedPool {
+    pub servers: Vec<MemcachedServer>,
+}
+
+impl MemcachedPool {
+    /// Three servers on unix sockets.
+    pub fn unix() -> Self {
+        MemcachedPool {
+            servers: (0..3).map(|_| MemcachedServer::start()).collect(),
+        }
+    }
+
+    /// Three servers on loopback ports.
+    pub fn tcp() -> Self {
+        MemcachedPool {
+            servers: (0..3).map(|_| MemcachedServer::tcp()).collect(),
+        }
+    }
+
+    /// The pool's URL, with `distribution=<distribution>`: `memcached+unix:///a,/b,/c`
+    /// or `memcached://127.0.0.1:p1,127.0.0.1:p2,...`.
+    pub fn url(&self, distribution: &str) -> String {
+        let servers: Vec<String> = self
+            .servers
+            .iter()
+            .map(|s| match s.listen() {
+                Listen::Unix(path) => path.display().to_string(),
+                Listen::Tcp(port) => format!("127.0.0.1:{port}"),
+            })
+            .collect();
+        let scheme = match self.servers[0].listen() {
+            Listen::Unix(_) => "memcached+unix://",
+            Listen::Tcp(_) => "memcached://",
+        };
+        format!("{scheme}{}?distribution={distribution}", servers.join(","))
+    }
+
+    /// The index of the server that holds `key` (exactly one must).
+    pub fn owner(&self, key: &str) -> usize {
+        let holders: Vec<usize> = (0..self.servers.len())
+            .filter(|&i| self.servers[i].holds(key))
+            .collect();
+        assert_eq!(holders.len(), 1, "{key} is on servers {holders:?}");
+        holders[0]
+    }
+}
+
+/// The generic suite's environment on a pool of three servers (unix sockets for
+/// ketama, loopback TCP for rendezvous, so that both URL forms run the suite).
+pub fn pool_env(distribution: &str) -> (MemcachedPool, String, Duration, Duration) {
+    let pool = match distribution {
+        "ketama" => MemcachedPool::unix(),
+        _ => MemcachedPool::tcp(),
+    };
+    let url = format!("{}&namespace=test:", pool.url(distribution));
+    (
+        pool,
+        url,
+        Duration::from_millis(750),
+        Duration::from_millis(3500),
+    )
+}

@@ -82,6 +82,10 @@ impl<B: Backend> Backend for Probe<B> {
     }
 
     fn try_release_now(&self, key: &[u8], token: &[u8]) -> Option<bool> {
+        // A release to pend goes through `release`, the one that can.
+        if self.state.pend_next_release.load(Ordering::SeqCst) {
+            return None;
+        }
         self.inner.try_release_now(key, token)
     }
 

@@ -13,8 +13,9 @@ use super::backend::Backend;
 use super::memcached_io::{self as io, Conn};
 use super::{maybe_async, rt};
 use crate::backend::memcached::meta::{self, ErrorLine, Flag, Reply};
+use crate::backend::memcached::routing::{Distribution, Router};
 use crate::backend::memcached::settings::{
-    Fate, Settings, cas_disabled, settings, settings_from_url, unexpected,
+    Addr, Fate, Settings, cas_disabled, settings, settings_from_url, unexpected,
 };
 use crate::config::Options;
 use crate::core::lease::deadline;
@@ -33,7 +34,8 @@ const RELEASE_TRIES: usize = 8;
 const FENCE_TRIES: usize = 3;
 
 /// A memcached server (>= 1.6.10) over the meta protocol: `memcached://host[:port]`
-/// (port 11211 by default) or `memcached+unix:///path/to/socket`.
+/// (port 11211 by default) or `memcached+unix:///path/to/socket`, or a pool of them
+/// (`memcached://h1,h2,h3`, see [Pools](#pools)).
 ///
 /// - Locks: `ms <key> <len> ME T<ttl>` adds the lock; a release reads the token and
 ///   its CAS unique (`mg v c`) and deletes only that version (`md C<cas>`), so it never
@@ -113,8 +115,48 @@ const FENCE_TRIES: usize = 3;
 /// - A [`Timeout`](ErrorKind::Timeout) leaves the outcome unknown too: the server may
 ///   run the request later.
 ///
-/// Connections: a pool of at most `pool_size` (URL option, default 8); callers beyond
-/// that wait for a free one within the response timeout. A request that fails, times
+/// # Pools
+///
+/// A URL that lists several servers is a pool, and each key lives on one of them,
+/// the one the application's own memcached client picks:
+///
+/// - `memcached://host1[:port],host2[:port],…` (port 11211 when left out, IPv6 in
+///   brackets), or `memcached+unix:///a.sock,/b.sock,…` (a comma inside a socket path
+///   is written `%2C`); one kind per pool. No weights.
+/// - `distribution=ketama` (the default): libmemcached's consistent hashing with
+///   `MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED` (pylibmc's `ketama_weighted`; the MD5
+///   continuum of 160 points per server, four per digest of `"host-i"` for port
+///   11211 and `"host:port-i"` otherwise). twemproxy's and spymemcached's ketama use
+///   the same points with point strings of their own: compare before relying on them.
+/// - `distribution=rendezvous`: pymemcache's `HashClient` (murmur3_32, seed 0, of
+///   `"host:port-key"`, the highest score wins, ties to the larger node string), for
+///   keys given to pymemcache as `str` without its `key_prefix` (it hashes
+///   the key without the prefix; aiolock hashes the whole stored key, namespace
+///   included).
+///
+/// Both are checked against vectors the real clients computed
+/// (`scripts/golden-memcached-routing.py`). A key is routed as stored (namespace +
+/// key, a lock's namespace + key + lock suffix); a fenced claim's counter
+/// (`lock key + "-fence"`) is routed **by its lock key**, not by its own name: its
+/// `ms`/`ma`/`mg` batch must run on one connection, in order, for the fence to be
+/// larger than every earlier holder's (see "Renewals and fencing tokens").
+///
+/// **Fail closed.** A server that is down or unreachable fails the keys it owns —
+/// [`Connection`](ErrorKind::Connection) errors, [`Timeout`](ErrorKind::Timeout)
+/// for a server that accepts but does not answer, and a waiter's bound ends its wait
+/// as usual (`Outcome::TimedOut`) — and the other servers' keys
+/// keep working. A key is never moved to another server (memcached clients that
+/// eject dead servers do move them): a lock key that moved while its holder held it
+/// on the old server would be claimed a second time on the new one, and two callers
+/// would hold the same lock. For the same reason **every process must list the same
+/// servers, as the same strings (`10.0.0.1` and `cache-1` hash differently; `host`
+/// and `host:11211` are the same), in the same order**, with the same
+/// `distribution`: a process with another list routes some keys elsewhere, and both
+/// hold those locks. [`connect`](MemcachedBackend::connect) pings every server and
+/// fails, naming it, when one does not answer.
+///
+/// Connections: a pool of at most `pool_size` (URL option, default 8) **per server**;
+/// callers beyond that wait for a free one within the response timeout. A request that fails, times
 /// out or is cancelled (async: its future dropped) discards its connection, so no
 /// later request reads its reply. A process forked from one that used the pool
 /// (preforking servers) does not touch the connections it inherited: the pool opens
@@ -136,24 +178,44 @@ const FENCE_TRIES: usize = 3;
 /// ```
 #[derive(Clone)]
 pub struct MemcachedBackend {
-    pool: Arc<Pool>,
+    inner: Arc<Servers>,
+}
+
+/// A pool's servers, each with its own connections, and which one owns a key.
+struct Servers {
+    router: Router,
+    /// One per server, in the URL's order (the router's indexes).
+    pools: Box<[Pool]>,
+    distribution: Distribution,
+    max_poll_delay: Duration,
 }
 
 impl std::fmt::Debug for MemcachedBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemcachedBackend")
-            .field("addr", &self.pool.settings.addr.to_string())
-            .field("pool_size", &self.pool.settings.pool_size)
+        let servers: Vec<String> = self
+            .inner
+            .pools
+            .iter()
+            .map(|p| p.settings.addr.to_string())
+            .collect();
+        let mut d = f.debug_struct("MemcachedBackend");
+        if let [one] = &servers[..] {
+            d.field("addr", one);
+        } else {
+            d.field("servers", &servers)
+                .field("distribution", &self.inner.distribution);
+        }
+        d.field("pool_size", &self.inner.pools[0].settings.pool_size)
             .finish()
     }
 }
 
 impl MemcachedBackend {
-    /// Connects to the server a `memcached://` or `memcached+unix://` URL names, with
-    /// the URL's options (`connect_timeout`, `response_timeout`, `pool_size`,
-    /// `max_poll_interval`). One connection is opened (within `connect_timeout`) and
-    /// pinged (within `response_timeout`) at once, so an unreachable server is
-    /// reported here. A `namespace` option is ignored: namespaces belong to the
+    /// Connects to the server (or the servers of a pool) a `memcached://` or
+    /// `memcached+unix://` URL names, with the URL's options (`connect_timeout`,
+    /// `response_timeout`, `pool_size`, `max_poll_interval`, `distribution`). One
+    /// connection per server is opened (within `connect_timeout`) and pinged (within
+    /// `response_timeout`) at once, so an unreachable server is reported here. A `namespace` option is ignored: namespaces belong to the
     /// [`Cache`](super::Cache).
     ///
     /// ```no_run
@@ -172,29 +234,50 @@ impl MemcachedBackend {
     }
 
     #[maybe_async]
-    pub(crate) async fn from_endpoint(url: &Url, options: &Options) -> Result<Self> {
-        Self::open(settings(url, options)?).await
+    pub(crate) async fn from_endpoint(servers: &[Url], options: &Options) -> Result<Self> {
+        Self::open(settings(servers, options)?).await
     }
 
     #[maybe_async]
     async fn open(settings: Settings) -> Result<Self> {
-        let backend = MemcachedBackend {
-            pool: Arc::new(Pool {
-                settings,
+        let pools = settings
+            .servers
+            .iter()
+            .map(|addr| Pool {
+                settings: ServerSettings {
+                    addr: addr.clone(),
+                    connect_timeout: settings.connect_timeout,
+                    response_timeout: settings.response_timeout,
+                    pool_size: settings.pool_size,
+                },
                 state: Mutex::new(PoolState {
                     idle: Vec::new(),
                     open: 0,
                     generation: process_generation(),
                 }),
                 freed: Event::new(),
+            })
+            .collect();
+        let backend = MemcachedBackend {
+            inner: Arc::new(Servers {
+                router: Router::new(settings.distribution, &settings.servers),
+                pools,
+                distribution: settings.distribution,
+                max_poll_delay: settings.max_poll_delay,
             }),
         };
         backend.ping().await?;
         Ok(backend)
     }
 
-    /// One round trip that touches no key (`mn`, answered `MN`): a health check, and
-    /// the unit of the benchmarks' round-trip ceiling.
+    /// The connections of the server that owns `key`. Every command on a key goes
+    /// there, and nowhere else: a down server fails its keys (never moves them).
+    fn pool(&self, key: &[u8]) -> &Pool {
+        &self.inner.pools[self.inner.router.route(key)]
+    }
+
+    /// One round trip that touches no key (`mn`, answered `MN`) to each server: a
+    /// health check, and the unit of the benchmarks' round-trip ceiling.
     ///
     /// ```no_run
     /// # #[cfg(feature = "blocking")] {
@@ -205,10 +288,13 @@ impl MemcachedBackend {
     /// ```
     #[maybe_async]
     pub async fn ping(&self) -> Result<()> {
-        match self.pool.call(&meta::noop()).await? {
-            Reply::Mn => Ok(()),
-            other => Err(unexpected("mn", &other)),
+        for pool in &self.inner.pools {
+            match pool.call(&meta::noop()).await? {
+                Reply::Mn => {}
+                other => return Err(unexpected("mn", &other)),
+            }
         }
+        Ok(())
     }
 
     /// The CAS unique of a hit, refusing a server that runs with CAS disabled.
@@ -253,9 +339,17 @@ fn fence_increment(fence_key: &[u8]) -> Result<Vec<u8>> {
     )
 }
 
-/// The connections: at most `pool_size` open, the idle ones kept for reuse.
+/// What one server's connections need to know.
+struct ServerSettings {
+    addr: Addr,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    pool_size: usize,
+}
+
+/// One server's connections: at most `pool_size` open, the idle ones kept for reuse.
 struct Pool {
-    settings: Settings,
+    settings: ServerSettings,
     state: Mutex<PoolState>,
     /// Notified when a connection is returned or closed.
     freed: Event,
@@ -612,13 +706,13 @@ impl MemcachedBackend {
         let read = meta::get(key, &[Flag::Value])?;
         let mut resent = false;
         loop {
-            let lost = match self.pool.call_once(&request).await? {
+            let lost = match self.pool(key).call_once(&request).await? {
                 Sent::Reply(Reply::Hd(_)) => return Ok(Added::Stored),
                 Sent::Reply(Reply::Ns(_)) => return Ok(Added::Exists),
                 Sent::Reply(other) => return Err(unexpected("ms ME", &other)),
                 Sent::Lost(lost) => lost,
             };
-            match self.pool.call(&read).await? {
+            match self.pool(key).call(&read).await? {
                 Reply::Va(found, _) if found == value => return Ok(Added::Stored),
                 Reply::Va(found, _) => return Ok(Added::Other(found)),
                 Reply::En if !resent => resent = true,
@@ -654,7 +748,7 @@ impl MemcachedBackend {
         let mut resent = 0;
         loop {
             let fence = match &incremented {
-                Some(reply) => Some(self.fence_of(fence_key, reply)?),
+                Some(reply) => Some(self.fence_of(key, fence_key, reply)?),
                 None => None,
             };
             match (fence, verified.take()) {
@@ -676,7 +770,7 @@ impl MemcachedBackend {
             resent += 1;
             let mut request = fence_increment(fence_key)?;
             request.extend_from_slice(&verify);
-            let batch = self.pool.pipeline(&request, 2).await?;
+            let batch = self.pool(key).pipeline(&request, 2).await?;
             let mut replies = batch.replies.into_iter();
             (incremented, verified, lost) = (replies.next(), replies.next(), batch.lost);
         }
@@ -689,7 +783,7 @@ impl MemcachedBackend {
     }
 
     /// The fence an `ma <fence key> ... v` reply holds.
-    fn fence_of(&self, fence_key: &[u8], reply: &Reply) -> Result<u64> {
+    fn fence_of(&self, key: &[u8], fence_key: &[u8], reply: &Reply) -> Result<u64> {
         let not_a_counter = |why: &str| {
             Error::new(
                 ErrorKind::Backend,
@@ -712,7 +806,7 @@ impl MemcachedBackend {
             Reply::Error(ErrorLine::Client, message) => Err(not_a_counter(&format!(
                 "memcached refused to increment it ({message})"
             ))),
-            Reply::Error(line, message) => Err(self.pool.refused(*line, message)),
+            Reply::Error(line, message) => Err(self.pool(key).refused(*line, message)),
             other => Err(unexpected("ma", other)),
         }
     }
@@ -726,7 +820,7 @@ impl Backend for MemcachedBackend {
 
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let request = meta::get(key, &[Flag::Value])?;
-        match self.pool.call(&request).await? {
+        match self.pool(key).call(&request).await? {
             Reply::Va(value, _) => Ok(Some(value)),
             Reply::En => Ok(None),
             other => Err(unexpected("mg v", &other)),
@@ -737,7 +831,7 @@ impl Backend for MemcachedBackend {
     /// storing it once).
     async fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<()> {
         let request = meta::set(key, value, &[exptime(ttl)])?;
-        match self.pool.call(&request).await? {
+        match self.pool(key).call(&request).await? {
             Reply::Hd(_) => Ok(()),
             other => Err(unexpected("ms", &other)),
         }
@@ -756,7 +850,7 @@ impl Backend for MemcachedBackend {
     /// [`Connection`](ErrorKind::Connection) error says the outcome is unknown.
     async fn delete(&self, key: &[u8]) -> Result<bool> {
         let request = meta::delete(key, &[])?;
-        match self.pool.call_once(&request).await? {
+        match self.pool(key).call_once(&request).await? {
             Sent::Reply(Reply::Hd(_)) => Ok(true),
             Sent::Reply(Reply::Nf(_)) => Ok(false),
             Sent::Reply(other) => Err(unexpected("md", &other)),
@@ -771,7 +865,7 @@ impl Backend for MemcachedBackend {
 
     async fn exists(&self, key: &[u8]) -> Result<bool> {
         let request = meta::get(key, &[])?;
-        match self.pool.call(&request).await? {
+        match self.pool(key).call(&request).await? {
             Reply::Hd(_) => Ok(true),
             Reply::En => Ok(false),
             other => Err(unexpected("mg", &other)),
@@ -780,7 +874,7 @@ impl Backend for MemcachedBackend {
 
     async fn ttl(&self, key: &[u8]) -> Result<Ttl> {
         let request = meta::get(key, &[Flag::Ttl])?;
-        match self.pool.call(&request).await? {
+        match self.pool(key).call(&request).await? {
             Reply::Hd(meta::ReplyFlags { ttl: Some(-1), .. }) => Ok(Ttl::Persistent),
             Reply::Hd(meta::ReplyFlags { ttl: Some(t), .. }) => {
                 Ok(Ttl::Expires(Duration::from_secs(t.unsigned_abs())))
@@ -805,7 +899,7 @@ impl Backend for MemcachedBackend {
         // The error of a delete whose reply was lost, until a read shows it did not run.
         let mut lost = None;
         for _ in 0..RELEASE_TRIES {
-            let cas = match self.pool.call(&read).await? {
+            let cas = match self.pool(key).call(&read).await? {
                 Reply::Va(value, flags) if value == token => {
                     lost = None;
                     Self::cas_of(key, &flags)?
@@ -825,7 +919,7 @@ impl Backend for MemcachedBackend {
                 other => return Err(unexpected("mg v c", &other)),
             };
             let delete = meta::delete(key, &[Flag::CompareCas(cas)])?;
-            match self.pool.call_once(&delete).await? {
+            match self.pool(key).call_once(&delete).await? {
                 Sent::Reply(Reply::Hd(_)) => return Ok(true),
                 Sent::Reply(Reply::Nf(_)) => return Ok(false),
                 Sent::Reply(Reply::Ex(_)) => continue,
@@ -871,13 +965,13 @@ impl Backend for MemcachedBackend {
             )),
         };
         for _ in 0..RELEASE_TRIES {
-            let cas = match self.pool.call(&read).await? {
+            let cas = match self.pool(key).call(&read).await? {
                 Reply::Va(value, flags) if value == token => Self::cas_of(key, &flags)?,
                 Reply::En | Reply::Va(..) => return not_ours(lost),
                 other => return Err(unexpected("mg v c", &other)),
             };
             let write = meta::set(key, token, &[Flag::CompareCas(cas), exptime(Some(lease))])?;
-            match self.pool.call_once(&write).await? {
+            match self.pool(key).call_once(&write).await? {
                 Sent::Reply(Reply::Hd(_)) => return Ok(true),
                 Sent::Reply(Reply::Nf(_)) => return not_ours(lost),
                 Sent::Reply(Reply::Ex(_)) => continue,
@@ -972,7 +1066,7 @@ impl Backend for MemcachedBackend {
             let mut request = add.clone();
             request.extend_from_slice(&fence_increment(fence_key)?);
             request.extend_from_slice(&read);
-            let batch = self.pool.pipeline(&request, 3).await?;
+            let batch = self.pool(key).pipeline(&request, 3).await?;
             let mut replies = batch.replies.into_iter();
             let added = replies.next();
             let (incremented, verified) = (replies.next(), replies.next());
@@ -981,7 +1075,7 @@ impl Backend for MemcachedBackend {
                 Some(Reply::Ns(_)) => {
                     // Losers need no fence, but learn of a broken counter.
                     if let Some(reply) = &incremented {
-                        self.fence_of(fence_key, reply)?;
+                        self.fence_of(key, fence_key, reply)?;
                     }
                     let holder = match verified {
                         Some(Reply::Va(holder, _)) => Some(holder),
@@ -990,7 +1084,7 @@ impl Backend for MemcachedBackend {
                     return Ok((Claim::Held { holder }, None));
                 }
                 Some(Reply::Error(line, message)) => {
-                    return Err(self.pool.refused(line, &message));
+                    return Err(self.pool(key).refused(line, &message));
                 }
                 Some(other) => return Err(unexpected("ms ME", &other)),
                 None => {}
@@ -999,7 +1093,7 @@ impl Backend for MemcachedBackend {
             let lost = batch.lost.unwrap_or_else(|| {
                 Error::new(ErrorKind::Protocol, "memcached sent no reply to ms ME")
             });
-            match self.pool.call(&read).await? {
+            match self.pool(key).call(&read).await? {
                 // Ours: won; the increment and the read after it are sent again.
                 Reply::Va(found, _) if found == token => break (None, None, Some(lost)),
                 Reply::Va(holder, _) => {
@@ -1045,13 +1139,13 @@ impl Backend for MemcachedBackend {
     /// wait ([`Wake::Deadline`]).
     async fn wait(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {
         let request = meta::get(key, &[Flag::Value, Flag::Ttl, Flag::Cas])?;
-        let mut watch = Watch::new(self.pool.settings.max_poll_delay, holder);
+        let mut watch = Watch::new(self.inner.max_poll_delay, holder);
         loop {
             let sent = rt::now();
             if sent >= deadline {
                 return Ok(Wake::Deadline);
             }
-            let reply = match self.pool.call_by(&request, Some(deadline)).await {
+            let reply = match self.pool(key).call_by(&request, Some(deadline)).await {
                 Ok(reply) => reply,
                 Err(e) if e.is_timeout() && rt::now() >= deadline => return Ok(Wake::Deadline),
                 Err(e) => return Err(e),
@@ -1079,7 +1173,7 @@ impl Backend for MemcachedBackend {
 
     async fn begin(&self, key: &[u8]) -> Result<Versioned> {
         let request = meta::get(key, &[Flag::Value, Flag::Cas])?;
-        match self.pool.call(&request).await? {
+        match self.pool(key).call(&request).await? {
             Reply::Va(value, flags) => Ok(Versioned {
                 value: Some(value),
                 token: CasToken::Version(Self::cas_of(key, &flags)?),
@@ -1126,14 +1220,14 @@ impl Backend for MemcachedBackend {
             CasToken::Value(_) => return Ok(false),
         };
         let request = meta::set(key, value, &[Flag::CompareCas(cas), exptime(ttl)])?;
-        let lost = match self.pool.call_once(&request).await? {
+        let lost = match self.pool(key).call_once(&request).await? {
             Sent::Reply(Reply::Hd(_)) => return Ok(true),
             Sent::Reply(Reply::Ex(_) | Reply::Nf(_)) => return Ok(false),
             Sent::Reply(other) => return Err(unexpected("ms C", &other)),
             Sent::Lost(lost) => lost,
         };
         let read = meta::get(key, &[Flag::Value])?;
-        match self.pool.call(&read).await? {
+        match self.pool(key).call(&read).await? {
             Reply::Va(found, _) if found == value => Ok(true),
             Reply::Va(..) | Reply::En => Err(outcome_unknown(
                 lost,

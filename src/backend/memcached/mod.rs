@@ -1,6 +1,7 @@
 //! The memcached backend: the meta-protocol codec and the settings and reply helpers
-//! (compiled once), the flavor-generic backend in `generic.rs`, and the transports
+//! (compiled once), the key-to-server routing of pools (compiled once), the flavor-generic backend in `generic.rs`, and the transports
 //! `blocking.rs` / `nonblocking.rs`.
 
 pub(crate) mod meta;
+pub(crate) mod routing;
 pub(crate) mod settings;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::backend::memcached::routing::Distribution;
 use crate::config::{Endpoint, Options};
 use crate::core::lease::seconds;
 use crate::core::poll::DEFAULT_MAX_DELAY;
@@ -41,7 +42,10 @@ impl std::fmt::Display for Addr {
 /// Everything a memcached backend needs to know, from its URL and options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Settings {
-    pub addr: Addr,
+    /// The pool's servers, in the URL's order (one for a plain URL).
+    pub servers: Vec<Addr>,
+    /// How keys are spread over `servers`.
+    pub distribution: Distribution,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub pool_size: usize,
@@ -49,20 +53,44 @@ pub(crate) struct Settings {
     pub max_poll_delay: Duration,
 }
 
-/// Parses a `memcached://` or `memcached+unix://` URL (with the options
-/// [`config::parse`](crate::config::parse) already took out of it).
+/// Parses the servers of a memcached endpoint: one `memcached://` or
+/// `memcached+unix://` URL per server (with the options
+/// [`config::parse`](crate::config::parse) already took out of them; a pool's servers
+/// share one query).
 ///
-/// memcached's own query option: `max_poll_interval` (seconds, default 0.004): the
-/// longest a waiter sleeps between two polls of a held lock.
-pub(crate) fn settings(url: &Url, options: &Options) -> Result<Settings> {
+/// memcached's own query options: `max_poll_interval` (seconds, default 0.004): the
+/// longest a waiter sleeps between two polls of a held lock; `distribution`
+/// (`ketama`, the default, or `rendezvous`): which server of a pool owns a key.
+pub(crate) fn settings(urls: &[Url], options: &Options) -> Result<Settings> {
+    let Some(first) = urls.first() else {
+        return Err(Error::invalid_argument("a memcached pool needs a server"));
+    };
+    let (max_poll_delay, distribution) = query_options(first)?;
+    let mut servers: Vec<Addr> = Vec::with_capacity(urls.len());
+    for url in urls {
+        let addr = server(url)?;
+        if servers.contains(&addr) {
+            return Err(Error::invalid_argument(format!(
+                "the memcached server {addr} is listed twice"
+            )));
+        }
+        servers.push(addr);
+    }
+    Ok(Settings {
+        servers,
+        distribution,
+        connect_timeout: options.connect_timeout,
+        response_timeout: options.response_timeout,
+        pool_size: options.pool_size.max(1),
+        max_poll_delay,
+    })
+}
+
+/// The options of a memcached URL's query: `max_poll_interval`, `distribution`.
+fn query_options(url: &Url) -> Result<(Duration, Distribution)> {
     let bad = |what: &str| Error::invalid_argument(format!("{url}: {what}"));
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(bad("memcached takes no user name or password"));
-    }
-    if url.fragment().is_some() {
-        return Err(bad("a memcached URL has no fragment"));
-    }
     let mut max_poll_delay = DEFAULT_MAX_DELAY;
+    let mut distribution = Distribution::default();
     for (name, value) in url.query_pairs() {
         match &*name {
             "max_poll_interval" => {
@@ -76,8 +104,28 @@ pub(crate) fn settings(url: &Url, options: &Options) -> Result<Settings> {
                     return Err(bad("max_poll_interval must be above 0 and at most 60 s"));
                 }
             }
+            "distribution" => {
+                distribution = Distribution::parse(&value).ok_or_else(|| {
+                    bad(&format!(
+                        "distribution={value:?}: expected ketama (libmemcached's, the \
+                         default) or rendezvous (pymemcache's HashClient)"
+                    ))
+                })?;
+            }
             other => return Err(bad(&format!("unknown option {other:?} for memcached"))),
         }
+    }
+    Ok((max_poll_delay, distribution))
+}
+
+/// The address one server URL names.
+fn server(url: &Url) -> Result<Addr> {
+    let bad = |what: &str| Error::invalid_argument(format!("{url}: {what}"));
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("memcached takes no user name or password"));
+    }
+    if url.fragment().is_some() {
+        return Err(bad("a memcached URL has no fragment"));
     }
     let addr = match url.scheme() {
         "memcached" => {
@@ -113,19 +161,14 @@ pub(crate) fn settings(url: &Url, options: &Options) -> Result<Settings> {
         }
         other => return Err(bad(&format!("{other:?} is not a memcached scheme"))),
     };
-    Ok(Settings {
-        addr,
-        connect_timeout: options.connect_timeout,
-        response_timeout: options.response_timeout,
-        pool_size: options.pool_size.max(1),
-        max_poll_delay,
-    })
+    Ok(addr)
 }
 
 /// Parses a full cache URL that must name memcached.
 pub(crate) fn settings_from_url(url: &str) -> Result<Settings> {
     match crate::config::parse(url)? {
-        (Endpoint::Memcached(parsed), options) => settings(&parsed, &options),
+        (Endpoint::Memcached(parsed), options) => settings(&[parsed], &options),
+        (Endpoint::MemcachedPool(servers), options) => settings(&servers, &options),
         (other, _) => Err(Error::invalid_argument(format!(
             "{url:?} names {other:?}, not memcached"
         ))),
@@ -258,21 +301,56 @@ mod tests {
     fn tcp_and_unix_urls() {
         let s = parse("memcached://cache.example:11311?namespace=x&pool_size=3").unwrap();
         assert_eq!(
-            s.addr,
-            Addr::Tcp {
+            s.servers,
+            [Addr::Tcp {
                 host: "cache.example".into(),
                 port: 11311
-            }
+            }]
         );
         assert_eq!(s.pool_size, 3);
         assert_eq!(s.max_poll_delay, DEFAULT_MAX_DELAY);
         let s = parse("memcached://127.0.0.1").unwrap();
-        assert_eq!(s.addr.to_string(), "127.0.0.1:11211");
+        assert_eq!(s.servers[0].to_string(), "127.0.0.1:11211");
+        assert_eq!(s.distribution, Distribution::Ketama);
         let s = parse("memcached://[::1]:5/").unwrap();
-        assert_eq!(s.addr.to_string(), "[::1]:5");
+        assert_eq!(s.servers[0].to_string(), "[::1]:5");
         let s = parse("memcached+unix:///tmp/mc.sock?max_poll_interval=0.005").unwrap();
-        assert_eq!(s.addr, Addr::Unix("/tmp/mc.sock".into()));
+        assert_eq!(s.servers, [Addr::Unix("/tmp/mc.sock".into())]);
         assert_eq!(s.max_poll_delay, Duration::from_millis(5));
+    }
+
+    #[test]
+    fn pool_urls() {
+        let s = parse("memcached://a,b:11212,[::1]?distribution=rendezvous&pool_size=2").unwrap();
+        let names: Vec<String> = s.servers.iter().map(Addr::to_string).collect();
+        assert_eq!(names, ["a:11211", "b:11212", "[::1]:11211"]);
+        assert_eq!(s.distribution, Distribution::Rendezvous);
+        assert_eq!(s.pool_size, 2);
+        let s = parse("memcached+unix:///a.sock,/b%2Cc.sock?distribution=ketama").unwrap();
+        assert_eq!(
+            s.servers,
+            [Addr::Unix("/a.sock".into()), Addr::Unix("/b,c.sock".into())]
+        );
+        assert_eq!(s.distribution, Distribution::Ketama);
+    }
+
+    #[test]
+    fn bad_pool_urls() {
+        for (url, says) in [
+            ("memcached://a,b?distribution=modula", "distribution"),
+            ("memcached://a,,b", "needs a host"),
+            ("memcached://a,", "needs a host"),
+            ("memcached://a,a:11211", "listed twice"),
+            ("memcached://a,u@b", "no user name"),
+            ("memcached+unix:///a.sock,b.sock", "a path only"),
+            ("memcached+unix:///a.sock,/a.sock", "listed twice"),
+            ("memcached://a,/b.sock", "takes no path"),
+        ] {
+            let err = parse(url).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{url}: {err}");
+            assert!(err.message().contains(says), "{url}: {err}");
+            assert!(!err.message().contains('\n'), "{url}: {err}");
+        }
     }
 
     #[test]

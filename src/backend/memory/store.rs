@@ -9,17 +9,18 @@
 //! park on and an async task can await, so a blocking waiter wakes on an async
 //! holder's release and the reverse.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use event_listener::{Event, EventListener};
-use hashbrown::HashMap;
-use hashbrown::hash_map::EntryRef;
+use hashbrown::{DefaultHashBuilder, HashTable, hash_table};
 use parking_lot::Mutex;
 
 use crate::core::lease::deadline;
 use crate::core::wait::{Claim, Wake};
 use crate::error::{Error, ErrorKind, Result};
+use crate::key::same;
 use crate::value::{CasToken, Ttl, Versioned};
 
 /// The in-process backend of `memory://`: the embedded default, no server needed.
@@ -67,96 +68,163 @@ struct Store {
 /// allocation each.
 type Bytes = crate::key::KeyBuf;
 
+/// The entries, each holding its own key: a [`HashTable`] rather than a `HashMap`, so
+/// that every operation hashes the key once and probes once (a claim, a release, a
+/// write; a map's lookup-then-insert or lookup-then-remove did both twice, and its
+/// insert compared the key again).
 #[derive(Default)]
 struct Map {
-    entries: HashMap<Bytes, Entry>,
+    entries: HashTable<Entry>,
+    hasher: DefaultHashBuilder,
     last_version: u64,
     sweep_above: usize,
 }
 
 struct Entry {
+    key: Bytes,
     value: Bytes,
-    expires: Option<Instant>,
+    expires: Expiry,
     version: u64,
     /// Created by the first waiter; notified when the key is released or deleted.
     waiters: Option<Arc<Event>>,
 }
 
+/// When an entry stops being live.
+#[derive(Clone, Copy)]
+enum Expiry {
+    Never,
+    At(Instant),
+    /// A released lock: absent, but its slot (and key) stay until the next sweep, so
+    /// that the next claim of the same key writes its value in place.
+    Released,
+}
+
+impl Expiry {
+    fn after(ttl: Option<Duration>, now: Instant) -> Self {
+        match ttl {
+            None => Expiry::Never,
+            Some(d) => Expiry::At(deadline(now, d)),
+        }
+    }
+}
+
 impl Entry {
+    #[inline]
     fn live(&self, now: Instant) -> bool {
-        self.expires.is_none_or(|at| now < at)
+        match self.expires {
+            Expiry::Never => true,
+            Expiry::At(at) => now < at,
+            Expiry::Released => false,
+        }
     }
 }
 
 const MIN_SWEEP: usize = 1024;
 
 impl Map {
+    #[inline]
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    #[inline]
+    fn find_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
+        let hash = self.hash(key);
+        self.entries.find_mut(hash, |e| same(&e.key, key))
+    }
+
+    #[inline]
     fn live(&self, key: &[u8], now: Instant) -> Option<&Entry> {
-        self.entries.get(key).filter(|e| e.live(now))
+        self.entries
+            .find(self.hash(key), |e| same(&e.key, key))
+            .filter(|e| e.live(now))
+    }
+
+    /// The live entry of `key`, mutable.
+    #[inline]
+    fn live_mut(&mut self, key: &[u8], now: Instant) -> Option<&mut Entry> {
+        self.find_mut(key).filter(|e| e.live(now))
+    }
+
+    /// The slot of `key`, occupied (live or expired) or vacant: one hash, one probe.
+    #[inline]
+    fn slot(&mut self, key: &[u8]) -> hash_table::Entry<'_, Entry> {
+        let hash = self.hash(key);
+        let Map {
+            entries, hasher, ..
+        } = self;
+        entries.entry(hash, |e| same(&e.key, key), |e| hasher.hash_one(&*e.key))
     }
 
     /// Stores `value` if `allowed` says so given the live entry (`None`: absent or
-    /// expired), keeping the waiters of a previous entry. One hash lookup.
+    /// expired), keeping the waiters of a previous entry. One hash, one probe.
+    #[inline]
     fn write(
         &mut self,
         key: &[u8],
         value: &[u8],
-        ttl: Option<Duration>,
+        expires: Expiry,
         now: Instant,
         allowed: impl FnOnce(Option<&Entry>) -> bool,
     ) -> bool {
         self.sweep(now);
-        let expires = ttl.map(|d| deadline(now, d));
-        match self.entries.entry_ref(key) {
-            EntryRef::Occupied(mut o) => {
+        let version = self.last_version + 1;
+        match self.slot(key) {
+            hash_table::Entry::Occupied(mut o) => {
                 let e = o.get_mut();
                 if !allowed(Some(&*e).filter(|e| e.live(now))) {
                     return false;
                 }
-                self.last_version += 1;
-                e.value = Bytes::from_slice(value);
+                crate::key::assign(&mut e.value, value);
                 e.expires = expires;
-                e.version = self.last_version;
+                e.version = version;
             }
-            EntryRef::Vacant(v) => {
+            hash_table::Entry::Vacant(v) => {
                 if !allowed(None) {
                     return false;
                 }
-                self.last_version += 1;
-                v.insert_with_key(
-                    Bytes::from_slice(key),
-                    Entry {
-                        value: Bytes::from_slice(value),
-                        expires,
-                        version: self.last_version,
-                        waiters: None,
-                    },
-                );
+                v.insert(Entry {
+                    key: crate::key::buf(key),
+                    value: crate::key::buf(value),
+                    expires,
+                    version,
+                    waiters: None,
+                });
             }
         }
+        self.last_version = version;
         true
     }
 
-    /// Removes `key`; returns whether it was live and the waiters to notify.
-    fn remove(&mut self, key: &[u8], now: Instant) -> (bool, Option<Arc<Event>>) {
-        match self.entries.remove(key) {
-            Some(e) => (e.live(now), e.waiters),
-            None => (false, None),
+    /// Removes `key` if `remove` says so of its entry (live or expired); returns the
+    /// removed entry. One hash, one probe.
+    fn remove_if(&mut self, key: &[u8], remove: impl FnOnce(&Entry) -> bool) -> Option<Entry> {
+        let hash = self.hash(key);
+        let found = self.entries.find_entry(hash, |e| same(&e.key, key)).ok()?;
+        if !remove(found.get()) {
+            return None;
         }
+        Some(found.remove().0)
     }
 
     /// Drops expired entries once the map has doubled since the last sweep.
+    #[inline]
     fn sweep(&mut self, now: Instant) {
-        if self.entries.len() < self.sweep_above {
-            return;
+        if self.entries.len() >= self.sweep_above {
+            self.sweep_now(now);
         }
-        self.entries.retain(|_, e| {
-            e.live(now) || e.waiters.as_ref().is_some_and(|w| w.total_listeners() > 0)
-        });
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn sweep_now(&mut self, now: Instant) {
+        self.entries
+            .retain(|e| e.live(now) || e.waiters.as_ref().is_some_and(|w| w.total_listeners() > 0));
         self.sweep_above = (self.entries.len() * 2).max(MIN_SWEEP);
     }
 }
 
+#[inline]
 fn wake(waiters: Option<Arc<Event>>) {
     if let Some(event) = waiters {
         event.notify(usize::MAX);
@@ -191,7 +259,11 @@ impl MemoryBackend {
     }
 
     pub(crate) fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>, now: Instant) {
-        self.store.map.lock().write(key, value, ttl, now, |_| true);
+        let expires = Expiry::after(ttl, now);
+        self.store
+            .map
+            .lock()
+            .write(key, value, expires, now, |_| true);
     }
 
     pub(crate) fn add(
@@ -201,20 +273,41 @@ impl MemoryBackend {
         ttl: Option<Duration>,
         now: Instant,
     ) -> bool {
+        let expires = Expiry::after(ttl, now);
         let mut map = self.store.map.lock();
-        map.write(key, value, ttl, now, |live| live.is_none())
+        map.write(key, value, expires, now, |live| live.is_none())
     }
 
     /// Adds `key` holding `token` for `lease`, or reports the live holder's token.
     pub(crate) fn claim(&self, key: &[u8], token: &[u8], lease: Duration, now: Instant) -> Claim {
-        let mut map = self.store.map.lock();
-        if let Some(e) = map.live(key, now) {
-            return Claim::Held {
-                holder: Some(e.value.to_vec()),
-            };
+        self.claim_until(key, token, now, deadline(now, lease))
+    }
+
+    /// Adds `key` holding `token` until `lease_end`, or reports the live holder's
+    /// token (live at `now`).
+    #[inline]
+    pub(crate) fn claim_until(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        now: Instant,
+        lease_end: Instant,
+    ) -> Claim {
+        let mut holder = None;
+        let expires = Expiry::At(lease_end);
+        let won = self
+            .store
+            .map
+            .lock()
+            .write(key, token, expires, now, |live| {
+                holder = live.map(|e| e.value.to_vec());
+                live.is_none()
+            });
+        if won {
+            Claim::Won
+        } else {
+            Claim::Held { holder }
         }
-        map.write(key, token, Some(lease), now, |_| true);
-        Claim::Won
     }
 
     /// Claims `key` like [`claim`](MemoryBackend::claim) and, when it wins, increments
@@ -247,8 +340,11 @@ impl MemoryBackend {
                     )
                 })?,
         };
-        map.write(fence_key, fence.to_string().as_bytes(), None, now, |_| true);
-        map.write(key, token, Some(lease), now, |_| true);
+        let (never, until) = (Expiry::Never, Expiry::after(Some(lease), now));
+        map.write(fence_key, fence.to_string().as_bytes(), never, now, |_| {
+            true
+        });
+        map.write(key, token, until, now, |_| true);
         Ok((Claim::Won, Some(fence)))
     }
 
@@ -256,9 +352,9 @@ impl MemoryBackend {
     /// after `now`. Returns whether it did.
     pub(crate) fn extend(&self, key: &[u8], token: &[u8], lease: Duration, now: Instant) -> bool {
         let mut map = self.store.map.lock();
-        match map.entries.get_mut(key) {
-            Some(e) if e.live(now) && *e.value == *token => {
-                e.expires = Some(deadline(now, lease));
+        match map.live_mut(key, now) {
+            Some(e) if same(&e.value, token) => {
+                e.expires = Expiry::At(deadline(now, lease));
                 true
             }
             _ => false,
@@ -266,9 +362,12 @@ impl MemoryBackend {
     }
 
     pub(crate) fn delete(&self, key: &[u8], now: Instant) -> bool {
-        let (was_live, waiters) = self.store.map.lock().remove(key, now);
-        wake(waiters);
-        was_live
+        let removed = self.store.map.lock().remove_if(key, |_| true);
+        removed.is_some_and(|e| {
+            let live = e.live(now);
+            wake(e.waiters);
+            live
+        })
     }
 
     pub(crate) fn exists(&self, key: &[u8], now: Instant) -> bool {
@@ -278,21 +377,27 @@ impl MemoryBackend {
     pub(crate) fn ttl(&self, key: &[u8], now: Instant) -> Ttl {
         match self.store.map.lock().live(key, now) {
             None => Ttl::Missing,
-            Some(Entry { expires: None, .. }) => Ttl::Persistent,
-            Some(Entry {
-                expires: Some(at), ..
-            }) => Ttl::Expires(at.duration_since(now)),
+            Some(e) => match e.expires {
+                Expiry::At(at) => Ttl::Expires(at.duration_since(now)),
+                Expiry::Never => Ttl::Persistent,
+                Expiry::Released => Ttl::Missing, // not live: not found above
+            },
         }
     }
 
     /// Deletes `key` if it holds `token` and has not expired; wakes its waiters.
+    ///
+    /// The entry is marked released rather than removed: the next claim of the key
+    /// (often the same key, taken again and again) writes into it in place, and the
+    /// sweep drops it otherwise.
+    #[inline]
     pub(crate) fn release(&self, key: &[u8], token: &[u8], now: Instant) -> bool {
         let mut map = self.store.map.lock();
-        let owned = map.live(key, now).is_some_and(|e| *e.value == *token);
-        if !owned {
+        let Some(e) = map.live_mut(key, now).filter(|e| same(&e.value, token)) else {
             return false;
-        }
-        let (_, waiters) = map.remove(key, now);
+        };
+        e.expires = Expiry::Released;
+        let waiters = e.waiters.take();
         drop(map);
         wake(waiters);
         true
@@ -310,9 +415,8 @@ impl MemoryBackend {
     ) -> Listen {
         let mut map = self.store.map.lock();
         let Some(entry) = map
-            .entries
-            .get_mut(key)
-            .filter(|e| e.live(now) && holder.is_none_or(|h| *e.value == *h))
+            .live_mut(key, now)
+            .filter(|e| holder.is_none_or(|h| same(&e.value, h)))
         else {
             return Listen::Vacant;
         };
@@ -321,13 +425,34 @@ impl MemoryBackend {
             .get_or_insert_with(|| Arc::new(Event::new()))
             .listen();
         let (until, until_is_deadline) = match entry.expires {
-            Some(end) if end < deadline => (end, false),
+            Expiry::At(end) if end < deadline => (end, false),
             _ => (deadline, true),
         };
         Listen::Held {
             listener,
             until,
             until_is_deadline,
+        }
+    }
+
+    /// Hands `read` the value of `key` (under the mutex) and returns the token of
+    /// its state: [`begin`](MemoryBackend::begin) without a copy.
+    #[inline]
+    pub(crate) fn begin_with(
+        &self,
+        key: &[u8],
+        now: Instant,
+        read: &mut dyn FnMut(Option<&[u8]>),
+    ) -> CasToken {
+        match self.store.map.lock().live(key, now) {
+            Some(e) => {
+                read(Some(&e.value));
+                CasToken::Version(e.version)
+            }
+            None => {
+                read(None);
+                CasToken::Absent
+            }
         }
     }
 
@@ -353,8 +478,9 @@ impl MemoryBackend {
         ttl: Option<Duration>,
         now: Instant,
     ) -> bool {
+        let expires = Expiry::after(ttl, now);
         let mut map = self.store.map.lock();
-        map.write(key, value, ttl, now, |live| match (token, live) {
+        map.write(key, value, expires, now, |live| match (token, live) {
             (CasToken::Absent, None) => true,
             (CasToken::Version(v), Some(e)) => e.version == *v,
             _ => false,
@@ -427,6 +553,9 @@ mod tests {
         }
         fn ttl(&self, k: &[u8]) -> Ttl {
             self.backend.ttl(k, self.now())
+        }
+        fn claim(&self, k: &[u8], token: &[u8], lease: Duration) -> Claim {
+            self.backend.claim(k, token, lease, self.now())
         }
         fn release(&self, k: &[u8], token: &[u8]) -> bool {
             self.backend.release(k, token, self.now())
@@ -527,6 +656,8 @@ mod tests {
         Ttl(u8),
         Begin(u8),
         Cas(u8, u8, Option<u8>),
+        Claim(u8, u8, u8),
+        Release(u8, u8),
         Advance(u8),
     }
 
@@ -540,7 +671,9 @@ mod tests {
             key.clone().prop_map(Op::Delete),
             key.clone().prop_map(Op::Ttl),
             key.clone().prop_map(Op::Begin),
-            (key, any::<u8>(), ttl).prop_map(|(k, v, t)| Op::Cas(k, v, t)),
+            (key.clone(), any::<u8>(), ttl).prop_map(|(k, v, t)| Op::Cas(k, v, t)),
+            (key.clone(), 0u8..3, 1u8..20).prop_map(|(k, v, t)| Op::Claim(k, v, t)),
+            (key, 0u8..3).prop_map(|(k, v)| Op::Release(k, v)),
             (0u8..25).prop_map(Op::Advance),
         ]
     }
@@ -599,6 +732,24 @@ mod tests {
                         if want {
                             writes += 1;
                             model.insert(k, (v, t.map(|t| now + u64::from(t)), writes));
+                        }
+                    }
+                    Op::Claim(k, v, t) => {
+                        let want = match model.get(&k) {
+                            Some((holder, _, _)) => Claim::Held { holder: Some(vec![*holder]) },
+                            None => Claim::Won,
+                        };
+                        prop_assert_eq!(m.claim(&[k], &[v], ms(t.into())), want.clone());
+                        if want == Claim::Won {
+                            writes += 1;
+                            model.insert(k, (v, Some(now + u64::from(t)), writes));
+                        }
+                    }
+                    Op::Release(k, v) => {
+                        let want = model.get(&k).is_some_and(|(held, _, _)| *held == v);
+                        prop_assert_eq!(m.release(&[k], &[v]), want);
+                        if want {
+                            model.remove(&k);
                         }
                     }
                     Op::Advance(d) => {
