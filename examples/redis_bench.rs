@@ -53,7 +53,9 @@ fn main() {
     }
     if first.as_deref() == Some("--cycles") {
         let n: u64 = args.next().and_then(|n| n.parse().ok()).expect("a count");
-        let mode = args.next().expect("a mode: blocking, async1, async64, rslock1, rslock64");
+        let mode = args
+            .next()
+            .expect("a mode: blocking, async1, async64, rslock1, rslock64");
         return counted_cycles(n, &mode);
     }
     let secs: f64 = first.and_then(|s| s.parse().ok()).unwrap_or(2.0);
@@ -472,7 +474,10 @@ fn counted_cycles(n: u64, mode: &str) {
     let cpu: f64 = server
         .admin(&["INFO", "cpu"])
         .lines()
-        .filter_map(|l| l.strip_prefix("used_cpu_user:").or(l.strip_prefix("used_cpu_sys:")))
+        .filter_map(|l| {
+            l.strip_prefix("used_cpu_user:")
+                .or(l.strip_prefix("used_cpu_sys:"))
+        })
         .filter_map(|v| v.trim().parse::<f64>().ok())
         .sum();
     eprintln!(
@@ -492,7 +497,12 @@ fn own_cpu() -> f64 {
         .map_or("", |(_, rest)| rest)
         .split_whitespace()
         .collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) + ticks(12)) / 100.0
 }
 

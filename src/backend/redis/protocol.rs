@@ -159,7 +159,10 @@ impl Lua {
 /// (on the hot path: each release is one).
 fn sized(name: &str, keys: &[&[u8]], args: &[&[u8]], script: usize) -> Cmd {
     let bytes = keys.iter().chain(args).map(|a| a.len()).sum::<usize>();
-    let mut c = Cmd::with_capacity(3 + keys.len() + args.len(), name.len() + script + 20 + bytes);
+    let mut c = Cmd::with_capacity(
+        3 + keys.len() + args.len(),
+        name.len() + script + 20 + bytes,
+    );
     c.arg(name);
     c
 }
