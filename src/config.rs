@@ -5,6 +5,7 @@
 //! | `memory://` | in-process memory (no server) |
 //! | `redis://[user:password@]host[:port][/db]`, `rediss://…`, `redis+unix:///path.sock` | Redis |
 //! | `memcached://host[:port]`, `memcached+unix:///path.sock` | memcached |
+//! | `redis+cluster://[user:password@]host:port,host:port[,…]`, `rediss+cluster://…` | Redis Cluster (seed nodes; any one reachable is enough) |
 //! | `memcached://host1[:port],host2[:port],…`, `memcached+unix:///a.sock,/b.sock,…` | a memcached pool, each key on one server ([`MemcachedBackend`](crate::MemcachedBackend#pools)) |
 //!
 //! Every scheme takes these query options ([`Options`]):
@@ -24,6 +25,7 @@
 //! | `memory://` | none |
 //! | `redis://`, `rediss://` | `protocol` (`resp2`, `resp3`; read by the `redis` crate), the database as the path (`/2`) |
 //! | `redis+unix://` | `protocol`, `db`, `user`, `pass` (read by the `redis` crate) |
+//! | `redis+cluster://`, `rediss+cluster://` | `protocol` (every seed gets the credentials and options written once; a cluster has no databases and its nodes announce TCP addresses, so there is no path and no unix variant) |
 //! | `memcached://`, `memcached+unix://` | `max_poll_interval` (seconds, default 0.004): the longest sleep between two polls of a waiter; `distribution` (`ketama`, the default, or `rendezvous`): how a pool routes keys |
 //!
 //! Any other option is an [`InvalidArgument`](crate::ErrorKind::InvalidArgument) error
@@ -76,6 +78,10 @@ pub enum Endpoint {
     Redis(Url),
     /// `memcached://`, `memcached+unix://`, without aiolock's own query options.
     Memcached(Url),
+    /// `redis+cluster://h1:p1,h2:p2`, `rediss+cluster://…`: one `redis://` (or
+    /// `rediss://`) URL per seed node, each with the credentials and the `redis`
+    /// crate's options, without aiolock's own.
+    RedisCluster(Vec<Url>),
     /// A memcached pool (`memcached://h1,h2:11212,…`, `memcached+unix:///a.sock,/b.sock`):
     /// one single-server URL per server, in the order the pool URL lists them, each
     /// with the pool URL's memcached options.
@@ -87,6 +93,13 @@ impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (name, url) = match self {
             Endpoint::Memory => return f.write_str("Memory"),
+            Endpoint::RedisCluster(seeds) => {
+                let seeds: Vec<_> = seeds
+                    .iter()
+                    .map(|u| crate::error::redact(u.as_str()).into_owned())
+                    .collect();
+                return f.debug_tuple("RedisCluster").field(&seeds).finish();
+            }
             Endpoint::Redis(url) => ("Redis", url),
             Endpoint::Memcached(url) => ("Memcached", url),
             Endpoint::MemcachedPool(urls) => {
@@ -167,6 +180,14 @@ fn backend_options(scheme: &str) -> Option<&'static [&'static str]> {
 /// unknown scheme, an unknown option (the message names it and the known ones), an
 /// option out of range. Messages never show the URL's password.
 pub fn parse(url: &str) -> Result<(Endpoint, Options)> {
+    for (cluster, node) in [
+        ("redis+cluster://", "redis://"),
+        ("rediss+cluster://", "rediss://"),
+    ] {
+        if let Some(rest) = url.strip_prefix(cluster) {
+            return parse_cluster(url, node, rest);
+        }
+    }
     let pool = split_memcached_pool(url);
     let first = pool.as_ref().map_or(url, |servers| servers[0].as_str());
     let mut parsed = Url::parse(first).map_err(|e| {
@@ -176,7 +197,7 @@ pub fn parse(url: &str) -> Result<(Endpoint, Options)> {
     let Some(own) = backend_options(&scheme) else {
         return Err(Error::invalid_argument(format!(
             "unsupported scheme {scheme:?} in {url:?} (expected memory, redis, rediss, \
-             redis+unix, memcached or memcached+unix)"
+             redis+unix, redis+cluster, rediss+cluster, memcached or memcached+unix)"
         )));
     };
     let mut options = Options::default();
@@ -239,6 +260,42 @@ pub fn parse(url: &str) -> Result<(Endpoint, Options)> {
     };
     check(&endpoint, &options)?;
     Ok((endpoint, options))
+}
+
+/// A `redis+cluster://[userinfo@]h1:p1,h2:p2[/][?query]` URL: each seed is parsed as
+/// `node_scheme + userinfo@hN:pN/?query` (so the options and their errors are those of
+/// `redis://`).
+fn parse_cluster(url: &str, node_scheme: &str, rest: &str) -> Result<(Endpoint, Options)> {
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => (&authority[..=at], &authority[at + 1..]),
+        None => ("", authority),
+    };
+    let shown = crate::error::redact(url).into_owned();
+    if !matches!(tail.split(['?', '#']).next(), Some("" | "/")) {
+        return Err(Error::invalid_argument(format!(
+            "{shown:?}: a Redis Cluster URL takes no path (a cluster has only database 0)"
+        )));
+    }
+    let query = tail.find('?').map(|q| &tail[q..]).unwrap_or("");
+    let mut seeds = Vec::new();
+    let mut options = None;
+    for host in hosts.split(',') {
+        if host.is_empty() {
+            return Err(Error::invalid_argument(format!(
+                "{shown:?} lists an empty seed node (expected host:port,host:port)"
+            )));
+        }
+        let (endpoint, o) = parse(&format!("{node_scheme}{userinfo}{host}/{query}"))?;
+        let Endpoint::Redis(seed) = endpoint else {
+            unreachable!("a redis:// URL")
+        };
+        seeds.push(seed);
+        options = Some(o);
+    }
+    let options = options.expect("split yields at least one seed");
+    Ok((Endpoint::RedisCluster(seeds), options))
 }
 
 /// Checks options against the backend they are for (after a builder changed them).
@@ -436,11 +493,42 @@ mod tests {
     }
 
     #[test]
+    fn cluster_urls_list_seeds() {
+        let (e, o) =
+            parse("redis+cluster://u:p%40x@10.0.0.1:7000,h2:7001/?namespace=n&protocol=resp3")
+                .unwrap();
+        let Endpoint::RedisCluster(seeds) = &e else {
+            panic!("{e:?}")
+        };
+        let seeds: Vec<&str> = seeds.iter().map(Url::as_str).collect();
+        assert_eq!(
+            seeds,
+            [
+                "redis://u:p%40x@10.0.0.1:7000/?protocol=resp3",
+                "redis://u:p%40x@h2:7001/?protocol=resp3"
+            ]
+        );
+        assert_eq!(o.namespace, b"n");
+        assert!(!format!("{e:?}").contains("p%40x"), "{e:?}");
+        let (e, _) = parse("rediss+cluster://h:1").unwrap();
+        assert!(matches!(&e, Endpoint::RedisCluster(s) if s[0].scheme() == "rediss"));
+        for bad in [
+            "redis+cluster://h:1,,h:2",
+            "redis+cluster://h:1/2",
+            "redis+cluster://h:1?respone_timeout=1",
+            "redis+cluster://",
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn backend_options_stay_in_the_backend_url() {
         let kept = |url: &str| match parse(url).unwrap().0 {
             Endpoint::Redis(u) | Endpoint::Memcached(u) => u.query().map(str::to_owned),
             Endpoint::MemcachedPool(urls) => urls[0].query().map(str::to_owned),
-            Endpoint::Memory => None,
+            Endpoint::Memory | Endpoint::RedisCluster(_) => None,
         };
         assert_eq!(
             kept("redis://h/3?protocol=resp3&namespace=n").as_deref(),

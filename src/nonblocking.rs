@@ -27,6 +27,10 @@ mod shared;
 #[cfg(feature = "memcached")]
 #[path = "backend/memcached/nonblocking.rs"]
 mod memcached_io;
+/// This flavor's Redis Cluster connections.
+#[cfg(feature = "redis")]
+#[path = "backend/redis/cluster_nonblocking.rs"]
+mod redis_cluster_conn;
 /// This flavor's Redis connections (the backend logic is in `backend/redis/generic.rs`).
 #[cfg(feature = "redis")]
 #[path = "backend/redis/nonblocking.rs"]

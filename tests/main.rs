@@ -226,6 +226,8 @@ backend_suite!(
 
 #[cfg(feature = "redis")]
 backend_suite!(redis, crate::support::redis::env());
+#[cfg(feature = "redis")]
+backend_suite!(redis_cluster, crate::support::redis_cluster::env());
 #[cfg(feature = "memcached")]
 backend_suite!(memcached, crate::support::memcached::env());
 // A pool of three servers, in each distribution.
@@ -294,3 +296,7 @@ mod inputs;
 #[cfg(feature = "redis")]
 #[path = "redis/mod.rs"]
 mod redis_backend;
+/// Redis Cluster-only tests.
+#[cfg(feature = "redis")]
+#[path = "redis/cluster.rs"]
+mod redis_cluster_specific;

@@ -485,7 +485,7 @@ impl CacheBuilder {
 pub enum AnyBackend {
     /// `memory://`
     Memory(MemoryBackend),
-    /// `redis://`, `redis+unix://`, `rediss://` (feature `redis`)
+    /// `redis://`, `redis+unix://`, `rediss://`, `redis+cluster://` (feature `redis`)
     #[cfg(feature = "redis")]
     Redis(RedisBackend),
     /// `memcached://host[:port]`, `memcached+unix:///path` (feature `memcached`): see
@@ -523,8 +523,12 @@ impl AnyBackend {
             Endpoint::Redis(url) => Ok(AnyBackend::Redis(
                 RedisBackend::connect_with(&url, options).await?,
             )),
+            #[cfg(feature = "redis")]
+            Endpoint::RedisCluster(seeds) => Ok(AnyBackend::Redis(
+                RedisBackend::connect_cluster(&seeds, options).await?,
+            )),
             #[cfg(not(feature = "redis"))]
-            Endpoint::Redis(_) => Err(not_built("redis")),
+            Endpoint::Redis(_) | Endpoint::RedisCluster(_) => Err(not_built("redis")),
             #[cfg(feature = "memcached")]
             Endpoint::Memcached(url) => Ok(AnyBackend::Memcached(
                 super::memcached::MemcachedBackend::from_endpoint(&[url], options).await?,

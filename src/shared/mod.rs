@@ -4,9 +4,9 @@
 
 #[cfg(feature = "memcached")]
 use super::memcached_io;
-#[cfg(feature = "redis")]
-use super::redis_conn;
 use super::{maybe_async, rt};
+#[cfg(feature = "redis")]
+use super::{redis_cluster_conn, redis_conn};
 
 mod backend;
 pub(crate) mod background;
@@ -21,6 +21,9 @@ mod optimistic;
 #[cfg(feature = "redis")]
 #[path = "../backend/redis/generic.rs"]
 mod redis_backend;
+#[cfg(feature = "redis")]
+#[path = "../backend/redis/transport.rs"]
+mod redis_transport;
 mod redlock;
 
 pub use backend::Backend;

@@ -43,6 +43,8 @@ pub(crate) struct Conn {
     /// The same server over RESP3, for the subscriber.
     resp3: redis::Client,
     listener: Mutex<Option<Arc<Listener>>>,
+    /// Sharded channels (`SSUBSCRIBE`: a Redis Cluster node's subscriber).
+    sharded: bool,
 }
 
 /// At most `size` command connections, idle or in use.
@@ -239,6 +241,16 @@ impl Conn {
     /// Opens the first connection at once, so that an unreachable server or wrong
     /// credentials show now.
     pub(crate) fn connect(client: redis::Client, options: &Options) -> RedisResult<Self> {
+        Self::open(client, options, false)
+    }
+
+    /// Like [`connect`](Conn::connect), for the subscriber of one Redis Cluster node:
+    /// its channels are sharded (`SSUBSCRIBE`).
+    pub(crate) fn connect_sharded(client: redis::Client, options: &Options) -> RedisResult<Self> {
+        Self::open(client, options, true)
+    }
+
+    fn open(client: redis::Client, options: &Options, sharded: bool) -> RedisResult<Self> {
         let resp3 = r::resp3(&client)?;
         let pool = Pool {
             client,
@@ -257,6 +269,7 @@ impl Conn {
             pool: Arc::new(pool),
             resp3,
             listener: Mutex::new(None),
+            sharded,
         })
     }
 
@@ -329,6 +342,7 @@ impl Conn {
             pool: Arc::downgrade(&self.pool),
             client: self.resp3.clone(),
             timeouts: self.pool.timeouts,
+            sharded: self.sharded,
         };
         let spawned = std::thread::Builder::new()
             .name("aiolock-redis-subscriber".into())
@@ -419,6 +433,7 @@ struct Thread {
     pool: Weak<Pool>,
     client: redis::Client,
     timeouts: Timeouts,
+    sharded: bool,
 }
 
 impl Thread {
@@ -460,8 +475,15 @@ impl Thread {
             let epoch = hub.epoch();
             let now = Instant::now();
             // Subscribe what waiters want, unsubscribe what they left.
-            let mut subscribe = redis::cmd("SUBSCRIBE");
-            let mut unsubscribe = redis::cmd("UNSUBSCRIBE");
+            let (sub, unsub) = if self.sharded {
+                ("SSUBSCRIBE", "SUNSUBSCRIBE")
+            } else {
+                ("SUBSCRIBE", "UNSUBSCRIBE")
+            };
+            let mut subscribe = redis::cmd(sub);
+            let mut unsubscribe = redis::cmd(unsub);
+            // Sharded channels of different slots cannot share one command (CROSSSLOT).
+            let mut packed = Vec::new();
             let (mut subs, mut unsubs) = (0, 0);
             for channel in &waited {
                 let known = channels.entry(channel.name().to_vec()).or_default();
@@ -470,8 +492,12 @@ impl Thread {
                     known.pending += 1;
                     known.attempt = 0;
                     known.next_check = Some(now + r::recheck_delay(0));
-                    subscribe.arg(channel.name());
-                    subs += 1;
+                    if self.sharded {
+                        packed.extend(redis::cmd(sub).arg(channel.name()).get_packed_command());
+                    } else {
+                        subscribe.arg(channel.name());
+                        subs += 1;
+                    }
                 } else if known.pending == 0 && !channel.is_subscribed(epoch) {
                     // A new waiter of a channel the connection is subscribed to.
                     channel.confirm(epoch);
@@ -480,13 +506,20 @@ impl Thread {
             channels.retain(|name, known| {
                 if known.wanted && !hub.is_waited_on(name) {
                     known.wanted = false;
-                    unsubscribe.arg(name.as_slice());
-                    unsubs += 1;
+                    if self.sharded {
+                        packed.extend(redis::cmd(unsub).arg(name.as_slice()).get_packed_command());
+                    } else {
+                        unsubscribe.arg(name.as_slice());
+                        unsubs += 1;
+                    }
                 }
                 known.wanted || known.pending > 0
             });
             let mut sent = Ok(());
-            if subs > 0 {
+            if !packed.is_empty() {
+                sent = c.send_packed_command(&packed);
+            }
+            if subs > 0 && sent.is_ok() {
                 sent = c.send_packed_command(&subscribe.get_packed_command());
             }
             if unsubs > 0 && sent.is_ok() {

@@ -9,8 +9,11 @@ use redis::{Cmd, RedisResult, Value};
 use url::Url;
 
 use super::backend::Backend;
-use super::redis_conn::{Conn, Subscription};
+use super::redis_cluster_conn;
+use super::redis_conn;
+use super::redis_transport::{Conn, Subscription};
 use super::{maybe_async, rt};
+use crate::backend::redis::cluster;
 use crate::backend::redis::protocol::{self as r, Lua};
 use crate::config::{self, Endpoint, Options};
 use crate::core::wait::{Claim, Wake};
@@ -97,6 +100,28 @@ use crate::value::{CasToken, Ttl, Versioned};
 /// A [`Timeout`](crate::ErrorKind::Timeout) is never resent: the command may still be
 /// applied by a stalled server.
 ///
+/// # Redis Cluster
+///
+/// `redis+cluster://[user:password@]host:port,host:port[?options]` (`rediss+cluster://`
+/// with TLS) names seed nodes of a cluster (Redis >= 7). The lock key stays
+/// `namespace + key + lock_suffix`; its release channel and its fence key are named
+/// from it so that they hash to its slot: with the key's own hash tag when it has one
+/// (`{user1}:report-lock` → `aiolock:release:{user1}:report-lock`,
+/// `{user1}:report-lock-fence`), else with the whole key as the tag
+/// (`report-lock` → `aiolock:release:{report-lock}`, `{report-lock}-fence`; a key that
+/// holds a `}` outside any tag gets a numeric tag of its slot). The release script
+/// declares the channel in `KEYS` and publishes with `SPUBLISH`, so a channel of
+/// another slot cannot be published to nobody: the server would refuse the call
+/// (`CROSSSLOT`). The uncontended cycle is still one `SET` and one `EVALSHA`, each
+/// sent to the key's master; `MOVED` and `ASK` are followed by the `redis` crate.
+/// Waiters subscribe with `SSUBSCRIBE`: the async flavor on one shared RESP3 cluster
+/// connection, the blocking flavor on one subscriber connection per master (the slot
+/// table read from `CLUSTER SLOTS`, refreshed when older than 250 ms at a wait's
+/// start). A waiter whose slot moves to another master while it waits may miss the
+/// release message; it still ends by its holder's lease (`PTTL`) and its own bound.
+/// A fork-safe reconnection is not done for the cluster's connections yet: a forked
+/// child must open its own cache.
+///
 /// Clones share the connections. Build one with [`RedisBackend::connect`] or through
 /// [`Cache::from_url`](super::Cache::from_url).
 ///
@@ -163,12 +188,59 @@ impl RedisBackend {
     pub(crate) async fn connect_with(url: &Url, options: &Options) -> Result<Self> {
         let client = r::client(url)?;
         let name = r::redacted(url);
-        let conn = Conn::connect(client, options)
+        let conn = redis_conn::Conn::connect(client, options)
             .await
             .map_err(|e| r::error(e, &format!("connecting to {name}")))?;
         Ok(RedisBackend {
-            inner: Arc::new(Inner { conn, name }),
+            inner: Arc::new(Inner {
+                conn: Conn::Single(conn),
+                name,
+            }),
         })
+    }
+
+    /// Connects to the Redis Cluster that `seeds` belong to (any one reachable seed
+    /// is enough), as a `redis+cluster://` URL names it. See
+    /// [Redis Cluster](RedisBackend#redis-cluster).
+    #[maybe_async]
+    pub(crate) async fn connect_cluster(seeds: &[Url], options: &Options) -> Result<Self> {
+        let shown: Vec<String> = seeds.iter().map(r::redacted).collect();
+        let name = format!("the Redis Cluster of {}", shown.join(", "));
+        let conn = redis_cluster_conn::Conn::connect(seeds, options)
+            .await
+            .map_err(|e| r::error(e, &format!("connecting to {name}")))?;
+        Ok(RedisBackend {
+            inner: Arc::new(Inner {
+                conn: Conn::Cluster(Box::new(conn)),
+                name,
+            }),
+        })
+    }
+
+    /// The channel a lock key's release is announced on: on a cluster, a sharded
+    /// channel in the key's slot.
+    fn channel(&self, key: &[u8]) -> Vec<u8> {
+        if self.inner.conn.is_cluster() {
+            cluster::channel(key)
+        } else {
+            r::channel(key)
+        }
+    }
+
+    /// Runs the release (or delete, `token` `None`) script: on one server the channel
+    /// is an argument and the script `PUBLISH`es; on a cluster it is the second key
+    /// (in the lock key's slot) and the script `SPUBLISH`es.
+    #[maybe_async]
+    async fn announce(&self, key: &[u8], token: Option<&[u8]>, what: &str) -> Result<Option<i64>> {
+        let channel = self.channel(key);
+        let cluster = self.inner.conn.is_cluster();
+        let (lua, keys, args): (&Lua, &[&[u8]], &[&[u8]]) = match (token, cluster) {
+            (Some(t), false) => (&r::RELEASE, &[key], &[t, &channel]),
+            (None, false) => (&r::DELETE, &[key], &[&channel]),
+            (Some(t), true) => (&r::RELEASE_SHARDED, &[key, &channel], &[t]),
+            (None, true) => (&r::DELETE_SHARDED, &[key, &channel], &[]),
+        };
+        self.script_int_keys(lua, keys, args, what).await
     }
 
     /// Sends `cmd`, safe to repeat: once more on a fresh connection if the connection
@@ -239,7 +311,19 @@ impl RedisBackend {
         args: &[&[u8]],
         what: &str,
     ) -> Result<Option<i64>> {
-        match self.script(lua, &[key], args, None).await {
+        self.script_int_keys(lua, &[key], args, what).await
+    }
+
+    /// [`script_int`](Self::script_int) with several keys.
+    #[maybe_async]
+    async fn script_int_keys(
+        &self,
+        lua: &Lua,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+        what: &str,
+    ) -> Result<Option<i64>> {
+        match self.script(lua, keys, args, None).await {
             Ok(reply) => r::int(what, &reply).map(Some),
             Err(e) if r::is_dropped(&e) => Ok(None),
             Err(e) => Err(self.fail(e, what)),
@@ -312,7 +396,7 @@ impl RedisBackend {
         holder: Option<&[u8]>,
         deadline: Instant,
     ) -> Result<std::result::Result<Listen, Wake>> {
-        let channel = r::channel(key);
+        let channel = self.channel(key);
         // Each step runs under the caller's deadline as well as the response timeout.
         let subscription = self
             .inner
@@ -366,11 +450,7 @@ impl Backend for RedisBackend {
     }
 
     async fn delete(&self, key: &[u8]) -> Result<bool> {
-        let channel = r::channel(key);
-        match self
-            .script_int(&r::DELETE, key, &[&channel], "delete")
-            .await?
-        {
+        match self.announce(key, None, "delete").await? {
             Some(n) => Ok(n > 0),
             // Not resent: a second delete could remove a newer value.
             None => Err(self.unknown("delete")),
@@ -392,14 +472,12 @@ impl Backend for RedisBackend {
     }
 
     async fn release(&self, key: &[u8], token: &[u8]) -> Result<bool> {
-        let channel = r::channel(key);
-        let args: [&[u8]; 2] = [token, &channel];
-        if let Some(n) = self.script_int(&r::RELEASE, key, &args, "release").await? {
+        if let Some(n) = self.announce(key, Some(token), "release").await? {
             return Ok(n == 1);
         }
         // Owner-checked, so safe to resend; but "not ours" now may mean that the lost
         // first attempt released it.
-        match self.script_int(&r::RELEASE, key, &args, "release").await? {
+        match self.announce(key, Some(token), "release").await? {
             Some(1) => Ok(true),
             _ => Err(self.unknown("release")),
         }
@@ -435,6 +513,14 @@ impl Backend for RedisBackend {
         fence_key: &[u8],
     ) -> Result<(Claim, Option<u64>)> {
         let px = r::millis(lease).to_string();
+        // On a cluster the fence key must share the lock key's slot.
+        let sharded;
+        let fence_key = if self.inner.conn.is_cluster() {
+            sharded = cluster::fence_key(key);
+            &sharded[..]
+        } else {
+            fence_key
+        };
         let (keys, args): ([&[u8]; 2], [&[u8]; 2]) = ([key, fence_key], [token, px.as_bytes()]);
         // Unique token: a resend that finds it won the first time, and reads the fence
         // that attempt took (nobody else increments it while we hold the lock).

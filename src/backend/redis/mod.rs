@@ -2,6 +2,7 @@
 //! flavor-generic backend in `generic.rs`, and the transports `blocking.rs` /
 //! `nonblocking.rs`.
 
+pub(crate) mod cluster;
 #[cfg(any(feature = "blocking", feature = "async"))]
 pub(crate) mod hub;
 pub(crate) mod protocol;

@@ -48,6 +48,28 @@ end
 return 0"
 );
 
+/// [`RELEASE`] on a Redis Cluster: `KEYS[1]` the lock key, `KEYS[2]` its channel (in
+/// the key's slot, see `cluster.rs`: a channel of another slot is refused with
+/// `CROSSSLOT`, never published to nobody), `ARGV[1]` the token. Publishes with
+/// `SPUBLISH` (Redis >= 7), to the slot's shard only.
+pub(crate) static RELEASE_SHARDED: Lua = lua!(
+    r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('SPUBLISH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0"
+);
+
+/// [`DELETE`] on a Redis Cluster: `KEYS[1]` the key, `KEYS[2]` its channel.
+pub(crate) static DELETE_SHARDED: Lua = lua!(
+    r"local n = redis.call('DEL', KEYS[1])
+if n > 0 then
+  redis.call('SPUBLISH', KEYS[2], '')
+end
+return n"
+);
+
 /// Delete that wakes lock waiters: `KEYS[1]` the key, `ARGV[1]` its channel. Publishes
 /// an empty message, which is never a token: a delete of a lock key releases whoever
 /// held it. Returns the number of keys deleted (0 or 1).
@@ -496,7 +518,10 @@ pub(crate) fn wake(heard: Heard, until: Instant, until_is_deadline: bool, now: I
 /// A pub/sub message (RESP2 array or RESP3 push): its channel and payload.
 pub(crate) fn message(reply: &Value) -> Option<(&[u8], &[u8])> {
     let items = match reply {
-        Value::Push { kind, data } if *kind == redis::PushKind::Message => data.as_slice(),
+        Value::Push {
+            kind: redis::PushKind::Message | redis::PushKind::SMessage,
+            data,
+        } => data.as_slice(),
         Value::Array(items) => match items.split_first() {
             Some((Value::BulkString(k), rest)) if k == b"message" => rest,
             _ => return None,
@@ -512,7 +537,10 @@ pub(crate) fn message(reply: &Value) -> Option<(&[u8], &[u8])> {
 /// The channel a pub/sub reply (RESP2 array or RESP3 push) confirms a `SUBSCRIBE` of.
 pub(crate) fn subscribed(reply: &Value) -> Option<&[u8]> {
     let items = match reply {
-        Value::Push { kind, data } if *kind == redis::PushKind::Subscribe => data.as_slice(),
+        Value::Push {
+            kind: redis::PushKind::Subscribe | redis::PushKind::SSubscribe,
+            data,
+        } => data.as_slice(),
         Value::Array(items) => match items.split_first() {
             Some((Value::BulkString(k), rest)) if k == b"subscribe" => rest,
             _ => return None,

@@ -1,0 +1,191 @@
+//! Redis Cluster-only tests (the generic suite runs on a cluster through
+//! `backend_suite!(redis_cluster, …)`).
+
+use std::time::{Duration, Instant};
+
+use aiolock::Outcome;
+
+use crate::support::events;
+use crate::support::redis_cluster::RedisCluster;
+
+/// The release channel and fence key of a lock key, named as `src/backend/redis/cluster.rs`
+/// documents (its tag rule), for keys without `}`.
+fn companions(lock_key: &str) -> (String, String) {
+    let tagged = lock_key
+        .find('{')
+        .and_then(|o| lock_key[o + 1..].find('}').filter(|&c| c > 0))
+        .is_some();
+    let anchor = if tagged {
+        lock_key.to_owned()
+    } else {
+        format!("{{{lock_key}}}")
+    };
+    (
+        format!("aiolock:release:{anchor}"),
+        format!("{anchor}-fence"),
+    )
+}
+
+/// Keys, with and without hash tags (and one with a `}` outside any tag), whose lock
+/// keys sit on every master: each is locked, waited on across threads and released;
+/// the waiter hears the release (a channel outside the key's slot would either be
+/// refused with CROSSSLOT, failing the release, or reach nobody, leaving the waiter
+/// to its bound). The server's `CLUSTER KEYSLOT` agrees that channel, fence key and
+/// lock key share one slot.
+#[test]
+fn lock_channel_and_fence_share_a_slot_on_every_master() {
+    events::install();
+    let cluster = RedisCluster::start();
+    let cache = aiolock::blocking::Cache::from_url(&cluster.url("namespace=slots:")).unwrap();
+    let mut keys: Vec<String> = vec!["{user1}:report".into(), "a}b".into(), "{}x".into()];
+    let mut owners = [false; 3];
+    for i in 0.. {
+        if owners.iter().all(|&o| o) && i >= 6 {
+            break;
+        }
+        let key = format!("k{i}");
+        let owner = cluster.owner(cluster.keyslot(&format!("slots:{key}-lock")));
+        if !owners[owner] || i < 6 {
+            owners[owner] = true;
+            keys.push(key);
+        }
+    }
+    for key in &keys {
+        let lock_key = format!("slots:{key}-lock");
+        if !key.contains('}') || key.starts_with("{user1}") {
+            let (channel, fence) = companions(&lock_key);
+            let slot = cluster.keyslot(&lock_key);
+            assert_eq!(cluster.keyslot(&channel), slot, "{channel}");
+            assert_eq!(cluster.keyslot(&fence), slot, "{fence}");
+        }
+        let lease = Duration::from_secs(10);
+        let guard = cache
+            .redlock(key.as_str(), lease)
+            .fenced()
+            .acquire()
+            .unwrap();
+        assert!(
+            guard.fence().is_some(),
+            "{key}: a fence from the key's slot"
+        );
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| cache.redlock(key.as_str(), lease).acquire().unwrap());
+            events::wait_for_waiters(&lock_key, 1);
+            assert!(guard.release().unwrap(), "{key}: released");
+            let outcome = waiter.join().unwrap().outcome();
+            assert!(
+                matches!(outcome, Outcome::Released),
+                "{key}: the waiter heard the release: {outcome:?}"
+            );
+        });
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{key}: woken by the message, not by its bound"
+        );
+    }
+}
+
+/// What the release script relies on, shown on the server: a channel of another slot
+/// declared in `KEYS` is refused (`CROSSSLOT`), where one passed in `ARGV` would be
+/// accepted and reach nobody. aiolock always declares it in `KEYS`.
+#[test]
+fn cross_slot_channel_is_refused_not_lost() {
+    let cluster = RedisCluster::start();
+    let lock_key = "x-lock";
+    let owner = cluster.owner(cluster.keyslot(lock_key));
+    let other = (0..)
+        .map(|i| format!("aiolock:release:{{other{i}}}"))
+        .find(|c| cluster.keyslot(c) != cluster.keyslot(lock_key))
+        .unwrap();
+    let script = "redis.call('SPUBLISH', KEYS[2], 'x') return 1";
+    let reply = cluster.nodes[owner].admin(&["EVAL", script, "2", lock_key, &other]);
+    assert!(reply.starts_with("-CROSSSLOT"), "{reply}");
+    let (ours, _) = companions(lock_key);
+    let reply = cluster.nodes[owner].admin(&["EVAL", script, "2", lock_key, &ours]);
+    assert_eq!(reply.trim(), ":1", "{reply}");
+}
+
+/// The lock key's slot moves to another master (`CLUSTER SETSLOT … IMPORTING /
+/// MIGRATING`, `MIGRATE`, `SETSLOT … NODE`) while a waiter waits: the holder's
+/// release follows `MOVED` (no error), the waiter (bound: twice the lease) ends by
+/// its holder's lease (`PTTL`) with the lock or the release, never timed out, and
+/// the lock can be taken again on the new owner, in both flavors.
+#[test]
+fn slot_migration_during_a_wait() {
+    events::install();
+    let cluster = RedisCluster::start();
+    let url = cluster.url("namespace=mig:");
+    let cache = aiolock::blocking::Cache::from_url(&url).unwrap();
+    let lock_key = "mig:job-lock";
+    let slot = cluster.keyslot(lock_key);
+    let from = cluster.owner(slot);
+    let to = (from + 1) % 3;
+    let lease = Duration::from_secs(3);
+    let guard = cache.redlock("job", lease).acquire().unwrap();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let started = Instant::now();
+            // A bound past the holder's lease: the wait must end by the holder's
+            // PTTL (a release message may be missed while the slot moves).
+            let guard = cache
+                .redlock("job", lease)
+                .wait_at_most(lease * 2)
+                .acquire()
+                .unwrap();
+            (guard, started.elapsed())
+        });
+        events::wait_for_waiters(lock_key, 1);
+        let slot_s = slot.to_string();
+        let (from_id, to_id) = (cluster.id(from), cluster.id(to));
+        let ok = |reply: String| assert!(reply.starts_with("+OK"), "{reply}");
+        ok(cluster.nodes[to].admin(&["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &from_id]));
+        ok(cluster.nodes[from].admin(&["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &to_id]));
+        let port = cluster.nodes[to].port().to_string();
+        let reply = cluster.nodes[from].admin(&[
+            "MIGRATE",
+            "127.0.0.1",
+            &port,
+            "",
+            "0",
+            "5000",
+            "KEYS",
+            lock_key,
+        ]);
+        assert!(reply.starts_with("+OK"), "MIGRATE: {reply}");
+        for node in [to, from, (from + 2) % 3] {
+            ok(cluster.nodes[node].admin(&["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id]));
+        }
+        assert!(
+            cluster.poll(Duration::from_secs(10), |c| c.owner(slot) == to),
+            "the slot moved"
+        );
+        // MOVED followed: the release reaches the new owner.
+        assert!(guard.release().unwrap(), "released on the new owner");
+        let (waiter, waited) = waiter.join().unwrap();
+        let outcome = waiter.outcome();
+        assert!(
+            matches!(outcome, Outcome::Released | Outcome::Acquired),
+            "{outcome:?}"
+        );
+        if outcome == Outcome::Acquired {
+            assert!(waiter.release().unwrap());
+        }
+        assert!(
+            waited < lease + Duration::from_millis(500),
+            "the waiter stayed within its holder's lease: {waited:?}"
+        );
+    });
+    // Claims and releases keep working after the move (MOVED on acquire followed), in
+    // both flavors.
+    let guard = cache.redlock("job", lease).acquire().unwrap();
+    assert_eq!(guard.outcome(), Outcome::Acquired);
+    assert!(guard.release().unwrap());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let cache = aiolock::Cache::from_url(&url).await.unwrap();
+        let guard = cache.redlock("job", lease).acquire().await.unwrap();
+        assert_eq!(guard.outcome(), Outcome::Acquired);
+        assert!(guard.release().await.unwrap());
+    });
+}
