@@ -5,7 +5,8 @@
 //! - uncontended acquire+release cycles/s of aiolock (blocking c=1, async c=1 and c=64
 //!   on one multiplexed connection), unfenced and fenced (the fence's `INCR` runs in the
 //!   claim script, one round trip like the `SET`), and of the crate `rslock` (one
-//!   instance);
+//!   instance); the c=64 comparison also in 11 alternating pairs of short slices,
+//!   whose median ratio a changing load on a shared machine moves less;
 //! - cross-process hand-off latency: a waiter in another process, from the holder's
 //!   `release` returning to the waiter's `acquire` returning;
 //! - the cost of the waiters' safety net (the capped re-check that notices a release
@@ -15,6 +16,14 @@
 //! ```text
 //! cargo run --release --example redis_bench --features redis -- [seconds per row]
 //! ```
+//!
+//! `-- --cycles N MODE` runs only N uncontended cycles of one row (`blocking`, `async1`,
+//! `async64`, `rslock1`, `rslock64`; async rows on a current-thread runtime, so that
+//! one thread does all the client's work, or on two workers with
+//! `AIOLOCK_BENCH_RT=multi`) against a server of its own, and exits: for
+//! counting the client's instructions per cycle with callgrind
+//! (`scripts/bench-redis-instructions` runs it twice and takes the difference, so that
+//! start-up and connection set-up cancel out).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -41,6 +50,13 @@ fn main() {
     if first.as_deref() == Some("--handoff-waiter") {
         let url = args.next().expect("a URL");
         return handoff_waiter(&url);
+    }
+    if first.as_deref() == Some("--cycles") {
+        let n: u64 = args.next().and_then(|n| n.parse().ok()).expect("a count");
+        let mode = args
+            .next()
+            .expect("a mode: blocking, async1, async64, rslock1, rslock64");
+        return counted_cycles(n, &mode);
     }
     let secs: f64 = first.and_then(|s| s.parse().ok()).unwrap_or(2.0);
     let per_row = Duration::from_secs_f64(secs);
@@ -122,6 +138,24 @@ fn main() {
         fenced_async64,
     ] = best;
 
+    // The c=64 comparison again in alternating short slices (aiolock, rslock, rslock,
+    // aiolock, ...): on a machine whose load changes from second to second, the ratio
+    // of two neighbouring slices is fairer than the ratio of two rows' best rounds.
+    let mut pairs: Vec<f64> = (0..PAIRS)
+        .map(|i| {
+            let slice = Duration::from_millis(500);
+            let (a, b) = if i % 2 == 0 {
+                let a = rt.block_on(async_cycles(&url, 64, slice, false));
+                (a, rt.block_on(rslock_cycles(&plain, 64, slice)))
+            } else {
+                let b = rt.block_on(rslock_cycles(&plain, 64, slice));
+                (rt.block_on(async_cycles(&url, 64, slice, false)), b)
+            };
+            a / b
+        })
+        .collect();
+    pairs.sort_by(f64::total_cmp);
+
     let (p50, p99, trials, missed) = handoff(&url, 100);
     let recheck_async = rt.block_on(async_recheck_cost(&server, &url, per_row));
     let recheck_blocking = blocking_recheck_cost(&server, &url, per_row);
@@ -151,6 +185,13 @@ fn main() {
         async64 / rslock64
     );
     println!(
+        "aiolock c=64 / rslock c=64 in {PAIRS} alternating pairs of 0.5 s slices: median \
+         {:.2}, min {:.2}, max {:.2}",
+        pairs[PAIRS / 2],
+        pairs[0],
+        pairs[PAIRS - 1]
+    );
+    println!(
         "fenced / unfenced = {:.2} (blocking c=1), {:.2} (async c=1), {:.2} (async c=64)",
         fenced_blocking1 / blocking1,
         fenced_async1 / async1,
@@ -169,6 +210,9 @@ fn main() {
          per key, 4 keys, {secs} s; nothing on the uncontended path"
     );
 }
+
+/// Pairs of slices of the alternating c=64 comparison (odd: the median is one pair).
+const PAIRS: usize = 11;
 
 /// Keys and waiters per key of the re-check rows.
 const RECHECK_KEYS: usize = 4;
@@ -353,6 +397,113 @@ async fn rslock_cycles(url: &str, concurrency: usize, per_row: Duration) -> f64 
         t.await.unwrap();
     }
     count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// About `n` uncontended cycles of one row (`n / tasks + 1` per task), then the
+/// server's and this process's CPU time per cycle on stderr.
+fn counted_cycles(n: u64, mode: &str) {
+    let server = fixture::RedisServer::start();
+    let url = server.unix_url("namespace=bench:");
+    let plain = server.unix_url("");
+    // AIOLOCK_BENCH_RT=multi: the throughput rows' two workers (for the CPU times).
+    let rt = if std::env::var("AIOLOCK_BENCH_RT").is_ok_and(|v| v == "multi") {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+    .unwrap();
+    match mode {
+        "blocking" => {
+            let cache = aiolock::blocking::Cache::from_url(&url).unwrap();
+            for _ in 0..n + 1 {
+                let g = cache.redlock("b1", LEASE).acquire().unwrap();
+                assert!(g.is_acquired());
+                assert!(g.release().unwrap());
+            }
+        }
+        "async1" | "async64" => rt.block_on(async {
+            let concurrency = if mode == "async1" { 1 } else { 64 };
+            let cache = aiolock::Cache::from_url(&url).await.unwrap();
+            let per_task = n / concurrency + 1;
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|i| {
+                    let cache = cache.clone();
+                    tokio::spawn(async move {
+                        let key = format!("a{concurrency}-{i}");
+                        for _ in 0..per_task {
+                            let g = cache.redlock(&key, LEASE).acquire().await.unwrap();
+                            assert!(g.is_acquired());
+                            assert!(g.release().await.unwrap());
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }),
+        "rslock1" | "rslock64" => rt.block_on(async {
+            let concurrency = if mode == "rslock1" { 1 } else { 64 };
+            let manager = Arc::new(rslock::LockManager::new(vec![plain.clone()]));
+            let per_task = n / concurrency + 1;
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|i| {
+                    let manager = manager.clone();
+                    tokio::spawn(async move {
+                        let key = format!("r{concurrency}-{i}");
+                        for _ in 0..per_task {
+                            let lock = manager.lock(key.as_bytes(), LEASE).await.unwrap();
+                            manager.unlock(&lock).await;
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }),
+        other => panic!("unknown mode {other:?}"),
+    }
+    // The server's side of the same cycles, for comparing rows (the client's commands
+    // cost the server differently: `SET … GET`, a `PUBLISH` in the release).
+    let cpu: f64 = server
+        .admin(&["INFO", "cpu"])
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("used_cpu_user:")
+                .or(l.strip_prefix("used_cpu_sys:"))
+        })
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum();
+    eprintln!(
+        "server CPU: {:.2} µs per cycle, client CPU: {:.2} µs per cycle (start-up included)",
+        cpu * 1e6 / n as f64,
+        own_cpu() * 1e6 / n as f64
+    );
+    eprintln!("{}", server.admin(&["INFO", "commandstats"]));
+}
+
+/// This process's CPU time so far (user + system, in seconds), from `/proc/self/stat`.
+fn own_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // After the command name (in parentheses): state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// The waiter process: for each `wait <key>` line, says `ready`, acquires, and says

@@ -1,5 +1,6 @@
-//! The uncontended memory cycles allocate nothing: a counting global allocator (this
-//! test binary's only) counts the calling thread's allocations around them.
+//! The uncontended memory cycles allocate nothing, and the Redis ones a bounded number
+//! of times: a counting global allocator (this test binary's only) counts the calling
+//! thread's allocations around them.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -98,4 +99,70 @@ fn async_memory_cycles_allocate_nothing() {
         async_cycles(&cache).await;
         assert_eq!(ALLOCATIONS.with(Cell::get) - before, 0);
     });
+}
+
+/// The Redis cycles' allocations (the client's, on the calling thread: the async ones
+/// on a current-thread runtime, which runs the connection's driver too). Not zero:
+/// the `redis` crate allocates per command (its `Cmd`'s two buffers, the packed
+/// command, the reply, a oneshot channel in the async flavor); these bounds keep what
+/// aiolock adds around them from growing back (17 blocking and 22 async before the
+/// commands were built with room for every argument and sent without a boxed future).
+#[cfg(feature = "redis")]
+#[path = "../tests/support/redis.rs"]
+#[allow(dead_code)]
+mod fixture;
+
+#[cfg(feature = "redis")]
+mod redis {
+    use super::{ALLOCATIONS, Cell, LEASE, allocations};
+
+    use super::fixture;
+
+    const CYCLES: u64 = 200;
+
+    #[test]
+    fn blocking_redis_cycle_allocates_at_most_10_times() {
+        let server = fixture::RedisServer::start();
+        let cache = crate::blocking::Cache::from_url(&server.unix_url("")).unwrap();
+        let cycle = || {
+            let guard = cache.redlock("key", LEASE).acquire().unwrap();
+            assert!(guard.is_acquired());
+            assert!(guard.release().unwrap());
+        };
+        cycle(); // opens the connection, loads the script
+        let n = allocations(|| (0..CYCLES).for_each(|_| cycle()));
+        assert!(
+            n <= 10 * CYCLES,
+            "{} allocations per cycle",
+            n as f64 / CYCLES as f64
+        );
+    }
+
+    #[test]
+    fn async_redis_cycle_allocates_at_most_13_times() {
+        let server = fixture::RedisServer::start();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let cache = crate::Cache::from_url(&server.unix_url("")).await.unwrap();
+            let cycle = || async {
+                let guard = cache.redlock("key", LEASE).acquire().await.unwrap();
+                assert!(guard.is_acquired());
+                assert!(guard.release().await.unwrap());
+            };
+            cycle().await;
+            let before = ALLOCATIONS.with(Cell::get);
+            for _ in 0..CYCLES {
+                cycle().await;
+            }
+            let n = ALLOCATIONS.with(Cell::get) - before;
+            assert!(
+                n <= 13 * CYCLES,
+                "{} allocations per cycle",
+                n as f64 / CYCLES as f64
+            );
+        });
+    }
 }

@@ -38,7 +38,13 @@ fn config(t: Timeouts) -> ConnectionManagerConfig {
         .set_connection_timeout(Some(t.connect))
         .set_response_timeout(Some(t.response))
         .set_number_of_retries(0)
+        .set_pipeline_buffer_size(PIPELINE_BUFFER)
 }
+
+/// Commands that may queue for the connection's writer before a sender waits for room.
+/// The `redis` crate's default (50) is below the number of tasks a busy process runs
+/// on one connection: past it every sender parks and is woken again.
+const PIPELINE_BUFFER: usize = 1024;
 
 fn timed_out(what: &str) -> RedisError {
     RedisError::from(std::io::Error::new(
@@ -115,9 +121,12 @@ impl Conn {
     }
 
     /// Sends one command and reads its reply (within the response timeout).
+    ///
+    /// Straight to the connection manager's own method: `Cmd::query_async` goes
+    /// through the `ConnectionLike` trait, which boxes a future per command.
     pub(crate) async fn query(&self, cmd: &Cmd) -> RedisResult<Value> {
         let mut con = self.commands().await?;
-        cmd.query_async(&mut con).await
+        con.send_packed_command(cmd).await?.extract_error()
     }
 
     /// Like [`query`](Conn::query), but gives up at `until` if that comes first.

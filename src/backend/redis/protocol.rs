@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use redis::{Cmd, ErrorKind as RedisKind, RedisError, Value, cmd};
+use redis::{Cmd, ErrorKind as RedisKind, RedisError, Value};
 use url::Url;
 
 use crate::core::lease::deadline;
@@ -162,7 +162,7 @@ return 1"
 impl Lua {
     /// `EVALSHA sha <number of keys> keys… args…`
     pub(crate) fn evalsha(&self, keys: &[&[u8]], args: &[&[u8]]) -> Cmd {
-        let mut c = cmd("EVALSHA");
+        let mut c = sized("EVALSHA", keys, args, self.sha.len());
         c.arg(self.sha.as_str()).arg(keys.len()).arg(keys).arg(args);
         c
     }
@@ -170,10 +170,23 @@ impl Lua {
     /// `EVAL source <number of keys> keys… args…`, for when the server answered
     /// `NOSCRIPT`.
     pub(crate) fn eval(&self, keys: &[&[u8]], args: &[&[u8]]) -> Cmd {
-        let mut c = cmd("EVAL");
+        let mut c = sized("EVAL", keys, args, self.source.len());
         c.arg(self.source).arg(keys.len()).arg(keys).arg(args);
         c
     }
+}
+
+/// An empty script command (`EVAL`, `EVALSHA`) with room for its arguments, so that
+/// building it allocates once per buffer instead of growing them argument by argument
+/// (on the hot path: each release is one).
+fn sized(name: &str, keys: &[&[u8]], args: &[&[u8]], script: usize) -> Cmd {
+    let bytes = keys.iter().chain(args).map(|a| a.len()).sum::<usize>();
+    let mut c = Cmd::with_capacity(
+        3 + keys.len() + args.len(),
+        name.len() + script + 20 + bytes,
+    );
+    c.arg(name);
+    c
 }
 
 /// Whether the server does not have the script cached (after a restart or `SCRIPT FLUSH`).
@@ -196,10 +209,11 @@ pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(ms).unwrap_or(u64::MAX).max(1)
 }
 
-/// `SET key value [NX] [PX ms] [GET]`.
+/// `SET key value [NX] [PX ms] [GET]`, built with room for every argument (one
+/// allocation per buffer: every lock claim is one).
 pub(crate) fn set_cmd(key: &[u8], value: &[u8], ttl: Option<Duration>, nx: bool, get: bool) -> Cmd {
-    let mut c = cmd("SET");
-    c.arg(key).arg(value);
+    let mut c = Cmd::with_capacity(7, 3 + key.len() + value.len() + 2 + 2 + 20 + 3);
+    c.arg("SET").arg(key).arg(value);
     if nx {
         c.arg("NX");
     }
