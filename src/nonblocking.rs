@@ -35,6 +35,9 @@ mod redis_cluster_conn;
 #[cfg(feature = "redis")]
 #[path = "backend/redis/nonblocking.rs"]
 mod redis_conn;
+#[cfg(feature = "redis")]
+#[path = "backend/redis/sentinel_nonblocking.rs"]
+mod redis_sentinel_io;
 
 pub use shared::*;
 

@@ -35,3 +35,61 @@ pub enum CasToken {
     /// The value itself, or a digest of it (Redis).
     Value(Vec<u8>),
 }
+
+/// How many replicas confirmed a lock's write before the backend answered: Redis's
+/// `WAIT numreplicas timeout`, sent right after an acquisition's or an extension's
+/// write on the connection that made it, when the cache URL asks for it
+/// (`wait_replicas=1&wait_timeout=0.05`). See
+/// [`LockGuard::replication`](crate::LockGuard::replication).
+///
+/// A confirmation makes the lock likelier, not certain, to survive a failover:
+/// replication stays asynchronous, and a replica that confirmed may not be the one
+/// promoted. See [Sentinel and replication](crate::RedisBackend#sentinel-and-replication).
+///
+/// ```
+/// # fn show(r: aiolock::Replication) {
+/// if !r.is_complete() {
+///     eprintln!("lock {r}"); // "lock replicated to 0 of 1 replicas"
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Replication {
+    acked: u16,
+    wanted: u16,
+}
+
+impl Replication {
+    pub(crate) fn new(acked: i64, wanted: u16) -> Self {
+        Replication {
+            acked: u16::try_from(acked.max(0)).unwrap_or(u16::MAX),
+            wanted,
+        }
+    }
+
+    /// The replicas that confirmed the write within the timeout (all that did, which
+    /// may be more than were waited for).
+    pub fn acked(&self) -> u32 {
+        self.acked.into()
+    }
+
+    /// The replicas waited for (the `wait_replicas` option).
+    pub fn wanted(&self) -> u32 {
+        self.wanted.into()
+    }
+
+    /// Whether at least [`wanted`](Replication::wanted) replicas confirmed.
+    pub fn is_complete(&self) -> bool {
+        self.acked >= self.wanted
+    }
+}
+
+impl std::fmt::Display for Replication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "replicated to {} of {} replicas",
+            self.acked, self.wanted
+        )
+    }
+}

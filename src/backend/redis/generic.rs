@@ -11,14 +11,17 @@ use url::Url;
 use super::backend::Backend;
 use super::redis_cluster_conn;
 use super::redis_conn;
+use super::redis_sentinel_conn;
 use super::redis_transport::{Conn, Subscription};
 use super::{maybe_async, rt};
 use crate::backend::redis::cluster;
 use crate::backend::redis::protocol::{self as r, Lua};
-use crate::config::{self, Endpoint, Options};
+use crate::backend::redis::replication::Wait;
+use crate::backend::redis::sentinel::Deployment;
+use crate::config::{self, Endpoint, Options, SentinelEndpoint};
 use crate::core::wait::{Claim, Wake};
 use crate::error::{Error, ErrorKind, Result};
-use crate::value::{CasToken, Ttl, Versioned};
+use crate::value::{CasToken, Replication, Ttl, Versioned};
 
 /// The Redis backend (`redis://`, `redis+unix://`, `rediss://` with the `redis-tls`
 /// feature).
@@ -146,6 +149,8 @@ struct Inner {
     conn: Conn,
     /// The URL without its password, for messages.
     name: String,
+    /// The `WAIT` after a lock's write (`wait_replicas`), if any.
+    wait: Option<Wait>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -178,6 +183,7 @@ impl RedisBackend {
         let (endpoint, options) = config::parse(url)?;
         match endpoint {
             Endpoint::Redis(url) => Self::connect_with(&url, &options).await,
+            Endpoint::RedisSentinel(sentinel) => Self::connect_sentinel(&sentinel, &options).await,
             _ => Err(Error::invalid_argument(format!(
                 "{url:?} is not a Redis URL (redis://, rediss:// or redis+unix://)"
             ))),
@@ -195,6 +201,29 @@ impl RedisBackend {
             inner: Arc::new(Inner {
                 conn: Conn::Single(conn),
                 name,
+                wait: Wait::of(options),
+            }),
+        })
+    }
+
+    /// Connects to the master the sentinels of `sentinel` name, as a
+    /// `redis+sentinel://` URL names them. See
+    /// [Sentinel and replication](RedisBackend#sentinel-and-replication).
+    #[maybe_async]
+    pub(crate) async fn connect_sentinel(
+        sentinel: &SentinelEndpoint,
+        options: &Options,
+    ) -> Result<Self> {
+        let deployment = Deployment::new(sentinel)?;
+        let name = deployment.shown().to_owned();
+        let conn = redis_sentinel_conn::Conn::connect(deployment, options)
+            .await
+            .map_err(|e| r::error(e, &format!("connecting to {name}")))?;
+        Ok(RedisBackend {
+            inner: Arc::new(Inner {
+                conn: Conn::Sentinel(Box::new(conn)),
+                name,
+                wait: Wait::of(options),
             }),
         })
     }
@@ -213,6 +242,7 @@ impl RedisBackend {
             inner: Arc::new(Inner {
                 conn: Conn::Cluster(Box::new(conn)),
                 name,
+                wait: None,
             }),
         })
     }
@@ -381,6 +411,124 @@ impl RedisBackend {
     }
 }
 
+/// Lock writes followed by `WAIT` (the `wait_replicas` option).
+impl RedisBackend {
+    /// Sends `cmd`, then `wait`'s `WAIT` on the same connection: the reply and the
+    /// replication `WAIT` counted.
+    #[maybe_async]
+    async fn send_waited(&self, cmd: &Cmd, wait: &Wait) -> RedisResult<(Value, Replication)> {
+        let (reply, waited) = self.inner.conn.query_waited(cmd, wait).await?;
+        Ok((reply, wait.replication(&waited)))
+    }
+
+    /// [`send_waited`](Self::send_waited), once more if the connection dropped (for
+    /// commands safe to repeat).
+    #[maybe_async]
+    async fn send_waited_resent(&self, cmd: &Cmd, wait: &Wait) -> RedisResult<(Value, Replication)> {
+        match self.send_waited(cmd, wait).await {
+            Err(e) if r::is_dropped(&e) => self.send_waited(cmd, wait).await,
+            other => other,
+        }
+    }
+
+    /// A script by `EVALSHA` (`EVAL` on `NOSCRIPT`), followed by `WAIT`.
+    #[maybe_async]
+    async fn script_waited(
+        &self,
+        lua: &Lua,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+        wait: &Wait,
+    ) -> RedisResult<(Value, Replication)> {
+        let mut result = self.send_waited(&lua.evalsha(keys, args), wait).await;
+        if matches!(&result, Err(e) if r::is_noscript(e)) {
+            result = self.send_waited(&lua.eval(keys, args), wait).await;
+        }
+        result
+    }
+
+    /// A claim (fenced with `fence_key`) followed by `WAIT`; the replication only when
+    /// it won. Resent once on a dropped connection, as [`claim`](Backend::claim) and
+    /// [`claim_fenced`](Backend::claim_fenced) are.
+    #[maybe_async]
+    async fn claim_waited(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+        fence_key: Option<&[u8]>,
+        wait: &Wait,
+    ) -> Result<(Claim, Option<u64>, Option<Replication>)> {
+        let (claim, fence, replication) = match fence_key {
+            None => {
+                let c = r::set_cmd(key, token, Some(lease), true, true);
+                let (reply, replication) = self
+                    .send_waited_resent(&c, wait)
+                    .await
+                    .map_err(|e| self.fail(e, "SET NX GET"))?;
+                (r::claim(reply, token)?, None, replication)
+            }
+            Some(fence_key) => {
+                let px = r::millis(lease).to_string();
+                let (keys, args): ([&[u8]; 2], [&[u8]; 2]) =
+                    ([key, fence_key], [token, px.as_bytes()]);
+                let mut result = self.script_waited(&r::CLAIM_FENCED, &keys, &args, wait).await;
+                if matches!(&result, Err(e) if r::is_dropped(e)) {
+                    result = self.script_waited(&r::CLAIM_FENCED, &keys, &args, wait).await;
+                }
+                let (reply, replication) = result.map_err(|e| self.fenced_failed(e, fence_key))?;
+                let (claim, fence) = r::claim_fenced(reply)?;
+                (claim, fence, replication)
+            }
+        };
+        let replication = matches!(claim, Claim::Won).then_some(replication);
+        Ok((claim, fence, replication))
+    }
+
+    /// An `extend` followed by `WAIT`; the replication only when it renewed. Resent
+    /// once on a dropped connection, as [`extend`](Backend::extend) is.
+    #[maybe_async]
+    async fn extend_waited(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+        wait: &Wait,
+    ) -> Result<(bool, Option<Replication>)> {
+        let px = r::millis(lease).to_string();
+        let args: [&[u8]; 2] = [token, px.as_bytes()];
+        let what = "extend";
+        let (reply, replication) = match self.script_waited(&r::EXTEND, &[key], &args, wait).await
+        {
+            Err(e) if r::is_dropped(&e) => {
+                match self.script_waited(&r::EXTEND, &[key], &args, wait).await {
+                    Err(e) if r::is_dropped(&e) => return Err(self.unknown(what)),
+                    other => other.map_err(|e| self.fail(e, what))?,
+                }
+            }
+            other => other.map_err(|e| self.fail(e, what))?,
+        };
+        let renewed = r::int(what, &reply)? == 1;
+        Ok((renewed, renewed.then_some(replication)))
+    }
+
+    /// The error of a fenced claim that failed with `e`.
+    fn fenced_failed(&self, e: redis::RedisError, fence_key: &[u8]) -> Error {
+        if e.code() == Some(r::FENCE_ERROR) {
+            return Error::new(
+                ErrorKind::Backend,
+                format!(
+                    "the fence key {:?} on {} does not hold a fencing token (a decimal \
+                     number): the lock was not taken",
+                    String::from_utf8_lossy(fence_key),
+                    self.inner.name
+                ),
+            );
+        }
+        self.fail(e, "fenced claim")
+    }
+}
+
 /// A wait's subscription and the plan of its listening: until when, and whether
 /// that is the caller's deadline.
 type Listen = (Subscription, Instant, bool);
@@ -484,6 +632,10 @@ impl Backend for RedisBackend {
     }
 
     async fn extend(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<bool> {
+        if let Some(wait) = &self.inner.wait {
+            let extended = rt::boxed(self.extend_waited(key, token, lease, wait)).await;
+            return extended.map(|(renewed, _)| renewed);
+        }
         let px = r::millis(lease).to_string();
         let args: [&[u8]; 2] = [token, px.as_bytes()];
         let what = "extend";
@@ -500,6 +652,10 @@ impl Backend for RedisBackend {
     }
 
     async fn claim(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<Claim> {
+        if let Some(wait) = &self.inner.wait {
+            let claimed = rt::boxed(self.claim_waited(key, token, lease, None, wait)).await;
+            return claimed.map(|(claim, _, _)| claim);
+        }
         // Unique token: a resend that finds it won the first time.
         let c = r::set_cmd(key, token, Some(lease), true, true);
         r::claim(self.query(&c, "SET NX GET").await?, token)
@@ -512,6 +668,10 @@ impl Backend for RedisBackend {
         lease: Duration,
         fence_key: &[u8],
     ) -> Result<(Claim, Option<u64>)> {
+        if let Some(wait) = &self.inner.wait {
+            let claimed = self.claim_waited(key, token, lease, Some(fence_key), wait);
+            return rt::boxed(claimed).await.map(|(claim, fence, _)| (claim, fence));
+        }
         let px = r::millis(lease).to_string();
         // On a cluster the fence key must share the lock key's slot.
         let sharded;
@@ -529,16 +689,38 @@ impl Backend for RedisBackend {
             .await
         {
             Ok(reply) => r::claim_fenced(reply),
-            Err(e) if e.code() == Some(r::FENCE_ERROR) => Err(Error::new(
-                ErrorKind::Backend,
-                format!(
-                    "the fence key {:?} on {} does not hold a fencing token (a decimal \
-                     number): the lock was not taken",
-                    String::from_utf8_lossy(fence_key),
-                    self.inner.name
-                ),
-            )),
-            Err(e) => Err(self.fail(e, "fenced claim")),
+            Err(e) => Err(self.fenced_failed(e, fence_key)),
+        }
+    }
+
+    async fn claim_replicated(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+        fence_key: Option<&[u8]>,
+    ) -> Result<(Claim, Option<u64>, Option<Replication>)> {
+        match (&self.inner.wait, fence_key) {
+            (Some(wait), _) => {
+                rt::boxed(self.claim_waited(key, token, lease, fence_key, wait)).await
+            }
+            (None, Some(fence_key)) => {
+                let (claim, fence) = Backend::claim_fenced(self, key, token, lease, fence_key).await?;
+                Ok((claim, fence, None))
+            }
+            (None, None) => Ok((Backend::claim(self, key, token, lease).await?, None, None)),
+        }
+    }
+
+    async fn extend_replicated(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+    ) -> Result<(bool, Option<Replication>)> {
+        match &self.inner.wait {
+            Some(wait) => rt::boxed(self.extend_waited(key, token, lease, wait)).await,
+            None => Ok((Backend::extend(self, key, token, lease).await?, None)),
         }
     }
 
