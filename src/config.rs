@@ -553,7 +553,7 @@ mod tests {
         assert!(
             err.message().ends_with(
                 "it takes namespace, lock_suffix, connect_timeout, response_timeout, \
-                 pool_size, protocol, db, user, pass"
+                 pool_size, protocol, db, user, pass, wait_replicas, wait_timeout"
             ),
             "{err}"
         );
@@ -596,7 +596,7 @@ mod tests {
         let kept = |url: &str| match parse(url).unwrap().0 {
             Endpoint::Redis(u) | Endpoint::Memcached(u) => u.query().map(str::to_owned),
             Endpoint::MemcachedPool(urls) => urls[0].query().map(str::to_owned),
-            Endpoint::Memory | Endpoint::RedisCluster(_) => None,
+            Endpoint::Memory | Endpoint::RedisCluster(_) | Endpoint::RedisSentinel(_) => None,
         };
         assert_eq!(
             kept("redis://h/3?protocol=resp3&namespace=n").as_deref(),
