@@ -5,7 +5,8 @@
 #   DESTDIR=/stage ffi/install.sh /usr   stages the files under /stage/usr (for a package);
 #   aiolock.pc still names /usr.
 # Then: cc app.c $(pkg-config --cflags --libs aiolock)            (shared)
-#       cc app.c -IPREFIX/include PREFIX/lib/libaiolock.a -lpthread -ldl -lm   (static)
+#       cc app.c $(pkg-config --cflags aiolock) PREFIX/lib/libaiolock.a \
+#         $(pkg-config --static --libs-only-l aiolock | sed 's/-laiolock//')   (static)
 # The Go module (aiolock.dev/ffi/go) and the Ruby gem (ffi/ruby) find it by pkg-config;
 # with a PREFIX outside pkg-config's search path, set PKG_CONFIG_PATH=PREFIX/lib/pkgconfig.
 set -euo pipefail
