@@ -136,30 +136,9 @@ fn slot_migration_during_a_wait() {
             (guard, started.elapsed())
         });
         events::wait_for_waiters(lock_key, 1);
-        let slot_s = slot.to_string();
-        let (from_id, to_id) = (cluster.id(from), cluster.id(to));
-        let ok = |reply: String| assert!(reply.starts_with("+OK"), "{reply}");
-        ok(cluster.nodes[to].admin(&["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &from_id]));
-        ok(cluster.nodes[from].admin(&["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &to_id]));
-        let port = cluster.nodes[to].port().to_string();
-        let reply = cluster.nodes[from].admin(&[
-            "MIGRATE",
-            "127.0.0.1",
-            &port,
-            "",
-            "0",
-            "5000",
-            "KEYS",
-            lock_key,
-        ]);
-        assert!(reply.starts_with("+OK"), "MIGRATE: {reply}");
-        for node in [to, from, (from + 2) % 3] {
-            ok(cluster.nodes[node].admin(&["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id]));
-        }
-        assert!(
-            cluster.poll(Duration::from_secs(10), |c| c.owner(slot) == to),
-            "the slot moved"
-        );
+        cluster.open_migration(slot, to);
+        cluster.migrate_keys(from, to, &[lock_key]);
+        cluster.close_migration(slot, to);
         // MOVED followed: the release reaches the new owner.
         assert!(guard.release().unwrap(), "released on the new owner");
         let (waiter, waited) = waiter.join().unwrap();
@@ -188,4 +167,91 @@ fn slot_migration_during_a_wait() {
         assert_eq!(guard.outcome(), Outcome::Acquired);
         assert!(guard.release().await.unwrap());
     });
+}
+
+/// Moves the slot of `lock_key` away from its master while `wait` waits on it, after
+/// `wait_for_waiters(lock_key, 1)`; once the new owner has the waiter's subscription
+/// (`PUBSUB SHARDNUMSUB`), `release` releases the holder's lock there.
+fn move_slot_during_a_wait<T>(
+    cluster: &RedisCluster,
+    lock_key: &str,
+    wait: impl FnOnce() -> T + Send,
+    release: impl FnOnce(),
+) -> T
+where
+    T: Send,
+{
+    let slot = cluster.keyslot(lock_key);
+    let from = cluster.owner(slot);
+    let to = (from + 1) % 3;
+    std::thread::scope(|s| {
+        let waiter = s.spawn(wait);
+        events::wait_for_waiters(lock_key, 1);
+        cluster.open_migration(slot, to);
+        cluster.migrate_keys(from, to, &[lock_key]);
+        cluster.close_migration(slot, to);
+        // The old master dropped the waiter's subscription (`sunsubscribe`): the
+        // waiter subscribes again, at the new owner.
+        let (channel, _) = companions(lock_key);
+        let subscribed = cluster.poll(Duration::from_secs(10), |c| {
+            c.nodes[to]
+                .admin(&["PUBSUB", "SHARDNUMSUB", &channel])
+                .ends_with(":1\r\n")
+        });
+        assert!(subscribed, "the waiter never subscribed at the new owner");
+        release();
+        waiter.join().unwrap()
+    })
+}
+
+/// A blocking waiter whose lock key's slot moves to another master while it waits
+/// subscribes again at the new owner and hears the holder's release there:
+/// `Released`, long before the holder's lease would end (at which it would take the
+/// lock: `Acquired`).
+#[test]
+fn a_blocking_waiter_follows_its_slot_to_the_new_master() {
+    events::install();
+    let cluster = RedisCluster::start();
+    let url = cluster.url("namespace=follow:");
+    let holder = aiolock::blocking::Cache::from_url(&url).unwrap();
+    let waiter = aiolock::blocking::Cache::from_url(&url).unwrap();
+    let lease = Duration::from_secs(10);
+    let guard = holder.redlock("job", lease).acquire().unwrap();
+    let (outcome, waited) = move_slot_during_a_wait(
+        &cluster,
+        "follow:job-lock",
+        || {
+            let started = Instant::now();
+            let outcome = waiter.redlock("job", lease).acquire().unwrap().outcome();
+            (outcome, started.elapsed())
+        },
+        || assert!(guard.release().unwrap(), "released on the new owner"),
+    );
+    assert_eq!(outcome, Outcome::Released, "after {waited:?}");
+}
+
+/// [`a_blocking_waiter_follows_its_slot_to_the_new_master`] in the async flavor.
+#[test]
+fn an_async_waiter_follows_its_slot_to_the_new_master() {
+    events::install();
+    let cluster = RedisCluster::start();
+    let url = cluster.url("namespace=follow:");
+    let holder = aiolock::blocking::Cache::from_url(&url).unwrap();
+    let lease = Duration::from_secs(10);
+    let guard = holder.redlock("job", lease).acquire().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let waiter = runtime.block_on(aiolock::Cache::from_url(&url)).unwrap();
+    let (outcome, waited) = move_slot_during_a_wait(
+        &cluster,
+        "follow:job-lock",
+        || {
+            runtime.block_on(async {
+                let started = Instant::now();
+                let guard = waiter.redlock("job", lease).acquire().await.unwrap();
+                (guard.outcome(), started.elapsed())
+            })
+        },
+        || assert!(guard.release().unwrap(), "released on the new owner"),
+    );
+    assert_eq!(outcome, Outcome::Released, "after {waited:?}");
 }

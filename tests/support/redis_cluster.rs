@@ -92,18 +92,17 @@ impl RedisCluster {
             .unwrap_or_else(|_| panic!("CLUSTER KEYSLOT: {reply:?}"))
     }
 
-    /// The index of the master that serves `slot` now (by its own `CLUSTER SLOTS`
-    /// view: the node that answers `CLUSTER COUNTKEYSINSLOT` without error is not
-    /// enough, so each node is asked whether it owns the slot).
+    /// The index of the master that serves `slot` now, as master 0 sees it.
     pub fn owner(&self, slot: u16) -> usize {
-        let id_of = |n: &RedisServer| {
-            n.admin(&["CLUSTER", "MYID"])
-                .lines()
-                .nth(1)
-                .unwrap_or("")
-                .to_owned()
-        };
-        let nodes = self.nodes[0].admin(&["CLUSTER", "NODES"]);
+        self.owner_seen_by(0, slot)
+            .unwrap_or_else(|| panic!("no master serves slot {slot}"))
+    }
+
+    /// The index of the node that serves `slot` as node `viewer` sees it (its
+    /// `CLUSTER NODES`: the master whose slot ranges hold `slot`), `None` if no node
+    /// serves it there.
+    pub fn owner_seen_by(&self, viewer: usize, slot: u16) -> Option<usize> {
+        let nodes = self.nodes[viewer].admin(&["CLUSTER", "NODES"]);
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split(' ').collect();
             if fields.len() < 9 {
@@ -119,15 +118,57 @@ impl RedisCluster {
                 };
                 if (first..=last).contains(&slot) {
                     let id = fields[0].trim_start_matches(|c: char| !c.is_ascii_hexdigit());
-                    return self
-                        .nodes
-                        .iter()
-                        .position(|n| id_of(n) == id)
-                        .unwrap_or_else(|| panic!("no node has id {id}"));
+                    return Some(
+                        (0..self.nodes.len())
+                            .find(|&i| self.id(i) == id)
+                            .unwrap_or_else(|| panic!("no node has id {id}")),
+                    );
                 }
             }
         }
-        panic!("no master serves slot {slot}: {nodes}")
+        None
+    }
+
+    /// Opens the move of `slot` to master `to`: `CLUSTER SETSLOT … IMPORTING` on `to`,
+    /// `… MIGRATING` on the slot's owner, whose index it returns. Until
+    /// [`close_migration`](Self::close_migration), a command on a key the owner no
+    /// longer has is answered `ASK` (and `TRYAGAIN` when it names several keys and
+    /// some are missing).
+    pub fn open_migration(&self, slot: u16, to: usize) -> usize {
+        let from = self.owner(slot);
+        assert_ne!(from, to, "slot {slot} is on master {to} already");
+        let s = slot.to_string();
+        let ok = |reply: String| assert!(reply.starts_with("+OK"), "SETSLOT: {reply}");
+        ok(self.nodes[to].admin(&["CLUSTER", "SETSLOT", &s, "IMPORTING", &self.id(from)]));
+        ok(self.nodes[from].admin(&["CLUSTER", "SETSLOT", &s, "MIGRATING", &self.id(to)]));
+        from
+    }
+
+    /// Moves `keys` from master `from` to master `to` (`MIGRATE … KEYS`), in a slot
+    /// [`open_migration`](Self::open_migration) opened.
+    pub fn migrate_keys(&self, from: usize, to: usize, keys: &[&str]) {
+        let port = self.nodes[to].port().to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend_from_slice(keys);
+        let reply = self.nodes[from].admin(&args);
+        assert!(reply.starts_with("+OK"), "MIGRATE: {reply}");
+    }
+
+    /// Ends the move of `slot` to master `to` (`CLUSTER SETSLOT … NODE` on every
+    /// master, the new owner first) and returns once every master names `to` as its
+    /// owner.
+    pub fn close_migration(&self, slot: u16, to: usize) {
+        let s = slot.to_string();
+        let id = self.id(to);
+        let others = (0..self.nodes.len()).filter(|&i| i != to);
+        for node in std::iter::once(to).chain(others) {
+            let reply = self.nodes[node].admin(&["CLUSTER", "SETSLOT", &s, "NODE", &id]);
+            assert!(reply.starts_with("+OK"), "SETSLOT NODE: {reply}");
+        }
+        let moved = self.poll(Duration::from_secs(10), |c| {
+            (0..c.nodes.len()).all(|i| c.owner_seen_by(i, slot) == Some(to))
+        });
+        assert!(moved, "slot {slot} did not move to master {to} in 10 s");
     }
 
     /// The node id of master `i`.

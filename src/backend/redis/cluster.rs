@@ -157,6 +157,18 @@ impl SlotTable {
     }
 }
 
+/// The slot and the node (`host:port`) a `MOVED` error reply names.
+pub(crate) fn moved(reply: &Value) -> Option<(u16, &str)> {
+    let Value::ServerError(e) = reply else {
+        return None;
+    };
+    if e.code() != "MOVED" {
+        return None;
+    }
+    let (slot, node) = e.details()?.trim().split_once(' ')?;
+    Some((slot.parse().ok()?, node))
+}
+
 /// The `redis://` URL of node `host:port`, with the seed URL's scheme, credentials and
 /// settings.
 pub(crate) fn node_url(seed: &url::Url, node: &str) -> Option<url::Url> {
@@ -185,6 +197,20 @@ mod tests {
         );
         assert_eq!(hash_tag(b"foo{{bar}}zap"), Some(&b"{bar"[..]));
         assert_eq!(hash_tag(b"foo{bar}{zap}"), Some(&b"bar"[..]));
+    }
+
+    #[test]
+    fn moved_names_slot_and_node() {
+        let reply = |text: &str| {
+            redis::parse_redis_value(format!("-{text}\r\n").as_bytes()).expect("an error reply")
+        };
+        assert_eq!(
+            moved(&reply("MOVED 6010 127.0.0.1:7002")),
+            Some((6010, "127.0.0.1:7002"))
+        );
+        assert_eq!(moved(&reply("ASK 6010 127.0.0.1:7002")), None);
+        assert_eq!(moved(&reply("MOVED x")), None);
+        assert_eq!(moved(&Value::Okay), None);
     }
 
     #[test]

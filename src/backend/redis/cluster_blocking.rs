@@ -7,12 +7,15 @@
 //!   and thread per master (the single-server subscriber of `blocking.rs` in sharded
 //!   mode), shared by every waiter of the backend.
 //!
-//! The slot table is read again when it is older than [`TABLE_AGE`] at a wait's start:
-//! a waiter that subscribed at a master its slot moved away from waits no longer
-//! than its holder's lease (its `PTTL`), as every waiter.
+//! The slot table is read again when it is older than [`TABLE_AGE`] at a wait's
+//! start. A master that no longer serves a channel's slot refuses its `SSUBSCRIBE`
+//! (`MOVED`, naming the owner) or, when the slot moves away during the wait, drops
+//! the subscription (`sunsubscribe`): the waiter then subscribes at the new owner
+//! (see [`Conn::subscribe`]). The subscriber threads re-check the waited-on keys
+//! through the cluster connections, which follow `MOVED` and `ASK`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -29,18 +32,30 @@ const TABLE_AGE: Duration = Duration::from_millis(250);
 
 pub(crate) use redis_conn::Subscription;
 
+/// How many times a subscription follows its channel to another master (the one
+/// a `MOVED` names, or a fresh slot table's) before the wait takes what it has: a
+/// subscription that reads as lost, so that the waiter claims the key again.
+const HOPS: usize = 3;
+
 /// The backend's cluster connections.
 pub(crate) struct Conn {
-    client: ClusterClient,
+    /// Commands, shared with the masters' subscriber threads (their re-checks).
+    commands: Arc<Commands>,
     /// A seed's URL, the template of a master's URL (credentials, TLS).
     seed: url::Url,
     options: Options,
-    timeouts: Timeouts,
-    idle: Mutex<Vec<ClusterConnection>>,
     /// The slot table and when it was read.
     table: Mutex<Option<(Instant, Arc<SlotTable>)>>,
     /// Each master's subscriber, by `host:port`.
     nodes: Mutex<HashMap<String, Arc<redis_conn::Conn>>>,
+}
+
+/// At most `pool_size` idle cluster connections for commands.
+struct Commands {
+    client: ClusterClient,
+    timeouts: Timeouts,
+    pool_size: usize,
+    idle: Mutex<Vec<ClusterConnection>>,
 }
 
 fn timed_out(what: &str) -> RedisError {
@@ -58,36 +73,139 @@ impl Conn {
             .connection_timeout(timeouts.connect)
             .response_timeout(timeouts.response)
             .build()?;
-        let conn = Conn {
+        let commands = Commands {
             client,
+            timeouts,
+            pool_size: options.pool_size.max(1),
+            idle: Mutex::new(Vec::new()),
+        };
+        let mut first = commands.open()?;
+        redis::cmd("PING").query::<()>(&mut first)?;
+        commands.idle.lock().push(first);
+        Ok(Conn {
+            commands: Arc::new(commands),
             seed: seeds[0].clone(),
             options: options.clone(),
-            timeouts,
-            idle: Mutex::new(Vec::new()),
             table: Mutex::new(None),
             nodes: Mutex::new(HashMap::new()),
-        };
-        let mut first = conn.open()?;
-        redis::cmd("PING").query::<()>(&mut first)?;
-        conn.idle.lock().push(first);
-        Ok(conn)
+        })
     }
 
+    /// Sends one command and reads its reply (within the response timeout).
+    pub(crate) fn query(&self, cmd: &Cmd) -> RedisResult<Value> {
+        self.commands.send(cmd, None)
+    }
+
+    /// Like [`query`](Conn::query), but gives up at `until` if that comes first.
+    pub(crate) fn query_until(&self, cmd: &Cmd, until: Instant) -> RedisResult<Value> {
+        self.commands.send(cmd, Some(until))
+    }
+
+    /// The slot table, read again if older than [`TABLE_AGE`] or if `fresh`.
+    fn table(&self, fresh: bool) -> RedisResult<Arc<SlotTable>> {
+        if !fresh
+            && let Some((read, table)) = self.table.lock().as_ref()
+            && read.elapsed() < TABLE_AGE
+        {
+            return Ok(Arc::clone(table));
+        }
+        let reply = self.query(&redis::cmd("CLUSTER").arg("SLOTS").clone())?;
+        let table = Arc::new(SlotTable::parse(&reply).ok_or_else(|| {
+            RedisError::from((redis::ErrorKind::Parse, "unexpected reply to CLUSTER SLOTS"))
+        })?);
+        *self.table.lock() = Some((Instant::now(), Arc::clone(&table)));
+        Ok(table)
+    }
+
+    /// The subscriber of the master serving `channel`'s slot.
+    fn node(&self, channel: &[u8], fresh: bool) -> RedisResult<Arc<redis_conn::Conn>> {
+        let table = self.table(fresh)?;
+        let Some(owner) = table.owner(c::slot(channel)) else {
+            return Err(RedisError::from((
+                redis::ErrorKind::ClusterConnectionNotFound,
+                "no master serves the lock key's slot",
+            )));
+        };
+        self.node_at(owner)
+    }
+
+    /// The subscriber of master `owner` (`host:port`).
+    fn node_at(&self, owner: &str) -> RedisResult<Arc<redis_conn::Conn>> {
+        if let Some(node) = self.nodes.lock().get(owner) {
+            return Ok(Arc::clone(node));
+        }
+        let url = c::node_url(&self.seed, owner).ok_or_else(|| {
+            RedisError::from((
+                redis::ErrorKind::Parse,
+                "unusable node address in CLUSTER SLOTS",
+            ))
+        })?;
+        let rechecks = Arc::downgrade(&self.commands) as Weak<dyn redis_conn::Rechecks>;
+        let node = Arc::new(redis_conn::Conn::connect_sharded(
+            redis::Client::open(url.as_str())?,
+            &self.options,
+            rechecks,
+        )?);
+        let mut nodes = self.nodes.lock();
+        let node = nodes.entry(owner.to_owned()).or_insert(node);
+        Ok(Arc::clone(node))
+    }
+
+    /// Registers a waiter for `holder`'s release of lock `key` on sharded channel
+    /// `name`, subscribed at the master of its slot; returns once that master
+    /// confirmed, `None` if `until` passed first.
+    ///
+    /// A master that refuses the channel (`MOVED`: the slot table was stale) or drops
+    /// it (its slot moved away) has the waiter subscribe at the owner it names, or a
+    /// fresh slot table names, up to [`HOPS`] times; a subscription that moves later,
+    /// while the waiter listens, reads as lost, and the waiter's next subscription
+    /// goes to the new owner.
+    pub(crate) fn subscribe(
+        &self,
+        name: &[u8],
+        key: &[u8],
+        holder: Option<&[u8]>,
+        until: Instant,
+    ) -> RedisResult<Option<Subscription>> {
+        let mut node = self.node(name, false)?;
+        let mut hops = 0;
+        loop {
+            let subscription = match node.subscribe(name, key, holder, until) {
+                // A master that never confirmed (it may no longer serve the slot):
+                // once more at the owner a fresh slot table names.
+                Err(e) if e.is_timeout() && Instant::now() < until && hops == 0 => {
+                    hops += 1;
+                    node = self.node(name, true)?;
+                    continue;
+                }
+                other => other?,
+            };
+            let Some(subscription) = subscription else {
+                return Ok(None);
+            };
+            let Some(owner) = subscription.waiter().channel().moved_to() else {
+                return Ok(Some(subscription));
+            };
+            // The table that sent us there is stale.
+            *self.table.lock() = None;
+            hops += 1;
+            if hops > HOPS || Instant::now() >= until {
+                return Ok(Some(subscription));
+            }
+            node = match owner {
+                Some(owner) => self.node_at(owner)?,
+                None => self.node(name, true)?,
+            };
+        }
+    }
+}
+
+impl Commands {
     fn open(&self) -> RedisResult<ClusterConnection> {
         let con = self.client.get_connection()?;
         con.set_read_timeout(Some(self.timeouts.response))?;
         con.set_write_timeout(Some(self.timeouts.response))?;
         Ok(con)
-    }
-
-    /// Sends one command and reads its reply (within the response timeout).
-    pub(crate) fn query(&self, cmd: &Cmd) -> RedisResult<Value> {
-        self.send(cmd, None)
-    }
-
-    /// Like [`query`](Conn::query), but gives up at `until` if that comes first.
-    pub(crate) fn query_until(&self, cmd: &Cmd, until: Instant) -> RedisResult<Value> {
-        self.send(cmd, Some(until))
     }
 
     fn send(&self, cmd: &Cmd, until: Option<Instant>) -> RedisResult<Value> {
@@ -121,71 +239,14 @@ impl Conn {
 
     fn put(&self, con: ClusterConnection) {
         let mut idle = self.idle.lock();
-        if idle.len() < self.options.pool_size.max(1) {
+        if idle.len() < self.pool_size {
             idle.push(con);
         }
     }
+}
 
-    /// The slot table, read again if older than [`TABLE_AGE`].
-    fn table(&self, fresh: bool) -> RedisResult<Arc<SlotTable>> {
-        if !fresh
-            && let Some((read, table)) = self.table.lock().as_ref()
-            && read.elapsed() < TABLE_AGE
-        {
-            return Ok(Arc::clone(table));
-        }
-        let reply = self.query(&redis::cmd("CLUSTER").arg("SLOTS").clone())?;
-        let table = Arc::new(SlotTable::parse(&reply).ok_or_else(|| {
-            RedisError::from((redis::ErrorKind::Parse, "unexpected reply to CLUSTER SLOTS"))
-        })?);
-        *self.table.lock() = Some((Instant::now(), Arc::clone(&table)));
-        Ok(table)
-    }
-
-    /// The subscriber of the master serving `channel`'s slot.
-    fn node(&self, channel: &[u8], fresh: bool) -> RedisResult<Arc<redis_conn::Conn>> {
-        let table = self.table(fresh)?;
-        let Some(owner) = table.owner(c::slot(channel)) else {
-            return Err(RedisError::from((
-                redis::ErrorKind::ClusterConnectionNotFound,
-                "no master serves the lock key's slot",
-            )));
-        };
-        if let Some(node) = self.nodes.lock().get(owner) {
-            return Ok(Arc::clone(node));
-        }
-        let url = c::node_url(&self.seed, owner).ok_or_else(|| {
-            RedisError::from((
-                redis::ErrorKind::Parse,
-                "unusable node address in CLUSTER SLOTS",
-            ))
-        })?;
-        let node = Arc::new(redis_conn::Conn::connect_sharded(
-            redis::Client::open(url.as_str())?,
-            &self.options,
-        )?);
-        let mut nodes = self.nodes.lock();
-        let node = nodes.entry(owner.to_owned()).or_insert(node);
-        Ok(Arc::clone(node))
-    }
-
-    /// Registers a waiter for `holder`'s release of lock `key` on sharded channel
-    /// `name`, subscribed at the master of its slot; returns once that master
-    /// confirmed, `None` if `until` passed first.
-    pub(crate) fn subscribe(
-        &self,
-        name: &[u8],
-        key: &[u8],
-        holder: Option<&[u8]>,
-        until: Instant,
-    ) -> RedisResult<Option<Subscription>> {
-        match self.node(name, false)?.subscribe(name, key, holder, until) {
-            // The master refused the channel (its slot moved: `MOVED`) and never
-            // confirmed: once more at the owner a fresh slot table names.
-            Err(e) if e.is_timeout() && Instant::now() < until => {
-                self.node(name, true)?.subscribe(name, key, holder, until)
-            }
-            other => other,
-        }
+impl redis_conn::Rechecks for Commands {
+    fn recheck(&self, cmd: &Cmd) -> RedisResult<Value> {
+        self.send(cmd, None)
     }
 }

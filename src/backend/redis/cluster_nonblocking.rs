@@ -8,6 +8,7 @@
 //! The subscriber and its tasks live on the runtime of the wait that started them;
 //! when that runtime has ended, the next wait starts a new subscriber on its own.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -133,7 +134,12 @@ struct Subscriber {
     /// SSUBSCRIBE and SUNSUBSCRIBE go one at a time (an unsubscribe of a channel
     /// nobody waits on cannot overtake a new waiter's subscribe).
     order: tokio::sync::Mutex<()>,
+    /// Our SUNSUBSCRIBEs not yet answered, by channel (an `sunsubscribe` that
+    /// answers none is the server's own).
+    unsubscribing: Unsubscribing,
 }
+
+type Unsubscribing = Arc<parking_lot::Mutex<HashMap<Vec<u8>, u32>>>;
 
 impl Subscriber {
     async fn start(client: &ClusterClient, timeouts: Timeouts) -> RedisResult<Arc<Subscriber>> {
@@ -145,12 +151,18 @@ impl Subscriber {
             config(timeouts).set_push_sender(tx.clone()),
         )
         .await?;
-        tokio::spawn(dispatch(Arc::downgrade(&hub), rx));
+        let unsubscribing = Unsubscribing::default();
+        tokio::spawn(dispatch(
+            Arc::downgrade(&hub),
+            Arc::clone(&unsubscribing),
+            rx,
+        ));
         Ok(Arc::new(Subscriber {
             con,
             hub,
             pushes: tx,
             order: tokio::sync::Mutex::new(()),
+            unsubscribing,
         }))
     }
 
@@ -190,18 +202,32 @@ impl Subscriber {
 }
 
 /// Posts the subscriber's push messages to the hub. A `sunsubscribe` the server sends
-/// for a channel that still has waiters (its slot moved to another master) reads as a
-/// lost connection: the waiters re-check the key and subscribe again, at the new
-/// owner.
-async fn dispatch(hub: Weak<Hub>, mut rx: mpsc::UnboundedReceiver<PushInfo>) {
+/// for a channel that still has waiters (its slot moved to another master) moves the
+/// channel: its waiters re-check the key and subscribe again, at the new owner.
+async fn dispatch(
+    hub: Weak<Hub>,
+    unsubscribing: Unsubscribing,
+    mut rx: mpsc::UnboundedReceiver<PushInfo>,
+) {
     while let Some(push) = rx.recv().await {
         let Some(hub) = hub.upgrade() else { return };
         match (push.kind, push.data.as_slice()) {
             (PushKind::SMessage, [Value::BulkString(name), Value::BulkString(payload)]) => {
                 hub.message(name, payload)
             }
-            (PushKind::SUnsubscribe, [Value::BulkString(name), ..]) if hub.is_waited_on(name) => {
-                hub.disconnected()
+            (PushKind::SUnsubscribe, [Value::BulkString(name), ..]) => {
+                let ours = match unsubscribing.lock().get_mut(name.as_slice()) {
+                    Some(n) => {
+                        *n -= 1;
+                        true
+                    }
+                    None => false,
+                };
+                if ours {
+                    unsubscribing.lock().retain(|_, n| *n > 0);
+                } else {
+                    hub.moved(name, None);
+                }
             }
             (PushKind::Disconnection, _) => hub.disconnected(),
             _ => {}
@@ -261,6 +287,12 @@ impl Drop for Subscription {
         runtime.spawn(async move {
             let _order = subscriber.order.lock().await;
             if !subscriber.hub.is_waited_on(&name) {
+                *subscriber
+                    .unsubscribing
+                    .lock()
+                    .entry(name.clone())
+                    .or_default() += 1;
+                // A failed one keeps its count: a late answer finds it.
                 let _ = subscriber.con.clone().sunsubscribe(&name).await;
             }
         });

@@ -117,8 +117,10 @@ use crate::value::{CasToken, Ttl, Versioned};
 /// Waiters subscribe with `SSUBSCRIBE`: the async flavor on one shared RESP3 cluster
 /// connection, the blocking flavor on one subscriber connection per master (the slot
 /// table read from `CLUSTER SLOTS`, refreshed when older than 250 ms at a wait's
-/// start). A waiter whose slot moves to another master while it waits may miss the
-/// release message; it still ends by its holder's lease (`PTTL`) and its own bound.
+/// start). A waiter whose slot moves to another master while it waits (the old
+/// master drops the subscription) re-checks the key and subscribes again at the new
+/// owner; a release in between is seen by that re-check, and the wait still ends by
+/// its holder's lease (`PTTL`) and its own bound.
 /// A fork-safe reconnection is not done for the cluster's connections yet: a forked
 /// child must open its own cache.
 ///

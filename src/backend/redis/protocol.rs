@@ -553,6 +553,29 @@ pub(crate) fn subscribed(reply: &Value) -> Option<&[u8]> {
     }
 }
 
+/// The channel a pub/sub reply (RESP2 array or RESP3 push) says is unsubscribed now:
+/// the answer to an `UNSUBSCRIBE`, or (a Redis Cluster node whose slot moved away)
+/// the server's own.
+pub(crate) fn unsubscribed(reply: &Value) -> Option<&[u8]> {
+    let items = match reply {
+        Value::Push {
+            kind: redis::PushKind::Unsubscribe | redis::PushKind::SUnsubscribe,
+            data,
+        } => data.as_slice(),
+        Value::Array(items) => match items.split_first() {
+            Some((Value::BulkString(k), rest)) if k == b"unsubscribe" || k == b"sunsubscribe" => {
+                rest
+            }
+            _ => return None,
+        },
+        _ => return None,
+    };
+    match items.first() {
+        Some(Value::BulkString(channel)) => Some(channel),
+        _ => None,
+    }
+}
+
 /// Whether a failed command may be sent once more on a fresh connection: the
 /// connection dropped (killed, server restarted), not a timeout or an error reply.
 pub(crate) fn is_dropped(e: &RedisError) -> bool {
