@@ -255,3 +255,102 @@ fn an_async_waiter_follows_its_slot_to_the_new_master() {
     );
     assert_eq!(outcome, Outcome::Released, "after {waited:?}");
 }
+
+/// The lock key's slot is held half-way through a migration (`MIGRATING` on its
+/// master, `IMPORTING` on the next one) with its keys moved: the old master answers
+/// `ASK` for each of them, and `TRYAGAIN` for a script that names several keys of
+/// the slot when it lacks some (the release names the lock key and its channel, a
+/// fenced claim the lock key and its fence key; the new master refuses them too).
+/// Claims (lost to the holder, won, fenced), a wait and the release it hears, an
+/// extension, a CAS and a delete all work, none surfaced as an error, in both
+/// flavors; and again once the migration ended (`MOVED`).
+#[test]
+fn commands_follow_ask_while_the_slot_migrates() {
+    events::install();
+    let cluster = RedisCluster::start();
+    let url = cluster.url("namespace=ask:");
+    let cache = aiolock::blocking::Cache::from_url(&url).unwrap();
+    let (key, lock_key, value_key) = ("{job}", "ask:{job}-lock", "ask:{job}");
+    let lease = Duration::from_secs(10);
+    cache.set(key, "v1", None).unwrap();
+    let mut holder = cache.redlock(key, lease).fenced().acquire().unwrap();
+    let first_fence = holder.fence().unwrap();
+    let slot = cluster.keyslot(lock_key);
+    let to = (cluster.owner(slot) + 1) % 3;
+    let from = cluster.open_migration(slot, to);
+    let fence_key = format!("{lock_key}-fence");
+    cluster.migrate_keys(from, to, &[lock_key, value_key, &fence_key]);
+
+    // Blocking: a claim lost to the holder and its wait, an extension, the release.
+    let waiter_cache = aiolock::blocking::Cache::from_url(&url).unwrap();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            waiter_cache
+                .redlock(key, lease)
+                .acquire()
+                .unwrap()
+                .outcome()
+        });
+        events::wait_for_waiters(lock_key, 1);
+        holder.extend(lease).unwrap();
+        assert!(holder.release().unwrap(), "released on the new master");
+        assert_eq!(waiter.join().unwrap(), Outcome::Released);
+    });
+    let lock = cache.optimistic_lock(key).unwrap();
+    assert_eq!(lock.value(), Some(&b"v1"[..]));
+    lock.cas("v2", None).unwrap();
+    assert_eq!(cache.get(key).unwrap().as_deref(), Some(&b"v2"[..]));
+    let fenced = cache.redlock(key, lease).fenced().acquire().unwrap();
+    assert_eq!(fenced.outcome(), Outcome::Acquired);
+    let fence = fenced.fence().unwrap();
+    assert!(fence > first_fence, "{fence} after {first_fence}");
+    assert!(fenced.release().unwrap());
+    let plain = cache.redlock(key, lease).acquire().unwrap();
+    assert_eq!(plain.outcome(), Outcome::Acquired);
+    assert!(plain.release().unwrap());
+
+    // Async, the same.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let cache = aiolock::Cache::from_url(&url).await.unwrap();
+        let waiter_cache = aiolock::Cache::from_url(&url).await.unwrap();
+        let mut holder = cache.redlock(key, lease).fenced().acquire().await.unwrap();
+        assert_eq!(holder.outcome(), Outcome::Acquired);
+        assert!(holder.fence().unwrap() > fence);
+        let seen = events::waiting(lock_key);
+        let waiter = tokio::spawn(async move {
+            let guard = waiter_cache.redlock(key, lease).acquire().await.unwrap();
+            guard.outcome()
+        });
+        events::waiters(lock_key, seen + 1).await;
+        holder.extend(lease).await.unwrap();
+        assert!(holder.release().await.unwrap());
+        assert_eq!(waiter.await.unwrap(), Outcome::Released);
+        let lock = cache.optimistic_lock(key).await.unwrap();
+        assert_eq!(lock.value(), Some(&b"v2"[..]));
+        lock.cas("v3", None).await.unwrap();
+        assert!(cache.delete(key).await.unwrap());
+        let plain = cache.redlock(key, lease).acquire().await.unwrap();
+        assert_eq!(plain.outcome(), Outcome::Acquired);
+        assert!(plain.release().await.unwrap());
+    });
+    assert!(cache.get(key).unwrap().is_none(), "deleted");
+    // Redirected and refused indeed (not served by a master that had the keys).
+    let stats = |i: usize| cluster.nodes[i].admin(&["INFO", "errorstats"]);
+    assert!(stats(from).contains("errorstat_ASK"), "{}", stats(from));
+    assert!(stats(to).contains("errorstat_TRYAGAIN"), "{}", stats(to));
+
+    // The migration ends: MOVED from the old master, followed.
+    cluster.close_migration(slot, to);
+    let guard = cache.redlock(key, lease).fenced().acquire().unwrap();
+    assert_eq!(guard.outcome(), Outcome::Acquired);
+    cache.set(key, "v4", None).unwrap();
+    assert!(guard.release().unwrap());
+    runtime.block_on(async {
+        let cache = aiolock::Cache::from_url(&url).await.unwrap();
+        let guard = cache.redlock(key, lease).acquire().await.unwrap();
+        assert_eq!(guard.outcome(), Outcome::Acquired);
+        assert!(guard.release().await.unwrap());
+        assert!(cache.delete(key).await.unwrap());
+    });
+}

@@ -19,7 +19,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConnection};
+use redis::cluster::{ClusterClient, ClusterConnection};
 use redis::{Cmd, RedisError, RedisResult, Value};
 
 use super::redis_conn;
@@ -69,7 +69,7 @@ impl Conn {
     /// Connects to the cluster at once (errors show now).
     pub(crate) fn connect(seeds: &[url::Url], options: &Options) -> RedisResult<Self> {
         let timeouts = Timeouts::from(options);
-        let client = ClusterClientBuilder::new(seeds.iter().map(url::Url::as_str))
+        let client = c::builder(seeds)
             .connection_timeout(timeouts.connect)
             .response_timeout(timeouts.response)
             .build()?;

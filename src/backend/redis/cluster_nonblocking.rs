@@ -12,11 +12,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
+use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, PushInfo, PushKind, RedisError, RedisResult, Value};
 use tokio::sync::mpsc;
 
+use crate::backend::redis::cluster;
 use crate::backend::redis::hub::{Channel, Hub, Waiter};
 use crate::backend::redis::protocol::{self as r, Timeouts};
 use crate::config::Options;
@@ -64,9 +65,8 @@ impl Conn {
     /// connects with the first wait.
     pub(crate) async fn connect(seeds: &[url::Url], options: &Options) -> RedisResult<Self> {
         let timeouts = Timeouts::from(options);
-        let seeds: Vec<&str> = seeds.iter().map(url::Url::as_str).collect();
-        let client = ClusterClientBuilder::new(seeds.clone()).build()?;
-        let resp3 = ClusterClientBuilder::new(seeds)
+        let client = cluster::builder(seeds).build()?;
+        let resp3 = cluster::builder(seeds)
             .use_protocol(redis::ProtocolVersion::RESP3)
             .build()?;
         let commands = open(&client, timeouts, config(timeouts)).await?;
