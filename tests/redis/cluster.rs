@@ -27,11 +27,11 @@ fn companions(lock_key: &str) -> (String, String) {
 }
 
 /// Keys, with and without hash tags (and one with a `}` outside any tag), whose lock
-/// keys sit on every master: each is locked, waited on across threads and released;
-/// the waiter hears the release (a channel outside the key's slot would either be
-/// refused with CROSSSLOT, failing the release, or reach nobody, leaving the waiter
-/// to its bound). The server's `CLUSTER KEYSLOT` agrees that channel, fence key and
-/// lock key share one slot.
+/// keys sit on every master: each is locked (fenced), waited on across threads and
+/// released, while its master is watched (`MONITOR`). The calls aiolock sends show
+/// the channel and the fence key declared in `KEYS` beside the lock key, in its slot
+/// (by the server's `CLUSTER KEYSLOT`), and the release script's own `SPUBLISH` goes
+/// to that declared channel; the waiter hears the release.
 #[test]
 fn lock_channel_and_fence_share_a_slot_on_every_master() {
     events::install();
@@ -52,12 +52,13 @@ fn lock_channel_and_fence_share_a_slot_on_every_master() {
     }
     for key in &keys {
         let lock_key = format!("slots:{key}-lock");
+        let slot = cluster.keyslot(&lock_key);
         if !key.contains('}') || key.starts_with("{user1}") {
             let (channel, fence) = companions(&lock_key);
-            let slot = cluster.keyslot(&lock_key);
             assert_eq!(cluster.keyslot(&channel), slot, "{channel}");
             assert_eq!(cluster.keyslot(&fence), slot, "{fence}");
         }
+        let mut monitor = cluster.monitor(cluster.owner(slot));
         let lease = Duration::from_secs(10);
         let guard = cache
             .redlock(key.as_str(), lease)
@@ -68,7 +69,6 @@ fn lock_channel_and_fence_share_a_slot_on_every_master() {
             guard.fence().is_some(),
             "{key}: a fence from the key's slot"
         );
-        let started = Instant::now();
         std::thread::scope(|s| {
             let waiter = s.spawn(|| cache.redlock(key.as_str(), lease).acquire().unwrap());
             events::wait_for_waiters(&lock_key, 1);
@@ -79,10 +79,66 @@ fn lock_channel_and_fence_share_a_slot_on_every_master() {
                 "{key}: the waiter heard the release: {outcome:?}"
             );
         });
+        let calls = script_calls(&mut monitor, lock_key.as_bytes());
+        let second_keys: Vec<String> = calls
+            .scripts
+            .iter()
+            .map(|keys| String::from_utf8_lossy(&keys[1]).into_owned())
+            .collect();
+        for second in &second_keys {
+            assert_eq!(cluster.keyslot(second), slot, "{key}: {second}");
+        }
+        let channel = String::from_utf8_lossy(&calls.published).into_owned();
         assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "{key}: woken by the message, not by its bound"
+            second_keys.contains(&channel),
+            "{key}: the release published on {channel}, declared in KEYS: {second_keys:?}"
         );
+        assert!(
+            second_keys.iter().any(|k| *k != channel),
+            "{key}: the fenced claim's fence key: {second_keys:?}"
+        );
+    }
+}
+
+/// The script calls a master ran on `lock_key`.
+struct ScriptCalls {
+    /// The `KEYS` of each `EVAL`/`EVALSHA` that names `lock_key` with another key.
+    scripts: Vec<Vec<Vec<u8>>>,
+    /// The channel the release script's `SPUBLISH` published on.
+    published: Vec<u8>,
+}
+
+/// Reads `monitor` until it saw the release: a script's `SPUBLISH`, and the client's
+/// script call whose last argument (the token) it published (in either order).
+fn script_calls(
+    monitor: &mut crate::support::redis_cluster::Monitor,
+    lock_key: &[u8],
+) -> ScriptCalls {
+    // Each script call's keys and last argument.
+    let mut scripts: Vec<(Vec<Vec<u8>>, Vec<u8>)> = Vec::new();
+    // The script's SPUBLISH: channel and message.
+    let mut published: Option<(Vec<u8>, Vec<u8>)> = None;
+    loop {
+        if let Some((channel, message)) = &published
+            && scripts.iter().any(|(_, last)| last == message)
+        {
+            return ScriptCalls {
+                scripts: scripts.into_iter().map(|(keys, _)| keys).collect(),
+                published: channel.clone(),
+            };
+        }
+        let seen = monitor.next();
+        let name = seen.args[0].to_ascii_uppercase();
+        if seen.by_script && name == b"SPUBLISH" {
+            published = Some((seen.args[1].clone(), seen.args[2].clone()));
+        } else if !seen.by_script && (name == b"EVAL" || name == b"EVALSHA") {
+            let n: usize = std::str::from_utf8(&seen.args[2]).unwrap().parse().unwrap();
+            let keys = seen.args[3..3 + n].to_vec();
+            if n >= 2 && keys[0] == lock_key {
+                let last = seen.args.last().cloned().unwrap_or_default();
+                scripts.push((keys, last));
+            }
+        }
     }
 }
 

@@ -6,6 +6,8 @@
 //! a test panics. The binaries are `$REDIS_SERVER_BIN` / `$REDIS_CLI_BIN`, else
 //! `redis-server` / `redis-cli` on the `PATH`.
 
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -180,6 +182,96 @@ impl RedisCluster {
             .unwrap_or_else(|| panic!("CLUSTER MYID"))
             .to_owned()
     }
+}
+
+/// A `MONITOR` connection to one node: the commands it runs, in order, as they are
+/// written (a script's own calls show with the source `lua`).
+pub struct Monitor {
+    reader: BufReader<UnixStream>,
+}
+
+/// One command a [`Monitor`] saw.
+#[derive(Debug)]
+pub struct Seen {
+    /// Run by a script (`[0 lua]`), not sent by a client.
+    pub by_script: bool,
+    /// The command's name and arguments.
+    pub args: Vec<Vec<u8>>,
+}
+
+impl RedisCluster {
+    /// Starts monitoring master `i` (`MONITOR`): what it runs from now on.
+    pub fn monitor(&self, i: usize) -> Monitor {
+        let mut s = UnixStream::connect(self.nodes[i].socket()).expect("monitor connection");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"MONITOR\r\n").unwrap();
+        let mut reader = BufReader::new(s);
+        let mut ok = String::new();
+        reader.read_line(&mut ok).unwrap();
+        assert_eq!(ok, "+OK\r\n", "MONITOR");
+        Monitor { reader }
+    }
+}
+
+impl Monitor {
+    /// The next command run (within 10 s).
+    pub fn next(&mut self) -> Seen {
+        let mut line = Vec::new();
+        self.reader
+            .read_until(b'\n', &mut line)
+            .expect("MONITOR saw a command within 10 s");
+        // `+<time> [<db> <source>] "arg" "arg" …`
+        let text = String::from_utf8_lossy(&line).into_owned();
+        let close = text
+            .find("] ")
+            .unwrap_or_else(|| panic!("MONITOR line {text:?}"));
+        let by_script = text[..close].ends_with(" lua");
+        Seen {
+            by_script,
+            args: unquote(&line[close + 2..]),
+        }
+    }
+}
+
+/// The arguments of a `MONITOR` line: `"…"` each, with `\\`, `\"`, `\n`, `\r`, `\t`,
+/// `\a`, `\b` and `\xHH` escapes.
+fn unquote(mut rest: &[u8]) -> Vec<Vec<u8>> {
+    let mut args = Vec::new();
+    while let Some(start) = rest.iter().position(|&b| b == b'"') {
+        rest = &rest[start + 1..];
+        let mut arg = Vec::new();
+        loop {
+            match rest {
+                [b'"', tail @ ..] => {
+                    rest = tail;
+                    break;
+                }
+                [b'\\', b'x', h, l, tail @ ..] => {
+                    let hex = std::str::from_utf8(&[*h, *l]).unwrap().to_owned();
+                    arg.push(u8::from_str_radix(&hex, 16).unwrap());
+                    rest = tail;
+                }
+                [b'\\', c, tail @ ..] => {
+                    arg.push(match c {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'a' => 7,
+                        b'b' => 8,
+                        other => *other,
+                    });
+                    rest = tail;
+                }
+                [c, tail @ ..] => {
+                    arg.push(*c);
+                    rest = tail;
+                }
+                [] => panic!("an unterminated MONITOR argument"),
+            }
+        }
+        args.push(arg);
+    }
+    args
 }
 
 /// What `backend_suite!` needs: a fresh cluster, its URL with a namespace, the shortest
