@@ -410,3 +410,150 @@ fn commands_follow_ask_while_the_slot_migrates() {
         assert!(cache.delete(key).await.unwrap());
     });
 }
+
+/// Whether `result` is a clear error for a slot without a master: a `Connection`
+/// error, on one line.
+fn is_ownerless_error<T>(result: &aiolock::Result<T>) -> bool {
+    match result {
+        Ok(_) => false,
+        Err(e) => {
+            let text = e.to_string();
+            assert_eq!(
+                e.kind(),
+                aiolock::ErrorKind::Connection,
+                "while the slot has no master: {text}"
+            );
+            assert!(!text.contains('\n'), "one line: {text:?}");
+            true
+        }
+    }
+}
+
+/// A master is killed (SIGKILL) while waiters of both flavors wait for a lock it
+/// holds, and its replica takes over. No waiter outlives its bound (each ends by it,
+/// with an error while the slot has no master, or timed out); while the slot has no
+/// master, calls fail with a one-line `Connection` error; nobody takes the lock while
+/// its key survives on the promoted replica, its holder still releases it there,
+/// and acquisitions work again in both flavors. The outage is followed in the
+/// cluster's own view (`CLUSTER NODES` of a live master), never slept through.
+#[test]
+fn failover_during_a_wait() {
+    events::install();
+    let mut cluster = RedisCluster::with_replicas();
+    let url = cluster.url("namespace=fo:");
+    let (key, other, lock_key) = ("{fo}job", "{fo}other", "fo:{fo}job-lock");
+    let slot = cluster.keyslot(lock_key);
+    let master = cluster.owner(slot);
+    let replica = cluster.replica_of(master);
+    let viewer = (0..cluster.nodes.len())
+        .find(|&i| i != master && i != replica && cluster.is_master(i))
+        .unwrap();
+    let cache = aiolock::blocking::Cache::from_url(&url).unwrap();
+    let lease = Duration::from_secs(20);
+    let holder = cache.redlock(key, lease).acquire().unwrap();
+    assert_eq!(holder.outcome(), Outcome::Acquired);
+    cluster.wait_replicated(master, replica);
+    let bound = Duration::from_secs(6);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let async_cache = runtime.block_on(aiolock::Cache::from_url(&url)).unwrap();
+    let waiter_cache = aiolock::blocking::Cache::from_url(&url).unwrap();
+    let slack = Duration::from_millis(1500);
+    let (blocking_waiter, async_waiter) = std::thread::scope(|s| {
+        let blocking = s.spawn(|| {
+            let started = Instant::now();
+            let result = waiter_cache
+                .redlock(key, lease)
+                .wait_at_most(bound)
+                .acquire();
+            (result.map(|g| g.outcome()), started.elapsed())
+        });
+        let asynchronous = s.spawn(|| {
+            runtime.block_on(async {
+                let started = Instant::now();
+                let result = async_cache
+                    .redlock(key, lease)
+                    .wait_at_most(bound)
+                    .acquire()
+                    .await;
+                (result.map(|g| g.outcome()), started.elapsed())
+            })
+        });
+        events::wait_for_waiters(lock_key, 2);
+        cluster.kill(master);
+
+        // While the slot has no master: clear errors, in both flavors.
+        let mut errors = 0;
+        // Neither the promoted replica nor another master says the replica serves it.
+        let ownerless = |c: &RedisCluster| {
+            [viewer, replica]
+                .iter()
+                .all(|&i| c.owner_seen_by(i, slot) != Some(replica))
+        };
+        let failed_over = cluster.poll(Duration::from_secs(30), |c| {
+            let before = ownerless(c);
+            let claim = cache
+                .redlock(other, lease)
+                .wait_at_most(Duration::from_millis(100))
+                .acquire();
+            let asynchronous =
+                runtime.block_on(async { async_cache.optimistic_lock(other).await.map(|_| ()) });
+            let still = ownerless(c);
+            if before && still {
+                assert!(
+                    is_ownerless_error(&claim),
+                    "{:?}",
+                    claim.map(|g| g.outcome())
+                );
+                assert!(is_ownerless_error(&asynchronous));
+                errors += 1;
+            }
+            match claim {
+                Ok(guard) => {
+                    assert_eq!(guard.outcome(), Outcome::Acquired);
+                    assert!(guard.release().unwrap());
+                    !still
+                }
+                Err(_) => false,
+            }
+        });
+        assert!(failed_over, "the replica took over and served the slot");
+        assert!(
+            errors > 0,
+            "some calls were made while the slot had no master"
+        );
+        (blocking.join().unwrap(), asynchronous.join().unwrap())
+    });
+    for (flavor, (result, waited)) in [("blocking", blocking_waiter), ("async", async_waiter)] {
+        assert!(
+            waited < bound + slack,
+            "{flavor} waiter past its bound: {waited:?}"
+        );
+        match result {
+            Ok(outcome) => assert_eq!(outcome, Outcome::TimedOut, "{flavor} waiter"),
+            Err(e) => assert_eq!(e.kind(), aiolock::ErrorKind::Connection, "{flavor}: {e}"),
+        }
+    }
+
+    // The lock key survived on the promoted replica: nobody takes it, its holder
+    // releases it there.
+    let pttl = cluster.nodes[replica].admin(&["PTTL", lock_key]);
+    assert!(!pttl.starts_with(":-"), "the lock key survived: {pttl}");
+    let contender = waiter_cache
+        .redlock(key, lease)
+        .wait_at_most(Duration::from_millis(200))
+        .acquire()
+        .unwrap();
+    assert_eq!(contender.outcome(), Outcome::TimedOut, "no second holder");
+    assert!(
+        holder.release().unwrap(),
+        "released on the promoted replica"
+    );
+    let guard = cache.redlock(key, lease).acquire().unwrap();
+    assert_eq!(guard.outcome(), Outcome::Acquired);
+    assert!(guard.release().unwrap());
+    runtime.block_on(async {
+        let guard = async_cache.redlock(key, lease).acquire().await.unwrap();
+        assert_eq!(guard.outcome(), Outcome::Acquired);
+        assert!(guard.release().await.unwrap());
+    });
+}

@@ -1,10 +1,11 @@
 //! A real Redis Cluster per test: three masters (`redis-server --cluster-enabled yes`
 //! on loopback ports, each in its own temp dir, persistence off), joined by
-//! `redis-cli --cluster create … --cluster-replicas 0 --cluster-yes`, ready once every
-//! node reports `cluster_state:ok` and the same slot table (polled, no sleeps in
-//! between). Stopped on drop (each [`RedisServer`] kills itself), the logs shown when
-//! a test panics. The binaries are `$REDIS_SERVER_BIN` / `$REDIS_CLI_BIN`, else
-//! `redis-server` / `redis-cli` on the `PATH`.
+//! `redis-cli --cluster create … --cluster-yes`, ready once every node reports
+//! `cluster_state:ok` and knows every other (polled, no sleeps in between); with
+//! [`RedisCluster::with_replicas`], one replica per master as well (for the failover
+//! tests only: twice the servers). Stopped on drop (each [`RedisServer`] kills
+//! itself), the logs shown when a test panics. The binaries are `$REDIS_SERVER_BIN` /
+//! `$REDIS_CLI_BIN`, else `redis-server` / `redis-cli` on the `PATH`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -13,32 +14,67 @@ use std::time::{Duration, Instant};
 
 use super::redis::{Config, RedisServer};
 
-/// Three masters that share the 16384 slots.
+/// Three masters that share the 16384 slots (and their replicas).
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
+    /// Each node's id (`CLUSTER MYID`).
+    ids: Vec<String>,
+    /// The nodes [`kill`](RedisCluster::kill)ed.
+    down: Vec<bool>,
 }
 
 impl RedisCluster {
     /// Starts three masters and joins them into a cluster.
     pub fn start() -> Self {
-        let nodes: Vec<RedisServer> = (0..3)
+        Self::start_with(0, 5000)
+    }
+
+    /// Three masters with one replica each (six servers). The node timeout is 1 s,
+    /// so that the replica of a killed master takes over within a few seconds.
+    pub fn with_replicas() -> Self {
+        Self::start_with(1, 1000)
+    }
+
+    fn start_with(replicas: usize, node_timeout_ms: u32) -> Self {
+        let count = 3 * (1 + replicas);
+        let timeout = node_timeout_ms.to_string();
+        let nodes: Vec<RedisServer> = (0..count)
             .map(|_| {
                 RedisServer::with(Config {
                     tcp: true,
-                    args: ["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"]
-                        .map(String::from)
-                        .to_vec(),
+                    args: [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-node-timeout",
+                        &timeout,
+                    ]
+                    .map(String::from)
+                    .to_vec(),
                 })
             })
             .collect();
-        let cluster = RedisCluster { nodes };
+        let ids = nodes
+            .iter()
+            .map(|n| {
+                n.admin(&["CLUSTER", "MYID"])
+                    .lines()
+                    .nth(1)
+                    .unwrap_or_else(|| panic!("CLUSTER MYID"))
+                    .to_owned()
+            })
+            .collect();
+        let cluster = RedisCluster {
+            nodes,
+            ids,
+            down: vec![false; count],
+        };
         let addrs: Vec<String> = cluster.addrs();
         let cli = std::env::var("REDIS_CLI_BIN").unwrap_or_else(|_| "redis-cli".into());
         let out = Command::new(&cli)
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .unwrap_or_else(|e| panic!("cannot run {cli:?} ({e}): install redis-tools"));
         assert!(
@@ -47,15 +83,77 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        let known = format!("cluster_known_nodes:{count}");
         let ready = cluster.poll(Duration::from_secs(30), |c| {
             c.nodes.iter().all(|n| {
-                n.admin(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
-                    && n.admin(&["CLUSTER", "INFO"])
-                        .contains("cluster_known_nodes:3")
+                let info = n.admin(&["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok") && info.contains(&known)
+            }) && (0..count).filter(|&i| !c.is_master(i)).all(|i| {
+                c.nodes[i]
+                    .admin(&["INFO", "replication"])
+                    .contains("master_link_status:up")
             })
         });
         assert!(ready, "the cluster did not reach cluster_state:ok in 30 s");
         cluster
+    }
+
+    /// A node that runs, to ask about the cluster.
+    fn live(&self) -> usize {
+        self.down.iter().position(|d| !d).expect("a node that runs")
+    }
+
+    /// Kills node `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+        self.down[i] = true;
+    }
+
+    /// Whether node `i` is a master, as it says itself (`ROLE`).
+    pub fn is_master(&self, i: usize) -> bool {
+        self.nodes[i].admin(&["ROLE"]).contains("master")
+    }
+
+    /// The replica of master `i`, as the cluster sees it (`CLUSTER NODES`).
+    pub fn replica_of(&self, master: usize) -> usize {
+        let nodes = self.nodes[self.live()].admin(&["CLUSTER", "NODES"]);
+        let id = &self.ids[master];
+        nodes
+            .lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                (fields.len() > 3 && fields[2].contains("slave") && fields[3] == id)
+                    .then(|| self.index(fields[0]))
+            })
+            .unwrap_or_else(|| panic!("master {master} has no replica: {nodes}"))
+    }
+
+    /// Returns once replica `replica` has every write its master `master` has
+    /// (`INFO replication` offsets).
+    pub fn wait_replicated(&self, master: usize, replica: usize) {
+        let offset = |i: usize, field: &str| -> u64 {
+            let info = self.nodes[i].admin(&["INFO", "replication"]);
+            info.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let written = offset(master, "master_repl_offset:");
+        let caught_up = self.poll(Duration::from_secs(10), |_| {
+            offset(replica, "slave_repl_offset:") >= written
+        });
+        assert!(
+            caught_up,
+            "replica {replica} did not catch up with {master}"
+        );
+    }
+
+    /// The index of the node with id `id`.
+    fn index(&self, id: &str) -> usize {
+        self.ids
+            .iter()
+            .position(|i| i == id)
+            .unwrap_or_else(|| panic!("no node has id {id}"))
     }
 
     /// Polls `cond` every 2 ms until it holds; false after `limit`.
@@ -70,7 +168,7 @@ impl RedisCluster {
         false
     }
 
-    /// `127.0.0.1:port` of each master.
+    /// `127.0.0.1:port` of each node.
     pub fn addrs(&self) -> Vec<String> {
         self.nodes
             .iter()
@@ -86,7 +184,7 @@ impl RedisCluster {
 
     /// The slot of `key` as the server computes it (`CLUSTER KEYSLOT`).
     pub fn keyslot(&self, key: &str) -> u16 {
-        let reply = self.nodes[0].admin(&["CLUSTER", "KEYSLOT", key]);
+        let reply = self.nodes[self.live()].admin(&["CLUSTER", "KEYSLOT", key]);
         reply
             .trim()
             .trim_start_matches(':')
@@ -94,9 +192,10 @@ impl RedisCluster {
             .unwrap_or_else(|_| panic!("CLUSTER KEYSLOT: {reply:?}"))
     }
 
-    /// The index of the master that serves `slot` now, as master 0 sees it.
+    /// The index of the master that serves `slot` now, as the first node that runs
+    /// sees it.
     pub fn owner(&self, slot: u16) -> usize {
-        self.owner_seen_by(0, slot)
+        self.owner_seen_by(self.live(), slot)
             .unwrap_or_else(|| panic!("no master serves slot {slot}"))
     }
 
@@ -119,12 +218,7 @@ impl RedisCluster {
                     },
                 };
                 if (first..=last).contains(&slot) {
-                    let id = fields[0].trim_start_matches(|c: char| !c.is_ascii_hexdigit());
-                    return Some(
-                        (0..self.nodes.len())
-                            .find(|&i| self.id(i) == id)
-                            .unwrap_or_else(|| panic!("no node has id {id}")),
-                    );
+                    return Some(self.index(fields[0]));
                 }
             }
         }
@@ -173,14 +267,9 @@ impl RedisCluster {
         assert!(moved, "slot {slot} did not move to master {to} in 10 s");
     }
 
-    /// The node id of master `i`.
+    /// The node id of node `i`.
     pub fn id(&self, i: usize) -> String {
-        self.nodes[i]
-            .admin(&["CLUSTER", "MYID"])
-            .lines()
-            .nth(1)
-            .unwrap_or_else(|| panic!("CLUSTER MYID"))
-            .to_owned()
+        self.ids[i].clone()
     }
 }
 

@@ -694,6 +694,18 @@ pub(crate) fn error(e: RedisError, what: &str) -> Error {
             ErrorKind::Backend,
             format!("Redis refused the credentials or the permission ({what})"),
         )
+    } else if matches!(e.code(), Some("CLUSTERDOWN" | "MASTERDOWN"))
+        || e.kind() == RedisKind::ClusterConnectionNotFound
+    {
+        (
+            ErrorKind::Connection,
+            format!("no master of the Redis Cluster serves the key's slot now ({what})"),
+        )
+    } else if is_migrating(&e) {
+        (
+            ErrorKind::Connection,
+            format!("the Redis Cluster kept moving the key's slot ({what})"),
+        )
     } else if e.is_connection_refusal() {
         (
             ErrorKind::Connection,
