@@ -31,13 +31,6 @@ const TICK: Duration = Duration::from_millis(2);
 /// (unless a new waiter comes).
 const RETRY: Duration = Duration::from_millis(100);
 
-fn timed_out(what: &str) -> RedisError {
-    RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        what.to_owned(),
-    ))
-}
-
 /// The backend's connections.
 pub(crate) struct Conn {
     pool: Arc<Pool>,
@@ -107,7 +100,7 @@ impl Pool {
                 };
             }
             if self.freed.wait_until(&mut state, until).timed_out() {
-                return Err(timed_out("no free Redis connection in time"));
+                return Err(r::timed_out("no free Redis connection in time"));
             }
         }
     }
@@ -159,7 +152,7 @@ impl Pool {
         let left = limit.saturating_duration_since(Instant::now());
         if left.is_zero() {
             self.put(taken);
-            return Err(timed_out("no time left for the command"));
+            return Err(r::timed_out("no time left for the command"));
         }
         let shortened = left < self.timeouts.response;
         if shortened && let Err(e) = taken.con.set_read_timeout(Some(left)) {
@@ -235,14 +228,14 @@ fn open(
     let end = until.min(start + timeouts.connect);
     let budget = end.saturating_duration_since(start);
     if budget.is_zero() {
-        return Err(timed_out("no time left to connect to Redis"));
+        return Err(r::timed_out("no time left to connect to Redis"));
     }
     // The crate's set-up (HELLO/AUTH/SELECT) runs within the remaining budget.
     let mut con = client.get_connection_with_timeout(budget)?;
     if ping {
         let left = end.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(timed_out("connecting to Redis timed out"));
+            return Err(r::timed_out("connecting to Redis timed out"));
         }
         con.set_read_timeout(Some(left))?;
         con.set_write_timeout(Some(left))?;
@@ -339,7 +332,9 @@ impl Conn {
                 return if limit >= until {
                     Ok(None)
                 } else {
-                    Err(timed_out("Redis did not confirm the subscription in time"))
+                    Err(r::timed_out(
+                        "Redis did not confirm the subscription in time",
+                    ))
                 };
             }
         }

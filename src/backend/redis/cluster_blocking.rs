@@ -58,13 +58,6 @@ struct Commands {
     idle: Mutex<Vec<ClusterConnection>>,
 }
 
-fn timed_out(what: &str) -> RedisError {
-    RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        what.to_owned(),
-    ))
-}
-
 impl Conn {
     /// Connects to the cluster at once (errors show now).
     pub(crate) fn connect(seeds: &[url::Url], options: &Options) -> RedisResult<Self> {
@@ -220,7 +213,7 @@ impl Commands {
             let left = left.unwrap_or_default();
             if left.is_zero() {
                 self.put(con);
-                return Err(timed_out("no time left for the command"));
+                return Err(r::timed_out("no time left for the command"));
             }
             con.set_read_timeout(Some(left))?;
         }

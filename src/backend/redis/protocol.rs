@@ -637,6 +637,15 @@ pub(crate) fn fence(reply: &Value) -> Result<u64> {
         .ok_or_else(|| unexpected("the fence script", reply))
 }
 
+/// A timeout of the client's own (a deadline, a missing confirmation), as the `redis`
+/// crate reports one: an I/O error of kind `TimedOut`.
+pub(crate) fn timed_out(what: &str) -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        what.to_owned(),
+    ))
+}
+
 /// Whether a failed command may be sent once more on a fresh connection: the
 /// connection dropped (killed, server restarted), not a timeout or an error reply.
 pub(crate) fn is_dropped(e: &RedisError) -> bool {
