@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The C ABI suite: builds libaiolock, checks the committed header is fresh, runs the C
-# tests (ASan + UBSan and valgrind, static and shared library), the Go tests and the
-# Ruby tests, and the exclusion oracle across languages (Rust, C and Go processes on
-# one key of a real Redis and memcached, started by the Rust test's fixtures). Needs
-# gcc, valgrind, go, ruby, ruby-ffi, redis-server, memcached and cargo-nextest
-# (scripts/test installs them).
+# tests (ASan + UBSan and valgrind, static and shared library; also on a memcached pool
+# and on a Redis Cluster), the Go tests and the Ruby tests, and the exclusion oracle
+# across languages (Rust, C and Go processes on one key of a real Redis and memcached,
+# started by the Rust test's fixtures). Needs gcc, valgrind, go, ruby, ruby-ffi,
+# redis-server, redis-cli, memcached, python3 and cargo-nextest (scripts/test installs
+# them).
 # Usage: ffi/test.sh
 # The suites run against the cache $AIOLOCK_TEST_URL names (default memory://; each
 # test opens its own namespace). For a network backend, start its server first, e.g.:
@@ -104,6 +105,46 @@ AIOLOCK_TEST_URL="memcached+unix://$pool_dir/m0.sock,$pool_dir/m1.sock,$pool_dir
   run c-memcached-pool "$tmp/test-shared"
 kill "${pool_pids[@]}"
 wait "${pool_pids[@]}" 2>/dev/null || true
+
+echo "== ffi: the C tests on a Redis Cluster of three masters (redis+cluster://, the URL as it is)"
+cluster_dir="$tmp/cluster"
+mkdir -p "$cluster_dir"
+# Cluster nodes announce TCP addresses: six free loopback ports asked of the kernel,
+# a client port and a bus port per node (port + 10000, the default bus port, may be
+# past 65535); a port taken meanwhile fails the start, and the script with it.
+read -r -a free_ports < <(python3 -c 'import socket
+s = [socket.socket() for _ in range(6)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(" ".join(str(x.getsockname()[1]) for x in s))')
+cluster_ports=("${free_ports[@]:0:3}")
+cluster_pids=()
+for i in 0 1 2; do
+  port=${cluster_ports[$i]}
+  mkdir -p "$cluster_dir/$port"
+  redis-server --port "$port" --cluster-port "${free_ports[$((i + 3))]}" --bind 127.0.0.1 \
+    --cluster-enabled yes --cluster-node-timeout 5000 \
+    --save '' --appendonly no --dir "$cluster_dir/$port" --logfile "$cluster_dir/$port/redis.log" &
+  cluster_pids+=($!)
+done
+trap 'kill "${cluster_pids[@]}" 2>/dev/null || true; wait "${cluster_pids[@]}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+cluster_seeds=()
+for port in "${cluster_ports[@]}"; do
+  for _ in $(seq 200); do [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ] && break; sleep 0.05; done
+  cluster_seeds+=("127.0.0.1:$port")
+done
+redis-cli --cluster create "${cluster_seeds[@]}" --cluster-replicas 0 --cluster-yes >"$cluster_dir/create.log" 2>&1 ||
+  { cat "$cluster_dir/create.log" >&2; echo "redis-cli --cluster create failed" >&2; exit 1; }
+for port in "${cluster_ports[@]}"; do
+  for _ in $(seq 600); do
+    info=$(redis-cli -p "$port" cluster info)
+    [[ $info == *cluster_state:ok* && $info == *cluster_known_nodes:3* ]] && break
+    sleep 0.05
+  done
+  [[ $info == *cluster_state:ok* ]] || { echo "the cluster did not reach cluster_state:ok" >&2; exit 1; }
+done
+AIOLOCK_TEST_URL="redis+cluster://$(IFS=,; echo "${cluster_seeds[*]}")" run c-redis-cluster "$tmp/test-shared"
+kill "${cluster_pids[@]}"
+wait "${cluster_pids[@]}" 2>/dev/null || true
 
 
 echo "== ffi: C tests against Redis and memcached (ASan + UBSan, shared library)"
