@@ -639,7 +639,7 @@ fn status_and_forced_release(env: &Env) {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(124), "{err}");
     assert!(
-        err.starts_with("aiolock: lost the lock on k (the lock is gone"),
+        err.starts_with("aiolock: lost the lock on k (the lock is no longer ours"),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");

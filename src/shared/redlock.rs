@@ -718,6 +718,35 @@ impl<B: Backend> LockGuard<B> {
         Ok(())
     }
 
+    /// Gives the guard up without releasing the lock: the key stays ours until its
+    /// lease ends, and then expires by itself. Nothing is sent; a
+    /// [watched](RedLock::watchdog) guard's renewals stop, and its [`Watch`] reports
+    /// the guard released. For a lock that must outlive the work that took it, say to
+    /// keep other hosts' runs of a job out for a minimum time:
+    /// [`extend`](LockGuard::extend) it to the time wanted, then let it expire.
+    ///
+    /// ```
+    /// # #[cfg(feature = "blocking")] {
+    /// use std::time::Duration;
+    /// use aiolock::blocking::Cache;
+    ///
+    /// let cache = Cache::memory();
+    /// let lease = Duration::from_secs(60);
+    /// let mut guard = cache.redlock("nightly", lease).watchdog().acquire()?;
+    /// // ... the job ...
+    /// guard.extend(Duration::from_secs(5))?; // held 5 s more, then by nobody
+    /// guard.let_expire();
+    /// assert!(cache.exists("nightly-lock")?, "not released");
+    /// # }
+    /// # Ok::<(), aiolock::Error>(())
+    /// ```
+    pub fn let_expire(mut self) {
+        if self.watched && !self.inherited() {
+            self.unwatch();
+        }
+        self.forget();
+    }
+
     /// Releases the lock if this guard holds it: deletes the key only if it still holds
     /// our token (atomically) and wakes the waiters. Returns whether it removed the
     /// lock: `false` when the lease had already ended (another caller may hold it now,
@@ -768,7 +797,7 @@ impl<B: Backend> LockGuard<B> {
     #[inline]
     fn release_now(&mut self) -> Option<Result<bool>> {
         if self.inherited() {
-            return Some(Ok(self.forget_inherited()));
+            return Some(Ok(self.forget()));
         }
         if self.watched {
             self.unwatch();
@@ -795,13 +824,15 @@ impl<B: Backend> LockGuard<B> {
         self.generation != fork::generation32()
     }
 
-    /// A forked child's copy of its parent's guard gives the lock up without a word to
-    /// the backend or the watchdog (whose state is the parent's, maybe locked by one of
-    /// the parent's threads, which the child does not have): the parent holds the
-    /// lock, renews and releases it. Returns false: the child removed nothing.
+    /// Gives the lock up without a word to the backend or the watchdog: for a forked
+    /// child's copy of its parent's guard (the watchdog's state is the parent's, maybe
+    /// locked by one of the parent's threads, which the child does not have: the
+    /// parent holds the lock, renews and releases it), and after
+    /// [`let_expire`](LockGuard::let_expire) unwatched it. Returns false: nothing was
+    /// removed.
     #[cold]
     #[inline(never)]
-    fn forget_inherited(&mut self) -> bool {
+    fn forget(&mut self) -> bool {
         self.token = None;
         self.watched = false;
         false
@@ -851,7 +882,7 @@ impl<B: Backend> LockGuard<B> {
 impl<B: Backend> Drop for LockGuard<B> {
     fn drop(&mut self) {
         if self.inherited() {
-            self.forget_inherited();
+            self.forget();
             return;
         }
         if self.watched {
