@@ -34,6 +34,14 @@ pub(crate) fn generation() -> u64 {
     GENERATION.load(Ordering::Relaxed)
 }
 
+/// [`generation`] in 32 bits, for the guards (which have room for no more): it
+/// wraps only after 2^32 nested forks, so a process's value differs from those of
+/// its ancestors.
+#[inline]
+pub(crate) fn generation32() -> u32 {
+    generation() as u32
+}
+
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;

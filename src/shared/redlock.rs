@@ -8,6 +8,7 @@ use super::background::Job;
 use super::cache::{AnyBackend, Cache};
 use super::watchdog::Watch;
 use super::{maybe_async, rt};
+use crate::core::fork;
 use crate::core::lease::{check_lease, deadline};
 use crate::core::token::Token;
 use crate::core::wait::{Acquisition, Action, Claim, Outcome, Wake};
@@ -291,6 +292,7 @@ impl<B: Backend> RedLock<B> {
             fence: None,
             watched: false,
             outcome: Outcome::TimedOut,
+            generation: fork::generation32(),
         };
         async move {
             let span = trace::span(Op::Acquire, &guard.key, guard.cache.backend().name());
@@ -543,6 +545,12 @@ async fn follow<'a, B: Backend>(
 ///
 /// Prefer an explicit [`release`](LockGuard::release), which reports errors and
 /// whether the lease was still ours.
+///
+/// A guard belongs to the process that acquired it. In a child made by `fork()`, the
+/// copy of a parent's guard neither releases the lock (dropped, or
+/// [`release`](LockGuard::release)d: `Ok(false)`, nothing sent) nor renews it
+/// ([`extend`](LockGuard::extend): [`Lost`](crate::ErrorKind::Lost); the watchdog:
+/// see [`Watch`]): the parent still holds the lock, and releases it.
 #[must_use = "if unused the lock is released at once"]
 pub struct LockGuard<B: Backend = AnyBackend> {
     cache: Cache<B>,
@@ -560,6 +568,9 @@ pub struct LockGuard<B: Backend = AnyBackend> {
     /// is not watched pays one flag).
     watched: bool,
     outcome: Outcome,
+    /// The process that made the guard ([`fork::generation32`]): a copy inherited by
+    /// a forked child neither releases nor renews the parent's lock.
+    generation: u32,
 }
 
 /// A checked lease, in nanoseconds.
@@ -650,8 +661,8 @@ impl<B: Backend> LockGuard<B> {
     ///
     /// Errors: [`Lost`](crate::ErrorKind::Lost) when the lock is no longer ours (the
     /// lease ended and the key is gone or another caller's) or this guard never held
-    /// it; nothing changed, and the guard still releases (owner-checked, a no-op
-    /// then). [`InvalidArgument`](crate::ErrorKind::InvalidArgument) for a zero or
+    /// it, or in a forked child (the lock is the parent's); nothing changed, and the
+    /// guard still releases (owner-checked, a no-op then). [`InvalidArgument`](crate::ErrorKind::InvalidArgument) for a zero or
     /// too long lease. A [`Timeout`](crate::ErrorKind::Timeout) or
     /// [`Connection`](crate::ErrorKind::Connection) error leaves the renewal
     /// unknown: `lease_end` stays at the last one known, still a safe bound.
@@ -678,6 +689,9 @@ impl<B: Backend> LockGuard<B> {
     #[maybe_async]
     pub async fn extend(&mut self, lease: Duration) -> Result<()> {
         let lease = check_lease(lease)?;
+        if self.inherited() {
+            return Err(Error::new(ErrorKind::Lost, INHERITED));
+        }
         let Some(token) = self.token else {
             return Err(Error::new(
                 ErrorKind::Lost,
@@ -704,10 +718,40 @@ impl<B: Backend> LockGuard<B> {
         Ok(())
     }
 
+    /// Gives the guard up without releasing the lock: the key stays ours until its
+    /// lease ends, and then expires by itself. Nothing is sent; a
+    /// [watched](RedLock::watchdog) guard's renewals stop, and its [`Watch`] reports
+    /// the guard released. For a lock that must outlive the work that took it, say to
+    /// keep other hosts' runs of a job out for a minimum time:
+    /// [`extend`](LockGuard::extend) it to the time wanted, then let it expire.
+    ///
+    /// ```
+    /// # #[cfg(feature = "blocking")] {
+    /// use std::time::Duration;
+    /// use aiolock::blocking::Cache;
+    ///
+    /// let cache = Cache::memory();
+    /// let lease = Duration::from_secs(60);
+    /// let mut guard = cache.redlock("nightly", lease).watchdog().acquire()?;
+    /// // ... the job ...
+    /// guard.extend(Duration::from_secs(5))?; // held 5 s more, then by nobody
+    /// guard.let_expire();
+    /// assert!(cache.exists("nightly-lock")?, "not released");
+    /// # }
+    /// # Ok::<(), aiolock::Error>(())
+    /// ```
+    pub fn let_expire(mut self) {
+        if self.watched && !self.inherited() {
+            self.unwatch();
+        }
+        self.forget();
+    }
+
     /// Releases the lock if this guard holds it: deletes the key only if it still holds
     /// our token (atomically) and wakes the waiters. Returns whether it removed the
     /// lock: `false` when the lease had already ended (another caller may hold it now,
-    /// and its lock is left alone) or when this guard never held it.
+    /// and its lock is left alone), when this guard never held it, or in a forked
+    /// child (the lock is the parent's: nothing is sent).
     ///
     /// # Cancel safety
     ///
@@ -752,6 +796,9 @@ impl<B: Backend> LockGuard<B> {
     /// `None` when the backend must be asked.
     #[inline]
     fn release_now(&mut self) -> Option<Result<bool>> {
+        if self.inherited() {
+            return Some(Ok(self.forget()));
+        }
         if self.watched {
             self.unwatch();
         }
@@ -767,7 +814,30 @@ impl<B: Backend> LockGuard<B> {
     }
 }
 
+const INHERITED: &str =
+    "inherited by fork: the lock is the parent process's, which renews and releases it";
+
 impl<B: Backend> LockGuard<B> {
+    /// Whether this is a forked child's copy of its parent's guard.
+    #[inline(always)]
+    fn inherited(&self) -> bool {
+        self.generation != fork::generation32()
+    }
+
+    /// Gives the lock up without a word to the backend or the watchdog: for a forked
+    /// child's copy of its parent's guard (the watchdog's state is the parent's, maybe
+    /// locked by one of the parent's threads, which the child does not have: the
+    /// parent holds the lock, renews and releases it), and after
+    /// [`let_expire`](LockGuard::let_expire) unwatched it. Returns false: nothing was
+    /// removed.
+    #[cold]
+    #[inline(never)]
+    fn forget(&mut self) -> bool {
+        self.token = None;
+        self.watched = false;
+        false
+    }
+
     /// Watches the guard (acquired with the watchdog) if it holds the lock.
     #[cold]
     #[inline(never)]
@@ -811,6 +881,10 @@ impl<B: Backend> LockGuard<B> {
 
 impl<B: Backend> Drop for LockGuard<B> {
     fn drop(&mut self) {
+        if self.inherited() {
+            self.forget();
+            return;
+        }
         if self.watched {
             self.unwatch();
         }

@@ -1362,6 +1362,118 @@ fn forked_child_opens_its_own_async_connection() {
     );
 }
 
+/// A forked child's copy of its parent's guards leaves the parent's locks alone:
+/// extended (`Lost`), released (`Ok(false)`) or dropped in the child, a RedLock and a
+/// watched exclusive lock still hold the parent's tokens, which the child reads back
+/// from the server; the parent's watch is still fine and the parent releases both.
+#[test]
+fn forked_child_dropping_inherited_guards_leaves_the_parents_locks() {
+    use std::sync::Mutex;
+    let server = RedisServer::start();
+    let cache = aiolock::blocking::Cache::from_url(&server.unix_url("")).unwrap();
+    let lease = Duration::from_secs(30);
+    let red = cache.redlock("red", lease).acquire().unwrap();
+    let ex = cache
+        .lock("ex", lease)
+        .watchdog()
+        .acquire()
+        .unwrap()
+        .unwrap();
+    let tokens = (red.token().unwrap().to_string(), ex.token().to_string());
+    // Borrowed by the child, which takes the guards out of its copy.
+    let guards = Mutex::new(Some((red, ex)));
+    let holds =
+        |key: &str, token: &str| cache.get(key).ok().flatten().as_deref() == Some(token.as_bytes());
+    let ok = in_forked_child(|| {
+        let (red, mut ex) = guards.lock().unwrap().take().unwrap();
+        let extended = ex.extend(lease);
+        let refused =
+            extended.is_err_and(|e| e.kind() == ErrorKind::Lost && e.message().contains("fork"));
+        let released = red.release();
+        drop(ex);
+        cache.flush();
+        refused
+            && matches!(released, Ok(false))
+            && holds("red-lock", &tokens.0)
+            && holds("ex-lock", &tokens.1)
+    });
+    assert!(ok, "the child left the parent's locks as they were");
+    assert!(
+        holds("red-lock", &tokens.0),
+        "the RedLock is still the parent's"
+    );
+    assert!(
+        holds("ex-lock", &tokens.1),
+        "the exclusive lock is still the parent's"
+    );
+    let (red, ex) = guards.lock().unwrap().take().unwrap();
+    ex.watch().unwrap().check().unwrap();
+    assert!(red.release().unwrap());
+    assert!(ex.release().unwrap());
+}
+
+/// The async flavor: a guard dropped in the child would release on a task of the
+/// child's runtime, and a release the parent's runtime had pending (spawned, not run:
+/// the parent's runtime is not driven meanwhile) would keep the child's `flush`
+/// waiting: neither happens.
+#[test]
+fn forked_child_dropping_an_inherited_async_guard_leaves_the_parents_lock() {
+    use std::sync::Mutex;
+    let server = RedisServer::start();
+    let rt = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let parent = rt();
+    let cache = parent
+        .block_on(aiolock::Cache::from_url(&server.unix_url("")))
+        .unwrap();
+    let lease = Duration::from_secs(30);
+    let held = parent
+        .block_on(cache.lock("ex", lease).watchdog().acquire())
+        .unwrap()
+        .unwrap();
+    let dropped = parent
+        .block_on(cache.lock("dropped", lease).acquire())
+        .unwrap()
+        .unwrap();
+    let token = held.token().to_string();
+    let guard = Mutex::new(Some(held));
+    {
+        let _in_runtime = parent.enter();
+        drop(dropped);
+    }
+    let ok = in_forked_child(|| {
+        let child = rt();
+        child.block_on(async {
+            let mut ex = guard.lock().unwrap().take().unwrap();
+            let refused = ex
+                .extend(lease)
+                .await
+                .is_err_and(|e| e.kind() == ErrorKind::Lost);
+            drop(ex);
+            let flushed = tokio::time::timeout(Duration::from_secs(5), cache.flush()).await;
+            refused && flushed.is_ok()
+        })
+    });
+    assert!(
+        ok,
+        "the child refused to renew, dropped the guard and flushed at once"
+    );
+    parent.block_on(cache.flush());
+    let ex = guard.lock().unwrap().take().unwrap();
+    let stored = parent.block_on(cache.get("ex-lock")).unwrap();
+    assert_eq!(
+        stored.as_deref(),
+        Some(token.as_bytes()),
+        "still the parent's"
+    );
+    ex.watch().unwrap().check().unwrap();
+    assert!(parent.block_on(ex.release()).unwrap());
+}
+
 /// `INFO commandstats` as `(command, calls)` pairs.
 fn command_calls(server: &RedisServer) -> Vec<(String, usize)> {
     server
