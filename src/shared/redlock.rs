@@ -303,28 +303,31 @@ impl<B: Backend> RedLock<B> {
                 match Self::start(&mut guard, empty_key, fenced) {
                     Ok(Started::Lost(holder)) => Some(holder),
                     Ok(Started::NotClaimed) => None,
-                    done => {
-                        let result = done.map(|_| guard);
-                        trace::end(&span, &result, |g| trace::outcome(g.outcome));
-                        return result.map(|mut g| {
-                            if watchdog {
-                                g.start_watch();
-                            }
-                            finish(g)
-                        });
+                    // The guard moved once, straight into the result.
+                    Ok(Started::Won) => {
+                        trace::end(&span, &Ok(&guard), |g| trace::outcome(g.outcome));
+                        if watchdog {
+                            guard.start_watch();
+                        }
+                        return Ok(finish(guard));
+                    }
+                    Err(e) => {
+                        trace::failed(&span, &e);
+                        return Err(e);
                     }
                 }
             };
             let run = Self::acquire_untraced(&mut guard, first_lost, fenced, wait, machine);
             let result = in_span!(span, run);
-            let result = result.map(|()| guard);
-            trace::end(&span, &result, |g| trace::outcome(g.outcome));
-            result.map(|mut g| {
-                if watchdog {
-                    g.start_watch();
-                }
-                finish(g)
-            })
+            if let Err(e) = result {
+                trace::failed(&span, &e);
+                return Err(e);
+            }
+            trace::end(&span, &Ok(&guard), |g| trace::outcome(g.outcome));
+            if watchdog {
+                guard.start_watch();
+            }
+            Ok(finish(guard))
         }
     }
 

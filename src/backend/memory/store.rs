@@ -158,7 +158,7 @@ impl Map {
 
     /// Stores `value` if `allowed` says so given the live entry (`None`: absent or
     /// expired), keeping the waiters of a previous entry. One hash, one probe.
-    #[inline]
+    #[inline(always)]
     fn write(
         &mut self,
         key: &[u8],
@@ -285,7 +285,7 @@ impl MemoryBackend {
 
     /// Adds `key` holding `token` until `lease_end`, or reports the live holder's
     /// token (live at `now`).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn claim_until(
         &self,
         key: &[u8],
@@ -390,7 +390,7 @@ impl MemoryBackend {
     /// The entry is marked released rather than removed: the next claim of the key
     /// (often the same key, taken again and again) writes into it in place, and the
     /// sweep drops it otherwise.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn release(&self, key: &[u8], token: &[u8], now: Instant) -> bool {
         let mut map = self.store.map.lock();
         let Some(e) = map.live_mut(key, now).filter(|e| same(&e.value, token)) else {
