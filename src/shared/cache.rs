@@ -662,7 +662,7 @@ impl Backend for AnyBackend {
         dispatch!(self, b => Backend::release(b, key, token))
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_begin_now(&self, key: &[u8], read: &mut dyn FnMut(Option<&[u8]>)) -> Option<CasToken> {
         match self {
             AnyBackend::Memory(b) => Backend::try_begin_now(b, key, read),
@@ -673,7 +673,7 @@ impl Backend for AnyBackend {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_claim_now(
         &self,
         key: &[u8],
@@ -690,7 +690,7 @@ impl Backend for AnyBackend {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_release_now(&self, key: &[u8], token: &[u8]) -> Option<bool> {
         match self {
             AnyBackend::Memory(b) => Backend::try_release_now(b, key, token),

@@ -334,6 +334,7 @@ impl<B: Backend> RedLock<B> {
     /// The checks and, on an in-process store (memory), the first claim, made at
     /// once; only a lost or unmade claim goes on to the claims and waits of
     /// [`acquire_untraced`](RedLock::acquire_untraced).
+    #[inline(always)]
     fn start(guard: &mut LockGuard<B>, empty_key: bool, fenced: bool) -> Result<Started> {
         if empty_key {
             return Err(Error::invalid_key("the key is empty"));
@@ -717,12 +718,17 @@ impl<B: Backend> LockGuard<B> {
     /// (async flavor) The guard keeps its token until the backend has answered: a
     /// release future dropped before that releases on drop, like a dropped guard.
     #[maybe_async]
-    pub async fn release(mut self) -> Result<bool> {
-        // In process (memory): released here, with no inner future to build.
-        if let Some(released) = self.release_now() {
-            return released;
+    pub fn release(self) -> impl Future<Output = Result<bool>> + Send {
+        // Not an `async fn`, which would move the guard once more, from its
+        // argument into its body, at the first poll.
+        let mut guard = self;
+        async move {
+            // In process (memory): released here, with no inner future to build.
+            if let Some(released) = guard.release_now() {
+                return released;
+            }
+            guard.release_held().await
         }
-        self.release_held().await
     }
 
     /// Releases like [`release`](LockGuard::release); a failure is a `warn` event of the

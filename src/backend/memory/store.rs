@@ -122,12 +122,12 @@ impl Entry {
 const MIN_SWEEP: usize = 1024;
 
 impl Map {
-    #[inline]
+    #[inline(always)]
     fn hash(&self, key: &[u8]) -> u64 {
         self.hasher.hash_one(key)
     }
 
-    #[inline]
+    #[inline(always)]
     fn find_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
         let hash = self.hash(key);
         self.entries.find_mut(hash, |e| same(&e.key, key))
@@ -141,13 +141,13 @@ impl Map {
     }
 
     /// The live entry of `key`, mutable.
-    #[inline]
+    #[inline(always)]
     fn live_mut(&mut self, key: &[u8], now: Instant) -> Option<&mut Entry> {
         self.find_mut(key).filter(|e| e.live(now))
     }
 
     /// The slot of `key`, occupied (live or expired) or vacant: one hash, one probe.
-    #[inline]
+    #[inline(always)]
     fn slot(&mut self, key: &[u8]) -> hash_table::Entry<'_, Entry> {
         let hash = self.hash(key);
         let Map {
