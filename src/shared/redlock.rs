@@ -8,7 +8,7 @@ use super::background::Job;
 use super::cache::{AnyBackend, Cache};
 use super::watchdog::Watch;
 use super::{maybe_async, rt};
-use crate::core::lease::{check_lease, deadline};
+use crate::core::lease::{MAX_DURATION, check_lease, deadline};
 use crate::core::token::Token;
 use crate::core::wait::{Acquisition, Action, Claim, Outcome, Wake};
 use crate::core::waiters::{Claiming, Turn};
@@ -339,8 +339,7 @@ impl<B: Backend> RedLock<B> {
         if empty_key {
             return Err(Error::invalid_key("the key is empty"));
         }
-        let lease = check_lease(guard.lease.get())?;
-        guard.lease = Nanos::of(lease);
+        let lease = guard.lease.checked()?;
         if fenced {
             return Ok(Started::NotClaimed);
         }
@@ -577,6 +576,17 @@ impl Nanos {
 
     fn get(self) -> Duration {
         Duration::from_nanos(self.0)
+    }
+
+    /// The lease, checked like [`check_lease`] (on the nanoseconds: an unchecked lease
+    /// saturates at 584 years, still too long).
+    #[inline]
+    fn checked(self) -> Result<Duration> {
+        const MAX: u64 = MAX_DURATION.as_nanos() as u64;
+        if self.0 == 0 || self.0 > MAX {
+            return check_lease(self.get());
+        }
+        Ok(self.get())
     }
 }
 
