@@ -22,6 +22,7 @@ extern "C" fn in_child() {
 
 /// The process generation: 0 in the process that first asked, one more in each
 /// forked descendant since. Compare a remembered value to tell "inherited by fork".
+#[inline]
 pub(crate) fn generation() -> u64 {
     HOOK.call_once(|| {
         #[cfg(unix)]

@@ -9,7 +9,7 @@ use super::cache::{AnyBackend, Cache};
 use super::watchdog::Watch;
 use super::{maybe_async, rt};
 use crate::core::fork;
-use crate::core::lease::{check_lease, deadline};
+use crate::core::lease::{MAX_DURATION, check_lease, deadline};
 use crate::core::token::Token;
 use crate::core::wait::{Acquisition, Action, Claim, Outcome, Wake};
 use crate::core::waiters::{Claiming, Turn};
@@ -305,40 +305,43 @@ impl<B: Backend> RedLock<B> {
                 match Self::start(&mut guard, empty_key, fenced) {
                     Ok(Started::Lost(holder)) => Some(holder),
                     Ok(Started::NotClaimed) => None,
-                    done => {
-                        let result = done.map(|_| guard);
-                        trace::end(&span, &result, |g| trace::outcome(g.outcome));
-                        return result.map(|mut g| {
-                            if watchdog {
-                                g.start_watch();
-                            }
-                            finish(g)
-                        });
+                    // The guard moved once, straight into the result.
+                    Ok(Started::Won) => {
+                        trace::end(&span, &Ok(&guard), |g| trace::outcome(g.outcome));
+                        if watchdog {
+                            guard.start_watch();
+                        }
+                        return Ok(finish(guard));
+                    }
+                    Err(e) => {
+                        trace::failed(&span, &e);
+                        return Err(e);
                     }
                 }
             };
             let run = Self::acquire_untraced(&mut guard, first_lost, fenced, wait, machine);
             let result = in_span!(span, run);
-            let result = result.map(|()| guard);
-            trace::end(&span, &result, |g| trace::outcome(g.outcome));
-            result.map(|mut g| {
-                if watchdog {
-                    g.start_watch();
-                }
-                finish(g)
-            })
+            if let Err(e) = result {
+                trace::failed(&span, &e);
+                return Err(e);
+            }
+            trace::end(&span, &Ok(&guard), |g| trace::outcome(g.outcome));
+            if watchdog {
+                guard.start_watch();
+            }
+            Ok(finish(guard))
         }
     }
 
     /// The checks and, on an in-process store (memory), the first claim, made at
     /// once; only a lost or unmade claim goes on to the claims and waits of
     /// [`acquire_untraced`](RedLock::acquire_untraced).
+    #[inline(always)]
     fn start(guard: &mut LockGuard<B>, empty_key: bool, fenced: bool) -> Result<Started> {
         if empty_key {
             return Err(Error::invalid_key("the key is empty"));
         }
-        let lease = check_lease(guard.lease.get())?;
-        guard.lease = Nanos::of(lease);
+        let lease = guard.lease.checked()?;
         if fenced {
             return Ok(Started::NotClaimed);
         }
@@ -361,104 +364,121 @@ impl<B: Backend> RedLock<B> {
     }
 
     /// Drives `guard`'s acquisition to its outcome (`Ok`: in `guard.outcome`).
+    ///
+    /// Not an `async fn`, which would keep its arguments in its future next to the
+    /// state made of them; the state is made at once (this is called where it is
+    /// awaited), and the future keeps only what the loop needs.
     #[maybe_async]
-    async fn acquire_untraced(
+    fn acquire_untraced(
         guard: &mut LockGuard<B>,
         first_lost: Option<Option<Vec<u8>>>,
         fenced: bool,
         wait: Option<Duration>,
         machine: fn(Duration) -> Acquisition,
-    ) -> Result<()> {
-        let lease = guard.lease.get();
-        // (A claim lost in `start` stored nothing: a fresh token is as good.)
-        let token = Token::random();
-        let mut machine = machine(wait.unwrap_or(lease));
+    ) -> impl Future<Output = Result<()>> + Send + '_ {
+        let mut machine = machine(wait.unwrap_or(guard.lease.get()));
         // The token of the holder our last claim lost to, when the backend told it.
         let mut holder = None;
-        // The bound of our last wait: set once a wait woke us, when a claim again is
-        // a re-claim that may follow another waiter's (see `core::waiters`).
-        let mut woken = None;
         let mut action = machine.start();
         if let Some(h) = first_lost {
             holder = h;
             action = machine.added(false, rt::now);
         }
-        loop {
-            action = match action {
-                Action::Add => {
-                    // (Bound after the follow, so that the future does not keep its
-                    // room while it waits.)
-                    let turn = match woken.take() {
-                        None => None,
-                        Some(deadline) => match follow(&guard.cache, &guard.key, deadline).await {
-                            Followed::Claim(claiming) => Some(claiming),
-                            Followed::Lost(h) => {
+        async move {
+            // The bound of our last wait: set once a wait woke us, when a claim again is
+            // a re-claim that may follow another waiter's (see `core::waiters`).
+            let mut woken = None;
+            loop {
+                action = match action {
+                    Action::Add => {
+                        // (Bound after the follow, so that the future does not keep its
+                        // room while it waits.)
+                        let turn = match woken.take() {
+                            None => None,
+                            Some(deadline) => {
+                                match follow(&guard.cache, &guard.key, deadline).await {
+                                    Followed::Claim(claiming) => Some(claiming),
+                                    Followed::Lost(h) => {
+                                        holder = h;
+                                        action = machine.added(false, rt::now);
+                                        continue;
+                                    }
+                                    Followed::Deadline => {
+                                        action = machine.woke(Wake::Deadline, rt::now());
+                                        continue;
+                                    }
+                                }
+                            }
+                        };
+                        // Drawn for each claim, so that no token is kept while waiting (a
+                        // lost claim stored nothing: a fresh token is as good).
+                        let token = Token::random();
+                        let lease = guard.lease.get();
+                        guard.token = Some(token);
+                        // Read before sending: the server's lease starts later.
+                        let sent = rt::now();
+                        let backend = guard.cache.backend();
+                        // On the heap (async flavor): a network round trip's state is
+                        // not kept in the future while it waits.
+                        let claimed = rt::boxed(claim_once(
+                            backend,
+                            &guard.key,
+                            token.as_bytes(),
+                            lease,
+                            fenced,
+                        ));
+                        let claim = claimed.await.map(|(claim, fence)| {
+                            // Fences start at 1.
+                            guard.fence = fence.and_then(NonZeroU64::new);
+                            claim
+                        });
+                        let claim = match claim {
+                            Ok(claim) => claim,
+                            Err(e) => {
+                                // The followers take a turn of their own.
+                                drop(turn);
+                                guard.failed(&e);
+                                return Err(e);
+                            }
+                        };
+                        let won = match claim {
+                            Claim::Won => {
+                                if let Some(turn) = turn {
+                                    turn.done(Some(token.as_bytes()));
+                                }
+                                guard.lease_end = Some(deadline(sent, lease));
+                                true
+                            }
+                            Claim::Held { holder: h } => {
+                                if let Some(turn) = turn {
+                                    turn.done(h.as_deref());
+                                }
+                                guard.token = None;
                                 holder = h;
-                                action = machine.added(false, rt::now);
-                                continue;
+                                false
                             }
-                            Followed::Deadline => {
-                                action = machine.woke(Wake::Deadline, rt::now());
-                                continue;
-                            }
-                        },
-                    };
-                    guard.token = Some(token);
-                    // Read before sending: the server's lease starts later.
-                    let sent = rt::now();
-                    let backend = guard.cache.backend();
-                    let claimed = claim_once(backend, &guard.key, token.as_bytes(), lease, fenced);
-                    let claim = claimed.await.map(|(claim, fence)| {
-                        // Fences start at 1.
-                        guard.fence = fence.and_then(NonZeroU64::new);
-                        claim
-                    });
-                    let claim = match claim {
-                        Ok(claim) => claim,
-                        Err(e) => {
-                            // The followers take a turn of their own.
-                            drop(turn);
-                            guard.failed(&e);
-                            return Err(e);
-                        }
-                    };
-                    let won = match claim {
-                        Claim::Won => {
-                            if let Some(turn) = turn {
-                                turn.done(Some(token.as_bytes()));
-                            }
-                            guard.lease_end = Some(deadline(sent, lease));
-                            true
-                        }
-                        Claim::Held { holder: h } => {
-                            if let Some(turn) = turn {
-                                turn.done(h.as_deref());
-                            }
-                            guard.token = None;
-                            holder = h;
-                            false
-                        }
-                    };
-                    machine.added(won, rt::now)
-                }
-                Action::Wait(deadline) => {
-                    let backend = guard.cache.backend();
-                    // Counted (`Cache::waiting`) before the event, so that whoever saw
-                    // the event sees the count; uncounted when the wait ends, fails or
-                    // (async) its future is dropped.
-                    let waiting = guard.cache.enter_wait(&guard.key);
-                    trace::waiting(&guard.key);
-                    let span = trace::span(Op::Wait, &guard.key, backend.name());
-                    let wake =
-                        in_span!(span, backend.wait(&guard.key, holder.as_deref(), deadline));
-                    drop(waiting);
-                    trace::end(&span, &wake, |w| trace::wake(*w));
-                    woken = Some(deadline);
-                    machine.woke(wake?, rt::now())
-                }
-                Action::Finish(outcome) => {
-                    guard.outcome = outcome;
-                    return Ok(());
+                        };
+                        machine.added(won, rt::now)
+                    }
+                    Action::Wait(deadline) => {
+                        let backend = guard.cache.backend();
+                        // Counted (`Cache::waiting`) before the event, so that whoever saw
+                        // the event sees the count; uncounted when the wait ends, fails or
+                        // (async) its future is dropped.
+                        let waiting = guard.cache.enter_wait(&guard.key);
+                        trace::waiting(&guard.key);
+                        let span = trace::span(Op::Wait, &guard.key, backend.name());
+                        let wake =
+                            in_span!(span, backend.wait(&guard.key, holder.as_deref(), deadline));
+                        drop(waiting);
+                        trace::end(&span, &wake, |w| trace::wake(*w));
+                        woken = Some(deadline);
+                        machine.woke(wake?, rt::now())
+                    }
+                    Action::Finish(outcome) => {
+                        guard.outcome = outcome;
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -584,6 +604,17 @@ impl Nanos {
 
     fn get(self) -> Duration {
         Duration::from_nanos(self.0)
+    }
+
+    /// The lease, checked like [`check_lease`] (on the nanoseconds: an unchecked lease
+    /// saturates at 584 years, still too long).
+    #[inline]
+    fn checked(self) -> Result<Duration> {
+        const MAX: u64 = MAX_DURATION.as_nanos() as u64;
+        if self.0 == 0 || self.0 > MAX {
+            return check_lease(self.get());
+        }
+        Ok(self.get())
     }
 }
 
@@ -758,12 +789,17 @@ impl<B: Backend> LockGuard<B> {
     /// (async flavor) The guard keeps its token until the backend has answered: a
     /// release future dropped before that releases on drop, like a dropped guard.
     #[maybe_async]
-    pub async fn release(mut self) -> Result<bool> {
-        // In process (memory): released here, with no inner future to build.
-        if let Some(released) = self.release_now() {
-            return released;
+    pub fn release(self) -> impl Future<Output = Result<bool>> + Send {
+        // Not an `async fn`, which would move the guard once more, from its
+        // argument into its body, at the first poll.
+        let mut guard = self;
+        async move {
+            // In process (memory): released here, with no inner future to build.
+            if let Some(released) = guard.release_now() {
+                return released;
+            }
+            guard.release_held().await
         }
-        self.release_held().await
     }
 
     /// Releases like [`release`](LockGuard::release); a failure is a `warn` event of the

@@ -1840,3 +1840,126 @@ async fn waiter_of_an_extended_holder_claims_once_per_lease_end() {
     );
     assert_eq!(waits, claims, "each lost claim waits again, once");
 }
+
+/// The async flavor's pipelined connection: 64 tasks on two workers share it, and
+/// some of their writes are cancelled mid-flight (the reply of a dropped call is
+/// read and dropped): every reply still reaches its own caller, in order. Each task
+/// writes its own key and reads it back at once, so a reply handed to the wrong
+/// caller shows as another task's value (or a `GET` seeing `OK`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_replies_reach_their_callers_across_cancellations() {
+    let server = RedisServer::start();
+    let cache = aiolock::Cache::from_url(&server.unix_url("namespace=p:"))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..64u64)
+        .map(|i| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                let key = format!("k{i}");
+                let mut cancelled = 0;
+                for j in 0..200u64 {
+                    let value = format!("{i}:{j}");
+                    let set = cache.set(&key, value.as_bytes(), None);
+                    // Every third write is given up almost at once: its bytes went
+                    // out (or will, before the read below), its reply is dropped.
+                    if j % 3 == 0 {
+                        let bound = Duration::from_micros(j % 40);
+                        match tokio::time::timeout(bound, set).await {
+                            Ok(written) => written.unwrap(),
+                            Err(_) => cancelled += 1,
+                        }
+                    } else {
+                        set.await.unwrap();
+                    }
+                    let read = cache.get(&key).await.unwrap();
+                    assert_eq!(read.as_deref(), Some(value.as_bytes()), "task {i} step {j}");
+                }
+                cancelled
+            })
+        })
+        .collect();
+    let mut cancelled = 0;
+    for t in tasks {
+        cancelled += t.await.unwrap();
+    }
+    eprintln!("{cancelled} writes cancelled mid-flight");
+    assert!(
+        cancelled > 0,
+        "no call was cancelled: the test tested nothing"
+    );
+    // And the connection is still in order.
+    cache.set("after", b"1", None).await.unwrap();
+    assert_eq!(
+        cache.get("after").await.unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+}
+
+/// A reply longer than the pipelined connection's read buffer (16 KiB) arrives whole,
+/// also among short ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_replies_arrive_whole() {
+    let server = RedisServer::start();
+    let cache = aiolock::Cache::from_url(&server.unix_url(""))
+        .await
+        .unwrap();
+    let long: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    cache.set("long", &long, None).await.unwrap();
+    let (a, b, c) = tokio::join!(cache.get("long"), cache.exists("long"), cache.get("long"));
+    assert_eq!(a.unwrap().as_deref(), Some(&long[..]));
+    assert!(b.unwrap());
+    assert_eq!(c.unwrap().as_deref(), Some(&long[..]));
+}
+
+/// A stalled server (SIGSTOP): the commands waiting on the connection fail with a
+/// timeout within about the response timeout, whether first in line or behind the
+/// late one, and once the server runs again the next command works (on a new
+/// connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_behind_a_late_reply_times_out_then_the_next_works() {
+    let server = RedisServer::start();
+    let cache = aiolock::Cache::from_url(&server.unix_url("response_timeout=0.3"))
+        .await
+        .unwrap();
+    cache.set("k", b"v", None).await.unwrap();
+    server.pause();
+    let start = Instant::now();
+    let (a, b, c) = tokio::join!(cache.get("k"), cache.exists("k"), cache.get("k"));
+    let took = start.elapsed();
+    server.resume();
+    for e in [a.unwrap_err(), b.unwrap_err(), c.unwrap_err()] {
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    }
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+}
+
+/// A cache whose command connection was opened on a runtime that has ended goes on
+/// working on the next one (the pipelined connection, registered with the ended
+/// runtime's I/O driver, fails; a read is resent on a fresh one).
+#[test]
+fn commands_outlive_the_runtime_that_opened_the_connection() {
+    let server = RedisServer::start();
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = first
+        .block_on(aiolock::Cache::from_url(&server.unix_url("")))
+        .unwrap();
+    first.block_on(cache.set("k", b"v", None)).unwrap();
+    drop(first);
+    let next = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let read = next.block_on(cache.get("k")).unwrap();
+    assert_eq!(read.as_deref(), Some(&b"v"[..]));
+    let guard = next
+        .block_on(cache.redlock("r", Duration::from_secs(5)).acquire())
+        .unwrap();
+    assert!(next.block_on(guard.release()).unwrap());
+}

@@ -56,7 +56,9 @@ use crate::value::{CasToken, Ttl, Versioned};
 ///   the number of waiters), so that a release that publishes nothing (aiocache's,
 ///   an operator's `DEL`, an eviction, a lost message) is noticed within 100 ms.
 /// - Every waiter of a backend listens on one shared subscriber connection (RESP3).
-///   The async flavor sends commands over one multiplexed, reconnecting connection;
+///   The async flavor sends every task's commands pipelined over one connection
+///   (reopened by the next command when it fails; a reply later than the response
+///   timeout fails the commands behind it too, and the connection is reopened);
 ///   its subscriber restarts on the current runtime when the runtime it ran on has
 ///   ended. The blocking flavor keeps a pool of at most `pool_size` command
 ///   connections (a caller waits for a free one within the response timeout) and one

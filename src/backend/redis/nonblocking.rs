@@ -1,28 +1,52 @@
-//! The async flavor's Redis connections: one multiplexed, reconnecting connection for
-//! commands, and one shared RESP3 subscriber connection for every waiter of the
-//! backend (`subscriber_nonblocking.rs`, which the cluster's connections share). A
-//! forked child opens connections of its own.
+//! The async flavor's Redis connections: one pipelined connection for commands
+//! (aiolock's own, `pipeline.rs`, reopened when it fails; the `redis` crate's
+//! reconnecting multiplexed connection for TLS and RESP3 URLs), and one shared RESP3
+//! subscriber connection for every waiter of the backend (`subscriber_nonblocking.rs`,
+//! which the cluster's connections share). A forked child opens connections of its
+//! own.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, RedisResult, Value};
 
-use super::redis_subscriber::Slot;
+use super::redis_subscriber::{Reader, Slot};
+use crate::backend::redis::pipeline::{Opener, Pipe};
 use crate::backend::redis::protocol::{self as r, Timeouts};
 use crate::config::Options;
 
+
 /// The backend's connections.
 pub(crate) struct Conn {
-    client: redis::Client,
     /// The same server over RESP3, for the subscriber.
     resp3: redis::Client,
     timeouts: Timeouts,
-    /// The command connection, and the fork generation that opened it.
-    commands: parking_lot::RwLock<(u64, ConnectionManager)>,
-    /// One reconnection at a time (after a fork).
-    reconnect: tokio::sync::Mutex<()>,
+    commands: Commands,
     subscriber: Slot<ConnectionManager>,
+}
+
+/// The command connection (shared with the re-check tasks).
+#[derive(Clone)]
+struct Commands(Arc<CommandsInner>);
+
+struct CommandsInner {
+    client: redis::Client,
+    timeouts: Timeouts,
+    kind: Kind,
+    /// One reconnection at a time (after a fork, or a failed pipeline).
+    reconnect: tokio::sync::Mutex<()>,
+}
+
+enum Kind {
+    /// aiolock's own pipelined connection (`pipeline.rs`), for plain TCP and unix
+    /// sockets over RESP2; with the fork generation that opened it.
+    Pipe {
+        opener: Opener,
+        current: parking_lot::RwLock<(u64, Arc<Pipe>)>,
+    },
+    /// The `redis` crate's reconnecting multiplexed connection (TLS, RESP3).
+    Manager(parking_lot::RwLock<(u64, ConnectionManager)>),
 }
 
 fn config(t: Timeouts) -> ConnectionManagerConfig {
@@ -60,60 +84,142 @@ async fn open(
         .unwrap_or_else(|_| Err(r::timed_out("connecting to Redis timed out")))
 }
 
-impl Conn {
-    /// Connects the command connection at once (errors show now); the subscriber
-    /// connects with the first wait.
-    pub(crate) async fn connect(client: redis::Client, options: &Options) -> RedisResult<Self> {
-        let timeouts = Timeouts::from(options);
-        let resp3 = r::resp3(&client)?;
-        let commands = open(&client, timeouts, config(timeouts)).await?;
-        Ok(Conn {
+impl Commands {
+    async fn connect(client: redis::Client, timeouts: Timeouts) -> RedisResult<Self> {
+        let kind = match Opener::of(&client, timeouts.connect, timeouts.response) {
+            Some(opener) => {
+                let pipe = opener.open().await?;
+                Kind::Pipe {
+                    opener,
+                    current: parking_lot::RwLock::new((r::fork_generation(), pipe)),
+                }
+            }
+            None => {
+                let manager = open(&client, timeouts, config(timeouts)).await?;
+                Kind::Manager(parking_lot::RwLock::new((r::fork_generation(), manager)))
+            }
+        };
+        Ok(Commands(Arc::new(CommandsInner {
             client,
-            resp3,
             timeouts,
-            commands: parking_lot::RwLock::new((r::fork_generation(), commands)),
+            kind,
             reconnect: tokio::sync::Mutex::new(()),
-            subscriber: Slot::default(),
-        })
+        })))
     }
 
-    /// The command connection of this process.
-    async fn commands(&self) -> RedisResult<ConnectionManager> {
+    /// Sends one command and reads its reply (within the response timeout).
+    async fn query(&self, cmd: &Cmd) -> RedisResult<Value> {
+        match &self.0.kind {
+            Kind::Pipe { current, .. } => {
+                let pipe = {
+                    let current = current.read();
+                    (current.0 == r::fork_generation() && !current.1.is_failed())
+                        .then(|| Arc::clone(&current.1))
+                };
+                let pipe = match pipe {
+                    Some(pipe) => pipe,
+                    // Boxed: every command's future would otherwise carry the
+                    // connection set-up's, and every waiting task with it.
+                    None => Box::pin(self.reopen_pipe()).await?,
+                };
+                pipe.call(cmd).await
+            }
+            // Straight to the connection manager's own method: `Cmd::query_async`
+            // goes through the `ConnectionLike` trait, which boxes a future per
+            // command.
+            Kind::Manager(_) => {
+                let mut con = self.manager().await?;
+                con.send_packed_command(cmd).await?.extract_error()
+            }
+        }
+    }
+
+    /// A fresh pipeline in place of a failed one, or of the parent's after a fork.
+    async fn reopen_pipe(&self) -> RedisResult<Arc<Pipe>> {
+        let Kind::Pipe { opener, current } = &self.0.kind else {
+            unreachable!("a pipeline's connection")
+        };
+        let _one = self.0.reconnect.lock().await;
         let generation = r::fork_generation();
         {
-            let commands = self.commands.read();
+            let current = current.read();
+            if current.0 == generation && !current.1.is_failed() {
+                return Ok(Arc::clone(&current.1));
+            }
+        }
+        let fresh = opener.open().await?;
+        let old = std::mem::replace(&mut *current.write(), (generation, Arc::clone(&fresh)));
+        if old.0 != generation {
+            // The parent's: its socket belongs to the parent's runtime.
+            std::mem::forget(old);
+        }
+        Ok(fresh)
+    }
+
+    /// The connection manager of this process.
+    async fn manager(&self) -> RedisResult<ConnectionManager> {
+        let Kind::Manager(commands) = &self.0.kind else {
+            unreachable!("a connection manager's connection")
+        };
+        let generation = r::fork_generation();
+        {
+            let commands = commands.read();
             if commands.0 == generation {
                 return Ok(commands.1.clone());
             }
         }
         // Boxed: every command's future would otherwise carry the connection set-up's
         // (about 900 bytes), and every waiting task with it.
-        Box::pin(self.reopen(generation)).await
+        Box::pin(self.reopen_manager(generation)).await
     }
 
     /// A forked child's command connection (the one it has is its parent's).
-    async fn reopen(&self, generation: u64) -> RedisResult<ConnectionManager> {
-        let _one = self.reconnect.lock().await;
+    async fn reopen_manager(&self, generation: u64) -> RedisResult<ConnectionManager> {
+        let Kind::Manager(commands) = &self.0.kind else {
+            unreachable!("a connection manager's connection")
+        };
+        let _one = self.0.reconnect.lock().await;
         {
-            let commands = self.commands.read();
+            let commands = commands.read();
             if commands.0 == generation {
                 return Ok(commands.1.clone());
             }
         }
-        let fresh = open(&self.client, self.timeouts, config(self.timeouts)).await?;
-        let parents = std::mem::replace(&mut *self.commands.write(), (generation, fresh.clone()));
+        let inner = &self.0;
+        let fresh = open(&inner.client, inner.timeouts, config(inner.timeouts)).await?;
+        let parents = std::mem::replace(&mut *commands.write(), (generation, fresh.clone()));
         // Its task belongs to the parent's runtime: dropping it here could wake that.
         std::mem::forget(parents);
         Ok(fresh)
     }
+}
+
+impl Reader for Commands {
+    fn get(&mut self, key: &[u8]) -> impl Future<Output = RedisResult<Value>> + Send {
+        let mut get = redis::cmd("GET");
+        get.arg(key);
+        async move { self.query(&get).await }
+    }
+}
+
+impl Conn {
+    /// Connects the command connection at once (errors show now); the subscriber
+    /// connects with the first wait.
+    pub(crate) async fn connect(client: redis::Client, options: &Options) -> RedisResult<Self> {
+        let timeouts = Timeouts::from(options);
+        let resp3 = r::resp3(&client)?;
+        let commands = Commands::connect(client, timeouts).await?;
+        Ok(Conn {
+            resp3,
+            timeouts,
+            commands,
+            subscriber: Slot::default(),
+        })
+    }
 
     /// Sends one command and reads its reply (within the response timeout).
-    ///
-    /// Straight to the connection manager's own method: `Cmd::query_async` goes
-    /// through the `ConnectionLike` trait, which boxes a future per command.
     pub(crate) async fn query(&self, cmd: &Cmd) -> RedisResult<Value> {
-        let mut con = self.commands().await?;
-        con.send_packed_command(cmd).await?.extract_error()
+        self.commands.query(cmd).await
     }
 
     /// Like [`query`](Conn::query), but gives up at `until` if that comes first.
@@ -140,8 +246,9 @@ impl Conn {
                 .set_automatic_resubscription();
             open(&self.resp3, self.timeouts, config)
         };
+        let commands = || async { Ok(self.commands.clone()) };
         self.subscriber
-            .subscribe(open, || self.commands(), name, key, holder, until)
+            .subscribe(open, commands, name, key, holder, until)
             .await
     }
 }

@@ -28,6 +28,20 @@ pub(crate) trait PubSub: Clone + Send + Sync + 'static {
 }
 
 /// One server: `SUBSCRIBE` (resubscribed by the manager after a reconnect).
+/// What a channel's re-check task reads the key with: the backend's command
+/// connection.
+pub(crate) trait Reader: Send {
+    fn get(&mut self, key: &[u8]) -> impl Future<Output = RedisResult<Value>> + Send;
+}
+
+impl Reader for ClusterConnection {
+    fn get(&mut self, key: &[u8]) -> impl Future<Output = RedisResult<Value>> + Send {
+        let mut get = redis::cmd("GET");
+        get.arg(key);
+        async move { get.query_async(self).await }
+    }
+}
+
 impl PubSub for ConnectionManager {
     fn subscribe(&mut self, name: &[u8]) -> impl Future<Output = RedisResult<()>> + Send {
         ConnectionManager::subscribe(self, name)
@@ -79,7 +93,7 @@ impl<C: PubSub> Slot<C> {
     where
         O: Future<Output = RedisResult<C>> + Send,
         F: Future<Output = RedisResult<R>>,
-        R: redis::aio::ConnectionLike + Send + 'static,
+        R: Reader + 'static,
     {
         let subscribed = async {
             let subscriber = self.get(open).await?;
@@ -174,7 +188,7 @@ impl<C: PubSub> Subscriber<C> {
     ) -> RedisResult<Subscription<C>>
     where
         F: Future<Output = RedisResult<R>>,
-        R: redis::aio::ConnectionLike + Send + 'static,
+        R: Reader + 'static,
     {
         // Registered (and counting) before the subscription is confirmed.
         let (waiter, first) = self.hub.join(name, key, holder);
@@ -242,7 +256,7 @@ async fn dispatch(
 /// Re-checks a waited-on key while it has waiters, so that a release that publishes
 /// nothing is noticed: one task per key and subscriber, whatever the number of
 /// waiters; nothing when nobody waits.
-async fn recheck<R: redis::aio::ConnectionLike + Send>(channel: Weak<Channel>, mut commands: R) {
+async fn recheck<R: Reader>(channel: Weak<Channel>, mut commands: R) {
     for attempt in 0.. {
         tokio::time::sleep(r::recheck_delay(attempt)).await;
         let Some(channel) = channel.upgrade() else {
@@ -252,10 +266,8 @@ async fn recheck<R: redis::aio::ConnectionLike + Send>(channel: Weak<Channel>, m
             return;
         }
         let sent = channel.recheck_sent();
-        let mut get = redis::cmd("GET");
-        get.arg(channel.key());
         // A failed re-check changes nothing: the waiters' own bounds stand.
-        if let Ok(Ok(value)) = get.query_async::<Value>(&mut commands).await.map(r::bytes) {
+        if let Ok(Ok(value)) = commands.get(channel.key()).await.map(r::bytes) {
             channel.observed(sent, value.as_deref());
         }
     }
