@@ -42,18 +42,23 @@
 //! wait for its result and take it for their own lost claim (the winner holds the
 //! key), without a round trip. So a release costs one claim attempt per process,
 //! whatever the number of exclusive waiters and caches. The result answers later
-//! claims while the loop polls the key and no poll contradicts it (a poll that finds
-//! the key gone or held by another holder ends the round; a release of this process
-//! ends it too), or for [`ROUND_FRESH`] once the loop ended. Fresh callers that
-//! claim in a round wait for its result too: their claims were concurrent with it.
-//! No claim is ever taken for a win: a result only ever says "held".
+//! claims while a loop polls the key (the losers wait again, for the winner) and no
+//! poll contradicts it (a poll that finds the key gone or held by another holder
+//! ends the round; a release of this process ends it too), and in any case for
+//! [`ROUND_FRESH`] after the wake. Fresh callers that claim in a round are answered
+//! so too: their claims were concurrent with it, or the holder it found released
+//! less than a poll interval before (they then wait, and see the release). No claim
+//! is ever taken for a win: a result only ever says "held".
+//!
+//! Lock order: the loops' map, then a loop's state; the rounds' map, then the loops'
+//! map. A loop's state is never held while the rounds' map is taken.
 
 // Parts serve only one flavor; a build may have either, both or neither.
 #![cfg_attr(not(all(feature = "blocking", feature = "async")), allow(dead_code))]
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use event_listener::{Event, EventListener};
@@ -304,8 +309,8 @@ impl Registration {
         received: Instant,
         jitter: f64,
     ) {
-        let mut state = self.poll_loop.state.lock();
-        let state = &mut *state;
+        let mut guard = self.poll_loop.state.lock();
+        let state = &mut *guard;
         state.polling = false;
         state.schedule(received, jitter);
         let seen = match seen {
@@ -340,12 +345,14 @@ impl Registration {
                 }
             }
         }
+        drop(guard);
         let current = match seen {
             Seen::Missing => None,
             Seen::Held { token, .. } => Some(token),
         };
+        // (The loop's lock let go: the rounds' lock is never taken under it.)
         self.registry
-            .observed(&self.poll_loop, current, woke, received);
+            .observed(&self.poll_loop.key, current, woke, received);
     }
 
     /// The leader's poll ended without an answer by the leader's own deadline: the
@@ -410,8 +417,6 @@ impl Drop for Registration {
 struct Round {
     id: u64,
     opened: Instant,
-    /// The loop that opened it: while it polls, its polls keep the result honest.
-    poll_loop: Weak<Loop>,
     claim: RoundClaim,
     /// Notified when the claim in flight ends, and when the round ends.
     event: Event,
@@ -427,17 +432,11 @@ enum RoundClaim {
     Held(Option<Arc<[u8]>>),
 }
 
-impl Round {
-    fn live(&self, now: Instant) -> bool {
-        self.poll_loop.strong_count() > 0 || now < self.opened + ROUND_FRESH
-    }
-}
-
 impl Registry {
-    /// A poll of `poll_loop` found `current` at `now`; `woke` says whether it woke
+    /// A poll of lock `key` found `current` at `now`; `woke` says whether it woke
     /// waiters (a release or a lease end): then a round opens. Otherwise a round's
     /// result the poll contradicts (the key gone, or another holder's) ends.
-    fn observed(&self, poll_loop: &Arc<Loop>, current: Option<&[u8]>, woke: bool, now: Instant) {
+    fn observed(&self, key: &PollKey, current: Option<&[u8]>, woke: bool, now: Instant) {
         if !woke && self.open_rounds.load(Ordering::Acquire) == 0 {
             return;
         }
@@ -446,21 +445,20 @@ impl Registry {
             let round = Round {
                 id: self.next_round.fetch_add(1, Ordering::Relaxed),
                 opened: now,
-                poll_loop: Arc::downgrade(poll_loop),
                 claim: RoundClaim::Open,
                 event: Event::new(),
             };
-            if let Some(old) = rounds.insert(poll_loop.key.clone(), round) {
+            if let Some(old) = rounds.insert(key.clone(), round) {
                 old.event.notify(usize::MAX);
             }
-        } else if let Some(round) = rounds.get(&poll_loop.key) {
+        } else if let Some(round) = rounds.get(key) {
             let contradicted = match &round.claim {
                 RoundClaim::Held(holder) => {
                     current.is_none() || holder.as_deref().is_some_and(|h| Some(h) != current)
                 }
                 RoundClaim::Open | RoundClaim::Claiming => false,
             };
-            if contradicted && let Some(old) = rounds.remove(&poll_loop.key) {
+            if contradicted && let Some(old) = rounds.remove(key) {
                 old.event.notify(usize::MAX);
             }
         }
@@ -499,13 +497,20 @@ pub(crate) fn claim_turn(server: &Addr, key: &[u8], now: Instant) -> Turn {
         return Turn::Alone;
     }
     let mut rounds = registry.rounds.lock();
-    rounds.retain(|_, round| {
-        let live = round.live(now);
-        if !live {
-            round.event.notify(usize::MAX);
-        }
-        live
-    });
+    {
+        // A round lasts while a loop polls its key (its polls keep the result honest:
+        // they end the round when they contradict it), or ROUND_FRESH after it
+        // opened. (Lock order: rounds, then loops; the loops' lock is never held
+        // while the rounds' is taken.)
+        let loops = registry.loops.lock();
+        rounds.retain(|key, round| {
+            let live = now < round.opened + ROUND_FRESH || loops.contains_key(key);
+            if !live {
+                round.event.notify(usize::MAX);
+            }
+            live
+        });
+    }
     registry.open_rounds.store(rounds.len(), Ordering::Release);
     let poll_key = PollKey::new(server, key);
     let Some(round) = rounds.get_mut(&poll_key) else {
