@@ -146,8 +146,8 @@ async fn a_pools_shared_loop_polls_the_keys_owner() {
 }
 
 /// Async waiters dropped mid-wait (their tasks aborted), the leader among them with
-/// its poll in flight (the proxy holds the reply back): no registration is left, and
-/// a later waiter on the same key leads a loop of its own and wakes on the release.
+/// its poll in flight (the proxy holds the reply back): the loop passes to the waiter
+/// left, which wakes on the release, and no registration is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_waiters_leave_no_registration() {
     events::install();
@@ -162,38 +162,36 @@ async fn cancelled_waiters_leave_no_registration() {
     let lease = Duration::from_secs(60);
     let held = direct.redlock("job", lease).acquire().await.unwrap();
     assert_eq!(held.outcome(), Outcome::Acquired);
-    let waiters: Vec<_> = (0..3)
-        .map(|_| {
-            let cache = via.clone();
-            tokio::spawn(async move { cache.redlock("job", lease).acquire().await })
-        })
-        .collect();
-    events::waiters("cancel:job-lock", 3).await;
+    let waiter = |bound| {
+        let cache = via.clone();
+        tokio::spawn(async move { cache.redlock("job", lease).wait_at_most(bound).acquire().await })
+    };
+    // The first waiter leads (it is alone); the replies to its polls are held back
+    // (on connections that sent a poll: its claim is answered): it is mid-poll.
     let poll = b"mg cancel:job-lock v t c";
-    tokio::task::block_in_place(|| {
-        until("registered", || polling(&via, "cancel:job-lock") == 3);
-        // The leader's next poll is sent and its reply held back: it is mid-poll.
-        proxy.delay_down(Duration::from_secs(30), None);
-        let sent = proxy.sent(poll);
-        proxy.wait_sent(poll, sent + 1);
-    });
-    for w in &waiters {
+    proxy.delay_down(Duration::from_secs(30), Some(b" v t c"));
+    let leader = waiter(lease);
+    events::waiters("cancel:job-lock", 1).await;
+    tokio::task::block_in_place(|| proxy.wait_sent(poll, 1));
+    assert_eq!(polling(&via, "cancel:job-lock"), 1);
+    let left = waiter(Duration::from_secs(20));
+    let other = waiter(lease);
+    events::waiters("cancel:job-lock", 3).await;
+    tokio::task::block_in_place(|| until("registered", || polling(&via, "cancel:job-lock") == 3));
+    proxy.clear();
+    for w in [&leader, &other] {
         w.abort();
     }
-    for w in waiters {
+    for w in [leader, other] {
         assert!(w.await.unwrap_err().is_cancelled());
     }
+    assert_eq!(polling(&via, "cancel:job-lock"), 1, "the dropped waiters left");
+    assert_eq!(via.waiting("job"), 1);
+    assert!(held.release().await.unwrap());
+    let outcome = left.await.unwrap().unwrap().outcome();
+    assert_eq!(outcome, Outcome::Released, "the loop was handed on");
     assert_eq!(polling(&via, "cancel:job-lock"), 0, "nothing left behind");
     assert_eq!(via.waiting("job"), 0);
-    proxy.clear();
-    let later = {
-        let cache = direct.clone();
-        tokio::spawn(async move { cache.redlock("job", lease).acquire().await })
-    };
-    events::waiters("cancel:job-lock", 4).await;
-    assert!(held.release().await.unwrap());
-    let outcome = later.await.unwrap().unwrap().outcome();
-    assert_eq!(outcome, Outcome::Released, "a loop of its own");
 }
 
 /// A stopped server (SIGSTOP): each waiter, async or blocking, returns `TimedOut` by

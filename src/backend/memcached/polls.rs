@@ -73,7 +73,7 @@ use crate::error::Result;
 
 /// How long the result of a round's claim answers this process's other claims of the
 /// key once no loop polls it any more (see the module docs).
-pub(crate) const ROUND_FRESH: Duration = Duration::from_millis(100);
+pub(crate) const ROUND_FRESH: Duration = Duration::from_millis(250);
 
 /// A lock key on one server.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
