@@ -328,7 +328,14 @@ async fn exclusive_waiters_of_two_caches_claim_once_per_release() {
         .collect();
     drop(tx);
     let waiters = 16;
+    // (The "waiting" event comes just before a waiter registers on the loop.)
     events::waiters("excl:job-lock", waiters).await;
+    let registered = |n| {
+        tokio::task::block_in_place(|| {
+            until("registered", || polling(&tasks, "excl:job-lock") == n);
+        })
+    };
+    registered(waiters);
     let claims = || tokio::task::block_in_place(|| server.stat("cmd_set"));
     let mut waited = waiters;
     let mut previous = claims();
@@ -339,6 +346,7 @@ async fn exclusive_waiters_of_two_caches_claim_once_per_release() {
         // waits again: then its claims are all counted.
         waited += left;
         events::waiters("excl:job-lock", waited).await;
+        registered(left);
         let now = claims();
         assert_eq!(now - previous, 1, "one claim for the release, {left} still waiting");
         previous = now;

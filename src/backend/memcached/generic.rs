@@ -1076,7 +1076,7 @@ impl Backend for MemcachedBackend {
             match self.pool(key).call_once(&delete).await? {
                 Sent::Reply(Reply::Hd(_)) => {
                     // A round's "held by us" no longer stands.
-                    polls::released(&self.pool(key).settings.addr, key);
+                    polls::released(&self.pool(key).settings.addr, key, token);
                     return Ok(true);
                 }
                 Sent::Reply(Reply::Nf(_)) => return Ok(false),

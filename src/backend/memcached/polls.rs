@@ -38,17 +38,22 @@
 //! # Claims after a wake
 //!
 //! A poll that wakes waiters (a release or a lease end seen) opens a *round* for the
-//! key: the first claim of this process on that key after it is sent, and the others
-//! wait for its result and take it for their own lost claim (the winner holds the
-//! key), without a round trip. So a release costs one claim attempt per process,
-//! whatever the number of exclusive waiters and caches. The result answers later
-//! claims while a loop polls the key (the losers wait again, for the winner) and no
-//! poll contradicts it (a poll that finds the key gone or held by another holder
-//! ends the round; a release of this process ends it too), and in any case for
+//! key. When the poll found the key free, the first claim of this process on that key
+//! after it is sent, and the others wait for its result and take it for their own
+//! lost claim (the winner holds the key), without a round trip. When the poll found
+//! another holder already in place (a waiter of the holder before), the round's
+//! result is that holder, and no claim is sent at all (it would lose, unless that
+//! holder released since: then the waiters see that release). So a release costs
+//! one claim attempt per process, whatever the number of exclusive waiters and
+//! caches. The result answers later claims while a loop polls the key (the losers
+//! wait again, for the winner) and no poll sent after the result contradicts it (a
+//! poll that finds the key gone or held by another holder ends the round; a release
+//! of this process by the holder of the result ends it too), and in any case for
 //! [`ROUND_FRESH`] after the wake. Fresh callers that claim in a round are answered
 //! so too: their claims were concurrent with it, or the holder it found released
 //! less than a poll interval before (they then wait, and see the release). No claim
-//! is ever taken for a win: a result only ever says "held".
+//! is ever taken for a win: a result only ever says "held". The round opens before
+//! the woken waiters are told, so their claims are all in it.
 //!
 //! Lock order: the loops' map, then a loop's state; the rounds' map, then the loops'
 //! map. A loop's state is never held while the rounds' map is taken.
@@ -99,8 +104,9 @@ struct Registry {
     rounds: Mutex<HashMap<PollKey, Round>>,
     /// `rounds.len()`, read without the lock: a claim skips the map while it is 0.
     open_rounds: AtomicUsize,
-    /// Numbers the rounds (a claim's ticket belongs to one).
-    next_round: AtomicU64,
+    /// Orders the rounds, the polls and the rounds' results (a claim's ticket
+    /// belongs to one round; a poll sent before a result cannot contradict it).
+    ticks: AtomicU64,
 }
 
 /// The registry of this process, published once per process generation.
@@ -124,7 +130,7 @@ fn registry() -> &'static Registry {
             loops: Mutex::default(),
             rounds: Mutex::default(),
             open_rounds: AtomicUsize::new(0),
-            next_round: AtomicU64::new(0),
+            ticks: AtomicU64::new(0),
         }));
         match CURRENT.compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire) {
             // SAFETY: just published; never freed from now on.
@@ -149,6 +155,8 @@ struct LoopState {
     leader: Option<u64>,
     /// The leader's poll is in flight.
     polling: bool,
+    /// The registry's tick when the last poll was sent.
+    poll_tick: u64,
     /// When the next poll is due (`None`: at once).
     due: Option<Instant>,
     /// The waiters' longest sleeps between polls (caches may set their own): the
@@ -225,6 +233,7 @@ pub(crate) fn join(
                 next_id: 0,
                 leader: None,
                 polling: false,
+                poll_tick: 0,
                 due: None,
                 max_delays: BTreeMap::new(),
             }),
@@ -293,6 +302,7 @@ impl Registration {
             Some(due) if due > now => Step::Wait(listener, due.min(deadline)),
             _ => {
                 state.polling = true;
+                state.poll_tick = self.registry.ticks.fetch_add(1, Ordering::Relaxed);
                 Step::Poll(state.poller.poll_sent())
             }
         }
@@ -313,6 +323,7 @@ impl Registration {
         let state = &mut *guard;
         state.polling = false;
         state.schedule(received, jitter);
+        let tick = state.poll_tick;
         let seen = match seen {
             Ok(seen) => seen,
             Err(error) => {
@@ -332,16 +343,15 @@ impl Registration {
             }
         };
         let observation = state.poller.observe(mark, seen, sent, received);
-        let mut woke = false;
+        let mut woken = Vec::new();
         if observation.concerns_anyone() {
-            for slot in state.waiters.values_mut() {
+            for (&id, slot) in state.waiters.iter_mut() {
                 if slot.outcome.is_some() {
                     continue;
                 }
                 if let Some(wake) = observation.judge(&mut slot.interest) {
                     slot.outcome = Some(Ok(wake));
-                    slot.event.notify(usize::MAX);
-                    woke = true;
+                    woken.push(id);
                 }
             }
         }
@@ -350,9 +360,19 @@ impl Registration {
             Seen::Missing => None,
             Seen::Held { token, .. } => Some(token),
         };
-        // (The loop's lock let go: the rounds' lock is never taken under it.)
+        // The round opens before the woken claim (they claim in it), and the loop's
+        // lock is let go meanwhile: the rounds' lock is never taken under it.
+        let woke = !woken.is_empty();
         self.registry
-            .observed(&self.poll_loop.key, current, woke, received);
+            .observed(&self.poll_loop.key, current, tick, woke, received);
+        if woke {
+            let state = self.poll_loop.state.lock();
+            for id in woken {
+                if let Some(slot) = state.waiters.get(&id) {
+                    slot.event.notify(usize::MAX);
+                }
+            }
+        }
     }
 
     /// The leader's poll ended without an answer by the leader's own deadline: the
@@ -417,6 +437,8 @@ impl Drop for Registration {
 struct Round {
     id: u64,
     opened: Instant,
+    /// The registry's tick when the claim's result came.
+    result_tick: u64,
     claim: RoundClaim,
     /// Notified when the claim in flight ends, and when the round ends.
     event: Event,
@@ -433,19 +455,36 @@ enum RoundClaim {
 }
 
 impl Registry {
-    /// A poll of lock `key` found `current` at `now`; `woke` says whether it woke
-    /// waiters (a release or a lease end): then a round opens. Otherwise a round's
-    /// result the poll contradicts (the key gone, or another holder's) ends.
-    fn observed(&self, key: &PollKey, current: Option<&[u8]>, woke: bool, now: Instant) {
+    /// A poll of lock `key` sent at `tick` found `current` at `now`; `woke` says
+    /// whether it woke waiters (a release or a lease end): then a round opens.
+    /// Otherwise a round's result the poll contradicts (the key gone, or another
+    /// holder's) ends, if the poll was sent after the result came (an earlier poll
+    /// may have read the key before the claim).
+    fn observed(
+        &self,
+        key: &PollKey,
+        current: Option<&[u8]>,
+        tick: u64,
+        woke: bool,
+        now: Instant,
+    ) {
         if !woke && self.open_rounds.load(Ordering::Acquire) == 0 {
             return;
         }
         let mut rounds = self.rounds.lock();
         if woke {
+            // The key free: its first claim claims. Held by `t`: the woken waiters'
+            // claims are answered "held by t" (what this poll saw; a claim would
+            // lose, unless `t` released since: then they see that release).
+            let (claim, result_tick) = match current {
+                None => (RoundClaim::Open, u64::MAX),
+                Some(t) => (RoundClaim::Held(Some(Arc::from(t))), tick),
+            };
             let round = Round {
-                id: self.next_round.fetch_add(1, Ordering::Relaxed),
+                id: self.ticks.fetch_add(1, Ordering::Relaxed),
                 opened: now,
-                claim: RoundClaim::Open,
+                result_tick,
+                claim,
                 event: Event::new(),
             };
             if let Some(old) = rounds.insert(key.clone(), round) {
@@ -453,10 +492,10 @@ impl Registry {
             }
         } else if let Some(round) = rounds.get(key) {
             let contradicted = match &round.claim {
-                RoundClaim::Held(holder) => {
+                RoundClaim::Held(holder) if tick > round.result_tick => {
                     current.is_none() || holder.as_deref().is_some_and(|h| Some(h) != current)
                 }
-                RoundClaim::Open | RoundClaim::Claiming => false,
+                RoundClaim::Held(_) | RoundClaim::Open | RoundClaim::Claiming => false,
             };
             if contradicted && let Some(old) = rounds.remove(key) {
                 old.event.notify(usize::MAX);
@@ -531,15 +570,20 @@ pub(crate) fn claim_turn(server: &Addr, key: &[u8], now: Instant) -> Turn {
     }
 }
 
-/// This process released lock `key` on `server`: a round's result (that the key is
-/// held) no longer stands.
-pub(crate) fn released(server: &Addr, key: &[u8]) {
+/// This process released lock `key` on `server`, which held `token`: a round's result
+/// that the key is held by `token` no longer stands. (A round opened since, by a poll
+/// that saw the key free, stands: its claims are after this release.)
+pub(crate) fn released(server: &Addr, key: &[u8], token: &[u8]) {
     let registry = registry();
     if registry.open_rounds.load(Ordering::Acquire) == 0 {
         return;
     }
     let mut rounds = registry.rounds.lock();
-    if let Some(old) = rounds.remove(&PollKey::new(server, key)) {
+    let poll_key = PollKey::new(server, key);
+    let stale = rounds
+        .get(&poll_key)
+        .is_some_and(|r| matches!(&r.claim, RoundClaim::Held(Some(h)) if **h == *token));
+    if stale && let Some(old) = rounds.remove(&poll_key) {
         old.event.notify(usize::MAX);
     }
     registry.open_rounds.store(rounds.len(), Ordering::Release);
@@ -561,6 +605,7 @@ impl Ticket {
             && round.id == self.round
             && matches!(round.claim, RoundClaim::Claiming)
         {
+            round.result_tick = self.registry.ticks.fetch_add(1, Ordering::Relaxed);
             round.claim = claim;
             round.event.notify(usize::MAX);
         }
@@ -748,8 +793,22 @@ mod tests {
             panic!("a failed claim opens the round again");
         };
         ticket.done(Some(b"ours"));
-        released(&server(), key);
+        released(&server(), key, b"not ours");
+        assert!(matches!(claim_turn(&server(), key, at(21)), Turn::Held(_)));
+        released(&server(), key, b"ours");
         assert!(matches!(claim_turn(&server(), key, at(21)), Turn::Alone));
+        // A poll that wakes waiters while another holder has the key answers their
+        // claims itself: held by that holder.
+        let d = join(&server(), key, Some(b"gone"), at(9_000), MAX);
+        let mark = poll_of(d.step(at(25)));
+        d.polled(mark, Ok(held(b"new")), at(25), at(25), 0.0);
+        assert_eq!(done(d.step(at(25))), Wake::Released);
+        let Turn::Held(Some(holder)) = claim_turn(&server(), key, at(25)) else {
+            panic!("held by the holder the poll saw");
+        };
+        assert_eq!(holder, b"new");
+        drop(d);
+        released(&server(), key, b"new");
         // Without a loop, a round lasts ROUND_FRESH.
         let c = join(&server(), key, None, at(9_000), MAX);
         let mark = poll_of(c.step(at(30)));
