@@ -315,9 +315,9 @@ impl Observation {
         }
         // Gone, or another holder's token: the holder it waited for is gone.
         let released = match &self.before {
-            Some(v) if *v.token == **holder => v
-                .earliest_expiry
-                .is_none_or(|at| self.received < at),
+            Some(v) if *v.token == **holder => {
+                v.earliest_expiry.is_none_or(|at| self.received < at)
+            }
             // Never seen under the key: released before any poll saw it.
             _ => true,
         };
@@ -414,7 +414,11 @@ mod tests {
             w.poller.next_sleep(at(0), 0.0, max);
         }
         assert_eq!(w.held(b"a", 30, 10), None);
-        assert_eq!(w.poller.next_sleep(at(10), 0.0, max), max / 2, "the same holder");
+        assert_eq!(
+            w.poller.next_sleep(at(10), 0.0, max),
+            max / 2,
+            "the same holder"
+        );
         // `a` released, `b` took the key: poll fast again (b's hold may be short).
         assert_eq!(w.held(b"b", 30, 20), Some(Wake::Released));
         assert_eq!(w.poller.next_sleep(at(20), 0.0, max), FIRST_DELAY / 2);
@@ -527,7 +531,10 @@ mod tests {
     fn a_key_without_expiry_can_only_be_released() {
         let mut w = One::new(None);
         w.held(b"a", -1, 0);
-        assert_eq!(w.poller.next_sleep(at(0), 0.0, DEFAULT_MAX_DELAY), FIRST_DELAY / 2);
+        assert_eq!(
+            w.poller.next_sleep(at(0), 0.0, DEFAULT_MAX_DELAY),
+            FIRST_DELAY / 2
+        );
         assert_eq!(w.gone(99_000), Some(Wake::Released));
     }
 

@@ -367,9 +367,9 @@ fn stampede_child() {
                                 .acquire()
                                 .unwrap();
                             match guard.outcome() {
-                                Outcome::Acquired => &acquired,
-                                Outcome::Released => &released,
-                                Outcome::TimedOut => &timed_out,
+                                Outcome::Acquired => acquired,
+                                Outcome::Released => released,
+                                Outcome::TimedOut => timed_out,
                             }
                             .fetch_add(1, SeqCst);
                             match cache.get("report").unwrap() {
@@ -443,7 +443,10 @@ fn cross_process_stampede_computes_once() {
         });
     }
     drop(tx);
-    let mut stdins: Vec<_> = children.iter_mut().map(|c| c.stdin.take().unwrap()).collect();
+    let mut stdins: Vec<_> = children
+        .iter_mut()
+        .map(|c| c.stdin.take().unwrap())
+        .collect();
     let patience = Duration::from_secs(60);
     let next = || {
         rx.recv_timeout(patience)
@@ -459,7 +462,7 @@ fn cross_process_stampede_computes_once() {
         stdin.write_all(b"go\n").unwrap();
     }
     let callers = STAMPEDE_PROCESSES * STAMPEDE_THREADS;
-    let mut waiting = vec![0; STAMPEDE_PROCESSES];
+    let mut waiting = [0; STAMPEDE_PROCESSES];
     let mut computing = None;
     let mut finished = false;
     let mut done = Vec::new();
@@ -472,7 +475,11 @@ fn cross_process_stampede_computes_once() {
                 assert_eq!(computing, None, "a second computation, in child {i}");
                 computing = Some(i);
             }
-            Some("done") => done.push(words.map(|w| w.parse::<usize>().unwrap()).collect::<Vec<_>>()),
+            Some("done") => done.push(
+                words
+                    .map(|w| w.parse::<usize>().unwrap())
+                    .collect::<Vec<_>>(),
+            ),
             _ => panic!("child {i}: {line}"),
         }
         if let Some(holder) = computing

@@ -80,8 +80,14 @@ async fn one_loop_for_every_waiter(
     let all = n_tasks + n_threads;
     events::waiters(&lock_key, all).await;
     tokio::task::block_in_place(|| {
-        until("every waiter registered", || polling(&tasks, &lock_key) == all);
-        assert_eq!(polling_blocking(&threads, &lock_key), all, "one loop, both flavors");
+        until("every waiter registered", || {
+            polling(&tasks, &lock_key) == all
+        });
+        assert_eq!(
+            polling_blocking(&threads, &lock_key),
+            all,
+            "one loop, both flavors"
+        );
     });
 
     let before: Vec<u64> = tokio::task::block_in_place(|| servers.iter().map(gets).collect());
@@ -108,7 +114,10 @@ async fn one_loop_for_every_waiter(
         "{} waiters + 1: {polls:?} polls in {elapsed:?} (at most {most} for one loop)",
         all
     );
-    assert!(polls[owner] <= most, "{polls:?} polls in {elapsed:?}: more than one loop");
+    assert!(
+        polls[owner] <= most,
+        "{polls:?} polls in {elapsed:?}: more than one loop"
+    );
     assert!(polls[owner] > 0, "the loop polls the key's server");
     for (i, &p) in polls.iter().enumerate() {
         if i != owner {
@@ -164,7 +173,13 @@ async fn cancelled_waiters_leave_no_registration() {
     assert_eq!(held.outcome(), Outcome::Acquired);
     let waiter = |bound| {
         let cache = via.clone();
-        tokio::spawn(async move { cache.redlock("job", lease).wait_at_most(bound).acquire().await })
+        tokio::spawn(async move {
+            cache
+                .redlock("job", lease)
+                .wait_at_most(bound)
+                .acquire()
+                .await
+        })
     };
     // The first waiter leads (it is alone); the replies to its polls are held back
     // (on connections that sent a poll: its claim is answered): it is mid-poll.
@@ -185,7 +200,11 @@ async fn cancelled_waiters_leave_no_registration() {
     for w in [leader, other] {
         assert!(w.await.unwrap_err().is_cancelled());
     }
-    assert_eq!(polling(&via, "cancel:job-lock"), 1, "the dropped waiters left");
+    assert_eq!(
+        polling(&via, "cancel:job-lock"),
+        1,
+        "the dropped waiters left"
+    );
     assert_eq!(via.waiting("job"), 1);
     assert!(held.release().await.unwrap());
     let outcome = left.await.unwrap().unwrap().outcome();
@@ -218,7 +237,11 @@ async fn a_stalled_or_dead_server_ends_every_waiter_by_its_own_bound() {
         .map(|bound| {
             let cache = tasks.clone();
             tokio::spawn(async move {
-                let g = cache.redlock("job", lease).wait_at_most(bound).acquire().await;
+                let g = cache
+                    .redlock("job", lease)
+                    .wait_at_most(bound)
+                    .acquire()
+                    .await;
                 (g.map(|g| g.outcome()), start.elapsed(), bound)
             })
         })
@@ -239,7 +262,9 @@ async fn a_stalled_or_dead_server_ends_every_waiter_by_its_own_bound() {
     for t in task_waiters {
         ended.push(t.await.unwrap());
     }
-    ended.push(tokio::task::block_in_place(|| thread_waiter.join().unwrap()));
+    ended.push(tokio::task::block_in_place(|| {
+        thread_waiter.join().unwrap()
+    }));
     for (outcome, waited, bound) in ended {
         assert_eq!(outcome.unwrap(), Outcome::TimedOut, "bound {bound:?}");
         assert!(
@@ -254,7 +279,13 @@ async fn a_stalled_or_dead_server_ends_every_waiter_by_its_own_bound() {
     let task_waiters: Vec<_> = (0..3)
         .map(|_| {
             let cache = tasks.clone();
-            tokio::spawn(async move { cache.redlock("job", lease).acquire().await.map(|g| g.outcome()) })
+            tokio::spawn(async move {
+                cache
+                    .redlock("job", lease)
+                    .acquire()
+                    .await
+                    .map(|g| g.outcome())
+            })
         })
         .collect();
     let thread_waiters: Vec<_> = (0..2)
@@ -348,7 +379,11 @@ async fn exclusive_waiters_of_two_caches_claim_once_per_release() {
         events::waiters("excl:job-lock", waited).await;
         registered(left);
         let now = claims();
-        assert_eq!(now - previous, 1, "one claim for the release, {left} still waiting");
+        assert_eq!(
+            now - previous,
+            1,
+            "one claim for the release, {left} still waiting"
+        );
         previous = now;
         match winner {
             Held::Task(g) => assert!(g.release().await.unwrap()),

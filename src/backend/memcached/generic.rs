@@ -13,13 +13,13 @@ use super::backend::Backend;
 use super::memcached_io::{self as io, Conn};
 use super::{maybe_async, rt};
 use crate::backend::memcached::meta::{self, ErrorLine, Flag, Reply};
+use crate::backend::memcached::polls::{self, Step, Ticket, Turn};
 use crate::backend::memcached::routing::{Distribution, Router};
 use crate::backend::memcached::settings::{
     Addr, Fate, Settings, cas_disabled, settings, settings_from_url, unexpected,
 };
 use crate::config::Options;
 use crate::core::lease::deadline;
-use crate::backend::memcached::polls::{self, Step, Ticket, Turn};
 use crate::core::poll::Seen;
 use crate::core::wait::{Claim, Wake};
 use crate::error::{Error, ErrorKind, Result};
@@ -881,7 +881,6 @@ impl MemcachedBackend {
             other => other,
         }
     }
-
 }
 
 impl MemcachedBackend {

@@ -62,8 +62,8 @@
 #![cfg_attr(not(all(feature = "blocking", feature = "async")), allow(dead_code))]
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use event_listener::{Event, EventListener};
@@ -269,7 +269,11 @@ pub(crate) fn join(
 /// flavors).
 pub(crate) fn waiters(server: &Addr, key: &[u8]) -> usize {
     let registry = registry();
-    let poll_loop = registry.loops.lock().get(&PollKey::new(server, key)).cloned();
+    let poll_loop = registry
+        .loops
+        .lock()
+        .get(&PollKey::new(server, key))
+        .cloned();
     poll_loop.map_or(0, |l| l.state.lock().waiters.len())
 }
 
@@ -460,14 +464,7 @@ impl Registry {
     /// Otherwise a round's result the poll contradicts (the key gone, or another
     /// holder's) ends, if the poll was sent after the result came (an earlier poll
     /// may have read the key before the claim).
-    fn observed(
-        &self,
-        key: &PollKey,
-        current: Option<&[u8]>,
-        tick: u64,
-        woke: bool,
-        now: Instant,
-    ) {
+    fn observed(&self, key: &PollKey, current: Option<&[u8]>, tick: u64, woke: bool, now: Instant) {
         if !woke && self.open_rounds.load(Ordering::Acquire) == 0 {
             return;
         }
@@ -690,7 +687,13 @@ mod tests {
         }
         drop(waiters);
         assert_eq!(super::waiters(&server(), key), 0, "the loop ended");
-        assert!(registry().loops.lock().get(&PollKey::new(&server(), key)).is_none());
+        assert!(
+            registry()
+                .loops
+                .lock()
+                .get(&PollKey::new(&server(), key))
+                .is_none()
+        );
     }
 
     #[test]
