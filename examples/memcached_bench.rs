@@ -338,13 +338,13 @@ fn polls_per_second(
 /// Hand-off latencies in µs: from the holder's release (in another process) to the
 /// first and to the last of `waiters` waiters (async tasks, or one blocking thread)
 /// returning `Released`, the waiters having waited `hold` first (registered on the
-/// key's shared poll loop). Each sorted.
+/// key's shared poll loop), async waiters on a runtime of `workers` threads. Each
+/// sorted.
 fn hand_off(
     url: &str,
     trials: usize,
     hold: Duration,
-    flavor: &str,
-    waiters: usize,
+    (flavor, waiters, workers): (&str, usize, usize),
 ) -> (Vec<f64>, Vec<f64>) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--holder", url])
@@ -363,7 +363,7 @@ fn hand_off(
         line.trim().to_string()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .unwrap();
@@ -425,6 +425,10 @@ fn hand_off(
     first.sort_by(f64::total_cmp);
     last.sort_by(f64::total_cmp);
     (first, last)
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -540,52 +544,32 @@ fn main() {
     if table("handoff") {
         println!("Cross-process hand-off: holder in a child process, waiters here; latency from");
         println!("the holder's release returning to the first (and the last) waiter's acquire");
-        println!("returning `Released`. Async waiters on a 1-worker runtime.");
+        println!("returning `Released`. Async waiters on a tokio runtime of 1 or 2 workers.");
         println!();
         println!(
             "| waiters | max_poll_interval | waited before the release | trials | first: p50 | p90 | max | last: p50 |"
         );
         println!("|---|---|---|---|---|---|---|---|");
         let fast = format!("{url}?max_poll_interval=0.002");
+        let (short, long) = (Duration::from_millis(5), Duration::from_millis(200));
+        let default = "4 ms (default)";
         let rows = [
-            (
-                "blocking",
-                1,
-                Duration::from_millis(5),
-                &url,
-                "4 ms (default)",
-            ),
-            (
-                "blocking",
-                1,
-                Duration::from_millis(200),
-                &url,
-                "4 ms (default)",
-            ),
-            ("blocking", 1, Duration::from_millis(200), &fast, "2 ms"),
-            ("async", 1, Duration::from_millis(5), &url, "4 ms (default)"),
-            (
-                "async",
-                1,
-                Duration::from_millis(200),
-                &url,
-                "4 ms (default)",
-            ),
-            ("async", 1, Duration::from_millis(200), &fast, "2 ms"),
-            (
-                "async",
-                1000,
-                Duration::from_millis(200),
-                &url,
-                "4 ms (default)",
-            ),
+            (("blocking", 1, 1), short, &url, default),
+            (("blocking", 1, 1), long, &url, default),
+            (("blocking", 1, 1), long, &fast, "2 ms"),
+            (("async", 1, 1), short, &url, default),
+            (("async", 1, 1), long, &url, default),
+            (("async", 1, 1), long, &fast, "2 ms"),
+            (("async", 1000, 1), long, &url, default),
+            (("async", 1, 2), long, &url, default),
+            (("async", 1000, 2), long, &url, default),
         ];
-        for (flavor, waiters, hold, url, poll) in rows {
-            let (first, last) = hand_off(url, trials, hold, flavor, waiters);
-            let who = match (flavor, waiters) {
-                ("blocking", _) => "1 thread".to_string(),
-                (_, 1) => "1 task".to_string(),
-                (_, n) => format!("{n} tasks"),
+        for (who, hold, url, poll) in rows {
+            let (first, last) = hand_off(url, trials, hold, who);
+            let who = match who {
+                ("blocking", _, _) => "1 thread".to_string(),
+                (_, 1, workers) => format!("1 task ({workers} worker{})", plural(workers)),
+                (_, n, workers) => format!("{n} tasks ({workers} worker{})", plural(workers)),
             };
             println!(
                 "| {who} | {poll} | {hold:?} | {} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs |",

@@ -186,8 +186,10 @@ struct Slot {
     interest: Interest,
     deadline: Instant,
     max_delay: Duration,
-    /// Notified when `outcome` is set, or when the waiter is made the leader.
-    event: Event,
+    /// Notified when `outcome` is set, or when the waiter is made the leader. (Shared
+    /// so that many are notified with the loop's lock let go: a woken waiter steps
+    /// at once, on another thread, while the rest are told.)
+    event: Arc<Event>,
     /// How its wait ended, once the loop decided.
     outcome: Option<Result<Wake>>,
 }
@@ -250,7 +252,7 @@ pub(crate) fn join(
                 interest,
                 deadline,
                 max_delay,
-                event: Event::new(),
+                event: Arc::new(Event::new()),
                 outcome: None,
             },
         );
@@ -370,11 +372,15 @@ impl Registration {
         self.registry
             .observed(&self.poll_loop.key, current, tick, woke, received);
         if woke {
-            let state = self.poll_loop.state.lock();
-            for id in woken {
-                if let Some(slot) = state.waiters.get(&id) {
-                    slot.event.notify(usize::MAX);
-                }
+            let events: Vec<Arc<Event>> = {
+                let state = self.poll_loop.state.lock();
+                woken
+                    .iter()
+                    .filter_map(|id| state.waiters.get(id).map(|s| Arc::clone(&s.event)))
+                    .collect()
+            };
+            for event in events {
+                event.notify(usize::MAX);
             }
         }
     }
