@@ -224,23 +224,33 @@ fn async_rates(rt: &tokio::runtime::Runtime, url: &str, concurrency: usize, secs
     })
 }
 
-/// Uncontended cycles/s on one server and on a pool of three, slices alternating
-/// `ROUNDS` times in one run: the means, one server first.
-fn pool_vs_one(
+/// Uncontended cycles/s of one cache per URL of `urls`, in slices alternating
+/// `ROUNDS` times in one run (the order reversed every other round): each URL's
+/// rate per round.
+fn alternating_cycles(
     rt: &tokio::runtime::Runtime,
-    one: &str,
-    pool: &str,
+    urls: &[&str],
     flavor: &str,
     concurrency: usize,
     secs: f64,
-) -> (f64, f64) {
-    let mut rates = [Vec::new(), Vec::new()];
+) -> Vec<Vec<f64>> {
+    let mut rates = vec![Vec::new(); urls.len()];
+    let order = |round: usize| -> Vec<usize> {
+        let mut order: Vec<usize> = (0..urls.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        order
+    };
     if flavor == "blocking" {
-        let caches = [one, pool]
-            .map(|url| aiolock::blocking::Cache::from_url(&sized(url, concurrency)).unwrap());
-        for _ in 0..ROUNDS {
-            for (cache, rates) in caches.iter().zip(rates.iter_mut()) {
-                rates.push(blocking_run(concurrency, secs, &|w| {
+        let caches: Vec<_> = urls
+            .iter()
+            .map(|url| aiolock::blocking::Cache::from_url(&sized(url, concurrency)).unwrap())
+            .collect();
+        for round in 0..ROUNDS {
+            for i in order(round) {
+                let cache = &caches[i];
+                rates[i].push(blocking_run(concurrency, secs, &|w| {
                     blocking_cycle(cache, w, false)
                 }));
             }
@@ -248,26 +258,33 @@ fn pool_vs_one(
     } else {
         rt.block_on(async {
             let mut caches = Vec::new();
-            for url in [one, pool] {
-                caches.push(
-                    aiolock::Cache::from_url(&sized(url, concurrency))
-                        .await
-                        .unwrap(),
-                );
+            for url in urls {
+                let url = sized(url, concurrency);
+                caches.push(aiolock::Cache::from_url(&url).await.unwrap());
             }
-            for _ in 0..ROUNDS {
-                for (cache, rates) in caches.iter().zip(rates.iter_mut()) {
-                    let cache = cache.clone();
+            for round in 0..ROUNDS {
+                for i in order(round) {
+                    let cache = caches[i].clone();
                     let run = async_run(concurrency, secs, move |w| {
                         async_cycle(cache.clone(), w, false)
                     });
-                    rates.push(run.await);
+                    rates[i].push(run.await);
                 }
             }
         });
     }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    (mean(&rates[0]), mean(&rates[1]))
+    rates
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// The median of the per-round ratios `a[i] / b[i]`.
+fn median_ratio(a: &[f64], b: &[f64]) -> f64 {
+    let mut ratios: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b).collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2]
 }
 
 /// The waiters of a memcached cache registered on the shared poll loop of `lock_key`.
@@ -500,16 +517,26 @@ fn main() {
         let pool = server::MemcachedPool::tcp();
         let pool_url = pool.url("ketama");
         println!("Uncontended cycles/s, one server vs a pool of 3 (ketama), slices alternating in");
-        println!("one run (every server and the client share this machine's CPUs).");
+        println!(
+            "one run: the means, and the median of the per-round ratios; \"one server again\""
+        );
+        println!("is a second cache on the same server, for the noise (every server and the");
+        println!("client share this machine's CPUs).");
         println!();
-        println!("| flavor | concurrency | one server | pool of 3 | pool ÷ one |");
-        println!("|---|---|---|---|---|");
+        println!(
+            "| flavor | concurrency | one server | pool of 3 | pool ÷ one (median) | one server again ÷ one (median) |"
+        );
+        println!("|---|---|---|---|---|---|");
         for concurrency in [1, 64] {
             for flavor in ["blocking", "async"] {
-                let (one, three) = pool_vs_one(&rt, &url, &pool_url, flavor, concurrency, secs);
+                let urls = [url.as_str(), url.as_str(), pool_url.as_str()];
+                let r = alternating_cycles(&rt, &urls, flavor, concurrency, secs);
                 println!(
-                    "| {flavor} | {concurrency} | {one:.0} | {three:.0} | {:.3} |",
-                    three / one
+                    "| {flavor} | {concurrency} | {:.0} | {:.0} | {:.3} | {:.3} |",
+                    mean(&r[0]),
+                    mean(&r[2]),
+                    median_ratio(&r[2], &r[0]),
+                    median_ratio(&r[1], &r[0]),
                 );
             }
         }
