@@ -184,7 +184,10 @@ mod tests {
         assert_eq!(o.wait_replicas, 2);
         assert_eq!(o.wait_timeout, std::time::Duration::from_millis(200));
         let debug = format!("{s:?}");
-        assert!(!debug.contains("p%40x") && !debug.contains("sp@"), "{debug}");
+        assert!(
+            !debug.contains("p%40x") && !debug.contains("sp@"),
+            "{debug}"
+        );
         // No credentials: none for the sentinels either.
         let (s, o) = sentinel("redis+sentinel://h/m");
         assert_eq!(s.sentinels[0].as_str(), "redis://h:26379");

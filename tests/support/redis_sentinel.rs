@@ -174,7 +174,10 @@ impl RedisSentinel {
             None => String::new(),
         };
         let sep = if query.is_empty() { "" } else { "?" };
-        format!("redis://{auth}127.0.0.1:{}{sep}{query}", self.nodes[i].port())
+        format!(
+            "redis://{auth}127.0.0.1:{}{sep}{query}",
+            self.nodes[i].port()
+        )
     }
 
     /// Runs a command on data node `i` (its unix socket, authenticated): the reply.
@@ -223,7 +226,10 @@ impl RedisSentinel {
     /// Whether node `i`'s replication link to its master is up (and its master sees
     /// it).
     pub fn replica_linked(&self, i: usize) -> bool {
-        let info = self.node(i, &["INFO", "replication"]).text().unwrap_or_default();
+        let info = self
+            .node(i, &["INFO", "replication"])
+            .text()
+            .unwrap_or_default();
         info.contains("master_link_status:up")
     }
 
@@ -263,7 +269,10 @@ impl RedisSentinel {
     pub fn break_replication(&self, master: usize) {
         let replica = 1 - master;
         assert_eq!(
-            self.node(replica, &["CONFIG", "SET", "masterauth", "wrong-on-purpose"]),
+            self.node(
+                replica,
+                &["CONFIG", "SET", "masterauth", "wrong-on-purpose"]
+            ),
             Reply::Status("OK".into())
         );
         self.node(master, &["CLIENT", "KILL", "TYPE", "replica"]);
@@ -317,7 +326,10 @@ impl Sentinel {
             match sentinel.spawn(config, master_port) {
                 Ok(()) => return sentinel,
                 Err(why) if attempt == 5 => {
-                    panic!("a sentinel did not start: {why}\n--- log ---\n{}", sentinel.log())
+                    panic!(
+                        "a sentinel did not start: {why}\n--- log ---\n{}",
+                        sentinel.log()
+                    )
                 }
                 Err(_) => {}
             }

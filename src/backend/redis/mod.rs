@@ -5,6 +5,10 @@
 pub(crate) mod cluster;
 #[cfg(any(feature = "blocking", feature = "async"))]
 pub(crate) mod hub;
+#[cfg(feature = "async")]
+pub(crate) mod pipeline;
 pub(crate) mod protocol;
 pub(crate) mod replication;
+#[cfg(feature = "async")]
+pub(crate) mod resp;
 pub(crate) mod sentinel;

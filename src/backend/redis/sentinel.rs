@@ -270,7 +270,10 @@ mod tests {
         assert_eq!(d.order(), [0, 2, 1]);
         d.answered(0);
         assert_eq!(d.order(), [0, 2, 1]);
-        assert_eq!(d.shown(), "the master \"mm\" of the sentinels a:1, b:2, c:26379");
+        assert_eq!(
+            d.shown(),
+            "the master \"mm\" of the sentinels a:1, b:2, c:26379"
+        );
     }
 
     #[test]

@@ -42,7 +42,11 @@ pub(crate) struct Messages {
 }
 
 /// Subscribes `channel` at the sentinel `client` names, confirmed by `until`.
-pub(crate) fn subscribe(client: &redis::Client, channel: &str, until: Instant) -> RedisResult<Messages> {
+pub(crate) fn subscribe(
+    client: &redis::Client,
+    channel: &str,
+    until: Instant,
+) -> RedisResult<Messages> {
     let mut con = open(client, until)?;
     con.send_packed_command(&redis::cmd("SUBSCRIBE").arg(channel).get_packed_command())?;
     loop {

@@ -211,7 +211,9 @@ impl Shared {
         let longest = now + self.timeouts.connect * 2;
         let until = until.map_or(longest, |u| u.min(longest));
         let Some(one) = self.switch.lock(until).await else {
-            return Err(timed_out("another discovery of the Redis master took the time"));
+            return Err(timed_out(
+                "another discovery of the Redis master took the time",
+            ));
         };
         let current = Arc::clone(&self.current.read());
         // Cleared before looking: a failure seen meanwhile marks it again.

@@ -96,6 +96,8 @@ pub(crate) struct Switch(tokio::sync::Mutex<()>);
 impl Switch {
     /// The lock, or `None` if `until` passed first.
     pub(crate) async fn lock(&self, until: Instant) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        tokio::time::timeout_at(until.into(), self.0.lock()).await.ok()
+        tokio::time::timeout_at(until.into(), self.0.lock())
+            .await
+            .ok()
     }
 }

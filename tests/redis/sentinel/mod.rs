@@ -65,7 +65,9 @@ pub mod nonblocking {
 
         /// Runs the fixture's blocking `f` off the runtime's workers.
         pub async fn unblock<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-            tokio::task::spawn_blocking(f).await.expect("the fixture panicked")
+            tokio::task::spawn_blocking(f)
+                .await
+                .expect("the fixture panicked")
         }
 
         pub async fn sleep(d: Duration) {
