@@ -193,24 +193,12 @@ impl RedisSentinel {
         con.call(args)
     }
 
-    /// The index of the node that says it is a master (`ROLE`), if exactly one does.
-    pub fn master_by_role(&self) -> Option<usize> {
-        let masters: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.is_alive(i) && self.role(i).as_deref() == Some("master"))
-            .collect();
-        (masters.len() == 1).then(|| masters[0])
-    }
-
     /// What data node `i` says it is (`master`, `slave`), `None` if it is down.
     pub fn role(&self, i: usize) -> Option<String> {
         match self.node(i, &["ROLE"]) {
             Reply::Array(items) => items.first().and_then(Reply::text),
             _ => None,
         }
-    }
-
-    fn is_alive(&self, i: usize) -> bool {
-        UnixStream::connect(self.nodes[i].socket()).is_ok()
     }
 
     /// The index of the node every sentinel names as the master now, if they agree.
@@ -433,7 +421,8 @@ impl Drop for Sentinel {
     }
 }
 
-fn free_port() -> u16 {
+/// A loopback port nothing listens on (now).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -535,14 +524,15 @@ impl<S: Read + Write> Resp<S> {
 
 /// What `backend_suite!` needs: a fresh deployment, its URL with a namespace (and
 /// `WAIT` for the replica after every lock write, so that the suite runs that path
-/// too), the shortest lease worth testing and the expiry slack.
+/// too), the shortest lease worth testing (longer than a single server's: a lock
+/// write's `WAIT`, up to 50 ms, takes from it) and the expiry slack.
 pub fn env() -> (RedisSentinel, String, Duration, Duration) {
     let deployment = RedisSentinel::start(Config::steady());
-    let url = deployment.url("namespace=test:&wait_replicas=1&wait_timeout=0.5");
+    let url = deployment.url("namespace=test:&wait_replicas=1&wait_timeout=0.05");
     (
         deployment,
         url,
-        Duration::from_millis(150),
+        Duration::from_millis(300),
         Duration::from_millis(10),
     )
 }

@@ -124,12 +124,18 @@ impl Deployment {
         redis::Client::open(url)
     }
 
-    /// Whether a `+switch-master` message (`name old-ip old-port new-ip new-port`) is
-    /// about this deployment's master.
-    pub(crate) fn is_switch(&self, payload: &[u8]) -> bool {
-        payload
-            .strip_prefix(self.name.as_bytes())
-            .is_some_and(|rest| rest.starts_with(b" ") && rest.split(|&b| b == b' ').count() == 5)
+    /// The new master's address a `+switch-master` message (`name old-ip old-port
+    /// new-ip new-port`) announces, if it is about this deployment's master.
+    pub(crate) fn switched(&self, payload: &[u8]) -> Option<(String, u16)> {
+        let rest = std::str::from_utf8(payload)
+            .ok()?
+            .strip_prefix(self.name.as_str())?
+            .strip_prefix(' ')?;
+        let words: Vec<&str> = rest.split(' ').collect();
+        let [_, _, host, port] = words[..] else {
+            return None;
+        };
+        Some((host.to_owned(), port.parse().ok()?))
     }
 }
 
@@ -287,9 +293,13 @@ mod tests {
         assert_eq!(master_addr(&Value::Nil), None);
         let role_reply = Value::Array(vec![Value::BulkString(b"slave".to_vec())]);
         assert_eq!(role(&role_reply).as_deref(), Some("slave"));
-        assert!(d.is_switch(b"mm 10.0.0.1 6379 10.0.0.2 6379"));
-        assert!(!d.is_switch(b"mm2 10.0.0.1 6379 10.0.0.2 6379"));
-        assert!(!d.is_switch(b"mm"));
+        assert_eq!(
+            d.switched(b"mm 10.0.0.1 6379 10.0.0.2 6380"),
+            Some(("10.0.0.2".into(), 6380))
+        );
+        assert_eq!(d.switched(b"mm2 10.0.0.1 6379 10.0.0.2 6379"), None);
+        assert_eq!(d.switched(b"mm 10.0.0.1 6379 10.0.0.2"), None);
+        assert_eq!(d.switched(b"mm"), None);
         let node = d.node("::1", 7000).unwrap();
         let info = node.get_connection_info();
         assert_eq!(info.redis_settings().db(), 1);

@@ -41,13 +41,17 @@ pub(crate) struct Messages {
     con: redis::Connection,
 }
 
-/// Subscribes `channel` at the sentinel `client` names, confirmed by `until`.
+/// Subscribes `channel` at the sentinel `client` names (over RESP3), confirmed by
+/// `until`.
+///
+/// RESP3: the `redis` crate takes a RESP2 message read after a read timeout for the
+/// late reply of the read that timed out, and drops it; it never takes a push so.
 pub(crate) fn subscribe(
     client: &redis::Client,
     channel: &str,
     until: Instant,
 ) -> RedisResult<Messages> {
-    let mut con = open(client, until)?;
+    let mut con = open(&r::resp3(client)?, until)?;
     con.send_packed_command(&redis::cmd("SUBSCRIBE").arg(channel).get_packed_command())?;
     loop {
         let reply = con.recv_response()?;
@@ -64,7 +68,7 @@ impl Messages {
         self.con.set_read_timeout(Some(wait))?;
         match self.con.recv_response() {
             Ok(reply) => Ok(r::message(&reply).map(|(_, payload)| payload.to_vec())),
-            // A subscribed connection's read timeout leaves it usable.
+            // A read timeout leaves a RESP3 connection usable (see `subscribe`).
             Err(e) if e.is_timeout() => Ok(None),
             Err(e) => Err(e),
         }

@@ -78,7 +78,7 @@ impl Conn {
     pub(crate) async fn connect(deployment: Deployment, options: &Options) -> RedisResult<Self> {
         let timeouts = Timeouts::from(options);
         let until = rt::now() + timeouts.connect * 2;
-        let master = discover(&deployment, options, None, until).await?;
+        let master = discover(&deployment, options, None, None, until).await?;
         let shared = Arc::new(Shared {
             deployment,
             options: options.clone(),
@@ -191,7 +191,7 @@ impl Conn {
         if !self.shared.stale.load(Ordering::SeqCst) {
             return Ok(Arc::clone(&self.shared.current.read()));
         }
-        rt::boxed(self.shared.rediscover(until)).await
+        rt::boxed(self.shared.rediscover(until, None)).await
     }
 }
 
@@ -204,9 +204,14 @@ impl Shared {
     }
 
     /// Looks for the master (one discovery at a time, within `until` and twice the
-    /// connect timeout), switches to it if it is another node, and returns it.
+    /// connect timeout; at `announced` first, the address a `+switch-master` named),
+    /// switches to it if it is another node, and returns it.
     #[maybe_async]
-    async fn rediscover(&self, until: Option<Instant>) -> RedisResult<Arc<Master>> {
+    async fn rediscover(
+        &self,
+        until: Option<Instant>,
+        announced: Option<(String, u16)>,
+    ) -> RedisResult<Arc<Master>> {
         let now = rt::now();
         let longest = now + self.timeouts.connect * 2;
         let until = until.map_or(longest, |u| u.min(longest));
@@ -220,7 +225,14 @@ impl Shared {
         if !self.stale.swap(false, Ordering::SeqCst) {
             return Ok(current);
         }
-        let found = match discover(&self.deployment, &self.options, Some(&current), until).await {
+        let found = discover(
+            &self.deployment,
+            &self.options,
+            Some(&current),
+            announced,
+            until,
+        );
+        let found = match found.await {
             Ok(found) => found,
             Err(e) => {
                 self.stale.store(true, Ordering::SeqCst);
@@ -303,12 +315,14 @@ async fn watch(weak: Weak<Shared>, running: Running) {
                 return;
             };
             match message {
-                Ok(Some(payload)) if shared.deployment.is_switch(&payload) => {
-                    shared.stale.store(true, Ordering::SeqCst);
-                    // Failures are the next command's to report.
-                    let _ = shared.rediscover(None).await;
+                Ok(Some(payload)) => {
+                    if let Some(announced) = shared.deployment.switched(&payload) {
+                        shared.stale.store(true, Ordering::SeqCst);
+                        // Failures are the next command's to report.
+                        let _ = shared.rediscover(None, Some(announced)).await;
+                    }
                 }
-                Ok(_) => {}
+                Ok(None) => {}
                 Err(_) => {
                     missed = true;
                     break;
@@ -320,16 +334,28 @@ async fn watch(weak: Weak<Shared>, running: Running) {
 
 /// Asks the sentinels in turn for the master and checks that the node they name is
 /// one (`ROLE`), by `until`. `current` is the master used so far: when they name it
-/// again, it is kept.
+/// again, it is kept. `announced` (a `+switch-master`'s new master) is tried first:
+/// while the news spreads, the other sentinels still name the old master, which
+/// still says it is one until they turn it into a replica (some seconds later).
 #[maybe_async]
 async fn discover(
     deployment: &Deployment,
     options: &Options,
     current: Option<&Arc<Master>>,
+    announced: Option<(String, u16)>,
     until: Instant,
 ) -> RedisResult<Arc<Master>> {
     let mut findings = Findings::default();
     let mut tried: Vec<(String, u16)> = Vec::new();
+    if let Some((host, port)) = announced {
+        if let Ok(master) = candidate(deployment, options, current, host, port, until).await {
+            let role = master.conn.query_until(&s::role_cmd(), until).await;
+            if role.ok().and_then(|reply| s::role(&reply)).as_deref() == Some("master") {
+                return Ok(master);
+            }
+            tried.push((master.host.clone(), master.port));
+        }
+    }
     for i in deployment.order() {
         if rt::now() >= until {
             findings.out_of_time();
@@ -348,14 +374,7 @@ async fn discover(
             continue;
         }
         tried.push((host.clone(), port));
-        let known = current.filter(|m| m.host == host && m.port == port);
-        let candidate = match known {
-            Some(master) => Ok(Arc::clone(master)),
-            None => connect(deployment, options, &host, port, until)
-                .await
-                .map(|conn| Arc::new(Master { host, port, conn })),
-        };
-        let master = match candidate {
+        let master = match candidate(deployment, options, current, host, port, until).await {
             Ok(master) => master,
             Err(e) => {
                 let (host, port) = tried.last().expect("pushed above");
@@ -384,15 +403,21 @@ async fn discover(
     Err(findings.error(deployment))
 }
 
-/// Connects to the data node at `host:port`, by `until`.
+/// The data node at `host:port`: `current` if it is that one, else connected by
+/// `until`.
 #[maybe_async]
-async fn connect(
+async fn candidate(
     deployment: &Deployment,
     options: &Options,
-    host: &str,
+    current: Option<&Arc<Master>>,
+    host: String,
     port: u16,
     until: Instant,
-) -> RedisResult<redis_conn::Conn> {
-    let client = deployment.node(host, port)?;
-    redis_conn::Conn::connect_until(client, options, until).await
+) -> RedisResult<Arc<Master>> {
+    if let Some(master) = current.filter(|m| m.host == host && m.port == port) {
+        return Ok(Arc::clone(master));
+    }
+    let client = deployment.node(&host, port)?;
+    let conn = redis_conn::Conn::connect_until(client, options, until).await?;
+    Ok(Arc::new(Master { host, port, conn }))
 }

@@ -7,11 +7,15 @@ use std::time::{Duration, Instant};
 use aiolock::{ErrorKind, Outcome};
 
 use super::{Cache, ExclusiveGuard, maybe_async, rt};
-use crate::support::redis_sentinel::{Config, RedisSentinel, Reply};
+use crate::support::redis_sentinel::{Config, RedisSentinel, Reply, free_port};
 
 /// How far past its bound a waiter may return on a loaded machine (a round trip, a
 /// scheduling delay; never a failover's duration).
 const SLACK: Duration = Duration::from_millis(750);
+
+/// `WAIT` for the replica, long enough for a loaded machine's replica to confirm
+/// (`WAIT` returns as soon as it does).
+const CONFIRMED: &str = "wait_replicas=1&wait_timeout=5";
 
 #[maybe_async]
 async fn open(url: &str) -> Cache {
@@ -25,10 +29,13 @@ async fn deployment(config: Config) -> Arc<RedisSentinel> {
 }
 
 /// Polls until `cache`'s writes land on node `i`: the backend follows the master
-/// there. A marker written through the cache is read back on the node.
+/// there. A marker written through the cache is read back on the node. Within 5 s:
+/// sooner than the sentinels turn a failed-over master that still runs into a
+/// replica (8 s after they see it still says it is a master), so that the backend
+/// must have followed the sentinels' `+switch-master`, not a `READONLY` refusal.
 #[maybe_async]
 async fn follows(cache: &Cache, d: &RedisSentinel, i: usize, namespace: &str) {
-    let until = Instant::now() + Duration::from_secs(20);
+    let until = Instant::now() + Duration::from_secs(5);
     let key = format!("{namespace}follow");
     for n in 0u64.. {
         let marker = n.to_string();
@@ -89,8 +96,11 @@ fn on_node(d: &RedisSentinel, i: usize, key: &str) -> Option<Vec<u8>> {
 #[maybe_async]
 pub async fn failover_during_hold_and_waits() {
     let d = deployment(Config::failover()).await;
-    let url = d.url("namespace=fo:&wait_replicas=1");
-    let (a_cache, b_cache) = (open(&url).await, open(&url).await);
+    // Only the holder waits for the replica: after a failover the sentinels turn the
+    // old master into a replica only some seconds later (they wait for its role to
+    // show), and until then a waited write waits out the timeout.
+    let a_cache = open(&d.url(&format!("namespace=fo:&{CONFIRMED}"))).await;
+    let b_cache = open(&d.url("namespace=fo:")).await;
     let a = a_cache.lock("k", Duration::from_secs(30)).acquire().await;
     let a = a.unwrap().expect("the lock is free");
     let replicated = a.replication().expect("wait_replicas asks for it");
@@ -140,8 +150,10 @@ pub async fn failover_during_hold_and_waits() {
 #[maybe_async]
 pub async fn master_killed_during_hold_and_wait() {
     let mut d = deployment(Config::failover()).await;
-    let url = d.url("namespace=kill:&wait_replicas=1");
-    let (a_cache, b_cache) = (open(&url).await, open(&url).await);
+    // Only the holder waits for the replica: once the master is dead, no replica is
+    // left to confirm, and every waited write would wait out the timeout.
+    let a_cache = open(&d.url(&format!("namespace=kill:&{CONFIRMED}"))).await;
+    let b_cache = open(&d.url("namespace=kill:")).await;
     let a = a_cache.lock("k", Duration::from_secs(30)).acquire().await;
     let a = a.unwrap().expect("the lock is free");
     assert!(a.replication().unwrap().is_complete());
@@ -239,8 +251,8 @@ pub async fn wait_counts_the_replicas() {
     let d = deployment(Config::steady()).await;
     let master = d.master().expect("a master");
     for url in [
-        d.url("namespace=w:&wait_replicas=1"),
-        d.node_url(master, "namespace=w2:&wait_replicas=1"),
+        d.url(&format!("namespace=w:&{CONFIRMED}")),
+        d.node_url(master, &format!("namespace=w2:&{CONFIRMED}")),
     ] {
         let cache = open(&url).await;
         let guard = cache.lock("k", Duration::from_secs(30)).acquire().await;
@@ -283,11 +295,12 @@ pub async fn no_master_is_a_clear_error() {
     let text = err.to_string();
     assert!(text.contains("3 do not know the name"), "{text}");
     assert!(!text.contains('\n') && !text.contains("secret"), "{text}");
-    // No sentinel listens there (ports of the sentinels of a dropped deployment).
-    let gone = {
-        let other = deployment(Config::failover()).await;
-        other.url("")
-    };
+    // No sentinel listens there.
+    let ports: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let gone = format!(
+        "redis+sentinel://:node-secret@{}/aiolock-master?sentinel_password=sentinel-secret",
+        ports.join(",")
+    );
     let err = Cache::from_url(&gone).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
     let text = err.to_string();
