@@ -136,6 +136,40 @@ use crate::value::{CasToken, Replication, Ttl, Versioned};
 /// A fork-safe reconnection is not done for the cluster's connections yet: a forked
 /// child must open its own cache.
 ///
+/// # Sentinel and replication
+///
+/// `redis+sentinel://[user:password@]host[:port],host[:port]…/master_name[?options]`
+/// names the sentinels of a deployment (port 26379 unless given) and the name of the
+/// master they monitor; the credentials before the `@` are the data nodes', the
+/// sentinels' own are `sentinel_user` and `sentinel_password`, the database is `db`.
+/// The backend asks the sentinels in turn for the master's address and checks with
+/// `ROLE` that the node is a master: when it connects, and again when the master may
+/// have moved (a dropped connection, a timeout, a `READONLY` refusal, which is sent
+/// once more to the new master, or a `+switch-master` announcement, whose address is
+/// tried first). While no master is found, commands fail with a one-line
+/// [`Connection`](crate::ErrorKind::Connection) error that tells what each sentinel
+/// said (never a password). When the master changes, the old master's waiters re-check
+/// their keys on the new one; a wait still ends by its holder's lease and its bound.
+///
+/// `wait_replicas=N` (with `wait_timeout`, seconds, default 0.05; also on `redis://`
+/// URLs) sends `WAIT N timeout` after every write that takes or renews a lock (claims
+/// and `extend`; not releases, not the watchdog's renewals), on a connection of its
+/// own, and the guard tells the count ([`LockGuard::replication`](super::LockGuard::replication):
+/// "replicated to 1 of 1 replicas"). The time `WAIT` takes comes out of the lease,
+/// which starts when the claim is sent.
+///
+/// What a failover can do to a held lock: replication is asynchronous. A lock key the
+/// promoted replica had not received is gone after the failover: another caller takes
+/// the lock while its holder still holds a guard (whose `extend` then fails with
+/// [`Lost`](crate::ErrorKind::Lost) and whose `release` returns `false`), and a fence
+/// counter can go back, so that a fence is handed out twice. `WAIT` narrows this, it
+/// does not close it: a complete count says the replicas had the write when the call
+/// returned, but the sentinels may promote a replica that did not confirm, and an old
+/// master that still runs keeps taking writes from clients that have not heard of the
+/// switch until the sentinels turn it into a replica (seconds later), which discards
+/// them. Check [`Replication::is_complete`](crate::Replication::is_complete) when it
+/// matters, and let the protected resource check fences.
+///
 /// Clones share the connections. Build one with [`RedisBackend::connect`] or through
 /// [`Cache::from_url`](super::Cache::from_url).
 ///
