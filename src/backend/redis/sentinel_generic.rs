@@ -347,14 +347,14 @@ async fn discover(
 ) -> RedisResult<Arc<Master>> {
     let mut findings = Findings::default();
     let mut tried: Vec<(String, u16)> = Vec::new();
-    if let Some((host, port)) = announced {
-        if let Ok(master) = candidate(deployment, options, current, host, port, until).await {
-            let role = master.conn.query_until(&s::role_cmd(), until).await;
-            if role.ok().and_then(|reply| s::role(&reply)).as_deref() == Some("master") {
-                return Ok(master);
-            }
-            tried.push((master.host.clone(), master.port));
+    if let Some((host, port)) = announced
+        && let Ok(master) = candidate(deployment, options, current, host, port, until).await
+    {
+        let role = master.conn.query_until(&s::role_cmd(), until).await;
+        if role.ok().and_then(|reply| s::role(&reply)).as_deref() == Some("master") {
+            return Ok(master);
         }
+        tried.push((master.host.clone(), master.port));
     }
     for i in deployment.order() {
         if rt::now() >= until {
