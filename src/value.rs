@@ -60,6 +60,8 @@ pub struct Replication {
 }
 
 impl Replication {
+    /// `WAIT`'s count (`acked`, clamped) of `wanted` replicas.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn new(acked: i64, wanted: u16) -> Self {
         Replication {
             acked: u16::try_from(acked.max(0)).unwrap_or(u16::MAX),
