@@ -30,7 +30,7 @@
 //! | `redis+cluster://`, `rediss+cluster://` | `protocol` (every seed gets the credentials and options written once; a cluster has no databases and its nodes announce TCP addresses, so there is no path and no unix variant) |
 //! | `memcached://`, `memcached+unix://` | `max_poll_interval` (seconds, default 0.004): the longest sleep between two polls of a waiter; `distribution` (`ketama`, the default, or `rendezvous`): how a pool routes keys |
 //!
-//! `wait_replicas=N` (with `wait_timeout`, seconds, default 0.05) has every lock
+//! `wait_replicas=N` (1 to 15; with `wait_timeout`, seconds, default 0.05) has every lock
 //! acquisition and lease extension followed by `WAIT N timeout` on the connection
 //! that wrote it; the guard tells how many replicas confirmed
 //! ([`Replication`](crate::Replication)). See [Sentinel and
@@ -154,8 +154,8 @@ pub struct Options {
     /// (its async flavor multiplexes one connection).
     pub pool_size: usize,
     /// Redis: the number of replicas a lock's acquisition or extension waits for
-    /// (`WAIT`); 0 (the default) sends no `WAIT`.
-    pub wait_replicas: u16,
+    /// (`WAIT`, 1 to 15); 0 (the default) sends no `WAIT`.
+    pub wait_replicas: u8,
     /// Redis: how long that `WAIT` may block (default 50 ms; used only with
     /// `wait_replicas`).
     pub wait_timeout: Duration,
@@ -253,11 +253,16 @@ pub fn parse(url: &str) -> Result<(Endpoint, Options)> {
             "connect_timeout" => options.connect_timeout = positive(&name, &value)?,
             "response_timeout" => options.response_timeout = positive(&name, &value)?,
             "wait_replicas" if waits(&scheme) => {
-                options.wait_replicas = value.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
-                    Error::invalid_argument(format!(
-                        "wait_replicas={value:?} is not a number of replicas from 1 to 65535"
-                    ))
-                })?
+                let replicas = 1..=crate::Replication::MAX;
+                options.wait_replicas = value
+                    .parse()
+                    .ok()
+                    .filter(|n| replicas.contains(n))
+                    .ok_or_else(|| {
+                        Error::invalid_argument(format!(
+                            "wait_replicas={value:?} is not a number of replicas from 1 to 15"
+                        ))
+                    })?
             }
             "wait_timeout" if waits(&scheme) => options.wait_timeout = positive(&name, &value)?,
             "pool_size" => {

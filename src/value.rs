@@ -53,36 +53,52 @@ pub enum CasToken {
 /// }
 /// # }
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Replication {
-    acked: u16,
-    wanted: u16,
-}
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Replication(
+    /// The replicas waited for (1 to 15) in the high four bits, those that confirmed
+    /// (at most 15) in the low four: one byte, never zero, so that an
+    /// `Option<Replication>` is one byte too and a guard stays within 128 bytes.
+    std::num::NonZeroU8,
+);
 
 impl Replication {
-    /// `WAIT`'s count (`acked`, clamped) of `wanted` replicas.
+    /// The most replicas `wait_replicas` may ask for, and the most counted.
+    pub(crate) const MAX: u8 = 15;
+
+    /// `WAIT`'s count (`acked`, clamped) of `wanted` replicas (clamped to 1..=15).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn new(acked: i64, wanted: u16) -> Self {
-        Replication {
-            acked: u16::try_from(acked.max(0)).unwrap_or(u16::MAX),
-            wanted,
-        }
+    pub(crate) fn new(acked: i64, wanted: u8) -> Self {
+        let acked = u8::try_from(acked.clamp(0, Self::MAX.into())).unwrap_or(Self::MAX);
+        let wanted = wanted.clamp(1, Self::MAX);
+        // At least 16: `wanted` is at least 1.
+        Replication(
+            std::num::NonZeroU8::new(wanted << 4 | acked).unwrap_or(std::num::NonZeroU8::MIN),
+        )
     }
 
     /// The replicas that confirmed the write within the timeout (all that did, which
-    /// may be more than were waited for).
+    /// may be more than were waited for; at most 15).
     pub fn acked(&self) -> u32 {
-        self.acked.into()
+        (self.0.get() & 0x0f).into()
     }
 
     /// The replicas waited for (the `wait_replicas` option).
     pub fn wanted(&self) -> u32 {
-        self.wanted.into()
+        (self.0.get() >> 4).into()
     }
 
     /// Whether at least [`wanted`](Replication::wanted) replicas confirmed.
     pub fn is_complete(&self) -> bool {
-        self.acked >= self.wanted
+        self.acked() >= self.wanted()
+    }
+}
+
+impl std::fmt::Debug for Replication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replication")
+            .field("acked", &self.acked())
+            .field("wanted", &self.wanted())
+            .finish()
     }
 }
 
@@ -91,7 +107,8 @@ impl std::fmt::Display for Replication {
         write!(
             f,
             "replicated to {} of {} replicas",
-            self.acked, self.wanted
+            self.acked(),
+            self.wanted()
         )
     }
 }

@@ -208,6 +208,7 @@ mod tests {
             "redis+sentinel://h/m?respone_timeout=1",
             "redis+sentinel://h/m?max_poll_interval=1",
             "redis+sentinel://h/m?wait_replicas=0",
+            "redis+sentinel://h/m?wait_replicas=16",
             "redis+sentinel://h/m?wait_timeout=0",
             "redis+sentinel://:secret@h/m?sentinel_pasword=secret",
         ] {

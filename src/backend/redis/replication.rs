@@ -20,7 +20,7 @@ use crate::value::Replication;
 /// A backend's `WAIT`: how many replicas, how long.
 #[derive(Debug, Clone)]
 pub(crate) struct Wait {
-    replicas: u16,
+    replicas: u8,
     timeout: Duration,
     cmd: Cmd,
 }
@@ -82,6 +82,9 @@ mod tests {
         assert_eq!(r.to_string(), "replicated to 1 of 2 replicas");
         assert!(wait.replication(&Value::Int(3)).is_complete());
         assert_eq!(wait.replication(&Value::Nil).acked(), 0);
+        // One byte: counts past 15 are 15.
+        assert_eq!(wait.replication(&Value::Int(99)).acked(), 15);
+        assert_eq!(wait.replication(&Value::Int(-1)).acked(), 0);
         assert!(Wait::of(&Options::default()).is_none());
     }
 }
