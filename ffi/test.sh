@@ -132,8 +132,26 @@ for port in "${cluster_ports[@]}"; do
   for _ in $(seq 200); do [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ] && break; sleep 0.05; done
   cluster_seeds+=("127.0.0.1:$port")
 done
-redis-cli --cluster create "${cluster_seeds[@]}" --cluster-replicas 0 --cluster-yes >"$cluster_dir/create.log" 2>&1 ||
-  { cat "$cluster_dir/create.log" >&2; echo "redis-cli --cluster create failed" >&2; exit 1; }
+redis-cli --cluster create "${cluster_seeds[@]}" --cluster-replicas 0 --cluster-yes >"$cluster_dir/create.log" 2>&1 &
+create_pid=$!
+# redis-cli waits without end for every node to know every other one, and now and then
+# a MEET handshake is lost: once it has begun to meet them, the MEETs are sent again
+# every 3 s (as tests/support/redis_cluster.rs does), for at most 60 s.
+for tick in $(seq 1200); do
+  kill -0 "$create_pid" 2>/dev/null || break
+  if ((tick % 60 == 0)) && ! redis-cli -p "${cluster_ports[0]}" cluster info | grep -q '^cluster_known_nodes:1\s*$'; then
+    for a in 0 1 2; do
+      for b in 0 1 2; do
+        [ "$a" = "$b" ] || redis-cli -p "${cluster_ports[$a]}" cluster meet 127.0.0.1 \
+          "${cluster_ports[$b]}" "${free_ports[$((b + 3))]}" >/dev/null
+      done
+    done
+  fi
+  sleep 0.05
+done
+kill "$create_pid" 2>/dev/null || true
+wait "$create_pid" ||
+  { cat "$cluster_dir/create.log" >&2; echo "redis-cli --cluster create failed or did not finish in 60 s" >&2; exit 1; }
 for port in "${cluster_ports[@]}"; do
   for _ in $(seq 600); do
     info=$(redis-cli -p "$port" cluster info)
