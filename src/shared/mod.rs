@@ -6,7 +6,7 @@
 use super::memcached_io;
 use super::{maybe_async, rt};
 #[cfg(feature = "redis")]
-use super::{redis_cluster_conn, redis_conn};
+use super::{redis_cluster_conn, redis_conn, redis_sentinel_io};
 
 mod backend;
 pub(crate) mod background;
@@ -21,6 +21,9 @@ mod optimistic;
 #[cfg(feature = "redis")]
 #[path = "../backend/redis/generic.rs"]
 mod redis_backend;
+#[cfg(feature = "redis")]
+#[path = "../backend/redis/sentinel_generic.rs"]
+mod redis_sentinel_conn;
 #[cfg(feature = "redis")]
 #[path = "../backend/redis/transport.rs"]
 mod redis_transport;
