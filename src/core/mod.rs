@@ -13,4 +13,6 @@ pub mod wait;
 #[cfg(any(feature = "blocking", feature = "async"))]
 pub(crate) mod waiters;
 #[cfg(any(feature = "blocking", feature = "async"))]
+pub(crate) mod handoff;
+#[cfg(any(feature = "blocking", feature = "async"))]
 pub(crate) mod watchdog;

@@ -161,7 +161,7 @@ impl<B: Backend> ExclusiveLock<B> {
     #[maybe_async]
     pub fn acquire(self) -> impl Future<Output = Result<Option<ExclusiveGuard<B>>>> + Send {
         self.lock
-            .acquire_in(Acquisition::exclusive, ExclusiveGuard::held)
+            .acquire_in(Acquisition::exclusive, true, ExclusiveGuard::held)
     }
 
     /// Claims the lock once, never waiting: `Ok(Some(guard))` holds it, `Ok(None)`
@@ -172,7 +172,7 @@ impl<B: Backend> ExclusiveLock<B> {
     pub fn try_acquire(self) -> impl Future<Output = Result<Option<ExclusiveGuard<B>>>> + Send {
         self.lock
             .wait_at_most(Duration::ZERO)
-            .acquire_in(Acquisition::exclusive, ExclusiveGuard::held)
+            .acquire_in(Acquisition::exclusive, false, ExclusiveGuard::held)
     }
 }
 

@@ -1,17 +1,19 @@
 //! [`RedLock`]: the lease lock against cache stampedes.
 
 use std::num::NonZeroU64;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::backend::Backend;
 use super::background::Job;
 use super::cache::{AnyBackend, Cache};
+use super::handoff::{Entered, acquire_queued};
 use super::watchdog::Watch;
 use super::{maybe_async, rt};
 use crate::core::lease::{check_lease, deadline};
 use crate::core::token::Token;
 use crate::core::wait::{Acquisition, Action, Claim, Outcome, Wake};
-use crate::core::waiters::{Claiming, Turn};
+use crate::core::waiters::{Claiming, Release, Seat, Turn};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key;
 use crate::key::KeyBuf;
@@ -251,7 +253,7 @@ impl<B: Backend> RedLock<B> {
     /// releases it (owner-checked) like a dropped guard.
     #[maybe_async]
     pub fn acquire(self) -> impl Future<Output = Result<LockGuard<B>>> + Send {
-        self.acquire_in(Acquisition::new, |guard| guard)
+        self.acquire_in(Acquisition::new, false, |guard| guard)
     }
 
     /// The acquisition loop of both lease locks: `machine` makes the state machine
@@ -259,7 +261,9 @@ impl<B: Backend> RedLock<B> {
     /// `RedLock`, [`Acquisition::exclusive`] for an
     /// [`ExclusiveLock`](super::ExclusiveLock). The claims, the waits with the
     /// holder's token, the `Cache::waiting` count, the spans and the cleanup of a
-    /// failed claim are the same. `finish` makes the caller's result of the guard.
+    /// failed claim are the same. `queue`: an exclusive acquisition that may wait
+    /// waits in the cache's queue instead (`super::handoff`). `finish` makes the
+    /// caller's result of the guard.
     ///
     /// Not an `async fn`: one stores its arguments twice in its future, and a task
     /// waiting for a lock carries that future for as long as it waits. The lock's
@@ -268,6 +272,7 @@ impl<B: Backend> RedLock<B> {
     pub(super) fn acquire_in<T>(
         self,
         machine: fn(Duration) -> Acquisition,
+        queue: bool,
         finish: impl FnOnce(LockGuard<B>) -> T + Send,
     ) -> impl Future<Output = Result<T>> + Send {
         let RedLock {
@@ -279,6 +284,7 @@ impl<B: Backend> RedLock<B> {
             wait,
             watchdog,
         } = self;
+        let queue = queue && wait != Some(Duration::ZERO);
         // The guard is armed (holds the token) while an add is in flight, so a
         // cancelled or failed acquisition releases what it may have taken.
         let mut guard = LockGuard {
@@ -290,6 +296,8 @@ impl<B: Backend> RedLock<B> {
             lease_end: None,
             fence: None,
             watched: false,
+            queued: false,
+            unanswered: false,
             outcome: Outcome::TimedOut,
         };
         async move {
@@ -298,11 +306,12 @@ impl<B: Backend> RedLock<B> {
             // uncontended lock builds none of the futures of the wait machinery.
             // (In a block of its own, so that none of it is kept in the future
             // while it waits.)
-            let first_lost = {
+            let first = {
                 let _entered = trace::enter(&span);
-                match Self::start(&mut guard, empty_key, fenced) {
-                    Ok(Started::Lost(holder)) => Some(holder),
-                    Ok(Started::NotClaimed) => None,
+                match Self::start(&mut guard, empty_key, fenced, queue) {
+                    Ok(Started::Lost(holder)) => Entered::Lost(holder),
+                    Ok(Started::NotClaimed) => Entered::Claim,
+                    Ok(Started::Queued(seat)) => Entered::Queued(seat),
                     done => {
                         let result = done.map(|_| guard);
                         trace::end(&span, &result, |g| trace::outcome(g.outcome));
@@ -315,8 +324,18 @@ impl<B: Backend> RedLock<B> {
                     }
                 }
             };
-            let run = Self::acquire_untraced(&mut guard, first_lost, fenced, wait, machine);
-            let result = in_span!(span, run);
+            let result = if queue {
+                in_span!(span, acquire_queued(&mut guard, first, fenced, wait))
+            } else {
+                let first_lost = match first {
+                    Entered::Lost(holder) => Some(holder),
+                    _ => None,
+                };
+                in_span!(
+                    span,
+                    Self::acquire_untraced(&mut guard, first_lost, fenced, wait, machine)
+                )
+            };
             let result = result.map(|()| guard);
             trace::end(&span, &result, |g| trace::outcome(g.outcome));
             result.map(|mut g| {
@@ -330,13 +349,27 @@ impl<B: Backend> RedLock<B> {
 
     /// The checks and, on an in-process store (memory), the first claim, made at
     /// once; only a lost or unmade claim goes on to the claims and waits of
-    /// [`acquire_untraced`](RedLock::acquire_untraced).
-    fn start(guard: &mut LockGuard<B>, empty_key: bool, fenced: bool) -> Result<Started> {
+    /// [`acquire_untraced`](RedLock::acquire_untraced). With `queue`, an exclusive
+    /// acquisition queues behind the cache's waiters of the key or its guard that
+    /// holds the key through the queue, if any, without a claim.
+    fn start(
+        guard: &mut LockGuard<B>,
+        empty_key: bool,
+        fenced: bool,
+        queue: bool,
+    ) -> Result<Started> {
         if empty_key {
             return Err(Error::invalid_key("the key is empty"));
         }
         let lease = check_lease(guard.lease.get())?;
         guard.lease = Nanos::of(lease);
+        let waiters = guard.cache.waiters();
+        if queue
+            && waiters.active()
+            && let Some(seat) = waiters.arrive(&guard.key, fenced)
+        {
+            return Ok(Started::Queued(seat));
+        }
         if fenced {
             return Ok(Started::NotClaimed);
         }
@@ -471,12 +504,14 @@ enum Started {
     Lost(Option<Vec<u8>>),
     /// No claim made yet (not in process, or fenced).
     NotClaimed,
+    /// Queued behind the cache's waiters or holder of the key, without a claim.
+    Queued(Arc<Seat>),
 }
 
 /// One claim of `key`, fenced or not. One await point in the acquisition's future: what
 /// lives across two of them is kept in the future also while it waits.
 #[maybe_async]
-async fn claim_once<B: Backend>(
+pub(super) async fn claim_once<B: Backend>(
     backend: &B,
     key: &[u8],
     token: &[u8],
@@ -545,33 +580,39 @@ async fn follow<'a, B: Backend>(
 /// whether the lease was still ours.
 #[must_use = "if unused the lock is released at once"]
 pub struct LockGuard<B: Backend = AnyBackend> {
-    cache: Cache<B>,
-    key: KeyBuf,
-    token: Option<Token>,
+    pub(super) cache: Cache<B>,
+    pub(super) key: KeyBuf,
+    pub(super) token: Option<Token>,
     /// The lease (checked: at most `MAX_DURATION`), in nanoseconds, and the fence
     /// (they start at 1) without a zero: a guard of 128 bytes at most is moved
     /// without a call to `memcpy`.
-    lease: Nanos,
+    pub(super) lease: Nanos,
     /// While held: when the lease ends at the earliest (read before the claim or the
     /// last renewal was sent, plus the lease).
-    lease_end: Option<Instant>,
-    fence: Option<NonZeroU64>,
+    pub(super) lease_end: Option<Instant>,
+    pub(super) fence: Option<NonZeroU64>,
     /// Watched by the cache's watchdog (which keeps its watch, by token: a guard that
     /// is not watched pays one flag).
-    watched: bool,
-    outcome: Outcome,
+    pub(super) watched: bool,
+    /// Holds the lock through the cache's queue of exclusive waiters (see
+    /// `core::waiters`): its release may hand the lock to the first waiter.
+    pub(super) queued: bool,
+    /// A renewal of ours is unanswered (cancelled or failed without an answer): it
+    /// may still change the lease, so the lock is not handed off.
+    pub(super) unanswered: bool,
+    pub(super) outcome: Outcome,
 }
 
 /// A checked lease, in nanoseconds.
 #[derive(Clone, Copy)]
-struct Nanos(u64);
+pub(super) struct Nanos(u64);
 
 impl Nanos {
-    fn of(d: Duration) -> Self {
+    pub(super) fn of(d: Duration) -> Self {
         Nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
     }
 
-    fn get(self) -> Duration {
+    pub(super) fn get(self) -> Duration {
         Duration::from_nanos(self.0)
     }
 }
@@ -687,9 +728,16 @@ impl<B: Backend> LockGuard<B> {
         let sent = rt::now();
         let backend = self.cache.backend();
         let span = trace::span(Op::Extend, &self.key, backend.name());
+        // Until answered (a cancelled or failed extend may still be applied later).
+        self.unanswered = true;
         let extended = in_span!(span, backend.extend(&self.key, token.as_bytes(), lease));
         trace::end(&span, &extended, |r| trace::extended(*r));
-        if !extended? {
+        let extended = extended?;
+        self.unanswered = false;
+        if !extended {
+            if self.queued {
+                self.cache.waiters().extended(&self.key, &token, None);
+            }
             return Err(Error::new(
                 ErrorKind::Lost,
                 "the lock is no longer ours: its lease ended (another caller may hold it)",
@@ -700,6 +748,9 @@ impl<B: Backend> LockGuard<B> {
         self.lease_end = Some(end);
         if self.watched {
             self.cache.watch_extended(&token, lease, end);
+        }
+        if self.queued {
+            self.cache.waiters().extended(&self.key, &token, Some(end));
         }
         Ok(())
     }
@@ -745,6 +796,9 @@ impl<B: Backend> LockGuard<B> {
         trace::end(&span, &released, |r| trace::released(*r));
         // Answered: nothing is left for the drop to release.
         self.token = None;
+        if self.queued {
+            self.cache.waiters().released(&self.key, &token);
+        }
         released
     }
 
@@ -758,12 +812,43 @@ impl<B: Backend> LockGuard<B> {
         let Some(token) = self.token else {
             return Some(Ok(false));
         };
+        if self.queued
+            && let Some(released) = self.hand_off(token)
+        {
+            return Some(Ok(released));
+        }
         let backend = self.cache.backend();
         let released = backend.try_release_now(&self.key, token.as_bytes())?;
         let span = trace::span(Op::Release, &self.key, backend.name());
         trace::end(&span, &Ok(released), |r| trace::released(*r));
         self.token = None;
+        if self.queued {
+            self.cache.waiters().released(&self.key, &token);
+        }
         Some(Ok(released))
+    }
+
+    /// Releases a guard that holds through the cache's queue without I/O when it can:
+    /// hands the lock to the first waiter (`Some(true)`), or leaves a lock inherited
+    /// by fork to the parent (`Some(false)`); `None`: release it on the server (then
+    /// report it to the queue with `Waiters::released`).
+    #[cold]
+    #[inline(never)]
+    fn hand_off(&mut self, token: Token) -> Option<bool> {
+        let now = rt::now();
+        let lease_end = self.lease_end.unwrap_or(now);
+        let clean = !self.unanswered;
+        let released = match self.cache.waiters().release(&self.key, &token, lease_end, clean, now) {
+            Release::HandedOff => true,
+            Release::Inherited => false,
+            Release::Server => return None,
+        };
+        let span = trace::span(Op::Release, &self.key, self.cache.backend().name());
+        let how = if released { "handed_off" } else { "inherited" };
+        trace::end(&span, &Ok(()), |()| how);
+        self.token = None;
+        self.queued = false;
+        Some(released)
     }
 }
 
@@ -794,7 +879,7 @@ impl<B: Backend> LockGuard<B> {
     /// answer, a broken connection, a garbled reply), our token may be stored: the
     /// worker of the cache releases it once the server answers again, while the lease
     /// may last. Otherwise nothing was stored.
-    fn failed(&mut self, e: &Error) {
+    pub(super) fn failed(&mut self, e: &Error) {
         let Some(token) = self.token.take() else {
             return;
         };
@@ -814,13 +899,20 @@ impl<B: Backend> Drop for LockGuard<B> {
         if self.watched {
             self.unwatch();
         }
-        let Some(token) = self.token.take() else {
+        let Some(token) = self.token else {
             return;
         };
+        if self.queued && self.hand_off(token).is_some() {
+            return;
+        }
+        self.token = None;
         let backend = self.cache.backend();
         if let Some(released) = backend.try_release_now(&self.key, token.as_bytes()) {
             let span = trace::span(Op::Release, &self.key, backend.name());
             trace::end(&span, &Ok(released), |r| trace::released(*r));
+            if self.queued {
+                self.cache.waiters().released(&self.key, &token);
+            }
             return;
         }
         let key = std::mem::take(&mut self.key).into_vec();
