@@ -11,6 +11,7 @@ use super::backend::Backend;
 use super::cache::Cache;
 use super::redlock::{LockGuard, Nanos, claim_once};
 use super::{maybe_async, rt};
+use crate::core::fork;
 use crate::core::handoff::lease_suffices;
 use crate::core::lease::deadline;
 use crate::core::token::Token;
@@ -70,6 +71,7 @@ impl<B: Backend> LockGuard<B> {
             queued: true,
             unanswered: false,
             outcome: Outcome::Acquired,
+            generation: fork::generation32(),
         }
     }
 

@@ -13,8 +13,8 @@
 #![cfg_attr(not(all(feature = "blocking", feature = "async")), allow(dead_code))]
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use event_listener::{Event, EventListener};
 use parking_lot::Mutex;
@@ -42,6 +42,10 @@ pub(crate) struct Channel {
     state: Mutex<State>,
     /// The epoch in which the server confirmed the subscription ([`NEVER`]: not yet).
     subscribed: AtomicU64,
+    /// Set when the server dropped or refused the subscription because another node
+    /// serves the channel's slot (a Redis Cluster's slot moved): that node's
+    /// `host:port` when the server named it.
+    moved: OnceLock<Option<String>>,
 }
 
 struct State {
@@ -98,6 +102,7 @@ impl Hub {
                     waiters: Vec::new(),
                 }),
                 subscribed: AtomicU64::new(NEVER),
+                moved: OnceLock::new(),
             })
         });
         let channel = Arc::clone(channel);
@@ -160,6 +165,18 @@ impl Hub {
         }
     }
 
+    /// The server dropped (`sunsubscribe`) or refused (`MOVED`) channel `name`: another
+    /// node serves its slot now (`to`, when the server named it). Its waiters return
+    /// [`Heard::Lost`] (they re-check the key and subscribe again), and the channel
+    /// leaves the hub, so that the next waiter of `name` starts a new subscription.
+    pub(crate) fn moved(&self, name: &[u8], to: Option<&str>) {
+        let channel = self.channels.lock().remove(name);
+        if let Some(channel) = channel {
+            let _ = channel.moved.set(to.map(str::to_owned));
+            channel.event.notify(usize::MAX);
+        }
+    }
+
     /// The channels waited on now.
     pub(crate) fn channels(&self) -> Vec<Arc<Channel>> {
         self.channels.lock().values().cloned().collect()
@@ -198,6 +215,12 @@ impl Channel {
     pub(crate) fn confirm(&self, epoch: u64) {
         self.subscribed.store(epoch, Ordering::SeqCst);
         self.event.notify(usize::MAX);
+    }
+
+    /// `Some` once the channel [moved](Hub::moved): with the node that serves its
+    /// slot now, when the server named it.
+    pub(crate) fn moved_to(&self) -> Option<Option<&str>> {
+        self.moved.get().map(Option::as_deref)
     }
 
     /// Whether anybody still waits on the channel.
@@ -269,13 +292,14 @@ impl Waiter {
     }
 
     /// What ended the wait so far, if anything: a counted message, a re-check that
-    /// found the holder gone, or a lost connection.
+    /// found the holder gone, or a lost connection or subscription (the channel
+    /// moved).
     pub(crate) fn heard(&self) -> Option<Heard> {
         if self.slot.heard.load(Ordering::SeqCst) {
             Some(Heard::Message)
         } else if self.slot.gone.load(Ordering::SeqCst) {
             Some(Heard::Gone)
-        } else if self.hub.epoch() != self.slot.epoch {
+        } else if self.hub.epoch() != self.slot.epoch || self.channel.moved.get().is_some() {
             Some(Heard::Lost)
         } else {
             None
@@ -383,6 +407,24 @@ mod tests {
         assert_eq!(late.heard(), None, "its holder still holds");
         late.channel().observed(sent, None);
         assert_eq!(late.heard(), Some(Heard::Gone));
+    }
+
+    #[test]
+    fn a_moved_channel_is_lost_for_its_waiters_only() {
+        let hub = Arc::new(Hub::default());
+        let (w, _) = hub.join(b"c", b"k", None);
+        let (other, _) = hub.join(b"d", b"k2", None);
+        hub.moved(b"c", Some("10.0.0.2:7000"));
+        assert_eq!(w.heard(), Some(Heard::Lost));
+        assert_eq!(w.channel().moved_to(), Some(Some("10.0.0.2:7000")));
+        assert_eq!(other.heard(), None, "another channel");
+        // A new waiter of the channel starts a new subscription.
+        assert!(!hub.is_waited_on(b"c"));
+        let (again, first) = hub.join(b"c", b"k", None);
+        assert!(first);
+        assert_eq!(again.heard(), None);
+        assert!(!w.leave(), "the moved channel is no longer the hub's");
+        assert!(hub.is_waited_on(b"c"));
     }
 
     #[test]

@@ -5,4 +5,8 @@
 pub(crate) mod cluster;
 #[cfg(any(feature = "blocking", feature = "async"))]
 pub(crate) mod hub;
+#[cfg(feature = "async")]
+pub(crate) mod pipeline;
 pub(crate) mod protocol;
+#[cfg(feature = "async")]
+pub(crate) mod resp;
