@@ -34,9 +34,6 @@ use crate::core::fork;
 use crate::core::handoff::{MAX_STREAK, streak_time};
 use crate::core::token::Token;
 
-/// Step 1 of the contention work: the queue and its leader, without the hand-off.
-const HAND_OFF: bool = false;
-
 #[derive(Debug, Default)]
 struct Entry {
     /// RedLock callers inside a wait (the backend's, or following a claimer).
@@ -111,6 +108,9 @@ pub(crate) struct Seat {
     event: Event,
     /// Changed only under the map's lock.
     state: Mutex<SeatState>,
+    /// The waiter's deadline, once it is known ([`Waiters::bound`]): a lock is never
+    /// handed to a waiter whose deadline passed.
+    deadline: Mutex<Option<Instant>>,
 }
 
 #[derive(Debug)]
@@ -163,8 +163,6 @@ pub(crate) enum Release {
     HandedOff,
     /// Release it on the server, then report [`Waiters::released`].
     Server,
-    /// The guard was inherited by fork: the lock is the parent's, leave it alone.
-    Inherited,
 }
 
 /// How a renewal of the watchdog went ([`Waiters::renewal_done`]).
@@ -183,8 +181,6 @@ struct Map {
     entries: HashMap<Vec<u8>, Entry>,
     /// The process generation of `entries` ([`fork::generation`]).
     generation: u64,
-    /// The tokens of the holds a forked child inherited: their guards release nothing.
-    inherited: Vec<Token>,
 }
 
 /// The waiters of one cache, per full lock key. Keys with no waiter, no claim in
@@ -212,7 +208,6 @@ impl Default for Waiters {
             map: Mutex::new(Map {
                 entries: HashMap::new(),
                 generation: fork::generation(),
-                inherited: Vec::new(),
             }),
             keys: AtomicUsize::new(0),
             claimed: Event::new(),
@@ -240,7 +235,13 @@ impl Seat {
             fenced,
             event: Event::new(),
             state: Mutex::new(state),
+            deadline: Mutex::new(None),
         })
+    }
+
+    /// Whether the waiter's deadline passed at `now` (it leaves the queue then).
+    fn expired(&self, now: Instant) -> bool {
+        self.deadline.lock().is_some_and(|d| now >= d)
     }
 
     /// A queued seat leads (it is first, and no guard of the cache holds the key).
@@ -254,19 +255,12 @@ impl Seat {
 
 impl Waiters {
     /// The map. In a forked child, what the parent's callers left there is dropped
-    /// first (they do not exist here), and the tokens of its holds are remembered as
-    /// inherited: the child's copies of those guards must not release or hand off
-    /// the parent's lock.
+    /// first (they do not exist here; the child's copies of the parent's guards
+    /// neither release nor hand off: they know their process generation).
     fn lock(&self) -> MutexGuard<'_, Map> {
         let mut map = self.map.lock();
         let generation = fork::generation();
         if map.generation != generation {
-            let held: Vec<Token> = map
-                .entries
-                .values()
-                .filter_map(|e| e.hold.as_ref().map(|h| h.token))
-                .collect();
-            map.inherited.extend(held);
             map.entries.clear();
             self.keys.store(0, Ordering::Relaxed);
             map.generation = generation;
@@ -457,6 +451,12 @@ impl Waiters {
         }
     }
 
+    /// `seat`'s deadline is `deadline`: from then on no lock is handed to it.
+    pub(crate) fn bound(&self, seat: &Seat, deadline: Instant) {
+        let _map = self.lock();
+        *seat.deadline.lock() = Some(deadline);
+    }
+
     /// The leader `seat` won its claim of `lock_key` with `token`, its lease `lease`
     /// confirmed until `lease_end`: it leaves the queue and holds the key through it
     /// (true), unless the queue is gone (a fork).
@@ -588,10 +588,6 @@ impl Waiters {
         now: Instant,
     ) -> Release {
         let mut map = self.lock();
-        if let Some(i) = map.inherited.iter().position(|t| t == token) {
-            map.inherited.swap_remove(i);
-            return Release::Inherited;
-        }
         let Some(entry) = map.entries.get_mut(lock_key) else {
             return Release::Server;
         };
@@ -601,13 +597,15 @@ impl Waiters {
         };
         let streak_over = hold.handoffs >= MAX_STREAK || now >= hold.streak_end;
         let sound = clean && !hold.doubtful && hold.renewing == 0 && lease_end > now;
-        let sound = sound && HAND_OFF;
+        // The first waiter whose deadline has not passed (those before it are
+        // leaving), unless it wants a fence of its own.
+        let next = entry.queue.iter().position(|s| !s.expired(now));
         if sound
             && !streak_over
-            && let Some(head) = entry.queue.front()
-            && !head.fenced
+            && let Some(i) = next
+            && !entry.queue[i].fenced
         {
-            let mut state = head.state.lock();
+            let mut state = entry.queue[i].state.lock();
             if matches!(*state, SeatState::Queued) {
                 *state = SeatState::Handed(Grant {
                     token: *token,
@@ -616,14 +614,14 @@ impl Waiters {
                 drop(state);
                 hold.handoffs += 1;
                 hold.lease_end = lease_end;
-                if let Some(head) = entry.queue.pop_front() {
-                    head.event.notify(1);
+                if let Some(seat) = entry.queue.remove(i) {
+                    seat.event.notify(1);
                 }
                 return Release::HandedOff;
             }
         }
         hold.releasing = true;
-        hold.yielding = streak_over && queued && HAND_OFF;
+        hold.yielding = streak_over && queued;
         Release::Server
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::backend::Backend;
 use super::cache::Cache;
-use super::redlock::{LockGuard, Nanos, claim_once};
+use super::redlock::{LockGuard, Nanos, Queued, claim_once};
 use super::{maybe_async, rt};
 use crate::core::fork;
 use crate::core::handoff::lease_suffices;
@@ -68,8 +68,7 @@ impl<B: Backend> LockGuard<B> {
             lease_end: Some(grant.lease_end),
             fence: None,
             watched: false,
-            queued: true,
-            unanswered: false,
+            queued: Queued::Yes,
             outcome: Outcome::Acquired,
             generation: fork::generation32(),
         }
@@ -113,13 +112,13 @@ impl<B: Backend> LockGuard<B> {
         let lease = self.lease.get();
         self.token = Some(grant.token);
         self.lease_end = Some(grant.lease_end);
-        self.queued = true;
+        self.queued = Queued::Yes;
         self.fence = None;
         if lease_suffices(grant.lease_end, rt::now(), lease) {
             self.outcome = Outcome::Acquired;
             return Ok(true);
         }
-        self.unanswered = true;
+        self.queued = Queued::Unanswered;
         let sent = rt::now();
         let backend = self.cache.backend();
         let span = trace::span(Op::Extend, &self.key, backend.name());
@@ -127,10 +126,10 @@ impl<B: Backend> LockGuard<B> {
         let extended = in_span!(span, extend);
         trace::end(&span, &extended, |r| trace::extended(*r));
         let extended = extended?;
-        self.unanswered = false;
+        self.queued = Queued::Yes;
         if !extended {
             self.token = None;
-            self.queued = false;
+            self.queued = Queued::No;
             return Ok(false);
         }
         let end = deadline(sent, lease);
@@ -183,6 +182,7 @@ pub(super) async fn acquire_queued<B: Backend>(
         // (Never: a lost claim waits or finishes.)
         Action::Add => rt::now(),
     };
+    guard.cache.waiters().bound(&seated.seat, deadline);
     let mut handed = None;
     loop {
         let next = match handed.take() {
@@ -198,6 +198,7 @@ pub(super) async fn acquire_queued<B: Backend>(
                 let waiters = guard.cache.waiters();
                 let (seat, leads) = waiters.handed_lost(&guard.key, &grant.token, fenced);
                 drop(std::mem::replace(&mut seated.seat, seat));
+                waiters.bound(&seated.seat, deadline);
                 if !leads {
                     trace::waiting(&guard.key);
                 }
@@ -220,7 +221,8 @@ pub(super) async fn acquire_queued<B: Backend>(
                         let end = guard.lease_end.unwrap_or_else(rt::now);
                         let waiters = guard.cache.waiters();
                         let seat = &seated.seat;
-                        guard.queued = waiters.lead_won(&guard.key, seat, token, lease, end, rt::now());
+                        let held = waiters.lead_won(&guard.key, seat, token, lease, end, rt::now());
+                        guard.queued = if held { Queued::Yes } else { Queued::No };
                         return Ok(());
                     }
                     Some(holder) => {

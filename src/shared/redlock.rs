@@ -297,8 +297,7 @@ impl<B: Backend> RedLock<B> {
             lease_end: None,
             fence: None,
             watched: false,
-            queued: false,
-            unanswered: false,
+            queued: Queued::No,
             outcome: Outcome::TimedOut,
             generation: fork::generation32(),
         };
@@ -618,16 +617,32 @@ pub struct LockGuard<B: Backend = AnyBackend> {
     /// Watched by the cache's watchdog (which keeps its watch, by token: a guard that
     /// is not watched pays one flag).
     pub(super) watched: bool,
-    /// Holds the lock through the cache's queue of exclusive waiters (see
+    /// Whether it holds the lock through the cache's queue of exclusive waiters (see
     /// `core::waiters`): its release may hand the lock to the first waiter.
-    pub(super) queued: bool,
-    /// A renewal of ours is unanswered (cancelled or failed without an answer): it
-    /// may still change the lease, so the lock is not handed off.
-    pub(super) unanswered: bool,
+    pub(super) queued: Queued,
     pub(super) outcome: Outcome,
     /// The process that made the guard ([`fork::generation32`]): a copy inherited by
     /// a forked child neither releases nor renews the parent's lock.
     pub(super) generation: u32,
+}
+
+/// How a guard holds the lock through the cache's queue of exclusive waiters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Queued {
+    /// Not through the queue: its release goes to the server.
+    No,
+    /// Through the queue: its release may hand the lock to the first waiter.
+    Yes,
+    /// Through the queue, with a renewal of ours unanswered (cancelled or failed
+    /// without an answer): it may still change the lease, so no hand-off.
+    Unanswered,
+}
+
+impl Queued {
+    #[inline(always)]
+    pub(super) fn is(self) -> bool {
+        self != Queued::No
+    }
 }
 
 /// A checked lease, in nanoseconds.
@@ -770,13 +785,16 @@ impl<B: Backend> LockGuard<B> {
         let backend = self.cache.backend();
         let span = trace::span(Op::Extend, &self.key, backend.name());
         // Until answered (a cancelled or failed extend may still be applied later).
-        self.unanswered = true;
+        let queued = self.queued;
+        if queued.is() {
+            self.queued = Queued::Unanswered;
+        }
         let extended = in_span!(span, backend.extend(&self.key, token.as_bytes(), lease));
         trace::end(&span, &extended, |r| trace::extended(*r));
         let extended = extended?;
-        self.unanswered = false;
+        self.queued = queued;
         if !extended {
-            if self.queued {
+            if self.queued.is() {
                 self.cache.waiters().extended(&self.key, &token, None);
             }
             return Err(Error::new(
@@ -790,7 +808,7 @@ impl<B: Backend> LockGuard<B> {
         if self.watched {
             self.cache.watch_extended(&token, lease, end);
         }
-        if self.queued {
+        if self.queued.is() {
             self.cache.waiters().extended(&self.key, &token, Some(end));
         }
         Ok(())
@@ -872,7 +890,7 @@ impl<B: Backend> LockGuard<B> {
         trace::end(&span, &released, |r| trace::released(*r));
         // Answered: nothing is left for the drop to release.
         self.token = None;
-        if self.queued {
+        if self.queued.is() {
             self.cache.waiters().released(&self.key, &token);
         }
         released
@@ -891,43 +909,39 @@ impl<B: Backend> LockGuard<B> {
         let Some(token) = self.token else {
             return Some(Ok(false));
         };
-        if self.queued
-            && let Some(released) = self.hand_off(token)
-        {
-            return Some(Ok(released));
+        if self.queued.is() && self.hand_off(token) {
+            return Some(Ok(true));
         }
         let backend = self.cache.backend();
         let released = backend.try_release_now(&self.key, token.as_bytes())?;
         let span = trace::span(Op::Release, &self.key, backend.name());
         trace::end(&span, &Ok(released), |r| trace::released(*r));
         self.token = None;
-        if self.queued {
+        if self.queued.is() {
             self.cache.waiters().released(&self.key, &token);
         }
         Some(Ok(released))
     }
 
     /// Releases a guard that holds through the cache's queue without I/O when it can:
-    /// hands the lock to the first waiter (`Some(true)`), or leaves a lock inherited
-    /// by fork to the parent (`Some(false)`); `None`: release it on the server (then
-    /// report it to the queue with `Waiters::released`).
+    /// hands the lock to the first waiter (true; the lock key keeps our token, now
+    /// the waiter's); false: release it on the server (then report it to the queue
+    /// with `Waiters::released`).
     #[cold]
     #[inline(never)]
-    fn hand_off(&mut self, token: Token) -> Option<bool> {
+    fn hand_off(&mut self, token: Token) -> bool {
         let now = rt::now();
         let lease_end = self.lease_end.unwrap_or(now);
-        let clean = !self.unanswered;
-        let released = match self.cache.waiters().release(&self.key, &token, lease_end, clean, now) {
-            Release::HandedOff => true,
-            Release::Inherited => false,
-            Release::Server => return None,
-        };
+        let clean = self.queued == Queued::Yes;
+        let waiters = self.cache.waiters();
+        if waiters.release(&self.key, &token, lease_end, clean, now) == Release::Server {
+            return false;
+        }
         let span = trace::span(Op::Release, &self.key, self.cache.backend().name());
-        let how = if released { "handed_off" } else { "inherited" };
-        trace::end(&span, &Ok(()), |()| how);
+        trace::end(&span, &Ok(()), |()| "handed_off");
         self.token = None;
-        self.queued = false;
-        Some(released)
+        self.queued = Queued::No;
+        true
     }
 }
 
@@ -1008,7 +1022,7 @@ impl<B: Backend> Drop for LockGuard<B> {
         let Some(token) = self.token else {
             return;
         };
-        if self.queued && self.hand_off(token).is_some() {
+        if self.queued.is() && self.hand_off(token) {
             return;
         }
         self.token = None;
@@ -1016,7 +1030,7 @@ impl<B: Backend> Drop for LockGuard<B> {
         if let Some(released) = backend.try_release_now(&self.key, token.as_bytes()) {
             let span = trace::span(Op::Release, &self.key, backend.name());
             trace::end(&span, &Ok(released), |r| trace::released(*r));
-            if self.queued {
+            if self.queued.is() {
                 self.cache.waiters().released(&self.key, &token);
             }
             return;
