@@ -61,9 +61,15 @@ mod tests {
         let lease = Duration::from_secs(10);
         let end = |ms| now + Duration::from_millis(ms);
         assert!(lease_suffices(end(10_000), now, lease));
-        assert!(lease_suffices(end(9_898), now, lease), "exactly lease - drift");
+        assert!(
+            lease_suffices(end(9_898), now, lease),
+            "exactly lease - drift"
+        );
         assert!(!lease_suffices(end(9_897), now, lease));
-        assert!(!lease_suffices(now, now + Duration::from_secs(1), lease), "ended");
+        assert!(
+            !lease_suffices(now, now + Duration::from_secs(1), lease),
+            "ended"
+        );
         // A short lease: the drift may cover it all.
         let short = Duration::from_millis(1);
         assert!(lease_suffices(now, now, short));

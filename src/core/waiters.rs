@@ -444,7 +444,11 @@ impl Waiters {
             }
             _ => {}
         }
-        let until = entry.hold.as_ref().map(|h| h.lease_end).filter(|&e| e > now);
+        let until = entry
+            .hold
+            .as_ref()
+            .map(|h| h.lease_end)
+            .filter(|&e| e > now);
         Next::Wait {
             listener: seat.event.listen(),
             until,
@@ -592,7 +596,11 @@ impl Waiters {
             return Release::Server;
         };
         let queued = !entry.queue.is_empty();
-        let Some(hold) = entry.hold.as_mut().filter(|h| h.token == *token && !h.releasing) else {
+        let Some(hold) = entry
+            .hold
+            .as_mut()
+            .filter(|h| h.token == *token && !h.releasing)
+        else {
             return Release::Server;
         };
         let streak_over = hold.handoffs >= MAX_STREAK || now >= hold.streak_end;
@@ -768,10 +776,9 @@ mod tests {
     fn next(waiters: &Waiters, seat: &Arc<Seat>, now: Instant) -> String {
         match waiters.next(b"k", seat, now) {
             Next::Take(g) => format!("take {}", g.token.as_bytes()[0] as char),
-            Next::Lead { holder, wait_first } => format!(
-                "lead {:?} {wait_first}",
-                holder.map(|h| h[0] as char)
-            ),
+            Next::Lead { holder, wait_first } => {
+                format!("lead {:?} {wait_first}", holder.map(|h| h[0] as char))
+            }
             Next::Wait { until, .. } => format!("wait {:?}", until.map(|u| u - at(0))),
         }
     }
@@ -782,7 +789,11 @@ mod tests {
         let (leader, leads) = waiters.queue_lost(b"k", Some(token(0).as_bytes()), false);
         assert!(leads, "the first lost claim leads");
         let queued: Vec<_> = (0..others)
-            .map(|_| waiters.arrive(b"k", false).expect("queues behind the leader"))
+            .map(|_| {
+                waiters
+                    .arrive(b"k", false)
+                    .expect("queues behind the leader")
+            })
             .collect();
         assert_eq!(next(waiters, &leader, at(0)), "lead Some('a') true");
         assert!(waiters.lead_won(b"k", &leader, token(1), LEASE, at(30_000), at(0)));
@@ -864,7 +875,9 @@ mod tests {
     fn a_release_hands_the_lock_to_the_first_waiter_in_order() {
         let waiters = Waiters::default();
         let queued = held_with(&waiters, 2);
-        let late = waiters.arrive(b"k", false).expect("queues behind the holder");
+        let late = waiters
+            .arrive(b"k", false)
+            .expect("queues behind the holder");
         assert_eq!(
             next(&waiters, &queued[0], at(1)),
             "wait Some(30s)",
@@ -874,13 +887,26 @@ mod tests {
         assert_eq!(release, Release::HandedOff);
         assert_eq!(next(&waiters, &queued[0], at(1)), "take b");
         let again = waiters.release(b"k", &token(1), at(30_000), true, at(2));
-        assert_eq!(again, Release::HandedOff, "the same token, now the next waiter's");
+        assert_eq!(
+            again,
+            Release::HandedOff,
+            "the same token, now the next waiter's"
+        );
         assert_eq!(next(&waiters, &queued[1], at(2)), "take b");
-        assert_eq!(waiters.release(b"k", &token(1), at(30_000), true, at(3)), Release::HandedOff);
+        assert_eq!(
+            waiters.release(b"k", &token(1), at(30_000), true, at(3)),
+            Release::HandedOff
+        );
         assert_eq!(next(&waiters, &late, at(3)), "take b");
         // Nobody waits: released on the server.
-        assert_eq!(waiters.release(b"k", &token(1), at(30_000), true, at(4)), Release::Server);
-        assert!(waiters.arrive(b"k", false).is_some(), "queues while it releases");
+        assert_eq!(
+            waiters.release(b"k", &token(1), at(30_000), true, at(4)),
+            Release::Server
+        );
+        assert!(
+            waiters.arrive(b"k", false).is_some(),
+            "queues while it releases"
+        );
         waiters.released(b"k", &token(1));
     }
 
@@ -906,7 +932,10 @@ mod tests {
             assert!(w.renewing(b"k", &token(1)));
             w.renewal_done(b"k", &token(1), Renewed::Doubtful);
         };
-        assert!(!hands(&refused, true, 30_000), "a renewal refused or unanswered");
+        assert!(
+            !hands(&refused, true, 30_000),
+            "a renewal refused or unanswered"
+        );
         let lost = |w: &Waiters| w.extended(b"k", &token(1), None);
         assert!(!hands(&lost, true, 30_000), "an extend found it gone");
         let stolen = |w: &Waiters| {
@@ -914,15 +943,29 @@ mod tests {
             assert!(!leads);
             w.leave(b"k", &seat);
         };
-        assert!(!hands(&stolen, true, 30_000), "a claim found another holder");
+        assert!(
+            !hands(&stolen, true, 30_000),
+            "a claim found another holder"
+        );
         // A fenced waiter gets a fence of its own: the holder releases, it claims.
         let waiters = Waiters::default();
         let _ = held_with(&waiters, 0);
         let fenced = waiters.arrive(b"k", true).unwrap();
-        assert_eq!(waiters.release(b"k", &token(1), at(30_000), true, at(1)), Release::Server);
-        assert_eq!(next(&waiters, &fenced, at(1)), "wait Some(30s)", "until it returned");
+        assert_eq!(
+            waiters.release(b"k", &token(1), at(30_000), true, at(1)),
+            Release::Server
+        );
+        assert_eq!(
+            next(&waiters, &fenced, at(1)),
+            "wait Some(30s)",
+            "until it returned"
+        );
         waiters.released(b"k", &token(1));
-        assert_eq!(next(&waiters, &fenced, at(2)), "lead Some('b') false", "claims at once");
+        assert_eq!(
+            next(&waiters, &fenced, at(2)),
+            "lead Some('b') false",
+            "claims at once"
+        );
     }
 
     #[test]
@@ -959,14 +1002,23 @@ mod tests {
     fn a_waiter_that_leaves_hands_back_what_it_was_handed() {
         let waiters = Waiters::default();
         let queued = held_with(&waiters, 2);
-        assert_eq!(waiters.release(b"k", &token(1), at(30_000), true, at(1)), Release::HandedOff);
+        assert_eq!(
+            waiters.release(b"k", &token(1), at(30_000), true, at(1)),
+            Release::HandedOff
+        );
         let grant = waiters.leave(b"k", &queued[0]).expect("handed, not taken");
         assert_eq!(grant.token, token(1));
         // It releases as a holder would: on to the next.
-        assert_eq!(waiters.release(b"k", &token(1), grant.lease_end, true, at(2)), Release::HandedOff);
+        assert_eq!(
+            waiters.release(b"k", &token(1), grant.lease_end, true, at(2)),
+            Release::HandedOff
+        );
         assert_eq!(next(&waiters, &queued[1], at(2)), "take b");
         assert!(waiters.leave(b"k", &queued[1]).is_none(), "taken: nothing");
-        assert_eq!(waiters.release(b"k", &token(1), at(30_000), true, at(3)), Release::Server);
+        assert_eq!(
+            waiters.release(b"k", &token(1), at(30_000), true, at(3)),
+            Release::Server
+        );
         waiters.released(b"k", &token(1));
         assert!(is_empty(&waiters));
     }
@@ -975,25 +1027,41 @@ mod tests {
     fn the_first_waiter_leads_when_the_holders_lease_ends_without_a_word() {
         let waiters = Waiters::default();
         let queued = held_with(&waiters, 2);
-        assert_eq!(next(&waiters, &queued[1], at(30_000)), "wait None", "only the first");
-        assert_eq!(next(&waiters, &queued[0], at(30_000)), "lead Some('b') true");
+        assert_eq!(
+            next(&waiters, &queued[1], at(30_000)),
+            "wait None",
+            "only the first"
+        );
+        assert_eq!(
+            next(&waiters, &queued[0], at(30_000)),
+            "lead Some('b') true"
+        );
         // The holder, if it comes back, releases on the server (the first waiter waits
         // for that release there).
-        assert_eq!(waiters.release(b"k", &token(1), at(30_000), true, at(1)), Release::Server);
+        assert_eq!(
+            waiters.release(b"k", &token(1), at(30_000), true, at(1)),
+            Release::Server
+        );
     }
 
     #[test]
     fn a_handed_lock_found_lost_ends_the_hold_and_its_waiter_leads() {
         let waiters = Waiters::default();
         let queued = held_with(&waiters, 2);
-        assert_eq!(waiters.release(b"k", &token(1), at(30_000), true, at(1)), Release::HandedOff);
+        assert_eq!(
+            waiters.release(b"k", &token(1), at(30_000), true, at(1)),
+            Release::HandedOff
+        );
         assert_eq!(next(&waiters, &queued[0], at(1)), "take b");
         let (seat, leads) = waiters.handed_lost(b"k", &token(1), false);
         assert!(leads);
         assert_eq!(next(&waiters, &seat, at(1)), "lead None false");
         assert_eq!(next(&waiters, &queued[1], at(1)), "wait None");
         assert!(waiters.lead_won(b"k", &seat, token(3), LEASE, at(30_000), at(2)));
-        assert_eq!(waiters.release(b"k", &token(3), at(30_000), true, at(3)), Release::HandedOff);
+        assert_eq!(
+            waiters.release(b"k", &token(3), at(30_000), true, at(3)),
+            Release::HandedOff
+        );
         assert_eq!(next(&waiters, &queued[1], at(3)), "take d");
     }
 
@@ -1001,9 +1069,292 @@ mod tests {
     fn a_release_of_another_token_changes_nothing() {
         let waiters = Waiters::default();
         let queued = held_with(&waiters, 1);
-        assert_eq!(waiters.release(b"k", &token(7), at(30_000), true, at(1)), Release::Server);
+        assert_eq!(
+            waiters.release(b"k", &token(7), at(30_000), true, at(1)),
+            Release::Server
+        );
         waiters.released(b"k", &token(7));
         assert_eq!(next(&waiters, &queued[0], at(1)), "wait Some(30s)");
-        assert_eq!(waiters.release(b"x", &token(1), at(30_000), true, at(1)), Release::Server);
+        assert_eq!(
+            waiters.release(b"x", &token(1), at(30_000), true, at(1)),
+            Release::Server
+        );
+    }
+
+    #[test]
+    fn a_release_skips_the_waiters_whose_deadline_passed() {
+        let waiters = Waiters::default();
+        let queued = held_with(&waiters, 2);
+        waiters.bound(&queued[0], at(5));
+        waiters.bound(&queued[1], at(60_000));
+        // The first has not left yet, but its deadline passed: the second is handed it.
+        assert_eq!(
+            waiters.release(b"k", &token(1), at(30_000), true, at(5)),
+            Release::HandedOff
+        );
+        assert_eq!(next(&waiters, &queued[1], at(5)), "take b");
+        assert!(waiters.leave(b"k", &queued[0]).is_none(), "handed nothing");
+        // Only waiters whose deadline passed: released on the server.
+        let late = waiters.arrive(b"k", false).unwrap();
+        waiters.bound(&late, at(6));
+        assert_eq!(
+            waiters.release(b"k", &token(1), at(30_000), true, at(6)),
+            Release::Server
+        );
+    }
+
+    /// The exclusive queue of one key driven as the acquisitions drive it (claims on
+    /// a model server, waits, hand-offs, releases, deadlines and cancellations in any
+    /// order): never two holders, a lock handed only to an unfenced waiter whose
+    /// deadline has not passed, at most one leader, and once the holders release,
+    /// every waiter still waiting holds the lock in turn and the map is left empty.
+    mod queue_model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Arrive { fenced: bool },
+            Step(usize),
+            Release,
+            Leave(usize),
+            Expire(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => any::<bool>().prop_map(|fenced| Op::Arrive { fenced }),
+                6 => (0..8usize).prop_map(Op::Step),
+                3 => Just(Op::Release),
+                1 => (0..8usize).prop_map(Op::Leave),
+                1 => (0..8usize).prop_map(Op::Expire),
+            ]
+        }
+
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        enum Owner {
+            Nobody,
+            /// A guard holds `token`, through the queue or not.
+            Guard(Token, bool),
+            /// Handed to seat `i`, not taken yet.
+            Handed(usize),
+        }
+
+        struct Waiter {
+            seat: Arc<Seat>,
+            fenced: bool,
+            expired: bool,
+            /// Still in its acquisition.
+            alive: bool,
+            held: bool,
+        }
+
+        struct World {
+            waiters: Waiters,
+            server: Option<Token>,
+            owner: Owner,
+            seats: Vec<Waiter>,
+            tokens: u128,
+            ms: u64,
+        }
+
+        impl World {
+            fn now(&self) -> Instant {
+                at(self.ms)
+            }
+
+            fn token(&mut self) -> Token {
+                self.tokens += 1;
+                Token::from_u128(self.tokens)
+            }
+
+            fn hold(&mut self, token: Token, queued: bool, who: Option<usize>) {
+                assert!(
+                    matches!(self.owner, Owner::Nobody)
+                        || matches!(self.owner, Owner::Handed(i) if Some(i) == who),
+                    "two holders: {:?}",
+                    self.owner
+                );
+                self.owner = Owner::Guard(token, queued);
+                if let Some(i) = who {
+                    self.seats[i].held = true;
+                    self.seats[i].alive = false;
+                }
+            }
+
+            fn arrive(&mut self, fenced: bool) {
+                if self.seats.iter().filter(|w| w.alive).count() >= 8 {
+                    return;
+                }
+                let seat = match self.waiters.arrive(b"k", fenced) {
+                    Some(seat) => seat,
+                    None => match self.server {
+                        None => {
+                            let t = self.token();
+                            self.server = Some(t);
+                            self.hold(t, false, None);
+                            return;
+                        }
+                        Some(h) => self.waiters.queue_lost(b"k", Some(h.as_bytes()), fenced).0,
+                    },
+                };
+                let alive = true;
+                self.seats.push(Waiter {
+                    seat,
+                    fenced,
+                    expired: false,
+                    alive,
+                    held: false,
+                });
+            }
+
+            fn step(&mut self, i: usize) {
+                let Some(w) = self.seats.get(i).filter(|w| w.alive) else {
+                    return;
+                };
+                let (seat, expired) = (Arc::clone(&w.seat), w.expired);
+                match self.waiters.next(b"k", &seat, self.now()) {
+                    Next::Take(grant) => {
+                        assert_eq!(self.owner, Owner::Handed(i), "taken as handed");
+                        assert_eq!(self.server, Some(grant.token), "the key holds the token");
+                        self.hold(grant.token, true, Some(i));
+                    }
+                    Next::Lead { .. } | Next::Wait { .. } if expired => self.leave(i),
+                    Next::Lead { holder, wait_first } => {
+                        let waits = wait_first
+                            && self.server.is_some()
+                            && holder.as_deref().is_none_or(|h| {
+                                Some(h) == self.server.as_ref().map(|t| &t.as_bytes()[..])
+                            });
+                        if waits {
+                            return;
+                        }
+                        match self.server {
+                            None => {
+                                let t = self.token();
+                                self.server = Some(t);
+                                let now = self.now();
+                                let queued =
+                                    self.waiters
+                                        .lead_won(b"k", &seat, t, LEASE, at(30_000), now);
+                                self.hold(t, queued, Some(i));
+                            }
+                            Some(h) => self.waiters.lead_lost(b"k", &seat, Some(h.as_bytes())),
+                        }
+                    }
+                    Next::Wait { .. } => {}
+                }
+            }
+
+            fn leave(&mut self, i: usize) {
+                let Some(w) = self.seats.get_mut(i).filter(|w| w.alive) else {
+                    return;
+                };
+                w.alive = false;
+                let seat = Arc::clone(&w.seat);
+                if let Some(grant) = self.waiters.leave(b"k", &seat) {
+                    assert_eq!(
+                        self.owner,
+                        Owner::Handed(i),
+                        "handed back what it was handed"
+                    );
+                    self.owner = Owner::Guard(grant.token, true);
+                    self.release();
+                }
+            }
+
+            fn release(&mut self) {
+                let Owner::Guard(t, queued) = self.owner else {
+                    return;
+                };
+                assert_eq!(self.server, Some(t), "the holder's token is the key's");
+                let now = self.now();
+                if queued
+                    && self.waiters.release(b"k", &t, at(30_000), true, now) == Release::HandedOff
+                {
+                    let handed: Vec<usize> = (0..self.seats.len())
+                        .filter(|&i| {
+                            matches!(*self.seats[i].seat.state.lock(), SeatState::Handed(_))
+                        })
+                        .collect();
+                    assert_eq!(handed.len(), 1, "handed to one waiter");
+                    let w = &self.seats[handed[0]];
+                    assert!(
+                        w.alive && !w.fenced && !w.expired,
+                        "handed to a live unfenced waiter in time"
+                    );
+                    self.owner = Owner::Handed(handed[0]);
+                    return;
+                }
+                self.server = None;
+                self.owner = Owner::Nobody;
+                if queued {
+                    self.waiters.released(b"k", &t);
+                }
+            }
+
+            fn check(&self) {
+                let leaders = self
+                    .seats
+                    .iter()
+                    .filter(|w| w.alive && matches!(*w.seat.state.lock(), SeatState::Lead { .. }))
+                    .count();
+                assert!(leaders <= 1, "{leaders} leaders");
+                if let Owner::Guard(t, _) = self.owner {
+                    assert_eq!(self.server, Some(t));
+                }
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn the_queue_against_a_model(ops in proptest::collection::vec(op(), 1..120)) {
+                let mut world = World {
+                    waiters: Waiters::default(),
+                    server: None,
+                    owner: Owner::Nobody,
+                    seats: Vec::new(),
+                    tokens: 0,
+                    ms: 0,
+                };
+                for op in ops {
+                    world.ms += 1;
+                    match op {
+                        Op::Arrive { fenced } => world.arrive(fenced),
+                        Op::Step(i) => world.step(i),
+                        Op::Release => world.release(),
+                        Op::Leave(i) => world.leave(i),
+                        Op::Expire(i) => {
+                            if let Some(w) = world.seats.get_mut(i).filter(|w| w.alive) {
+                                w.expired = true;
+                                let seat = Arc::clone(&w.seat);
+                                let now = world.now();
+                                world.waiters.bound(&seat, now);
+                            }
+                        }
+                    }
+                    world.check();
+                }
+                // The holders release as they finish; every waiter still waiting holds
+                // the lock in turn (the expired ones leave).
+                for _ in 0..1_000 {
+                    world.ms += 1;
+                    world.release();
+                    for i in 0..world.seats.len() {
+                        world.step(i);
+                        world.check();
+                    }
+                    if world.seats.iter().all(|w| !w.alive) && world.owner == Owner::Nobody {
+                        break;
+                    }
+                }
+                prop_assert!(world.seats.iter().all(|w| !w.alive), "a waiter starved");
+                prop_assert_eq!(world.owner, Owner::Nobody);
+                for w in &world.seats {
+                    prop_assert!(w.held || w.expired || !w.alive);
+                }
+                prop_assert!(is_empty(&world.waiters), "the map is left empty");
+            }
+        }
     }
 }

@@ -170,9 +170,11 @@ impl<B: Backend> ExclusiveLock<B> {
     /// Errors and cancel safety as for [`acquire`](ExclusiveLock::acquire).
     #[maybe_async]
     pub fn try_acquire(self) -> impl Future<Output = Result<Option<ExclusiveGuard<B>>>> + Send {
-        self.lock
-            .wait_at_most(Duration::ZERO)
-            .acquire_in(Acquisition::exclusive, false, ExclusiveGuard::held)
+        self.lock.wait_at_most(Duration::ZERO).acquire_in(
+            Acquisition::exclusive,
+            false,
+            ExclusiveGuard::held,
+        )
     }
 }
 

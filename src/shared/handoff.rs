@@ -51,7 +51,12 @@ impl<B: Backend> Seated<B> {
 impl<B: Backend> Drop for Seated<B> {
     fn drop(&mut self) {
         if let Some(grant) = self.leave() {
-            drop(LockGuard::granted(&self.cache, &self.key, grant, self.lease));
+            drop(LockGuard::granted(
+                &self.cache,
+                &self.key,
+                grant,
+                self.lease,
+            ));
         }
     }
 }
@@ -82,7 +87,13 @@ impl<B: Backend> LockGuard<B> {
         // Armed while in flight: a claim dropped or failed may have been applied.
         self.token = Some(token);
         let sent = rt::now();
-        let claimed = claim_once(self.cache.backend(), &self.key, token.as_bytes(), lease, fenced);
+        let claimed = claim_once(
+            self.cache.backend(),
+            &self.key,
+            token.as_bytes(),
+            lease,
+            fenced,
+        );
         match claimed.await {
             Ok((Claim::Won, fence)) => {
                 // Fences start at 1.
@@ -134,7 +145,9 @@ impl<B: Backend> LockGuard<B> {
         }
         let end = deadline(sent, lease);
         self.lease_end = Some(end);
-        self.cache.waiters().extended(&self.key, &grant.token, Some(end));
+        self.cache
+            .waiters()
+            .extended(&self.key, &grant.token, Some(end));
         self.outcome = Outcome::Acquired;
         Ok(true)
     }
@@ -187,7 +200,10 @@ pub(super) async fn acquire_queued<B: Backend>(
     loop {
         let next = match handed.take() {
             Some(grant) => Next::Take(grant),
-            None => guard.cache.waiters().next(&guard.key, &seated.seat, rt::now()),
+            None => guard
+                .cache
+                .waiters()
+                .next(&guard.key, &seated.seat, rt::now()),
         };
         match next {
             Next::Take(grant) => {

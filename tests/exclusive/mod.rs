@@ -92,12 +92,21 @@ pub async fn cancelled_leader_passes_on(cache: Cache) {
     crate::support::events::waiters(&lock_key, 2).await;
     assert_eq!(cache.waiting("k"), 2);
     leader.abort();
-    assert!(leader.await.unwrap_err().is_cancelled(), "cancelled mid-wait");
+    assert!(
+        leader.await.unwrap_err().is_cancelled(),
+        "cancelled mid-wait"
+    );
     assert_eq!(cache.waiting("k"), 1, "the cancelled leader is uncounted");
     assert!(holder.release().await.unwrap());
-    assert!(second.await.unwrap(), "the second took the lock and released it");
+    assert!(
+        second.await.unwrap(),
+        "the second took the lock and released it"
+    );
     cache.flush().await;
-    assert!(!cache.exists("k-lock").await.unwrap(), "nothing left behind");
+    assert!(
+        !cache.exists("k-lock").await.unwrap(),
+        "nothing left behind"
+    );
 }
 
 /// Set in the child processes of [`cross_process_oracle`]: the cache URL; the record

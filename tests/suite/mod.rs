@@ -1017,7 +1017,12 @@ pub async fn exclusive_deadlines_in_the_queue(env: Env) {
     .await;
     assert_eq!(
         roles,
-        ["leader timed out", "second held", "released", "late timed out"]
+        [
+            "leader timed out",
+            "second held",
+            "released",
+            "late timed out"
+        ]
     );
     assert_eq!(env.cache.waiting("k"), 0);
     env.cache.flush().await;
@@ -1078,7 +1083,11 @@ pub async fn exclusive_64_waiters_one_key(
         }
     })
     .await;
-    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "two callers were inside");
+    assert_eq!(
+        overlaps.load(Ordering::SeqCst),
+        0,
+        "two callers were inside"
+    );
     let entries = entered.iter().filter(|e| **e).count();
     assert_eq!(entries, N, "every waiter entered");
     assert_eq!(env.cache.waiting("hot"), 0);

@@ -48,13 +48,19 @@ impl Counted for super::redis::RedisServer {
             else {
                 continue;
             };
-            let calls: u64 = rest.split(',').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            let calls: u64 = rest
+                .split(',')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
             match name {
                 "set" => counts.claims += calls,
                 "evalsha" => counts.releases += calls,
                 _ => {}
             }
-            let admin = ["info", "config", "cluster", "client", "command", "hello", "ping"];
+            let admin = [
+                "info", "config", "cluster", "client", "command", "hello", "ping",
+            ];
             if !admin.iter().any(|a| name.starts_with(a)) {
                 counts.commands += calls;
             }
@@ -81,7 +87,13 @@ impl Counted for super::redis_cluster::RedisCluster {
 impl Counted for super::memcached::MemcachedServer {
     fn counts(&self) -> Option<Counts> {
         let stat = |name| self.stat(name);
-        let commands = ["cmd_get", "cmd_set", "cmd_touch", "delete_hits", "delete_misses"];
+        let commands = [
+            "cmd_get",
+            "cmd_set",
+            "cmd_touch",
+            "delete_hits",
+            "delete_misses",
+        ];
         let incr = ["incr_hits", "incr_misses", "decr_hits", "decr_misses"];
         Some(Counts {
             claims: stat("cmd_set"),

@@ -16,7 +16,6 @@ use crate::backend::redis::pipeline::{Opener, Pipe};
 use crate::backend::redis::protocol::{self as r, Timeouts};
 use crate::config::Options;
 
-
 /// The backend's connections.
 pub(crate) struct Conn {
     /// The same server over RESP3, for the subscriber.
