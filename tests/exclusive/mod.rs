@@ -109,6 +109,18 @@ pub async fn cancelled_leader_passes_on(cache: Cache) {
     );
 }
 
+/// The 64-waiter workload of the generic suite on the memory store, its calls
+/// counted where they reach the store (a [`Probe`](crate::support::probe::Probe)):
+/// at most one claim per release, a few calls per release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_64_waiters_one_key_counted() {
+    crate::support::events::install();
+    let probe = crate::support::probe::Probe::new(aiolock::MemoryBackend::new());
+    let cache = aiolock::Cache::new(probe.clone());
+    let server = std::sync::Arc::new(probe);
+    crate::nonblocking::suite::exclusive_64_waiters_one_key_of(cache, server).await;
+}
+
 /// Set in the child processes of [`cross_process_oracle`]: the cache URL; the record
 /// file and the child's id follow in the other variables.
 const ORACLE_URL: &str = "AIOLOCK_TEST_ORACLE_URL";

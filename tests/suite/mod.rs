@@ -1040,17 +1040,26 @@ pub async fn exclusive_64_waiters_one_key(
     env: Env,
     server: Arc<dyn crate::support::counts::Counted>,
 ) {
+    exclusive_64_waiters_one_key_of(env.cache, server).await
+}
+
+/// [`exclusive_64_waiters_one_key`] on a cache of any backend.
+#[maybe_async]
+pub async fn exclusive_64_waiters_one_key_of<B: super::Backend>(
+    cache: Cache<B>,
+    server: Arc<dyn crate::support::counts::Counted>,
+) {
     use crate::support::counts::Counts;
     const N: usize = 64;
     let lease = Duration::from_secs(30);
-    let holder = env.cache.lock("hot", lease).try_acquire().await.unwrap();
+    let holder = cache.lock("hot", lease).try_acquire().await.unwrap();
+    let lock_key = String::from_utf8_lossy(holder.as_ref().unwrap().lock_key()).into_owned();
     let holder = Arc::new(std::sync::Mutex::new(holder));
-    let lock_key = env.lock_key("hot");
     let inside = Arc::new(AtomicUsize::new(0));
     let overlaps = Arc::new(AtomicUsize::new(0));
     let before: Arc<std::sync::Mutex<Option<Counts>>> = Arc::default();
     let entered = concurrently(N + 1, |i| {
-        let cache = env.cache.clone();
+        let cache = cache.clone();
         let holder = Arc::clone(&holder);
         let lock_key = lock_key.clone();
         let (inside, overlaps) = (Arc::clone(&inside), Arc::clone(&overlaps));
@@ -1090,9 +1099,9 @@ pub async fn exclusive_64_waiters_one_key(
     );
     let entries = entered.iter().filter(|e| **e).count();
     assert_eq!(entries, N, "every waiter entered");
-    assert_eq!(env.cache.waiting("hot"), 0);
-    env.cache.flush().await;
-    let held = env.cache.exists("hot-lock").await.unwrap();
+    assert_eq!(cache.waiting("hot"), 0);
+    cache.flush().await;
+    let held = cache.exists("hot-lock").await.unwrap();
     assert!(!held, "released");
     let before = *before.lock().unwrap();
     if let (Some(before), Some(after)) = (before, server.counts()) {
