@@ -124,6 +124,7 @@ macro_rules! backend_suite {
                 fences_grow_with_each_acquisition,
                 waiter_of_an_extended_holder_keeps_waiting,
                 exclusive_deadlines_in_the_queue,
+                exclusive_handed_off_guard_is_watched,
             );
 
             #[test]

@@ -160,8 +160,7 @@ impl<B: Backend> ExclusiveLock<B> {
     /// owner-checked) and no waiter counted in [`Cache::waiting`].
     #[maybe_async]
     pub fn acquire(self) -> impl Future<Output = Result<Option<ExclusiveGuard<B>>>> + Send {
-        self.lock
-            .acquire_in(Acquisition::exclusive, true, ExclusiveGuard::held)
+        self.lock.acquire_queued_in(ExclusiveGuard::held)
     }
 
     /// Claims the lock once, never waiting: `Ok(Some(guard))` holds it, `Ok(None)`
@@ -170,11 +169,9 @@ impl<B: Backend> ExclusiveLock<B> {
     /// Errors and cancel safety as for [`acquire`](ExclusiveLock::acquire).
     #[maybe_async]
     pub fn try_acquire(self) -> impl Future<Output = Result<Option<ExclusiveGuard<B>>>> + Send {
-        self.lock.wait_at_most(Duration::ZERO).acquire_in(
-            Acquisition::exclusive,
-            false,
-            ExclusiveGuard::held,
-        )
+        self.lock
+            .wait_at_most(Duration::ZERO)
+            .acquire_in(Acquisition::exclusive, ExclusiveGuard::held)
     }
 }
 

@@ -254,17 +254,17 @@ impl<B: Backend> RedLock<B> {
     /// releases it (owner-checked) like a dropped guard.
     #[maybe_async]
     pub fn acquire(self) -> impl Future<Output = Result<LockGuard<B>>> + Send {
-        self.acquire_in(Acquisition::new, false, |guard| guard)
+        self.acquire_in(Acquisition::new, |guard| guard)
     }
 
     /// The acquisition loop of both lease locks: `machine` makes the state machine
     /// from the wait bound (the lease unless set), [`Acquisition::new`] for a
     /// `RedLock`, [`Acquisition::exclusive`] for an
-    /// [`ExclusiveLock`](super::ExclusiveLock). The claims, the waits with the
-    /// holder's token, the `Cache::waiting` count, the spans and the cleanup of a
-    /// failed claim are the same. `queue`: an exclusive acquisition that may wait
-    /// waits in the cache's queue instead (`super::handoff`). `finish` makes the
-    /// caller's result of the guard.
+    /// [`ExclusiveLock`](super::ExclusiveLock)'s `try_acquire`. The claims, the waits
+    /// with the holder's token, the `Cache::waiting` count, the spans and the cleanup
+    /// of a failed claim are the same. `finish` makes the caller's result of the guard.
+    /// (An exclusive acquisition that may wait takes
+    /// [`acquire_queued_in`](RedLock::acquire_queued_in).)
     ///
     /// Not an `async fn`: one stores its arguments twice in its future, and a task
     /// waiting for a lock carries that future for as long as it waits. The lock's
@@ -273,7 +273,6 @@ impl<B: Backend> RedLock<B> {
     pub(super) fn acquire_in<T>(
         self,
         machine: fn(Duration) -> Acquisition,
-        queue: bool,
         finish: impl FnOnce(LockGuard<B>) -> T + Send,
     ) -> impl Future<Output = Result<T>> + Send {
         let RedLock {
@@ -285,34 +284,20 @@ impl<B: Backend> RedLock<B> {
             wait,
             watchdog,
         } = self;
-        let queue = queue && wait != Some(Duration::ZERO);
         // The guard is armed (holds the token) while an add is in flight, so a
         // cancelled or failed acquisition releases what it may have taken.
-        let mut guard = LockGuard {
-            cache,
-            key,
-            token: None,
-            // Checked in `start` (an unchecked one saturates at 584 years, still too long).
-            lease: Nanos::of(lease),
-            lease_end: None,
-            fence: None,
-            watched: false,
-            queued: Queued::No,
-            outcome: Outcome::TimedOut,
-            generation: fork::generation32(),
-        };
+        let mut guard = LockGuard::unheld(cache, key, lease);
         async move {
             let span = trace::span(Op::Acquire, &guard.key, guard.cache.backend().name());
             // Checked, and claimed at once when the store is in process (memory): an
             // uncontended lock builds none of the futures of the wait machinery.
             // (In a block of its own, so that none of it is kept in the future
             // while it waits.)
-            let first = {
+            let first_lost = {
                 let _entered = trace::enter(&span);
-                match Self::start(&mut guard, empty_key, fenced, queue) {
-                    Ok(Started::Lost(holder)) => Entered::Lost(holder),
-                    Ok(Started::NotClaimed) => Entered::Claim,
-                    Ok(Started::Queued(seat)) => Entered::Queued(seat),
+                match Self::start(&mut guard, empty_key, fenced, false) {
+                    Ok(Started::Lost(holder)) => Some(holder),
+                    Ok(Started::NotClaimed | Started::Queued(_)) => None,
                     // The guard moved once, straight into the result.
                     Ok(Started::Won) => {
                         trace::end(&span, &Ok(&guard), |g| trace::outcome(g.outcome));
@@ -327,17 +312,63 @@ impl<B: Backend> RedLock<B> {
                     }
                 }
             };
-            let result = if queue {
-                in_span!(span, acquire_queued(&mut guard, first, fenced, wait))
-            } else {
-                let first_lost = match first {
-                    Entered::Lost(holder) => Some(holder),
-                    _ => None,
-                };
-                let run = Self::acquire_untraced(&mut guard, first_lost, fenced, wait, machine);
-                in_span!(span, run)
-            };
+            let run = Self::acquire_untraced(&mut guard, first_lost, fenced, wait, machine);
+            let result = in_span!(span, run);
             if let Err(e) = result {
+                trace::failed(&span, &e);
+                return Err(e);
+            }
+            trace::end(&span, &Ok(&guard), |g| trace::outcome(g.outcome));
+            if watchdog {
+                guard.start_watch();
+            }
+            Ok(finish(guard))
+        }
+    }
+
+    /// [`acquire_in`](RedLock::acquire_in) for an exclusive acquisition that may wait:
+    /// it waits in the cache's queue (`super::handoff`; with a zero bound it claims
+    /// once). A future of its own, the queue's states on the heap, so that neither a
+    /// RedLock's acquisition nor this one holds them inline.
+    #[maybe_async]
+    pub(super) fn acquire_queued_in<T>(
+        self,
+        finish: impl FnOnce(LockGuard<B>) -> T + Send,
+    ) -> impl Future<Output = Result<T>> + Send {
+        let RedLock {
+            cache,
+            key,
+            empty_key,
+            fenced,
+            lease,
+            wait,
+            watchdog,
+        } = self;
+        let queue = wait != Some(Duration::ZERO);
+        let mut guard = LockGuard::unheld(cache, key, lease);
+        async move {
+            let span = trace::span(Op::Acquire, &guard.key, guard.cache.backend().name());
+            let first = {
+                let _entered = trace::enter(&span);
+                match Self::start(&mut guard, empty_key, fenced, queue) {
+                    Ok(Started::Lost(holder)) => Entered::Lost(holder),
+                    Ok(Started::NotClaimed) => Entered::Claim,
+                    Ok(Started::Queued(seat)) => Entered::Queued(seat),
+                    Ok(Started::Won) => {
+                        trace::end(&span, &Ok(&guard), |g| trace::outcome(g.outcome));
+                        if watchdog {
+                            guard.start_watch();
+                        }
+                        return Ok(finish(guard));
+                    }
+                    Err(e) => {
+                        trace::failed(&span, &e);
+                        return Err(e);
+                    }
+                }
+            };
+            let run = rt::boxed(acquire_queued(&mut guard, first, fenced, wait));
+            if let Err(e) = in_span!(span, run) {
                 trace::failed(&span, &e);
                 return Err(e);
             }
@@ -667,6 +698,26 @@ impl Nanos {
             return check_lease(self.get());
         }
         Ok(self.get())
+    }
+}
+
+impl<B: Backend> LockGuard<B> {
+    /// A guard of `key` that holds nothing yet, for an acquisition with `lease`.
+    #[inline(always)]
+    fn unheld(cache: Cache<B>, key: KeyBuf, lease: Duration) -> Self {
+        LockGuard {
+            cache,
+            key,
+            token: None,
+            // Checked in `start` (an unchecked one saturates at 584 years, still too long).
+            lease: Nanos::of(lease),
+            lease_end: None,
+            fence: None,
+            watched: false,
+            queued: Queued::No,
+            outcome: Outcome::TimedOut,
+            generation: fork::generation32(),
+        }
     }
 }
 

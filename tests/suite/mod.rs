@@ -1121,3 +1121,60 @@ pub async fn exclusive_64_waiters_one_key_of<B: super::Backend>(
         );
     }
 }
+
+/// A lock handed over in process keeps its watchdog: the first guard (which won
+/// through the cache's queue, watched) releases it to the next waiter (watched too),
+/// which holds it for four leases, its watch reporting no loss and nobody else
+/// getting it, then releases it.
+#[maybe_async]
+pub async fn exclusive_handed_off_guard_is_watched(env: Env) {
+    let lease = env.short_lease.max(Duration::from_millis(300));
+    let holder = env.cache.lock("k", lease).try_acquire().await.unwrap();
+    let holder = Arc::new(std::sync::Mutex::new(holder));
+    let lock_key = env.lock_key("k");
+    let done = concurrently(3, |i| {
+        let cache = env.cache.clone();
+        let holder = Arc::clone(&holder);
+        let lock_key = lock_key.clone();
+        async move {
+            let lock = cache
+                .lock("k", lease)
+                .wait_at_most(Duration::from_secs(60))
+                .watchdog();
+            match i {
+                0 => {
+                    let guard = lock.acquire().await.unwrap().expect("first");
+                    let ok = guard.release().await.unwrap();
+                    assert!(ok, "handed on");
+                }
+                1 => {
+                    waiters(&lock_key, 1).await;
+                    let guard = lock.acquire().await.unwrap().expect("second");
+                    let watch = guard.watch().expect("watched");
+                    sleep(lease * 4).await;
+                    watch.check().expect("no loss");
+                    let other = cache.lock("k", lease).try_acquire().await.unwrap();
+                    assert!(other.is_none(), "still held through the renewals");
+                    let ok = guard.release().await.unwrap();
+                    assert!(ok, "still ours after four leases");
+                }
+                _ => {
+                    waiters(&lock_key, 2).await;
+                    let guard = holder.lock().unwrap().take().expect("the first holder");
+                    let ok = guard.release().await.unwrap();
+                    assert!(ok);
+                }
+            }
+            i
+        }
+    })
+    .await;
+    assert_eq!(done, [0, 1, 2]);
+    let spans = crate::support::events::spans();
+    let handed = spans
+        .iter()
+        .any(|s| s.contains(&lock_key) && s.contains("handed_off"));
+    assert!(handed, "the first released by a hand-off: {spans:?}");
+    let held = env.cache.exists("k-lock").await.unwrap();
+    assert!(!held, "released");
+}
