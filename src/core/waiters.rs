@@ -1224,7 +1224,7 @@ mod tests {
                         let waits = wait_first
                             && self.server.is_some()
                             && holder.as_deref().is_none_or(|h| {
-                                Some(h) == self.server.as_ref().map(|t| &t.as_bytes()[..])
+                                Some(h) == self.server.as_ref().map(|t| t.as_bytes())
                             });
                         if waits {
                             return;

@@ -396,10 +396,11 @@ impl<B: Backend> RedLock<B> {
             return Err(Error::invalid_key("the key is empty"));
         }
         let lease = guard.lease.checked()?;
-        if queue && guard.cache.waiters().active() {
-            if let Some(seat) = guard.cache.waiters().arrive(&guard.key, fenced) {
-                return Ok(Started::Queued(seat));
-            }
+        if queue
+            && guard.cache.waiters().active()
+            && let Some(seat) = guard.cache.waiters().arrive(&guard.key, fenced)
+        {
+            return Ok(Started::Queued(seat));
         }
         if fenced {
             return Ok(Started::NotClaimed);
