@@ -656,6 +656,25 @@ impl Waiters {
         self.forget_if_idle(&mut map, lock_key);
     }
 
+    /// The guard holding `lock_key` with `token` through the queue was given up
+    /// unreleased (`let_expire`): the hold ends, and the first waiter leads, waiting
+    /// for the key's expiry on the server before it claims.
+    pub(crate) fn abandoned(&self, lock_key: &[u8], token: &Token) {
+        let mut map = self.lock();
+        let Some(entry) = map.entries.get_mut(lock_key) else {
+            return;
+        };
+        if entry.hold_of(token).is_none() {
+            return;
+        }
+        entry.hold = None;
+        if let Some(head) = entry.queue.front() {
+            head.lead(Some(token.as_bytes().to_vec()), true);
+            head.event.notify(1);
+        }
+        self.forget_if_idle(&mut map, lock_key);
+    }
+
     /// The guard holding `lock_key` with `token` extended its lease: confirmed until
     /// `lease_end` (`Some`), or found the lock no longer ours (`None`).
     pub(crate) fn extended(&self, lock_key: &[u8], token: &Token, lease_end: Option<Instant>) {
@@ -1079,6 +1098,20 @@ mod tests {
             waiters.release(b"x", &token(1), at(30_000), true, at(1)),
             Release::Server
         );
+    }
+
+    #[test]
+    fn a_hold_given_up_unreleased_ends_and_the_first_waiter_waits_for_its_expiry() {
+        let waiters = Waiters::default();
+        let queued = held_with(&waiters, 1);
+        waiters.abandoned(b"k", &token(1));
+        assert_eq!(next(&waiters, &queued[0], at(1)), "lead Some('b') true");
+        assert!(waiters.leave(b"k", &queued[0]).is_none());
+        assert!(is_empty(&waiters), "nothing left of the key");
+        // Nobody waits: the entry goes at once.
+        let _ = held_with(&waiters, 0);
+        waiters.abandoned(b"k", &token(1));
+        assert!(is_empty(&waiters));
     }
 
     #[test]

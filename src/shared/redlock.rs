@@ -889,8 +889,16 @@ impl<B: Backend> LockGuard<B> {
     /// # Ok::<(), aiolock::Error>(())
     /// ```
     pub fn let_expire(mut self) {
-        if self.watched && !self.inherited() {
-            self.unwatch();
+        if !self.inherited() {
+            if self.watched {
+                self.unwatch();
+            }
+            if self.queued.is()
+                && let Some(token) = self.token
+            {
+                // The cache's waiters of the key wait for its expiry on the server.
+                self.cache.waiters().abandoned(&self.key, &token);
+            }
         }
         self.forget();
     }
