@@ -18,6 +18,14 @@
 //!   claim that started it; then it releases it on the server, and its first waiter
 //!   waits for that release on the server like a waiter of any process, so that
 //!   waiters of other processes (which hear the release at once) claim it first.
+//!
+//! And two exclusions. **Fences**: a `fenced()` waiter is never handed a lock (the
+//! holder releases on the server and it claims): its fence must be larger than every
+//! earlier holder's, which only the server's counter gives across processes, while a
+//! handed lock keeps its token and would keep the last holder's fence. **Doubt**: no
+//! hand-off while an extend or a watchdog renewal of the holder is unanswered (a late
+//! one could still shorten the lease), after a claim of the cache found another
+//! holder, past the holder's lease end, or to a waiter whose deadline passed.
 
 use std::time::{Duration, Instant};
 
