@@ -4,8 +4,9 @@
 //!   (`cache.lock(..).acquire()`, blocking flavor) holds the lock: p50/p99 from the
 //!   holder's call to `release` to the waiter's `acquire` returning;
 //! - contended throughput: 64 async tasks of one cache take turns on one key
-//!   (acquire, release), entries/s and server commands per entry; on Redis beside
-//!   the crate `rslock`'s `acquire` loop (default retries) on the same server;
+//!   (acquire, release), entries/s, server commands per entry and the fewest
+//!   entries of one worker; on Redis beside the crate `rslock`'s `acquire` loop
+//!   (default retries) on the same server; the memory store too (no server);
 //! - the uncontended cycle (acquire + release, blocking flavor, one caller): plain
 //!   and fenced.
 //!
@@ -24,7 +25,7 @@ mod redis;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -65,29 +66,34 @@ fn main() {
     );
     println!();
     println!(
-        "| backend | hand-off p50 | hand-off p99 | 64 workers: entries/s | commands/entry | uncontended cycles/s | fenced cycles/s |"
+        "| backend | hand-off p50 | hand-off p99 | 64 workers: entries/s | commands/entry | fewest entries of a worker | uncontended cycles/s | fenced cycles/s |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (name, url, commands) in [
         ("Redis", &redis_url, &redis_commands as &dyn Fn() -> f64),
         ("memcached", &mc_url, &mc_commands),
     ] {
         let (p50, p99) = handoff(url, trials);
         let before = commands();
-        let (entries, rate) = rt.block_on(contended(url, per_row));
+        let (entries, rate, fewest) = rt.block_on(contended(url, per_row));
         let per_entry = (commands() - before) / entries as f64;
         let plain = uncontended(url, per_row, false);
         let fenced = uncontended(url, per_row, true);
         println!(
-            "| {name} | {:.0} µs | {:.0} µs | {rate:.0} | {per_entry:.1} | {plain:.0} | {fenced:.0} |",
+            "| {name} | {:.0} µs | {:.0} µs | {rate:.0} | {per_entry:.3} | {fewest} | {plain:.0} | {fenced:.0} |",
             p50 / 1e3,
             p99 / 1e3
         );
     }
+    let memory = "memory://?namespace=bench:";
+    let (_, rate, fewest) = rt.block_on(contended(memory, per_row));
+    let plain = uncontended(memory, per_row, false);
+    let fenced = uncontended(memory, per_row, true);
+    println!("| memory | | | {rate:.0} | | {fewest} | {plain:.0} | {fenced:.0} |");
     let before = redis_commands();
-    let (entries, rate) = rt.block_on(rslock_contended(&redis.unix_url(""), per_row));
+    let (entries, rate, fewest) = rt.block_on(rslock_contended(&redis.unix_url(""), per_row));
     let per_entry = (redis_commands() - before) / entries.max(1) as f64;
-    println!("| Redis, rslock 0.10 `acquire` | | | {rate:.0} | {per_entry:.1} | | |");
+    println!("| Redis, rslock 0.10 `acquire` | | | {rate:.0} | {per_entry:.1} | {fewest} | | |");
 }
 
 /// A field of a Redis `INFO` section.
@@ -177,61 +183,67 @@ fn handoff(url: &str, trials: usize) -> (f64, f64) {
     (pct(0.5), pct(0.99))
 }
 
-/// 64 tasks take turns on one exclusive key: (entries, entries/s).
-async fn contended(url: &str, per_row: Duration) -> (u64, f64) {
+/// 64 tasks take turns on one exclusive key: (entries, entries/s, the fewest entries
+/// of one task).
+async fn contended(url: &str, per_row: Duration) -> (u64, f64, u64) {
     let cache = aiolock::Cache::from_url(url).await.unwrap();
     let done = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let tasks: Vec<_> = (0..WORKERS)
         .map(|_| {
-            let (cache, done, count) = (cache.clone(), done.clone(), count.clone());
+            let (cache, done) = (cache.clone(), done.clone());
             tokio::spawn(async move {
+                let mut entries = 0u64;
                 while !done.load(Ordering::Relaxed) {
                     let lock = cache.lock("contended", LEASE).wait_at_most(LEASE * 4);
                     let guard = lock.acquire().await.unwrap().expect("held");
-                    count.fetch_add(1, Ordering::Relaxed);
+                    entries += 1;
                     assert!(guard.release().await.unwrap());
                 }
+                entries
             })
         })
         .collect();
     tokio::time::sleep(per_row).await;
     done.store(true, Ordering::Relaxed);
+    finish(tasks, start).await
+}
+
+/// Joins the workers: (entries, entries/s since `start`, the fewest of one worker).
+async fn finish(tasks: Vec<tokio::task::JoinHandle<u64>>, start: Instant) -> (u64, f64, u64) {
+    let mut counts = Vec::new();
     for t in tasks {
-        t.await.unwrap();
+        counts.push(t.await.unwrap());
     }
-    let n = count.load(Ordering::Relaxed);
-    (n, n as f64 / start.elapsed().as_secs_f64())
+    let n = counts.iter().sum::<u64>();
+    let fewest = counts.iter().copied().min().unwrap_or(0);
+    (n, n as f64 / start.elapsed().as_secs_f64(), fewest)
 }
 
 /// The same with rslock's `acquire` (a retry loop: up to 3 tries per `lock`, each
 /// after a random delay of up to 200 ms).
-async fn rslock_contended(url: &str, per_row: Duration) -> (u64, f64) {
+async fn rslock_contended(url: &str, per_row: Duration) -> (u64, f64, u64) {
     let manager = Arc::new(rslock::LockManager::new(vec![url.to_owned()]));
     let done = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let tasks: Vec<_> = (0..WORKERS)
         .map(|_| {
-            let (manager, done, count) = (manager.clone(), done.clone(), count.clone());
+            let (manager, done) = (manager.clone(), done.clone());
             tokio::spawn(async move {
+                let mut entries = 0u64;
                 while !done.load(Ordering::Relaxed) {
                     let lock = manager.acquire_no_guard(&b"contended"[..], LEASE).await;
                     let lock = lock.unwrap();
-                    count.fetch_add(1, Ordering::Relaxed);
+                    entries += 1;
                     manager.unlock(&lock).await;
                 }
+                entries
             })
         })
         .collect();
     tokio::time::sleep(per_row).await;
     done.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let n = count.load(Ordering::Relaxed);
-    (n, n as f64 / start.elapsed().as_secs_f64())
+    finish(tasks, start).await
 }
 
 /// Uncontended exclusive cycles/s, one blocking caller.

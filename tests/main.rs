@@ -31,6 +31,10 @@ mod blocking {
             std::thread::sleep(d)
         }
 
+        pub fn yield_now() {
+            std::thread::yield_now()
+        }
+
         /// Returns once `lock_key` had `n` waiters (the `"waiting"` event).
         pub fn waiters(lock_key: &str, n: usize) {
             crate::support::events::wait_for_waiters(lock_key, n)
@@ -66,6 +70,10 @@ mod nonblocking {
 
         pub async fn sleep(d: Duration) {
             tokio::time::sleep(d).await
+        }
+
+        pub async fn yield_now() {
+            tokio::task::yield_now().await
         }
 
         /// Returns once `lock_key` had `n` waiters (the `"waiting"` event).
@@ -115,7 +123,47 @@ macro_rules! backend_suite {
                 extend_is_owner_checked,
                 fences_grow_with_each_acquisition,
                 waiter_of_an_extended_holder_keeps_waiting,
+                exclusive_deadlines_in_the_queue,
+                exclusive_handed_off_guard_is_watched,
             );
+
+            #[test]
+            fn blocking_exclusive_64_waiters_one_key() {
+                crate::support::events::install();
+                let (server, url, short_lease, expiry_slack) = $env;
+                let cache = crate::blocking::Cache::builder()
+                    .namespace("blocking.exclusive_64:")
+                    .build(&url)
+                    .unwrap();
+                let env = crate::blocking::suite::Env { cache, short_lease, expiry_slack };
+                crate::blocking::suite::exclusive_64_waiters_one_key(env, std::sync::Arc::new(server));
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn async_exclusive_64_waiters_one_key() {
+                crate::support::events::install();
+                let (server, url, short_lease, expiry_slack) = $env;
+                let cache = crate::nonblocking::Cache::builder()
+                    .namespace("async.exclusive_64:")
+                    .build(&url)
+                    .await
+                    .unwrap();
+                let env = crate::nonblocking::suite::Env { cache, short_lease, expiry_slack };
+                let server = std::sync::Arc::new(server);
+                crate::nonblocking::suite::exclusive_64_waiters_one_key(env, server).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn async_exclusive_cancelled_leader_passes_on() {
+                crate::support::events::install();
+                let (_server, url, _short_lease, _expiry_slack) = $env;
+                let cache = crate::nonblocking::Cache::builder()
+                    .namespace("async.exclusive_cancelled_leader:")
+                    .build(&url)
+                    .await
+                    .unwrap();
+                crate::exclusive::cancelled_leader_passes_on(cache).await;
+            }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn async_exclusive_cancelled_waiter_leaves_nothing() {

@@ -5,6 +5,8 @@
 //! unit-tested with made-up instants.
 
 pub mod fork;
+#[cfg(any(feature = "blocking", feature = "async"))]
+pub(crate) mod handoff;
 pub mod lease;
 #[cfg(all(feature = "memcached", any(feature = "blocking", feature = "async")))]
 pub mod poll;

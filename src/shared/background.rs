@@ -230,6 +230,8 @@ impl<B: Backend> Cache<B> {
         let span = trace::span(Op::Release, &job.key, backend.name());
         let released = in_span!(span, backend.release(&job.key, job.token.as_bytes()));
         trace::end(&span, &released, |r| trace::released(*r));
+        // A guard that held through the queue: its waiters claim now.
+        self.waiters().released(&job.key, &job.token);
         released
     }
 

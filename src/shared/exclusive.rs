@@ -160,8 +160,7 @@ impl<B: Backend> ExclusiveLock<B> {
     /// owner-checked) and no waiter counted in [`Cache::waiting`].
     #[maybe_async]
     pub fn acquire(self) -> impl Future<Output = Result<Option<ExclusiveGuard<B>>>> + Send {
-        self.lock
-            .acquire_in(Acquisition::exclusive, ExclusiveGuard::held)
+        self.lock.acquire_queued_in(ExclusiveGuard::held)
     }
 
     /// Claims the lock once, never waiting: `Ok(Some(guard))` holds it, `Ok(None)`

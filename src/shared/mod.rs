@@ -12,6 +12,7 @@ mod backend;
 pub(crate) mod background;
 mod cache;
 mod exclusive;
+mod handoff;
 #[cfg(feature = "memcached")]
 #[path = "../backend/memcached/generic.rs"]
 mod memcached;

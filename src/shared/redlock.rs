@@ -1,18 +1,20 @@
 //! [`RedLock`]: the lease lock against cache stampedes.
 
 use std::num::NonZeroU64;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::backend::Backend;
 use super::background::Job;
 use super::cache::{AnyBackend, Cache};
+use super::handoff::{Entered, acquire_queued};
 use super::watchdog::Watch;
 use super::{maybe_async, rt};
 use crate::core::fork;
 use crate::core::lease::{MAX_DURATION, check_lease, deadline};
 use crate::core::token::Token;
 use crate::core::wait::{Acquisition, Action, Claim, Outcome, Wake};
-use crate::core::waiters::{Claiming, Turn};
+use crate::core::waiters::{Claiming, Release, Seat, Turn};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key;
 use crate::key::KeyBuf;
@@ -259,9 +261,11 @@ impl<B: Backend> RedLock<B> {
     /// The acquisition loop of both lease locks: `machine` makes the state machine
     /// from the wait bound (the lease unless set), [`Acquisition::new`] for a
     /// `RedLock`, [`Acquisition::exclusive`] for an
-    /// [`ExclusiveLock`](super::ExclusiveLock). The claims, the waits with the
-    /// holder's token, the `Cache::waiting` count, the spans and the cleanup of a
-    /// failed claim are the same. `finish` makes the caller's result of the guard.
+    /// [`ExclusiveLock`](super::ExclusiveLock)'s `try_acquire`. The claims, the waits
+    /// with the holder's token, the `Cache::waiting` count, the spans and the cleanup
+    /// of a failed claim are the same. `finish` makes the caller's result of the guard.
+    /// (An exclusive acquisition that may wait takes
+    /// [`acquire_queued_in`](RedLock::acquire_queued_in).)
     ///
     /// Not an `async fn`: one stores its arguments twice in its future, and a task
     /// waiting for a lock carries that future for as long as it waits. The lock's
@@ -283,19 +287,7 @@ impl<B: Backend> RedLock<B> {
         } = self;
         // The guard is armed (holds the token) while an add is in flight, so a
         // cancelled or failed acquisition releases what it may have taken.
-        let mut guard = LockGuard {
-            cache,
-            key,
-            token: None,
-            // Checked in `start` (an unchecked one saturates at 584 years, still too long).
-            lease: Nanos::of(lease),
-            lease_end: None,
-            fence: None,
-            replication: None,
-            watched: false,
-            outcome: Outcome::TimedOut,
-            generation: fork::generation32(),
-        };
+        let mut guard = LockGuard::unheld(cache, key, lease);
         async move {
             let span = trace::span(Op::Acquire, &guard.key, guard.cache.backend().name());
             // Checked, and claimed at once when the store is in process (memory): an
@@ -304,9 +296,9 @@ impl<B: Backend> RedLock<B> {
             // while it waits.)
             let first_lost = {
                 let _entered = trace::enter(&span);
-                match Self::start(&mut guard, empty_key, fenced) {
+                match Self::start(&mut guard, empty_key, fenced, false) {
                     Ok(Started::Lost(holder)) => Some(holder),
-                    Ok(Started::NotClaimed) => None,
+                    Ok(Started::NotClaimed | Started::Queued(_)) => None,
                     // The guard moved once, straight into the result.
                     Ok(Started::Won) => {
                         trace::end(&span, &Ok(&guard), |g| trace::outcome(g.outcome));
@@ -335,15 +327,82 @@ impl<B: Backend> RedLock<B> {
         }
     }
 
+    /// [`acquire_in`](RedLock::acquire_in) for an exclusive acquisition that may wait:
+    /// it waits in the cache's queue (`super::handoff`; with a zero bound it claims
+    /// once). A future of its own, the queue's states on the heap, so that neither a
+    /// RedLock's acquisition nor this one holds them inline.
+    #[maybe_async]
+    pub(super) fn acquire_queued_in<T>(
+        self,
+        finish: impl FnOnce(LockGuard<B>) -> T + Send,
+    ) -> impl Future<Output = Result<T>> + Send {
+        let RedLock {
+            cache,
+            key,
+            empty_key,
+            fenced,
+            lease,
+            wait,
+            watchdog,
+        } = self;
+        let queue = wait != Some(Duration::ZERO);
+        let mut guard = LockGuard::unheld(cache, key, lease);
+        async move {
+            let span = trace::span(Op::Acquire, &guard.key, guard.cache.backend().name());
+            let first = {
+                let _entered = trace::enter(&span);
+                match Self::start(&mut guard, empty_key, fenced, queue) {
+                    Ok(Started::Lost(holder)) => Entered::Lost(holder),
+                    Ok(Started::NotClaimed) => Entered::Claim,
+                    Ok(Started::Queued(seat)) => Entered::Queued(seat),
+                    Ok(Started::Won) => {
+                        trace::end(&span, &Ok(&guard), |g| trace::outcome(g.outcome));
+                        if watchdog {
+                            guard.start_watch();
+                        }
+                        return Ok(finish(guard));
+                    }
+                    Err(e) => {
+                        trace::failed(&span, &e);
+                        return Err(e);
+                    }
+                }
+            };
+            let run = rt::boxed(acquire_queued(&mut guard, first, fenced, wait));
+            if let Err(e) = in_span!(span, run) {
+                trace::failed(&span, &e);
+                return Err(e);
+            }
+            trace::end(&span, &Ok(&guard), |g| trace::outcome(g.outcome));
+            if watchdog {
+                guard.start_watch();
+            }
+            Ok(finish(guard))
+        }
+    }
+
     /// The checks and, on an in-process store (memory), the first claim, made at
     /// once; only a lost or unmade claim goes on to the claims and waits of
-    /// [`acquire_untraced`](RedLock::acquire_untraced).
+    /// [`acquire_untraced`](RedLock::acquire_untraced). With `queue`, an exclusive
+    /// acquisition queues behind the cache's waiters of the key or its guard that
+    /// holds the key through the queue, if any, without a claim.
     #[inline(always)]
-    fn start(guard: &mut LockGuard<B>, empty_key: bool, fenced: bool) -> Result<Started> {
+    fn start(
+        guard: &mut LockGuard<B>,
+        empty_key: bool,
+        fenced: bool,
+        queue: bool,
+    ) -> Result<Started> {
         if empty_key {
             return Err(Error::invalid_key("the key is empty"));
         }
         let lease = guard.lease.checked()?;
+        if queue
+            && guard.cache.waiters().active()
+            && let Some(seat) = guard.cache.waiters().arrive(&guard.key, fenced)
+        {
+            return Ok(Started::Queued(seat));
+        }
         if fenced {
             return Ok(Started::NotClaimed);
         }
@@ -496,13 +555,15 @@ enum Started {
     Lost(Option<Vec<u8>>),
     /// No claim made yet (not in process, or fenced).
     NotClaimed,
+    /// Queued behind the cache's waiters or holder of the key, without a claim.
+    Queued(Arc<Seat>),
 }
 
 /// One claim of `key`, fenced or not, with the replication the backend confirmed. One
 /// await point in the acquisition's future: what lives across two of them is kept in
 /// the future also while it waits.
 #[maybe_async]
-async fn claim_once<B: Backend>(
+pub(super) async fn claim_once<B: Backend>(
     backend: &B,
     key: &[u8],
     token: &[u8],
@@ -579,38 +640,60 @@ async fn follow<'a, B: Backend>(
 /// see [`Watch`]): the parent still holds the lock, and releases it.
 #[must_use = "if unused the lock is released at once"]
 pub struct LockGuard<B: Backend = AnyBackend> {
-    cache: Cache<B>,
-    key: KeyBuf,
-    token: Option<Token>,
+    pub(super) cache: Cache<B>,
+    pub(super) key: KeyBuf,
+    pub(super) token: Option<Token>,
     /// The lease (checked: at most `MAX_DURATION`), in nanoseconds, and the fence
     /// (they start at 1) without a zero: a guard of 128 bytes at most is moved
     /// without a call to `memcpy`.
-    lease: Nanos,
+    pub(super) lease: Nanos,
     /// While held: when the lease ends at the earliest (read before the claim or the
     /// last renewal was sent, plus the lease).
-    lease_end: Option<Instant>,
-    fence: Option<NonZeroU64>,
+    pub(super) lease_end: Option<Instant>,
+    pub(super) fence: Option<NonZeroU64>,
     /// The replicas that confirmed the claim or the last extension (`wait_replicas`).
-    replication: Option<Replication>,
+    pub(super) replication: Option<Replication>,
     /// Watched by the cache's watchdog (which keeps its watch, by token: a guard that
     /// is not watched pays one flag).
-    watched: bool,
-    outcome: Outcome,
+    pub(super) watched: bool,
+    /// Whether it holds the lock through the cache's queue of exclusive waiters (see
+    /// `core::waiters`): its release may hand the lock to the first waiter.
+    pub(super) queued: Queued,
+    pub(super) outcome: Outcome,
     /// The process that made the guard ([`fork::generation32`]): a copy inherited by
     /// a forked child neither releases nor renews the parent's lock.
-    generation: u32,
+    pub(super) generation: u32,
+}
+
+/// How a guard holds the lock through the cache's queue of exclusive waiters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Queued {
+    /// Not through the queue: its release goes to the server.
+    No,
+    /// Through the queue: its release may hand the lock to the first waiter.
+    Yes,
+    /// Through the queue, with a renewal of ours unanswered (cancelled or failed
+    /// without an answer): it may still change the lease, so no hand-off.
+    Unanswered,
+}
+
+impl Queued {
+    #[inline(always)]
+    pub(super) fn is(self) -> bool {
+        self != Queued::No
+    }
 }
 
 /// A checked lease, in nanoseconds.
 #[derive(Clone, Copy)]
-struct Nanos(u64);
+pub(super) struct Nanos(u64);
 
 impl Nanos {
-    fn of(d: Duration) -> Self {
+    pub(super) fn of(d: Duration) -> Self {
         Nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
     }
 
-    fn get(self) -> Duration {
+    pub(super) fn get(self) -> Duration {
         Duration::from_nanos(self.0)
     }
 
@@ -623,6 +706,27 @@ impl Nanos {
             return check_lease(self.get());
         }
         Ok(self.get())
+    }
+}
+
+impl<B: Backend> LockGuard<B> {
+    /// A guard of `key` that holds nothing yet, for an acquisition with `lease`.
+    #[inline(always)]
+    fn unheld(cache: Cache<B>, key: KeyBuf, lease: Duration) -> Self {
+        LockGuard {
+            cache,
+            key,
+            token: None,
+            // Checked in `start` (an unchecked one saturates at 584 years, still too long).
+            lease: Nanos::of(lease),
+            lease_end: None,
+            fence: None,
+            replication: None,
+            watched: false,
+            queued: Queued::No,
+            outcome: Outcome::TimedOut,
+            generation: fork::generation32(),
+        }
     }
 }
 
@@ -752,6 +856,11 @@ impl<B: Backend> LockGuard<B> {
         let sent = rt::now();
         let backend = self.cache.backend();
         let span = trace::span(Op::Extend, &self.key, backend.name());
+        // Until answered (a cancelled or failed extend may still be applied later).
+        let queued = self.queued;
+        if queued.is() {
+            self.queued = Queued::Unanswered;
+        }
         let extended = in_span!(
             span,
             backend.extend_replicated(&self.key, token.as_bytes(), lease)
@@ -763,7 +872,12 @@ impl<B: Backend> LockGuard<B> {
             renewed
         });
         trace::end(&span, &extended, |r| trace::extended(*r));
-        if !extended? {
+        let extended = extended?;
+        self.queued = queued;
+        if !extended {
+            if self.queued.is() {
+                self.cache.waiters().extended(&self.key, &token, None);
+            }
             return Err(Error::new(
                 ErrorKind::Lost,
                 "the lock is no longer ours: its lease ended (another caller may hold it)",
@@ -774,6 +888,9 @@ impl<B: Backend> LockGuard<B> {
         self.lease_end = Some(end);
         if self.watched {
             self.cache.watch_extended(&token, lease, end);
+        }
+        if self.queued.is() {
+            self.cache.waiters().extended(&self.key, &token, Some(end));
         }
         Ok(())
     }
@@ -801,8 +918,16 @@ impl<B: Backend> LockGuard<B> {
     /// # Ok::<(), aiolock::Error>(())
     /// ```
     pub fn let_expire(mut self) {
-        if self.watched && !self.inherited() {
-            self.unwatch();
+        if !self.inherited() {
+            if self.watched {
+                self.unwatch();
+            }
+            if self.queued.is()
+                && let Some(token) = self.token
+            {
+                // The cache's waiters of the key wait for its expiry on the server.
+                self.cache.waiters().abandoned(&self.key, &token);
+            }
         }
         self.forget();
     }
@@ -854,6 +979,9 @@ impl<B: Backend> LockGuard<B> {
         trace::end(&span, &released, |r| trace::released(*r));
         // Answered: nothing is left for the drop to release.
         self.token = None;
+        if self.queued.is() {
+            self.cache.waiters().released(&self.key, &token);
+        }
         released
     }
 
@@ -870,12 +998,39 @@ impl<B: Backend> LockGuard<B> {
         let Some(token) = self.token else {
             return Some(Ok(false));
         };
+        if self.queued.is() && self.hand_off(token) {
+            return Some(Ok(true));
+        }
         let backend = self.cache.backend();
         let released = backend.try_release_now(&self.key, token.as_bytes())?;
         let span = trace::span(Op::Release, &self.key, backend.name());
         trace::end(&span, &Ok(released), |r| trace::released(*r));
         self.token = None;
+        if self.queued.is() {
+            self.cache.waiters().released(&self.key, &token);
+        }
         Some(Ok(released))
+    }
+
+    /// Releases a guard that holds through the cache's queue without I/O when it can:
+    /// hands the lock to the first waiter (true; the lock key keeps our token, now
+    /// the waiter's); false: release it on the server (then report it to the queue
+    /// with `Waiters::released`).
+    #[cold]
+    #[inline(never)]
+    fn hand_off(&mut self, token: Token) -> bool {
+        let now = rt::now();
+        let lease_end = self.lease_end.unwrap_or(now);
+        let clean = self.queued == Queued::Yes;
+        let waiters = self.cache.waiters();
+        if waiters.release(&self.key, &token, lease_end, clean, now) == Release::Server {
+            return false;
+        }
+        let span = trace::span(Op::Release, &self.key, self.cache.backend().name());
+        trace::end(&span, &Ok(()), |()| "handed_off");
+        self.token = None;
+        self.queued = Queued::No;
+        true
     }
 }
 
@@ -929,7 +1084,7 @@ impl<B: Backend> LockGuard<B> {
     /// answer, a broken connection, a garbled reply), our token may be stored: the
     /// worker of the cache releases it once the server answers again, while the lease
     /// may last. Otherwise nothing was stored.
-    fn failed(&mut self, e: &Error) {
+    pub(super) fn failed(&mut self, e: &Error) {
         let Some(token) = self.token.take() else {
             return;
         };
@@ -953,13 +1108,20 @@ impl<B: Backend> Drop for LockGuard<B> {
         if self.watched {
             self.unwatch();
         }
-        let Some(token) = self.token.take() else {
+        let Some(token) = self.token else {
             return;
         };
+        if self.queued.is() && self.hand_off(token) {
+            return;
+        }
+        self.token = None;
         let backend = self.cache.backend();
         if let Some(released) = backend.try_release_now(&self.key, token.as_bytes()) {
             let span = trace::span(Op::Release, &self.key, backend.name());
             trace::end(&span, &Ok(released), |r| trace::released(*r));
+            if self.queued.is() {
+                self.cache.waiters().released(&self.key, &token);
+            }
             return;
         }
         let key = std::mem::take(&mut self.key).into_vec();

@@ -25,6 +25,7 @@ use super::{maybe_async, rt};
 use crate::core::fork;
 use crate::core::lease::deadline;
 use crate::core::token::Token;
+use crate::core::waiters::Renewed;
 use crate::core::watchdog::{Due, Schedule, lost_at, renew_at};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::KeyBuf;
@@ -239,12 +240,19 @@ impl<B: Backend> Cache<B> {
         let Some(shared) = self.watchdog().shared.get() else {
             return;
         };
+        let (key, token) = (&renewal.watch.key, &renewal.watch.token);
+        // A lock held through the queue of exclusive waiters is not handed off while
+        // this renewal is unanswered (counted before the check below: a guard
+        // released meanwhile finds it counted, or this finds the guard gone).
+        let queued = self.waiters().renewing(key, token);
         if !shared.lock().schedule.awaits(renewal.id, renewal.seq) {
+            if queued {
+                self.waiters().renewal_done(key, token, Renewed::NotSent);
+            }
             return; // released or dropped since it was due
         }
         let backend = self.backend();
         let sent = rt::now();
-        let (key, token) = (&renewal.watch.key, &renewal.watch.token);
         let span = trace::span(Op::Extend, key, backend.name());
         // Async: given up at the lost instant (then the guard is lost anyway). Blocking:
         // bounded by the backend's response timeout.
@@ -258,6 +266,13 @@ impl<B: Backend> Cache<B> {
         let answer = answer.unwrap_or_else(|| Err(Error::new(ErrorKind::Timeout, NO_ANSWER)));
         trace::end(&span, &answer, |r| trace::extended(*r));
         let late = rt::now() >= renewal.lost_at;
+        if queued {
+            let renewed = match answer {
+                Ok(true) => Renewed::Confirmed(deadline(sent, renewal.lease)),
+                _ => Renewed::Doubtful,
+            };
+            self.waiters().renewal_done(key, token, renewed);
+        }
         let mut s = shared.lock();
         let why: Cow<'static, str> = match answer {
             // An answer after the lost instant comes too late: the holder may already

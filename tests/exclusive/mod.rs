@@ -66,6 +66,61 @@ pub async fn cancelled_waiter_leaves_nothing(cache: Cache) {
     assert!(again.expect("free").release().await.unwrap());
 }
 
+/// The first waiter of a cache's queue leads (it waits for the holder on the server;
+/// the others wait in process): cancelled mid-wait, it passes the lead to the next,
+/// which takes the lock at the holder's release (it would wait its whole bound
+/// otherwise: nobody of the cache would watch the server).
+pub async fn cancelled_leader_passes_on(cache: Cache) {
+    let lease = Duration::from_secs(30);
+    let holder = cache.lock("k", lease).try_acquire().await.unwrap();
+    let holder = holder.expect("uncontended");
+    let lock_key = String::from_utf8_lossy(holder.lock_key()).into_owned();
+    let waiter = || {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            let lock = cache.lock("k", lease).wait_at_most(Duration::from_secs(20));
+            let guard = lock.acquire().await.unwrap();
+            match guard {
+                Some(guard) => guard.release().await.unwrap(),
+                None => false,
+            }
+        })
+    };
+    let leader = waiter();
+    crate::support::events::waiters(&lock_key, 1).await;
+    let second = waiter();
+    crate::support::events::waiters(&lock_key, 2).await;
+    assert_eq!(cache.waiting("k"), 2);
+    leader.abort();
+    assert!(
+        leader.await.unwrap_err().is_cancelled(),
+        "cancelled mid-wait"
+    );
+    assert_eq!(cache.waiting("k"), 1, "the cancelled leader is uncounted");
+    assert!(holder.release().await.unwrap());
+    assert!(
+        second.await.unwrap(),
+        "the second took the lock and released it"
+    );
+    cache.flush().await;
+    assert!(
+        !cache.exists("k-lock").await.unwrap(),
+        "nothing left behind"
+    );
+}
+
+/// The 64-waiter workload of the generic suite on the memory store, its calls
+/// counted where they reach the store (a [`Probe`](crate::support::probe::Probe)):
+/// at most one claim per release, a few calls per release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_64_waiters_one_key_counted() {
+    crate::support::events::install();
+    let probe = crate::support::probe::Probe::new(aiolock::MemoryBackend::new());
+    let cache = aiolock::Cache::new(probe.clone());
+    let server = std::sync::Arc::new(probe);
+    crate::nonblocking::suite::exclusive_64_waiters_one_key_of(cache, server).await;
+}
+
 /// Set in the child processes of [`cross_process_oracle`]: the cache URL; the record
 /// file and the child's id follow in the other variables.
 const ORACLE_URL: &str = "AIOLOCK_TEST_ORACLE_URL";

@@ -932,3 +932,249 @@ pub async fn waiter_of_an_extended_holder_keeps_waiting(env: Env) {
     assert_eq!(outcome, Outcome::Released);
     assert!(at >= released_at, "woken by the release, not before it");
 }
+
+/// Polls `done` until it is set (every millisecond; fails after 30 s).
+#[maybe_async]
+async fn until_set(done: &std::sync::atomic::AtomicBool, what: &str) {
+    let start = Instant::now();
+    while !done.load(Ordering::SeqCst) {
+        assert!(start.elapsed() < Duration::from_secs(30), "never: {what}");
+        sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Each waiter of a cache's queue keeps its own deadline. The first (which leads: it
+/// waits for the holder on the server) gives up by its deadline and the second leads
+/// in its place: it takes the lock at the holder's release. A waiter queued while that
+/// one holds (no claim: it waits for a hand-off in process) returns by its deadline
+/// too, and the holder's release then finds nobody to hand the lock to.
+#[maybe_async]
+pub async fn exclusive_deadlines_in_the_queue(env: Env) {
+    use std::sync::atomic::AtomicBool;
+    let lease = Duration::from_secs(30);
+    let bound = Duration::from_millis(300);
+    let holder = env.cache.lock("k", lease).try_acquire().await.unwrap();
+    let holder = Arc::new(std::sync::Mutex::new(holder));
+    let lock_key = env.lock_key("k");
+    let leader_done = Arc::new(AtomicBool::new(false));
+    let second_holds = Arc::new(AtomicBool::new(false));
+    let late_done = Arc::new(AtomicBool::new(false));
+    let roles = concurrently(4, |i| {
+        let cache = env.cache.clone();
+        let holder = Arc::clone(&holder);
+        let lock_key = lock_key.clone();
+        let (leader_done, second_holds) = (Arc::clone(&leader_done), Arc::clone(&second_holds));
+        let late_done = Arc::clone(&late_done);
+        async move {
+            let short = cache.lock("k", lease).wait_at_most(bound);
+            let long = cache.lock("k", lease).wait_at_most(Duration::from_secs(60));
+            match i {
+                // The leader, with a short deadline.
+                0 => {
+                    let start = Instant::now();
+                    let got = short.acquire().await.unwrap();
+                    let took = start.elapsed();
+                    leader_done.store(true, Ordering::SeqCst);
+                    assert!(got.is_none(), "the holder held it the whole bound");
+                    assert!(took >= bound, "waited its bound: {took:?}");
+                    assert!(took < bound + Duration::from_secs(2), "by it: {took:?}");
+                    "leader timed out"
+                }
+                // Second in the queue: leads once the leader left.
+                1 => {
+                    waiters(&lock_key, 1).await;
+                    let guard = long.acquire().await.unwrap().expect("within its bound");
+                    second_holds.store(true, Ordering::SeqCst);
+                    until_set(&late_done, "the late waiter returned").await;
+                    let ok = guard.release().await.unwrap();
+                    assert!(ok, "still ours");
+                    "second held"
+                }
+                // The holder's releaser: once the leader gave up.
+                2 => {
+                    waiters(&lock_key, 2).await;
+                    until_set(&leader_done, "the leader returned").await;
+                    let guard = holder.lock().unwrap().take().expect("the first holder");
+                    let ok = guard.release().await.unwrap();
+                    assert!(ok);
+                    "released"
+                }
+                // Queued behind the second while it holds.
+                _ => {
+                    until_set(&second_holds, "the second held").await;
+                    let start = Instant::now();
+                    let got = short.acquire().await.unwrap();
+                    let took = start.elapsed();
+                    late_done.store(true, Ordering::SeqCst);
+                    assert!(got.is_none(), "held by the second the whole bound");
+                    assert!(took >= bound, "waited its bound: {took:?}");
+                    assert!(took < bound + Duration::from_secs(2), "by it: {took:?}");
+                    "late timed out"
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        roles,
+        [
+            "leader timed out",
+            "second held",
+            "released",
+            "late timed out"
+        ]
+    );
+    assert_eq!(env.cache.waiting("k"), 0);
+    env.cache.flush().await;
+    let held = env.cache.exists("k-lock").await.unwrap();
+    assert!(!held, "all released");
+}
+
+/// 64 exclusive waiters of one cache on one key, queued behind a holder, each
+/// entering once: never two inside, every one enters, and the server sees at most
+/// one claim from this process per release (the first waiter claims, the others wait
+/// in process and are handed the lock) and no re-checks by the others: far fewer
+/// releases than entries (a hand-off releases nothing), a few commands per release.
+#[maybe_async]
+pub async fn exclusive_64_waiters_one_key(
+    env: Env,
+    server: Arc<dyn crate::support::counts::Counted>,
+) {
+    exclusive_64_waiters_one_key_of(env.cache, server).await
+}
+
+/// [`exclusive_64_waiters_one_key`] on a cache of any backend.
+#[maybe_async]
+pub async fn exclusive_64_waiters_one_key_of<B: super::Backend>(
+    cache: Cache<B>,
+    server: Arc<dyn crate::support::counts::Counted>,
+) {
+    use crate::support::counts::Counts;
+    const N: usize = 64;
+    let lease = Duration::from_secs(30);
+    let holder = cache.lock("hot", lease).try_acquire().await.unwrap();
+    let lock_key = String::from_utf8_lossy(holder.as_ref().unwrap().lock_key()).into_owned();
+    let holder = Arc::new(std::sync::Mutex::new(holder));
+    let inside = Arc::new(AtomicUsize::new(0));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let before: Arc<std::sync::Mutex<Option<Counts>>> = Arc::default();
+    let entered = concurrently(N + 1, |i| {
+        let cache = cache.clone();
+        let holder = Arc::clone(&holder);
+        let lock_key = lock_key.clone();
+        let (inside, overlaps) = (Arc::clone(&inside), Arc::clone(&overlaps));
+        let (server, before) = (Arc::clone(&server), Arc::clone(&before));
+        async move {
+            if i == N {
+                // Every waiter queued (the first waits on the server).
+                waiters(&lock_key, N).await;
+                *before.lock().unwrap() = server.counts();
+                let guard = holder.lock().unwrap().take().expect("the first holder");
+                let ok = guard.release().await.unwrap();
+                assert!(ok);
+                return false;
+            }
+            let guard = cache
+                .lock("hot", lease)
+                .wait_at_most(Duration::from_secs(120))
+                .acquire()
+                .await
+                .unwrap()
+                .expect("entered within its bound");
+            if inside.fetch_add(1, Ordering::SeqCst) != 0 {
+                overlaps.fetch_add(1, Ordering::SeqCst);
+            }
+            super::rt::yield_now().await;
+            inside.fetch_sub(1, Ordering::SeqCst);
+            let ok = guard.release().await.unwrap();
+            assert!(ok, "the lease was still ours");
+            true
+        }
+    })
+    .await;
+    assert_eq!(
+        overlaps.load(Ordering::SeqCst),
+        0,
+        "two callers were inside"
+    );
+    let entries = entered.iter().filter(|e| **e).count();
+    assert_eq!(entries, N, "every waiter entered");
+    assert_eq!(cache.waiting("hot"), 0);
+    cache.flush().await;
+    let held = cache.exists("hot-lock").await.unwrap();
+    assert!(!held, "released");
+    let before = *before.lock().unwrap();
+    if let (Some(before), Some(after)) = (before, server.counts()) {
+        let sent = after - before;
+        eprintln!("{N} waiters, one entry each: {sent:?}");
+        assert!(
+            sent.claims <= sent.releases,
+            "at most one claim per release: {sent:?}"
+        );
+        assert!(
+            sent.releases <= N as u64 / 2,
+            "handed off in process, mostly: {sent:?}"
+        );
+        assert!(
+            sent.commands <= 12 * sent.releases,
+            "no re-checks by the waiters in process: {sent:?}"
+        );
+    }
+}
+
+/// A lock handed over in process keeps its watchdog: the first guard (which won
+/// through the cache's queue, watched) releases it to the next waiter (watched too),
+/// which holds it for four leases, its watch reporting no loss and nobody else
+/// getting it, then releases it.
+#[maybe_async]
+pub async fn exclusive_handed_off_guard_is_watched(env: Env) {
+    let lease = env.short_lease.max(Duration::from_millis(300));
+    let holder = env.cache.lock("k", lease).try_acquire().await.unwrap();
+    let holder = Arc::new(std::sync::Mutex::new(holder));
+    let lock_key = env.lock_key("k");
+    let done = concurrently(3, |i| {
+        let cache = env.cache.clone();
+        let holder = Arc::clone(&holder);
+        let lock_key = lock_key.clone();
+        async move {
+            let lock = cache
+                .lock("k", lease)
+                .wait_at_most(Duration::from_secs(60))
+                .watchdog();
+            match i {
+                0 => {
+                    let guard = lock.acquire().await.unwrap().expect("first");
+                    let ok = guard.release().await.unwrap();
+                    assert!(ok, "handed on");
+                }
+                1 => {
+                    waiters(&lock_key, 1).await;
+                    let guard = lock.acquire().await.unwrap().expect("second");
+                    let watch = guard.watch().expect("watched");
+                    sleep(lease * 4).await;
+                    watch.check().expect("no loss");
+                    let other = cache.lock("k", lease).try_acquire().await.unwrap();
+                    assert!(other.is_none(), "still held through the renewals");
+                    let ok = guard.release().await.unwrap();
+                    assert!(ok, "still ours after four leases");
+                }
+                _ => {
+                    waiters(&lock_key, 2).await;
+                    let guard = holder.lock().unwrap().take().expect("the first holder");
+                    let ok = guard.release().await.unwrap();
+                    assert!(ok);
+                }
+            }
+            i
+        }
+    })
+    .await;
+    assert_eq!(done, [0, 1, 2]);
+    let spans = crate::support::events::spans();
+    let handed = spans
+        .iter()
+        .any(|s| s.contains(&lock_key) && s.contains("handed_off"));
+    assert!(handed, "the first released by a hand-off: {spans:?}");
+    let held = env.cache.exists("k-lock").await.unwrap();
+    assert!(!held, "released");
+}

@@ -1,5 +1,6 @@
 //! Test fixtures: real servers started per test, stopped on drop.
 
+pub mod counts;
 pub mod events;
 #[cfg(feature = "memcached")]
 pub mod memcached;

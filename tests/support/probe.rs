@@ -18,6 +18,9 @@ pub struct Probe<B> {
 #[derive(Default)]
 struct State {
     claims: AtomicUsize,
+    /// Releases that removed the lock; the other calls (reads, waits).
+    releases: AtomicUsize,
+    others: AtomicUsize,
     pend_next_release: AtomicBool,
 }
 
@@ -34,6 +37,27 @@ impl<B> Probe<B> {
         self.state.claims.load(Ordering::SeqCst)
     }
 
+    /// What the backend was asked so far, as a server counts it.
+    pub fn counts(&self) -> super::counts::Counts {
+        let n = |c: &AtomicUsize| c.load(Ordering::SeqCst) as u64;
+        let s = &self.state;
+        super::counts::Counts {
+            claims: n(&s.claims),
+            releases: n(&s.releases),
+            commands: n(&s.claims) + n(&s.others) + n(&s.releases),
+        }
+    }
+
+    fn released(&self, removed: bool) -> bool {
+        let counter = if removed {
+            &self.state.releases
+        } else {
+            &self.state.others
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+        removed
+    }
+
     /// The next release yields to the scheduler once before it runs.
     pub fn pend_next_release(&self) {
         self.state.pend_next_release.store(true, Ordering::SeqCst);
@@ -46,6 +70,7 @@ impl<B: Backend> Backend for Probe<B> {
     }
 
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.state.others.fetch_add(1, Ordering::SeqCst);
         self.inner.get(key).await
     }
 
@@ -78,7 +103,8 @@ impl<B: Backend> Backend for Probe<B> {
         if self.state.pend_next_release.swap(false, Ordering::SeqCst) {
             tokio::task::yield_now().await;
         }
-        self.inner.release(key, token).await
+        let removed = self.inner.release(key, token).await?;
+        Ok(self.released(removed))
     }
 
     fn try_release_now(&self, key: &[u8], token: &[u8]) -> Option<bool> {
@@ -86,10 +112,12 @@ impl<B: Backend> Backend for Probe<B> {
         if self.state.pend_next_release.load(Ordering::SeqCst) {
             return None;
         }
-        self.inner.try_release_now(key, token)
+        let removed = self.inner.try_release_now(key, token)?;
+        Some(self.released(removed))
     }
 
     async fn wait(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {
+        self.state.others.fetch_add(1, Ordering::SeqCst);
         self.inner.wait(key, holder, deadline).await
     }
 
@@ -105,5 +133,11 @@ impl<B: Backend> Backend for Probe<B> {
         ttl: Option<Duration>,
     ) -> Result<bool> {
         self.inner.cas(key, token, value, ttl).await
+    }
+}
+
+impl<B: Send + Sync> super::counts::Counted for Probe<B> {
+    fn counts(&self) -> Option<super::counts::Counts> {
+        Some(Probe::counts(self))
     }
 }
