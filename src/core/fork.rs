@@ -35,12 +35,12 @@ pub(crate) fn generation() -> u64 {
     GENERATION.load(Ordering::Relaxed)
 }
 
-/// [`generation`] in 32 bits, for the guards (which have room for no more): it
-/// wraps only after 2^32 nested forks, so a process's value differs from those of
-/// its ancestors.
+/// [`generation`] in 16 bits, for the guards (which have room for no more): it
+/// wraps only after 65,536 nested forks (a child of a child of …), so a process's
+/// value differs from those of its ancestors.
 #[inline]
-pub(crate) fn generation32() -> u32 {
-    generation() as u32
+pub(crate) fn generation16() -> u16 {
+    generation() as u16
 }
 
 #[cfg(all(test, unix))]

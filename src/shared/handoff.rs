@@ -77,7 +77,7 @@ impl<B: Backend> LockGuard<B> {
             watched: false,
             queued: Queued::Yes,
             outcome: Outcome::Acquired,
-            generation: fork::generation32(),
+            generation: fork::generation16(),
         }
     }
 

@@ -660,9 +660,9 @@ pub struct LockGuard<B: Backend = AnyBackend> {
     /// `core::waiters`): its release may hand the lock to the first waiter.
     pub(super) queued: Queued,
     pub(super) outcome: Outcome,
-    /// The process that made the guard ([`fork::generation32`]): a copy inherited by
+    /// The process that made the guard ([`fork::generation16`]): a copy inherited by
     /// a forked child neither releases nor renews the parent's lock.
-    pub(super) generation: u32,
+    pub(super) generation: u16,
 }
 
 /// How a guard holds the lock through the cache's queue of exclusive waiters.
@@ -725,7 +725,7 @@ impl<B: Backend> LockGuard<B> {
             watched: false,
             queued: Queued::No,
             outcome: Outcome::TimedOut,
-            generation: fork::generation32(),
+            generation: fork::generation16(),
         }
     }
 }
@@ -1041,7 +1041,7 @@ impl<B: Backend> LockGuard<B> {
     /// Whether this is a forked child's copy of its parent's guard.
     #[inline(always)]
     fn inherited(&self) -> bool {
-        self.generation != fork::generation32()
+        self.generation != fork::generation16()
     }
 
     /// Gives the lock up without a word to the backend or the watchdog: for a forked
