@@ -10,6 +10,8 @@ use super::maybe_async;
 use super::optimistic::OptimisticLock;
 #[cfg(feature = "redis")]
 use super::redis_backend::RedisBackend;
+#[cfg(feature = "redis")]
+use super::redis_quorum::QuorumBackend;
 use super::redlock::RedLock;
 #[cfg(any(feature = "redis", feature = "memcached"))]
 use super::rt;
@@ -517,6 +519,11 @@ pub enum AnyBackend {
     /// `redis://`, `redis+unix://`, `rediss://`, `redis+cluster://` (feature `redis`)
     #[cfg(feature = "redis")]
     Redis(RedisBackend),
+    /// `redis+quorum://h1:p1,h2:p2,h3:p3`, `redis+quorum+unix:///a.sock,/b.sock,/c.sock`
+    /// (feature `redis`): a Redlock quorum of independent masters, for locks only (see
+    /// [`QuorumBackend`]).
+    #[cfg(feature = "redis")]
+    RedisQuorum(QuorumBackend),
     /// `memcached://host[:port]`, `memcached+unix:///path` (feature `memcached`): see
     /// [`MemcachedBackend`](super::MemcachedBackend).
     ///
@@ -556,8 +563,17 @@ impl AnyBackend {
             Endpoint::RedisCluster(seeds) => Ok(AnyBackend::Redis(
                 RedisBackend::connect_cluster(&seeds, options).await?,
             )),
+            #[cfg(feature = "redis")]
+            Endpoint::RedisQuorum {
+                nodes,
+                node_timeout,
+            } => Ok(AnyBackend::RedisQuorum(
+                QuorumBackend::connect_with(&nodes, node_timeout, options).await?,
+            )),
             #[cfg(not(feature = "redis"))]
-            Endpoint::Redis(_) | Endpoint::RedisCluster(_) => Err(not_built("redis")),
+            Endpoint::Redis(_) | Endpoint::RedisCluster(_) | Endpoint::RedisQuorum { .. } => {
+                Err(not_built("redis"))
+            }
             #[cfg(feature = "memcached")]
             Endpoint::Memcached(url) => Ok(AnyBackend::Memcached(
                 super::memcached::MemcachedBackend::from_endpoint(&[url], options).await?,
@@ -586,6 +602,8 @@ macro_rules! dispatch {
             AnyBackend::Memory($b) => maybe_await!($call),
             #[cfg(feature = "redis")]
             AnyBackend::Redis($b) => maybe_await!($call),
+            #[cfg(feature = "redis")]
+            AnyBackend::RedisQuorum($b) => maybe_await!($call),
             #[cfg(feature = "memcached")]
             AnyBackend::Memcached($b) => maybe_await!($call),
         }
@@ -598,6 +616,8 @@ macro_rules! dispatch {
             AnyBackend::Memory($b) => maybe_await!($call),
             #[cfg(feature = "redis")]
             AnyBackend::Redis($b) => maybe_await!(rt::boxed($call)),
+            #[cfg(feature = "redis")]
+            AnyBackend::RedisQuorum($b) => maybe_await!(rt::boxed($call)),
             #[cfg(feature = "memcached")]
             AnyBackend::Memcached($b) => maybe_await!(rt::boxed($call)),
         }
@@ -611,6 +631,8 @@ impl Backend for AnyBackend {
             AnyBackend::Memory(b) => Backend::name(b),
             #[cfg(feature = "redis")]
             AnyBackend::Redis(b) => Backend::name(b),
+            #[cfg(feature = "redis")]
+            AnyBackend::RedisQuorum(b) => Backend::name(b),
             #[cfg(feature = "memcached")]
             AnyBackend::Memcached(b) => Backend::name(b),
         }
@@ -658,6 +680,15 @@ impl Backend for AnyBackend {
         dispatch!(self, b => Backend::extend(b, key, token, lease))
     }
 
+    #[inline]
+    fn lease_validity(&self, lease: Duration) -> Duration {
+        match self {
+            #[cfg(feature = "redis")]
+            AnyBackend::RedisQuorum(b) => Backend::lease_validity(b, lease),
+            _ => lease,
+        }
+    }
+
     async fn release(&self, key: &[u8], token: &[u8]) -> Result<bool> {
         dispatch!(self, b => Backend::release(b, key, token))
     }
@@ -668,6 +699,8 @@ impl Backend for AnyBackend {
             AnyBackend::Memory(b) => Backend::try_begin_now(b, key, read),
             #[cfg(feature = "redis")]
             AnyBackend::Redis(b) => Backend::try_begin_now(b, key, read),
+            #[cfg(feature = "redis")]
+            AnyBackend::RedisQuorum(b) => Backend::try_begin_now(b, key, read),
             #[cfg(feature = "memcached")]
             AnyBackend::Memcached(b) => Backend::try_begin_now(b, key, read),
         }
@@ -685,6 +718,8 @@ impl Backend for AnyBackend {
             AnyBackend::Memory(b) => Backend::try_claim_now(b, key, token, now, lease_end),
             #[cfg(feature = "redis")]
             AnyBackend::Redis(b) => Backend::try_claim_now(b, key, token, now, lease_end),
+            #[cfg(feature = "redis")]
+            AnyBackend::RedisQuorum(b) => Backend::try_claim_now(b, key, token, now, lease_end),
             #[cfg(feature = "memcached")]
             AnyBackend::Memcached(b) => Backend::try_claim_now(b, key, token, now, lease_end),
         }
@@ -696,6 +731,8 @@ impl Backend for AnyBackend {
             AnyBackend::Memory(b) => Backend::try_release_now(b, key, token),
             #[cfg(feature = "redis")]
             AnyBackend::Redis(b) => Backend::try_release_now(b, key, token),
+            #[cfg(feature = "redis")]
+            AnyBackend::RedisQuorum(b) => Backend::try_release_now(b, key, token),
             #[cfg(feature = "memcached")]
             AnyBackend::Memcached(b) => Backend::try_release_now(b, key, token),
         }
@@ -708,6 +745,10 @@ impl Backend for AnyBackend {
             AnyBackend::Memory(b) => maybe_await!(Backend::wait(b, key, holder, deadline)),
             #[cfg(feature = "redis")]
             AnyBackend::Redis(b) => maybe_await!(Backend::wait(b, key, holder, deadline)),
+            #[cfg(feature = "redis")]
+            AnyBackend::RedisQuorum(b) => {
+                maybe_await!(rt::boxed(Backend::wait(b, key, holder, deadline)))
+            }
             #[cfg(feature = "memcached")]
             AnyBackend::Memcached(b) => {
                 maybe_await!(rt::boxed(Backend::wait(b, key, holder, deadline)))

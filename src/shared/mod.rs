@@ -22,6 +22,9 @@ mod optimistic;
 #[path = "../backend/redis/generic.rs"]
 mod redis_backend;
 #[cfg(feature = "redis")]
+#[path = "../backend/redis/quorum_generic.rs"]
+mod redis_quorum;
+#[cfg(feature = "redis")]
 #[path = "../backend/redis/transport.rs"]
 mod redis_transport;
 mod redlock;
@@ -35,5 +38,7 @@ pub use memcached::MemcachedBackend;
 pub use optimistic::OptimisticLock;
 #[cfg(feature = "redis")]
 pub use redis_backend::RedisBackend;
+#[cfg(feature = "redis")]
+pub use redis_quorum::QuorumBackend;
 pub use redlock::{LockGuard, RedLock};
 pub use watchdog::Watch;

@@ -13,8 +13,8 @@
 #![cfg_attr(not(all(feature = "blocking", feature = "async")), allow(dead_code))]
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use event_listener::{Event, EventListener};
 use parking_lot::Mutex;
@@ -67,6 +67,18 @@ struct Slot {
     heard: AtomicBool,
     /// A re-check found the holder gone.
     gone: AtomicBool,
+    /// Notified, besides the channel's event, whenever this waiter may have something
+    /// new to look at: a Redlock quorum waits on several servers' channels at once
+    /// with one listener (see [`Waiter::notify_also`]).
+    also: OnceLock<Arc<Event>>,
+}
+
+impl Slot {
+    fn notify_also(&self) {
+        if let Some(event) = self.also.get() {
+            event.notify(usize::MAX);
+        }
+    }
 }
 
 impl Hub {
@@ -118,6 +130,7 @@ impl Hub {
                 holder,
                 heard: AtomicBool::new(false),
                 gone: AtomicBool::new(false),
+                also: OnceLock::new(),
             });
             state.waiters.push(Arc::clone(&slot));
             slot
@@ -157,6 +170,9 @@ impl Hub {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         for channel in self.channels.lock().values() {
             channel.event.notify(usize::MAX);
+            for slot in &channel.state.lock().waiters {
+                slot.notify_also();
+            }
         }
     }
 
@@ -234,6 +250,7 @@ impl Channel {
         for slot in &self.state.lock().waiters {
             if slot.joined < before && counts(slot) {
                 flag(slot).store(true, Ordering::SeqCst);
+                slot.notify_also();
                 woke = true;
             }
         }
@@ -266,6 +283,14 @@ impl Waiter {
     /// [`heard`](Waiter::heard), so that nothing in between is missed).
     pub(crate) fn listen(&self) -> EventListener {
         self.channel.event.listen()
+    }
+
+    /// Has `event` notified too whenever [`heard`](Waiter::heard) may have changed (a
+    /// counted message or re-check, a lost connection), so that one listener can wait
+    /// for several waiters. Once per waiter (a second event is ignored). Take a listener
+    /// of `event` before looking at `heard`, as with [`listen`](Waiter::listen).
+    pub(crate) fn notify_also(&self, event: Arc<Event>) {
+        let _ = self.slot.also.set(event);
     }
 
     /// What ended the wait so far, if anything: a counted message, a re-check that
@@ -383,6 +408,31 @@ mod tests {
         assert_eq!(late.heard(), None, "its holder still holds");
         late.channel().observed(sent, None);
         assert_eq!(late.heard(), Some(Heard::Gone));
+    }
+
+    #[test]
+    fn another_event_hears_what_the_waiter_hears() {
+        use event_listener::Listener as _;
+        let hub = Arc::new(Hub::default());
+        let (w, _) = hub.join(b"c", b"k", Some(b"h1"));
+        let also = Arc::new(Event::new());
+        w.notify_also(Arc::clone(&also));
+        let notified = |l: event_listener::EventListener| {
+            l.wait_timeout(std::time::Duration::ZERO).is_some()
+        };
+        let l = also.listen();
+        hub.message(b"c", b"h0");
+        assert!(!notified(l), "another holder's release is not heard");
+        let l = also.listen();
+        hub.message(b"c", b"h1");
+        assert!(notified(l), "its holder's release");
+        let l = also.listen();
+        let sent = w.channel().recheck_sent();
+        w.channel().observed(sent, None);
+        assert!(notified(l), "a re-check that finds the holder gone");
+        let l = also.listen();
+        hub.disconnected();
+        assert!(notified(l), "a lost connection");
     }
 
     #[test]

@@ -6,3 +6,4 @@ pub(crate) mod cluster;
 #[cfg(any(feature = "blocking", feature = "async"))]
 pub(crate) mod hub;
 pub(crate) mod protocol;
+pub(crate) mod quorum;

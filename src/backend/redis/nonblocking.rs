@@ -18,6 +18,10 @@ use crate::backend::redis::hub::{Channel, Hub, Waiter};
 use crate::backend::redis::protocol::{self as r, Timeouts};
 use crate::config::Options;
 
+/// The fan-out over a Redlock quorum's nodes.
+#[path = "quorum_nonblocking.rs"]
+pub(crate) mod quorum;
+
 /// The backend's connections.
 pub(crate) struct Conn {
     client: redis::Client,
