@@ -22,7 +22,11 @@ for _ in 1 2 3; do
 done
 rust=$(min <"$tmp/rust")
 c=$(min <"$tmp/c")
-go=$(cd ffi/go && CGO_LDFLAGS="-L$lib -Wl,-rpath,$lib" \
+# The Go package finds the library by pkg-config: a prefix over this release build.
+mkdir -p "$tmp/prefix/lib/pkgconfig"
+sed -e "s|@PREFIX@|$tmp/prefix|" -e "s|@VERSION@|0|" -e "s|^includedir=.*|includedir=$PWD/include|" \
+  -e "s|^libdir=.*|libdir=$lib|" ffi/aiolock.pc.in >"$tmp/prefix/lib/pkgconfig/aiolock.pc"
+go=$(cd ffi/go && PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig" CGO_LDFLAGS="-Wl,-rpath,$lib" \
   go test -run '^$' -bench AcquireRelease -benchtime "${n}x" -count 5 |
   awk '/^BenchmarkAcquireRelease/ {print $3}' | min)
 ruby=$(AIOLOCK_LIB="$lib/libaiolock.so" ruby -Iffi/ruby/lib ffi/ruby/bench.rb "$((n / 10))" | figure)

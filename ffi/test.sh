@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The C ABI suite: builds libaiolock, checks the committed header is fresh, runs the C
-# tests (ASan + UBSan and valgrind, static and shared library), the Go tests and the
-# Ruby tests, and the exclusion oracle across languages (Rust, C and Go processes on
-# one key of a real Redis and memcached, started by the Rust test's fixtures). Needs
-# gcc, valgrind, go, ruby, ruby-ffi, redis-server, memcached and cargo-nextest
-# (scripts/test installs them).
+# tests (ASan + UBSan and valgrind, static and shared library; also on a memcached pool
+# and on a Redis Cluster), the Go tests and the Ruby tests, and the exclusion oracle
+# across languages (Rust, C and Go processes on one key of a real Redis and memcached,
+# started by the Rust test's fixtures). Needs gcc, valgrind, go, ruby, ruby-ffi,
+# redis-server, redis-cli, memcached, python3 and cargo-nextest (scripts/test installs
+# them).
 # Usage: ffi/test.sh
 # The suites run against the cache $AIOLOCK_TEST_URL names (default memory://; each
 # test opens its own namespace). For a network backend, start its server first, e.g.:
@@ -21,9 +22,11 @@ cargo build -q -p aiolock-ffi --features "test-panic ${AIOLOCK_FFI_FEATURES:-}"
 echo "   against ${AIOLOCK_TEST_URL:-memory://}"
 
 echo "== ffi: the committed include/aiolock.h is fresh"
-ffi/gen-header.sh "$tmp/aiolock.h"
-if ! diff -u include/aiolock.h "$tmp/aiolock.h"; then
-  echo "include/aiolock.h is stale: run ffi/gen-header.sh and commit it" >&2
+# ffi/build.rs generates the header into OUT_DIR; the test compares it with the
+# committed one (the same build as the whole suite's and the oracle's below).
+if ! cargo nextest run --workspace --all-features --no-fail-fast \
+  -E 'package(aiolock-ffi) & test(header_is_fresh)' >"$tmp/header.log" 2>&1; then
+  cat "$tmp/header.log" >&2
   exit 1
 fi
 
@@ -65,13 +68,16 @@ vg=(valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=def
 run c-shared-valgrind "${vg[@]}" "$tmp/test-shared"
 run c-static-valgrind "${vg[@]}" "$tmp/test-static"
 run c-example "$tmp/example"
-# The pkg-config file, over a prefix laid out as ffi/install.sh lays it out.
+# The pkg-config file, over a prefix laid out as ffi/install.sh lays it out (this debug
+# library and the committed header, linked in). The Go package finds both through it
+# (#cgo pkg-config: aiolock) in every Go step below; ffi/install-test.sh installs for real.
 mkdir -p "$tmp/prefix/lib/pkgconfig" "$tmp/prefix/include"
 ln -s "$lib/libaiolock.so" "$lib/libaiolock.a" "$tmp/prefix/lib/"
 ln -s "$root/include/aiolock.h" "$tmp/prefix/include/"
 sed -e "s|@PREFIX@|$tmp/prefix|" -e "s|@VERSION@|0|" ffi/aiolock.pc.in >"$tmp/prefix/lib/pkgconfig/aiolock.pc"
+export PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig"
 # shellcheck disable=SC2046 # pkg-config prints several words
-gcc "${cflags[@]}" ffi/c/example.c $(PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig" pkg-config --cflags --libs aiolock) \
+gcc "${cflags[@]}" ffi/c/example.c $(pkg-config --cflags --libs aiolock) \
   -Wl,-rpath,"$tmp/prefix/lib" -o "$tmp/example-pkg-config"
 run c-example-pkg-config "$tmp/example-pkg-config"
 # The header also compiles as C++ (cpp_compat), where a C++ compiler is installed.
@@ -100,6 +106,46 @@ AIOLOCK_TEST_URL="memcached+unix://$pool_dir/m0.sock,$pool_dir/m1.sock,$pool_dir
 kill "${pool_pids[@]}"
 wait "${pool_pids[@]}" 2>/dev/null || true
 
+echo "== ffi: the C tests on a Redis Cluster of three masters (redis+cluster://, the URL as it is)"
+cluster_dir="$tmp/cluster"
+mkdir -p "$cluster_dir"
+# Cluster nodes announce TCP addresses: six free loopback ports asked of the kernel,
+# a client port and a bus port per node (port + 10000, the default bus port, may be
+# past 65535); a port taken meanwhile fails the start, and the script with it.
+read -r -a free_ports < <(python3 -c 'import socket
+s = [socket.socket() for _ in range(6)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(" ".join(str(x.getsockname()[1]) for x in s))')
+cluster_ports=("${free_ports[@]:0:3}")
+cluster_pids=()
+for i in 0 1 2; do
+  port=${cluster_ports[$i]}
+  mkdir -p "$cluster_dir/$port"
+  redis-server --port "$port" --cluster-port "${free_ports[$((i + 3))]}" --bind 127.0.0.1 \
+    --cluster-enabled yes --cluster-node-timeout 5000 \
+    --save '' --appendonly no --dir "$cluster_dir/$port" --logfile "$cluster_dir/$port/redis.log" &
+  cluster_pids+=($!)
+done
+trap 'kill "${cluster_pids[@]}" 2>/dev/null || true; wait "${cluster_pids[@]}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+cluster_seeds=()
+for port in "${cluster_ports[@]}"; do
+  for _ in $(seq 200); do [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ] && break; sleep 0.05; done
+  cluster_seeds+=("127.0.0.1:$port")
+done
+redis-cli --cluster create "${cluster_seeds[@]}" --cluster-replicas 0 --cluster-yes >"$cluster_dir/create.log" 2>&1 ||
+  { cat "$cluster_dir/create.log" >&2; echo "redis-cli --cluster create failed" >&2; exit 1; }
+for port in "${cluster_ports[@]}"; do
+  for _ in $(seq 600); do
+    info=$(redis-cli -p "$port" cluster info)
+    [[ $info == *cluster_state:ok* && $info == *cluster_known_nodes:3* ]] && break
+    sleep 0.05
+  done
+  [[ $info == *cluster_state:ok* ]] || { echo "the cluster did not reach cluster_state:ok" >&2; exit 1; }
+done
+AIOLOCK_TEST_URL="redis+cluster://$(IFS=,; echo "${cluster_seeds[*]}")" run c-redis-cluster "$tmp/test-shared"
+kill "${cluster_pids[@]}"
+wait "${cluster_pids[@]}" 2>/dev/null || true
+
 
 echo "== ffi: C tests against Redis and memcached (ASan + UBSan, shared library)"
 # The whole C suite again over a real server of each kind (each test in a namespace of
@@ -126,7 +172,7 @@ AIOLOCK_TEST_URL="memcached+unix://$tmp/memcached.sock" run c-memcached-asan "$t
 echo "== ffi: cross-language hand-off over Redis (Go holds; C and Ruby wait in other processes)"
 url="redis+unix://$redis_dir/redis.sock?namespace=cross:"
 gcc "${cflags[@]}" ffi/c/wait.c "${shared[@]}" -o "$tmp/wait"
-(cd ffi/go && CGO_LDFLAGS="-L$lib -Wl,-rpath,$lib" go build -o "$tmp/aiolock-hold" ./cmd/aiolock-hold)
+(cd ffi/go && CGO_LDFLAGS="-Wl,-rpath,$lib" go build -o "$tmp/aiolock-hold" ./cmd/aiolock-hold)
 # The holder releases when a line arrives on its standard input (the fifo), written
 # once both waiters wait: no sleep orders the processes.
 mkfifo "$tmp/hold.in"
@@ -174,7 +220,7 @@ echo "== ffi: the exclusion oracle across languages, on Redis and memcached"
 # Go), 4 threads each, take one exclusive key in turn and mark every entry and exit in
 # one O_APPEND file; the lines must pair up. Both backends must run, nothing skipped.
 gcc "${cflags[@]}" "${sanitize[@]}" ffi/c/oracle.c "${shared[@]}" -o "$tmp/oracle-c"
-(cd ffi/go && CGO_LDFLAGS="-L$lib -Wl,-rpath,$lib" go build -o "$tmp/oracle-go" ./cmd/aiolock-oracle)
+(cd ffi/go && CGO_LDFLAGS="-Wl,-rpath,$lib" go build -o "$tmp/oracle-go" ./cmd/aiolock-oracle)
 if ! AIOLOCK_TEST_ORACLE_PROGRAMS="$tmp/oracle-c:$tmp/oracle-go" cargo nextest run --workspace --all-features \
   --no-fail-fast --success-output immediate -E 'test(exclusive_cross_process_oracle)' >"$tmp/oracle.log" 2>&1; then
   cat "$tmp/oracle.log" >&2
@@ -191,7 +237,7 @@ grep -E 'PASS|entries of' "$tmp/oracle.log" | sed 's/^ */-- /'
 echo "== ffi: Go tests"
 (
   cd ffi/go
-  export CGO_LDFLAGS="-L$lib -Wl,-rpath,$lib"
+  export CGO_LDFLAGS="-Wl,-rpath,$lib"
   go vet -tags aiolock_test_panic ./...
   go test -race -tags aiolock_test_panic -count=1 ./...
   # The lease API (fences, extend, the watchdog's Lost channel) over real servers too.

@@ -154,7 +154,6 @@ mod rt {
     /// `rt::boxed(f()).await`: the async flavor moves the future of `f` to the heap (so
     /// that a rarely suspended, large future does not grow every future that awaits
     /// it); here `f()` has already run: its value, unchanged.
-    #[cfg_attr(not(any(feature = "redis", feature = "memcached")), allow(dead_code))]
     pub(crate) fn boxed<T>(value: T) -> T {
         value
     }

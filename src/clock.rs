@@ -85,7 +85,17 @@ mod tsc {
     /// The process's clock: `None` where the counter is not trusted.
     static CLOCK: OnceLock<Option<Tsc>> = OnceLock::new();
 
+    #[inline]
     fn clock() -> Option<&'static Tsc> {
+        match CLOCK.get() {
+            Some(clock) => clock.as_ref(),
+            None => init(),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn init() -> Option<&'static Tsc> {
         CLOCK
             .get_or_init(|| {
                 let source = std::fs::read_to_string(CLOCKSOURCE).unwrap_or_default();

@@ -346,7 +346,12 @@ fn parse_cluster(url: &str, node_scheme: &str, rest: &str) -> Result<(Endpoint, 
 /// comma inside a path is `%2C`). Each node is parsed as a URL of `node_scheme`
 /// (`userinfo@hN:pN/db?query`, `/x.sock?query`), so the options and their errors are
 /// those of one Redis server; `node_timeout` is the quorum's own.
-fn parse_quorum(url: &str, scheme: &str, node_scheme: &str, rest: &str) -> Result<(Endpoint, Options)> {
+fn parse_quorum(
+    url: &str,
+    scheme: &str,
+    node_scheme: &str,
+    rest: &str,
+) -> Result<(Endpoint, Options)> {
     let shown = crate::error::redact(url).into_owned();
     let unix = node_scheme == "redis+unix://";
     let (nodes_part, query) = match rest.find(['?', '#']) {
@@ -368,7 +373,9 @@ fn parse_quorum(url: &str, scheme: &str, node_scheme: &str, rest: &str) -> Resul
     let mut node_timeout = DEFAULT_NODE_TIMEOUT;
     let mut kept = Vec::new();
     if let Some(q) = query.strip_prefix('?') {
-        for (name, value) in url::form_urlencoded::parse(q.split('#').next().unwrap_or("").as_bytes()) {
+        for (name, value) in
+            url::form_urlencoded::parse(q.split('#').next().unwrap_or("").as_bytes())
+        {
             if name == "node_timeout" {
                 node_timeout = positive(&name, &value)?;
                 continue;
@@ -684,8 +691,9 @@ mod tests {
             ),
             other => panic!("{url}: {other:?}"),
         };
-        let (urls, timeout, o) =
-            nodes("redis+quorum://u:s%40x@a:1,b:2,[::1]:3/2?namespace=n&node_timeout=0.25&protocol=resp3");
+        let (urls, timeout, o) = nodes(
+            "redis+quorum://u:s%40x@a:1,b:2,[::1]:3/2?namespace=n&node_timeout=0.25&protocol=resp3",
+        );
         assert_eq!(
             urls,
             [
@@ -696,7 +704,8 @@ mod tests {
         );
         assert_eq!(timeout, Duration::from_millis(250));
         assert_eq!(o.namespace, b"n");
-        let (urls, timeout, _) = nodes("redis+quorum+unix:///r/a.sock,/r/b%2Cc.sock,/r/c.sock?db=1");
+        let (urls, timeout, _) =
+            nodes("redis+quorum+unix:///r/a.sock,/r/b%2Cc.sock,/r/c.sock?db=1");
         assert_eq!(
             urls,
             [
@@ -730,7 +739,10 @@ mod tests {
             assert!(!err.to_string().contains("secret"), "{err}");
         }
         let err = parse("redis+quorum://a,b,c?nodetimeout=1").unwrap_err();
-        assert!(err.message().contains("did you mean \"node_timeout\""), "{err}");
+        assert!(
+            err.message().contains("did you mean \"node_timeout\""),
+            "{err}"
+        );
     }
 
     #[test]

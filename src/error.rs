@@ -210,6 +210,17 @@ impl Error {
         )
     }
 
+    /// Another error like this one (its kind, message and the text of its cause):
+    /// the same failure told to several callers.
+    #[cfg_attr(not(feature = "memcached"), allow(dead_code))]
+    pub(crate) fn duplicate(&self) -> Self {
+        let copy = Error::new(self.inner.kind, self.inner.message.clone());
+        match &self.inner.source {
+            Some(source) => copy.with_source(source.to_string()),
+            None => copy,
+        }
+    }
+
     pub(crate) fn invalid_argument(message: impl Into<Cow<'static, str>>) -> Self {
         Error::new(ErrorKind::InvalidArgument, message)
     }

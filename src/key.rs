@@ -69,7 +69,7 @@ pub(crate) fn buf(bytes: &[u8]) -> KeyBuf {
 }
 
 /// Replaces the bytes of `dst` with `src`, in place when both are short.
-#[inline]
+#[inline(always)]
 pub(crate) fn assign(dst: &mut KeyBuf, src: &[u8]) {
     if dst.spilled() || src.len() > KEY_INLINE {
         *dst = buf(src);

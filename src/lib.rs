@@ -129,6 +129,7 @@
 //! guard, in a cleanup) and every release that was skipped is a `warn` event.
 
 #![deny(unused_must_use)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 #[cfg(all(test, feature = "blocking", feature = "async"))]

@@ -35,6 +35,10 @@ mod redis_cluster_conn;
 #[cfg(feature = "redis")]
 #[path = "backend/redis/nonblocking.rs"]
 mod redis_conn;
+/// This flavor's shared subscriber, for one Redis server and a Redis Cluster.
+#[cfg(feature = "redis")]
+#[path = "backend/redis/subscriber_nonblocking.rs"]
+mod redis_subscriber;
 
 pub use shared::*;
 
@@ -80,6 +84,8 @@ impl<B: Backend> RedLock<B> {
 
 /// The async flavor's runtime seam.
 mod rt {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
     use std::time::Instant;
 
     use event_listener::EventListener;
@@ -95,10 +101,26 @@ mod rt {
     }
 
     /// Waits until `listener` is notified (true) or `until` passes (false).
-    pub(crate) async fn wait_listener(listener: EventListener, until: Instant) -> bool {
-        tokio::time::timeout_at(until.into(), listener)
-            .await
-            .is_ok()
+    ///
+    /// Not an `async fn`, which would keep `listener` and `until` a second time beside
+    /// the timer made of them, in every task waiting for a lock. (Called where it is
+    /// awaited, in a task: the timer takes the runtime's handle when made.)
+    pub(crate) fn wait_listener(listener: EventListener, until: Instant) -> Bounded {
+        Bounded(tokio::time::timeout_at(until.into(), listener))
+    }
+
+    /// The future of [`wait_listener`].
+    pub(crate) struct Bounded(tokio::time::Timeout<EventListener>);
+
+    impl Future for Bounded {
+        type Output = bool;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+            // SAFETY: the one field is pinned with `self` (structural pinning): it is
+            // never moved out, and `Bounded` has no `Drop` of its own.
+            let timeout = unsafe { self.map_unchecked_mut(|b| &mut b.0) };
+            timeout.poll(cx).map(|r| r.is_ok())
+        }
     }
 
     /// Waits until `listener` is notified.
@@ -187,7 +209,6 @@ mod rt {
     /// future suspended only briefly (a network round trip, a subscription) does not
     /// grow every future that awaits it, such as a task waiting for a lock for as long
     /// as the lease lasts. The blocking flavor's `boxed` returns the value unchanged.
-    #[cfg_attr(not(any(feature = "redis", feature = "memcached")), allow(dead_code))]
     pub(crate) fn boxed<F: Future>(future: F) -> std::pin::Pin<Box<F>> {
         Box::pin(future)
     }

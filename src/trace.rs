@@ -82,16 +82,25 @@ pub(crate) fn span(op: Op, key: &[u8], backend: &'static str) -> Span {
 #[inline]
 #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
 pub(crate) fn end<T>(span: &Span, result: &Result<T>, ok: impl FnOnce(&T) -> &'static str) {
-    #[cfg(feature = "tracing")]
     match result {
+        #[cfg(feature = "tracing")]
         Ok(value) => {
             span.record("outcome", ok(value));
         }
-        Err(e) => {
-            span.record("outcome", "error");
-            let _entered = span.enter();
-            tracing::debug!(error = %e, "failed");
-        }
+        #[cfg(not(feature = "tracing"))]
+        Ok(_) => {}
+        Err(e) => failed(span, e),
+    }
+}
+
+/// Ends `span` with an error (what [`end`] does with an `Err`).
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+pub(crate) fn failed(span: &Span, e: &Error) {
+    #[cfg(feature = "tracing")]
+    {
+        span.record("outcome", "error");
+        let _entered = span.enter();
+        tracing::debug!(error = %e, "failed");
     }
 }
 

@@ -40,7 +40,7 @@ pub fn run(g: &Global, args: RunArgs) -> i32 {
         Ok(cache) => cache,
         Err(status) => return status,
     };
-    let lock = cache.lock(&args.key, args.lease).fenced();
+    let lock = cache.lock(&args.key, args.lease).fenced().watchdog();
     let lock_key = lock.lock_key().to_vec();
     let mut status_line = StatusLine::new(g);
     let guard = match acquire(

@@ -120,11 +120,21 @@ impl Env {
             .expect("exists")
     }
 
-    /// `aiolock run ARGS KEY -- sh -c 'echo start >> $MARKS; read line'`: holds the
-    /// lock until its stdin is closed (drop `Holder::stdin`). Returns once it holds it.
+    /// `aiolock run ARGS KEY -- sh -c 'echo start >> $MARKS; …'`: holds the lock until
+    /// its stdin is closed (drop `Holder::stdin`). Returns once it holds it.
+    ///
+    /// The command waits for the end of its stdin with `wait` on a `cat` reading it,
+    /// not with `read`: a trapped signal that comes between the mark and the moment
+    /// `read` blocks in read(2) would run its trap only once the stdin closes (dash
+    /// notes the signal, then blocks), and a test that signals the command as soon as
+    /// it sees the mark would wait for the trap's mark forever; `wait` sees a signal
+    /// that came at any moment. The `cat` ignores the signals sent to the command's
+    /// group (killed by one, the shell would say so on stderr) and ends with the stdin.
     fn hold(&self, key: &str, script_before_start: &str) -> Holder {
-        let script =
-            format!("{script_before_start}\necho start >> \"$MARKS\"\nread line\nexit 0\n");
+        let script = format!(
+            "{script_before_start}\necho start >> \"$MARKS\"\nexec 3<&0\n\
+             (trap '' HUP INT QUIT TERM; exec cat <&3 >/dev/null 2>&1) &\nwait $!\nexit 0\n"
+        );
         let mut child = self
             .aiolock(&[
                 "run",
@@ -397,7 +407,9 @@ fn a_stopped_server_stops_the_command(env: &Env) {
         .arg(
             "trap 'echo term >> \"$MARKS\"; exit 0' TERM\n\
              echo start >> \"$MARKS\"\n\
-             while :; do read line; done",
+             exec 3<&0\n\
+             (trap '' TERM; exec cat <&3 >/dev/null 2>&1) &\n\
+             wait $!",
         )
         .stdin(Stdio::piped())
         .spawn()
@@ -627,7 +639,7 @@ fn status_and_forced_release(env: &Env) {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(124), "{err}");
     assert!(
-        err.starts_with("aiolock: lost the lock on k (the lock is gone"),
+        err.starts_with("aiolock: lost the lock on k (the lock is no longer ours"),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1285,6 +1286,41 @@ static void test_lease_bad_inputs(void) {
     aiolock_cache_free(cache);
 }
 
+/* A forked child's copies of its parent's handles leave the parent's locks alone:
+ * released (removing nothing), extended (AIOLOCK_LOST) and freed in the child, both
+ * locks are still the parent's, which releases them (removing them). Meaningless on
+ * memory:// (the child's store is a copy): network backends only. */
+static void test_forked_child_leaves_the_parents_locks(void) {
+    if (strncmp(test_url(), "memory", 6) == 0) return;
+    aiolock_cache *cache = open_cache();
+    aiolock_exclusive *ex = NULL;
+    aiolock_lock *lock = NULL;
+    aiolock_outcome outcome = 0;
+    CHECK(aiolock_exclusive_acquire_ex(cache, KEY("k"), 30.0, 0.0, AIOLOCK_WATCHDOG, &ex) == AIOLOCK_OK && ex);
+    CHECK(aiolock_acquire(cache, KEY("r"), 30.0, 0.0, &lock, &outcome) == AIOLOCK_OK);
+    CHECK(outcome == AIOLOCK_ACQUIRED);
+    fflush(NULL);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        bool removed = true;
+        int ok = aiolock_release(lock, &removed) == AIOLOCK_OK && !removed;
+        ok = ok && aiolock_exclusive_extend(ex, 30.0) == AIOLOCK_LOST;
+        ok = ok && strstr(aiolock_last_error_message(), "fork") != NULL;
+        aiolock_exclusive_free(ex);
+        _exit(ok ? 0 : 1);
+    }
+    int status = 0;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(aiolock_exclusive_check(ex) == AIOLOCK_OK);
+    bool removed = false;
+    CHECK(aiolock_exclusive_release(ex, &removed) == AIOLOCK_OK && removed);
+    removed = false;
+    CHECK(aiolock_release(lock, &removed) == AIOLOCK_OK && removed);
+    aiolock_cache_free(cache);
+}
+
 int main(void) {
     test_version_and_status_texts();
     test_open();
@@ -1314,6 +1350,7 @@ int main(void) {
     test_no_callback_after_release();
     test_release_races_the_loss();
     test_lease_bad_inputs();
+    test_forked_child_leaves_the_parents_locks();
     printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
 }

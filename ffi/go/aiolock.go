@@ -26,14 +26,19 @@
 //	if err != nil { ... }
 //	defer l.Release()
 //
-// Build: cgo needs the header and the library, e.g.
+// Install: cgo finds the header and the library through pkg-config (aiolock.pc), as
+// ffi/install.sh of the aiolock repository installs them; the import path is the
+// module's:
 //
-//	CGO_CFLAGS=-I/path/to/aiolock/include CGO_LDFLAGS="-L/path/to/lib -laiolock" go build
+//	ffi/install.sh /usr/local              # libaiolock, aiolock.h, aiolock.pc
+//	go get aiolock.dev/ffi/go@v0.1.0       # import aiolock "aiolock.dev/ffi/go"
+//
+// For another prefix, PKG_CONFIG_PATH=PREFIX/lib/pkgconfig, and the run-time linker
+// must find libaiolock.so (CGO_LDFLAGS=-Wl,-rpath,PREFIX/lib or LD_LIBRARY_PATH).
 package aiolock
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../../include
-#cgo LDFLAGS: -laiolock
+#cgo pkg-config: aiolock
 #include <stdlib.h>
 #include "aiolock.h"
 

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"aiolock"
+	aiolock "aiolock.dev/ffi/go"
 )
 
 // The stampede pattern: one caller computes the value, the others wait for it.

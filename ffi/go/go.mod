@@ -1,3 +1,3 @@
-module aiolock
+module aiolock.dev/ffi/go
 
 go 1.19

@@ -145,8 +145,8 @@ unsafe impl Send for Callback {}
 enum State {
     /// Registered, not called yet.
     Armed(Callback),
-    /// Being called on this thread ([`this_thread`]).
-    Running(usize),
+    /// Being called on this thread ([`this_thread`]) of this process (its id).
+    Running(usize, u32),
     /// Called, or disarmed: never called (again).
     Done,
 }
@@ -167,7 +167,8 @@ impl Slot {
     fn call(&self, err: &Error) {
         let callback = {
             let mut state = self.lock();
-            match std::mem::replace(&mut *state, State::Running(this_thread())) {
+            let running = State::Running(this_thread(), std::process::id());
+            match std::mem::replace(&mut *state, running) {
                 State::Armed(callback) => callback,
                 other => {
                     *state = other;
@@ -195,18 +196,19 @@ impl Slot {
     /// The handle is being released or freed: the callback is never called from now
     /// on, and a call in progress on another thread has returned when this does. (On
     /// the calling thread itself, inside the callback, it returns at once: the
-    /// callback must not release its own handle, but that must not hang either.)
+    /// callback must not release its own handle, but that must not hang either. In a
+    /// child forked during a call, too: the thread making it stayed in the parent.)
     fn disarm(&self) {
         let mut state = self.lock();
         loop {
             match &*state {
-                State::Running(id) if *id != this_thread() => {
+                State::Running(id, pid) if *id != this_thread() && *pid == std::process::id() => {
                     state = self
                         .idle
                         .wait(state)
                         .unwrap_or_else(PoisonError::into_inner);
                 }
-                State::Running(_) | State::Done => return,
+                State::Running(..) | State::Done => return,
                 State::Armed(_) => {
                     *state = State::Done;
                     return;

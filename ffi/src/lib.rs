@@ -2,7 +2,8 @@
 //!
 //! It wraps the blocking flavor ([`aiolock::blocking`]): every call blocks the calling
 //! thread, and no async runtime is linked in. The header is generated from this file
-//! by cbindgen (`ffi/gen-header.sh`); the doc comments below are the C documentation.
+//! by cbindgen in `build.rs` (`ffi/gen-header.sh` refreshes the committed copy); the
+//! doc comments below are the C documentation.
 //!
 //! # Conventions (the same for every function)
 //!
@@ -1369,6 +1370,24 @@ mod tests {
         unsafe { CStr::from_ptr(aiolock_last_error_message()) }
             .to_string_lossy()
             .into_owned()
+    }
+
+    /// The committed header is the one ffi/build.rs generates from this source.
+    #[test]
+    fn header_is_fresh() {
+        let generated = include_str!(concat!(env!("OUT_DIR"), "/aiolock.h"));
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../include/aiolock.h");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        if generated != committed {
+            let line = generated
+                .lines()
+                .zip(committed.lines().chain(std::iter::repeat("")))
+                .position(|(g, c)| g != c)
+                .map_or(generated.lines().count() + 1, |i| i + 1);
+            panic!(
+                "include/aiolock.h is stale (first difference at line {line}): run ffi/gen-header.sh and commit it"
+            );
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ extern "C" fn in_child() {
 
 /// The process generation: 0 in the process that first asked, one more in each
 /// forked descendant since. Compare a remembered value to tell "inherited by fork".
+#[inline]
 pub(crate) fn generation() -> u64 {
     HOOK.call_once(|| {
         #[cfg(unix)]
@@ -32,6 +33,14 @@ pub(crate) fn generation() -> u64 {
         }
     });
     GENERATION.load(Ordering::Relaxed)
+}
+
+/// [`generation`] in 32 bits, for the guards (which have room for no more): it
+/// wraps only after 2^32 nested forks, so a process's value differs from those of
+/// its ancestors.
+#[inline]
+pub(crate) fn generation32() -> u32 {
+    generation() as u32
 }
 
 #[cfg(all(test, unix))]

@@ -9,10 +9,25 @@ use rand::{RngExt, SeedableRng};
 
 use crate::core::fork;
 
+/// Tokens drawn from the generator at a time: 256 bytes, the generator's own batch
+/// (four ChaCha blocks).
+const BATCH: usize = 16;
+
+/// This thread's generator and the tokens drawn from it but not handed out yet.
+struct Pool {
+    /// The process generation the generator was seeded in: a child forked after the
+    /// parent drew tokens reseeds (and draws afresh) instead of repeating them.
+    generation: u64,
+    /// The next of `drawn` to hand out (`BATCH`: none left).
+    next: usize,
+    drawn: [u128; BATCH],
+    rng: Option<StdRng>,
+}
+
 thread_local! {
-    /// This thread's generator and the process generation it was seeded in: a child
-    /// forked after the parent drew tokens reseeds instead of repeating them.
-    static RNG: RefCell<Option<(u64, StdRng)>> = const { RefCell::new(None) };
+    static POOL: RefCell<Pool> = const {
+        RefCell::new(Pool { generation: 0, next: BATCH, drawn: [0; BATCH], rng: None })
+    };
 }
 
 /// The value a [`RedLock`](crate::RedLock) holder stores under the lock key. Only the
@@ -27,16 +42,21 @@ impl Token {
 
     /// A fresh random token from a thread-local CSPRNG, seeded from the operating
     /// system and reseeded in a forked child (the process generation of `core::fork`).
+    #[inline]
     pub fn random() -> Self {
         let generation = fork::generation();
-        let n = RNG.with_borrow_mut(|slot| match slot {
-            Some((seeded_in, rng)) if *seeded_in == generation => rng.random(),
-            _ => seed(slot, generation),
+        let n = POOL.with_borrow_mut(|pool| match pool.drawn.get(pool.next) {
+            Some(&n) if pool.generation == generation => {
+                pool.next += 1;
+                n
+            }
+            _ => pool.refill(generation),
         });
         Token::from_u128(n)
     }
 
     /// The token whose hex form is that of `n` (tests and tools).
+    #[inline]
     pub fn from_u128(n: u128) -> Self {
         Token(hex(n))
     }
@@ -47,13 +67,26 @@ impl Token {
     }
 }
 
-/// Seeds this thread's generator (first use, or a forked child) and draws from it.
-#[cold]
-#[inline(never)]
-fn seed(slot: &mut Option<(u64, StdRng)>, generation: u64) -> u128 {
-    let rng =
-        StdRng::try_from_rng(&mut SysRng).unwrap_or_else(|_| StdRng::from_rng(&mut rand::rng()));
-    slot.insert((generation, rng)).1.random()
+impl Pool {
+    /// Draws the next `BATCH` tokens and hands out the first; seeds the generator
+    /// first on this thread's first use and in a forked child.
+    #[cold]
+    #[inline(never)]
+    fn refill(&mut self, generation: u64) -> u128 {
+        let rng = match &mut self.rng {
+            Some(rng) if self.generation == generation => rng,
+            slot => {
+                self.generation = generation;
+                slot.insert(
+                    StdRng::try_from_rng(&mut SysRng)
+                        .unwrap_or_else(|_| StdRng::from_rng(&mut rand::rng())),
+                )
+            }
+        };
+        rng.fill(&mut self.drawn[..]);
+        self.next = 1;
+        self.drawn[0]
+    }
 }
 
 /// The 32 lowercase hex digits of `n`, most significant first: with SSE2 (every

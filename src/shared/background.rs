@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use super::backend::Backend;
 use super::cache::Cache;
 use super::{maybe_async, rt};
+use crate::core::fork;
 use crate::core::lease::deadline;
 use crate::core::token::Token;
 use crate::error::{Error, ErrorKind, Result};
@@ -60,6 +61,8 @@ pub(crate) struct Background {
     /// Releases of dropped guards that never ran.
     skipped: AtomicU64,
     queue: Mutex<Queue>,
+    /// The process generation ([`fork::generation`]) the queue and the count are of.
+    generation: AtomicU64,
 }
 
 #[derive(Default)]
@@ -78,7 +81,33 @@ pub(crate) fn transient(e: &Error) -> bool {
 impl Background {
     /// Counts a release that starts now in the background (see [`Background::done`]).
     pub(crate) fn start(&self) {
+        self.adopt();
         self.pending.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// In a process forked since the queue was last used, forgets the parent's
+    /// releases first: they are the parent's to send, its worker did not come along
+    /// (a child has only the forking thread), and counted as pending they would make
+    /// the child's [`Cache::flush`] wait forever.
+    #[inline]
+    fn adopt(&self) {
+        let generation = fork::generation();
+        if self.generation.load(Ordering::Acquire) != generation {
+            self.adopt_in(generation);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn adopt_in(&self, generation: u64) {
+        let mut queue = self.queue.lock();
+        if self.generation.load(Ordering::Acquire) == generation {
+            return;
+        }
+        queue.jobs.clear();
+        queue.worker = false;
+        self.pending.store(0, Ordering::SeqCst);
+        self.generation.store(generation, Ordering::Release);
     }
 
     /// A release counted by [`Background::start`] finished.
@@ -229,6 +258,7 @@ impl<B: Backend> Cache<B> {
     #[maybe_async]
     pub async fn flush(&self) {
         let background = self.background();
+        background.adopt();
         loop {
             let listener = background.idle.listen();
             if background.pending.load(Ordering::SeqCst) == 0 {

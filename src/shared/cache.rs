@@ -13,7 +13,7 @@ use super::redis_backend::RedisBackend;
 #[cfg(feature = "redis")]
 use super::redis_quorum::QuorumBackend;
 use super::redlock::RedLock;
-#[cfg(any(feature = "redis", feature = "memcached"))]
+#[cfg(feature = "memcached")]
 use super::rt;
 use super::watchdog::Watchdog;
 use crate::backend::memory::store::MemoryBackend;
@@ -608,20 +608,6 @@ macro_rules! dispatch {
             AnyBackend::Memcached($b) => maybe_await!($call),
         }
     };
-    // The network backends' futures on the heap (async flavor): the memory store's
-    // stay small and inline, so that a task waiting on `memory://` does not carry the
-    // size of a Redis or memcached round trip it never makes.
-    (boxed $self:ident, $b:ident => $call:expr) => {
-        match $self {
-            AnyBackend::Memory($b) => maybe_await!($call),
-            #[cfg(feature = "redis")]
-            AnyBackend::Redis($b) => maybe_await!(rt::boxed($call)),
-            #[cfg(feature = "redis")]
-            AnyBackend::RedisQuorum($b) => maybe_await!(rt::boxed($call)),
-            #[cfg(feature = "memcached")]
-            AnyBackend::Memcached($b) => maybe_await!(rt::boxed($call)),
-        }
-    };
 }
 
 #[maybe_async(AFIT)]
@@ -663,7 +649,8 @@ impl Backend for AnyBackend {
     }
 
     async fn claim(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<Claim> {
-        dispatch!(boxed self, b => Backend::claim(b, key, token, lease))
+        // (The acquisition keeps a claim's future on the heap.)
+        dispatch!(self, b => Backend::claim(b, key, token, lease))
     }
 
     async fn claim_fenced(
@@ -673,7 +660,7 @@ impl Backend for AnyBackend {
         lease: Duration,
         fence_key: &[u8],
     ) -> Result<(Claim, Option<u64>)> {
-        dispatch!(boxed self, b => Backend::claim_fenced(b, key, token, lease, fence_key))
+        dispatch!(self, b => Backend::claim_fenced(b, key, token, lease, fence_key))
     }
 
     async fn extend(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<bool> {
@@ -693,7 +680,7 @@ impl Backend for AnyBackend {
         dispatch!(self, b => Backend::release(b, key, token))
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_begin_now(&self, key: &[u8], read: &mut dyn FnMut(Option<&[u8]>)) -> Option<CasToken> {
         match self {
             AnyBackend::Memory(b) => Backend::try_begin_now(b, key, read),
@@ -706,7 +693,7 @@ impl Backend for AnyBackend {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_claim_now(
         &self,
         key: &[u8],
@@ -725,7 +712,7 @@ impl Backend for AnyBackend {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_release_now(&self, key: &[u8], token: &[u8]) -> Option<bool> {
         match self {
             AnyBackend::Memory(b) => Backend::try_release_now(b, key, token),

@@ -236,6 +236,13 @@ impl<B: Backend> ExclusiveGuard<B> {
         self.guard.extend(lease).await
     }
 
+    /// Gives the guard up without releasing the lock: it stays held until its lease
+    /// ends; nothing is sent, and a watched guard's renewals stop. See
+    /// [`LockGuard::let_expire`].
+    pub fn let_expire(self) {
+        self.guard.let_expire()
+    }
+
     /// Releases the lock: deletes the key only if it still holds our token
     /// (atomically) and wakes the waiters. Returns whether it removed the lock:
     /// `false` when the lease had already ended (another caller may hold it now, and

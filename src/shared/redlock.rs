@@ -8,7 +8,8 @@ use super::background::Job;
 use super::cache::{AnyBackend, Cache};
 use super::watchdog::Watch;
 use super::{maybe_async, rt};
-use crate::core::lease::{check_lease, deadline};
+use crate::core::fork;
+use crate::core::lease::{MAX_DURATION, check_lease, deadline};
 use crate::core::token::Token;
 use crate::core::wait::{Acquisition, Action, Claim, Outcome, Wake};
 use crate::core::waiters::{Claiming, Turn};
@@ -291,6 +292,7 @@ impl<B: Backend> RedLock<B> {
             fence: None,
             watched: false,
             outcome: Outcome::TimedOut,
+            generation: fork::generation32(),
         };
         async move {
             let span = trace::span(Op::Acquire, &guard.key, guard.cache.backend().name());
@@ -303,40 +305,43 @@ impl<B: Backend> RedLock<B> {
                 match Self::start(&mut guard, empty_key, fenced) {
                     Ok(Started::Lost(holder)) => Some(holder),
                     Ok(Started::NotClaimed) => None,
-                    done => {
-                        let result = done.map(|_| guard);
-                        trace::end(&span, &result, |g| trace::outcome(g.outcome));
-                        return result.map(|mut g| {
-                            if watchdog {
-                                g.start_watch();
-                            }
-                            finish(g)
-                        });
+                    // The guard moved once, straight into the result.
+                    Ok(Started::Won) => {
+                        trace::end(&span, &Ok(&guard), |g| trace::outcome(g.outcome));
+                        if watchdog {
+                            guard.start_watch();
+                        }
+                        return Ok(finish(guard));
+                    }
+                    Err(e) => {
+                        trace::failed(&span, &e);
+                        return Err(e);
                     }
                 }
             };
             let run = Self::acquire_untraced(&mut guard, first_lost, fenced, wait, machine);
             let result = in_span!(span, run);
-            let result = result.map(|()| guard);
-            trace::end(&span, &result, |g| trace::outcome(g.outcome));
-            result.map(|mut g| {
-                if watchdog {
-                    g.start_watch();
-                }
-                finish(g)
-            })
+            if let Err(e) = result {
+                trace::failed(&span, &e);
+                return Err(e);
+            }
+            trace::end(&span, &Ok(&guard), |g| trace::outcome(g.outcome));
+            if watchdog {
+                guard.start_watch();
+            }
+            Ok(finish(guard))
         }
     }
 
     /// The checks and, on an in-process store (memory), the first claim, made at
     /// once; only a lost or unmade claim goes on to the claims and waits of
     /// [`acquire_untraced`](RedLock::acquire_untraced).
+    #[inline(always)]
     fn start(guard: &mut LockGuard<B>, empty_key: bool, fenced: bool) -> Result<Started> {
         if empty_key {
             return Err(Error::invalid_key("the key is empty"));
         }
-        let lease = check_lease(guard.lease.get())?;
-        guard.lease = Nanos::of(lease);
+        let lease = guard.lease.checked()?;
         if fenced {
             return Ok(Started::NotClaimed);
         }
@@ -359,105 +364,122 @@ impl<B: Backend> RedLock<B> {
     }
 
     /// Drives `guard`'s acquisition to its outcome (`Ok`: in `guard.outcome`).
+    ///
+    /// Not an `async fn`, which would keep its arguments in its future next to the
+    /// state made of them; the state is made at once (this is called where it is
+    /// awaited), and the future keeps only what the loop needs.
     #[maybe_async]
-    async fn acquire_untraced(
+    fn acquire_untraced(
         guard: &mut LockGuard<B>,
         first_lost: Option<Option<Vec<u8>>>,
         fenced: bool,
         wait: Option<Duration>,
         machine: fn(Duration) -> Acquisition,
-    ) -> Result<()> {
-        let lease = guard.lease.get();
-        // (A claim lost in `start` stored nothing: a fresh token is as good.)
-        let token = Token::random();
-        let mut machine = machine(wait.unwrap_or(lease));
+    ) -> impl Future<Output = Result<()>> + Send + '_ {
+        let mut machine = machine(wait.unwrap_or(guard.lease.get()));
         // The token of the holder our last claim lost to, when the backend told it.
         let mut holder = None;
-        // The bound of our last wait: set once a wait woke us, when a claim again is
-        // a re-claim that may follow another waiter's (see `core::waiters`).
-        let mut woken = None;
         let mut action = machine.start();
         if let Some(h) = first_lost {
             holder = h;
             action = machine.added(false, rt::now);
         }
-        loop {
-            action = match action {
-                Action::Add => {
-                    // (Bound after the follow, so that the future does not keep its
-                    // room while it waits.)
-                    let turn = match woken.take() {
-                        None => None,
-                        Some(deadline) => match follow(&guard.cache, &guard.key, deadline).await {
-                            Followed::Claim(claiming) => Some(claiming),
-                            Followed::Lost(h) => {
+        async move {
+            // The bound of our last wait: set once a wait woke us, when a claim again is
+            // a re-claim that may follow another waiter's (see `core::waiters`).
+            let mut woken = None;
+            loop {
+                action = match action {
+                    Action::Add => {
+                        // (Bound after the follow, so that the future does not keep its
+                        // room while it waits.)
+                        let turn = match woken.take() {
+                            None => None,
+                            Some(deadline) => {
+                                match follow(&guard.cache, &guard.key, deadline).await {
+                                    Followed::Claim(claiming) => Some(claiming),
+                                    Followed::Lost(h) => {
+                                        holder = h;
+                                        action = machine.added(false, rt::now);
+                                        continue;
+                                    }
+                                    Followed::Deadline => {
+                                        action = machine.woke(Wake::Deadline, rt::now());
+                                        continue;
+                                    }
+                                }
+                            }
+                        };
+                        // Drawn for each claim, so that no token is kept while waiting (a
+                        // lost claim stored nothing: a fresh token is as good).
+                        let token = Token::random();
+                        let lease = guard.lease.get();
+                        guard.token = Some(token);
+                        // Read before sending: the server's lease starts later.
+                        let sent = rt::now();
+                        let backend = guard.cache.backend();
+                        // On the heap (async flavor): a network round trip's state is
+                        // not kept in the future while it waits.
+                        let claimed = rt::boxed(claim_once(
+                            backend,
+                            &guard.key,
+                            token.as_bytes(),
+                            lease,
+                            fenced,
+                        ));
+                        let claim = claimed.await.map(|(claim, fence)| {
+                            // Fences start at 1.
+                            guard.fence = fence.and_then(NonZeroU64::new);
+                            claim
+                        });
+                        let claim = match claim {
+                            Ok(claim) => claim,
+                            Err(e) => {
+                                // The followers take a turn of their own.
+                                drop(turn);
+                                guard.failed(&e);
+                                return Err(e);
+                            }
+                        };
+                        let won = match claim {
+                            Claim::Won => {
+                                if let Some(turn) = turn {
+                                    turn.done(Some(token.as_bytes()));
+                                }
+                                let sure = guard.cache.backend().lease_validity(lease);
+                                guard.lease_end = Some(deadline(sent, sure));
+                                true
+                            }
+                            Claim::Held { holder: h } => {
+                                if let Some(turn) = turn {
+                                    turn.done(h.as_deref());
+                                }
+                                guard.token = None;
                                 holder = h;
-                                action = machine.added(false, rt::now);
-                                continue;
+                                false
                             }
-                            Followed::Deadline => {
-                                action = machine.woke(Wake::Deadline, rt::now());
-                                continue;
-                            }
-                        },
-                    };
-                    guard.token = Some(token);
-                    // Read before sending: the server's lease starts later.
-                    let sent = rt::now();
-                    let backend = guard.cache.backend();
-                    let claimed = claim_once(backend, &guard.key, token.as_bytes(), lease, fenced);
-                    let claim = claimed.await.map(|(claim, fence)| {
-                        // Fences start at 1.
-                        guard.fence = fence.and_then(NonZeroU64::new);
-                        claim
-                    });
-                    let claim = match claim {
-                        Ok(claim) => claim,
-                        Err(e) => {
-                            // The followers take a turn of their own.
-                            drop(turn);
-                            guard.failed(&e);
-                            return Err(e);
-                        }
-                    };
-                    let won = match claim {
-                        Claim::Won => {
-                            if let Some(turn) = turn {
-                                turn.done(Some(token.as_bytes()));
-                            }
-                            let sure = guard.cache.backend().lease_validity(lease);
-                            guard.lease_end = Some(deadline(sent, sure));
-                            true
-                        }
-                        Claim::Held { holder: h } => {
-                            if let Some(turn) = turn {
-                                turn.done(h.as_deref());
-                            }
-                            guard.token = None;
-                            holder = h;
-                            false
-                        }
-                    };
-                    machine.added(won, rt::now)
-                }
-                Action::Wait(deadline) => {
-                    let backend = guard.cache.backend();
-                    // Counted (`Cache::waiting`) before the event, so that whoever saw
-                    // the event sees the count; uncounted when the wait ends, fails or
-                    // (async) its future is dropped.
-                    let waiting = guard.cache.enter_wait(&guard.key);
-                    trace::waiting(&guard.key);
-                    let span = trace::span(Op::Wait, &guard.key, backend.name());
-                    let wake =
-                        in_span!(span, backend.wait(&guard.key, holder.as_deref(), deadline));
-                    drop(waiting);
-                    trace::end(&span, &wake, |w| trace::wake(*w));
-                    woken = Some(deadline);
-                    machine.woke(wake?, rt::now())
-                }
-                Action::Finish(outcome) => {
-                    guard.outcome = outcome;
-                    return Ok(());
+                        };
+                        machine.added(won, rt::now)
+                    }
+                    Action::Wait(deadline) => {
+                        let backend = guard.cache.backend();
+                        // Counted (`Cache::waiting`) before the event, so that whoever saw
+                        // the event sees the count; uncounted when the wait ends, fails or
+                        // (async) its future is dropped.
+                        let waiting = guard.cache.enter_wait(&guard.key);
+                        trace::waiting(&guard.key);
+                        let span = trace::span(Op::Wait, &guard.key, backend.name());
+                        let wake =
+                            in_span!(span, backend.wait(&guard.key, holder.as_deref(), deadline));
+                        drop(waiting);
+                        trace::end(&span, &wake, |w| trace::wake(*w));
+                        woken = Some(deadline);
+                        machine.woke(wake?, rt::now())
+                    }
+                    Action::Finish(outcome) => {
+                        guard.outcome = outcome;
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -544,6 +566,12 @@ async fn follow<'a, B: Backend>(
 ///
 /// Prefer an explicit [`release`](LockGuard::release), which reports errors and
 /// whether the lease was still ours.
+///
+/// A guard belongs to the process that acquired it. In a child made by `fork()`, the
+/// copy of a parent's guard neither releases the lock (dropped, or
+/// [`release`](LockGuard::release)d: `Ok(false)`, nothing sent) nor renews it
+/// ([`extend`](LockGuard::extend): [`Lost`](crate::ErrorKind::Lost); the watchdog:
+/// see [`Watch`]): the parent still holds the lock, and releases it.
 #[must_use = "if unused the lock is released at once"]
 pub struct LockGuard<B: Backend = AnyBackend> {
     cache: Cache<B>,
@@ -561,6 +589,9 @@ pub struct LockGuard<B: Backend = AnyBackend> {
     /// is not watched pays one flag).
     watched: bool,
     outcome: Outcome,
+    /// The process that made the guard ([`fork::generation32`]): a copy inherited by
+    /// a forked child neither releases nor renews the parent's lock.
+    generation: u32,
 }
 
 /// A checked lease, in nanoseconds.
@@ -574,6 +605,17 @@ impl Nanos {
 
     fn get(self) -> Duration {
         Duration::from_nanos(self.0)
+    }
+
+    /// The lease, checked like [`check_lease`] (on the nanoseconds: an unchecked lease
+    /// saturates at 584 years, still too long).
+    #[inline]
+    fn checked(self) -> Result<Duration> {
+        const MAX: u64 = MAX_DURATION.as_nanos() as u64;
+        if self.0 == 0 || self.0 > MAX {
+            return check_lease(self.get());
+        }
+        Ok(self.get())
     }
 }
 
@@ -651,8 +693,8 @@ impl<B: Backend> LockGuard<B> {
     ///
     /// Errors: [`Lost`](crate::ErrorKind::Lost) when the lock is no longer ours (the
     /// lease ended and the key is gone or another caller's) or this guard never held
-    /// it; nothing changed, and the guard still releases (owner-checked, a no-op
-    /// then). [`InvalidArgument`](crate::ErrorKind::InvalidArgument) for a zero or
+    /// it, or in a forked child (the lock is the parent's); nothing changed, and the
+    /// guard still releases (owner-checked, a no-op then). [`InvalidArgument`](crate::ErrorKind::InvalidArgument) for a zero or
     /// too long lease. A [`Timeout`](crate::ErrorKind::Timeout) or
     /// [`Connection`](crate::ErrorKind::Connection) error leaves the renewal
     /// unknown: `lease_end` stays at the last one known, still a safe bound.
@@ -679,6 +721,9 @@ impl<B: Backend> LockGuard<B> {
     #[maybe_async]
     pub async fn extend(&mut self, lease: Duration) -> Result<()> {
         let lease = check_lease(lease)?;
+        if self.inherited() {
+            return Err(Error::new(ErrorKind::Lost, INHERITED));
+        }
         let Some(token) = self.token else {
             return Err(Error::new(
                 ErrorKind::Lost,
@@ -705,22 +750,57 @@ impl<B: Backend> LockGuard<B> {
         Ok(())
     }
 
+    /// Gives the guard up without releasing the lock: the key stays ours until its
+    /// lease ends, and then expires by itself. Nothing is sent; a
+    /// [watched](RedLock::watchdog) guard's renewals stop, and its [`Watch`] reports
+    /// the guard released. For a lock that must outlive the work that took it, say to
+    /// keep other hosts' runs of a job out for a minimum time:
+    /// [`extend`](LockGuard::extend) it to the time wanted, then let it expire.
+    ///
+    /// ```
+    /// # #[cfg(feature = "blocking")] {
+    /// use std::time::Duration;
+    /// use aiolock::blocking::Cache;
+    ///
+    /// let cache = Cache::memory();
+    /// let lease = Duration::from_secs(60);
+    /// let mut guard = cache.redlock("nightly", lease).watchdog().acquire()?;
+    /// // ... the job ...
+    /// guard.extend(Duration::from_secs(5))?; // held 5 s more, then by nobody
+    /// guard.let_expire();
+    /// assert!(cache.exists("nightly-lock")?, "not released");
+    /// # }
+    /// # Ok::<(), aiolock::Error>(())
+    /// ```
+    pub fn let_expire(mut self) {
+        if self.watched && !self.inherited() {
+            self.unwatch();
+        }
+        self.forget();
+    }
+
     /// Releases the lock if this guard holds it: deletes the key only if it still holds
     /// our token (atomically) and wakes the waiters. Returns whether it removed the
     /// lock: `false` when the lease had already ended (another caller may hold it now,
-    /// and its lock is left alone) or when this guard never held it.
+    /// and its lock is left alone), when this guard never held it, or in a forked
+    /// child (the lock is the parent's: nothing is sent).
     ///
     /// # Cancel safety
     ///
     /// (async flavor) The guard keeps its token until the backend has answered: a
     /// release future dropped before that releases on drop, like a dropped guard.
     #[maybe_async]
-    pub async fn release(mut self) -> Result<bool> {
-        // In process (memory): released here, with no inner future to build.
-        if let Some(released) = self.release_now() {
-            return released;
+    pub fn release(self) -> impl Future<Output = Result<bool>> + Send {
+        // Not an `async fn`, which would move the guard once more, from its
+        // argument into its body, at the first poll.
+        let mut guard = self;
+        async move {
+            // In process (memory): released here, with no inner future to build.
+            if let Some(released) = guard.release_now() {
+                return released;
+            }
+            guard.release_held().await
         }
-        self.release_held().await
     }
 
     /// Releases like [`release`](LockGuard::release); a failure is a `warn` event of the
@@ -753,6 +833,9 @@ impl<B: Backend> LockGuard<B> {
     /// `None` when the backend must be asked.
     #[inline]
     fn release_now(&mut self) -> Option<Result<bool>> {
+        if self.inherited() {
+            return Some(Ok(self.forget()));
+        }
         if self.watched {
             self.unwatch();
         }
@@ -768,7 +851,30 @@ impl<B: Backend> LockGuard<B> {
     }
 }
 
+const INHERITED: &str =
+    "inherited by fork: the lock is the parent process's, which renews and releases it";
+
 impl<B: Backend> LockGuard<B> {
+    /// Whether this is a forked child's copy of its parent's guard.
+    #[inline(always)]
+    fn inherited(&self) -> bool {
+        self.generation != fork::generation32()
+    }
+
+    /// Gives the lock up without a word to the backend or the watchdog: for a forked
+    /// child's copy of its parent's guard (the watchdog's state is the parent's, maybe
+    /// locked by one of the parent's threads, which the child does not have: the
+    /// parent holds the lock, renews and releases it), and after
+    /// [`let_expire`](LockGuard::let_expire) unwatched it. Returns false: nothing was
+    /// removed.
+    #[cold]
+    #[inline(never)]
+    fn forget(&mut self) -> bool {
+        self.token = None;
+        self.watched = false;
+        false
+    }
+
     /// Watches the guard (acquired with the watchdog) if it holds the lock.
     #[cold]
     #[inline(never)]
@@ -812,6 +918,10 @@ impl<B: Backend> LockGuard<B> {
 
 impl<B: Backend> Drop for LockGuard<B> {
     fn drop(&mut self) {
+        if self.inherited() {
+            self.forget();
+            return;
+        }
         if self.watched {
             self.unwatch();
         }

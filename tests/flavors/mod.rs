@@ -48,8 +48,10 @@ fn waiting_futures_stay_small() {
     assert!(wait <= 400, "{wait} bytes");
 }
 
-/// With the `tracing` feature the acquisition also holds its spans.
-const ACQUIRE_MAX: usize = if cfg!(feature = "tracing") { 900 } else { 700 };
+/// With the `tracing` feature the acquisition also holds its spans. (A tokio task is
+/// a multiple of 128 bytes: without `tracing`, this future (592 bytes) and a waiting
+/// task's few captures fit in 768; at 736 bytes they took 896.)
+const ACQUIRE_MAX: usize = if cfg!(feature = "tracing") { 760 } else { 600 };
 
 /// An async holder and a blocking waiter on one memory store: the waiter wakes on the
 /// release; then the reverse.

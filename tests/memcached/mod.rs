@@ -13,6 +13,7 @@ use crate::support::memcached::{Listen, MemcachedServer};
 use crate::support::proxy::Proxy;
 
 mod pool;
+mod shared_polls;
 
 /// The unix socket of a server started by [`MemcachedServer::start`].
 fn socket(server: &MemcachedServer) -> std::path::PathBuf {

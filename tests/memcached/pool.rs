@@ -297,3 +297,211 @@ fn connect_names_an_unreachable_server() {
     };
     assert!(err.to_string().contains(&down), "{err}");
 }
+
+/// Set in the child processes of [`cross_process_stampede_computes_once`]: the pool's
+/// URL.
+const STAMPEDE_URL: &str = "AIOLOCK_TEST_STAMPEDE_URL";
+const STAMPEDE_PROCESSES: usize = 4;
+const STAMPEDE_THREADS: usize = 16;
+
+/// A protocol line of a stampede child (other lines on its stdout are the test
+/// harness's).
+fn stampede_line(line: &str) {
+    println!("STAMPEDE {line}");
+}
+
+/// The child side of [`cross_process_stampede_computes_once`]; does nothing in a
+/// normal run. Says `ready`, waits for `go`, then `STAMPEDE_THREADS` threads get or
+/// compute `report` under a RedLock; the one that holds the lock says `computing`
+/// and waits for `finish`; the local waiters are reported as they come (`waiting
+/// N`), and at the end `done <acquired> <released> <timed out> <hits> <computed>
+/// <wrong values>`.
+#[test]
+fn stampede_child() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    let Ok(url) = std::env::var(STAMPEDE_URL) else {
+        return;
+    };
+    crate::support::events::install();
+    let cache = aiolock::blocking::Cache::from_url(&url).unwrap();
+    let lock_key = lock_key("report");
+    let (finish_tx, finish_rx) = std::sync::mpsc::channel::<()>();
+    let finish_rx = std::sync::Mutex::new(finish_rx);
+    stampede_line("ready");
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go).unwrap();
+    assert_eq!(go.trim(), "go");
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            if line.unwrap() == "finish" {
+                let _ = finish_tx.send(());
+            }
+        }
+    });
+    let counts: [AtomicUsize; 6] = Default::default();
+    let [acquired, released, timed_out, hits, computed, wrong] = &counts;
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut reported = 0;
+            while !done.load(SeqCst) {
+                let n = crate::support::events::waiting(&lock_key);
+                if n > reported {
+                    reported = n;
+                    stampede_line(&format!("waiting {n}"));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        let callers: Vec<_> = (0..STAMPEDE_THREADS)
+            .map(|_| {
+                s.spawn(|| {
+                    let value = match cache.get("report").unwrap() {
+                        Some(v) => {
+                            hits.fetch_add(1, SeqCst);
+                            v
+                        }
+                        None => {
+                            let guard = cache
+                                .redlock("report", Duration::from_secs(10))
+                                .acquire()
+                                .unwrap();
+                            match guard.outcome() {
+                                Outcome::Acquired => acquired,
+                                Outcome::Released => released,
+                                Outcome::TimedOut => timed_out,
+                            }
+                            .fetch_add(1, SeqCst);
+                            match cache.get("report").unwrap() {
+                                Some(v) => {
+                                    guard.release().unwrap();
+                                    v
+                                }
+                                None => {
+                                    computed.fetch_add(1, SeqCst);
+                                    stampede_line("computing");
+                                    finish_rx.lock().unwrap().recv().unwrap();
+                                    cache.set("report", b"computed once", None).unwrap();
+                                    assert!(guard.release().unwrap());
+                                    b"computed once".to_vec()
+                                }
+                            }
+                        }
+                    };
+                    if value != b"computed once" {
+                        wrong.fetch_add(1, SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for c in callers {
+            c.join().unwrap();
+        }
+        done.store(true, SeqCst);
+    });
+    let counts: Vec<String> = counts.iter().map(|c| c.load(SeqCst).to_string()).collect();
+    stampede_line(&format!("done {}", counts.join(" ")));
+}
+
+/// The cache stampede across processes over a pool: 4 processes × 16 threads miss
+/// `report` at once and ask for it through one RedLock (its key on one of the three
+/// servers, the value maybe on another). The holder computes only once the 63 others
+/// (in its process and the 3 others) wait; exactly one computation, and every other
+/// caller returns `Released` and reads the value.
+#[test]
+fn cross_process_stampede_computes_once() {
+    use std::io::{BufRead, BufReader, Write};
+    let pool = MemcachedPool::unix();
+    let url = format!("{}&namespace={NS}", pool.url("ketama"));
+    let mut children: Vec<_> = (0..STAMPEDE_PROCESSES)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "memcached_specific::pool::stampede_child",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(STAMPEDE_URL, &url)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, String)>();
+    for (i, child) in children.iter_mut().enumerate() {
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(std::result::Result::ok) {
+                // (The harness's "test … " may come first on the line.)
+                if let Some((_, line)) = line.split_once("STAMPEDE ") {
+                    let _ = tx.send((i, line.to_owned()));
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut stdins: Vec<_> = children
+        .iter_mut()
+        .map(|c| c.stdin.take().unwrap())
+        .collect();
+    let patience = Duration::from_secs(60);
+    let next = || {
+        rx.recv_timeout(patience)
+            .expect("a child said nothing for 60 s (or all exited)")
+    };
+    let mut ready = 0;
+    while ready < STAMPEDE_PROCESSES {
+        let (i, line) = next();
+        assert_eq!(line, "ready", "child {i}");
+        ready += 1;
+    }
+    for stdin in &mut stdins {
+        stdin.write_all(b"go\n").unwrap();
+    }
+    let callers = STAMPEDE_PROCESSES * STAMPEDE_THREADS;
+    let mut waiting = [0; STAMPEDE_PROCESSES];
+    let mut computing = None;
+    let mut finished = false;
+    let mut done = Vec::new();
+    while done.len() < STAMPEDE_PROCESSES {
+        let (i, line) = next();
+        let mut words = line.split(' ');
+        match words.next() {
+            Some("waiting") => waiting[i] = words.next().unwrap().parse().unwrap(),
+            Some("computing") => {
+                assert_eq!(computing, None, "a second computation, in child {i}");
+                computing = Some(i);
+            }
+            Some("done") => done.push(
+                words
+                    .map(|w| w.parse::<usize>().unwrap())
+                    .collect::<Vec<_>>(),
+            ),
+            _ => panic!("child {i}: {line}"),
+        }
+        if let Some(holder) = computing
+            && !finished
+            && waiting.iter().sum::<usize>() == callers - 1
+        {
+            // Every other caller, in every process, waits on the lock: now finish.
+            stdins[holder].write_all(b"finish\n").unwrap();
+            finished = true;
+        }
+    }
+    drop(stdins);
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    let total = |at: usize| done.iter().map(|d| d[at]).sum::<usize>();
+    let (acquired, released, timed_out, hits, computed, wrong) =
+        (total(0), total(1), total(2), total(3), total(4), total(5));
+    assert_eq!(computed, 1, "computed exactly once");
+    assert_eq!(
+        (acquired, released, timed_out, hits, wrong),
+        (1, callers - 1, 0, 0, 0),
+        "(acquired, released, timed out, cache hits, wrong values)"
+    );
+}

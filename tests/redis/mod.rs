@@ -1362,6 +1362,118 @@ fn forked_child_opens_its_own_async_connection() {
     );
 }
 
+/// A forked child's copy of its parent's guards leaves the parent's locks alone:
+/// extended (`Lost`), released (`Ok(false)`) or dropped in the child, a RedLock and a
+/// watched exclusive lock still hold the parent's tokens, which the child reads back
+/// from the server; the parent's watch is still fine and the parent releases both.
+#[test]
+fn forked_child_dropping_inherited_guards_leaves_the_parents_locks() {
+    use std::sync::Mutex;
+    let server = RedisServer::start();
+    let cache = aiolock::blocking::Cache::from_url(&server.unix_url("")).unwrap();
+    let lease = Duration::from_secs(30);
+    let red = cache.redlock("red", lease).acquire().unwrap();
+    let ex = cache
+        .lock("ex", lease)
+        .watchdog()
+        .acquire()
+        .unwrap()
+        .unwrap();
+    let tokens = (red.token().unwrap().to_string(), ex.token().to_string());
+    // Borrowed by the child, which takes the guards out of its copy.
+    let guards = Mutex::new(Some((red, ex)));
+    let holds =
+        |key: &str, token: &str| cache.get(key).ok().flatten().as_deref() == Some(token.as_bytes());
+    let ok = in_forked_child(|| {
+        let (red, mut ex) = guards.lock().unwrap().take().unwrap();
+        let extended = ex.extend(lease);
+        let refused =
+            extended.is_err_and(|e| e.kind() == ErrorKind::Lost && e.message().contains("fork"));
+        let released = red.release();
+        drop(ex);
+        cache.flush();
+        refused
+            && matches!(released, Ok(false))
+            && holds("red-lock", &tokens.0)
+            && holds("ex-lock", &tokens.1)
+    });
+    assert!(ok, "the child left the parent's locks as they were");
+    assert!(
+        holds("red-lock", &tokens.0),
+        "the RedLock is still the parent's"
+    );
+    assert!(
+        holds("ex-lock", &tokens.1),
+        "the exclusive lock is still the parent's"
+    );
+    let (red, ex) = guards.lock().unwrap().take().unwrap();
+    ex.watch().unwrap().check().unwrap();
+    assert!(red.release().unwrap());
+    assert!(ex.release().unwrap());
+}
+
+/// The async flavor: a guard dropped in the child would release on a task of the
+/// child's runtime, and a release the parent's runtime had pending (spawned, not run:
+/// the parent's runtime is not driven meanwhile) would keep the child's `flush`
+/// waiting: neither happens.
+#[test]
+fn forked_child_dropping_an_inherited_async_guard_leaves_the_parents_lock() {
+    use std::sync::Mutex;
+    let server = RedisServer::start();
+    let rt = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let parent = rt();
+    let cache = parent
+        .block_on(aiolock::Cache::from_url(&server.unix_url("")))
+        .unwrap();
+    let lease = Duration::from_secs(30);
+    let held = parent
+        .block_on(cache.lock("ex", lease).watchdog().acquire())
+        .unwrap()
+        .unwrap();
+    let dropped = parent
+        .block_on(cache.lock("dropped", lease).acquire())
+        .unwrap()
+        .unwrap();
+    let token = held.token().to_string();
+    let guard = Mutex::new(Some(held));
+    {
+        let _in_runtime = parent.enter();
+        drop(dropped);
+    }
+    let ok = in_forked_child(|| {
+        let child = rt();
+        child.block_on(async {
+            let mut ex = guard.lock().unwrap().take().unwrap();
+            let refused = ex
+                .extend(lease)
+                .await
+                .is_err_and(|e| e.kind() == ErrorKind::Lost);
+            drop(ex);
+            let flushed = tokio::time::timeout(Duration::from_secs(5), cache.flush()).await;
+            refused && flushed.is_ok()
+        })
+    });
+    assert!(
+        ok,
+        "the child refused to renew, dropped the guard and flushed at once"
+    );
+    parent.block_on(cache.flush());
+    let ex = guard.lock().unwrap().take().unwrap();
+    let stored = parent.block_on(cache.get("ex-lock")).unwrap();
+    assert_eq!(
+        stored.as_deref(),
+        Some(token.as_bytes()),
+        "still the parent's"
+    );
+    ex.watch().unwrap().check().unwrap();
+    assert!(parent.block_on(ex.release()).unwrap());
+}
+
 /// `INFO commandstats` as `(command, calls)` pairs.
 fn command_calls(server: &RedisServer) -> Vec<(String, usize)> {
     server
@@ -1727,4 +1839,127 @@ async fn waiter_of_an_extended_holder_claims_once_per_lease_end() {
         "the waiter woke at an old lease end and lost its claim"
     );
     assert_eq!(waits, claims, "each lost claim waits again, once");
+}
+
+/// The async flavor's pipelined connection: 64 tasks on two workers share it, and
+/// some of their writes are cancelled mid-flight (the reply of a dropped call is
+/// read and dropped): every reply still reaches its own caller, in order. Each task
+/// writes its own key and reads it back at once, so a reply handed to the wrong
+/// caller shows as another task's value (or a `GET` seeing `OK`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_replies_reach_their_callers_across_cancellations() {
+    let server = RedisServer::start();
+    let cache = aiolock::Cache::from_url(&server.unix_url("namespace=p:"))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..64u64)
+        .map(|i| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                let key = format!("k{i}");
+                let mut cancelled = 0;
+                for j in 0..200u64 {
+                    let value = format!("{i}:{j}");
+                    let set = cache.set(&key, value.as_bytes(), None);
+                    // Every third write is given up almost at once: its bytes went
+                    // out (or will, before the read below), its reply is dropped.
+                    if j % 3 == 0 {
+                        let bound = Duration::from_micros(j % 40);
+                        match tokio::time::timeout(bound, set).await {
+                            Ok(written) => written.unwrap(),
+                            Err(_) => cancelled += 1,
+                        }
+                    } else {
+                        set.await.unwrap();
+                    }
+                    let read = cache.get(&key).await.unwrap();
+                    assert_eq!(read.as_deref(), Some(value.as_bytes()), "task {i} step {j}");
+                }
+                cancelled
+            })
+        })
+        .collect();
+    let mut cancelled = 0;
+    for t in tasks {
+        cancelled += t.await.unwrap();
+    }
+    eprintln!("{cancelled} writes cancelled mid-flight");
+    assert!(
+        cancelled > 0,
+        "no call was cancelled: the test tested nothing"
+    );
+    // And the connection is still in order.
+    cache.set("after", b"1", None).await.unwrap();
+    assert_eq!(
+        cache.get("after").await.unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+}
+
+/// A reply longer than the pipelined connection's read buffer (16 KiB) arrives whole,
+/// also among short ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_replies_arrive_whole() {
+    let server = RedisServer::start();
+    let cache = aiolock::Cache::from_url(&server.unix_url(""))
+        .await
+        .unwrap();
+    let long: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    cache.set("long", &long, None).await.unwrap();
+    let (a, b, c) = tokio::join!(cache.get("long"), cache.exists("long"), cache.get("long"));
+    assert_eq!(a.unwrap().as_deref(), Some(&long[..]));
+    assert!(b.unwrap());
+    assert_eq!(c.unwrap().as_deref(), Some(&long[..]));
+}
+
+/// A stalled server (SIGSTOP): the commands waiting on the connection fail with a
+/// timeout within about the response timeout, whether first in line or behind the
+/// late one, and once the server runs again the next command works (on a new
+/// connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_behind_a_late_reply_times_out_then_the_next_works() {
+    let server = RedisServer::start();
+    let cache = aiolock::Cache::from_url(&server.unix_url("response_timeout=0.3"))
+        .await
+        .unwrap();
+    cache.set("k", b"v", None).await.unwrap();
+    server.pause();
+    let start = Instant::now();
+    let (a, b, c) = tokio::join!(cache.get("k"), cache.exists("k"), cache.get("k"));
+    let took = start.elapsed();
+    server.resume();
+    for e in [a.unwrap_err(), b.unwrap_err(), c.unwrap_err()] {
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    }
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+}
+
+/// A cache whose command connection was opened on a runtime that has ended goes on
+/// working on the next one (the pipelined connection, registered with the ended
+/// runtime's I/O driver, fails; a read is resent on a fresh one).
+#[test]
+fn commands_outlive_the_runtime_that_opened_the_connection() {
+    let server = RedisServer::start();
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = first
+        .block_on(aiolock::Cache::from_url(&server.unix_url("")))
+        .unwrap();
+    first.block_on(cache.set("k", b"v", None)).unwrap();
+    drop(first);
+    let next = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let read = next.block_on(cache.get("k")).unwrap();
+    assert_eq!(read.as_deref(), Some(&b"v"[..]));
+    let guard = next
+        .block_on(cache.redlock("r", Duration::from_secs(5)).acquire())
+        .unwrap();
+    assert!(next.block_on(guard.release()).unwrap());
 }

@@ -334,6 +334,44 @@ pub async fn reports_a_taken_lock(env: Env) {
     assert!(ok, "the other caller's lock was intact");
 }
 
+/// A watched guard given up with `let_expire` leaves its lock held, unreleased, and
+/// renews it no more: another caller finds it held until its lease ends, then free;
+/// no renewal reaches the backend after it (but one already on its way); its watch
+/// reports the guard released, and its callback is never called.
+#[maybe_async]
+pub async fn let_expire_leaves_the_lock_to_its_lease(env: Env) {
+    let lease = env.lease;
+    let (observed, cache) = observed(&env);
+    let key = lock_key(&env, "k");
+    let guard = cache.lock("k", lease).watchdog().acquire().await;
+    let guard = guard.unwrap().expect("free");
+    let watch = guard.watch().unwrap();
+    let called = on_lost_channel(&watch);
+    let one = || observed.extends(&key) >= 1 || watch.check().is_err();
+    poll_until("a renewal", one).await;
+    watch.check().expect("renewed");
+    let end = guard.lease_end().unwrap();
+    guard.let_expire();
+    let given_up = observed.extends(&key);
+    let err = watch.check().unwrap_err();
+    assert!(err.message().contains("released"), "{err}");
+    let until = Instant::now() + PATIENCE;
+    let other = loop {
+        let other = env.other.lock("k", lease).try_acquire().await.unwrap();
+        if let Some(other) = other {
+            break other;
+        }
+        assert!(Instant::now() < until, "never expired: still renewed?");
+        sleep(lease / 8).await;
+    };
+    assert!(Instant::now() >= end, "taken before its lease end: released");
+    let after = observed.extends(&key);
+    assert!(after <= given_up + 1, "renewed: {given_up} then {after}");
+    assert!(called.try_recv().is_err(), "no loss callback");
+    let ok = other.release().await.unwrap();
+    assert!(ok);
+}
+
 /// A released or dropped guard leaves the schedule: its renewals stop (counted where
 /// they reach the backend), while another watched guard's go on. Its watch reports
 /// the release; its callback is never called.

@@ -147,6 +147,7 @@ mod memory {
         renews_every_third_of_the_lease,
         reports_a_taken_lock,
         renewals_stop_at_release,
+        let_expire_leaves_the_lock_to_its_lease,
         one_hung_renewal_holds_up_no_other,
     );
 }
@@ -177,6 +178,7 @@ mod redis {
             renews_every_third_of_the_lease,
             reports_a_taken_lock,
             renewals_stop_at_release,
+            let_expire_leaves_the_lock_to_its_lease,
             one_hung_renewal_holds_up_no_other,
         );
     }
@@ -254,6 +256,7 @@ mod memcached {
             renews_every_third_of_the_lease,
             reports_a_taken_lock,
             renewals_stop_at_release,
+            let_expire_leaves_the_lock_to_its_lease,
             one_hung_renewal_holds_up_no_other,
         );
     }

@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "ffi"
+require_relative "aiolock/version"
 
 # Ruby bindings of libaiolock: a cache-stampede RedLock and an OptimisticLock
 # (Python aiocache's locks), and an exclusive lock (a mutex with a lease) over a
@@ -20,14 +21,32 @@ require "ffi"
 #   end # released here, also when the block raises; Aiolock::NotAcquired if the
 #       # lock stayed held by others for 10 s
 #
-# The library is loaded from ENV["AIOLOCK_LIB"] (a path) or as "aiolock" from the
-# system's library path. Calls that may wait are attached with `blocking: true`, so
+# The library is loaded from ENV["AIOLOCK_LIB"] (a path), else from the libdir that
+# pkg-config names for aiolock (ffi/install.sh installs aiolock.pc), else as "aiolock"
+# from the system's library path. Calls that may wait are attached with `blocking: true`, so
 # they release the GVL: other Ruby threads run while one waits.
 module Aiolock
+  # Where libaiolock may be, in the order tried: ENV["AIOLOCK_LIB"] alone when set;
+  # else PKG-CONFIG-LIBDIR/libaiolock.so (.dylib on macOS) when pkg-config knows
+  # aiolock, then "aiolock" on the system's library path.
+  def self.library_candidates
+    explicit = ENV.fetch("AIOLOCK_LIB", "")
+    return [explicit] unless explicit.empty?
+
+    libdir = begin
+      IO.popen(["pkg-config", "--variable=libdir", "aiolock"], err: File::NULL, &:read).strip
+    rescue SystemCallError # no pkg-config
+      ""
+    end
+    candidates = libdir.empty? ? [] : [File.join(libdir, FFI.map_library_name("aiolock"))]
+    candidates << "aiolock"
+  end
+
   # The raw C functions (include/aiolock.h).
   module Native
     extend FFI::Library
-    ffi_lib ENV.fetch("AIOLOCK_LIB", "aiolock")
+    # One array argument: its first name that loads.
+    ffi_lib Aiolock.library_candidates
 
     typedef :pointer, :cache
     typedef :pointer, :lock

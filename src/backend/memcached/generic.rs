@@ -13,13 +13,14 @@ use super::backend::Backend;
 use super::memcached_io::{self as io, Conn};
 use super::{maybe_async, rt};
 use crate::backend::memcached::meta::{self, ErrorLine, Flag, Reply};
+use crate::backend::memcached::polls::{self, Step, Ticket, Turn};
 use crate::backend::memcached::routing::{Distribution, Router};
 use crate::backend::memcached::settings::{
     Addr, Fate, Settings, cas_disabled, settings, settings_from_url, unexpected,
 };
 use crate::config::Options;
 use crate::core::lease::deadline;
-use crate::core::poll::{Seen, Watch};
+use crate::core::poll::Seen;
 use crate::core::wait::{Claim, Wake};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::{DEFAULT_LOCK_SUFFIX, MEMCACHED_MAX_KEY};
@@ -40,12 +41,35 @@ const FENCE_TRIES: usize = 3;
 /// - Locks: `ms <key> <len> ME T<ttl>` adds the lock; a release reads the token and
 ///   its CAS unique (`mg v c`) and deletes only that version (`md C<cas>`), so it never
 ///   removes another holder's lock, even across a server restart.
-/// - Waiters poll the lock key (memcached has no notifications) with a capped,
-///   jittered exponential backoff starting at 0.1–0.2 ms, up to 4 ms by default
-///   (URL option `max_poll_interval`, in seconds), and never sleep past their deadline.
+/// - Waiters poll the lock key (memcached has no notifications), all the waiters of a
+///   key in one process together (see [Waiting](#waiting)).
 /// - [`OptimisticLock`](super::OptimisticLock) compares the real CAS unique.
 /// - A server run with CAS disabled (`-C`) is refused with
 ///   [`ErrorKind::Backend`] at the first release or optimistic lock.
+///
+/// # Waiting
+///
+/// The callers of one process that wait for one lock key share **one poll loop**,
+/// however many they are, async tasks and blocking threads alike, of every cache on
+/// the same server (the server the key routes to, in a pool): 1 waiter or 1,000, the
+/// server sees the same `mg <key> v t c` polls, a capped, jittered exponential backoff
+/// from 0.1–0.2 ms up to 4 ms by default (the shortest `max_poll_interval`, in
+/// seconds, of the waiting caches), starting again from the shortest when a new
+/// holder takes the key. A poll that finds the holder's token gone wakes every waiter
+/// of that holder; each returns by its own bound (its deadline, the holder's lease
+/// end) with its own outcome, and a poll that fails is the error of every waiter it
+/// counted for. One of the waiters sends the polls, on its own cache's connections,
+/// and hands that on when it leaves (woken, timed out, its future dropped): there is
+/// no thread or task of its own, nothing left once the last waiter left, and nothing
+/// a forked child could inherit half-done.
+///
+/// After a release or lease end the loop saw, the process claims the key once: the
+/// first claim sends the add, claims made meanwhile wait for its result, and claims
+/// after it take its result (held by the winner) without a round trip, while the
+/// loop's polls still find that holder: exclusive waiters of several caches cost
+/// one claim per release, not one per cache.
+/// [`polling_waiters`](MemcachedBackend::polling_waiters) counts the waiters of a
+/// loop.
 ///
 /// # Keys
 ///
@@ -295,6 +319,26 @@ impl MemcachedBackend {
             }
         }
         Ok(())
+    }
+
+    /// How many callers of this process wait for the lock stored under `lock_key`
+    /// (as stored: namespace + key + lock suffix) through the shared poll loop of the
+    /// key's server: the callers of every cache on that server, both flavors (see
+    /// [Waiting](#waiting)). A diagnostic, beside [`Cache::waiting`](super::Cache::waiting),
+    /// which counts the callers of one cache.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "blocking")] {
+    /// use aiolock::blocking::MemcachedBackend;
+    ///
+    /// let backend = MemcachedBackend::connect("memcached://127.0.0.1")?;
+    /// assert_eq!(backend.polling_waiters("report-lock"), 0);
+    /// # }
+    /// # Ok::<(), aiolock::Error>(())
+    /// ```
+    pub fn polling_waiters(&self, lock_key: impl AsRef<[u8]>) -> usize {
+        let key = lock_key.as_ref();
+        polls::waiters(&self.pool(key).settings.addr, key)
     }
 
     /// The CAS unique of a hit, refusing a server that runs with CAS disabled.
@@ -731,6 +775,115 @@ impl MemcachedBackend {
 }
 
 impl MemcachedBackend {
+    /// This process's turn to claim `key` (`polls.rs`, "Claims after a wake"):
+    /// `Ok(None)` claims as usual, `Ok(Some(ticket))` claims for the round (and
+    /// reports its result on the ticket), `Err(holder)` is the round's result, taken
+    /// for this claim's (the key is held by `holder`). Following a claim in flight
+    /// waits at most a response timeout; then this claim goes on alone.
+    #[maybe_async]
+    async fn claim_turn(&self, key: &[u8]) -> std::result::Result<Option<Ticket>, Option<Vec<u8>>> {
+        let pool = self.pool(key);
+        let mut until = None;
+        loop {
+            let now = rt::now();
+            match polls::claim_turn(&pool.settings.addr, key, now) {
+                Turn::Alone => return Ok(None),
+                Turn::Claim(ticket) => return Ok(Some(ticket)),
+                Turn::Held(holder) => return Err(holder),
+                Turn::Follow(listener) => {
+                    let until =
+                        *until.get_or_insert_with(|| deadline(now, pool.settings.response_timeout));
+                    if !rt::wait_listener(listener, until).await {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One fenced claim ([`Backend::claim_fenced`]), without the round.
+    #[maybe_async]
+    async fn claim_fenced_once(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+        fence_key: &[u8],
+    ) -> Result<(Claim, Option<u64>)> {
+        let add = meta::set(key, token, &[Flag::ModeAdd, exptime(Some(lease))])?;
+        let read = meta::get(key, &[Flag::Value])?;
+        let mut resent = false;
+        let (incremented, verified, lost) = loop {
+            let mut request = add.clone();
+            request.extend_from_slice(&fence_increment(fence_key)?);
+            request.extend_from_slice(&read);
+            let batch = self.pool(key).pipeline(&request, 3).await?;
+            let mut replies = batch.replies.into_iter();
+            let added = replies.next();
+            let (incremented, verified) = (replies.next(), replies.next());
+            match added {
+                Some(Reply::Hd(_)) => break (incremented, verified, batch.lost),
+                Some(Reply::Ns(_)) => {
+                    // Losers need no fence, but learn of a broken counter.
+                    if let Some(reply) = &incremented {
+                        self.fence_of(key, fence_key, reply)?;
+                    }
+                    let holder = match verified {
+                        Some(Reply::Va(holder, _)) => Some(holder),
+                        _ => None,
+                    };
+                    return Ok((Claim::Held { holder }, None));
+                }
+                Some(Reply::Error(line, message)) => {
+                    return Err(self.pool(key).refused(line, &message));
+                }
+                Some(other) => return Err(unexpected("ms ME", &other)),
+                None => {}
+            }
+            // The add's reply was lost: read the lock back.
+            let lost = batch.lost.unwrap_or_else(|| {
+                Error::new(ErrorKind::Protocol, "memcached sent no reply to ms ME")
+            });
+            match self.pool(key).call(&read).await? {
+                // Ours: won; the increment and the read after it are sent again.
+                Reply::Va(found, _) if found == token => break (None, None, Some(lost)),
+                Reply::Va(holder, _) => {
+                    return Ok((
+                        Claim::Held {
+                            holder: Some(holder),
+                        },
+                        None,
+                    ));
+                }
+                Reply::En if !resent => resent = true,
+                Reply::En => {
+                    return Err(outcome_unknown(
+                        lost,
+                        "the fenced claim of",
+                        key,
+                        "the lock is absent after a second try",
+                    ));
+                }
+                other => return Err(unexpected("mg v", &other)),
+            }
+        };
+        // Won the add: the fence counts once a read after the increment found our
+        // token (see above).
+        let fenced = self
+            .verify_fence(key, token, fence_key, incremented, verified, lost)
+            .await;
+        match fenced {
+            Err(e) if e.kind() == ErrorKind::Backend => {
+                // Nothing applied, says a Backend error: give the lock back.
+                self.release(key, token).await?;
+                Err(e)
+            }
+            other => other,
+        }
+    }
+}
+
+impl MemcachedBackend {
     /// The fence a fenced claim that won its add holds, from the replies to its
     /// increment and to the read after it (`None`: lost with the connection, `lost`):
     /// sent again, both in one write, while replies are lost.
@@ -920,7 +1073,11 @@ impl Backend for MemcachedBackend {
             };
             let delete = meta::delete(key, &[Flag::CompareCas(cas)])?;
             match self.pool(key).call_once(&delete).await? {
-                Sent::Reply(Reply::Hd(_)) => return Ok(true),
+                Sent::Reply(Reply::Hd(_)) => {
+                    // A round's "held by us" no longer stands.
+                    polls::released(&self.pool(key).settings.addr, key, token);
+                    return Ok(true);
+                }
                 Sent::Reply(Reply::Nf(_)) => return Ok(false),
                 Sent::Reply(Reply::Ex(_)) => continue,
                 Sent::Reply(other) => return Err(unexpected("md C", &other)),
@@ -1000,15 +1157,28 @@ impl Backend for MemcachedBackend {
     /// `ms <key> <len> ME T<ttl>`: `HD` → won, `NS` → held (the holder's token is
     /// learned by the wait's first poll). A lost reply is read back: our token → won,
     /// another token → held by it, gone → the add did not run: sent once more.
+    ///
+    /// After a release or lease end the shared poll loop saw, this process claims the
+    /// key once: a claim while that one is in flight waits for its result, and a claim
+    /// after it takes its result without a round trip ([`Claim::Held`] by the winner;
+    /// see [`MemcachedBackend`], "Waiting").
     async fn claim(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<Claim> {
         check_lock_key(key)?;
-        Ok(match self.add_once(key, token, Some(lease)).await? {
+        let turn = match self.claim_turn(key).await {
+            Ok(turn) => turn,
+            Err(holder) => return Ok(Claim::Held { holder }),
+        };
+        let claim = match self.add_once(key, token, Some(lease)).await? {
             Added::Stored => Claim::Won,
             Added::Exists => Claim::Held { holder: None },
             Added::Other(holder) => Claim::Held {
                 holder: Some(holder),
             },
-        })
+        };
+        if let Some(turn) = turn {
+            turn.done(holder_after(&claim, token));
+        }
+        Ok(claim)
     }
 
     /// A claim with a fencing token, in one round trip: one write carries the add,
@@ -1059,114 +1229,56 @@ impl Backend for MemcachedBackend {
     ) -> Result<(Claim, Option<u64>)> {
         check_lock_key(key)?;
         check_fence_key(fence_key)?;
-        let add = meta::set(key, token, &[Flag::ModeAdd, exptime(Some(lease))])?;
-        let read = meta::get(key, &[Flag::Value])?;
-        let mut resent = false;
-        let (incremented, verified, lost) = loop {
-            let mut request = add.clone();
-            request.extend_from_slice(&fence_increment(fence_key)?);
-            request.extend_from_slice(&read);
-            let batch = self.pool(key).pipeline(&request, 3).await?;
-            let mut replies = batch.replies.into_iter();
-            let added = replies.next();
-            let (incremented, verified) = (replies.next(), replies.next());
-            match added {
-                Some(Reply::Hd(_)) => break (incremented, verified, batch.lost),
-                Some(Reply::Ns(_)) => {
-                    // Losers need no fence, but learn of a broken counter.
-                    if let Some(reply) = &incremented {
-                        self.fence_of(key, fence_key, reply)?;
-                    }
-                    let holder = match verified {
-                        Some(Reply::Va(holder, _)) => Some(holder),
-                        _ => None,
-                    };
-                    return Ok((Claim::Held { holder }, None));
-                }
-                Some(Reply::Error(line, message)) => {
-                    return Err(self.pool(key).refused(line, &message));
-                }
-                Some(other) => return Err(unexpected("ms ME", &other)),
-                None => {}
-            }
-            // The add's reply was lost: read the lock back.
-            let lost = batch.lost.unwrap_or_else(|| {
-                Error::new(ErrorKind::Protocol, "memcached sent no reply to ms ME")
-            });
-            match self.pool(key).call(&read).await? {
-                // Ours: won; the increment and the read after it are sent again.
-                Reply::Va(found, _) if found == token => break (None, None, Some(lost)),
-                Reply::Va(holder, _) => {
-                    return Ok((
-                        Claim::Held {
-                            holder: Some(holder),
-                        },
-                        None,
-                    ));
-                }
-                Reply::En if !resent => resent = true,
-                Reply::En => {
-                    return Err(outcome_unknown(
-                        lost,
-                        "the fenced claim of",
-                        key,
-                        "the lock is absent after a second try",
-                    ));
-                }
-                other => return Err(unexpected("mg v", &other)),
-            }
+        let turn = match self.claim_turn(key).await {
+            Ok(turn) => turn,
+            Err(holder) => return Ok((Claim::Held { holder }, None)),
         };
-        // Won the add: the fence counts once a read after the increment found our
-        // token (see above).
-        let fenced = self
-            .verify_fence(key, token, fence_key, incremented, verified, lost)
-            .await;
-        match fenced {
-            Err(e) if e.kind() == ErrorKind::Backend => {
-                // Nothing applied, says a Backend error: give the lock back.
-                self.release(key, token).await?;
-                Err(e)
-            }
-            other => other,
+        let claimed = self.claim_fenced_once(key, token, lease, fence_key).await?;
+        if let Some(turn) = turn {
+            turn.done(holder_after(&claimed.0, token));
         }
+        Ok(claimed)
     }
 
-    /// Polls `mg v t c` with capped, jittered backoff (`core::poll::Watch`): the holder's
-    /// token (`holder`, else the first one seen) gone or replaced before its lease could
-    /// have ended is a release, after it a vacancy; the same token under a new CAS is
-    /// the holder renewing its lease (it keeps the waiter waiting). Every poll runs within the response
-    /// timeout and by `deadline`: a poll the server has not answered by then ends the
-    /// wait ([`Wake::Deadline`]).
+    /// Waits through the key's shared poll loop (`polls.rs`): the waiters of this
+    /// process on this key, of every cache and both flavors, share one series of
+    /// `mg v t c` polls with capped, jittered backoff (`core::poll`), sent by one of
+    /// them. The holder's token (`holder`, else the first one a poll finds) gone or
+    /// replaced before its lease could have ended is a release, after it a vacancy;
+    /// the same token under a new CAS is the holder renewing its lease (it keeps the
+    /// waiter waiting). Returns by `deadline` ([`Wake::Deadline`]): a poll this
+    /// waiter sends ends by then, and the others' polls are not waited for past it;
+    /// a poll that fails (within the response timeout) is the error of every waiter
+    /// it counted for.
     async fn wait(&self, key: &[u8], holder: Option<&[u8]>, deadline: Instant) -> Result<Wake> {
         let request = meta::get(key, &[Flag::Value, Flag::Ttl, Flag::Cas])?;
-        let mut watch = Watch::new(self.inner.max_poll_delay, holder);
+        let pool = self.pool(key);
+        let max_delay = self.inner.max_poll_delay;
+        let registration = polls::join(&pool.settings.addr, key, holder, deadline, max_delay);
         loop {
-            let sent = rt::now();
-            if sent >= deadline {
-                return Ok(Wake::Deadline);
-            }
-            let reply = match self.pool(key).call_by(&request, Some(deadline)).await {
-                Ok(reply) => reply,
-                Err(e) if e.is_timeout() && rt::now() >= deadline => return Ok(Wake::Deadline),
-                Err(e) => return Err(e),
-            };
-            let now = rt::now();
-            let seen = match &reply {
-                Reply::En => Seen::Missing,
-                Reply::Va(token, flags @ meta::ReplyFlags { ttl: Some(ttl), .. }) => Seen::Held {
-                    token,
-                    ttl: *ttl,
-                    // 0 from a server without CAS (`-C`): renewals go unseen.
-                    cas: flags.cas.unwrap_or(0),
-                },
-                other => return Err(unexpected("mg v t c", other)),
-            };
-            if let Some(wake) = watch.observe(seen, sent, now) {
-                return Ok(wake);
-            }
-            match watch.next_sleep(now, deadline, rand::random::<f64>()) {
-                Some(pause) => rt::sleep(pause).await,
-                None => return Ok(Wake::Deadline),
+            match registration.step(rt::now()) {
+                Step::Done(result) => return result,
+                Step::Wait(listener, until) => {
+                    rt::wait_listener(listener, until).await;
+                }
+                Step::Poll(mark) => {
+                    let sent = rt::now();
+                    let reply = pool.call_by(&request, Some(deadline)).await;
+                    let received = rt::now();
+                    match reply {
+                        Err(e) if e.is_timeout() && received >= deadline => {
+                            registration.abandoned();
+                        }
+                        Ok(reply) => {
+                            let jitter = rand::random::<f64>();
+                            registration.polled(mark, seen(&reply), sent, received, jitter);
+                        }
+                        Err(e) => {
+                            let jitter = rand::random::<f64>();
+                            registration.polled(mark, Err(e), sent, received, jitter);
+                        }
+                    }
+                }
             }
         }
     }
@@ -1237,6 +1349,29 @@ impl Backend for MemcachedBackend {
             )),
             other => Err(unexpected("mg v", &other)),
         }
+    }
+}
+
+/// Who holds the key after `claim` of `token`: the token (won), or the holder it lost
+/// to, when learned.
+fn holder_after<'a>(claim: &'a Claim, token: &'a [u8]) -> Option<&'a [u8]> {
+    match claim {
+        Claim::Won => Some(token),
+        Claim::Held { holder } => holder.as_deref(),
+    }
+}
+
+/// What a poll (`mg v t c`) found.
+fn seen(reply: &Reply) -> Result<Seen<'_>> {
+    match reply {
+        Reply::En => Ok(Seen::Missing),
+        Reply::Va(token, flags @ meta::ReplyFlags { ttl: Some(ttl), .. }) => Ok(Seen::Held {
+            token,
+            ttl: *ttl,
+            // 0 from a server without CAS (`-C`): renewals go unseen.
+            cas: flags.cas.unwrap_or(0),
+        }),
+        other => Err(unexpected("mg v t c", other)),
     }
 }
 

@@ -21,7 +21,7 @@ use crate::error::{Error, ErrorKind, Result};
 pub(crate) const DEFAULT_PORT: u16 = 11211;
 
 /// Where the server listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Addr {
     /// `memcached://host[:port]`
     Tcp { host: String, port: u16 },

@@ -63,12 +63,12 @@ impl Backend for MemoryBackend {
         MemoryBackend::claim_fenced(self, key, token, lease, fence_key, rt::now())
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_begin_now(&self, key: &[u8], read: &mut dyn FnMut(Option<&[u8]>)) -> Option<CasToken> {
         Some(MemoryBackend::begin_with(self, key, rt::now(), read))
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_claim_now(
         &self,
         key: &[u8],
@@ -79,7 +79,7 @@ impl Backend for MemoryBackend {
         Some(MemoryBackend::claim_until(self, key, token, now, lease_end))
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_release_now(&self, key: &[u8], token: &[u8]) -> Option<bool> {
         Some(MemoryBackend::release(self, key, token, rt::now()))
     }

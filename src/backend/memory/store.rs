@@ -122,12 +122,12 @@ impl Entry {
 const MIN_SWEEP: usize = 1024;
 
 impl Map {
-    #[inline]
+    #[inline(always)]
     fn hash(&self, key: &[u8]) -> u64 {
         self.hasher.hash_one(key)
     }
 
-    #[inline]
+    #[inline(always)]
     fn find_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
         let hash = self.hash(key);
         self.entries.find_mut(hash, |e| same(&e.key, key))
@@ -141,13 +141,13 @@ impl Map {
     }
 
     /// The live entry of `key`, mutable.
-    #[inline]
+    #[inline(always)]
     fn live_mut(&mut self, key: &[u8], now: Instant) -> Option<&mut Entry> {
         self.find_mut(key).filter(|e| e.live(now))
     }
 
     /// The slot of `key`, occupied (live or expired) or vacant: one hash, one probe.
-    #[inline]
+    #[inline(always)]
     fn slot(&mut self, key: &[u8]) -> hash_table::Entry<'_, Entry> {
         let hash = self.hash(key);
         let Map {
@@ -158,7 +158,7 @@ impl Map {
 
     /// Stores `value` if `allowed` says so given the live entry (`None`: absent or
     /// expired), keeping the waiters of a previous entry. One hash, one probe.
-    #[inline]
+    #[inline(always)]
     fn write(
         &mut self,
         key: &[u8],
@@ -285,7 +285,7 @@ impl MemoryBackend {
 
     /// Adds `key` holding `token` until `lease_end`, or reports the live holder's
     /// token (live at `now`).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn claim_until(
         &self,
         key: &[u8],
@@ -390,7 +390,7 @@ impl MemoryBackend {
     /// The entry is marked released rather than removed: the next claim of the key
     /// (often the same key, taken again and again) writes into it in place, and the
     /// sweep drops it otherwise.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn release(&self, key: &[u8], token: &[u8], now: Instant) -> bool {
         let mut map = self.store.map.lock();
         let Some(e) = map.live_mut(key, now).filter(|e| same(&e.value, token)) else {

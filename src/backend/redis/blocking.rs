@@ -18,6 +18,7 @@ use event_listener::Listener as _;
 use parking_lot::{Condvar, Mutex};
 use redis::{Cmd, RedisError, RedisResult, Value};
 
+use crate::backend::redis::cluster;
 use crate::backend::redis::hub::{Hub, Waiter};
 use crate::backend::redis::protocol::{self as r, Timeouts};
 use crate::config::Options;
@@ -34,21 +35,15 @@ const TICK: Duration = Duration::from_millis(2);
 /// (unless a new waiter comes).
 const RETRY: Duration = Duration::from_millis(100);
 
-fn timed_out(what: &str) -> RedisError {
-    RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        what.to_owned(),
-    ))
-}
-
 /// The backend's connections.
 pub(crate) struct Conn {
     pool: Arc<Pool>,
     /// The same server over RESP3, for the subscriber.
     resp3: redis::Client,
     listener: Mutex<Option<Arc<Listener>>>,
-    /// Sharded channels (`SSUBSCRIBE`: a Redis Cluster node's subscriber).
-    sharded: bool,
+    /// A Redis Cluster node's subscriber: its channels are sharded (`SSUBSCRIBE`),
+    /// and its re-checks go through the cluster's connections.
+    sharded: Option<Weak<dyn Rechecks>>,
 }
 
 /// At most `size` command connections, idle or in use.
@@ -109,7 +104,7 @@ impl Pool {
                 };
             }
             if self.freed.wait_until(&mut state, until).timed_out() {
-                return Err(timed_out("no free Redis connection in time"));
+                return Err(r::timed_out("no free Redis connection in time"));
             }
         }
     }
@@ -161,7 +156,7 @@ impl Pool {
         let left = limit.saturating_duration_since(Instant::now());
         if left.is_zero() {
             self.put(taken);
-            return Err(timed_out("no time left for the command"));
+            return Err(r::timed_out("no time left for the command"));
         }
         let shortened = left < self.timeouts.response;
         if shortened && let Err(e) = taken.con.set_read_timeout(Some(left)) {
@@ -210,6 +205,21 @@ impl Pool {
     }
 }
 
+/// Where a subscriber thread sends its re-checks of the waited-on keys: the server's
+/// own command pool, or, for a Redis Cluster node's subscriber, the cluster's
+/// connections (they follow `MOVED` and `ASK`: the key may be on another node while
+/// its slot migrates).
+pub(crate) trait Rechecks: Send + Sync {
+    /// Sends one command and reads its reply (within the response timeout).
+    fn recheck(&self, cmd: &Cmd) -> RedisResult<Value>;
+}
+
+impl Rechecks for Pool {
+    fn recheck(&self, cmd: &Cmd) -> RedisResult<Value> {
+        self.query(cmd, None)
+    }
+}
+
 /// Opens a connection of `client`, the whole set-up within one connect timeout and
 /// before `until`; sets the response timeout for reads and writes.
 fn open(
@@ -222,14 +232,14 @@ fn open(
     let end = until.min(start + timeouts.connect);
     let budget = end.saturating_duration_since(start);
     if budget.is_zero() {
-        return Err(timed_out("no time left to connect to Redis"));
+        return Err(r::timed_out("no time left to connect to Redis"));
     }
     // The crate's set-up (HELLO/AUTH/SELECT) runs within the remaining budget.
     let mut con = client.get_connection_with_timeout(budget)?;
     if ping {
         let left = end.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(timed_out("connecting to Redis timed out"));
+            return Err(r::timed_out("connecting to Redis timed out"));
         }
         con.set_read_timeout(Some(left))?;
         con.set_write_timeout(Some(left))?;
@@ -245,16 +255,25 @@ impl Conn {
     /// Opens the first connection at once, so that an unreachable server or wrong
     /// credentials show now.
     pub(crate) fn connect(client: redis::Client, options: &Options) -> RedisResult<Self> {
-        Self::open(client, options, false)
+        Self::open(client, options, None)
     }
 
     /// Like [`connect`](Conn::connect), for the subscriber of one Redis Cluster node:
-    /// its channels are sharded (`SSUBSCRIBE`).
-    pub(crate) fn connect_sharded(client: redis::Client, options: &Options) -> RedisResult<Self> {
-        Self::open(client, options, true)
+    /// its channels are sharded (`SSUBSCRIBE`), and it re-checks the waited-on keys
+    /// through `rechecks`, the cluster's connections.
+    pub(crate) fn connect_sharded(
+        client: redis::Client,
+        options: &Options,
+        rechecks: Weak<dyn Rechecks>,
+    ) -> RedisResult<Self> {
+        Self::open(client, options, Some(rechecks))
     }
 
-    fn open(client: redis::Client, options: &Options, sharded: bool) -> RedisResult<Self> {
+    fn open(
+        client: redis::Client,
+        options: &Options,
+        sharded: Option<Weak<dyn Rechecks>>,
+    ) -> RedisResult<Self> {
         let resp3 = r::resp3(&client)?;
         let pool = Pool {
             client,
@@ -317,7 +336,9 @@ impl Conn {
                 return if limit >= until {
                     Ok(None)
                 } else {
-                    Err(timed_out("Redis did not confirm the subscription in time"))
+                    Err(r::timed_out(
+                        "Redis did not confirm the subscription in time",
+                    ))
                 };
             }
         }
@@ -341,12 +362,17 @@ impl Conn {
             failures: AtomicU64::new(0),
             failure: Mutex::new(None),
         });
+        let rechecks = match &self.sharded {
+            Some(cluster) => Weak::clone(cluster),
+            None => Arc::downgrade(&self.pool) as Weak<dyn Rechecks>,
+        };
         let thread = Thread {
             listener: Arc::clone(&listener),
             pool: Arc::downgrade(&self.pool),
+            rechecks,
             client: self.resp3.clone(),
             timeouts: self.pool.timeouts,
-            sharded: self.sharded,
+            sharded: self.sharded.is_some(),
         };
         let spawned = std::thread::Builder::new()
             .name("aiolock-redis-subscriber".into())
@@ -435,6 +461,7 @@ struct Thread {
     listener: Arc<Listener>,
     /// The backend's pool: the thread exits when it is gone.
     pool: Weak<Pool>,
+    rechecks: Weak<dyn Rechecks>,
     client: redis::Client,
     timeouts: Timeouts,
     sharded: bool,
@@ -546,14 +573,14 @@ impl Thread {
                     continue;
                 };
                 if due <= now {
-                    let Some(pool) = self.pool.upgrade() else {
+                    let Some(rechecks) = self.rechecks.upgrade() else {
                         break;
                     };
                     let sent = channel.recheck_sent();
                     let mut get = redis::cmd("GET");
                     get.arg(channel.key());
                     // A failed re-check changes nothing: the waiters' own bounds stand.
-                    if let Ok(Ok(value)) = pool.query(&get, None).map(r::bytes) {
+                    if let Ok(Ok(value)) = rechecks.recheck(&get).map(r::bytes) {
                         channel.observed(sent, value.as_deref());
                     }
                     known.attempt += 1;
@@ -584,6 +611,8 @@ impl Thread {
                         if known.pending == 0 && known.wanted {
                             hub.confirmed(name, epoch);
                         }
+                    } else if self.sharded {
+                        moved(&reply, &mut channels, hub);
                     }
                 }
                 // RESP3 pushes are never taken for a late reply: a read timeout leaves
@@ -599,6 +628,34 @@ impl Thread {
         self.listener.running.store(false, Ordering::SeqCst);
         // Waiters still registered see the subscriber gone.
         hub.disconnected();
+    }
+}
+
+/// What a cluster node's subscriber learns from a reply that moves channels
+/// elsewhere: an `sunsubscribe` it did not ask for (a channel still wanted and
+/// confirmed: the node dropped it because its slot moved away), or `MOVED` (an
+/// `SSUBSCRIBE` refused: another node serves that slot, the reply names it, and every
+/// pending channel of the slot is refused). Those channels leave the node's hub, and
+/// their waiters subscribe again at the slot's owner.
+fn moved(reply: &Value, channels: &mut HashMap<Vec<u8>, Subscribed>, hub: &Hub) {
+    if let Some(name) = r::unsubscribed(reply) {
+        if channels
+            .get(name)
+            .is_some_and(|known| known.wanted && known.pending == 0)
+        {
+            channels.remove(name);
+            hub.moved(name, None);
+        }
+    } else if let Some((slot, owner)) = cluster::moved(reply) {
+        let refused: Vec<Vec<u8>> = channels
+            .iter()
+            .filter(|(name, known)| known.pending > 0 && cluster::slot(name) == slot)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in refused {
+            channels.remove(&name);
+            hub.moved(&name, Some(owner));
+        }
     }
 }
 

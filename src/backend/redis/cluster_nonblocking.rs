@@ -2,21 +2,18 @@
 //! for commands (the `redis` crate routes each by its key's slot and follows `MOVED`
 //! and `ASK`), and one shared RESP3 cluster connection for every waiter of the
 //! backend, subscribed with `SSUBSCRIBE` (each channel on its slot's master; the crate
-//! resubscribes after a reconnect), whose push messages a dispatcher task posts to the
-//! waiters' [`Hub`]; one re-check task per waited-on key.
-//!
-//! The subscriber and its tasks live on the runtime of the wait that started them;
-//! when that runtime has ended, the next wait starts a new subscriber on its own.
+//! resubscribes after a reconnect), served by the subscriber `nonblocking.rs` uses too
+//! (`subscriber_nonblocking.rs`). A master that drops a channel because its slot
+//! moved away (`sunsubscribe`) sends its waiters to subscribe again, at the new owner.
 
-use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
+use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, PushInfo, PushKind, RedisError, RedisResult, Value};
-use tokio::sync::mpsc;
+use redis::{Cmd, RedisResult, Value};
 
-use crate::backend::redis::hub::{Channel, Hub, Waiter};
+use super::redis_subscriber::Slot;
+use crate::backend::redis::cluster;
 use crate::backend::redis::protocol::{self as r, Timeouts};
 use crate::config::Options;
 
@@ -26,14 +23,7 @@ pub(crate) struct Conn {
     resp3: ClusterClient,
     timeouts: Timeouts,
     commands: ClusterConnection,
-    subscriber: tokio::sync::Mutex<Option<Arc<Subscriber>>>,
-}
-
-fn timed_out(what: &str) -> RedisError {
-    RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        what.to_owned(),
-    ))
+    subscriber: Slot<ClusterConnection>,
 }
 
 fn config(t: Timeouts) -> ClusterConfig {
@@ -55,7 +45,7 @@ async fn open(
     };
     tokio::time::timeout(timeouts.connect, setup)
         .await
-        .unwrap_or_else(|_| Err(timed_out("connecting to the Redis Cluster timed out")))
+        .unwrap_or_else(|_| Err(r::timed_out("connecting to the Redis Cluster timed out")))
 }
 
 impl Conn {
@@ -63,9 +53,8 @@ impl Conn {
     /// connects with the first wait.
     pub(crate) async fn connect(seeds: &[url::Url], options: &Options) -> RedisResult<Self> {
         let timeouts = Timeouts::from(options);
-        let seeds: Vec<&str> = seeds.iter().map(url::Url::as_str).collect();
-        let client = ClusterClientBuilder::new(seeds.clone()).build()?;
-        let resp3 = ClusterClientBuilder::new(seeds)
+        let client = cluster::builder(seeds).build()?;
+        let resp3 = cluster::builder(seeds)
             .use_protocol(redis::ProtocolVersion::RESP3)
             .build()?;
         let commands = open(&client, timeouts, config(timeouts)).await?;
@@ -73,7 +62,7 @@ impl Conn {
             resp3,
             timeouts,
             commands,
-            subscriber: tokio::sync::Mutex::new(None),
+            subscriber: Slot::default(),
         })
     }
 
@@ -86,12 +75,13 @@ impl Conn {
     pub(crate) async fn query_until(&self, cmd: &Cmd, until: Instant) -> RedisResult<Value> {
         tokio::time::timeout_at(until.into(), self.query(cmd))
             .await
-            .unwrap_or_else(|_| Err(timed_out("the wait's deadline passed")))
+            .unwrap_or_else(|_| Err(r::timed_out("the wait's deadline passed")))
     }
 
     /// Registers a waiter for `holder`'s release of lock `key` on sharded channel
-    /// `name` and subscribes it; returns once the server confirmed (or the channel was
-    /// subscribed already), `None` if `until` passed first.
+    /// `name` and subscribes it (see `subscriber_nonblocking.rs`); returns once the
+    /// server confirmed (or the channel was subscribed already), `None` if `until`
+    /// passed first.
     pub(crate) async fn subscribe(
         &self,
         name: &[u8],
@@ -99,170 +89,16 @@ impl Conn {
         holder: Option<&[u8]>,
         until: Instant,
     ) -> RedisResult<Option<Subscription>> {
-        let subscribed = async {
-            let subscriber = self.subscriber().await?;
-            subscriber.join(self, name, key, holder).await
+        let open = |pushes| {
+            let config = config(self.timeouts).set_push_sender(pushes);
+            open(&self.resp3, self.timeouts, config)
         };
-        match tokio::time::timeout_at(until.into(), subscribed).await {
-            Ok(subscription) => subscription.map(Some),
-            Err(_) => Ok(None),
-        }
-    }
-
-    /// The live subscriber, started on the current runtime if there is none or the
-    /// runtime it ran on has ended.
-    async fn subscriber(&self) -> RedisResult<Arc<Subscriber>> {
-        let mut slot = self.subscriber.lock().await;
-        if let Some(subscriber) = slot.as_ref()
-            && !subscriber.pushes.is_closed()
-        {
-            return Ok(Arc::clone(subscriber));
-        }
-        let subscriber = Box::pin(Subscriber::start(&self.resp3, self.timeouts)).await?;
-        *slot = Some(Arc::clone(&subscriber));
-        Ok(subscriber)
+        let commands = || async { Ok(self.commands.clone()) };
+        self.subscriber
+            .subscribe(open, commands, name, key, holder, until)
+            .await
     }
 }
 
-/// The shared subscriber connection and the waiters' registry.
-struct Subscriber {
-    con: ClusterConnection,
-    hub: Arc<Hub>,
-    /// Closed once the dispatcher task is gone (its runtime ended).
-    pushes: mpsc::UnboundedSender<PushInfo>,
-    /// SSUBSCRIBE and SUNSUBSCRIBE go one at a time (an unsubscribe of a channel
-    /// nobody waits on cannot overtake a new waiter's subscribe).
-    order: tokio::sync::Mutex<()>,
-}
-
-impl Subscriber {
-    async fn start(client: &ClusterClient, timeouts: Timeouts) -> RedisResult<Arc<Subscriber>> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let hub = Arc::new(Hub::default());
-        let con = open(
-            client,
-            timeouts,
-            config(timeouts).set_push_sender(tx.clone()),
-        )
-        .await?;
-        tokio::spawn(dispatch(Arc::downgrade(&hub), rx));
-        Ok(Arc::new(Subscriber {
-            con,
-            hub,
-            pushes: tx,
-            order: tokio::sync::Mutex::new(()),
-        }))
-    }
-
-    async fn join(
-        self: &Arc<Self>,
-        conn: &Conn,
-        name: &[u8],
-        key: &[u8],
-        holder: Option<&[u8]>,
-    ) -> RedisResult<Subscription> {
-        // Registered (and counting) before the subscription is confirmed.
-        let (waiter, first) = self.hub.join(name, key, holder);
-        let channel = Arc::clone(waiter.channel());
-        let epoch = waiter.epoch();
-        let subscription = Subscription {
-            waiter: Some(waiter),
-            subscriber: Arc::clone(self),
-        };
-        if first {
-            tokio::spawn(recheck(Arc::downgrade(&channel), conn.commands.clone()));
-        }
-        if !channel.is_subscribed(epoch) {
-            let _order = self.order.lock().await;
-            if !channel.is_subscribed(epoch) {
-                let mut con = self.con.clone();
-                if let Err(e) = con.ssubscribe(name).await {
-                    if !r::is_dropped(&e) {
-                        return Err(e);
-                    }
-                    con.ssubscribe(name).await?;
-                }
-                channel.confirm(epoch);
-            }
-        }
-        Ok(subscription)
-    }
-}
-
-/// Posts the subscriber's push messages to the hub. A `sunsubscribe` the server sends
-/// for a channel that still has waiters (its slot moved to another master) reads as a
-/// lost connection: the waiters re-check the key and subscribe again, at the new
-/// owner.
-async fn dispatch(hub: Weak<Hub>, mut rx: mpsc::UnboundedReceiver<PushInfo>) {
-    while let Some(push) = rx.recv().await {
-        let Some(hub) = hub.upgrade() else { return };
-        match (push.kind, push.data.as_slice()) {
-            (PushKind::SMessage, [Value::BulkString(name), Value::BulkString(payload)]) => {
-                hub.message(name, payload)
-            }
-            (PushKind::SUnsubscribe, [Value::BulkString(name), ..]) if hub.is_waited_on(name) => {
-                hub.disconnected()
-            }
-            (PushKind::Disconnection, _) => hub.disconnected(),
-            _ => {}
-        }
-    }
-}
-
-/// Re-checks a waited-on key while it has waiters (a release that publishes nothing
-/// is noticed): one task per key and subscriber.
-async fn recheck(channel: Weak<Channel>, mut commands: ClusterConnection) {
-    for attempt in 0.. {
-        tokio::time::sleep(r::recheck_delay(attempt)).await;
-        let Some(channel) = channel.upgrade() else {
-            return;
-        };
-        if !channel.is_waited_on() {
-            return;
-        }
-        let sent = channel.recheck_sent();
-        let mut get = redis::cmd("GET");
-        get.arg(channel.key());
-        // A failed re-check changes nothing: the waiters' own bounds stand.
-        if let Ok(Ok(value)) = get.query_async::<Value>(&mut commands).await.map(r::bytes) {
-            channel.observed(sent, value.as_deref());
-        }
-    }
-}
-
-/// One waiter's registration on a channel. Dropping it unregisters; the last waiter
-/// of a channel unsubscribes (on a spawned task).
-pub(crate) struct Subscription {
-    waiter: Option<Waiter>,
-    subscriber: Arc<Subscriber>,
-}
-
-impl Subscription {
-    /// The registration, to listen with.
-    pub(crate) fn waiter(&self) -> &Waiter {
-        self.waiter.as_ref().expect("present until dropped")
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        let Some(waiter) = self.waiter.take() else {
-            return;
-        };
-        if !waiter.leave() {
-            return;
-        }
-        let name = waiter.channel().name().to_vec();
-        drop(waiter);
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let subscriber = Arc::clone(&self.subscriber);
-        runtime.spawn(async move {
-            let _order = subscriber.order.lock().await;
-            if !subscriber.hub.is_waited_on(&name) {
-                let _ = subscriber.con.clone().sunsubscribe(&name).await;
-            }
-        });
-    }
-}
+/// One waiter's registration on its channel.
+pub(crate) type Subscription = super::redis_subscriber::Subscription<ClusterConnection>;

@@ -56,7 +56,9 @@ use crate::value::{CasToken, Ttl, Versioned};
 ///   the number of waiters), so that a release that publishes nothing (aiocache's,
 ///   an operator's `DEL`, an eviction, a lost message) is noticed within 100 ms.
 /// - Every waiter of a backend listens on one shared subscriber connection (RESP3).
-///   The async flavor sends commands over one multiplexed, reconnecting connection;
+///   The async flavor sends every task's commands pipelined over one connection
+///   (reopened by the next command when it fails; a reply later than the response
+///   timeout fails the commands behind it too, and the connection is reopened);
 ///   its subscriber restarts on the current runtime when the runtime it ran on has
 ///   ended. The blocking flavor keeps a pool of at most `pool_size` command
 ///   connections (a caller waits for a free one within the response timeout) and one
@@ -113,12 +115,21 @@ use crate::value::{CasToken, Ttl, Versioned};
 /// declares the channel in `KEYS` and publishes with `SPUBLISH`, so a channel of
 /// another slot cannot be published to nobody: the server would refuse the call
 /// (`CROSSSLOT`). The uncontended cycle is still one `SET` and one `EVALSHA`, each
-/// sent to the key's master; `MOVED` and `ASK` are followed by the `redis` crate.
+/// sent to the key's master; `MOVED` and `ASK` are followed by the `redis` crate
+/// (at most 3 redirections or retries a command, waits of at most 100 ms between).
+/// While the key's slot migrates (`MIGRATING` / `IMPORTING`), the scripts that name
+/// two keys of the slot (the release: key and channel; a fenced claim: key and fence
+/// key) are refused with `TRYAGAIN` by both masters: a release is then the
+/// owner-checked delete of the key alone and a `SPUBLISH` of its own, a fenced claim
+/// `SET … NX GET`, the fence increment and a read that the key is still ours (three
+/// round trips), so that nothing fails for the migration.
 /// Waiters subscribe with `SSUBSCRIBE`: the async flavor on one shared RESP3 cluster
 /// connection, the blocking flavor on one subscriber connection per master (the slot
 /// table read from `CLUSTER SLOTS`, refreshed when older than 250 ms at a wait's
-/// start). A waiter whose slot moves to another master while it waits may miss the
-/// release message; it still ends by its holder's lease (`PTTL`) and its own bound.
+/// start). A waiter whose slot moves to another master while it waits (the old
+/// master drops the subscription) re-checks the key and subscribes again at the new
+/// owner; a release in between is seen by that re-check, and the wait still ends by
+/// its holder's lease (`PTTL`) and its own bound.
 /// A fork-safe reconnection is not done for the cluster's connections yet: a forked
 /// child must open its own cache.
 ///
@@ -233,14 +244,57 @@ impl RedisBackend {
     #[maybe_async]
     async fn announce(&self, key: &[u8], token: Option<&[u8]>, what: &str) -> Result<Option<i64>> {
         let channel = self.channel(key);
-        let cluster = self.inner.conn.is_cluster();
-        let (lua, keys, args): (&Lua, &[&[u8]], &[&[u8]]) = match (token, cluster) {
-            (Some(t), false) => (&r::RELEASE, &[key], &[t, &channel]),
-            (None, false) => (&r::DELETE, &[key], &[&channel]),
-            (Some(t), true) => (&r::RELEASE_SHARDED, &[key, &channel], &[t]),
-            (None, true) => (&r::DELETE_SHARDED, &[key, &channel], &[]),
+        if !self.inner.conn.is_cluster() {
+            let (lua, args): (&Lua, &[&[u8]]) = match token {
+                Some(t) => (&r::RELEASE, &[t, &channel]),
+                None => (&r::DELETE, &[&channel]),
+            };
+            return self.script_int_keys(lua, &[key], args, what).await;
+        }
+        let (lua, args): (&Lua, &[&[u8]]) = match token {
+            Some(t) => (&r::RELEASE_SHARDED, &[t]),
+            None => (&r::DELETE_SHARDED, &[]),
         };
-        self.script_int_keys(lua, keys, args, what).await
+        match self.script(lua, &[key, &channel], args, None).await {
+            Err(e) if r::is_migrating(&e) => {
+                rt::boxed(self.announce_migrating(key, &channel, token, what)).await
+            }
+            result => self.int_reply(result, what),
+        }
+    }
+
+    /// [`announce`](Self::announce) on a cluster whose key's slot migrates (the
+    /// script that names the key and its channel is refused with `TRYAGAIN`): the key
+    /// alone (an owner-checked delete, or `DEL`), whose `ASK` the `redis` crate
+    /// follows, then the announcement from here (`SPUBLISH`, which goes by the
+    /// channel to its slot's master, where the waiters subscribe). A lost
+    /// announcement leaves the waiters to their re-checks of the key (within 100 ms).
+    #[maybe_async]
+    async fn announce_migrating(
+        &self,
+        key: &[u8],
+        channel: &[u8],
+        token: Option<&[u8]>,
+        what: &str,
+    ) -> Result<Option<i64>> {
+        let done = match token {
+            Some(t) => {
+                self.script_int(&r::RELEASE_UNANNOUNCED, key, &[t], what)
+                    .await?
+            }
+            None => {
+                let mut del = redis::cmd("DEL");
+                del.arg(key);
+                let result = self.send(&del, None).await;
+                self.int_reply(result, what)?
+            }
+        };
+        if done.is_some_and(|n| n > 0) {
+            let mut publish = redis::cmd("SPUBLISH");
+            publish.arg(channel).arg(token.unwrap_or_default());
+            let _ = self.send(&publish, None).await;
+        }
+        Ok(done)
     }
 
     /// Sends `cmd`, safe to repeat: once more on a fresh connection if the connection
@@ -323,7 +377,14 @@ impl RedisBackend {
         args: &[&[u8]],
         what: &str,
     ) -> Result<Option<i64>> {
-        match self.script(lua, keys, args, None).await {
+        let result = self.script(lua, keys, args, None).await;
+        self.int_reply(result, what)
+    }
+
+    /// The integer reply of `what`; `Ok(None)` when the connection dropped before the
+    /// reply (it may or may not have run).
+    fn int_reply(&self, result: RedisResult<Value>, what: &str) -> Result<Option<i64>> {
+        match result {
             Ok(reply) => r::int(what, &reply).map(Some),
             Err(e) if r::is_dropped(&e) => Ok(None),
             Err(e) => Err(self.fail(e, what)),
@@ -378,6 +439,77 @@ impl RedisBackend {
             Err(e) if e.is_timeout() && rt::now() >= deadline => Ok(None),
             Err(e) => Err(self.fail(e, "re-check")),
         }
+    }
+}
+
+impl RedisBackend {
+    /// The error of a fenced claim whose fence key holds no counter.
+    fn not_a_fence(&self, fence_key: &[u8]) -> Error {
+        Error::new(
+            ErrorKind::Backend,
+            format!(
+                "the fence key {:?} on {} does not hold a fencing token (a decimal number): \
+                 the lock was not taken",
+                String::from_utf8_lossy(fence_key),
+                self.inner.name
+            ),
+        )
+    }
+
+    /// A fenced claim on a cluster whose key's slot migrates (the script that names
+    /// the lock key and the fence key is refused with `TRYAGAIN`), in three steps on
+    /// one key each, whose `ASK` the `redis` crate follows: `SET … NX GET`; if won,
+    /// the fence ([`FENCE`](r::FENCE)); then a read that the lock key still holds our
+    /// token. The fence is ours only if it does: a later holder claims only after
+    /// that read saw our key, so after our increment, and gets a larger fence. A
+    /// lease that ended in between (shorter than these round trips) is claimed again,
+    /// at most three times; a fence key that holds no counter releases the lock
+    /// again and fails.
+    #[maybe_async]
+    async fn claim_fenced_migrating(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+        fence_key: &[u8],
+    ) -> Result<(Claim, Option<u64>)> {
+        for _ in 0..3 {
+            if let claim @ Claim::Held { .. } = Backend::claim(self, key, token, lease).await? {
+                return Ok((claim, None));
+            }
+            let fence = match self.script(&r::FENCE, &[fence_key], &[], None).await {
+                Ok(reply) => r::fence(&reply),
+                Err(e) if e.code() == Some(r::FENCE_ERROR) => Err(self.not_a_fence(fence_key)),
+                Err(e) => Err(self.fail(e, "fence")),
+            };
+            let fence = match fence {
+                Ok(fence) => fence,
+                Err(e) => {
+                    let _ = Backend::release(self, key, token).await;
+                    return Err(e);
+                }
+            };
+            match Backend::get(self, key).await? {
+                Some(held) if held == token => return Ok((Claim::Won, Some(fence))),
+                Some(holder) => {
+                    return Ok((
+                        Claim::Held {
+                            holder: Some(holder),
+                        },
+                        None,
+                    ));
+                }
+                None => {}
+            }
+        }
+        Err(Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "the lease ended three times before a fenced claim on {} (its slot \
+                 migrating) read its fence",
+                self.inner.name
+            ),
+        ))
     }
 }
 
@@ -529,15 +661,10 @@ impl Backend for RedisBackend {
             .await
         {
             Ok(reply) => r::claim_fenced(reply),
-            Err(e) if e.code() == Some(r::FENCE_ERROR) => Err(Error::new(
-                ErrorKind::Backend,
-                format!(
-                    "the fence key {:?} on {} does not hold a fencing token (a decimal \
-                     number): the lock was not taken",
-                    String::from_utf8_lossy(fence_key),
-                    self.inner.name
-                ),
-            )),
+            Err(e) if e.code() == Some(r::FENCE_ERROR) => Err(self.not_a_fence(fence_key)),
+            Err(e) if self.inner.conn.is_cluster() && r::is_migrating(&e) => {
+                rt::boxed(self.claim_fenced_migrating(key, token, lease, fence_key)).await
+            }
             Err(e) => Err(self.fail(e, "fenced claim")),
         }
     }

@@ -42,6 +42,10 @@ pub(crate) struct Channel {
     state: Mutex<State>,
     /// The epoch in which the server confirmed the subscription ([`NEVER`]: not yet).
     subscribed: AtomicU64,
+    /// Set when the server dropped or refused the subscription because another node
+    /// serves the channel's slot (a Redis Cluster's slot moved): that node's
+    /// `host:port` when the server named it.
+    moved: OnceLock<Option<String>>,
 }
 
 struct State {
@@ -110,6 +114,7 @@ impl Hub {
                     waiters: Vec::new(),
                 }),
                 subscribed: AtomicU64::new(NEVER),
+                moved: OnceLock::new(),
             })
         });
         let channel = Arc::clone(channel);
@@ -169,10 +174,19 @@ impl Hub {
     pub(crate) fn disconnected(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         for channel in self.channels.lock().values() {
-            channel.event.notify(usize::MAX);
-            for slot in &channel.state.lock().waiters {
-                slot.notify_also();
-            }
+            channel.notify();
+        }
+    }
+
+    /// The server dropped (`sunsubscribe`) or refused (`MOVED`) channel `name`: another
+    /// node serves its slot now (`to`, when the server named it). Its waiters return
+    /// [`Heard::Lost`] (they re-check the key and subscribe again), and the channel
+    /// leaves the hub, so that the next waiter of `name` starts a new subscription.
+    pub(crate) fn moved(&self, name: &[u8], to: Option<&str>) {
+        let channel = self.channels.lock().remove(name);
+        if let Some(channel) = channel {
+            let _ = channel.moved.set(to.map(str::to_owned));
+            channel.notify();
         }
     }
 
@@ -189,12 +203,20 @@ impl Hub {
     /// Wakes every waiter (they look at their state again).
     pub(crate) fn notify_all(&self) {
         for channel in self.channels.lock().values() {
-            channel.event.notify(usize::MAX);
+            channel.notify();
         }
     }
 }
 
 impl Channel {
+    /// Wakes the channel's waiters (and the events they notify too).
+    fn notify(&self) {
+        self.event.notify(usize::MAX);
+        for slot in &self.state.lock().waiters {
+            slot.notify_also();
+        }
+    }
+
     /// The channel's name.
     pub(crate) fn name(&self) -> &[u8] {
         &self.name
@@ -214,6 +236,12 @@ impl Channel {
     pub(crate) fn confirm(&self, epoch: u64) {
         self.subscribed.store(epoch, Ordering::SeqCst);
         self.event.notify(usize::MAX);
+    }
+
+    /// `Some` once the channel [moved](Hub::moved): with the node that serves its
+    /// slot now, when the server named it.
+    pub(crate) fn moved_to(&self) -> Option<Option<&str>> {
+        self.moved.get().map(Option::as_deref)
     }
 
     /// Whether anybody still waits on the channel.
@@ -294,13 +322,14 @@ impl Waiter {
     }
 
     /// What ended the wait so far, if anything: a counted message, a re-check that
-    /// found the holder gone, or a lost connection.
+    /// found the holder gone, or a lost connection or subscription (the channel
+    /// moved).
     pub(crate) fn heard(&self) -> Option<Heard> {
         if self.slot.heard.load(Ordering::SeqCst) {
             Some(Heard::Message)
         } else if self.slot.gone.load(Ordering::SeqCst) {
             Some(Heard::Gone)
-        } else if self.hub.epoch() != self.slot.epoch {
+        } else if self.hub.epoch() != self.slot.epoch || self.channel.moved.get().is_some() {
             Some(Heard::Lost)
         } else {
             None
@@ -417,9 +446,8 @@ mod tests {
         let (w, _) = hub.join(b"c", b"k", Some(b"h1"));
         let also = Arc::new(Event::new());
         w.notify_also(Arc::clone(&also));
-        let notified = |l: event_listener::EventListener| {
-            l.wait_timeout(std::time::Duration::ZERO).is_some()
-        };
+        let notified =
+            |l: event_listener::EventListener| l.wait_timeout(std::time::Duration::ZERO).is_some();
         let l = also.listen();
         hub.message(b"c", b"h0");
         assert!(!notified(l), "another holder's release is not heard");
@@ -433,6 +461,24 @@ mod tests {
         let l = also.listen();
         hub.disconnected();
         assert!(notified(l), "a lost connection");
+    }
+
+    #[test]
+    fn a_moved_channel_is_lost_for_its_waiters_only() {
+        let hub = Arc::new(Hub::default());
+        let (w, _) = hub.join(b"c", b"k", None);
+        let (other, _) = hub.join(b"d", b"k2", None);
+        hub.moved(b"c", Some("10.0.0.2:7000"));
+        assert_eq!(w.heard(), Some(Heard::Lost));
+        assert_eq!(w.channel().moved_to(), Some(Some("10.0.0.2:7000")));
+        assert_eq!(other.heard(), None, "another channel");
+        // A new waiter of the channel starts a new subscription.
+        assert!(!hub.is_waited_on(b"c"));
+        let (again, first) = hub.join(b"c", b"k", None);
+        assert!(first);
+        assert_eq!(again.heard(), None);
+        assert!(!w.leave(), "the moved channel is no longer the hub's");
+        assert!(hub.is_waited_on(b"c"));
     }
 
     #[test]

@@ -5,5 +5,9 @@
 pub(crate) mod cluster;
 #[cfg(any(feature = "blocking", feature = "async"))]
 pub(crate) mod hub;
+#[cfg(feature = "async")]
+pub(crate) mod pipeline;
 pub(crate) mod protocol;
 pub(crate) mod quorum;
+#[cfg(feature = "async")]
+pub(crate) mod resp;

@@ -1,20 +1,18 @@
-//! The async flavor's Redis connections: one multiplexed, reconnecting connection for
-//! commands, and one shared RESP3 subscriber connection for every waiter of the
-//! backend, whose push messages a dispatcher task posts to the waiters' [`Hub`]; one
-//! re-check task per waited-on key.
-//!
-//! The subscriber and its tasks live on the runtime of the wait that started them.
-//! When that runtime has ended (the dispatcher is gone), the next wait starts a new
-//! subscriber on its own runtime. A forked child opens connections of its own.
+//! The async flavor's Redis connections: one pipelined connection for commands
+//! (aiolock's own, `pipeline.rs`, reopened when it fails; the `redis` crate's
+//! reconnecting multiplexed connection for TLS and RESP3 URLs), and one shared RESP3
+//! subscriber connection for every waiter of the backend (`subscriber_nonblocking.rs`,
+//! which the cluster's connections share). A forked child opens connections of its
+//! own.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Instant;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, PushInfo, PushKind, RedisError, RedisResult, Value};
-use tokio::sync::mpsc;
+use redis::{Cmd, RedisResult, Value};
 
-use crate::backend::redis::hub::{Channel, Hub, Waiter};
+use super::redis_subscriber::{Reader, Slot};
+use crate::backend::redis::pipeline::{Opener, Pipe};
 use crate::backend::redis::protocol::{self as r, Timeouts};
 use crate::config::Options;
 
@@ -24,15 +22,34 @@ pub(crate) mod quorum;
 
 /// The backend's connections.
 pub(crate) struct Conn {
-    client: redis::Client,
     /// The same server over RESP3, for the subscriber.
     resp3: redis::Client,
     timeouts: Timeouts,
-    /// The command connection, and the fork generation that opened it.
-    commands: parking_lot::RwLock<(u64, ConnectionManager)>,
-    /// One reconnection at a time (after a fork).
+    commands: Commands,
+    subscriber: Slot<ConnectionManager>,
+}
+
+/// The command connection (shared with the re-check tasks).
+#[derive(Clone)]
+struct Commands(Arc<CommandsInner>);
+
+struct CommandsInner {
+    client: redis::Client,
+    timeouts: Timeouts,
+    kind: Kind,
+    /// One reconnection at a time (after a fork, or a failed pipeline).
     reconnect: tokio::sync::Mutex<()>,
-    subscriber: tokio::sync::Mutex<Option<Arc<Subscriber>>>,
+}
+
+enum Kind {
+    /// aiolock's own pipelined connection (`pipeline.rs`), for plain TCP and unix
+    /// sockets over RESP2; with the fork generation that opened it.
+    Pipe {
+        opener: Opener,
+        current: parking_lot::RwLock<(u64, Arc<Pipe>)>,
+    },
+    /// The `redis` crate's reconnecting multiplexed connection (TLS, RESP3).
+    Manager(parking_lot::RwLock<(u64, ConnectionManager)>),
 }
 
 fn config(t: Timeouts) -> ConnectionManagerConfig {
@@ -49,13 +66,6 @@ fn config(t: Timeouts) -> ConnectionManagerConfig {
 /// The `redis` crate's default (50) is below the number of tasks a busy process runs
 /// on one connection: past it every sender parks and is woken again.
 const PIPELINE_BUFFER: usize = 1024;
-
-fn timed_out(what: &str) -> RedisError {
-    RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        what.to_owned(),
-    ))
-}
 
 /// Opens a connection manager and checks it with a `PING` (wrong credentials show
 /// now), the whole set-up within one connect timeout (the `redis` crate's own set-up
@@ -74,7 +84,125 @@ async fn open(
     };
     tokio::time::timeout(timeouts.connect, setup)
         .await
-        .unwrap_or_else(|_| Err(timed_out("connecting to Redis timed out")))
+        .unwrap_or_else(|_| Err(r::timed_out("connecting to Redis timed out")))
+}
+
+impl Commands {
+    async fn connect(client: redis::Client, timeouts: Timeouts) -> RedisResult<Self> {
+        let kind = match Opener::of(&client, timeouts.connect, timeouts.response) {
+            Some(opener) => {
+                let pipe = opener.open().await?;
+                Kind::Pipe {
+                    opener,
+                    current: parking_lot::RwLock::new((r::fork_generation(), pipe)),
+                }
+            }
+            None => {
+                let manager = open(&client, timeouts, config(timeouts)).await?;
+                Kind::Manager(parking_lot::RwLock::new((r::fork_generation(), manager)))
+            }
+        };
+        Ok(Commands(Arc::new(CommandsInner {
+            client,
+            timeouts,
+            kind,
+            reconnect: tokio::sync::Mutex::new(()),
+        })))
+    }
+
+    /// Sends one command and reads its reply (within the response timeout).
+    async fn query(&self, cmd: &Cmd) -> RedisResult<Value> {
+        match &self.0.kind {
+            Kind::Pipe { current, .. } => {
+                let pipe = {
+                    let current = current.read();
+                    (current.0 == r::fork_generation() && !current.1.is_failed())
+                        .then(|| Arc::clone(&current.1))
+                };
+                let pipe = match pipe {
+                    Some(pipe) => pipe,
+                    // Boxed: every command's future would otherwise carry the
+                    // connection set-up's, and every waiting task with it.
+                    None => Box::pin(self.reopen_pipe()).await?,
+                };
+                pipe.call(cmd).await
+            }
+            // Straight to the connection manager's own method: `Cmd::query_async`
+            // goes through the `ConnectionLike` trait, which boxes a future per
+            // command.
+            Kind::Manager(_) => {
+                let mut con = self.manager().await?;
+                con.send_packed_command(cmd).await?.extract_error()
+            }
+        }
+    }
+
+    /// A fresh pipeline in place of a failed one, or of the parent's after a fork.
+    async fn reopen_pipe(&self) -> RedisResult<Arc<Pipe>> {
+        let Kind::Pipe { opener, current } = &self.0.kind else {
+            unreachable!("a pipeline's connection")
+        };
+        let _one = self.0.reconnect.lock().await;
+        let generation = r::fork_generation();
+        {
+            let current = current.read();
+            if current.0 == generation && !current.1.is_failed() {
+                return Ok(Arc::clone(&current.1));
+            }
+        }
+        let fresh = opener.open().await?;
+        let old = std::mem::replace(&mut *current.write(), (generation, Arc::clone(&fresh)));
+        if old.0 != generation {
+            // The parent's: its socket belongs to the parent's runtime.
+            std::mem::forget(old);
+        }
+        Ok(fresh)
+    }
+
+    /// The connection manager of this process.
+    async fn manager(&self) -> RedisResult<ConnectionManager> {
+        let Kind::Manager(commands) = &self.0.kind else {
+            unreachable!("a connection manager's connection")
+        };
+        let generation = r::fork_generation();
+        {
+            let commands = commands.read();
+            if commands.0 == generation {
+                return Ok(commands.1.clone());
+            }
+        }
+        // Boxed: every command's future would otherwise carry the connection set-up's
+        // (about 900 bytes), and every waiting task with it.
+        Box::pin(self.reopen_manager(generation)).await
+    }
+
+    /// A forked child's command connection (the one it has is its parent's).
+    async fn reopen_manager(&self, generation: u64) -> RedisResult<ConnectionManager> {
+        let Kind::Manager(commands) = &self.0.kind else {
+            unreachable!("a connection manager's connection")
+        };
+        let _one = self.0.reconnect.lock().await;
+        {
+            let commands = commands.read();
+            if commands.0 == generation {
+                return Ok(commands.1.clone());
+            }
+        }
+        let inner = &self.0;
+        let fresh = open(&inner.client, inner.timeouts, config(inner.timeouts)).await?;
+        let parents = std::mem::replace(&mut *commands.write(), (generation, fresh.clone()));
+        // Its task belongs to the parent's runtime: dropping it here could wake that.
+        std::mem::forget(parents);
+        Ok(fresh)
+    }
+}
+
+impl Reader for Commands {
+    fn get(&mut self, key: &[u8]) -> impl Future<Output = RedisResult<Value>> + Send {
+        let mut get = redis::cmd("GET");
+        get.arg(key);
+        async move { self.query(&get).await }
+    }
 }
 
 impl Conn {
@@ -83,67 +211,31 @@ impl Conn {
     pub(crate) async fn connect(client: redis::Client, options: &Options) -> RedisResult<Self> {
         let timeouts = Timeouts::from(options);
         let resp3 = r::resp3(&client)?;
-        let commands = open(&client, timeouts, config(timeouts)).await?;
+        let commands = Commands::connect(client, timeouts).await?;
         Ok(Conn {
-            client,
             resp3,
             timeouts,
-            commands: parking_lot::RwLock::new((r::fork_generation(), commands)),
-            reconnect: tokio::sync::Mutex::new(()),
-            subscriber: tokio::sync::Mutex::new(None),
+            commands,
+            subscriber: Slot::default(),
         })
     }
 
-    /// The command connection of this process.
-    async fn commands(&self) -> RedisResult<ConnectionManager> {
-        let generation = r::fork_generation();
-        {
-            let commands = self.commands.read();
-            if commands.0 == generation {
-                return Ok(commands.1.clone());
-            }
-        }
-        // Boxed: every command's future would otherwise carry the connection set-up's
-        // (about 900 bytes), and every waiting task with it.
-        Box::pin(self.reopen(generation)).await
-    }
-
-    /// A forked child's command connection (the one it has is its parent's).
-    async fn reopen(&self, generation: u64) -> RedisResult<ConnectionManager> {
-        let _one = self.reconnect.lock().await;
-        {
-            let commands = self.commands.read();
-            if commands.0 == generation {
-                return Ok(commands.1.clone());
-            }
-        }
-        let fresh = open(&self.client, self.timeouts, config(self.timeouts)).await?;
-        let parents = std::mem::replace(&mut *self.commands.write(), (generation, fresh.clone()));
-        // Its task belongs to the parent's runtime: dropping it here could wake that.
-        std::mem::forget(parents);
-        Ok(fresh)
-    }
-
     /// Sends one command and reads its reply (within the response timeout).
-    ///
-    /// Straight to the connection manager's own method: `Cmd::query_async` goes
-    /// through the `ConnectionLike` trait, which boxes a future per command.
     pub(crate) async fn query(&self, cmd: &Cmd) -> RedisResult<Value> {
-        let mut con = self.commands().await?;
-        con.send_packed_command(cmd).await?.extract_error()
+        self.commands.query(cmd).await
     }
 
     /// Like [`query`](Conn::query), but gives up at `until` if that comes first.
     pub(crate) async fn query_until(&self, cmd: &Cmd, until: Instant) -> RedisResult<Value> {
         tokio::time::timeout_at(until.into(), self.query(cmd))
             .await
-            .unwrap_or_else(|_| Err(timed_out("the wait's deadline passed")))
+            .unwrap_or_else(|_| Err(r::timed_out("the wait's deadline passed")))
     }
 
     /// Registers a waiter for `holder`'s release of lock `key` on channel `name` and
-    /// subscribes the channel on the shared subscriber; returns once the server
-    /// confirmed (or the channel was already subscribed on the current connection),
-    /// `None` if `until` passed first.
+    /// subscribes the channel on the shared subscriber (see `subscriber_nonblocking.rs`);
+    /// returns once the server confirmed (or the channel was already subscribed on the
+    /// current connection), `None` if `until` passed first.
     pub(crate) async fn subscribe(
         &self,
         name: &[u8],
@@ -151,186 +243,18 @@ impl Conn {
         holder: Option<&[u8]>,
         until: Instant,
     ) -> RedisResult<Option<Subscription>> {
-        let subscribed = async {
-            let subscriber = self.subscriber().await?;
-            subscriber.join(self, name, key, holder).await
+        let open = |pushes| {
+            let config = config(self.timeouts)
+                .set_push_sender(pushes)
+                .set_automatic_resubscription();
+            open(&self.resp3, self.timeouts, config)
         };
-        match tokio::time::timeout_at(until.into(), subscribed).await {
-            Ok(subscription) => subscription.map(Some),
-            Err(_) => Ok(None),
-        }
-    }
-
-    /// The live subscriber, started on the current runtime if there is none, or if the
-    /// runtime it ran on has ended, or if it is the parent's (after a fork).
-    async fn subscriber(&self) -> RedisResult<Arc<Subscriber>> {
-        let mut slot = self.subscriber.lock().await;
-        if let Some(subscriber) = slot.as_ref() {
-            if subscriber.is_alive() {
-                return Ok(Arc::clone(subscriber));
-            }
-            if subscriber.generation != r::fork_generation() {
-                // The parent's: its tasks belong to the parent's runtime.
-                std::mem::forget(slot.take());
-            }
-        }
-        // Boxed, as in `commands`: the set-up runs once, not in every waiter's future.
-        let subscriber = Box::pin(Subscriber::start(&self.resp3, self.timeouts)).await?;
-        *slot = Some(Arc::clone(&subscriber));
-        Ok(subscriber)
+        let commands = || async { Ok(self.commands.clone()) };
+        self.subscriber
+            .subscribe(open, commands, name, key, holder, until)
+            .await
     }
 }
 
-/// The shared subscriber connection and the waiters' registry.
-struct Subscriber {
-    manager: ConnectionManager,
-    hub: Arc<Hub>,
-    /// A sender of the dispatcher's channel: closed once the dispatcher task is gone
-    /// (its runtime ended).
-    pushes: mpsc::UnboundedSender<PushInfo>,
-    generation: u64,
-    /// SUBSCRIBE and UNSUBSCRIBE go one at a time, so that an unsubscribe of a
-    /// channel nobody waits on cannot overtake a new waiter's subscribe.
-    order: tokio::sync::Mutex<()>,
-}
-
-impl Subscriber {
-    async fn start(client: &redis::Client, timeouts: Timeouts) -> RedisResult<Arc<Subscriber>> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let hub = Arc::new(Hub::default());
-        let manager = open(
-            client,
-            timeouts,
-            config(timeouts)
-                .set_push_sender(tx.clone())
-                .set_automatic_resubscription(),
-        )
-        .await?;
-        tokio::spawn(dispatch(Arc::downgrade(&hub), rx));
-        Ok(Arc::new(Subscriber {
-            manager,
-            hub,
-            pushes: tx,
-            generation: r::fork_generation(),
-            order: tokio::sync::Mutex::new(()),
-        }))
-    }
-
-    fn is_alive(&self) -> bool {
-        !self.pushes.is_closed() && self.generation == r::fork_generation()
-    }
-
-    async fn join(
-        self: &Arc<Self>,
-        conn: &Conn,
-        name: &[u8],
-        key: &[u8],
-        holder: Option<&[u8]>,
-    ) -> RedisResult<Subscription> {
-        // Registered (and counting) before the subscription is confirmed.
-        let (waiter, first) = self.hub.join(name, key, holder);
-        let channel = Arc::clone(waiter.channel());
-        let epoch = waiter.epoch();
-        let subscription = Subscription {
-            waiter: Some(waiter),
-            subscriber: Arc::clone(self),
-        };
-        if first {
-            tokio::spawn(recheck(Arc::downgrade(&channel), conn.commands().await?));
-        }
-        if !channel.is_subscribed(epoch) {
-            let _order = self.order.lock().await;
-            if !channel.is_subscribed(epoch) {
-                let mut manager = self.manager.clone();
-                if let Err(e) = manager.subscribe(name).await {
-                    // Once more on a fresh connection if this one had dropped.
-                    if !r::is_dropped(&e) {
-                        return Err(e);
-                    }
-                    manager.subscribe(name).await?;
-                }
-                channel.confirm(epoch);
-            }
-        }
-        Ok(subscription)
-    }
-}
-
-/// Posts the subscriber's push messages to the hub.
-async fn dispatch(hub: Weak<Hub>, mut rx: mpsc::UnboundedReceiver<PushInfo>) {
-    while let Some(push) = rx.recv().await {
-        let Some(hub) = hub.upgrade() else { return };
-        match push.kind {
-            PushKind::Message => {
-                if let [Value::BulkString(name), Value::BulkString(payload)] = push.data.as_slice()
-                {
-                    hub.message(name, payload);
-                }
-            }
-            PushKind::Disconnection => hub.disconnected(),
-            _ => {}
-        }
-    }
-}
-
-/// Re-checks a waited-on key while it has waiters, so that a release that publishes
-/// nothing is noticed: one task per key and subscriber, whatever the number of
-/// waiters; nothing when nobody waits.
-async fn recheck(channel: Weak<Channel>, mut commands: ConnectionManager) {
-    for attempt in 0.. {
-        tokio::time::sleep(r::recheck_delay(attempt)).await;
-        let Some(channel) = channel.upgrade() else {
-            return;
-        };
-        if !channel.is_waited_on() {
-            return;
-        }
-        let sent = channel.recheck_sent();
-        let mut get = redis::cmd("GET");
-        get.arg(channel.key());
-        // A failed re-check changes nothing: the waiters' own bounds stand.
-        if let Ok(Ok(value)) = get.query_async::<Value>(&mut commands).await.map(r::bytes) {
-            channel.observed(sent, value.as_deref());
-        }
-    }
-}
-
-/// One waiter's registration on a channel. Dropping it unregisters; the last waiter
-/// of a channel unsubscribes (on a spawned task).
-pub(crate) struct Subscription {
-    waiter: Option<Waiter>,
-    subscriber: Arc<Subscriber>,
-}
-
-impl Subscription {
-    /// The registration, to listen with.
-    pub(crate) fn waiter(&self) -> &Waiter {
-        self.waiter.as_ref().expect("present until dropped")
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        let Some(waiter) = self.waiter.take() else {
-            return;
-        };
-        // Even when the subscription was never confirmed: a cancelled waiter may have
-        // sent its SUBSCRIBE already.
-        if !waiter.leave() {
-            return;
-        }
-        let name = waiter.channel().name().to_vec();
-        drop(waiter);
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let subscriber = Arc::clone(&self.subscriber);
-        runtime.spawn(async move {
-            let _order = subscriber.order.lock().await;
-            // A new waiter may have come meanwhile: it keeps the subscription.
-            if !subscriber.hub.is_waited_on(&name) {
-                let _ = subscriber.manager.clone().unsubscribe(&name).await;
-            }
-        });
-    }
-}
+/// One waiter's registration on its channel.
+pub(crate) type Subscription = super::redis_subscriber::Subscription<ConnectionManager>;

@@ -26,6 +26,38 @@ pub(crate) struct Lua {
     pub(crate) sha: std::sync::LazyLock<String>,
 }
 
+/// The Lua that increments the fence key `$key` into `fence` (see [`CLAIM_FENCED`]),
+/// shared by [`CLAIM_FENCED`] and [`FENCE`].
+macro_rules! fence_increment {
+    ($key:literal) => {
+        concat!(
+            "local fence = redis.pcall('INCR', ",
+            $key,
+            r")
+if type(fence) == 'table' then
+  return redis.error_reply('AIOLOCK_FENCE not a fencing token')
+end
+if fence < 1 then
+  redis.call('DECR', ",
+            $key,
+            r")
+  return redis.error_reply('AIOLOCK_FENCE not a fencing token')
+end
+if fence == 1 then
+  local t = redis.call('TIME')
+  fence = t[1] .. string.rep('0', 6 - #t[2]) .. t[2]
+  redis.call('SET', ",
+            $key,
+            r", fence)
+elseif fence >= 9007199254740992 then
+  fence = redis.call('GET', ",
+            $key,
+            r")
+end"
+        )
+    };
+}
+
 macro_rules! lua {
     ($source:expr) => {
         Lua {
@@ -57,6 +89,19 @@ pub(crate) static RELEASE_SHARDED: Lua = lua!(
     r"if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
   redis.call('SPUBLISH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0"
+);
+
+/// [`RELEASE`] without its announcement: `KEYS[1]` the lock key, `ARGV[1]` the token.
+/// Deletes the key only if it holds the token; 1 when it did, else 0. For a Redis
+/// Cluster slot that migrates, where [`RELEASE_SHARDED`] is refused (`TRYAGAIN`: it
+/// names the channel as a second key, which never exists) and the release is
+/// published by a separate `SPUBLISH`.
+pub(crate) static RELEASE_UNANNOUNCED: Lua = lua!(
+    r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
   return 1
 end
 return 0"
@@ -115,7 +160,7 @@ return 0"
 /// script back: nothing may be written before a check that can fail). Three
 /// commands on the uncontended path (`GET`, `INCR`, `SET`); the fence is an integer
 /// reply while Lua's numbers are exact (below 2^53), else read back as a string.
-pub(crate) static CLAIM_FENCED: Lua = lua!(
+pub(crate) static CLAIM_FENCED: Lua = lua!(concat!(
     r"local held = redis.call('GET', KEYS[1])
 if held then
   if held ~= ARGV[1] then
@@ -123,24 +168,20 @@ if held then
   end
   return {1, redis.call('GET', KEYS[2]) or ''}
 end
-local fence = redis.pcall('INCR', KEYS[2])
-if type(fence) == 'table' then
-  return redis.error_reply('AIOLOCK_FENCE not a fencing token')
-end
-if fence < 1 then
-  redis.call('DECR', KEYS[2])
-  return redis.error_reply('AIOLOCK_FENCE not a fencing token')
-end
-if fence == 1 then
-  local t = redis.call('TIME')
-  fence = t[1] .. string.rep('0', 6 - #t[2]) .. t[2]
-  redis.call('SET', KEYS[2], fence)
-elseif fence >= 9007199254740992 then
-  fence = redis.call('GET', KEYS[2])
-end
+",
+    fence_increment!("KEYS[2]"),
+    r"
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, fence}"
-);
+));
+
+/// The fence part of [`CLAIM_FENCED`] alone: increments the fence key `KEYS[1]` (set
+/// from `TIME` when absent) and returns the fence, or fails with `AIOLOCK_FENCE`
+/// before anything is written. For a Redis Cluster slot that migrates, where
+/// [`CLAIM_FENCED`] is refused (`TRYAGAIN`: it names two keys of the slot, and one
+/// is missing on each master): the claim is then a `SET … NX GET`, this script, and
+/// a read that the lock key is still ours (see `generic.rs`).
+pub(crate) static FENCE: Lua = lua!(concat!(fence_increment!("KEYS[1]"), "\nreturn fence"));
 
 /// The error code [`CLAIM_FENCED`] answers for a fence key that is not a counter.
 pub(crate) const FENCE_ERROR: &str = "AIOLOCK_FENCE";
@@ -554,6 +595,58 @@ pub(crate) fn subscribed(reply: &Value) -> Option<&[u8]> {
     }
 }
 
+/// The channel a pub/sub reply (RESP2 array or RESP3 push) says is unsubscribed now:
+/// the answer to an `UNSUBSCRIBE`, or (a Redis Cluster node whose slot moved away)
+/// the server's own.
+pub(crate) fn unsubscribed(reply: &Value) -> Option<&[u8]> {
+    let items = match reply {
+        Value::Push {
+            kind: redis::PushKind::Unsubscribe | redis::PushKind::SUnsubscribe,
+            data,
+        } => data.as_slice(),
+        Value::Array(items) => match items.split_first() {
+            Some((Value::BulkString(k), rest)) if k == b"unsubscribe" || k == b"sunsubscribe" => {
+                rest
+            }
+            _ => return None,
+        },
+        _ => return None,
+    };
+    match items.first() {
+        Some(Value::BulkString(channel)) => Some(channel),
+        _ => None,
+    }
+}
+
+/// Whether a Redis Cluster refused a command because its slot is migrating:
+/// `TRYAGAIN` (a script that names several keys of the slot, some of them moved or
+/// missing), or a redirection (`ASK`, `MOVED`) the `redis` crate had no retries left
+/// to follow.
+pub(crate) fn is_migrating(e: &RedisError) -> bool {
+    matches!(e.code(), Some("TRYAGAIN" | "ASK" | "MOVED"))
+}
+
+/// Reads the fence [`FENCE`] answers (an integer, or a string past 2^53).
+pub(crate) fn fence(reply: &Value) -> Result<u64> {
+    let fence = match reply {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        Value::BulkString(s) => std::str::from_utf8(s).ok().and_then(|s| s.parse().ok()),
+        _ => None,
+    };
+    fence
+        .filter(|f| *f > 0)
+        .ok_or_else(|| unexpected("the fence script", reply))
+}
+
+/// A timeout of the client's own (a deadline, a missing confirmation), as the `redis`
+/// crate reports one: an I/O error of kind `TimedOut`.
+pub(crate) fn timed_out(what: &str) -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        what.to_owned(),
+    ))
+}
+
 /// Whether a failed command may be sent once more on a fresh connection: the
 /// connection dropped (killed, server restarted), not a timeout or an error reply.
 pub(crate) fn is_dropped(e: &RedisError) -> bool {
@@ -610,6 +703,18 @@ pub(crate) fn error(e: RedisError, what: &str) -> Error {
         (
             ErrorKind::Backend,
             format!("Redis refused the credentials or the permission ({what})"),
+        )
+    } else if matches!(e.code(), Some("CLUSTERDOWN" | "MASTERDOWN"))
+        || e.kind() == RedisKind::ClusterConnectionNotFound
+    {
+        (
+            ErrorKind::Connection,
+            format!("no master of the Redis Cluster serves the key's slot now ({what})"),
+        )
+    } else if is_migrating(&e) {
+        (
+            ErrorKind::Connection,
+            format!("the Redis Cluster kept moving the key's slot ({what})"),
         )
     } else if e.is_connection_refusal() {
         (

@@ -194,10 +194,7 @@ pub(crate) enum Ack {
 pub(crate) fn count(acks: Vec<Ack>, what: &str) -> Result<bool, Error> {
     let m = majority(acks.len());
     let yes = acks.iter().filter(|a| matches!(a, Ack::Yes)).count();
-    let unknown = acks
-        .iter()
-        .filter(|a| matches!(a, Ack::Unknown(_)))
-        .count();
+    let unknown = acks.iter().filter(|a| matches!(a, Ack::Unknown(_))).count();
     if yes >= m {
         return Ok(true);
     }
@@ -336,10 +333,7 @@ impl Watch {
     /// The wake once the holder can hold no majority (or nothing held is left to
     /// watch).
     fn settled(&self) -> Option<Wake> {
-        let held = self
-            .nodes
-            .iter()
-            .any(|n| matches!(n, Node::Held { .. }));
+        let held = self.nodes.iter().any(|n| matches!(n, Node::Held { .. }));
         if held && self.possible() >= majority(self.nodes.len()) {
             return None;
         }
@@ -381,7 +375,10 @@ mod tests {
             Some(Duration::from_millis(9890))
         );
         assert_eq!(validity(lease, Duration::from_millis(9898)), None);
-        assert_eq!(validity(lease, Duration::from_millis(9897)), Some(Duration::from_millis(1)));
+        assert_eq!(
+            validity(lease, Duration::from_millis(9897)),
+            Some(Duration::from_millis(1))
+        );
         assert_eq!(validity(lease, Duration::from_secs(11)), None);
         assert_eq!(validity(Duration::from_millis(2), Duration::ZERO), None);
         assert_eq!(sure_lease(lease), Duration::from_millis(9898));
@@ -421,10 +418,7 @@ mod tests {
                             assert_eq!(holders.iter().flatten().count(), held);
                             let q = quorum_holder(&holders);
                             assert_eq!(q.is_some(), held >= m, "{holders:?}");
-                            assert_eq!(
-                                holder_of(Some(&encode(&holders))).is_some(),
-                                held >= m
-                            );
+                            assert_eq!(holder_of(Some(&encode(&holders))).is_some(), held >= m);
                         }
                     }
                 }
@@ -435,7 +429,10 @@ mod tests {
     #[test]
     fn holders_round_trip() {
         let holders = vec![Some(b"a".to_vec()), None, Some(b"a".to_vec())];
-        assert_eq!(holder_of(Some(&encode(&holders))).as_deref(), Some(&b"a"[..]));
+        assert_eq!(
+            holder_of(Some(&encode(&holders))).as_deref(),
+            Some(&b"a"[..])
+        );
         let split = vec![Some(b"a".to_vec()), Some(b"b".to_vec()), None];
         assert_eq!(holder_of(Some(&encode(&split))), None);
         let empty = vec![Some(Vec::new()), Some(Vec::new()), None];
@@ -457,7 +454,10 @@ mod tests {
     fn retry_delays_stay_in_range() {
         assert_eq!(retry_delay(0.0), Duration::from_millis(5));
         assert_eq!(retry_delay(1.0), Duration::from_millis(50));
-        assert_eq!(retry_delay(f64::NAN).max(Duration::from_millis(5)), Duration::from_millis(5));
+        assert_eq!(
+            retry_delay(f64::NAN).max(Duration::from_millis(5)),
+            Duration::from_millis(5)
+        );
         let mid = retry_delay(0.5);
         assert!(mid > Duration::from_millis(5) && mid < Duration::from_millis(50));
     }
@@ -472,7 +472,9 @@ mod tests {
         let e = count(vec![Ack::Yes, Ack::No, unknown()], "release").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Timeout);
         assert!(e.message().contains("outcome is unknown"), "{e}");
-        assert!(!count(vec![Ack::Yes, Ack::Yes, Ack::No, Ack::No, unknown()], "x").is_ok_and(|b| !b));
+        assert!(
+            !count(vec![Ack::Yes, Ack::Yes, Ack::No, Ack::No, unknown()], "x").is_ok_and(|b| !b)
+        );
     }
 
     fn at(ms: u64) -> Instant {
@@ -512,7 +514,10 @@ mod tests {
         let mut w =
             Watch::plan(&[held(100), held(100), held(100)], b"q", at(10_000), at(0)).unwrap();
         assert_eq!(w.heard(0, None, at(1)), None);
-        assert_eq!(w.heard(2, Some(Heard::Message), at(2)), Some(Wake::Released));
+        assert_eq!(
+            w.heard(2, Some(Heard::Message), at(2)),
+            Some(Wake::Released)
+        );
         let mut w = Watch::plan(&[held(100), held(100), other()], b"q", at(10_000), at(0)).unwrap();
         assert_eq!(w.heard(2, Some(Heard::Lost), at(2)), Some(Wake::Vacant));
     }

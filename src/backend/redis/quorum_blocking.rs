@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use redis::{Cmd, RedisResult, Value};
 
-use super::{Conn, Pool, Taken, timed_out};
+use super::{Conn, Pool, Taken};
 use crate::backend::redis::protocol as r;
 
 /// Sends `cmd` to every node of `conns` and reads their replies, all within `until`
@@ -70,7 +70,7 @@ impl Sent<'_> {
         let left = limit.saturating_duration_since(Instant::now());
         if left.is_zero() {
             pool.discard(taken);
-            return Err(timed_out("no time left for the reply"));
+            return Err(r::timed_out("no time left for the reply"));
         }
         let shortened = left < pool.timeouts.response;
         if shortened && let Err(e) = taken.con.set_read_timeout(Some(left)) {

@@ -269,7 +269,11 @@ impl QuorumBackend {
 
     /// The bound of one node's answer, from now (never past `cap`).
     fn node_bound(&self, cap: Option<Instant>) -> Instant {
-        let until = rt::now() + self.inner.node_timeout.min(self.inner.options.response_timeout);
+        let until = rt::now()
+            + self
+                .inner
+                .node_timeout
+                .min(self.inner.options.response_timeout);
         cap.map_or(until, |cap| until.min(cap))
     }
 
@@ -461,7 +465,9 @@ impl QuorumBackend {
         // Subscribed, *then* re-checked: no release in between is missed.
         let to: Vec<bool> = subs.iter().map(Option::is_some).collect();
         let until = self.node_bound(Some(deadline));
-        let replies = self.fan_script(&r::PROBE, &[key], &[], &to, until, true).await;
+        let replies = self
+            .fan_script(&r::PROBE, &[key], &[], &to, until, true)
+            .await;
         let mut probes = Vec::with_capacity(n);
         for (i, reply) in replies.into_iter().enumerate() {
             probes.push(match reply {
@@ -633,7 +639,14 @@ impl Backend for QuorumBackend {
         // Owner-checked, and a second renewal only moves the lease end a little later:
         // resent.
         let replies = self
-            .fan_script(&q::EXTEND_OR_CREATE, &[key], &args, &vec![true; n], until, true)
+            .fan_script(
+                &q::EXTEND_OR_CREATE,
+                &[key],
+                &args,
+                &vec![true; n],
+                until,
+                true,
+            )
             .await;
         let elapsed = start.elapsed();
         let acks: Vec<Ack> = replies

@@ -13,7 +13,7 @@ import (
 	"os"
 	"time"
 
-	"aiolock"
+	aiolock "aiolock.dev/ffi/go"
 )
 
 func main() {

@@ -18,7 +18,7 @@ import (
 	"sync"
 	"time"
 
-	"aiolock"
+	aiolock "aiolock.dev/ffi/go"
 )
 
 func main() {

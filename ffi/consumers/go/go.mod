@@ -1,0 +1,3 @@
+module example.com/aiolock-consumer
+
+go 1.19
