@@ -57,11 +57,14 @@ pub(crate) enum Vote {
 pub(crate) enum Verdict {
     /// A majority stored our token and the validity is positive: the lock is ours.
     Acquired,
-    /// Not acquired, and a majority answered: the lock is someone else's, split
-    /// between several claimants, or ours too late (validity not positive). The
+    /// Not acquired: a majority answered and the lock is someone else's or split
+    /// between several claimants, or the validity was not positive when the claim
+    /// ended (whatever the nodes answered: too late is too late, and a node that did
+    /// not answer before the validity ran out is slow for this lease, not down). The
     /// holders each node named (`None`: ours, none or no answer).
     Lost(Vec<Option<Vec<u8>>>),
-    /// Fewer than a majority answered: nothing can be said. The first failure.
+    /// Fewer than a majority answered while the validity lasted: nothing can be said.
+    /// The first failure.
     Unreachable(usize, Error),
 }
 
@@ -77,7 +80,7 @@ pub(crate) fn tally(votes: Vec<Vote>, valid: bool) -> Verdict {
     if won >= majority(n) && valid {
         return Verdict::Acquired;
     }
-    if n - failed < majority(n) {
+    if valid && n - failed < majority(n) {
         let first = votes.into_iter().find_map(|v| match v {
             Vote::Failed(e) => Some(e),
             _ => None,
@@ -153,11 +156,11 @@ pub(crate) fn holder_of(token: Option<&[u8]>) -> Option<Vec<u8>> {
 
 /// The pause before a claim that found no holder with a majority is made again
 /// (Redlock's retry after a random delay, so that the claimants of a split do not
-/// split again): uniform between 5 and 50 ms, from `unit` in [0, 1).
-pub(crate) fn retry_delay(unit: f64) -> Duration {
+/// split again): uniform between 5 and 50 ms, drawn from `random`.
+pub(crate) fn retry_delay(random: u64) -> Duration {
     const MIN: Duration = Duration::from_millis(5);
-    const MAX: Duration = Duration::from_millis(50);
-    MIN + (MAX - MIN).mul_f64(unit.clamp(0.0, 1.0))
+    const SPAN_MICROS: u64 = 45_000;
+    MIN + Duration::from_micros(random % (SPAN_MICROS + 1))
 }
 
 /// A renewal on one node that also re-creates a lost key: `KEYS[1]` the lock key,
@@ -409,12 +412,12 @@ mod tests {
                     match tally(votes, valid) {
                         Verdict::Acquired => assert!(won >= m && valid),
                         Verdict::Unreachable(failed, _) => {
-                            assert!(!(won >= m && valid));
+                            assert!(valid && won < m);
                             assert!(won + held < m);
                             assert_eq!(failed, n - won - held);
                         }
                         Verdict::Lost(holders) => {
-                            assert!(!(won >= m && valid) && won + held >= m);
+                            assert!(!(won >= m && valid) && (won + held >= m || !valid));
                             assert_eq!(holders.iter().flatten().count(), held);
                             let q = quorum_holder(&holders);
                             assert_eq!(q.is_some(), held >= m, "{holders:?}");
@@ -452,14 +455,19 @@ mod tests {
 
     #[test]
     fn retry_delays_stay_in_range() {
-        assert_eq!(retry_delay(0.0), Duration::from_millis(5));
-        assert_eq!(retry_delay(1.0), Duration::from_millis(50));
+        assert_eq!(retry_delay(0), Duration::from_millis(5));
+        assert_eq!(retry_delay(45_000), Duration::from_millis(50));
         assert_eq!(
-            retry_delay(f64::NAN).max(Duration::from_millis(5)),
-            Duration::from_millis(5)
+            retry_delay(u64::MAX),
+            Duration::from_micros(5_000 + u64::MAX % 45_001)
         );
-        let mid = retry_delay(0.5);
-        assert!(mid > Duration::from_millis(5) && mid < Duration::from_millis(50));
+        for random in [1, 22_500, 45_001, 1 << 40, u64::MAX] {
+            let d = retry_delay(random);
+            assert!(
+                d >= Duration::from_millis(5) && d <= Duration::from_millis(50),
+                "{d:?}"
+            );
+        }
     }
 
     #[test]

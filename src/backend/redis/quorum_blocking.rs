@@ -8,12 +8,15 @@
 //! thread is woken. A reply not read by the bound closes its connection (a late reply
 //! would otherwise be read as the next command's).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redis::{Cmd, RedisResult, Value};
 
 use super::{Conn, Pool, Taken};
 use crate::backend::redis::protocol as r;
+
+/// How long a reply read after the bound may still take to come in.
+const LATE_READ: Duration = Duration::from_millis(1);
 
 /// Sends `cmd` to every node of `conns` and reads their replies, all within `until`
 /// (and each node's response timeout); the results in the order of `conns`.
@@ -67,11 +70,11 @@ impl Sent<'_> {
             mut taken,
             limit,
         } = self;
-        let left = limit.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            pool.discard(taken);
-            return Err(r::timed_out("no time left for the reply"));
-        }
+        // A reply that came while an earlier node's was awaited is read even past the
+        // bound (the replies are read one after the other, not as they come).
+        let left = limit
+            .saturating_duration_since(Instant::now())
+            .max(LATE_READ);
         let shortened = left < pool.timeouts.response;
         if shortened && let Err(e) = taken.con.set_read_timeout(Some(left)) {
             pool.discard(taken);

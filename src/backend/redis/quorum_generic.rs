@@ -309,21 +309,22 @@ impl QuorumBackend {
         node.connecting.store(false, Ordering::Release);
     }
 
-    /// Sends `cmd` to the nodes `to` selects, all at once, within `until`. With
+    /// Sends `cmd` to the nodes `to` selects, all at once, each answer awaited for the
+    /// node timeout from its send (never past `cap`). With
     /// `resend`, a node whose connection dropped before its reply gets it once more
     /// (for commands whose resend cannot change the answer).
     #[maybe_async]
-    async fn fan(&self, cmd: &Cmd, to: &[bool], until: Instant, resend: bool) -> Replies {
-        let conns = self.conns(until).await;
+    async fn fan(&self, cmd: &Cmd, to: &[bool], cap: Option<Instant>, resend: bool) -> Replies {
+        let conns = self.conns(self.node_bound(cap)).await;
         let mut replies: Replies = to.iter().map(|_| None).collect();
         let first: Vec<usize> = (0..to.len()).filter(|&i| to[i]).collect();
-        Self::send_to(&mut replies, &conns, &first, cmd, until).await;
+        Self::send_to(&mut replies, &conns, &first, cmd, self.node_bound(cap)).await;
         if resend {
             let again: Vec<usize> = (0..to.len())
                 .filter(|&i| matches!(&replies[i], Some(Err(e)) if r::is_dropped(e)))
                 .collect();
             if !again.is_empty() {
-                Self::send_to(&mut replies, &conns, &again, cmd, until).await;
+                Self::send_to(&mut replies, &conns, &again, cmd, self.node_bound(cap)).await;
             }
         }
         replies
@@ -364,16 +365,18 @@ impl QuorumBackend {
         keys: &[&[u8]],
         args: &[&[u8]],
         to: &[bool],
-        until: Instant,
+        cap: Option<Instant>,
         resend: bool,
     ) -> Replies {
-        let mut replies = self.fan(&lua.evalsha(keys, args), to, until, resend).await;
+        let mut replies = self.fan(&lua.evalsha(keys, args), to, cap, resend).await;
         let again: Vec<bool> = replies
             .iter()
             .map(|reply| matches!(reply, Some(Err(e)) if r::is_noscript(e)))
             .collect();
         if again.contains(&true) {
-            let evaluated = self.fan(&lua.eval(keys, args), &again, until, resend).await;
+            // A fresh node timeout: the first answers may have taken the slowest
+            // node's.
+            let evaluated = self.fan(&lua.eval(keys, args), &again, cap, resend).await;
             for (reply, fresh) in replies.iter_mut().zip(evaluated) {
                 if fresh.is_some() {
                     *reply = fresh;
@@ -393,12 +396,11 @@ impl QuorumBackend {
     #[maybe_async]
     async fn release_on(&self, key: &[u8], token: &[u8], to: &[bool]) -> Vec<Ack> {
         let channel = r::channel(key);
-        let until = self.node_bound(None);
         let args: [&[u8]; 2] = [token, &channel];
         // Not resent: a second attempt that finds the key gone cannot tell whether the
         // first one deleted it.
         let replies = self
-            .fan_script(&r::RELEASE, &[key], &args, to, until, false)
+            .fan_script(&r::RELEASE, &[key], &args, to, None, false)
             .await;
         replies
             .into_iter()
@@ -464,9 +466,8 @@ impl QuorumBackend {
         }
         // Subscribed, *then* re-checked: no release in between is missed.
         let to: Vec<bool> = subs.iter().map(Option::is_some).collect();
-        let until = self.node_bound(Some(deadline));
         let replies = self
-            .fan_script(&r::PROBE, &[key], &[], &to, until, true)
+            .fan_script(&r::PROBE, &[key], &[], &to, Some(deadline), true)
             .await;
         let mut probes = Vec::with_capacity(n);
         for (i, reply) in replies.into_iter().enumerate() {
@@ -493,6 +494,12 @@ impl QuorumBackend {
         if n - unknown < q::majority(n) {
             let first = failures.swap_remove(0);
             return Err(q::unreachable(unknown, n, first));
+        }
+        // A release heard already (on a node the re-check then found free, say) ends
+        // the wait, as it would have a moment later.
+        let heard = |s: &redis_conn::Subscription| s.waiter().heard() == Some(r::Heard::Message);
+        if subs.iter().flatten().any(heard) {
+            return Ok(Err(Wake::Released));
         }
         let watch = match Watch::plan(&probes, holder, deadline, now) {
             Ok(watch) => watch,
@@ -565,10 +572,10 @@ impl Backend for QuorumBackend {
         // Elapsed on the monotonic clock (the servers' leases run in real time, even
         // under a paused test runtime).
         let start = Instant::now();
-        let until = self.node_bound(Some(rt::now() + budget));
+        let cap = Some(rt::now() + budget);
         // Unique token: a resend that finds it won the first time.
         let cmd = r::set_cmd(key, token, Some(lease), true, true);
-        let replies = self.fan(&cmd, &vec![true; n], until, true).await;
+        let replies = self.fan(&cmd, &vec![true; n], cap, true).await;
         let elapsed = start.elapsed();
         let votes: Vec<Vote> = replies
             .into_iter()
@@ -633,7 +640,7 @@ impl Backend for QuorumBackend {
         let budget = Self::lease_budget(lease)?;
         let n = self.inner.nodes.len();
         let start = Instant::now();
-        let until = self.node_bound(Some(rt::now() + budget));
+        let cap = Some(rt::now() + budget);
         let px = r::millis(lease).to_string();
         let args: [&[u8]; 2] = [token, px.as_bytes()];
         // Owner-checked, and a second renewal only moves the lease end a little later:
@@ -644,7 +651,7 @@ impl Backend for QuorumBackend {
                 &[key],
                 &args,
                 &vec![true; n],
-                until,
+                cap,
                 true,
             )
             .await;
@@ -678,7 +685,7 @@ impl Backend for QuorumBackend {
             // No token held a majority (a split between claimants, or a claim too
             // late): Redlock's retry after a random delay.
             let now = rt::now();
-            let until = (now + q::retry_delay(rand::random::<f64>())).min(deadline);
+            let until = (now + q::retry_delay(rand::random::<u64>())).min(deadline);
             rt::sleep(until.saturating_duration_since(now)).await;
             return Ok(if rt::now() >= deadline {
                 Wake::Deadline
