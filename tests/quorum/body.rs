@@ -267,3 +267,55 @@ pub async fn exclusion_while_a_node_flaps() {
     assert!(flaps > 0, "the node never flapped");
     assert_eq!(overlaps.load(Ordering::SeqCst), 0, "two callers inside at once");
 }
+
+/// `extend` re-creates the key on a node that lost it (deleted, as by a restart
+/// without persistence) and renews it on the others; once a majority lost it, the
+/// lock is lost (a copy re-created on one node does not revive it) and nothing of ours
+/// is left anywhere.
+#[maybe_async]
+pub async fn extend_recreates_a_lost_copy() {
+    let nodes = Nodes::start(3);
+    let cache = Cache::from_url(&nodes.url("namespace=extend:")).await.unwrap();
+    let lease = Duration::from_secs(10);
+    let mut guard = cache.lock("e", lease).try_acquire().await.unwrap().unwrap();
+    let key = text(guard.lock_key());
+    let token = Some(text(guard.token().as_bytes()));
+    nodes.del(0, &key);
+    guard.extend(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(nodes.values(&key), [token.clone(), token.clone(), token]);
+    for i in 0..3 {
+        assert!(nodes.pttl(i, &key) > 30_000, "node {i} renewed");
+    }
+    nodes.del(0, &key);
+    nodes.del(1, &key);
+    let e = guard.extend(Duration::from_secs(60)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Lost, "{e}");
+    assert_eq!(nodes.values(&key), [None, None, None]);
+}
+
+/// The cache API and fencing tokens are refused, with one-line errors that say why.
+#[maybe_async]
+pub async fn locks_only_and_no_fences() {
+    let nodes = Nodes::start(3);
+    let cache = Cache::from_url(&nodes.url("namespace=refused:")).await.unwrap();
+    let e = cache.get("x").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    let e = cache.set("x", b"v", None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    let e = cache.lock("f", LEASE).fenced().acquire().await.err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    assert!(e.to_string().contains("fencing"), "{e}");
+    assert!(!e.to_string().contains('\n'), "{e}");
+    for bad in [
+        "redis+quorum+unix:///a.sock,/b.sock",
+        "redis+quorum+unix:///a.sock,/b.sock,/c.sock,/d.sock",
+        "redis+quorum+unix:///a.sock,/b.sock,/a.sock",
+        "redis+quorum+unix:///a.sock,/b.sock,/c.sock?bogus=1",
+        "redis+quorum://:secret@a:1,b:2",
+    ] {
+        let e = Cache::from_url(bad).await.err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}: {e}");
+        assert!(!e.to_string().contains('\n'), "{e}");
+        assert!(!e.to_string().contains("secret"), "{e}");
+    }
+}

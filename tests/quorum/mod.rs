@@ -71,6 +71,8 @@ bodies!(
     no_validity_left_is_not_acquired,
     a_waiter_wakes_on_the_first_release,
     exclusion_while_a_node_flaps,
+    extend_recreates_a_lost_copy,
+    locks_only_and_no_fences,
 );
 
 /// The quorum's servers, each on its own unix socket.
@@ -110,6 +112,17 @@ impl Nodes {
     pub fn set(&self, i: usize, key: &str, value: &str) {
         let reply = self.servers[i].admin(&["SET", key, value, "PX", "30000"]);
         assert_eq!(reply, "+OK\r\n");
+    }
+
+    /// Deletes `key` on node `i` (as a restart without persistence would).
+    pub fn del(&self, i: usize, key: &str) {
+        self.servers[i].admin(&["DEL", key]);
+    }
+
+    /// Node `i`'s `PTTL` of `key`, in milliseconds.
+    pub fn pttl(&self, i: usize, key: &str) -> i64 {
+        let reply = self.servers[i].admin(&["PTTL", key]);
+        reply.trim_start_matches(':').trim_end().parse().unwrap()
     }
 
     /// Whether every node has a subscriber of `key`'s release channel (a waiter

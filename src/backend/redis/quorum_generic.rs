@@ -67,8 +67,10 @@ const RECONNECT: Duration = Duration::from_secs(1);
 /// - **Extend** renews on every node with one script that sets the TTL where the key
 ///   holds our token and re-creates the key where it is absent (a node that restarted
 ///   or missed the claim), leaving another holder's key alone; it holds when a majority
-///   answered yes within the validity. A renewal that does not hold gives the lock up
-///   on every node (owner-checked) and reports it lost.
+///   of the nodes still held our token (re-created copies do not count: a lease that
+///   ended on a majority is not revived) and the validity is positive. A renewal that
+///   does not hold gives the lock up on every node (owner-checked, the re-created
+///   copies too) and reports it lost.
 /// - **Node failures.** A node that is down, stopped or slow costs its `node_timeout`
 ///   and a vote; with the others a majority, locks work on. A node that cannot be
 ///   reached when the backend is opened is tried again at most once a second; opening
@@ -660,7 +662,11 @@ impl Backend for QuorumBackend {
             .into_iter()
             .enumerate()
             .map(|(i, reply)| match reply.expect("sent to every node") {
-                Ok(Value::Int(1 | 2)) => Ack::Yes,
+                // Only a node that still held our token counts: a majority of those
+                // is a lock held without a break. A key re-created (2) restores a
+                // node's copy, but a lease that ended on a majority stays ended (in
+                // between, another caller may have taken and released the lock).
+                Ok(Value::Int(1)) => Ack::Yes,
                 Ok(Value::Int(_)) => Ack::No,
                 Ok(other) => Ack::Unknown(Error::new(
                     ErrorKind::Protocol,
