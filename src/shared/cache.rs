@@ -13,7 +13,7 @@ use super::redis_backend::RedisBackend;
 #[cfg(feature = "redis")]
 use super::redis_quorum::QuorumBackend;
 use super::redlock::RedLock;
-#[cfg(feature = "memcached")]
+#[cfg(any(feature = "redis", feature = "memcached"))]
 use super::rt;
 use super::watchdog::Watchdog;
 use crate::backend::memory::store::MemoryBackend;
