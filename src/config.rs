@@ -433,7 +433,7 @@ fn parse_quorum(
         options = Some(o);
     }
     let n = nodes.len();
-    if n < 3 || n % 2 == 0 || n > MAX_QUORUM_NODES {
+    if n < 3 || n.is_multiple_of(2) || n > MAX_QUORUM_NODES {
         return Err(Error::invalid_argument(format!(
             "{shown:?} lists {n} node{}: a Redlock quorum takes an odd number of \
              independent servers, 3 to {MAX_QUORUM_NODES} (3 or 5 as a rule)",

@@ -24,7 +24,9 @@ fn text(bytes: &[u8]) -> String {
 #[maybe_async]
 async fn every_prelocked_subset(n: usize) {
     let nodes = Nodes::start(n);
-    let cache = Cache::from_url(&nodes.url("namespace=matrix:")).await.unwrap();
+    let cache = Cache::from_url(&nodes.url("namespace=matrix:"))
+        .await
+        .unwrap();
     let majority = n / 2 + 1;
     for mask in 0..1usize << n {
         let pre = |i: usize| mask & (1 << i) != 0;
@@ -37,7 +39,10 @@ async fn every_prelocked_subset(n: usize) {
         let theirs = |i: usize| pre(i).then(|| "other".to_owned());
         match lock.try_acquire().await.unwrap() {
             Some(guard) => {
-                assert!(free >= majority, "{mask:0n$b}: acquired with {free} free of {n}");
+                assert!(
+                    free >= majority,
+                    "{mask:0n$b}: acquired with {free} free of {n}"
+                );
                 let token = text(guard.token().as_bytes());
                 for i in 0..n {
                     let expected = theirs(i).or_else(|| Some(token.clone()));
@@ -46,10 +51,17 @@ async fn every_prelocked_subset(n: usize) {
                 let done = guard.release().await.unwrap();
                 assert!(done, "{mask:0n$b}");
             }
-            None => assert!(free < majority, "{mask:0n$b}: not acquired with {free} free"),
+            None => assert!(
+                free < majority,
+                "{mask:0n$b}: not acquired with {free} free"
+            ),
         }
         for i in 0..n {
-            assert_eq!(nodes.get(i, &key), theirs(i), "{mask:0n$b}: node {i} afterwards");
+            assert_eq!(
+                nodes.get(i, &key),
+                theirs(i),
+                "{mask:0n$b}: node {i} afterwards"
+            );
         }
     }
 }
@@ -77,7 +89,11 @@ pub async fn a_stopped_node_costs_its_timeout() {
     let lock = cache.lock("a", LEASE);
     let key = text(lock.lock_key());
     let started = Instant::now();
-    let guard = lock.try_acquire().await.unwrap().expect("a majority answers");
+    let guard = lock
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("a majority answers");
     assert!(started.elapsed() < bound, "{:?}", started.elapsed());
     let token = text(guard.token().as_bytes());
     assert_eq!(nodes.get(1, &key).as_deref(), Some(&*token));
@@ -92,7 +108,7 @@ pub async fn a_stopped_node_costs_its_timeout() {
     let lock = cache.lock("b", LEASE);
     let key = text(lock.lock_key());
     let started = Instant::now();
-    let e = lock.try_acquire().await.err().expect("never with a minority");
+    let e = lock.try_acquire().await.expect_err("never with a minority");
     assert!(started.elapsed() < bound, "{:?}", started.elapsed());
     assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
     assert!(e.to_string().contains("2 of 3"), "{e}");
@@ -112,7 +128,9 @@ pub async fn a_stopped_node_costs_its_timeout() {
 #[maybe_async]
 pub async fn a_killed_node_costs_a_vote() {
     let mut nodes = Nodes::start(3);
-    let cache = Cache::from_url(&nodes.url("namespace=kill:")).await.unwrap();
+    let cache = Cache::from_url(&nodes.url("namespace=kill:"))
+        .await
+        .unwrap();
     nodes.servers[0].kill();
     let guard = cache.lock("a", LEASE).try_acquire().await.unwrap();
     let guard = guard.expect("a majority answers");
@@ -121,7 +139,7 @@ pub async fn a_killed_node_costs_a_vote() {
     nodes.servers[1].kill();
     let lock = cache.lock("b", LEASE);
     let key = text(lock.lock_key());
-    let e = lock.try_acquire().await.err().expect("never with a minority");
+    let e = lock.try_acquire().await.expect_err("never with a minority");
     assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
     assert!(!e.to_string().contains('\n'), "{e}");
     assert_eq!(nodes.get(2, &key), None, "released where it answered");
@@ -140,7 +158,10 @@ pub async fn a_killed_node_costs_a_vote() {
             let done = guard.release().await.unwrap();
             assert!(done);
         }
-        assert!(Instant::now() < until, "the restarted nodes never counted again");
+        assert!(
+            Instant::now() < until,
+            "the restarted nodes never counted again"
+        );
         sleep(Duration::from_millis(20)).await;
     }
 }
@@ -169,12 +190,19 @@ pub async fn no_validity_left_is_not_acquired() {
     let got = lock.try_acquire().await.unwrap();
     assert!(got.is_none(), "too late");
     let drift = lease / 100 + Duration::from_millis(2);
-    assert!(started.elapsed() >= lease - drift, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= lease - drift,
+        "{:?}",
+        started.elapsed()
+    );
     for (i, server) in nodes.servers.iter().enumerate() {
         let stats = server.admin(&["INFO", "commandstats"]);
         let ran = |cmd: &str| stats.contains(&format!("cmdstat_{cmd}:calls="));
         assert!(ran("set"), "node {i} got the claim: {stats}");
-        assert!(ran("evalsha") || ran("eval"), "node {i} got the release: {stats}");
+        assert!(
+            ran("evalsha") || ran("eval"),
+            "node {i} got the release: {stats}"
+        );
     }
     assert_eq!(nodes.values(&key), [None, None, None]);
     proxy.clear();
@@ -195,7 +223,8 @@ pub async fn a_waiter_wakes_on_the_first_release() {
     assert_eq!(holder.outcome(), Outcome::Acquired);
     let token = text(holder.token().unwrap().as_bytes());
     let results = concurrently(2, |i| {
-        let (nodes, url, key, token) = (Arc::clone(&nodes), url.clone(), key.clone(), token.clone());
+        let (nodes, url, key, token) =
+            (Arc::clone(&nodes), url.clone(), key.clone(), token.clone());
         async move {
             if i == 0 {
                 waiters(&key, 1).await;
@@ -265,7 +294,11 @@ pub async fn exclusion_while_a_node_flaps() {
     stop.store(true, Ordering::SeqCst);
     let flaps = flapper.join().unwrap();
     assert!(flaps > 0, "the node never flapped");
-    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "two callers inside at once");
+    assert_eq!(
+        overlaps.load(Ordering::SeqCst),
+        0,
+        "two callers inside at once"
+    );
 }
 
 /// `extend` re-creates the key on a node that lost it (deleted, as by a restart
@@ -275,7 +308,9 @@ pub async fn exclusion_while_a_node_flaps() {
 #[maybe_async]
 pub async fn extend_recreates_a_lost_copy() {
     let nodes = Nodes::start(3);
-    let cache = Cache::from_url(&nodes.url("namespace=extend:")).await.unwrap();
+    let cache = Cache::from_url(&nodes.url("namespace=extend:"))
+        .await
+        .unwrap();
     let lease = Duration::from_secs(10);
     let mut guard = cache.lock("e", lease).try_acquire().await.unwrap().unwrap();
     let key = text(guard.lock_key());
@@ -297,12 +332,20 @@ pub async fn extend_recreates_a_lost_copy() {
 #[maybe_async]
 pub async fn locks_only_and_no_fences() {
     let nodes = Nodes::start(3);
-    let cache = Cache::from_url(&nodes.url("namespace=refused:")).await.unwrap();
+    let cache = Cache::from_url(&nodes.url("namespace=refused:"))
+        .await
+        .unwrap();
     let e = cache.get("x").await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
     let e = cache.set("x", b"v", None).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
-    let e = cache.lock("f", LEASE).fenced().acquire().await.err().unwrap();
+    let e = cache
+        .lock("f", LEASE)
+        .fenced()
+        .acquire()
+        .await
+        .err()
+        .unwrap();
     assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
     assert!(e.to_string().contains("fencing"), "{e}");
     assert!(!e.to_string().contains('\n'), "{e}");

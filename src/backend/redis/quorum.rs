@@ -340,10 +340,7 @@ impl Watch {
         if held && self.possible() >= majority(self.nodes.len()) {
             return None;
         }
-        let released = self
-            .nodes
-            .iter()
-            .any(|n| *n == Node::Ended { released: true });
+        let released = self.nodes.contains(&Node::Ended { released: true });
         Some(if released {
             Wake::Released
         } else {
@@ -417,7 +414,7 @@ mod tests {
                             assert_eq!(failed, n - won - held);
                         }
                         Verdict::Lost(holders) => {
-                            assert!(!(won >= m && valid) && (won + held >= m || !valid));
+                            assert!(!valid || won < m && won + held >= m);
                             assert_eq!(holders.iter().flatten().count(), held);
                             let q = quorum_holder(&holders);
                             assert_eq!(q.is_some(), held >= m, "{holders:?}");

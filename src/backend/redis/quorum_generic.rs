@@ -163,6 +163,10 @@ impl std::fmt::Debug for QuorumBackend {
 /// What one fan-out got from each node (`None`: not sent to it).
 type Replies = Vec<Option<RedisResult<Value>>>;
 
+/// A wait ready to listen: its plan, and the subscriptions of the nodes that hold the
+/// holder (`None` for the others).
+type Prepared = (Watch, Vec<Option<redis_conn::Subscription>>);
+
 impl QuorumBackend {
     /// Connects to the nodes a `redis+quorum://`, `rediss+quorum://` or
     /// `redis+quorum+unix://` URL names (see [`config`](crate::config) for the options).
@@ -442,7 +446,7 @@ impl QuorumBackend {
         key: &[u8],
         holder: &[u8],
         deadline: Instant,
-    ) -> Result<std::result::Result<(Watch, Vec<Option<redis_conn::Subscription>>), Wake>> {
+    ) -> Result<std::result::Result<Prepared, Wake>> {
         let n = self.inner.nodes.len();
         let channel = r::channel(key);
         let until = self.node_bound(Some(deadline));
