@@ -50,8 +50,10 @@ const RECONNECT: Duration = Duration::from_secs(1);
 ///   claim counts as lost: a lock mode that waits waits for the holder a majority
 ///   named, or, when no token holds a majority (a split between claimants, or a claim
 ///   that came too late), tries again after a random 5–50 ms. When fewer than a
-///   majority answered at all, `acquire` fails ([`Timeout`](ErrorKind::Timeout) or
-///   [`Connection`](ErrorKind::Connection), naming the first failure).
+///   majority answered while the validity lasted, `acquire` fails
+///   ([`Timeout`](ErrorKind::Timeout) or [`Connection`](ErrorKind::Connection), naming
+///   the first failure); a claim whose validity ran out first is lost, not failed (the
+///   nodes are slow for this lease, not down).
 /// - **Release** runs the single server's owner-checked script (compare, delete,
 ///   publish the token) on every node at once, and reports `true` when a majority
 ///   deleted our token, `false` when our token is on no majority (the lease ended); an
