@@ -165,8 +165,8 @@ impl std::fmt::Debug for QuorumBackend {
 /// What one fan-out got from each node (`None`: not sent to it).
 type Replies = Vec<Option<RedisResult<Value>>>;
 
-/// A wait ready to listen: its plan, and the subscriptions of the nodes that hold the
-/// holder (`None` for the others).
+/// A wait ready to listen: its plan, and the nodes' subscriptions (`None` where the
+/// subscription failed).
 type Prepared = (Watch, Vec<Option<redis_conn::Subscription>>);
 
 impl QuorumBackend {
@@ -513,12 +513,9 @@ impl QuorumBackend {
             Ok(watch) => watch,
             Err(wake) => return Ok(Err(wake)),
         };
-        // Listened to on the nodes that hold it; the others unsubscribe.
-        for (sub, node) in subs.iter_mut().zip(&watch.nodes) {
-            if !matches!(node, q::Node::Held { .. }) {
-                *sub = None;
-            }
-        }
+        // Listened to on every node subscribed, also those the re-check found free: a
+        // release that reached one of them a moment ago may still be on its way from
+        // the server to our subscriber.
         Ok(Ok((watch, subs)))
     }
 }
