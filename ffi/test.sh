@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The C ABI suite: builds libaiolock, checks the committed header is fresh, runs the C
-# tests (ASan + UBSan and valgrind, static and shared library; also on a memcached pool
-# and on a Redis Cluster), the Go tests and the Ruby tests, and the exclusion oracle
-# across languages (Rust, C and Go processes on one key of a real Redis and memcached,
+# tests (ASan + UBSan and valgrind, static and shared library; also on a memcached pool,
+# a Redis Cluster and Redis Sentinel), the Go tests and the Ruby tests, and the exclusion
+# oracle across languages (Rust, C and Go processes on one key of a real Redis and memcached,
 # started by the Rust test's fixtures). Needs gcc, valgrind, go, ruby, ruby-ffi,
 # redis-server, redis-cli, memcached, python3 and cargo-nextest (scripts/test installs
 # them).
@@ -132,8 +132,26 @@ for port in "${cluster_ports[@]}"; do
   for _ in $(seq 200); do [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ] && break; sleep 0.05; done
   cluster_seeds+=("127.0.0.1:$port")
 done
-redis-cli --cluster create "${cluster_seeds[@]}" --cluster-replicas 0 --cluster-yes >"$cluster_dir/create.log" 2>&1 ||
-  { cat "$cluster_dir/create.log" >&2; echo "redis-cli --cluster create failed" >&2; exit 1; }
+redis-cli --cluster create "${cluster_seeds[@]}" --cluster-replicas 0 --cluster-yes >"$cluster_dir/create.log" 2>&1 &
+create_pid=$!
+# redis-cli waits without end for every node to know every other one, and now and then
+# a MEET handshake is lost: once it has begun to meet them, the MEETs are sent again
+# every 3 s (as tests/support/redis_cluster.rs does), for at most 60 s.
+for tick in $(seq 1200); do
+  kill -0 "$create_pid" 2>/dev/null || break
+  if ((tick % 60 == 0)) && ! redis-cli -p "${cluster_ports[0]}" cluster info | grep -q '^cluster_known_nodes:1\s*$'; then
+    for a in 0 1 2; do
+      for b in 0 1 2; do
+        [ "$a" = "$b" ] || redis-cli -p "${cluster_ports[$a]}" cluster meet 127.0.0.1 \
+          "${cluster_ports[$b]}" "${free_ports[$((b + 3))]}" >/dev/null
+      done
+    done
+  fi
+  sleep 0.05
+done
+kill "$create_pid" 2>/dev/null || true
+wait "$create_pid" ||
+  { cat "$cluster_dir/create.log" >&2; echo "redis-cli --cluster create failed or did not finish in 60 s" >&2; exit 1; }
 for port in "${cluster_ports[@]}"; do
   for _ in $(seq 600); do
     info=$(redis-cli -p "$port" cluster info)
@@ -145,6 +163,56 @@ done
 AIOLOCK_TEST_URL="redis+cluster://$(IFS=,; echo "${cluster_seeds[*]}")" run c-redis-cluster "$tmp/test-shared"
 kill "${cluster_pids[@]}"
 wait "${cluster_pids[@]}" 2>/dev/null || true
+
+echo "== ffi: the C tests on Redis Sentinel (redis+sentinel://, a master, a replica, three sentinels; WAIT for the replica)"
+sentinel_dir="$tmp/sentinel"
+mkdir -p "$sentinel_dir"
+# Sentinels and the nodes they name speak TCP: five free loopback ports asked of the
+# kernel (a port taken meanwhile fails the start, and the script with it).
+read -r -a free_ports < <(python3 -c 'import socket
+s = [socket.socket() for _ in range(5)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(" ".join(str(x.getsockname()[1]) for x in s))')
+master_port=${free_ports[0]}
+replica_port=${free_ports[1]}
+sentinel_pids=()
+for port in "$master_port" "$replica_port"; do
+  mkdir -p "$sentinel_dir/$port"
+  replica_of=()
+  [ "$port" = "$replica_port" ] && replica_of=(--replicaof 127.0.0.1 "$master_port")
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+    --repl-diskless-sync-delay 0 "${replica_of[@]}" \
+    --dir "$sentinel_dir/$port" --logfile "$sentinel_dir/$port/redis.log" &
+  sentinel_pids+=($!)
+done
+trap 'kill "${sentinel_pids[@]}" 2>/dev/null || true; wait "${sentinel_pids[@]}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+for _ in $(seq 600); do
+  [[ $(redis-cli -p "$replica_port" info replication 2>/dev/null) == *master_link_status:up* ]] && break
+  sleep 0.05
+done
+sentinel_hosts=()
+for port in "${free_ports[@]:2:3}"; do
+  mkdir -p "$sentinel_dir/$port"
+  # A long down-after: nothing fails over here.
+  printf '%s\n' "port $port" "bind 127.0.0.1" "dir $sentinel_dir/$port" \
+    "sentinel monitor aiolock-master 127.0.0.1 $master_port 2" \
+    "sentinel down-after-milliseconds aiolock-master 60000" >"$sentinel_dir/$port/sentinel.conf"
+  redis-server "$sentinel_dir/$port/sentinel.conf" --sentinel --logfile "$sentinel_dir/$port/sentinel.log" &
+  sentinel_pids+=($!)
+  sentinel_hosts+=("127.0.0.1:$port")
+done
+for port in "${free_ports[@]:2:3}"; do
+  for _ in $(seq 600); do
+    named=$(redis-cli -p "$port" sentinel get-master-addr-by-name aiolock-master 2>/dev/null | tail -n 1)
+    [ "$named" = "$master_port" ] && break
+    sleep 0.05
+  done
+  [ "$named" = "$master_port" ] || { echo "sentinel $port does not name the master" >&2; exit 1; }
+done
+AIOLOCK_TEST_URL="redis+sentinel://$(IFS=,; echo "${sentinel_hosts[*]}")/aiolock-master?wait_replicas=1" \
+  run c-redis-sentinel "$tmp/test-shared"
+kill "${sentinel_pids[@]}"
+wait "${sentinel_pids[@]}" 2>/dev/null || true
 
 
 echo "== ffi: C tests against Redis and memcached (ASan + UBSan, shared library)"

@@ -62,6 +62,10 @@ mod redis_cluster_conn;
 #[cfg(feature = "redis")]
 #[path = "backend/redis/blocking.rs"]
 mod redis_conn;
+/// This flavor's I/O for Redis Sentinel (the logic is in `backend/redis/sentinel_generic.rs`).
+#[cfg(feature = "redis")]
+#[path = "backend/redis/sentinel_blocking.rs"]
+mod redis_sentinel_io;
 
 pub use shared::*;
 

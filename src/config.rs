@@ -6,6 +6,7 @@
 //! | `redis://[user:password@]host[:port][/db]`, `rediss://…`, `redis+unix:///path.sock` | Redis |
 //! | `memcached://host[:port]`, `memcached+unix:///path.sock` | memcached |
 //! | `redis+cluster://[user:password@]host:port,host:port[,…]`, `rediss+cluster://…` | Redis Cluster (seed nodes; any one reachable is enough) |
+//! | `redis+sentinel://[user:password@]host[:port][,host[:port]…]/master_name` | the master a Redis Sentinel deployment names (sentinels' addresses; the credentials are the data nodes'; see [`SentinelEndpoint`]) |
 //! | `memcached://host1[:port],host2[:port],…`, `memcached+unix:///a.sock,/b.sock,…` | a memcached pool, each key on one server ([`MemcachedBackend`](crate::MemcachedBackend#pools)) |
 //! | `redis+quorum://[user:password@]h1:p1,h2:p2,h3:p3[/db]`, `rediss+quorum://…`, `redis+quorum+unix:///a.sock,/b.sock,/c.sock` | a Redlock quorum of 3, 5, 7 or 9 independent Redis masters, locks only ([`QuorumBackend`](crate::QuorumBackend)) |
 //!
@@ -24,11 +25,19 @@
 //! | scheme | its own options |
 //! |---|---|
 //! | `memory://` | none |
-//! | `redis://`, `rediss://` | `protocol` (`resp2`, `resp3`; read by the `redis` crate), the database as the path (`/2`) |
-//! | `redis+unix://` | `protocol`, `db`, `user`, `pass` (read by the `redis` crate) |
+//! | `redis://`, `rediss://` | `protocol` (`resp2`, `resp3`; read by the `redis` crate), the database as the path (`/2`), `wait_replicas`, `wait_timeout` |
+//! | `redis+unix://` | `protocol`, `db`, `user`, `pass` (read by the `redis` crate), `wait_replicas`, `wait_timeout` |
+//! | `redis+sentinel://` | `db`, `protocol` (for the data nodes), `sentinel_user`, `sentinel_password` (the sentinels' own credentials, none by default), `wait_replicas`, `wait_timeout` |
 //! | `redis+cluster://`, `rediss+cluster://` | `protocol` (every seed gets the credentials and options written once; a cluster has no databases and its nodes announce TCP addresses, so there is no path and no unix variant) |
 //! | `redis+quorum://`, `rediss+quorum://`, `redis+quorum+unix://` | `node_timeout` (seconds, default 0.1): the longest wait for one node's answer (never past the response timeout, nor, for a claim, past the lease's validity); `protocol` (and on unix sockets `db`, `user`, `pass`), given once for every node |
 //! | `memcached://`, `memcached+unix://` | `max_poll_interval` (seconds, default 0.004): the longest sleep between two polls of a waiter; `distribution` (`ketama`, the default, or `rendezvous`): how a pool routes keys |
+//!
+//! `wait_replicas=N` (1 to 15; with `wait_timeout`, seconds, default 0.05) has every lock
+//! acquisition and lease extension followed by `WAIT N timeout` on the connection
+//! that wrote it; the guard tells how many replicas confirmed
+//! ([`Replication`](crate::Replication)). See [Sentinel and
+//! replication](crate::RedisBackend#sentinel-and-replication) for what it does and does
+//! not guarantee.
 //!
 //! Any other option is an [`InvalidArgument`](crate::ErrorKind::InvalidArgument) error
 //! that names it and the options the scheme knows: a misspelt option
@@ -68,6 +77,9 @@ use crate::core::lease::seconds;
 use crate::error::{Error, Result};
 use crate::key::{self, DEFAULT_LOCK_SUFFIX};
 
+mod sentinel;
+pub use sentinel::SentinelEndpoint;
+
 /// Where a cache's data lives, parsed from a URL. Its `Debug` form shows the URL
 /// without its password.
 #[derive(Clone, PartialEq, Eq)]
@@ -84,6 +96,9 @@ pub enum Endpoint {
     /// `rediss://`) URL per seed node, each with the credentials and the `redis`
     /// crate's options, without aiolock's own.
     RedisCluster(Vec<Url>),
+    /// `redis+sentinel://s1:26379,s2:26379/mymaster`: the sentinels to ask for the
+    /// master of a name, and how to reach the data nodes.
+    RedisSentinel(SentinelEndpoint),
     /// A memcached pool (`memcached://h1,h2:11212,…`, `memcached+unix:///a.sock,/b.sock`):
     /// one single-server URL per server, in the order the pool URL lists them, each
     /// with the pool URL's memcached options.
@@ -133,6 +148,9 @@ impl std::fmt::Debug for Endpoint {
                     .field("node_timeout", node_timeout)
                     .finish();
             }
+            Endpoint::RedisSentinel(sentinel) => {
+                return f.debug_tuple("RedisSentinel").field(sentinel).finish();
+            }
             Endpoint::Redis(url) => ("Redis", url),
             Endpoint::Memcached(url) => ("Memcached", url),
             Endpoint::MemcachedPool(urls) => {
@@ -168,6 +186,12 @@ pub struct Options {
     /// The connection pool's size: memcached's in both flavors, Redis's blocking flavor
     /// (its async flavor multiplexes one connection).
     pub pool_size: usize,
+    /// Redis: the number of replicas a lock's acquisition or extension waits for
+    /// (`WAIT`, 1 to 15); 0 (the default) sends no `WAIT`.
+    pub wait_replicas: u8,
+    /// Redis: how long that `WAIT` may block (default 50 ms; used only with
+    /// `wait_replicas`).
+    pub wait_timeout: Duration,
 }
 
 impl Default for Options {
@@ -178,8 +202,22 @@ impl Default for Options {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
             pool_size: 8,
+            wait_replicas: 0,
+            wait_timeout: DEFAULT_WAIT_TIMEOUT,
         }
     }
+}
+
+/// How long a `WAIT` blocks unless `wait_timeout` says otherwise.
+const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// The options aiolock reads itself for the Redis schemes whose writes it can follow
+/// by `WAIT` (one server, or the master of a Sentinel deployment).
+const WAIT_OPTIONS: &[&str] = &["wait_replicas", "wait_timeout"];
+
+/// Whether `scheme` takes the [`WAIT_OPTIONS`].
+fn waits(scheme: &str) -> bool {
+    matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix")
 }
 
 /// aiolock's own options: every scheme takes them, and they are taken out of the URL
@@ -203,6 +241,8 @@ fn backend_options(scheme: &str) -> Option<&'static [&'static str]> {
         // from the query.
         "redis+unix" | "unix" => &["protocol", "db", "user", "pass"],
         "memcached" | "memcached+unix" => &["max_poll_interval", "distribution"],
+        // Read by aiolock's Sentinel client (the data nodes get `db` and `protocol`).
+        "redis+sentinel" => &["db", "protocol", "sentinel_user", "sentinel_password"],
         _ => return None,
     })
 }
@@ -230,6 +270,9 @@ pub fn parse(url: &str) -> Result<(Endpoint, Options)> {
             return parse_cluster(url, node, rest);
         }
     }
+    if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+        return sentinel::parse(url, rest);
+    }
     let pool = split_memcached_pool(url);
     let first = pool.as_ref().map_or(url, |servers| servers[0].as_str());
     let mut parsed = Url::parse(first).map_err(|e| {
@@ -239,8 +282,8 @@ pub fn parse(url: &str) -> Result<(Endpoint, Options)> {
     let Some(own) = backend_options(&scheme) else {
         return Err(Error::invalid_argument(format!(
             "unsupported scheme {scheme:?} in {url:?} (expected memory, redis, rediss, \
-             redis+unix, redis+cluster, rediss+cluster, redis+quorum, rediss+quorum, \
-             redis+quorum+unix, memcached or memcached+unix)"
+             redis+unix, redis+cluster, rediss+cluster, redis+sentinel, redis+quorum, \
+             rediss+quorum, redis+quorum+unix, memcached or memcached+unix)"
         )));
     };
     let mut options = Options::default();
@@ -251,6 +294,19 @@ pub fn parse(url: &str) -> Result<(Endpoint, Options)> {
             "lock_suffix" => options.lock_suffix = value.as_bytes().to_vec(),
             "connect_timeout" => options.connect_timeout = positive(&name, &value)?,
             "response_timeout" => options.response_timeout = positive(&name, &value)?,
+            "wait_replicas" if waits(&scheme) => {
+                let replicas = 1..=crate::Replication::MAX;
+                options.wait_replicas = value
+                    .parse()
+                    .ok()
+                    .filter(|n| replicas.contains(n))
+                    .ok_or_else(|| {
+                        Error::invalid_argument(format!(
+                            "wait_replicas={value:?} is not a number of replicas from 1 to 15"
+                        ))
+                    })?
+            }
+            "wait_timeout" if waits(&scheme) => options.wait_timeout = positive(&name, &value)?,
             "pool_size" => {
                 options.pool_size =
                     value
@@ -338,6 +394,12 @@ fn parse_cluster(url: &str, node_scheme: &str, rest: &str) -> Result<(Endpoint, 
         options = Some(o);
     }
     let options = options.expect("split yields at least one seed");
+    if options.wait_replicas > 0 {
+        return Err(Error::invalid_argument(format!(
+            "{shown:?}: wait_replicas is not supported on a Redis Cluster (WAIT must follow \
+             the write on its connection, which the cluster client does not expose)"
+        )));
+    }
     Ok((Endpoint::RedisCluster(seeds), options))
 }
 
@@ -503,7 +565,17 @@ pub(crate) fn check_lock_suffix(suffix: &[u8]) -> Result<()> {
 }
 
 fn unknown_option(name: &str, scheme: &str, own: &[&str]) -> Error {
-    let known: Vec<&str> = COMMON_OPTIONS.iter().chain(own).copied().collect();
+    let waiting = if waits(scheme) || scheme == "redis+sentinel" {
+        WAIT_OPTIONS
+    } else {
+        &[]
+    };
+    let known: Vec<&str> = COMMON_OPTIONS
+        .iter()
+        .chain(own)
+        .chain(waiting)
+        .copied()
+        .collect();
     let hint = known
         .iter()
         .filter(|k| edit_distance(k, name) <= 2)
@@ -637,7 +709,7 @@ mod tests {
         assert!(
             err.message().ends_with(
                 "it takes namespace, lock_suffix, connect_timeout, response_timeout, \
-                 pool_size, protocol, db, user, pass"
+                 pool_size, protocol, db, user, pass, wait_replicas, wait_timeout"
             ),
             "{err}"
         );
@@ -733,6 +805,7 @@ mod tests {
             "redis+quorum://a,b,c?nodetimeout=1",
             "redis+quorum://:secret@a,b,c?bogus=1",
             "redis+quorum://a,b,c?max_poll_interval=1",
+            "redis+quorum://a,b,c?wait_replicas=1",
         ] {
             let err = parse(bad).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}: {err}");
@@ -751,7 +824,7 @@ mod tests {
             Endpoint::Redis(u) | Endpoint::Memcached(u) => u.query().map(str::to_owned),
             Endpoint::MemcachedPool(urls) => urls[0].query().map(str::to_owned),
             Endpoint::RedisQuorum { nodes, .. } => nodes[0].query().map(str::to_owned),
-            Endpoint::Memory | Endpoint::RedisCluster(_) => None,
+            Endpoint::Memory | Endpoint::RedisCluster(_) | Endpoint::RedisSentinel(_) => None,
         };
         assert_eq!(
             kept("redis://h/3?protocol=resp3&namespace=n").as_deref(),

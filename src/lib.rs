@@ -156,7 +156,7 @@ pub use crate::core::wait::{Claim, Outcome, Wake};
 pub use crate::error::{Error, ErrorKind, Result};
 #[cfg(feature = "async")]
 pub use crate::nonblocking::*;
-pub use crate::value::{CasToken, Ttl, Versioned};
+pub use crate::value::{CasToken, Replication, Ttl, Versioned};
 
 /// The README's examples, compiled as doc tests.
 #[cfg(all(doctest, feature = "async", feature = "blocking"))]

@@ -35,6 +35,9 @@ mod redis_cluster_conn;
 #[cfg(feature = "redis")]
 #[path = "backend/redis/nonblocking.rs"]
 mod redis_conn;
+#[cfg(feature = "redis")]
+#[path = "backend/redis/sentinel_nonblocking.rs"]
+mod redis_sentinel_io;
 /// This flavor's shared subscriber, for one Redis server and a Redis Cluster.
 #[cfg(feature = "redis")]
 #[path = "backend/redis/subscriber_nonblocking.rs"]

@@ -228,6 +228,8 @@ backend_suite!(
 backend_suite!(redis, crate::support::redis::env());
 #[cfg(feature = "redis")]
 backend_suite!(redis_cluster, crate::support::redis_cluster::env());
+#[cfg(feature = "redis")]
+backend_suite!(redis_sentinel, crate::support::redis_sentinel::env());
 #[cfg(feature = "memcached")]
 backend_suite!(memcached, crate::support::memcached::env());
 // A pool of three servers, in each distribution.
@@ -303,4 +305,8 @@ mod redis_backend;
 #[cfg(feature = "redis")]
 #[path = "redis/cluster.rs"]
 mod redis_cluster_specific;
+/// Redis Sentinel-only tests (failovers, `WAIT`).
+#[cfg(feature = "redis")]
+#[path = "redis/sentinel/mod.rs"]
+mod redis_sentinel_specific;
 mod watchdog;

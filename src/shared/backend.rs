@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use super::maybe_async;
 use crate::core::wait::{Claim, Wake};
 use crate::error::{Error, ErrorKind, Result};
-use crate::value::{CasToken, Ttl, Versioned};
+use crate::value::{CasToken, Replication, Ttl, Versioned};
 
 /// A store the cache and the locks run on.
 ///
@@ -116,6 +116,46 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(Claim, Option<u64>)>> + Send {
         let _ = (key, token, lease, fence_key);
         async { Err(unsupported("fencing tokens")) }
+    }
+
+    /// Claims like [`claim`](Backend::claim) or, with a `fence_key`, like
+    /// [`claim_fenced`](Backend::claim_fenced), and tells how many replicas confirmed
+    /// the won claim's write when the backend waits for replicas (Redis with
+    /// `wait_replicas`: `WAIT` after the write, on its connection). A lock's
+    /// acquisition claims through this.
+    ///
+    /// The default claims and reports no replication (`None`).
+    fn claim_replicated(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+        fence_key: Option<&[u8]>,
+    ) -> impl Future<Output = Result<(Claim, Option<u64>, Option<Replication>)>> + Send {
+        async move {
+            match fence_key {
+                Some(fence_key) => {
+                    let (claim, fence) = self.claim_fenced(key, token, lease, fence_key).await?;
+                    Ok((claim, fence, None))
+                }
+                None => Ok((self.claim(key, token, lease).await?, None, None)),
+            }
+        }
+    }
+
+    /// Extends like [`extend`](Backend::extend), and tells how many replicas
+    /// confirmed the renewal when the backend waits for replicas (as
+    /// [`claim_replicated`](Backend::claim_replicated)). A guard's `extend` renews
+    /// through this.
+    ///
+    /// The default extends and reports no replication (`None`).
+    fn extend_replicated(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+    ) -> impl Future<Output = Result<(bool, Option<Replication>)>> + Send {
+        async move { Ok((self.extend(key, token, lease).await?, None)) }
     }
 
     /// Claims like [`claim`](Backend::claim), if that needs no I/O (the memory store):

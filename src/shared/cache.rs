@@ -23,7 +23,7 @@ use crate::core::wait::{Claim, Wake};
 use crate::core::waiters::{Waiters, Waiting};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::{self, KeyBuf};
-use crate::value::{CasToken, Ttl, Versioned};
+use crate::value::{CasToken, Replication, Ttl, Versioned};
 
 /// A cache: a backend and an optional namespace prefixed to every key.
 ///
@@ -516,7 +516,8 @@ impl CacheBuilder {
 pub enum AnyBackend {
     /// `memory://`
     Memory(MemoryBackend),
-    /// `redis://`, `redis+unix://`, `rediss://`, `redis+cluster://` (feature `redis`)
+    /// `redis://`, `redis+unix://`, `rediss://`, `redis+cluster://`, `redis+sentinel://`
+    /// (feature `redis`)
     #[cfg(feature = "redis")]
     Redis(RedisBackend),
     /// `redis+quorum://h1:p1,h2:p2,h3:p3`, `redis+quorum+unix:///a.sock,/b.sock,/c.sock`
@@ -570,10 +571,15 @@ impl AnyBackend {
             } => Ok(AnyBackend::RedisQuorum(
                 QuorumBackend::connect_with(&nodes, node_timeout, options).await?,
             )),
+            #[cfg(feature = "redis")]
+            Endpoint::RedisSentinel(sentinel) => Ok(AnyBackend::Redis(
+                RedisBackend::connect_sentinel(&sentinel, options).await?,
+            )),
             #[cfg(not(feature = "redis"))]
-            Endpoint::Redis(_) | Endpoint::RedisCluster(_) | Endpoint::RedisQuorum { .. } => {
-                Err(not_built("redis"))
-            }
+            Endpoint::Redis(_)
+            | Endpoint::RedisCluster(_)
+            | Endpoint::RedisSentinel(_)
+            | Endpoint::RedisQuorum { .. } => Err(not_built("redis")),
             #[cfg(feature = "memcached")]
             Endpoint::Memcached(url) => Ok(AnyBackend::Memcached(
                 super::memcached::MemcachedBackend::from_endpoint(&[url], options).await?,
@@ -674,6 +680,25 @@ impl Backend for AnyBackend {
             AnyBackend::RedisQuorum(b) => Backend::lease_validity(b, lease),
             _ => lease,
         }
+    }
+
+    async fn claim_replicated(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+        fence_key: Option<&[u8]>,
+    ) -> Result<(Claim, Option<u64>, Option<Replication>)> {
+        dispatch!(self, b => Backend::claim_replicated(b, key, token, lease, fence_key))
+    }
+
+    async fn extend_replicated(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+    ) -> Result<(bool, Option<Replication>)> {
+        dispatch!(self, b => Backend::extend_replicated(b, key, token, lease))
     }
 
     async fn release(&self, key: &[u8], token: &[u8]) -> Result<bool> {

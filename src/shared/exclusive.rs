@@ -222,6 +222,12 @@ impl<B: Backend> ExclusiveGuard<B> {
         self.guard.fence()
     }
 
+    /// How many replicas confirmed the acquisition or the last extension, when the
+    /// backend waits for replicas (see [`LockGuard::replication`]).
+    pub fn replication(&self) -> Option<crate::Replication> {
+        self.guard.replication()
+    }
+
     /// The watch of a guard acquired with the [`watchdog`](ExclusiveLock::watchdog)
     /// on: it reports when the lock is lost (see [`Watch`]). `None` when unwatched.
     pub fn watch(&self) -> Option<Watch> {

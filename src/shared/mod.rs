@@ -6,7 +6,7 @@
 use super::memcached_io;
 use super::{maybe_async, rt};
 #[cfg(feature = "redis")]
-use super::{redis_cluster_conn, redis_conn};
+use super::{redis_cluster_conn, redis_conn, redis_sentinel_io};
 
 mod backend;
 pub(crate) mod background;
@@ -24,6 +24,9 @@ mod redis_backend;
 #[cfg(feature = "redis")]
 #[path = "../backend/redis/quorum_generic.rs"]
 mod redis_quorum;
+#[cfg(feature = "redis")]
+#[path = "../backend/redis/sentinel_generic.rs"]
+mod redis_sentinel_conn;
 #[cfg(feature = "redis")]
 #[path = "../backend/redis/transport.rs"]
 mod redis_transport;

@@ -17,6 +17,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::key;
 use crate::key::KeyBuf;
 use crate::trace::{self, Op};
+use crate::value::Replication;
 
 /// A lease lock on one key, for cache-stampede protection (aiocache's `RedLock`).
 ///
@@ -290,6 +291,7 @@ impl<B: Backend> RedLock<B> {
             lease: Nanos::of(lease),
             lease_end: None,
             fence: None,
+            replication: None,
             watched: false,
             outcome: Outcome::TimedOut,
             generation: fork::generation32(),
@@ -427,9 +429,10 @@ impl<B: Backend> RedLock<B> {
                             lease,
                             fenced,
                         ));
-                        let claim = claimed.await.map(|(claim, fence)| {
+                        let claim = claimed.await.map(|(claim, fence, replication)| {
                             // Fences start at 1.
                             guard.fence = fence.and_then(NonZeroU64::new);
+                            guard.replication = replication;
                             claim
                         });
                         let claim = match claim {
@@ -496,8 +499,9 @@ enum Started {
     NotClaimed,
 }
 
-/// One claim of `key`, fenced or not. One await point in the acquisition's future: what
-/// lives across two of them is kept in the future also while it waits.
+/// One claim of `key`, fenced or not, with the replication the backend confirmed. One
+/// await point in the acquisition's future: what lives across two of them is kept in
+/// the future also while it waits.
 #[maybe_async]
 async fn claim_once<B: Backend>(
     backend: &B,
@@ -505,12 +509,14 @@ async fn claim_once<B: Backend>(
     token: &[u8],
     lease: Duration,
     fenced: bool,
-) -> Result<(Claim, Option<u64>)> {
+) -> Result<(Claim, Option<u64>, Option<Replication>)> {
     if fenced {
         let fence_key = key::fence_key(key);
-        backend.claim_fenced(key, token, lease, &fence_key).await
+        backend
+            .claim_replicated(key, token, lease, Some(&fence_key))
+            .await
     } else {
-        Ok((backend.claim(key, token, lease).await?, None))
+        backend.claim_replicated(key, token, lease, None).await
     }
 }
 
@@ -585,6 +591,8 @@ pub struct LockGuard<B: Backend = AnyBackend> {
     /// last renewal was sent, plus the lease).
     lease_end: Option<Instant>,
     fence: Option<NonZeroU64>,
+    /// The replicas that confirmed the claim or the last extension (`wait_replicas`).
+    replication: Option<Replication>,
     /// Watched by the cache's watchdog (which keeps its watch, by token: a guard that
     /// is not watched pays one flag).
     watched: bool,
@@ -685,6 +693,18 @@ impl<B: Backend> LockGuard<B> {
             .map(NonZeroU64::get)
     }
 
+    /// How many replicas confirmed this acquisition's write, or the last successful
+    /// [`extend`](LockGuard::extend)'s, while the guard holds the lock and the backend
+    /// waits for replicas: Redis with the URL option `wait_replicas` (`WAIT` after the
+    /// write, on its connection). `None` otherwise. The watchdog's renewals wait too
+    /// but do not change it.
+    ///
+    /// A lock confirmed by its replicas is likelier to survive a failover, not sure to:
+    /// see [Sentinel and replication](crate::RedisBackend#sentinel-and-replication).
+    pub fn replication(&self) -> Option<Replication> {
+        self.replication.filter(|_| self.token.is_some())
+    }
+
     /// Renews the lease: if the lock still holds our token, it now ends `lease`
     /// from now (owner-checked and atomic: Redis, one script; memcached, a write
     /// conditional on the lock's CAS unique; memory, under the store's mutex), and
@@ -733,7 +753,16 @@ impl<B: Backend> LockGuard<B> {
         let sent = rt::now();
         let backend = self.cache.backend();
         let span = trace::span(Op::Extend, &self.key, backend.name());
-        let extended = in_span!(span, backend.extend(&self.key, token.as_bytes(), lease));
+        let extended = in_span!(
+            span,
+            backend.extend_replicated(&self.key, token.as_bytes(), lease)
+        );
+        let extended = extended.map(|(renewed, replication)| {
+            if renewed {
+                self.replication = replication;
+            }
+            renewed
+        });
         trace::end(&span, &extended, |r| trace::extended(*r));
         if !extended? {
             return Err(Error::new(

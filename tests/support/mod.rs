@@ -9,3 +9,5 @@ pub mod proxy;
 pub mod redis;
 #[cfg(feature = "redis")]
 pub mod redis_cluster;
+#[cfg(feature = "redis")]
+pub mod redis_sentinel;

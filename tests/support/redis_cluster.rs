@@ -7,9 +7,9 @@
 //! itself), the logs shown when a test panics. The binaries are `$REDIS_SERVER_BIN` /
 //! `$REDIS_CLI_BIN`, else `redis-server` / `redis-cli` on the `PATH`.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::redis::{Config, RedisServer};
@@ -70,18 +70,54 @@ impl RedisCluster {
         };
         let addrs: Vec<String> = cluster.addrs();
         let cli = std::env::var("REDIS_CLI_BIN").unwrap_or_else(|_| "redis-cli".into());
-        let out = Command::new(&cli)
+        let mut create = Command::new(&cli)
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
-            .output()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap_or_else(|e| panic!("cannot run {cli:?} ({e}): install redis-tools"));
+        let output = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_string(&mut text);
+                }
+                text
+            })
+        };
+        let stdout = output(create.stdout.take().map(|p| Box::new(p) as _));
+        let stderr = output(create.stderr.take().map(|p| Box::new(p) as _));
+        // `redis-cli` waits without end for every node to know every other one. Now
+        // and then a MEET handshake is lost (seen on a loaded machine: two nodes
+        // that each knew only one of the others, for minutes), so the MEETs are sent
+        // again, from every node to every other one, while it waits.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut next_meet = Instant::now() + Duration::from_secs(3);
+        let status = loop {
+            if let Some(status) = create.try_wait().expect("redis-cli status") {
+                break Some(status);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let _ = create.kill();
+                let _ = create.wait();
+                break None;
+            }
+            // Only once redis-cli meets the nodes itself (before, it wants them alone).
+            if now >= next_meet && cluster.meeting_began() {
+                cluster.meet_all();
+                next_meet = now + Duration::from_secs(3);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
         assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            status.is_some_and(|s| s.success()),
+            "redis-cli --cluster create failed or did not finish in 60 s: {stdout}\n{stderr}"
         );
         let known = format!("cluster_known_nodes:{count}");
         let ready = cluster.poll(Duration::from_secs(30), |c| {
@@ -96,6 +132,25 @@ impl RedisCluster {
         });
         assert!(ready, "the cluster did not reach cluster_state:ok in 30 s");
         cluster
+    }
+
+    /// Whether some node knows another one.
+    fn meeting_began(&self) -> bool {
+        self.nodes.iter().any(|n| {
+            !n.admin(&["CLUSTER", "INFO"])
+                .contains("cluster_known_nodes:1\r\n")
+        })
+    }
+
+    /// Every node MEETs every other one (a no-op between nodes that know each other).
+    fn meet_all(&self) {
+        for (i, node) in self.nodes.iter().enumerate() {
+            for (j, other) in self.nodes.iter().enumerate() {
+                if i != j {
+                    node.admin(&["CLUSTER", "MEET", "127.0.0.1", &other.port().to_string()]);
+                }
+            }
+        }
     }
 
     /// A node that runs, to ask about the cluster.

@@ -364,7 +364,10 @@ pub async fn let_expire_leaves_the_lock_to_its_lease(env: Env) {
         assert!(Instant::now() < until, "never expired: still renewed?");
         sleep(lease / 8).await;
     };
-    assert!(Instant::now() >= end, "taken before its lease end: released");
+    assert!(
+        Instant::now() >= end,
+        "taken before its lease end: released"
+    );
     let after = observed.extends(&key);
     assert!(after <= given_up + 1, "renewed: {given_up} then {after}");
     assert!(called.try_recv().is_err(), "no loss callback");

@@ -21,6 +21,7 @@ use redis::{Cmd, RedisError, RedisResult, Value};
 use crate::backend::redis::cluster;
 use crate::backend::redis::hub::{Hub, Waiter};
 use crate::backend::redis::protocol::{self as r, Timeouts};
+use crate::backend::redis::replication::Wait;
 use crate::config::Options;
 
 /// The fan-out over a Redlock quorum's nodes.
@@ -147,10 +148,39 @@ impl Pool {
     /// sooner, `until`. A connection that failed is not kept; when it dropped, the
     /// idle ones are closed as well.
     fn query(&self, cmd: &Cmd, until: Option<Instant>) -> RedisResult<Value> {
+        self.run(until, Duration::ZERO, |con| cmd.query::<Value>(con))
+    }
+
+    /// Sends `cmd` and `wait`'s `WAIT` right after it on one connection (the command's
+    /// reply, an error reply included, and `WAIT`'s), allowing `WAIT` its timeout.
+    fn query_waited(&self, cmd: &Cmd, wait: &Wait) -> RedisResult<(Value, Value)> {
+        use redis::ConnectionLike;
+        let mut packed = cmd.get_packed_command();
+        packed.extend_from_slice(&wait.cmd().get_packed_command());
+        self.run(None, wait.timeout(), |con| {
+            let mut replies = con.req_packed_commands(&packed, 0, 2)?.into_iter();
+            match (replies.next(), replies.next()) {
+                (Some(reply), Some(waited)) => Ok((reply, waited)),
+                _ => Err(RedisError::from((
+                    redis::ErrorKind::Parse,
+                    "fewer replies than commands",
+                ))),
+            }
+        })
+    }
+
+    /// Runs `f` on a pooled connection, its reads bounded by the response timeout
+    /// plus `extra` or, if sooner, `until`.
+    fn run<T>(
+        &self,
+        until: Option<Instant>,
+        extra: Duration,
+        f: impl FnOnce(&mut redis::Connection) -> RedisResult<T>,
+    ) -> RedisResult<T> {
         let now = Instant::now();
         let limit = match until {
-            Some(until) => until.min(now + self.timeouts.response),
-            None => now + self.timeouts.response,
+            Some(until) => until.min(now + self.timeouts.response + extra),
+            None => now + self.timeouts.response + extra,
         };
         let mut taken = self.take(limit)?;
         let left = limit.saturating_duration_since(Instant::now());
@@ -158,12 +188,12 @@ impl Pool {
             self.put(taken);
             return Err(r::timed_out("no time left for the command"));
         }
-        let shortened = left < self.timeouts.response;
+        let shortened = left != self.timeouts.response;
         if shortened && let Err(e) = taken.con.set_read_timeout(Some(left)) {
             self.discard(taken);
             return Err(e);
         }
-        let result = cmd.query::<Value>(&mut taken.con);
+        let result = f(&mut taken.con);
         match result {
             Ok(v) => {
                 if shortened
@@ -255,7 +285,17 @@ impl Conn {
     /// Opens the first connection at once, so that an unreachable server or wrong
     /// credentials show now.
     pub(crate) fn connect(client: redis::Client, options: &Options) -> RedisResult<Self> {
-        Self::open(client, options, None)
+        Self::open(client, options, None, None)
+    }
+
+    /// Like [`connect`](Conn::connect), by `until` if that comes first (a Sentinel
+    /// discovery's deadline).
+    pub(crate) fn connect_until(
+        client: redis::Client,
+        options: &Options,
+        until: Instant,
+    ) -> RedisResult<Self> {
+        Self::open(client, options, None, Some(until))
     }
 
     /// Like [`connect`](Conn::connect), for the subscriber of one Redis Cluster node:
@@ -266,13 +306,14 @@ impl Conn {
         options: &Options,
         rechecks: Weak<dyn Rechecks>,
     ) -> RedisResult<Self> {
-        Self::open(client, options, Some(rechecks))
+        Self::open(client, options, Some(rechecks), None)
     }
 
     fn open(
         client: redis::Client,
         options: &Options,
         sharded: Option<Weak<dyn Rechecks>>,
+        until: Option<Instant>,
     ) -> RedisResult<Self> {
         let resp3 = r::resp3(&client)?;
         let pool = Pool {
@@ -286,7 +327,8 @@ impl Conn {
             }),
             freed: Condvar::new(),
         };
-        let first = pool.open(Instant::now() + pool.timeouts.connect, true)?;
+        let connect_by = Instant::now() + pool.timeouts.connect;
+        let first = pool.open(until.map_or(connect_by, |u| u.min(connect_by)), true)?;
         pool.state.lock().idle.push(first);
         Ok(Conn {
             pool: Arc::new(pool),
@@ -304,6 +346,21 @@ impl Conn {
     /// Like [`query`](Conn::query), but gives up at `until` if that comes first.
     pub(crate) fn query_until(&self, cmd: &Cmd, until: Instant) -> RedisResult<Value> {
         self.pool.query(cmd, Some(until))
+    }
+
+    /// Sends `cmd` and then `wait`'s `WAIT` on one connection: the command's reply (an
+    /// error reply as `Err`) and `WAIT`'s.
+    pub(crate) fn query_waited(&self, cmd: &Cmd, wait: &Wait) -> RedisResult<(Value, Value)> {
+        let (reply, waited) = self.pool.query_waited(cmd, wait)?;
+        Ok((reply.extract_error()?, waited))
+    }
+
+    /// The server is no longer the one to talk to (a Sentinel master that moved):
+    /// every waiter wakes as if the subscription had dropped, and re-checks its key.
+    pub(crate) fn abandon(&self) {
+        if let Some(listener) = self.listener.lock().as_ref() {
+            listener.hub.disconnected();
+        }
     }
 
     /// Registers a waiter for `holder`'s release of lock `key` on channel `name` and

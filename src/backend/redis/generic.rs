@@ -11,14 +11,17 @@ use url::Url;
 use super::backend::Backend;
 use super::redis_cluster_conn;
 use super::redis_conn;
+use super::redis_sentinel_conn;
 use super::redis_transport::{Conn, Subscription};
 use super::{maybe_async, rt};
 use crate::backend::redis::cluster;
 use crate::backend::redis::protocol::{self as r, Lua};
-use crate::config::{self, Endpoint, Options};
+use crate::backend::redis::replication::Wait;
+use crate::backend::redis::sentinel::Deployment;
+use crate::config::{self, Endpoint, Options, SentinelEndpoint};
 use crate::core::wait::{Claim, Wake};
 use crate::error::{Error, ErrorKind, Result};
-use crate::value::{CasToken, Ttl, Versioned};
+use crate::value::{CasToken, Replication, Ttl, Versioned};
 
 /// The Redis backend (`redis://`, `redis+unix://`, `rediss://` with the `redis-tls`
 /// feature).
@@ -133,6 +136,40 @@ use crate::value::{CasToken, Ttl, Versioned};
 /// A fork-safe reconnection is not done for the cluster's connections yet: a forked
 /// child must open its own cache.
 ///
+/// # Sentinel and replication
+///
+/// `redis+sentinel://[user:password@]host[:port],host[:port]…/master_name[?options]`
+/// names the sentinels of a deployment (port 26379 unless given) and the name of the
+/// master they monitor; the credentials before the `@` are the data nodes', the
+/// sentinels' own are `sentinel_user` and `sentinel_password`, the database is `db`.
+/// The backend asks the sentinels in turn for the master's address and checks with
+/// `ROLE` that the node is a master: when it connects, and again when the master may
+/// have moved (a dropped connection, a timeout, a `READONLY` refusal, which is sent
+/// once more to the new master, or a `+switch-master` announcement, whose address is
+/// tried first). While no master is found, commands fail with a one-line
+/// [`Connection`](crate::ErrorKind::Connection) error that tells what each sentinel
+/// said (never a password). When the master changes, the old master's waiters re-check
+/// their keys on the new one; a wait still ends by its holder's lease and its bound.
+///
+/// `wait_replicas=N` (with `wait_timeout`, seconds, default 0.05; also on `redis://`
+/// URLs) sends `WAIT N timeout` after every write that takes or renews a lock (claims
+/// and `extend`; not releases, not the watchdog's renewals), on a connection of its
+/// own, and the guard tells the count ([`LockGuard::replication`](super::LockGuard::replication):
+/// "replicated to 1 of 1 replicas"). The time `WAIT` takes comes out of the lease,
+/// which starts when the claim is sent.
+///
+/// What a failover can do to a held lock: replication is asynchronous. A lock key the
+/// promoted replica had not received is gone after the failover: another caller takes
+/// the lock while its holder still holds a guard (whose `extend` then fails with
+/// [`Lost`](crate::ErrorKind::Lost) and whose `release` returns `false`), and a fence
+/// counter can go back, so that a fence is handed out twice. `WAIT` narrows this, it
+/// does not close it: a complete count says the replicas had the write when the call
+/// returned, but the sentinels may promote a replica that did not confirm, and an old
+/// master that still runs keeps taking writes from clients that have not heard of the
+/// switch until the sentinels turn it into a replica (seconds later), which discards
+/// them. Check [`Replication::is_complete`](crate::Replication::is_complete) when it
+/// matters, and let the protected resource check fences.
+///
 /// Clones share the connections. Build one with [`RedisBackend::connect`] or through
 /// [`Cache::from_url`](super::Cache::from_url).
 ///
@@ -157,6 +194,8 @@ struct Inner {
     conn: Conn,
     /// The URL without its password, for messages.
     name: String,
+    /// The `WAIT` after a lock's write (`wait_replicas`), if any.
+    wait: Option<Wait>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -189,6 +228,7 @@ impl RedisBackend {
         let (endpoint, options) = config::parse(url)?;
         match endpoint {
             Endpoint::Redis(url) => Self::connect_with(&url, &options).await,
+            Endpoint::RedisSentinel(sentinel) => Self::connect_sentinel(&sentinel, &options).await,
             _ => Err(Error::invalid_argument(format!(
                 "{url:?} is not a Redis URL (redis://, rediss:// or redis+unix://)"
             ))),
@@ -206,6 +246,29 @@ impl RedisBackend {
             inner: Arc::new(Inner {
                 conn: Conn::Single(conn),
                 name,
+                wait: Wait::of(options),
+            }),
+        })
+    }
+
+    /// Connects to the master the sentinels of `sentinel` name, as a
+    /// `redis+sentinel://` URL names them. See
+    /// [Sentinel and replication](RedisBackend#sentinel-and-replication).
+    #[maybe_async]
+    pub(crate) async fn connect_sentinel(
+        sentinel: &SentinelEndpoint,
+        options: &Options,
+    ) -> Result<Self> {
+        let deployment = Deployment::new(sentinel)?;
+        let name = deployment.shown().to_owned();
+        let conn = redis_sentinel_conn::Conn::connect(deployment, options)
+            .await
+            .map_err(|e| r::error(e, &format!("connecting to {name}")))?;
+        Ok(RedisBackend {
+            inner: Arc::new(Inner {
+                conn: Conn::Sentinel(Box::new(conn)),
+                name,
+                wait: Wait::of(options),
             }),
         })
     }
@@ -224,6 +287,7 @@ impl RedisBackend {
             inner: Arc::new(Inner {
                 conn: Conn::Cluster(Box::new(conn)),
                 name,
+                wait: None,
             }),
         })
     }
@@ -513,6 +577,123 @@ impl RedisBackend {
     }
 }
 
+/// Lock writes followed by `WAIT` (the `wait_replicas` option).
+impl RedisBackend {
+    /// Sends `cmd`, then `wait`'s `WAIT` on the same connection: the reply and the
+    /// replication `WAIT` counted.
+    #[maybe_async]
+    async fn send_waited(&self, cmd: &Cmd, wait: &Wait) -> RedisResult<(Value, Replication)> {
+        let (reply, waited) = self.inner.conn.query_waited(cmd, wait).await?;
+        Ok((reply, wait.replication(&waited)))
+    }
+
+    /// [`send_waited`](Self::send_waited), once more if the connection dropped (for
+    /// commands safe to repeat).
+    #[maybe_async]
+    async fn send_waited_resent(
+        &self,
+        cmd: &Cmd,
+        wait: &Wait,
+    ) -> RedisResult<(Value, Replication)> {
+        match self.send_waited(cmd, wait).await {
+            Err(e) if r::is_dropped(&e) => self.send_waited(cmd, wait).await,
+            other => other,
+        }
+    }
+
+    /// A script by `EVALSHA` (`EVAL` on `NOSCRIPT`), followed by `WAIT`.
+    #[maybe_async]
+    async fn script_waited(
+        &self,
+        lua: &Lua,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+        wait: &Wait,
+    ) -> RedisResult<(Value, Replication)> {
+        let mut result = self.send_waited(&lua.evalsha(keys, args), wait).await;
+        if matches!(&result, Err(e) if r::is_noscript(e)) {
+            result = self.send_waited(&lua.eval(keys, args), wait).await;
+        }
+        result
+    }
+
+    /// A claim (fenced with `fence_key`) followed by `WAIT`; the replication only when
+    /// it won. Resent once on a dropped connection, as [`claim`](Backend::claim) and
+    /// [`claim_fenced`](Backend::claim_fenced) are.
+    #[maybe_async]
+    async fn claim_waited(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+        fence_key: Option<&[u8]>,
+        wait: &Wait,
+    ) -> Result<(Claim, Option<u64>, Option<Replication>)> {
+        let (claim, fence, replication) = match fence_key {
+            None => {
+                let c = r::set_cmd(key, token, Some(lease), true, true);
+                let (reply, replication) = self
+                    .send_waited_resent(&c, wait)
+                    .await
+                    .map_err(|e| self.fail(e, "SET NX GET"))?;
+                (r::claim(reply, token)?, None, replication)
+            }
+            Some(fence_key) => {
+                let px = r::millis(lease).to_string();
+                let (keys, args): ([&[u8]; 2], [&[u8]; 2]) =
+                    ([key, fence_key], [token, px.as_bytes()]);
+                let mut result = self
+                    .script_waited(&r::CLAIM_FENCED, &keys, &args, wait)
+                    .await;
+                if matches!(&result, Err(e) if r::is_dropped(e)) {
+                    result = self
+                        .script_waited(&r::CLAIM_FENCED, &keys, &args, wait)
+                        .await;
+                }
+                let (reply, replication) = result.map_err(|e| self.fenced_failed(e, fence_key))?;
+                let (claim, fence) = r::claim_fenced(reply)?;
+                (claim, fence, replication)
+            }
+        };
+        let replication = matches!(claim, Claim::Won).then_some(replication);
+        Ok((claim, fence, replication))
+    }
+
+    /// An `extend` followed by `WAIT`; the replication only when it renewed. Resent
+    /// once on a dropped connection, as [`extend`](Backend::extend) is.
+    #[maybe_async]
+    async fn extend_waited(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+        wait: &Wait,
+    ) -> Result<(bool, Option<Replication>)> {
+        let px = r::millis(lease).to_string();
+        let args: [&[u8]; 2] = [token, px.as_bytes()];
+        let what = "extend";
+        let (reply, replication) = match self.script_waited(&r::EXTEND, &[key], &args, wait).await {
+            Err(e) if r::is_dropped(&e) => {
+                match self.script_waited(&r::EXTEND, &[key], &args, wait).await {
+                    Err(e) if r::is_dropped(&e) => return Err(self.unknown(what)),
+                    other => other.map_err(|e| self.fail(e, what))?,
+                }
+            }
+            other => other.map_err(|e| self.fail(e, what))?,
+        };
+        let renewed = r::int(what, &reply)? == 1;
+        Ok((renewed, renewed.then_some(replication)))
+    }
+
+    /// The error of a fenced claim that failed with `e`.
+    fn fenced_failed(&self, e: redis::RedisError, fence_key: &[u8]) -> Error {
+        if e.code() == Some(r::FENCE_ERROR) {
+            return self.not_a_fence(fence_key);
+        }
+        self.fail(e, "fenced claim")
+    }
+}
+
 /// A wait's subscription and the plan of its listening: until when, and whether
 /// that is the caller's deadline.
 type Listen = (Subscription, Instant, bool);
@@ -616,6 +797,10 @@ impl Backend for RedisBackend {
     }
 
     async fn extend(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<bool> {
+        if let Some(wait) = &self.inner.wait {
+            let extended = rt::boxed(self.extend_waited(key, token, lease, wait)).await;
+            return extended.map(|(renewed, _)| renewed);
+        }
         let px = r::millis(lease).to_string();
         let args: [&[u8]; 2] = [token, px.as_bytes()];
         let what = "extend";
@@ -632,6 +817,10 @@ impl Backend for RedisBackend {
     }
 
     async fn claim(&self, key: &[u8], token: &[u8], lease: Duration) -> Result<Claim> {
+        if let Some(wait) = &self.inner.wait {
+            let claimed = rt::boxed(self.claim_waited(key, token, lease, None, wait)).await;
+            return claimed.map(|(claim, _, _)| claim);
+        }
         // Unique token: a resend that finds it won the first time.
         let c = r::set_cmd(key, token, Some(lease), true, true);
         r::claim(self.query(&c, "SET NX GET").await?, token)
@@ -644,6 +833,12 @@ impl Backend for RedisBackend {
         lease: Duration,
         fence_key: &[u8],
     ) -> Result<(Claim, Option<u64>)> {
+        if let Some(wait) = &self.inner.wait {
+            let claimed = self.claim_waited(key, token, lease, Some(fence_key), wait);
+            return rt::boxed(claimed)
+                .await
+                .map(|(claim, fence, _)| (claim, fence));
+        }
         let px = r::millis(lease).to_string();
         // On a cluster the fence key must share the lock key's slot.
         let sharded;
@@ -666,6 +861,38 @@ impl Backend for RedisBackend {
                 rt::boxed(self.claim_fenced_migrating(key, token, lease, fence_key)).await
             }
             Err(e) => Err(self.fail(e, "fenced claim")),
+        }
+    }
+
+    async fn claim_replicated(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+        fence_key: Option<&[u8]>,
+    ) -> Result<(Claim, Option<u64>, Option<Replication>)> {
+        match (&self.inner.wait, fence_key) {
+            (Some(wait), _) => {
+                rt::boxed(self.claim_waited(key, token, lease, fence_key, wait)).await
+            }
+            (None, Some(fence_key)) => {
+                let (claim, fence) =
+                    Backend::claim_fenced(self, key, token, lease, fence_key).await?;
+                Ok((claim, fence, None))
+            }
+            (None, None) => Ok((Backend::claim(self, key, token, lease).await?, None, None)),
+        }
+    }
+
+    async fn extend_replicated(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        lease: Duration,
+    ) -> Result<(bool, Option<Replication>)> {
+        match &self.inner.wait {
+            Some(wait) => rt::boxed(self.extend_waited(key, token, lease, wait)).await,
+            None => Ok((Backend::extend(self, key, token, lease).await?, None)),
         }
     }
 

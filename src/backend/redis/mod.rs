@@ -9,5 +9,7 @@ pub(crate) mod hub;
 pub(crate) mod pipeline;
 pub(crate) mod protocol;
 pub(crate) mod quorum;
+pub(crate) mod replication;
 #[cfg(feature = "async")]
 pub(crate) mod resp;
+pub(crate) mod sentinel;

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, RedisResult, Value};
+use redis::{Cmd, RedisError, RedisResult, Value};
 
 use super::redis_subscriber::{Reader, Slot};
 use crate::backend::redis::pipeline::{Opener, Pipe};
 use crate::backend::redis::protocol::{self as r, Timeouts};
+use crate::backend::redis::replication::Wait;
 use crate::config::Options;
 
 /// The fan-out over a Redlock quorum's nodes.
@@ -27,6 +28,10 @@ pub(crate) struct Conn {
     timeouts: Timeouts,
     commands: Commands,
     subscriber: Slot<ConnectionManager>,
+    /// Idle connections for a write followed by `WAIT` (the `wait_replicas` option),
+    /// each used by one caller at a time (`WAIT` blocks its connection), and the fork
+    /// generation that opened them.
+    waited: parking_lot::Mutex<(u64, Vec<redis::aio::MultiplexedConnection>)>,
 }
 
 /// The command connection (shared with the re-check tasks).
@@ -51,6 +56,9 @@ enum Kind {
     /// The `redis` crate's reconnecting multiplexed connection (TLS, RESP3).
     Manager(parking_lot::RwLock<(u64, ConnectionManager)>),
 }
+
+/// The most idle connections kept for writes followed by `WAIT`.
+const WAITED_IDLE: usize = 16;
 
 fn config(t: Timeouts) -> ConnectionManagerConfig {
     // No reconnection retries inside a call: a call fails within its timeouts, and the
@@ -217,7 +225,72 @@ impl Conn {
             timeouts,
             commands,
             subscriber: Slot::default(),
+            waited: parking_lot::Mutex::new((r::fork_generation(), Vec::new())),
         })
+    }
+
+    /// Like [`connect`](Conn::connect), by `until` if that comes first (a Sentinel
+    /// discovery's deadline).
+    pub(crate) async fn connect_until(
+        client: redis::Client,
+        options: &Options,
+        until: Instant,
+    ) -> RedisResult<Self> {
+        tokio::time::timeout_at(until.into(), Self::connect(client, options))
+            .await
+            .unwrap_or_else(|_| Err(r::timed_out("connecting to Redis timed out")))
+    }
+
+    /// Sends `cmd` and then `wait`'s `WAIT` on a connection of their own (`WAIT`
+    /// blocks it, and counts its own writes): the command's reply (an error reply as
+    /// `Err`) and `WAIT`'s. A connection whose exchange did not complete is dropped.
+    pub(crate) async fn query_waited(&self, cmd: &Cmd, wait: &Wait) -> RedisResult<(Value, Value)> {
+        let generation = r::fork_generation();
+        let idle = {
+            let mut waited = self.waited.lock();
+            if waited.0 != generation {
+                // The parent's: their tasks belong to its runtime.
+                std::mem::forget(std::mem::take(&mut waited.1));
+                waited.0 = generation;
+            }
+            waited.1.pop()
+        };
+        let mut con = match idle {
+            Some(con) => con,
+            None => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.timeouts.connect))
+                    .set_response_timeout(Some(self.timeouts.response + wait.timeout()));
+                self.commands
+                    .0
+                    .client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?
+            }
+        };
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd.clone())
+            .add_command(wait.cmd().clone());
+        let mut replies = con.send_packed_commands(&pipe, 0, 2).await?.into_iter();
+        let (Some(reply), Some(waited)) = (replies.next(), replies.next()) else {
+            return Err(RedisError::from((
+                redis::ErrorKind::Parse,
+                "fewer replies than commands",
+            )));
+        };
+        {
+            let mut idle = self.waited.lock();
+            if idle.0 == generation && idle.1.len() < WAITED_IDLE {
+                idle.1.push(con);
+            }
+        }
+        Ok((reply.extract_error()?, waited))
+    }
+
+    /// The server is no longer the one to talk to (a Sentinel master that moved):
+    /// every waiter wakes as if the subscription had dropped, and re-checks its key.
+    pub(crate) fn abandon(&self) {
+        self.subscriber.disconnected();
     }
 
     /// Sends one command and reads its reply (within the response timeout).

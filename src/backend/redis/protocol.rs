@@ -653,6 +653,12 @@ pub(crate) fn is_dropped(e: &RedisError) -> bool {
     !e.is_timeout() && (e.is_connection_dropped() || e.is_io_error())
 }
 
+/// Whether the server refused a write because it is a replica (`READONLY`): nothing
+/// was applied, and the master is elsewhere now.
+pub(crate) fn is_readonly(e: &RedisError) -> bool {
+    e.code() == Some("READONLY")
+}
+
 /// The Redis client for `url` (aiolock's own options already removed).
 pub(crate) fn client(url: &Url) -> Result<redis::Client> {
     if url.scheme() == "rediss" && !cfg!(feature = "redis-tls") {
@@ -692,6 +698,11 @@ pub(crate) fn redacted(url: &Url) -> String {
 
 /// Maps a `redis` crate error onto an aiolock error; `what` says what was being done.
 pub(crate) fn error(e: RedisError, what: &str) -> Error {
+    if e.kind() == RedisKind::MasterNameNotFoundBySentinel {
+        // Our Sentinel client's own (see `sentinel.rs`): its detail is the whole story.
+        let detail = e.detail().unwrap_or("no Redis master is reachable");
+        return Error::new(ErrorKind::Connection, format!("{detail} ({what})"));
+    }
     let auth = e.kind() == RedisKind::AuthenticationFailed
         || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"));
     let (kind, message) = if e.is_timeout() {

@@ -105,6 +105,17 @@ impl<C: PubSub> Slot<C> {
         }
     }
 
+    /// Wakes every waiter as if the subscription had dropped (they re-check their
+    /// keys): the server is no longer the one to talk to (a Sentinel master that
+    /// moved). A subscriber being started now has no waiter to wake yet.
+    pub(crate) fn disconnected(&self) {
+        if let Ok(slot) = self.0.try_lock()
+            && let Some(subscriber) = slot.as_ref()
+        {
+            subscriber.hub.disconnected();
+        }
+    }
+
     /// The live subscriber, started on the current runtime if there is none, or if the
     /// runtime it ran on has ended, or if it is the parent's (after a fork).
     async fn get<O>(

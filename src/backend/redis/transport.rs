@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use redis::{Cmd, RedisResult, Value};
 
-use super::{maybe_async, redis_cluster_conn, redis_conn, rt};
+use super::{maybe_async, redis_cluster_conn, redis_conn, redis_sentinel_conn, rt};
 use crate::backend::redis::hub::Waiter;
+use crate::backend::redis::replication::Wait;
 
 /// One server's connections or a cluster's. The single server's stay inline (its
 /// commands are the hot path), the cluster's are boxed.
@@ -16,6 +17,8 @@ use crate::backend::redis::hub::Waiter;
 pub(crate) enum Conn {
     Single(redis_conn::Conn),
     Cluster(Box<redis_cluster_conn::Conn>),
+    /// The master of a Sentinel deployment, followed through failovers.
+    Sentinel(Box<redis_sentinel_conn::Conn>),
 }
 
 /// A waiter's registration on its channel.
@@ -36,6 +39,7 @@ impl Conn {
         match self {
             Conn::Single(c) => c.query(cmd).await,
             Conn::Cluster(c) => rt::boxed(c.query(cmd)).await,
+            Conn::Sentinel(c) => rt::boxed(c.query(cmd)).await,
         }
     }
 
@@ -45,6 +49,22 @@ impl Conn {
         match self {
             Conn::Single(c) => c.query_until(cmd, until).await,
             Conn::Cluster(c) => rt::boxed(c.query_until(cmd, until)).await,
+            Conn::Sentinel(c) => rt::boxed(c.query_until(cmd, until)).await,
+        }
+    }
+
+    /// Sends `cmd` and then `wait`'s `WAIT` on one connection that nobody else uses
+    /// meanwhile: the command's reply (an error reply as `Err`) and `WAIT`'s.
+    #[maybe_async]
+    pub(crate) async fn query_waited(&self, cmd: &Cmd, wait: &Wait) -> RedisResult<(Value, Value)> {
+        match self {
+            Conn::Single(c) => rt::boxed(c.query_waited(cmd, wait)).await,
+            Conn::Sentinel(c) => rt::boxed(c.query_waited(cmd, wait)).await,
+            // Refused when the URL is parsed.
+            Conn::Cluster(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "WAIT is not supported on a Redis Cluster",
+            ))),
         }
     }
 
@@ -66,6 +86,9 @@ impl Conn {
             Conn::Cluster(c) => rt::boxed(c.subscribe(name, key, holder, until))
                 .await?
                 .map(Subscription::Cluster),
+            Conn::Sentinel(c) => rt::boxed(c.subscribe(name, key, holder, until))
+                .await?
+                .map(Subscription::Single),
         })
     }
 }
