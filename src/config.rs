@@ -8,6 +8,7 @@
 //! | `redis+cluster://[user:password@]host:port,host:port[,…]`, `rediss+cluster://…` | Redis Cluster (seed nodes; any one reachable is enough) |
 //! | `redis+sentinel://[user:password@]host[:port][,host[:port]…]/master_name` | the master a Redis Sentinel deployment names (sentinels' addresses; the credentials are the data nodes'; see [`SentinelEndpoint`]) |
 //! | `memcached://host1[:port],host2[:port],…`, `memcached+unix:///a.sock,/b.sock,…` | a memcached pool, each key on one server ([`MemcachedBackend`](crate::MemcachedBackend#pools)) |
+//! | `redis+quorum://[user:password@]h1:p1,h2:p2,h3:p3[/db]`, `rediss+quorum://…`, `redis+quorum+unix:///a.sock,/b.sock,/c.sock` | a Redlock quorum of 3, 5, 7 or 9 independent Redis masters, locks only ([`QuorumBackend`](crate::QuorumBackend)) |
 //!
 //! Every scheme takes these query options ([`Options`]):
 //!
@@ -28,6 +29,7 @@
 //! | `redis+unix://` | `protocol`, `db`, `user`, `pass` (read by the `redis` crate), `wait_replicas`, `wait_timeout` |
 //! | `redis+sentinel://` | `db`, `protocol` (for the data nodes), `sentinel_user`, `sentinel_password` (the sentinels' own credentials, none by default), `wait_replicas`, `wait_timeout` |
 //! | `redis+cluster://`, `rediss+cluster://` | `protocol` (every seed gets the credentials and options written once; a cluster has no databases and its nodes announce TCP addresses, so there is no path and no unix variant) |
+//! | `redis+quorum://`, `rediss+quorum://`, `redis+quorum+unix://` | `node_timeout` (seconds, default 0.1): the longest wait for one node's answer (never past the response timeout, nor, for a claim, past the lease's validity); `protocol` (and on unix sockets `db`, `user`, `pass`), given once for every node |
 //! | `memcached://`, `memcached+unix://` | `max_poll_interval` (seconds, default 0.004): the longest sleep between two polls of a waiter; `distribution` (`ketama`, the default, or `rendezvous`): how a pool routes keys |
 //!
 //! `wait_replicas=N` (1 to 15; with `wait_timeout`, seconds, default 0.05) has every lock
@@ -101,7 +103,24 @@ pub enum Endpoint {
     /// one single-server URL per server, in the order the pool URL lists them, each
     /// with the pool URL's memcached options.
     MemcachedPool(Vec<Url>),
+    /// A Redlock quorum (`redis+quorum://h1:p1,h2:p2,h3:p3`,
+    /// `redis+quorum+unix:///a.sock,/b.sock,/c.sock`): one single-server `redis://`
+    /// (`rediss://`, `redis+unix://`) URL per node, in the order the URL lists them,
+    /// each with the credentials, the database and the `redis` crate's options; an odd
+    /// number of distinct nodes, 3 to 9.
+    RedisQuorum {
+        /// The nodes.
+        nodes: Vec<Url>,
+        /// The longest wait for one node's answer (`node_timeout`).
+        node_timeout: Duration,
+    },
 }
+
+/// The default `node_timeout` of a Redlock quorum.
+pub(crate) const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// The most nodes a Redlock quorum may have.
+pub(crate) const MAX_QUORUM_NODES: usize = 9;
 
 impl std::fmt::Debug for Endpoint {
     /// `Url`'s own `Debug` lists the password as a field: print the redacted URL.
@@ -114,6 +133,20 @@ impl std::fmt::Debug for Endpoint {
                     .map(|u| crate::error::redact(u.as_str()).into_owned())
                     .collect();
                 return f.debug_tuple("RedisCluster").field(&seeds).finish();
+            }
+            Endpoint::RedisQuorum {
+                nodes,
+                node_timeout,
+            } => {
+                let nodes: Vec<_> = nodes
+                    .iter()
+                    .map(|u| crate::error::redact(u.as_str()).into_owned())
+                    .collect();
+                return f
+                    .debug_struct("RedisQuorum")
+                    .field("nodes", &nodes)
+                    .field("node_timeout", node_timeout)
+                    .finish();
             }
             Endpoint::RedisSentinel(sentinel) => {
                 return f.debug_tuple("RedisSentinel").field(sentinel).finish();
@@ -220,6 +253,15 @@ fn backend_options(scheme: &str) -> Option<&'static [&'static str]> {
 /// unknown scheme, an unknown option (the message names it and the known ones), an
 /// option out of range. Messages never show the URL's password.
 pub fn parse(url: &str) -> Result<(Endpoint, Options)> {
+    for (quorum, node) in [
+        ("redis+quorum+unix://", "redis+unix://"),
+        ("redis+quorum://", "redis://"),
+        ("rediss+quorum://", "rediss://"),
+    ] {
+        if let Some(rest) = url.strip_prefix(quorum) {
+            return parse_quorum(url, quorum, node, rest);
+        }
+    }
     for (cluster, node) in [
         ("redis+cluster://", "redis://"),
         ("rediss+cluster://", "rediss://"),
@@ -240,8 +282,8 @@ pub fn parse(url: &str) -> Result<(Endpoint, Options)> {
     let Some(own) = backend_options(&scheme) else {
         return Err(Error::invalid_argument(format!(
             "unsupported scheme {scheme:?} in {url:?} (expected memory, redis, rediss, \
-             redis+unix, redis+cluster, rediss+cluster, redis+sentinel, memcached or \
-             memcached+unix)"
+             redis+unix, redis+cluster, rediss+cluster, redis+sentinel, redis+quorum, \
+             rediss+quorum, redis+quorum+unix, memcached or memcached+unix)"
         )));
     };
     let mut options = Options::default();
@@ -359,6 +401,115 @@ fn parse_cluster(url: &str, node_scheme: &str, rest: &str) -> Result<(Endpoint, 
         )));
     }
     Ok((Endpoint::RedisCluster(seeds), options))
+}
+
+/// A Redlock quorum URL: `redis+quorum://[userinfo@]h1:p1,h2:p2[/db][?query]`
+/// (`rediss+quorum://` alike) or `redis+quorum+unix:///a.sock,/b.sock[?query]` (a
+/// comma inside a path is `%2C`). Each node is parsed as a URL of `node_scheme`
+/// (`userinfo@hN:pN/db?query`, `/x.sock?query`), so the options and their errors are
+/// those of one Redis server; `node_timeout` is the quorum's own.
+fn parse_quorum(
+    url: &str,
+    scheme: &str,
+    node_scheme: &str,
+    rest: &str,
+) -> Result<(Endpoint, Options)> {
+    let shown = crate::error::redact(url).into_owned();
+    let unix = node_scheme == "redis+unix://";
+    let (nodes_part, query) = match rest.find(['?', '#']) {
+        Some(q) => rest.split_at(q),
+        None => (rest, ""),
+    };
+    let (nodes_part, tail, userinfo) = if unix {
+        (nodes_part, "", "")
+    } else {
+        let end = nodes_part.find('/').unwrap_or(nodes_part.len());
+        let (authority, path) = nodes_part.split_at(end);
+        match authority.rfind('@') {
+            Some(at) => (&authority[at + 1..], path, &authority[..=at]),
+            None => (authority, path, ""),
+        }
+    };
+    // The quorum's own option, taken out before the nodes are parsed.
+    let scheme_name = scheme.trim_end_matches("://");
+    let mut node_timeout = DEFAULT_NODE_TIMEOUT;
+    let mut kept = Vec::new();
+    if let Some(q) = query.strip_prefix('?') {
+        for (name, value) in
+            url::form_urlencoded::parse(q.split('#').next().unwrap_or("").as_bytes())
+        {
+            if name == "node_timeout" {
+                node_timeout = positive(&name, &value)?;
+                continue;
+            }
+            let own = backend_options(node_scheme.trim_end_matches("://")).unwrap_or(&[]);
+            if !COMMON_OPTIONS.contains(&&*name) && !own.contains(&&*name) {
+                let mut known: Vec<&str> = own.to_vec();
+                known.push("node_timeout");
+                return Err(unknown_option(&name, scheme_name, &known));
+            }
+            kept.push((name.into_owned(), value.into_owned()));
+        }
+    }
+    let query = if kept.is_empty() {
+        String::new()
+    } else {
+        let mut q = url::form_urlencoded::Serializer::new(String::from("?"));
+        q.extend_pairs(&kept);
+        q.finish()
+    };
+    let mut nodes: Vec<Url> = Vec::new();
+    let mut options = None;
+    for node in nodes_part.split(',') {
+        if node.is_empty() {
+            return Err(Error::invalid_argument(format!(
+                "{shown:?} lists an empty node (expected {})",
+                if unix {
+                    "/a.sock,/b.sock,/c.sock"
+                } else {
+                    "host:port,host:port,host:port"
+                }
+            )));
+        }
+        let one = if unix {
+            format!("{node_scheme}{node}{query}")
+        } else {
+            let path = if tail.is_empty() { "/" } else { tail };
+            format!("{node_scheme}{userinfo}{node}{path}{query}")
+        };
+        let (endpoint, o) = parse(&one)?;
+        let Endpoint::Redis(parsed) = endpoint else {
+            unreachable!("a single Redis server's URL")
+        };
+        let same = |a: &Url| {
+            a.host_str() == parsed.host_str()
+                && a.port_or_known_default() == parsed.port_or_known_default()
+                && a.path() == parsed.path()
+        };
+        if nodes.iter().any(same) {
+            return Err(Error::invalid_argument(format!(
+                "{shown:?} lists the node {node:?} twice (a quorum counts distinct servers)"
+            )));
+        }
+        nodes.push(parsed);
+        options = Some(o);
+    }
+    let n = nodes.len();
+    if n < 3 || n.is_multiple_of(2) || n > MAX_QUORUM_NODES {
+        return Err(Error::invalid_argument(format!(
+            "{shown:?} lists {n} node{}: a Redlock quorum takes an odd number of \
+             independent servers, 3 to {MAX_QUORUM_NODES} (3 or 5 as a rule)",
+            if n == 1 { "" } else { "s" }
+        )));
+    }
+    let options = options.expect("at least three nodes");
+    Ok((
+        Endpoint::RedisQuorum {
+            nodes,
+            node_timeout,
+        },
+        options,
+    ))
 }
 
 /// Checks options against the backend they are for (after a builder changed them).
@@ -597,10 +748,82 @@ mod tests {
     }
 
     #[test]
+    fn quorum_urls_list_nodes() {
+        let nodes = |url: &str| match parse(url).unwrap() {
+            (
+                Endpoint::RedisQuorum {
+                    nodes,
+                    node_timeout,
+                },
+                o,
+            ) => (
+                nodes.iter().map(|u| u.to_string()).collect::<Vec<_>>(),
+                node_timeout,
+                o,
+            ),
+            other => panic!("{url}: {other:?}"),
+        };
+        let (urls, timeout, o) = nodes(
+            "redis+quorum://u:s%40x@a:1,b:2,[::1]:3/2?namespace=n&node_timeout=0.25&protocol=resp3",
+        );
+        assert_eq!(
+            urls,
+            [
+                "redis://u:s%40x@a:1/2?protocol=resp3",
+                "redis://u:s%40x@b:2/2?protocol=resp3",
+                "redis://u:s%40x@[::1]:3/2?protocol=resp3",
+            ]
+        );
+        assert_eq!(timeout, Duration::from_millis(250));
+        assert_eq!(o.namespace, b"n");
+        let (urls, timeout, _) =
+            nodes("redis+quorum+unix:///r/a.sock,/r/b%2Cc.sock,/r/c.sock?db=1");
+        assert_eq!(
+            urls,
+            [
+                "redis+unix:///r/a.sock?db=1",
+                "redis+unix:///r/b%2Cc.sock?db=1",
+                "redis+unix:///r/c.sock?db=1",
+            ]
+        );
+        assert_eq!(timeout, DEFAULT_NODE_TIMEOUT);
+        let (urls, _, _) = nodes("rediss+quorum://a,b,c,d,e");
+        assert_eq!(urls.len(), 5);
+        assert!(urls[4].starts_with("rediss://e"), "{urls:?}");
+        let (e, _) = parse("redis+quorum://:secret@a,b,c").unwrap();
+        assert!(!format!("{e:?}").contains("secret"), "{e:?}");
+        for bad in [
+            "redis+quorum://a,b",
+            "redis+quorum://a,b,c,d",
+            "redis+quorum://a",
+            "redis+quorum://a,b,c,d,e,f,g,h,i,j,k",
+            "redis+quorum://a,,c",
+            "redis+quorum://a:1,b:2,a:1",
+            "redis+quorum+unix:///a.sock,/b.sock,/a.sock",
+            "redis+quorum://a,b,c?node_timeout=0",
+            "redis+quorum://a,b,c?node_timeout=x",
+            "redis+quorum://a,b,c?nodetimeout=1",
+            "redis+quorum://:secret@a,b,c?bogus=1",
+            "redis+quorum://a,b,c?max_poll_interval=1",
+            "redis+quorum://a,b,c?wait_replicas=1",
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}: {err}");
+            assert!(!err.to_string().contains("secret"), "{err}");
+        }
+        let err = parse("redis+quorum://a,b,c?nodetimeout=1").unwrap_err();
+        assert!(
+            err.message().contains("did you mean \"node_timeout\""),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn backend_options_stay_in_the_backend_url() {
         let kept = |url: &str| match parse(url).unwrap().0 {
             Endpoint::Redis(u) | Endpoint::Memcached(u) => u.query().map(str::to_owned),
             Endpoint::MemcachedPool(urls) => urls[0].query().map(str::to_owned),
+            Endpoint::RedisQuorum { nodes, .. } => nodes[0].query().map(str::to_owned),
             Endpoint::Memory | Endpoint::RedisCluster(_) | Endpoint::RedisSentinel(_) => None,
         };
         assert_eq!(

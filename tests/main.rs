@@ -342,6 +342,9 @@ mod background;
 mod exclusive;
 mod flavors;
 mod inputs;
+/// The Redlock quorum (`redis+quorum://`).
+#[cfg(feature = "redis")]
+mod quorum;
 /// Redis-only tests (the suite module above is `redis`).
 #[cfg(feature = "redis")]
 #[path = "redis/mod.rs"]

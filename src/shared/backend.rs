@@ -84,6 +84,14 @@ pub trait Backend: Send + Sync + 'static {
         async { Err(unsupported("extending a lease")) }
     }
 
+    /// How much of `lease` a won claim or a renewal is sure to hold, counted from just
+    /// before it was sent: what a guard's lease end is computed with. The whole lease
+    /// (the default) where one server keeps the lease; less where the servers' clocks
+    /// may drift from ours (a Redlock quorum: the lease minus 1 % and 2 ms).
+    fn lease_validity(&self, lease: Duration) -> Duration {
+        lease
+    }
+
     /// Claims the lock `key` like [`claim`](Backend::claim) and, when it wins,
     /// increments the counter stored under `fence_key` in the same atomic step: the
     /// claim and, when won, the counter's new value, its *fencing token*. (A backend

@@ -10,8 +10,10 @@ use super::maybe_async;
 use super::optimistic::OptimisticLock;
 #[cfg(feature = "redis")]
 use super::redis_backend::RedisBackend;
+#[cfg(feature = "redis")]
+use super::redis_quorum::QuorumBackend;
 use super::redlock::RedLock;
-#[cfg(feature = "memcached")]
+#[cfg(any(feature = "redis", feature = "memcached"))]
 use super::rt;
 use super::watchdog::Watchdog;
 use crate::backend::memory::store::MemoryBackend;
@@ -518,6 +520,11 @@ pub enum AnyBackend {
     /// (feature `redis`)
     #[cfg(feature = "redis")]
     Redis(RedisBackend),
+    /// `redis+quorum://h1:p1,h2:p2,h3:p3`, `redis+quorum+unix:///a.sock,/b.sock,/c.sock`
+    /// (feature `redis`): a Redlock quorum of independent masters, for locks only (see
+    /// [`QuorumBackend`]).
+    #[cfg(feature = "redis")]
+    RedisQuorum(QuorumBackend),
     /// `memcached://host[:port]`, `memcached+unix:///path` (feature `memcached`): see
     /// [`MemcachedBackend`](super::MemcachedBackend).
     ///
@@ -558,13 +565,21 @@ impl AnyBackend {
                 RedisBackend::connect_cluster(&seeds, options).await?,
             )),
             #[cfg(feature = "redis")]
+            Endpoint::RedisQuorum {
+                nodes,
+                node_timeout,
+            } => Ok(AnyBackend::RedisQuorum(
+                QuorumBackend::connect_with(&nodes, node_timeout, options).await?,
+            )),
+            #[cfg(feature = "redis")]
             Endpoint::RedisSentinel(sentinel) => Ok(AnyBackend::Redis(
                 RedisBackend::connect_sentinel(&sentinel, options).await?,
             )),
             #[cfg(not(feature = "redis"))]
-            Endpoint::Redis(_) | Endpoint::RedisCluster(_) | Endpoint::RedisSentinel(_) => {
-                Err(not_built("redis"))
-            }
+            Endpoint::Redis(_)
+            | Endpoint::RedisCluster(_)
+            | Endpoint::RedisSentinel(_)
+            | Endpoint::RedisQuorum { .. } => Err(not_built("redis")),
             #[cfg(feature = "memcached")]
             Endpoint::Memcached(url) => Ok(AnyBackend::Memcached(
                 super::memcached::MemcachedBackend::from_endpoint(&[url], options).await?,
@@ -593,6 +608,8 @@ macro_rules! dispatch {
             AnyBackend::Memory($b) => maybe_await!($call),
             #[cfg(feature = "redis")]
             AnyBackend::Redis($b) => maybe_await!($call),
+            #[cfg(feature = "redis")]
+            AnyBackend::RedisQuorum($b) => maybe_await!($call),
             #[cfg(feature = "memcached")]
             AnyBackend::Memcached($b) => maybe_await!($call),
         }
@@ -606,6 +623,8 @@ impl Backend for AnyBackend {
             AnyBackend::Memory(b) => Backend::name(b),
             #[cfg(feature = "redis")]
             AnyBackend::Redis(b) => Backend::name(b),
+            #[cfg(feature = "redis")]
+            AnyBackend::RedisQuorum(b) => Backend::name(b),
             #[cfg(feature = "memcached")]
             AnyBackend::Memcached(b) => Backend::name(b),
         }
@@ -654,6 +673,15 @@ impl Backend for AnyBackend {
         dispatch!(self, b => Backend::extend(b, key, token, lease))
     }
 
+    #[inline]
+    fn lease_validity(&self, lease: Duration) -> Duration {
+        match self {
+            #[cfg(feature = "redis")]
+            AnyBackend::RedisQuorum(b) => Backend::lease_validity(b, lease),
+            _ => lease,
+        }
+    }
+
     async fn claim_replicated(
         &self,
         key: &[u8],
@@ -683,6 +711,8 @@ impl Backend for AnyBackend {
             AnyBackend::Memory(b) => Backend::try_begin_now(b, key, read),
             #[cfg(feature = "redis")]
             AnyBackend::Redis(b) => Backend::try_begin_now(b, key, read),
+            #[cfg(feature = "redis")]
+            AnyBackend::RedisQuorum(b) => Backend::try_begin_now(b, key, read),
             #[cfg(feature = "memcached")]
             AnyBackend::Memcached(b) => Backend::try_begin_now(b, key, read),
         }
@@ -700,6 +730,8 @@ impl Backend for AnyBackend {
             AnyBackend::Memory(b) => Backend::try_claim_now(b, key, token, now, lease_end),
             #[cfg(feature = "redis")]
             AnyBackend::Redis(b) => Backend::try_claim_now(b, key, token, now, lease_end),
+            #[cfg(feature = "redis")]
+            AnyBackend::RedisQuorum(b) => Backend::try_claim_now(b, key, token, now, lease_end),
             #[cfg(feature = "memcached")]
             AnyBackend::Memcached(b) => Backend::try_claim_now(b, key, token, now, lease_end),
         }
@@ -711,6 +743,8 @@ impl Backend for AnyBackend {
             AnyBackend::Memory(b) => Backend::try_release_now(b, key, token),
             #[cfg(feature = "redis")]
             AnyBackend::Redis(b) => Backend::try_release_now(b, key, token),
+            #[cfg(feature = "redis")]
+            AnyBackend::RedisQuorum(b) => Backend::try_release_now(b, key, token),
             #[cfg(feature = "memcached")]
             AnyBackend::Memcached(b) => Backend::try_release_now(b, key, token),
         }
@@ -723,6 +757,10 @@ impl Backend for AnyBackend {
             AnyBackend::Memory(b) => maybe_await!(Backend::wait(b, key, holder, deadline)),
             #[cfg(feature = "redis")]
             AnyBackend::Redis(b) => maybe_await!(Backend::wait(b, key, holder, deadline)),
+            #[cfg(feature = "redis")]
+            AnyBackend::RedisQuorum(b) => {
+                maybe_await!(rt::boxed(Backend::wait(b, key, holder, deadline)))
+            }
             #[cfg(feature = "memcached")]
             AnyBackend::Memcached(b) => {
                 maybe_await!(rt::boxed(Backend::wait(b, key, holder, deadline)))

@@ -23,6 +23,9 @@ mod optimistic;
 #[path = "../backend/redis/generic.rs"]
 mod redis_backend;
 #[cfg(feature = "redis")]
+#[path = "../backend/redis/quorum_generic.rs"]
+mod redis_quorum;
+#[cfg(feature = "redis")]
 #[path = "../backend/redis/sentinel_generic.rs"]
 mod redis_sentinel_conn;
 #[cfg(feature = "redis")]
@@ -39,5 +42,7 @@ pub use memcached::MemcachedBackend;
 pub use optimistic::OptimisticLock;
 #[cfg(feature = "redis")]
 pub use redis_backend::RedisBackend;
+#[cfg(feature = "redis")]
+pub use redis_quorum::QuorumBackend;
 pub use redlock::{LockGuard, RedLock};
 pub use watchdog::Watch;

@@ -508,7 +508,8 @@ impl<B: Backend> RedLock<B> {
                                 if let Some(turn) = turn {
                                     turn.done(Some(token.as_bytes()));
                                 }
-                                guard.lease_end = Some(deadline(sent, lease));
+                                let sure = guard.cache.backend().lease_validity(lease);
+                                guard.lease_end = Some(deadline(sent, sure));
                                 true
                             }
                             Claim::Held { holder: h } => {
@@ -884,7 +885,7 @@ impl<B: Backend> LockGuard<B> {
             ));
         }
         self.lease = Nanos::of(lease);
-        let end = deadline(sent, lease);
+        let end = deadline(sent, self.cache.backend().lease_validity(lease));
         self.lease_end = Some(end);
         if self.watched {
             self.cache.watch_extended(&token, lease, end);

@@ -282,7 +282,7 @@ impl<B: Backend> Cache<B> {
                 None => return,
             },
             Ok(true) => {
-                let lease_end = deadline(sent, renewal.lease);
+                let lease_end = deadline(sent, backend.lease_validity(renewal.lease));
                 if !s.schedule.renewed(renewal.id, renewal.seq, lease_end) {
                     return; // stale: released, or extended by hand meanwhile
                 }

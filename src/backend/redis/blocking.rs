@@ -24,6 +24,10 @@ use crate::backend::redis::protocol::{self as r, Timeouts};
 use crate::backend::redis::replication::Wait;
 use crate::config::Options;
 
+/// The fan-out over a Redlock quorum's nodes.
+#[path = "quorum_blocking.rs"]
+pub(crate) mod quorum;
+
 /// The longest a new channel waits for the subscriber thread to send its SUBSCRIBE
 /// while the thread listens on other channels (its read timeout).
 const TICK: Duration = Duration::from_millis(2);

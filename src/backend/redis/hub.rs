@@ -71,6 +71,18 @@ struct Slot {
     heard: AtomicBool,
     /// A re-check found the holder gone.
     gone: AtomicBool,
+    /// Notified, besides the channel's event, whenever this waiter may have something
+    /// new to look at: a Redlock quorum waits on several servers' channels at once
+    /// with one listener (see [`Waiter::notify_also`]).
+    also: OnceLock<Arc<Event>>,
+}
+
+impl Slot {
+    fn notify_also(&self) {
+        if let Some(event) = self.also.get() {
+            event.notify(usize::MAX);
+        }
+    }
 }
 
 impl Hub {
@@ -123,6 +135,7 @@ impl Hub {
                 holder,
                 heard: AtomicBool::new(false),
                 gone: AtomicBool::new(false),
+                also: OnceLock::new(),
             });
             state.waiters.push(Arc::clone(&slot));
             slot
@@ -161,7 +174,7 @@ impl Hub {
     pub(crate) fn disconnected(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         for channel in self.channels.lock().values() {
-            channel.event.notify(usize::MAX);
+            channel.notify();
         }
     }
 
@@ -173,7 +186,7 @@ impl Hub {
         let channel = self.channels.lock().remove(name);
         if let Some(channel) = channel {
             let _ = channel.moved.set(to.map(str::to_owned));
-            channel.event.notify(usize::MAX);
+            channel.notify();
         }
     }
 
@@ -190,12 +203,20 @@ impl Hub {
     /// Wakes every waiter (they look at their state again).
     pub(crate) fn notify_all(&self) {
         for channel in self.channels.lock().values() {
-            channel.event.notify(usize::MAX);
+            channel.notify();
         }
     }
 }
 
 impl Channel {
+    /// Wakes the channel's waiters (and the events they notify too).
+    fn notify(&self) {
+        self.event.notify(usize::MAX);
+        for slot in &self.state.lock().waiters {
+            slot.notify_also();
+        }
+    }
+
     /// The channel's name.
     pub(crate) fn name(&self) -> &[u8] {
         &self.name
@@ -257,6 +278,7 @@ impl Channel {
         for slot in &self.state.lock().waiters {
             if slot.joined < before && counts(slot) {
                 flag(slot).store(true, Ordering::SeqCst);
+                slot.notify_also();
                 woke = true;
             }
         }
@@ -289,6 +311,14 @@ impl Waiter {
     /// [`heard`](Waiter::heard), so that nothing in between is missed).
     pub(crate) fn listen(&self) -> EventListener {
         self.channel.event.listen()
+    }
+
+    /// Has `event` notified too whenever [`heard`](Waiter::heard) may have changed (a
+    /// counted message or re-check, a lost connection), so that one listener can wait
+    /// for several waiters. Once per waiter (a second event is ignored). Take a listener
+    /// of `event` before looking at `heard`, as with [`listen`](Waiter::listen).
+    pub(crate) fn notify_also(&self, event: Arc<Event>) {
+        let _ = self.slot.also.set(event);
     }
 
     /// What ended the wait so far, if anything: a counted message, a re-check that
@@ -407,6 +437,30 @@ mod tests {
         assert_eq!(late.heard(), None, "its holder still holds");
         late.channel().observed(sent, None);
         assert_eq!(late.heard(), Some(Heard::Gone));
+    }
+
+    #[test]
+    fn another_event_hears_what_the_waiter_hears() {
+        use event_listener::Listener as _;
+        let hub = Arc::new(Hub::default());
+        let (w, _) = hub.join(b"c", b"k", Some(b"h1"));
+        let also = Arc::new(Event::new());
+        w.notify_also(Arc::clone(&also));
+        let notified =
+            |l: event_listener::EventListener| l.wait_timeout(std::time::Duration::ZERO).is_some();
+        let l = also.listen();
+        hub.message(b"c", b"h0");
+        assert!(!notified(l), "another holder's release is not heard");
+        let l = also.listen();
+        hub.message(b"c", b"h1");
+        assert!(notified(l), "its holder's release");
+        let l = also.listen();
+        let sent = w.channel().recheck_sent();
+        w.channel().observed(sent, None);
+        assert!(notified(l), "a re-check that finds the holder gone");
+        let l = also.listen();
+        hub.disconnected();
+        assert!(notified(l), "a lost connection");
     }
 
     #[test]

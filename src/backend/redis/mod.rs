@@ -8,6 +8,7 @@ pub(crate) mod hub;
 #[cfg(feature = "async")]
 pub(crate) mod pipeline;
 pub(crate) mod protocol;
+pub(crate) mod quorum;
 pub(crate) mod replication;
 #[cfg(feature = "async")]
 pub(crate) mod resp;

@@ -17,6 +17,10 @@ use crate::backend::redis::protocol::{self as r, Timeouts};
 use crate::backend::redis::replication::Wait;
 use crate::config::Options;
 
+/// The fan-out over a Redlock quorum's nodes.
+#[path = "quorum_nonblocking.rs"]
+pub(crate) mod quorum;
+
 /// The backend's connections.
 pub(crate) struct Conn {
     /// The same server over RESP3, for the subscriber.

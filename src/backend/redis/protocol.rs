@@ -23,7 +23,7 @@ use crate::value::Ttl;
 /// (`NOSCRIPT`), by `EVAL` (which also caches it on the server).
 pub(crate) struct Lua {
     pub(crate) source: &'static str,
-    sha: std::sync::LazyLock<String>,
+    pub(crate) sha: std::sync::LazyLock<String>,
 }
 
 /// The Lua that increments the fence key `$key` into `fence` (see [`CLAIM_FENCED`]),
@@ -66,6 +66,7 @@ macro_rules! lua {
         }
     };
 }
+pub(crate) use lua;
 
 /// Owner-checked release: `KEYS[1]` the lock key, `ARGV[1]` the token, `ARGV[2]` the
 /// channel. Deletes the key only if it holds the token, then publishes *the token* on
