@@ -44,7 +44,10 @@ async fn follows(cache: &Cache, d: &RedisSentinel, i: usize, namespace: &str) {
         if set.is_ok() && d.node(i, &["GET", &key]) == Reply::Bulk(Some(marker.into_bytes())) {
             return;
         }
-        assert!(Instant::now() < until, "the cache did not follow the master to node {i}");
+        assert!(
+            Instant::now() < until,
+            "the cache did not follow the master to node {i}"
+        );
         rt::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -130,7 +133,11 @@ pub async fn failover_during_hold_and_waits() {
     let b = b.unwrap().expect("the long waiter takes the lock");
     assert!(waited < long, "{waited:?}");
     let b_token = b.token().as_bytes().to_vec();
-    assert_eq!(on_node(&d, new, "fo:k-lock"), Some(b_token), "on the new master");
+    assert_eq!(
+        on_node(&d, new, "fo:k-lock"),
+        Some(b_token),
+        "on the new master"
+    );
     let (c, waited) = rt::join(c).await;
     let c = c.unwrap();
     assert!(
@@ -188,7 +195,10 @@ pub async fn master_killed_during_hold_and_wait() {
     }
     let released = a.release().await.unwrap();
     assert!(released, "the replicated key, released on the new master");
-    let c = b_cache.lock("k", Duration::from_secs(30)).try_acquire().await;
+    let c = b_cache
+        .lock("k", Duration::from_secs(30))
+        .try_acquire()
+        .await;
     let c = c.unwrap().expect("free after the release");
     let c_token = c.token().as_bytes().to_vec();
     assert_eq!(on_node(&d, new, "kill:k-lock"), Some(c_token));
@@ -208,7 +218,11 @@ pub async fn lock_lost_by_a_failover_is_reported() {
     let url = d.url("namespace=lost:&wait_replicas=1&wait_timeout=0.1");
     let (a_cache, b_cache) = (open(&url).await, open(&url).await);
     // A first, replicated acquisition sets the fence counter on both nodes.
-    let first = a_cache.lock("k", Duration::from_secs(30)).fenced().acquire().await;
+    let first = a_cache
+        .lock("k", Duration::from_secs(30))
+        .fenced()
+        .acquire()
+        .await;
     let first = first.unwrap().expect("the lock is free");
     assert!(first.replication().unwrap().is_complete());
     let first_fence = first.fence().unwrap();
@@ -219,10 +233,18 @@ pub async fn lock_lost_by_a_failover_is_reported() {
         let d = Arc::clone(&d);
         rt::unblock(move || d.break_replication(master)).await;
     }
-    let a = a_cache.lock("k", Duration::from_secs(30)).fenced().acquire().await;
+    let a = a_cache
+        .lock("k", Duration::from_secs(30))
+        .fenced()
+        .acquire()
+        .await;
     let mut a = a.unwrap().expect("the lock is free");
     let replicated = a.replication().unwrap();
-    assert_eq!((replicated.acked(), replicated.wanted()), (0, 1), "{replicated}");
+    assert_eq!(
+        (replicated.acked(), replicated.wanted()),
+        (0, 1),
+        "{replicated}"
+    );
     assert!(!replicated.is_complete());
     assert_eq!(a.fence(), Some(first_fence + 1));
     let new = 1 - Arc::get_mut(&mut d).expect("not shared").kill_master();
@@ -231,12 +253,24 @@ pub async fn lock_lost_by_a_failover_is_reported() {
         rt::unblock(move || d.wait_master(new, Duration::from_secs(30))).await;
     }
     follows(&a_cache, &d, new, "lost:").await;
-    assert_eq!(on_node(&d, new, "lost:k-lock"), None, "the lock key was lost");
+    assert_eq!(
+        on_node(&d, new, "lost:k-lock"),
+        None,
+        "the lock key was lost"
+    );
     let err = a.extend(Duration::from_secs(30)).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Lost, "{err}");
-    let b = b_cache.lock("k", Duration::from_secs(30)).fenced().try_acquire().await;
+    let b = b_cache
+        .lock("k", Duration::from_secs(30))
+        .fenced()
+        .try_acquire()
+        .await;
     let b = b.unwrap().expect("free on the new master");
-    assert_eq!(b.fence(), a.fence(), "the lost increment: the fence repeats");
+    assert_eq!(
+        b.fence(),
+        a.fence(),
+        "the lost increment: the fence repeats"
+    );
     let released = a.release().await.unwrap();
     assert!(!released, "not ours any more");
     let released = b.release().await.unwrap();
@@ -261,7 +295,11 @@ pub async fn wait_counts_the_replicas() {
         assert_eq!((r.acked(), r.wanted()), (1, 1), "{url}");
         guard.extend(Duration::from_secs(20)).await.unwrap();
         assert!(guard.replication().unwrap().is_complete());
-        let redlock = cache.redlock("r", Duration::from_secs(30)).acquire().await.unwrap();
+        let redlock = cache
+            .redlock("r", Duration::from_secs(30))
+            .acquire()
+            .await
+            .unwrap();
         assert_eq!(redlock.replication().map(|r| r.acked()), Some(1));
         // A waiter that did not get the lock has no count.
         let waiter = cache
@@ -277,7 +315,11 @@ pub async fn wait_counts_the_replicas() {
         assert!(released);
     }
     let plain = open(&d.url("namespace=p:")).await;
-    let guard = plain.redlock("k", Duration::from_secs(30)).acquire().await.unwrap();
+    let guard = plain
+        .redlock("k", Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap();
     assert!(guard.is_acquired());
     assert_eq!(guard.replication(), None, "no WAIT without wait_replicas");
     let released = guard.release().await.unwrap();
@@ -296,7 +338,9 @@ pub async fn no_master_is_a_clear_error() {
     assert!(text.contains("3 do not know the name"), "{text}");
     assert!(!text.contains('\n') && !text.contains("secret"), "{text}");
     // No sentinel listens there.
-    let ports: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let ports: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
     let gone = format!(
         "redis+sentinel://:node-secret@{}/aiolock-master?sentinel_password=sentinel-secret",
         ports.join(",")
