@@ -98,6 +98,10 @@ impl RedisSentinel {
         };
         let linked = deployment.poll(Duration::from_secs(30), |d| d.replica_linked(1));
         assert!(linked, "the replica did not sync with the master in 30 s");
+        // Linked is not yet replicating: see `replicates`. (Each try waits on the
+        // server, up to 100 ms.)
+        let replicating = deployment.poll(Duration::from_secs(30), |d| d.replicates(0));
+        assert!(replicating, "the replica acknowledged no write in 30 s");
         let master_port = deployment.nodes[0].port();
         for _ in 0..3 {
             let sentinel = Sentinel::start(&deployment.config, master_port);
@@ -219,6 +223,27 @@ impl RedisSentinel {
             .text()
             .unwrap_or_default();
         info.contains("master_link_status:up")
+    }
+
+    /// Whether the replica acknowledges master `i`'s writes now: a write (undone at
+    /// once) on one connection, then `WAIT 1 100` on it. A replica's link is up
+    /// (`replica_linked`) before that: after a diskless full sync Redis 7 streams
+    /// writes to the replica only from the replica's next `REPLCONF ACK`, which may
+    /// come a second later, and until then every `WAIT` (the `wait_replicas` option)
+    /// runs to its timeout.
+    pub fn replicates(&self, i: usize) -> bool {
+        let Ok(stream) = UnixStream::connect(self.nodes[i].socket()) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut con = Resp::new(stream);
+        if let Some(pw) = &self.config.password {
+            con.call(&["AUTH", pw]);
+        }
+        const PROBE: &str = "aiolock-fixture:replicated";
+        con.call(&["SET", PROBE, "1"]);
+        con.call(&["DEL", PROBE]);
+        con.call(&["WAIT", "1", "100"]) == Reply::Int(1)
     }
 
     /// Waits until every sentinel names node `i` as the master and it says it is one.
