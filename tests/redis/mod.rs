@@ -1287,6 +1287,14 @@ fn clients(server: &RedisServer) -> usize {
 
 /// Forks; the child runs `child` and exits with 0 if it returned true (no unwinding,
 /// no destructors: the parent's server fixture stays up). Returns the child's success.
+/// A current-thread runtime (the parent's, and each forked child's own).
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn in_forked_child(child: impl FnOnce() -> bool) -> bool {
     // SAFETY: the child runs `child` on its only thread and `_exit`s.
     let pid = unsafe { libc::fork() };
@@ -1326,12 +1334,6 @@ fn forked_child_opens_its_own_blocking_connections() {
 #[test]
 fn forked_child_opens_its_own_async_connection() {
     let server = RedisServer::start();
-    let rt = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
     let parent = rt();
     let cache = parent
         .block_on(aiolock::Cache::from_url(&server.unix_url("")))
@@ -1420,12 +1422,6 @@ fn forked_child_dropping_inherited_guards_leaves_the_parents_locks() {
 fn forked_child_dropping_an_inherited_async_guard_leaves_the_parents_lock() {
     use std::sync::Mutex;
     let server = RedisServer::start();
-    let rt = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
     let parent = rt();
     let cache = parent
         .block_on(aiolock::Cache::from_url(&server.unix_url("")))
