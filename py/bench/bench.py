@@ -7,7 +7,8 @@ Rows:
 - uncontended acquire+release cycles/s of `concurrency` asyncio tasks (distinct keys
   per task), c=1 and c=64: aiolock_rs over TCP loopback and over the unix socket,
   aiocache's RedLock on a RedisCache (TCP: it speaks nothing else), redis-py's
-  `redis.asyncio.lock.Lock` (TCP). Each row is measured in turns, `rounds` times; the
+  `redis.asyncio.lock.Lock` (TCP), and the floor of any client that does its I/O on
+  the loop's thread (a bare protocol sending the cycle's two commands). Each row is measured in turns, `rounds` times; the
   best round is kept (the machine is shared).
 - cross-process hand-off: a holder process releases, a waiter process (blocked in
   `acquire` of the same key) returns RELEASED; the time from the holder's call of
@@ -19,6 +20,7 @@ Rows:
 
 import argparse
 import asyncio
+import collections
 import os
 import statistics
 import subprocess
@@ -126,6 +128,73 @@ async def redispy_row(port, concurrency, seconds):
         await client.aclose()
 
 
+class _Bare(asyncio.Protocol):
+    """The least a client can do on the loop's thread: write a command, and resolve
+    the oldest waiting future per reply (RESP2 simple, error, integer and bulk
+    replies; no checks)."""
+
+    def __init__(self):
+        self.waiting = collections.deque()
+        self.buffer = b""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.buffer += data
+        while self.waiting:
+            end = self.buffer.find(b"\r\n")
+            if end < 0:
+                return
+            line, rest = self.buffer[:end], self.buffer[end + 2:]
+            if line[:1] == b"$" and line != b"$-1":
+                n = int(line[1:])
+                if len(rest) < n + 2:
+                    return
+                line, rest = rest[:n], rest[n + 2:]
+            self.buffer = rest
+            self.waiting.popleft().set_result(line)
+
+    def send(self, *args):
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append(future)
+        self.transport.write(
+            b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+        )
+        return future
+
+
+RELEASE = (
+    b"if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]); "
+    b"redis.call('publish', KEYS[2], ARGV[1]); return 1 end return 0"
+)
+
+
+async def floor_row(port, concurrency, seconds):
+    """The floor of every client whose I/O runs on the event loop's thread (aiocache's
+    and redis-py's do): a bare `asyncio.Protocol` sending a RedLock cycle's two
+    commands (`SET NX PX GET`, the release script by `EVALSHA`) and awaiting each
+    reply, with no lock logic at all. No such client can be faster than this row."""
+    loop = asyncio.get_running_loop()
+    transport, bare = await loop.create_connection(_Bare, "127.0.0.1", port)
+    sha = await bare.send(b"SCRIPT", b"LOAD", RELEASE)
+    token = os.urandom(16).hex().encode()
+
+    def make(i):
+        key, channel = f"floor-{i}".encode(), f"floor-{i}-ch".encode()
+
+        async def cycle():
+            await bare.send(b"SET", key, token, b"NX", b"PX", b"10000", b"GET")
+            await bare.send(b"EVALSHA", sha, b"2", key, channel, token)
+
+        return cycle
+
+    try:
+        return await cycles(make, concurrency, seconds)
+    finally:
+        transport.close()
+
+
 HANDOFF_CHILD = r"""
 import asyncio, sys, time
 import aiolock_rs
@@ -219,6 +288,7 @@ def main():
             "aiolock_rs.sync, blocking (unix socket)": lambda c: sync_row(server.url, c, args.seconds),
             f"aiocache {aiocache.__version__} RedLock (TCP)": lambda c: aiocache_row(server.port, c, args.seconds),
             f"redis-py {redis.__version__} asyncio Lock (TCP)": lambda c: redispy_row(server.port, c, args.seconds),
+            "floor (a bare asyncio Protocol: the cycle's 2 commands, TCP)": lambda c: floor_row(server.port, c, args.seconds),
         }
         rows = {n: r for n, r in rows.items() if args.only in n}
         best = {(name, c): float("-inf") for name in rows for c in (1, 64)}
@@ -240,6 +310,10 @@ def main():
                     continue
                 ratios = ", ".join(f"{best[mine, c] / best[p, c]:.1f}x {p.split()[0]}" for p in peers)
                 print(f"c={c}: {mine}: {ratios}")
+            floor = next((n for n in peers if n.startswith("floor")), None)
+            for peer in peers:
+                if floor and peer != floor:
+                    print(f"c={c}: the floor: {best[floor, c] / best[peer, c]:.1f}x {peer.split()[0]}")
         if not args.trials:
             return
         p50, p99 = handoff(server, args.trials)
