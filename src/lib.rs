@@ -156,6 +156,13 @@ pub use crate::core::wait::{Claim, Outcome, Wake};
 pub use crate::error::{Error, ErrorKind, Result};
 #[cfg(feature = "async")]
 pub use crate::nonblocking::*;
+
+/// For aiolock's own bindings; not a stable API.
+#[doc(hidden)]
+#[cfg(all(feature = "async", feature = "redis"))]
+pub mod __private {
+    pub use crate::backend::redis::pipeline::take_read_interest;
+}
 pub use crate::value::{CasToken, Replication, Ttl, Versioned};
 
 /// The README's examples, compiled as doc tests.

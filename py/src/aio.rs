@@ -1,8 +1,9 @@
-//! The async classes: aiolock's async flavor on pyo3-async-runtimes' tokio runtime.
-//! Every method that talks to the backend returns an asyncio awaitable.
+//! The async classes: aiolock's async flavor, its futures polled on the event loop's
+//! thread (see `bridge`) inside pyo3-async-runtimes' tokio runtime's context. Every
+//! method that talks to the backend returns an asyncio awaitable.
 //!
-//! Cancelling the asyncio task that awaits one drops the Rust future (on the tokio
-//! runtime), and aiolock's async flavor is cancel-safe: a dropped acquisition leaves
+//! Cancelling the asyncio task that awaits one drops the Rust future (inside the
+//! runtime's context), and aiolock's async flavor is cancel-safe: a dropped acquisition leaves
 //! no lock key and no subscription behind. A guard that reaches Python after its
 //! awaitable was cancelled, or that Python drops while it holds the lock, releases on
 //! drop: the drop enters the runtime first (aiolock's async guards release on a

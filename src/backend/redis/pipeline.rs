@@ -29,8 +29,10 @@
 //! A command whose future is dropped before its reply keeps its place: its reply is
 //! read and dropped.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -43,6 +45,22 @@ use smallvec::SmallVec;
 use tokio::net::{TcpStream, UnixStream};
 
 use super::resp;
+
+thread_local! {
+    /// The socket whose replies the last future polled on this thread waits for.
+    static READ_INTEREST: Cell<RawFd> = const { Cell::new(-1) };
+}
+
+/// The descriptor of the socket whose replies the future last polled on this thread
+/// waits for (and forgets it), if it waits for one: an executor that watches
+/// descriptors itself (the Python package's asyncio bridge) can then poll the future
+/// again as soon as the socket is readable, without waiting for the tokio reactor's
+/// wake-up, which comes too (readable and not readable, the future is correct either
+/// way: this is only a hint). Only this module's connection gives it.
+pub fn take_read_interest() -> Option<RawFd> {
+    let fd = READ_INTEREST.replace(-1);
+    (fd >= 0).then_some(fd)
+}
 
 /// The socket, TCP or unix.
 pub(crate) enum Stream {
@@ -62,6 +80,13 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.try_write(buf),
             Stream::Unix(s) => s.try_write(buf),
+        }
+    }
+
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
         }
     }
 
@@ -408,7 +433,7 @@ impl Call<'_> {
                     pipe.fail(st, e.into(), wake);
                     continue;
                 }
-                Poll::Pending => {}
+                Poll::Pending => READ_INTEREST.set(pipe.stream.as_raw_fd()),
             }
             if !st.out.is_empty() {
                 match pipe.stream.poll_write_ready(cx) {
