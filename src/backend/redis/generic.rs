@@ -601,7 +601,11 @@ impl RedisBackend {
         }
     }
 
-    /// A script by `EVALSHA` (`EVAL` on `NOSCRIPT`), followed by `WAIT`.
+    /// A script by `EVAL`, followed by `WAIT`. Not `EVALSHA`: the `WAIT` goes in the
+    /// same pipeline, so a `NOSCRIPT` (a master restarted or newly promoted) would cost
+    /// a `WAIT` for nothing, the whole `wait_timeout` when a replica does not answer,
+    /// before the `EVAL` and its own `WAIT`. The script's text is a few hundred bytes
+    /// more on an operation that waits for replicas anyway.
     #[maybe_async]
     async fn script_waited(
         &self,
@@ -610,11 +614,7 @@ impl RedisBackend {
         args: &[&[u8]],
         wait: &Wait,
     ) -> RedisResult<(Value, Replication)> {
-        let mut result = self.send_waited(&lua.evalsha(keys, args), wait).await;
-        if matches!(&result, Err(e) if r::is_noscript(e)) {
-            result = self.send_waited(&lua.eval(keys, args), wait).await;
-        }
-        result
+        self.send_waited(&lua.eval(keys, args), wait).await
     }
 
     /// A claim (fenced with `fence_key`) followed by `WAIT`; the replication only when

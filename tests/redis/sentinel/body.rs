@@ -326,6 +326,48 @@ pub async fn wait_counts_the_replicas() {
     assert!(released);
 }
 
+/// The `WAIT` calls node `i` has served.
+fn waits(d: &RedisSentinel, i: usize) -> u64 {
+    let stats = d
+        .node(i, &["INFO", "commandstats"])
+        .text()
+        .unwrap_or_default();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A replicated script (a fenced claim, an extension) on a master that lost its
+/// scripts (a restart, a failover to a replica that never ran them) sends one `WAIT`,
+/// for the script that ran: none after the refused `EVALSHA` (with a replica that
+/// does not answer, each `WAIT` costs the whole `wait_timeout`).
+#[maybe_async]
+pub async fn one_wait_per_replicated_script() {
+    let d = deployment(Config::steady()).await;
+    let master = d.master().expect("a master");
+    let cache = open(&d.url(&format!("namespace=ws:&{CONFIRMED}"))).await;
+    d.node(master, &["SCRIPT", "FLUSH"]);
+    let before = waits(&d, master);
+    let guard = cache
+        .lock("k", Duration::from_secs(30))
+        .fenced()
+        .acquire()
+        .await
+        .unwrap();
+    let mut guard = guard.expect("the lock is free");
+    assert_eq!(waits(&d, master) - before, 1, "WAITs of one fenced claim");
+    assert!(guard.replication().unwrap().is_complete());
+    d.node(master, &["SCRIPT", "FLUSH"]);
+    let before = waits(&d, master);
+    guard.extend(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(waits(&d, master) - before, 1, "WAITs of one extension");
+    assert!(guard.replication().unwrap().is_complete());
+    let released = guard.release().await.unwrap();
+    assert!(released);
+}
+
 /// Opening a cache fails with a one-line `Connection` error that names no secret
 /// when no master can be found: the sentinels do not know the name, or none answers.
 #[maybe_async]

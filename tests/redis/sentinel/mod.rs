@@ -113,5 +113,6 @@ both_flavors!(
     master_killed_during_hold_and_wait,
     lock_lost_by_a_failover_is_reported,
     wait_counts_the_replicas,
+    one_wait_per_replicated_script,
     no_master_is_a_clear_error,
 );
